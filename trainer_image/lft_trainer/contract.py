@@ -1,0 +1,175 @@
+"""The contract between the operator and the trainer pod, named in one place.
+
+- Exit codes tell the operator what to do with a finished trainer container.
+- The termination message (/dev/termination-log, JSON, < 4 KiB) carries the result or the reason.
+- Environment variables carry the config path and the resource's identity.
+- The trainer patches only `status.progress`, `status.metrics` and `status.latestCheckpoint`;
+  the operator owns every other status field.
+
+Pure data and pure functions: imported by both images (the operator's has no torch).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "finetune.dev"
+API_VERSION = "v1alpha1"
+KIND = "LoRAFineTune"
+PLURAL = "lorafinetunes"
+
+
+class ExitCode(IntEnum):
+    SUCCEEDED = 0
+    # Something went wrong that a retry may fix (OOM, storage outage beyond retries, a bug).
+    ERROR = 1
+    # The input is wrong (config, dataset row, missing model, missing credentials): retrying
+    # cannot help, the operator fails the resource at once.
+    INVALID_INPUT = 3
+    # SIGTERM (pod deleted, node preempted, suspend): a checkpoint was saved; start again to resume.
+    PREEMPTED = 4
+
+
+# Environment variables the operator sets on the trainer container.
+ENV_CONFIG_PATH = "LFT_CONFIG"  # path of the mounted trainer config JSON
+ENV_RESOURCE_NAME = "LFT_NAME"
+ENV_RESOURCE_NAMESPACE = "LFT_NAMESPACE"
+ENV_RESOURCE_UID = "LFT_UID"
+ENV_TERMINATION_LOG = "LFT_TERMINATION_LOG"  # default /dev/termination-log
+ENV_STATUS_MIN_INTERVAL = "LFT_STATUS_MIN_INTERVAL_SECONDS"  # rate limit of status patches, default 5
+
+DEFAULT_CONFIG_PATH = "/etc/lft/config.json"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_MAX_BYTES = 4096
+
+# Layout under the output URI.
+ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_MANIFEST = "manifest.json"  # written last: a checkpoint without it is incomplete
+SUMMARY_FILE = "training_summary.json"
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_wire(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class FileDigest(WireModel):
+    name: str
+    size: int
+    sha256: str
+
+
+class Progress(WireModel):
+    """status.progress, patched by the trainer."""
+
+    step: int
+    total_steps: int
+    epoch: Optional[float] = None
+    percent: Optional[float] = None
+    eta_seconds: Optional[int] = None
+    tokens_per_second: Optional[float] = None
+    resumed_from_step: Optional[int] = None
+    updated_at: Optional[str] = None
+
+
+class Metrics(WireModel):
+    """status.metrics, patched by the trainer."""
+
+    loss: Optional[float] = None
+    eval_loss: Optional[float] = None
+    eval_loss_before: Optional[float] = None
+    learning_rate: Optional[float] = None
+    grad_norm: Optional[float] = None
+
+
+class CheckpointRef(WireModel):
+    """status.latestCheckpoint."""
+
+    step: int
+    uri: str
+
+
+class AdapterRef(WireModel):
+    """status.adapter, set by the operator from the termination message."""
+
+    uri: str
+    files: list[FileDigest] = Field(default_factory=list)
+
+
+Outcome = Literal["succeeded", "invalid_input", "preempted", "error"]
+
+
+class TerminationMessage(WireModel):
+    """What the trainer writes to its termination log; the operator parses it back."""
+
+    outcome: Outcome
+    reason: str = Field(description="CamelCase machine-readable reason, e.g. InvalidDataset, Completed.")
+    message: str = ""
+    adapter: Optional[AdapterRef] = None
+    metrics: Optional[Metrics] = None
+    step: Optional[int] = None
+    total_steps: Optional[int] = None
+    resumed_from_step: Optional[int] = None
+
+    def encode(self) -> str:
+        """JSON that fits the kubelet's 4 KiB limit: the message and then the file list shrink to fit."""
+        data = self.to_wire()
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) <= TERMINATION_MESSAGE_MAX_BYTES:
+            return text
+        overflow = len(text.encode()) - TERMINATION_MESSAGE_MAX_BYTES
+        msg = data.get("message", "")
+        if msg:
+            keep = max(0, len(msg) - overflow - 16)
+            data["message"] = msg[:keep] + " [truncated]"
+            text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > TERMINATION_MESSAGE_MAX_BYTES and data.get("adapter"):
+            data["adapter"]["files"] = []
+            text = json.dumps(data, separators=(",", ":"))
+        return text[:TERMINATION_MESSAGE_MAX_BYTES]
+
+    @classmethod
+    def decode(cls, text: Optional[str]) -> Optional["TerminationMessage"]:
+        """Parse a termination message; None for empty or foreign text (e.g. a crash's stack trace)."""
+        if not text or not text.strip().startswith("{"):
+            return None
+        try:
+            return cls.model_validate(json.loads(text))
+        except (ValueError, TypeError):
+            return None
+
+
+def outcome_for_exit_code(code: Optional[int]) -> Outcome:
+    if code == ExitCode.SUCCEEDED:
+        return "succeeded"
+    if code == ExitCode.INVALID_INPUT:
+        return "invalid_input"
+    if code == ExitCode.PREEMPTED:
+        return "preempted"
+    return "error"
+
+
+def status_patch(
+    progress: Optional[Progress] = None,
+    metrics: Optional[Metrics] = None,
+    latest_checkpoint: Optional[CheckpointRef] = None,
+) -> dict[str, Any]:
+    """The merge-patch body the trainer sends to the resource's status subresource."""
+    status: dict[str, Any] = {}
+    if progress is not None:
+        status["progress"] = progress.to_wire()
+    if metrics is not None:
+        status["metrics"] = metrics.to_wire()
+    if latest_checkpoint is not None:
+        status["latestCheckpoint"] = latest_checkpoint.to_wire()
+    return {"status": status}

@@ -1,0 +1,204 @@
+"""The trainer's configuration: the one definition shared by the operator and the trainer.
+
+The operator embeds these models in the LoRAFineTune spec (and generates the CRD schema from
+them); it writes the trainer's part of a resource's spec, as JSON, into the ConfigMap that the
+trainer reads with `TrainerConfig.from_file`. Field names are camelCase on the wire (Kubernetes
+convention) and snake_case in Python.
+
+This module imports only pydantic: the operator image has no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict:
+        """The JSON-ready dict with camelCase keys, as stored in the CR and the ConfigMap."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ModelSpec(SpecModel):
+    """The base model to fine-tune."""
+
+    name: str = Field(
+        min_length=1,
+        description=(
+            "Hugging Face model id (e.g. microsoft/Phi-3-mini-4k-instruct), or a URI/path to a model "
+            "directory: s3://, gs://, file://, or an absolute path baked into the trainer image."
+        ),
+    )
+    revision: Optional[str] = Field(
+        default=None, description="Git revision (branch, tag or commit) of a Hugging Face model id."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="Weights dtype. auto: bfloat16 on GPUs that support it, else float16 on GPU, float32 on CPU.",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        default="auto", description="Attention kernel. auto: sdpa where the model supports it."
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Run modelling code shipped with the model. Off by default: it executes code."
+    )
+
+
+class DatasetSpec(SpecModel):
+    """The chat-instruction dataset."""
+
+    uri: str = Field(
+        min_length=1,
+        description=(
+            "JSON Lines / JSON / Parquet file or directory as a URI or path (s3://bucket/train.jsonl, "
+            "file:///data/train.jsonl, /data/train.parquet), or a Hugging Face dataset id."
+        ),
+    )
+    format: Literal["auto", "messages", "prompt-completion", "text"] = Field(
+        default="auto",
+        description=(
+            "Row format. messages: {messages: [{role, content}, ...]}; prompt-completion: "
+            "{prompt, completion}; text: {text}. auto: detected from the first row's keys."
+        ),
+    )
+    train_split: str = Field(default="train", description="Split used for training.")
+    eval_split: Optional[str] = Field(
+        default=None, description="Split used for evaluation; when unset, evalFraction of the train split is held out."
+    )
+    eval_fraction: float = Field(
+        default=0.05, ge=0.0, lt=0.5, description="Fraction of the train split held out for evaluation (0 disables)."
+    )
+    max_samples: Optional[int] = Field(
+        default=None, ge=1, description="Use at most this many training rows (after shuffling with the seed)."
+    )
+
+
+class LoraSpec(SpecModel):
+    """LoRA adapter settings (defaults: the Phi-3 cookbook recipe)."""
+
+    r: int = Field(default=16, ge=1, le=1024, description="Rank of the LoRA update matrices.")
+    alpha: int = Field(default=32, ge=1, le=4096, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        description=(
+            'Module names to adapt. ["all-linear"] adapts every linear layer except the output head '
+            "(on Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj)."
+        ),
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which biases train.")
+    use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA).")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        default="none",
+        description="Quantize the frozen base model. 4bit is QLoRA (NF4, double quantization, bf16 compute). GPU only.",
+    )
+
+
+class TrainingSpec(SpecModel):
+    """Optimisation settings."""
+
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training set (ignored when maxSteps is set).")
+    max_steps: Optional[int] = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+    # 2e-4 is the usual LoRA rate (QLoRA paper, PEFT examples): the cookbook's 5e-6 is a full fine-tuning
+    # rate and barely moves a rank-16 adapter, whose B matrix starts at zero.
+    learning_rate: float = Field(default=2e-4, gt=0, le=1.0, description="Peak learning rate.")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        default="cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
+    batch_size: int = Field(default=4, ge=1, le=4096, description="Per-device micro-batch size.")
+    gradient_accumulation_steps: int = Field(default=4, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(default=2048, ge=16, le=1048576, description="Maximum tokens per training sequence.")
+    packing: bool = Field(default=False, description="Pack several short samples into one sequence.")
+    assistant_only_loss: bool = Field(
+        default=False, description="Compute the loss on assistant turns only (messages format)."
+    )
+    gradient_checkpointing: bool = Field(
+        default=True, description="Trade compute for memory on GPU. Ignored on CPU, where it only slows training."
+    )
+    seed: int = Field(default=42, description="Seed for data shuffling, the eval split and LoRA initialisation.")
+    logging_steps: int = Field(default=10, ge=1, description="Report loss and progress every N steps.")
+    eval_steps: Optional[int] = Field(
+        default=None, ge=1, description="Evaluate every N steps; unset: at the end of each epoch (and before step 1)."
+    )
+    num_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Training processes in the pod (DDP). The operator sets it from the pod's GPU count.",
+    )
+
+
+class CheckpointSpec(SpecModel):
+    """Checkpoints uploaded to object storage, for resuming after pod loss or suspend."""
+
+    every_steps: int = Field(default=100, ge=1, description="Save and upload a checkpoint every N optimizer steps.")
+    keep_last: int = Field(default=2, ge=1, le=100, description="Checkpoints kept under the output URI; older ones are deleted.")
+
+
+class OutputSpec(SpecModel):
+    """Where results go."""
+
+    uri: str = Field(
+        min_length=1,
+        description="Output prefix: s3://bucket/prefix, gs://, az://, file:// or a path. Adapter in <uri>/adapter/.",
+    )
+    merge_adapter: bool = Field(
+        default=False, description="Also upload the base model with the adapter merged in, to <uri>/merged/."
+    )
+
+
+class StorageSpec(SpecModel):
+    """How to reach object storage. Credentials come from the environment (a Secret), never from here."""
+
+    endpoint_url: Optional[str] = Field(
+        default=None,
+        description="S3 endpoint for S3-compatible servers (MinIO, Ceph...), e.g. http://minio.storage:9000.",
+    )
+    region: Optional[str] = Field(default=None, description="S3 region.")
+
+
+class TrainerConfig(SpecModel):
+    """Everything the trainer needs: the part of a LoRAFineTune's spec that the operator writes to the ConfigMap."""
+
+    model: ModelSpec
+    dataset: DatasetSpec
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    checkpointing: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    output: OutputSpec
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @model_validator(mode="after")
+    def _assistant_only_needs_messages(self) -> "TrainerConfig":
+        if self.training.assistant_only_loss and self.dataset.format in ("text", "prompt-completion"):
+            raise ValueError(
+                "training.assistantOnlyLoss needs chat rows (dataset.format messages or auto), "
+                f"not {self.dataset.format}"
+            )
+        return self
+
+    @classmethod
+    def trainer_fields(cls) -> tuple[str, ...]:
+        """The wire (camelCase) names of this model's top-level fields."""
+        return tuple(f.alias or name for name, f in cls.model_fields.items())
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainerConfig":
+        return cls.model_validate(json.loads(Path(path).read_text()))

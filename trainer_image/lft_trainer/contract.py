@@ -80,6 +80,33 @@ class Progress(WireModel):
     tokens_per_second: Optional[float] = None
     resumed_from_step: Optional[int] = None
     updated_at: Optional[str] = None
+    # Pre-formatted for `kubectl get` printer columns (JSONPath cannot format): "120/300 (40%)", "3m20s".
+    display: Optional[str] = None
+    eta: Optional[str] = None
+
+    @classmethod
+    def build(cls, step: int, total_steps: int, **fields: Any) -> "Progress":
+        """A Progress with percent and the display strings derived from step/total and etaSeconds."""
+        percent = round(100.0 * step / total_steps, 1) if total_steps > 0 else None
+        eta_seconds = fields.get("eta_seconds")
+        return cls(
+            step=step,
+            total_steps=total_steps,
+            percent=percent,
+            display=f"{step}/{total_steps} ({percent:.0f}%)" if percent is not None else f"{step}/?",
+            eta=format_duration(eta_seconds) if eta_seconds is not None else None,
+            **fields,
+        )
+
+
+def format_duration(seconds: float) -> str:
+    """Compact human duration: 45s, 3m20s, 2h05m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
 class Metrics(WireModel):

@@ -1,0 +1,71 @@
+# LoRA fine-tuning operator. `make demo` runs the main job on a local cluster; `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTEST  := $(PY) -m pytest
+BIN     ?= /var/cache/lft/bin
+KUBECTL := $(BIN)/kubectl
+HELM    := $(BIN)/helm
+export KUBECONFIG ?= /var/lib/lft/cluster/kubeconfig
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help venv test test-unit test-integration e2e demo kind-e2e images cluster-up cluster-api cluster-down \
+        s3-up s3-down deploy lint crds bench
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+venv: ## Create .venv with the pinned dependencies (idempotent)
+	@bash hack/venv.sh
+
+test: venv ## Everything: unit, integration (real API server), end to end (real cluster, images, S3)
+	bash hack/test-all.sh
+
+test-unit: venv ## Unit tests and trainer tests against a local S3 server (no cluster)
+	$(PYTEST) tests/unit tests/integration --ignore-glob='*test_operator_*' -q
+
+test-integration: venv cluster-api ## Operator integration tests on a real kube-apiserver + etcd + controller-manager
+	LFT_REQUIRE_CLUSTER=1 $(PYTEST) tests/integration/test_operator_*.py -q
+
+e2e: venv cluster-up images s3-up deploy ## End-to-end scenarios on the local cluster
+	LFT_REQUIRE_CLUSTER=1 $(PYTEST) tests/e2e -q
+
+demo: venv cluster-up images s3-up deploy ## The main job: apply the tiny example and follow it to Succeeded
+	bash hack/demo.sh
+
+kind-e2e: venv ## Same e2e on kind (needs docker + kind + network): kind cluster, MinIO, kind load, helm
+	bash hack/kind-e2e.sh
+
+images: venv ## Build the operator image and the CPU tiny-model trainer image
+	bash hack/build-images.sh
+
+cluster-up: ## Start (or reuse) the local single-node cluster
+	bash tests/cluster/up.sh
+
+cluster-api: ## Start (or reuse) API-server-only mode (etcd + kube-apiserver + kube-controller-manager)
+	bash tests/cluster/up.sh --api-only
+
+cluster-down: s3-down ## Stop the local cluster and leave no processes behind
+	bash tests/cluster/down.sh
+
+s3-up: venv ## Start the S3 server the pods use (moto on the Docker bridge) and create the bucket
+	bash hack/s3.sh start
+
+s3-down:
+	bash hack/s3.sh stop
+
+deploy: ## Install/upgrade the operator with the Helm chart into the local cluster
+	bash hack/deploy.sh
+
+crds: venv ## Regenerate crds/ and the chart's CRDs from the pydantic spec
+	$(PY) -m lft_operator.crdgen --write
+
+lint: venv ## ruff + helm lint
+	$(VENV)/bin/ruff check operator trainer_image tests bench
+	$(HELM) lint charts/lora-finetune-operator
+
+bench: venv ## Benchmarks: trainer vs cookbook recipe, operator at 200 resources
+	$(PY) bench/trainer_vs_cookbook.py
+	bash tests/cluster/up.sh --api-only && $(PY) bench/operator_scale.py

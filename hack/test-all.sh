@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# `make test`: every suite in order, on real parts: unit (+ trainer on a local S3 server), operator
+# integration on a real API server, end to end on the real single-node cluster with real images.
+# Every suite runs even when an earlier one fails (so one run shows all failures); exit is non-zero
+# if any failed. The last line adds up all suites' pytest counts.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${LFT_TEST_OUT:-_out/test}
+rm -rf "$OUT"; mkdir -p "$OUT"
+export LFT_REQUIRE_CLUSTER=1 LFT_REQUIRE_TOOLS=1
+failed=()
+t0=$SECONDS
+
+suite() {  # suite NAME -- command...
+  local name=$1; shift 2
+  local s=$SECONDS
+  echo "=== $name: $*"
+  if "$@"; then echo "=== $name: ok ($((SECONDS - s)) s)"; else echo "=== $name: FAILED ($((SECONDS - s)) s)"; failed+=("$name"); fi
+}
+pytest_suite() {  # pytest_suite NAME paths/args...
+  local name=$1; shift
+  suite "$name" -- "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT/$name.xml" "$@"
+}
+on_cluster_failure() {
+  bash tests/cluster/logs.sh >"$OUT/cluster-logs.txt" 2>&1 || true
+  echo "component logs: $OUT/cluster-logs.txt"; tail -n 60 "$OUT/cluster-logs.txt"
+}
+
+pytest_suite unit tests/unit tests/integration --ignore-glob='*test_operator_*'
+
+if suite cluster-api -- bash tests/cluster/up.sh --api-only; then
+  pytest_suite integration tests/integration/test_operator_*.py
+else
+  on_cluster_failure
+fi
+
+if suite cluster -- bash tests/cluster/up.sh && suite images -- bash hack/build-images.sh \
+   && suite s3 -- bash hack/s3.sh start && suite deploy -- bash hack/deploy.sh; then
+  pytest_suite e2e tests/e2e
+  [[ " ${failed[*]} " == *" e2e "* ]] && on_cluster_failure
+else
+  on_cluster_failure
+fi
+
+echo "=== total time: $((SECONDS - t0)) s"
+"$PY" - "$OUT" <<'PYEOF'
+import glob, sys, xml.etree.ElementTree as ET
+tot = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+for f in glob.glob(sys.argv[1] + "/*.xml"):
+    for s in ET.parse(f).getroot().iter("testsuite"):
+        for k in tot:
+            tot[k] += int(s.get(k, 0))
+failed = tot["failures"] + tot["errors"]
+passed = tot["tests"] - failed - tot["skipped"]
+print(f"{passed} passed, {failed} failed, {tot['skipped']} skipped")
+PYEOF
+if [ ${#failed[@]} -gt 0 ]; then echo "FAILED suites: ${failed[*]}"; exit 1; fi

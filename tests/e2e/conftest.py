@@ -1,0 +1,85 @@
+"""Fixtures for the end-to-end scenarios: the real local cluster (tests/cluster/up.sh), the operator
+deployed by Helm (hack/deploy.sh), the CPU trainer image and the S3 server (hack/s3.sh).
+
+Without a cluster these tests skip, unless LFT_REQUIRE_CLUSTER=1 (CI), where they fail."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.e2e.kube import Kube
+
+REPO = Path(__file__).resolve().parents[2]
+S3_ACCESS_KEY = "e2e-access-key"
+S3_SECRET_KEY = "e2e-secret-key-do-not-leak"  # asserted absent from status, events and logs
+
+
+def _require(condition: bool, why: str) -> None:
+    if condition:
+        return
+    if os.environ.get("LFT_REQUIRE_CLUSTER") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def kube() -> Kube:
+    k = Kube.from_env()
+    _require(k.available(), f"no cluster at {k.kubeconfig} (make cluster-up)")
+    nodes = k.json("get", "nodes")["items"]
+    _require(bool(nodes), "the cluster has no node (make cluster-up, full mode)")
+    deploy = k.run("get", "deploy", "-n", "lft-system", "-l", "app.kubernetes.io/name=lora-finetune-operator",
+                   "-o", "name", check=False)
+    _require(bool(deploy.stdout.strip()), "operator not deployed (make deploy)")
+    return k
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    out = subprocess.run(["bash", str(REPO / "hack/s3.sh"), "env"], capture_output=True, text=True)
+    env = dict(line.split("=", 1) for line in out.stdout.split() if "=" in line)
+    url = env.get("LFT_S3_ENDPOINT", "")
+    _require(out.returncode == 0 and bool(url), f"no S3 endpoint: {out.stderr.strip()}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def s3(s3_endpoint):
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY)
+    try:
+        client.head_bucket(Bucket="lft")
+    except Exception as e:  # noqa: BLE001 - any failure means no usable server
+        _require(False, f"S3 server at {s3_endpoint} not usable: {e}")
+    return client
+
+
+@pytest.fixture
+def namespace(kube: Kube, request):
+    """A fresh namespace per scenario holding the storage credentials Secret; deleted afterwards."""
+    name = f"e2e-{request.node.name.replace('_', '-')[5:30].strip('-')}-{uuid.uuid4().hex[:5]}".lower()
+    kube.run("create", "namespace", name)
+    kube.run("create", "secret", "generic", "s3-credentials", "-n", name,
+             f"--from-literal=AWS_ACCESS_KEY_ID={S3_ACCESS_KEY}",
+             f"--from-literal=AWS_SECRET_ACCESS_KEY={S3_SECRET_KEY}")
+    yield name
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        print(kube.run("get", "lft,job,pod", "-n", name, "-o", "wide", check=False).stdout)
+        print(kube.run("describe", "lft", "-n", name, check=False).stdout)
+        print(kube.run("logs", "-n", name, "-l", "finetune.dev/name", "--tail", "80", check=False).stdout)
+        print(kube.run("logs", "-n", "lft-system", "deploy/lora-finetune-operator", "--tail", "80",
+                       check=False).stdout)
+    kube.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)

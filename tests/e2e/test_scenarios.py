@@ -1,0 +1,203 @@
+"""End-to-end scenarios: the user's story on the real single-node cluster, with the operator
+installed by Helm, the CPU tiny-model trainer image and the S3 server the pods write to."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import S3_SECRET_KEY
+from tests.e2e.kube import Kube
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = yaml.safe_load((REPO / "examples/tiny-finetune.yaml").read_text())
+BUCKET = "lft"
+
+
+def finetune(namespace: str, name: str, endpoint: str, *, max_steps: int = 120, every_steps: int = 20,
+             dataset: str | None = None) -> dict:
+    """The example resource, pointed at this scenario's output prefix and the S3 server."""
+    body = copy.deepcopy(EXAMPLE)
+    body["metadata"] = {"name": name, "namespace": namespace}
+    spec = body["spec"]
+    spec["training"].update(maxSteps=max_steps, evalSteps=max_steps // 2)
+    spec["checkpointing"]["everySteps"] = every_steps
+    spec["output"]["uri"] = f"s3://{BUCKET}/{output_prefix(namespace, name)}"
+    spec["storage"] = {"endpointUrl": endpoint}
+    spec["storageSecretRef"] = {"name": "s3-credentials"}
+    if dataset:
+        spec["dataset"]["uri"] = dataset
+    return body
+
+
+def output_prefix(namespace: str, name: str) -> str:
+    return f"e2e/{namespace}/{name}"
+
+
+def keys_under(s3, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def phase(kube: Kube, ns: str, name: str) -> str:
+    return kube.lft(ns, name).get("status", {}).get("phase", "")
+
+
+def condition(obj: dict, type_: str) -> dict:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def wait_phase(kube: Kube, ns: str, name: str, want: str, timeout: float) -> dict:
+    def reached():
+        obj = kube.lft(ns, name)
+        got = obj.get("status", {}).get("phase")
+        if got == "Failed" and want != "Failed":
+            raise AssertionError(f"{name} Failed: {obj['status'].get('message')}")
+        return obj if got == want else None
+    return kube.wait_for(f"{name} phase {want}", reached, timeout)
+
+
+def wait_checkpoint(kube: Kube, ns: str, name: str, timeout: float = 240) -> int:
+    def step():
+        obj = kube.lft(ns, name)
+        if obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            raise AssertionError(f"{name} finished before a checkpoint could be awaited")
+        return obj.get("status", {}).get("latestCheckpoint", {}).get("step")
+    return kube.wait_for(f"{name} first checkpoint", step, timeout, interval=0.5)
+
+
+def summary(s3, ns: str, name: str) -> dict:
+    key = next(k for k in keys_under(s3, output_prefix(ns, name)) if k.endswith("training_summary.json"))
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def test_happy_path(kube, s3, s3_endpoint, namespace):
+    name = "tiny"
+    kube.apply(finetune(namespace, name, s3_endpoint, max_steps=150), namespace)
+    seen_phases, progress_seen = [], []
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        status = kube.lft(namespace, name).get("status", {})
+        p = status.get("phase")
+        if p and (not seen_phases or seen_phases[-1] != p):
+            seen_phases.append(p)
+        if p == "Running" and status.get("progress", {}).get("step"):
+            progress_seen.append((status["progress"]["step"], status.get("metrics", {}).get("loss")))
+        if p in ("Succeeded", "Failed"):
+            break
+        time.sleep(1)
+    assert seen_phases[-1] == "Succeeded", seen_phases
+    assert "Running" in seen_phases
+    assert progress_seen, "no progress (step/loss) was visible while Running"
+    assert any(loss is not None for _, loss in progress_seen)
+    # What a user types: kubectl wait, get, describe.
+    kube.run("wait", "--for=condition=Succeeded", f"lft/{name}", "-n", namespace, "--timeout=30s")
+    table = kube.run("get", "lft", name, "-n", namespace).stdout
+    assert "Succeeded" in table and "150/150" in table, table
+    described = kube.run("describe", "lft", name, "-n", namespace).stdout
+    for reason in ("JobCreated", "Started", "Succeeded"):
+        assert reason in described, described
+    obj = kube.lft(namespace, name)
+    adapter = obj["status"]["adapter"]
+    assert adapter["uri"] == f"s3://{BUCKET}/{output_prefix(namespace, name)}/adapter"
+    keys = keys_under(s3, output_prefix(namespace, name) + "/adapter/")
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        assert any(k.endswith("/" + f) for k in keys), keys
+    assert summary(s3, namespace, name)["metrics"]
+    assert obj["status"]["attempts"] == 1
+    assert S3_SECRET_KEY not in json.dumps(obj) + described
+
+
+def test_pod_killed_mid_run_resumes(kube, s3, s3_endpoint, namespace):
+    name = "killed"
+    kube.apply(finetune(namespace, name, s3_endpoint, max_steps=400, every_steps=20), namespace)
+    step = wait_checkpoint(kube, namespace, name)
+    assert step > 0
+    pods = [p["metadata"]["name"] for p in kube.pods(namespace, name) if p["status"].get("phase") == "Running"]
+    assert len(pods) == 1, pods
+    kube.run("delete", "pod", pods[0], "-n", namespace, "--wait=false")
+    obj = wait_phase(kube, namespace, name, "Succeeded", 480)
+    assert obj["status"]["attempts"] == 2
+    resumed = summary(s3, namespace, name).get("resumedFromStep")
+    assert resumed and resumed > 0, f"second attempt did not resume from a checkpoint: {resumed}"
+    assert obj["status"]["progress"]["step"] == 400
+
+
+def test_suspend_then_resume(kube, s3, s3_endpoint, namespace):
+    name = "suspended"
+    kube.apply(finetune(namespace, name, s3_endpoint, max_steps=400, every_steps=20), namespace)
+    wait_checkpoint(kube, namespace, name)
+    kube.run("patch", "lft", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_phase(kube, namespace, name, "Suspended", 180)
+    kube.wait_for("trainer pod gone", lambda: not [
+        p for p in kube.pods(namespace, name) if p["status"].get("phase") in ("Pending", "Running")
+        and not p["metadata"].get("deletionTimestamp")], 180)
+    assert condition(kube.lft(namespace, name), "Suspended").get("status") == "True"
+    kube.run("patch", "lft", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    obj = wait_phase(kube, namespace, name, "Succeeded", 480)
+    resumed = summary(s3, namespace, name).get("resumedFromStep")
+    assert resumed and resumed > 0, resumed
+    reasons = {e["reason"] for e in kube.events(namespace, name)}
+    assert {"Suspended", "Resumed"} <= reasons, reasons
+    assert obj["status"]["progress"]["step"] == 400
+
+
+def test_bad_dataset_fails_fast_without_retries(kube, s3, s3_endpoint, namespace):
+    name = "baddata"
+    rows = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                     {"role": "assistant", "content": f"a{i}"}]}) for i in range(20)]
+    rows[6] = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]})
+    key = f"{output_prefix(namespace, name)}/data/train.jsonl"
+    s3.put_object(Bucket=BUCKET, Key=key, Body="\n".join(rows).encode())
+    started = time.monotonic()
+    kube.apply(finetune(namespace, name, s3_endpoint, dataset=f"s3://{BUCKET}/{key}"), namespace)
+    obj = wait_phase(kube, namespace, name, "Failed", 60)
+    elapsed = time.monotonic() - started
+    message = obj["status"].get("message", "")
+    assert "row 7" in message and "robot" in message, message
+    failed = condition(obj, "Failed")
+    assert failed.get("status") == "True" and failed.get("reason") == "InvalidInput", failed
+    events = kube.events(namespace, name)
+    assert any(e["reason"] == "Failed" and "row 7" in e.get("message", "") for e in events), events
+    time.sleep(5)  # no retry may follow
+    assert len(kube.pods(namespace, name)) == 1
+    assert kube.lft(namespace, name)["status"]["attempts"] == 1
+    print(f"bad dataset failed after {elapsed:.1f} s")
+
+
+def test_delete_while_running_collects_children_keeps_checkpoints(kube, s3, s3_endpoint, namespace):
+    name = "deleted"
+    kube.apply(finetune(namespace, name, s3_endpoint, max_steps=400, every_steps=20), namespace)
+    wait_checkpoint(kube, namespace, name)
+    kube.run("delete", "lft", name, "-n", namespace, "--wait=true", "--timeout=120s")
+
+    def children():
+        left = []
+        for kind in ("job", "configmap", "serviceaccount", "role", "rolebinding", "pod"):
+            items = kube.json("get", kind, "-n", namespace, "-l", f"finetune.dev/name={name}")["items"]
+            left += [f"{kind}/{i['metadata']['name']}" for i in items]
+        return left
+    kube.wait_for("children garbage-collected", lambda: not children(), 180, interval=2)
+    checkpoints = [k for k in keys_under(s3, output_prefix(namespace, name) + "/checkpoints/")
+                   if k.endswith("manifest.json")]
+    assert checkpoints, "uploaded checkpoints were lost with the resource"
+
+
+def test_operator_pod_deleted_mid_run(kube, s3, s3_endpoint, namespace):
+    name = "oprestart"
+    kube.apply(finetune(namespace, name, s3_endpoint, max_steps=300, every_steps=50), namespace)
+    wait_phase(kube, namespace, name, "Running", 240)
+    kube.run("delete", "pod", "-n", "lft-system", "-l", "app.kubernetes.io/name=lora-finetune-operator",
+             "--wait=false")
+    obj = wait_phase(kube, namespace, name, "Succeeded", 480)
+    jobs = kube.json("get", "jobs", "-n", namespace, "-l", f"finetune.dev/name={name}")["items"]
+    assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
+    assert obj["status"]["attempts"] == 1
+    logs = kube.run("logs", "-n", "lft-system", "deploy/lora-finetune-operator", check=False).stdout
+    assert S3_SECRET_KEY not in logs

@@ -81,7 +81,7 @@ docker import \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   -c 'ENV LANG=C.UTF-8' \
   -c "LABEL lft.base.key=$KEY" \
-  -c "LABEL org.opencontainers.image.description=Debian $SUITE $VARIANT + python3 (debootstrap)" \
+  -c "LABEL org.opencontainers.image.description=\"Debian $SUITE $VARIANT + python3 (debootstrap)\"" \
   -c 'CMD ["/bin/bash"]' \
   "$TARBALL" "$IMAGE" >&2
 log "imported $IMAGE (key $KEY)"

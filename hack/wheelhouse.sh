@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Download on the host every wheel the images need, so `docker build` runs without network
+# (HTTPS to PyPI fails inside containers here: the host's trust store is not there).
+#
+# Wheels are cached outside the clone in $LFT_CACHE_DIR/wheelhouse (one flat folder, reused
+# by every clone and run); each image gets its exact set hard-linked into the build context:
+#   .wheelhouse/trainer/   trainer_image/requirements.txt (CPU torch from /opt/wheels)
+#   .wheelhouse/operator/  operator/requirements.txt
+# plus a requirements.lock (name==version of every wheel) for the record.
+#
+# A warm run resolves against the cache alone (--no-index) and touches no network.
+# Only wheels are accepted (--only-binary): an sdist would need a compiler inside the build.
+#
+# Usage: hack/wheelhouse.sh [trainer|operator ...]   (default: both)
+#   env: PIP (default /work/main/.venv/bin/pip, else .venv/bin/pip), LFT_CACHE_DIR (/var/cache/lft)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE="${LFT_CACHE_DIR:-/var/cache/lft}/wheelhouse"
+OUT="$ROOT/.wheelhouse"
+if [[ -z "${PIP:-}" ]]; then
+  for p in /work/main/.venv/bin/pip "$ROOT/.venv/bin/pip"; do [[ -x $p ]] && PIP=$p && break; done
+fi
+: "${PIP:?no pip found: set PIP=/path/to/pip (pip >= 23)}"
+# The CPU build of torch lies on this machine's disk; the index only has multi-GB CUDA builds.
+TORCH_CPU_WHEEL="${TORCH_CPU_WHEEL:-$(ls /opt/wheels/torch-*+cpu-cp311-*.whl 2>/dev/null | sort -V | tail -n1 || true)}"
+
+log() { echo "[wheelhouse] $*" >&2; }
+
+declare -A REQS=(
+  [trainer]="$ROOT/trainer_image/requirements.txt"
+  [operator]="$ROOT/operator/requirements.txt"
+)
+IMAGES=("$@")
+((${#IMAGES[@]})) || IMAGES=(trainer operator)
+
+mkdir -p "$CACHE" "$OUT"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+# Constraints: pin torch to the CPU build (so nothing ever pulls a CUDA torch and the
+# nvidia-* wheels).
+CONSTRAINTS="$WORK/constraints.txt"
+: > "$CONSTRAINTS"
+if [[ -n "$TORCH_CPU_WHEEL" ]]; then
+  ln -f "$TORCH_CPU_WHEEL" "$CACHE/" 2>/dev/null || cp -n "$TORCH_CPU_WHEEL" "$CACHE/"
+  torch_ver=$(basename "$TORCH_CPU_WHEEL" | cut -d- -f2)
+  echo "torch==$torch_ver" >> "$CONSTRAINTS"
+fi
+
+# Resolve $1 (a requirements file) against the cache alone; write pip's JSON report to $2.
+resolve_offline() {
+  "$PIP" install --quiet --dry-run --ignore-installed --no-index --find-links "$CACHE" \
+    --only-binary=:all: -c "$CONSTRAINTS" -r "$1" --report "$2" 2>"$WORK/resolve.err"
+}
+
+for image in "${IMAGES[@]}"; do
+  req=${REQS[$image]:?unknown image $image (trainer|operator)}
+  report="$WORK/$image.json"
+  start=$SECONDS
+  if ! resolve_offline "$req" "$report"; then
+    log "$image: cache incomplete, downloading into $CACHE"
+    "$PIP" download --quiet --only-binary=:all: --find-links "$CACHE" -c "$CONSTRAINTS" \
+      -r "$req" -d "$CACHE" 2>&1 | grep -v "is ignored: it is neither a file" >&2 || true
+    resolve_offline "$req" "$report" || { cat "$WORK/resolve.err" >&2; exit 1; }
+  fi
+
+  # The report names each chosen wheel by its file:// URL in the cache.
+  mapfile -t files < <(python3 - "$report" <<'PY'
+import json, sys, urllib.parse
+for item in json.load(open(sys.argv[1]))["install"]:
+    print(urllib.parse.unquote(urllib.parse.urlparse(item["download_info"]["url"]).path))
+PY
+)
+  if [[ $image == trainer ]] && ! printf '%s\n' "${files[@]}" | grep -q '/torch-[^/]*+cpu-'; then
+    log "trainer: torch is not the CPU build; refusing (would be GBs of CUDA)"; exit 1
+  fi
+  if printf '%s\n' "${files[@]}" | grep -q '/nvidia_'; then
+    log "$image: CUDA (nvidia-*) wheels in the set; refusing"; exit 1
+  fi
+
+  dest="$OUT/$image"
+  mkdir -p "$dest"
+  # Drop wheels no longer wanted, so the build context holds exactly this set.
+  declare -A want=()
+  for f in "${files[@]}"; do want[$(basename "$f")]=1; done
+  for f in "$dest"/*.whl; do
+    [[ -e $f && -z ${want[$(basename "$f")]:-} ]] && rm -f "$f"
+  done
+  for f in "${files[@]}"; do
+    # Hard links cost no space; fall back to a copy across file systems.
+    [[ "$f" -ef "$dest/$(basename "$f")" ]] || ln -f "$f" "$dest/" 2>/dev/null || cp -f "$f" "$dest/"
+  done
+  unset want
+  python3 - "$report" > "$dest/requirements.lock" <<'PY'
+import json, sys
+items = json.load(open(sys.argv[1]))["install"]
+for item in sorted(items, key=lambda i: i["metadata"]["name"].lower()):
+    print(f'{item["metadata"]["name"]}=={item["metadata"]["version"]}')
+PY
+  log "$image: ${#files[@]} wheels, $(du -shL "$dest" | cut -f1) in $dest ($((SECONDS - start)) s)"
+done

@@ -1,0 +1,38 @@
+# shellcheck shell=bash
+# Shared paths and helpers for tests/cluster/*.sh (sourced, not executed).
+
+K8S_VERSION=${K8S_VERSION:-1.20.2}
+LFT_CACHE=${LFT_CACHE:-/var/cache/lft}
+LFT_STATE=${LFT_STATE:-/var/lib/lft}
+K8S_BIN_DIR=${K8S_BIN_DIR:-$LFT_CACHE/k8s/$K8S_VERSION}
+TOOLS_BIN_DIR=${TOOLS_BIN_DIR:-$LFT_CACHE/bin}
+CLUSTER_DIR=$LFT_STATE/cluster
+PKI_DIR=$CLUSTER_DIR/pki
+RUN_DIR=$CLUSTER_DIR/run
+LOG_DIR=$CLUSTER_DIR/logs
+KUBECONFIG_PATH=$CLUSTER_DIR/kubeconfig
+PAUSE_IMAGE=${PAUSE_IMAGE:-lft/pause:1}
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+
+log() { echo "[$(date +%H:%M:%S) ${0##*/}] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+apt_install() {
+  local opts=(-y -q --no-install-recommends -o DPkg::Lock::Timeout=600)
+  # A stale package index is the usual reason an install fails: update and retry once.
+  DEBIAN_FRONTEND=noninteractive apt-get install "${opts[@]}" "$@" >&2 ||
+    { apt-get -o DPkg::Lock::Timeout=600 update -q >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install "${opts[@]}" "$@" >&2; }
+}
+
+# Install the named Debian packages unless all of them are already installed.
+ensure_debs() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+}

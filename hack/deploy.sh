@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install/upgrade the operator into the local cluster with the Helm chart, pointed at the locally
+# built images (pull policy Never: there is no registry) and the local S3 server (hack/s3.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${LFT_BIN:-/var/cache/lft/bin}
+export KUBECONFIG=${KUBECONFIG:-/var/lib/lft/cluster/kubeconfig}
+RELEASE=lora-finetune-operator
+NS=lft-system
+eval "$(bash hack/s3.sh env)"
+DEMO_NS=${LFT_DEMO_NAMESPACE:-default}
+SECRET=s3-credentials
+
+# The credentials Secret the example uses (moto accepts any key; a real S3 wants real ones).
+"$BIN/kubectl" create secret generic "$SECRET" -n "$DEMO_NS" \
+  --from-literal=AWS_ACCESS_KEY_ID=demo --from-literal=AWS_SECRET_ACCESS_KEY=demo-secret \
+  --dry-run=client -o yaml | "$BIN/kubectl" apply -f - >/dev/null
+
+"$BIN/helm" upgrade --install "$RELEASE" charts/lora-finetune-operator -n "$NS" --create-namespace \
+  --set image.repository=lft/operator --set image.tag=dev --set image.pullPolicy=Never \
+  --set trainer.image=lft/trainer:cpu --set trainer.pullPolicy=Never \
+  --set storage.endpoint="$LFT_S3_ENDPOINT" --set storage.secretName="$SECRET" \
+  --wait --timeout 180s
+# A new image under the same tag needs a new pod: restart when the image ID changed.
+want=$(docker image inspect -f '{{.Id}}' lft/operator:dev)
+have=$("$BIN/kubectl" get pods -n "$NS" -l app.kubernetes.io/name=$RELEASE \
+  -o jsonpath='{.items[0].status.containerStatuses[0].imageID}' 2>/dev/null || true)
+if [ -n "$have" ] && [[ "$have" != *"${want#sha256:}"* ]]; then
+  "$BIN/kubectl" rollout restart deploy/$RELEASE -n "$NS"
+fi
+"$BIN/kubectl" rollout status deploy/$RELEASE -n "$NS" --timeout=180s
+echo "operator deployed: helm -n $NS status $RELEASE"

@@ -41,7 +41,10 @@ def kube() -> Kube:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> str:
+def s3_host_endpoint() -> str:
+    """The S3 endpoint as this host reaches it: LFT_S3_ENDPOINT (kind: a port-forward), else hack/s3.sh's."""
+    if os.environ.get("LFT_S3_ENDPOINT"):
+        return os.environ["LFT_S3_ENDPOINT"]
     out = subprocess.run(["bash", str(REPO / "hack/s3.sh"), "env"], capture_output=True, text=True)
     env = dict(line.split("=", 1) for line in out.stdout.split() if "=" in line)
     url = env.get("LFT_S3_ENDPOINT", "")
@@ -50,13 +53,19 @@ def s3_endpoint() -> str:
 
 
 @pytest.fixture(scope="session")
-def s3(s3_endpoint):
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+def s3_endpoint(s3_host_endpoint) -> str:
+    """The S3 endpoint as the trainer pods reach it (the same URL on the local cluster)."""
+    return os.environ.get("LFT_S3_POD_ENDPOINT", s3_host_endpoint)
+
+
+@pytest.fixture(scope="session")
+def s3(s3_host_endpoint):
+    client = boto3.client("s3", endpoint_url=s3_host_endpoint, region_name="us-east-1",
                           aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY)
     try:
         client.head_bucket(Bucket="lft")
     except Exception as e:  # noqa: BLE001 - any failure means no usable server
-        _require(False, f"S3 server at {s3_endpoint} not usable: {e}")
+        _require(False, f"S3 server at {s3_host_endpoint} not usable: {e}")
     return client
 
 

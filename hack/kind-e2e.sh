@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# `make kind-e2e`: the same end-to-end scenarios on kind, for a laptop with Docker, kind, kubectl,
+# helm and network access: images built the ordinary way (python:3.11-slim, pip from the index),
+# `kind load docker-image`, MinIO in the cluster, the operator by Helm.
+# Not runnable on the project's own machines (no kind, no registry): there `make e2e` builds a
+# real single-node cluster instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLUSTER=${KIND_CLUSTER:-lft-e2e}
+for tool in docker kind kubectl helm; do
+  command -v "$tool" >/dev/null || { echo "kind-e2e needs $tool on PATH" >&2; exit 1; }
+done
+kind get clusters | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER" --wait 120s
+export KUBECONFIG=${KIND_KUBECONFIG:-$HOME/.kube/kind-$CLUSTER}
+kind get kubeconfig --name "$CLUSTER" >"$KUBECONFIG"
+bash hack/build-images.sh --online
+kind load docker-image lft/operator:dev lft/trainer:cpu --name "$CLUSTER"
+kubectl apply -f tests/e2e/kind/minio.yaml
+kubectl rollout status deploy/minio -n lft-storage --timeout=300s
+kubectl run mc-mb -n lft-storage --rm -i --restart=Never --image=quay.io/minio/mc:latest --command -- \
+  sh -c 'mc alias set m http://minio:9000 e2e-access-key e2e-secret-key-do-not-leak && mc mb -p m/lft'
+helm upgrade --install lora-finetune-operator charts/lora-finetune-operator -n lft-system --create-namespace \
+  --set image.repository=lft/operator --set image.tag=dev --set image.pullPolicy=Never \
+  --set trainer.image=lft/trainer:cpu --set trainer.pullPolicy=Never \
+  --set storage.endpoint=http://minio.lft-storage:9000 --wait --timeout 300s
+# The tests reach MinIO through a port-forward; the pods by its Service name.
+kubectl port-forward -n lft-storage svc/minio 19000:9000 >/dev/null 2>&1 &
+pf=$!
+trap 'kill $pf 2>/dev/null || true' EXIT
+sleep 2
+LFT_S3_ENDPOINT=http://127.0.0.1:19000 LFT_S3_POD_ENDPOINT=http://minio.lft-storage:9000 \
+  LFT_KUBECTL=$(command -v kubectl) LFT_REQUIRE_CLUSTER=1 .venv/bin/python -m pytest tests/e2e -q

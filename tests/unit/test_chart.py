@@ -1,0 +1,272 @@
+"""The Helm chart: `helm lint` and `helm template`, with assertions on the rendered manifests.
+
+Needs the helm binary (tests/cluster/install-tools.sh puts it in /var/cache/lft/bin); skipped without it
+unless LFT_REQUIRE_TOOLS=1, which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "lora-finetune-operator"
+RELEASE, NAMESPACE = "lft", "lft-system"
+
+
+def _helm() -> str | None:
+    for candidate in (os.environ.get("LFT_HELM"), "/var/cache/lft/bin/helm", shutil.which("helm")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+HELM = _helm()
+if HELM is None:
+    if os.environ.get("LFT_REQUIRE_TOOLS") == "1":
+        pytest.fail("helm not found (LFT_REQUIRE_TOOLS=1): run tests/cluster/install-tools.sh", pytrace=False)
+    pytest.skip("helm not found: run tests/cluster/install-tools.sh (or set LFT_HELM)", allow_module_level=True)
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=60, check=check)
+
+
+def set_args(values: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for key, value in values.items():
+        out += ["--set", f"{key}={value}"]
+    return out
+
+
+def render(values: dict[str, str] | None = None, *extra: str) -> list[dict[str, Any]]:
+    proc = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *set_args(values or {}), *extra)
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def container(docs: list[dict]) -> dict:
+    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(docs: list[dict]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container(docs)["env"]}
+
+
+def rules_of(docs: list[dict]) -> list[dict]:
+    return [r for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role") for r in role["rules"]]
+
+
+def granted(rules: list[dict], group: str, resource: str) -> set[str]:
+    verbs: set[str] = set()
+    for r in rules:
+        if group in r.get("apiGroups", []) and resource in r.get("resources", []) and not r.get("resourceNames"):
+            verbs |= set(r["verbs"])
+    return verbs
+
+
+HA_NAMESPACED = {"watchNamespaces": "{team-a,team-b}", "peering.enabled": "true", "replicaCount": "2"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, HA_NAMESPACED, {"peering.enabled": "true", "metrics.serviceMonitor.enabled": "true"}],
+    ids=["defaults", "namespaced-ha", "clusterwide-peering-servicemonitor"],
+)
+def test_helm_lint_strict(values: dict[str, str]) -> None:
+    proc = helm("lint", str(CHART), "--strict", *set_args(values), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["name"] == "lora-finetune-operator"
+    assert chart["appVersion"] == "0.1.0"
+
+
+def test_default_render_has_the_expected_objects() -> None:
+    docs = render()
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        ["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
+         "Deployment", "Service"]
+    ), kinds
+    # Off by default: HA peering and the Prometheus Operator's ServiceMonitor.
+    assert not by_kind(docs, "ServiceMonitor") and not by_kind(docs, "ClusterKopfPeering")
+
+
+def test_deployment_is_restricted() -> None:
+    docs = render()
+    deploy = one(docs, "Deployment")
+    spec = deploy["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    sc = container(docs)["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # A read-only root needs a writable /tmp.
+    mounts = {m["mountPath"]: m["name"] for m in container(docs)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_liveness_probe_and_metrics_service_target_the_container_ports() -> None:
+    docs = render({"metrics.port": "9191", "liveness.port": "8181"})
+    c = container(docs)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 9191, "healthz": 8181}
+    probe = c["livenessProbe"]["httpGet"]
+    assert probe["port"] == "healthz" and probe["path"] == "/healthz"
+    env = env_of(docs)
+    assert env["LFT_METRICS_PORT"] == "9191" and env["LFT_LIVENESS_PORT"] == "8181"
+    svc = one(docs, "Service")
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    deploy_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= deploy_labels.items()
+
+
+def test_values_flow_into_the_operator_environment() -> None:
+    docs = render(
+        {
+            "image.repository": "registry.local/lft-operator",
+            "image.tag": "9.9.9",
+            "image.pullPolicy": "Never",
+            "trainer.image": "registry.local/lft-trainer:1.2.3",
+            "trainer.pullPolicy": "Always",
+            "storage.endpoint": "http://minio.storage:9000",
+            "storage.secretName": "s3-creds",
+            "logLevel": "DEBUG",
+            "nodeSelector.role": "system",
+            "tolerations[0].key": "dedicated",
+            "tolerations[0].operator": "Exists",
+            "resources.limits.memory": "300Mi",
+        }
+    )
+    c = container(docs)
+    assert c["image"] == "registry.local/lft-operator:9.9.9"
+    assert c["imagePullPolicy"] == "Never"
+    assert c["resources"]["limits"]["memory"] == "300Mi"
+    env = env_of(docs)
+    assert env["LFT_TRAINER_IMAGE"] == "registry.local/lft-trainer:1.2.3"
+    assert env["LFT_TRAINER_IMAGE_PULL_POLICY"] == "Always"
+    assert env["LFT_DEFAULT_STORAGE_ENDPOINT"] == "http://minio.storage:9000"
+    assert env["LFT_DEFAULT_STORAGE_SECRET"] == "s3-creds"
+    assert env["LFT_NAMESPACES"] == ""  # all namespaces
+    assert env["LFT_LOG_LEVEL"] == "DEBUG"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"role": "system"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    # The default tag is the chart's appVersion.
+    assert container(render())["image"] == "lft/operator:0.1.0"
+
+
+@pytest.mark.parametrize("values", [{}, HA_NAMESPACED], ids=["clusterwide", "namespaced-ha"])
+def test_rbac_is_least_privilege(values: dict[str, str]) -> None:
+    rules = rules_of(render(values))
+    for r in rules:
+        for field in ("verbs", "resources", "apiGroups"):
+            assert "*" not in r.get(field, []), f"wildcard {field} in {r}"
+        assert not {"escalate", "bind", "impersonate"} & set(r["verbs"]), r
+    # Secrets: an existence check only, never list/watch (which would return every value).
+    secret_rules = [r for r in rules if "secrets" in r["resources"]]
+    assert secret_rules and all(r["verbs"] == ["get"] for r in secret_rules)
+    # Nothing but reads on pods; nothing on nodes or cluster-wide write access to RBAC bindings.
+    assert granted(rules, "", "pods") == {"get", "list", "watch"}
+    assert not granted(rules, "rbac.authorization.k8s.io", "clusterroles")
+    assert not granted(rules, "rbac.authorization.k8s.io", "clusterrolebindings")
+    assert not granted(rules, "", "nodes")
+
+
+def test_rbac_covers_what_the_operator_does() -> None:
+    rules = rules_of(render())
+    g = "finetune.dev"
+    assert {"get", "list", "watch", "patch"} <= granted(rules, g, "lorafinetunes")
+    # RBAC escalation rule: the per-run Roles grant get/patch on lorafinetunes/status, so the operator
+    # must hold both itself, or the API server refuses to create those Roles.
+    assert {"get", "patch"} <= granted(rules, g, "lorafinetunes/status")
+    assert {"create", "get", "list", "watch", "patch", "delete"} <= granted(rules, "batch", "jobs")
+    for resource in ("configmaps", "serviceaccounts"):
+        assert {"create", "get", "patch", "delete"} <= granted(rules, "", resource)
+    for resource in ("roles", "rolebindings"):
+        assert {"create", "get", "patch", "delete"} <= granted(rules, "rbac.authorization.k8s.io", resource)
+    assert "create" in granted(rules, "", "events")
+
+
+def test_watch_namespaces_bind_the_role_per_namespace_only() -> None:
+    docs = render({"watchNamespaces": "{team-a,team-b}"})
+    assert env_of(docs)["LFT_NAMESPACES"] == "team-a,team-b"
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    main_role = next(r for r in by_kind(docs, "ClusterRole") if any("jobs" in x["resources"] for x in r["rules"]))
+    assert all(b["roleRef"]["name"] == main_role["metadata"]["name"] for b in bindings)
+    # The operator's namespaced powers are not granted cluster-wide.
+    assert all(b["roleRef"]["name"] != main_role["metadata"]["name"] for b in by_kind(docs, "ClusterRoleBinding"))
+
+
+def test_replicas_above_one_require_peering() -> None:
+    proc = helm("template", RELEASE, str(CHART), "--set", "replicaCount=2", check=False)
+    assert proc.returncode != 0 and "peering" in proc.stderr
+
+
+def test_peering_clusterwide_and_namespaced() -> None:
+    docs = render({"peering.enabled": "true", "replicaCount": "2"})
+    peering = one(docs, "ClusterKopfPeering")
+    assert env_of(docs)["LFT_PEERING_NAME"] == peering["metadata"]["name"]
+    assert {"get", "list", "watch", "patch"} <= granted(rules_of(docs), "kopf.dev", "clusterkopfpeerings")
+    assert {c["metadata"]["name"] for c in by_kind(docs, "CustomResourceDefinition")} == {
+        "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    # POD_ID names the peer, so the peering object shows which pod is active.
+    (pod_id,) = [e for e in container(docs)["env"] if e["name"] == "POD_ID"]
+    assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+    docs = render(HA_NAMESPACED)
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
+    assert {"get", "list", "watch", "patch"} <= granted(rules_of(docs), "kopf.dev", "kopfpeerings")
+    assert not granted(rules_of(docs), "kopf.dev", "clusterkopfpeerings")
+    assert "LFT_PEERING_NAME" not in env_of(render())
+
+
+def test_service_monitor_optional() -> None:
+    docs = render({"metrics.serviceMonitor.enabled": "true", "metrics.serviceMonitor.labels.release": "prom"})
+    sm = one(docs, "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= one(docs, "Service")["metadata"]["labels"].items()
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    chart_crds = sorted((CHART / "crds").glob("*.yaml"))
+    if not chart_crds:
+        pytest.skip("charts/lora-finetune-operator/crds/ not generated yet (make crds)")
+    docs = render({}, "--include-crds")
+    names = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
+    assert "lorafinetunes.finetune.dev" in names
+    root = {p.name: p.read_text() for p in (ROOT / "crds").glob("*.yaml")}
+    for path in chart_crds:
+        if path.name in root:
+            assert path.read_text() == root[path.name], f"{path.name}: chart copy differs from crds/"

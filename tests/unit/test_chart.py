@@ -270,3 +270,11 @@ def test_chart_crds_are_the_generated_ones() -> None:
     for path in chart_crds:
         if path.name in root:
             assert path.read_text() == root[path.name], f"{path.name}: chart copy differs from crds/"
+
+
+@pytest.mark.parametrize(
+    "bad", ["watchNamespaces={Team_A}", "trainer.pullPolicy=Sometimes", "replicaCount=0", "metrics.port=70000"]
+)
+def test_values_schema_rejects_bad_values(bad: str) -> None:
+    proc = helm("template", RELEASE, str(CHART), "--set", bad, check=False)
+    assert proc.returncode != 0 and "schema" in proc.stderr, proc.stderr

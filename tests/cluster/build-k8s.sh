@@ -34,7 +34,7 @@ fetch_source() {
   mkdir -p "$SRC_ROOT"
   local dsc
   (cd "$SRC_ROOT" && { ls kubernetes_*.dsc >/dev/null 2>&1 || apt-get source --download-only kubernetes >&2; })
-  dsc=$(ls "$SRC_ROOT"/kubernetes_*.dsc | head -n1)
+  dsc=$(find "$SRC_ROOT" -maxdepth 1 -name 'kubernetes_*.dsc' | sort | tail -n1)
   # The package is "1.20.5+really1.20.2": make sure it is the version we key on.
   grep -q "really$K8S_VERSION" <<<"$dsc" || die "source package $dsc is not Kubernetes $K8S_VERSION"
   rm -rf "$TREE"

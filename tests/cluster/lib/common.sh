@@ -36,3 +36,39 @@ ensure_debs() {
     apt_install "${missing[@]}"
   fi
 }
+
+NODE_NAME=${LFT_NODE_NAME:-lft-node}
+APISERVER_PORT=${LFT_APISERVER_PORT:-6443}
+ETCD_CLIENT_PORT=${LFT_ETCD_PORT:-2379}
+ETCD_PEER_PORT=$((ETCD_CLIENT_PORT + 1))
+SERVICE_CIDR=10.96.0.0/12
+SERVICE_IP=10.96.0.1
+# Components in start order; down.sh stops them in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+
+component_bin() {
+  case $1 in
+    etcd) echo /usr/bin/etcd ;;
+    *) echo "$K8S_BIN_DIR/$1" ;;
+  esac
+}
+
+pid_file() { echo "$RUN_DIR/$1.pid"; }
+
+# Prints the pid of a component we started, if it is still that program.
+component_pid() {
+  local pid exe
+  pid=$(cat "$(pid_file "$1")" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  # Guards against pid reuse; " (deleted)" appears if the binary was replaced.
+  [[ ${exe% (deleted)} == "$(component_bin "$1")" ]] || return 1
+  echo "$pid"
+}
+
+is_running() { component_pid "$1" >/dev/null; }
+
+# The docker bridge address: the node IP, reachable from pods and the host.
+docker_bridge_ip() {
+  ip -4 -o addr show dev docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -n1
+}

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Bring up (or complete) the local single-node Kubernetes 1.20 cluster.
+#   tests/cluster/up.sh [--api-only]
+# --api-only: etcd + kube-apiserver + kube-controller-manager (no pods run).
+# Without it also kube-scheduler, kubelet (dockershim) and kube-proxy.
+# Idempotent: installs what is missing, leaves running components alone.
+# Logs go to stderr; the last stdout line is `export KUBECONFIG=...`.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+# shellcheck source=tests/cluster/lib/common.sh
+source "$here/lib/common.sh"
+# shellcheck source=tests/cluster/lib/pki.sh
+source "$here/lib/pki.sh"
+
+API_ONLY=0
+for arg in "$@"; do
+  case $arg in
+    --api-only) API_ONLY=1 ;;
+    -h | --help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) die "unknown argument: $arg" ;;
+  esac
+done
+[[ $(id -u) -eq 0 ]] || die "must run as root"
+
+KUBECTL=$TOOLS_BIN_DIR/kubectl
+kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+# start NAME ARGS...: run a component detached, pid in RUN_DIR, log in LOG_DIR.
+start() {
+  local name=$1 bin pid
+  shift
+  if is_running "$name"; then
+    log "$name already running (pid $(component_pid "$name"))"
+    return 0
+  fi
+  bin=$(component_bin "$name")
+  echo "==== $(date -u +%FT%TZ) starting $name" >>"$LOG_DIR/$name.log"
+  # Without job control a background job is no process-group leader, so setsid
+  # does not fork and $! is the component's own pid.
+  setsid nohup "$bin" "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  pid=$!
+  echo "$pid" >"$(pid_file "$name")"
+  sleep 0.5
+  if ! is_running "$name"; then
+    tail -n 30 "$LOG_DIR/$name.log" >&2
+    die "$name exited right after start (log: $LOG_DIR/$name.log)"
+  fi
+  log "started $name (pid $pid)"
+}
+
+# wait_for WHAT SECONDS CMD...: poll CMD until it succeeds.
+wait_for() {
+  local what=$1 timeout=$2 t0=$SECONDS
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS - t0 > timeout)); then
+      die "timed out after ${timeout}s waiting for $what (logs: $LOG_DIR)"
+    fi
+    sleep 0.5
+  done
+  log "$what ready after $((SECONDS - t0))s"
+}
+
+# 127.0.0.1:6443 -> NODE_IP:6443. The API server has one bind address; it must
+# be the bridge IP so pods reach it (service 10.96.0.1 -> NODE_IP:6443), and
+# this keeps the host-side address stable without binding 0.0.0.0.
+ensure_loopback_dnat() {
+  local chain=LFT-APISERVER
+  iptables -w -t nat -N "$chain" 2>/dev/null || true
+  iptables -w -t nat -F "$chain"
+  iptables -w -t nat -A "$chain" -d 127.0.0.1/32 -p tcp --dport "$APISERVER_PORT" \
+    -j DNAT --to-destination "$NODE_IP:$APISERVER_PORT"
+  iptables -w -t nat -C OUTPUT -d 127.0.0.1/32 -p tcp --dport "$APISERVER_PORT" -j "$chain" 2>/dev/null ||
+    iptables -w -t nat -I OUTPUT -d 127.0.0.1/32 -p tcp --dport "$APISERVER_PORT" -j "$chain"
+}
+
+start_etcd() {
+  start etcd --name lft --data-dir "$CLUSTER_DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "lft=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --logger zap --log-outputs stderr
+  wait_for etcd 60 curl -fsS "http://127.0.0.1:$ETCD_CLIENT_PORT/health"
+}
+
+start_apiserver() {
+  start kube-apiserver \
+    --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --bind-address "$NODE_IP" --advertise-address "$NODE_IP" \
+    --secure-port "$APISERVER_PORT" --insecure-port 0 \
+    --tls-cert-file "$PKI_DIR/kube-apiserver.crt" --tls-private-key-file "$PKI_DIR/kube-apiserver.key" \
+    --client-ca-file "$PKI_DIR/ca.crt" \
+    --kubelet-client-certificate "$PKI_DIR/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI_DIR/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$PKI_DIR/ca.crt" \
+    --kubelet-preferred-address-types InternalIP \
+    --service-account-key-file "$PKI_DIR/sa.pub" \
+    --service-account-signing-key-file "$PKI_DIR/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --api-audiences https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction \
+    --allow-privileged=true --profiling=false --event-ttl 1h --v 1
+  wait_for kube-apiserver 120 curl -fsS --cacert "$PKI_DIR/ca.crt" \
+    --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz"
+}
+
+start_controller_manager() {
+  local kcfg=$CLUSTER_DIR/kube-controller-manager.kubeconfig
+  start kube-controller-manager \
+    --kubeconfig "$kcfg" --authentication-kubeconfig "$kcfg" --authorization-kubeconfig "$kcfg" \
+    --bind-address 127.0.0.1 --port 0 --leader-elect=false \
+    --controllers '*' --use-service-account-credentials=true \
+    --service-account-private-key-file "$PKI_DIR/sa.key" --root-ca-file "$PKI_DIR/ca.crt" \
+    --cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key" \
+    --allocate-node-cidrs=false --v 1
+}
+
+start_scheduler() {
+  local kcfg=$CLUSTER_DIR/kube-scheduler.kubeconfig
+  start kube-scheduler --kubeconfig "$kcfg" \
+    --authentication-kubeconfig "$kcfg" --authorization-kubeconfig "$kcfg" \
+    --bind-address 127.0.0.1 --port 0 --leader-elect=false --v 1
+}
+
+start_kubelet() {
+  mkdir -p "$CLUSTER_DIR/kubelet"
+  cat >"$CLUSTER_DIR/kubelet-config.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+cgroupDriver: cgroupfs
+failSwapOn: false
+tlsCertFile: $PKI_DIR/kubelet.crt
+tlsPrivateKeyFile: $PKI_DIR/kubelet.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI_DIR/ca.crt}
+authorization:
+  mode: Webhook
+clusterDomain: cluster.local
+resolvConf: /etc/resolv.conf
+# Images are imported, never pulled: image GC must never delete them, and a
+# fullish test disk must not evict pods.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: "100Mi"
+  nodefs.available: "1%"
+  nodefs.inodesFree: "1%"
+  imagefs.available: "1%"
+YAML
+  start kubelet --config "$CLUSTER_DIR/kubelet-config.yaml" \
+    --kubeconfig "$CLUSTER_DIR/kubelet.kubeconfig" \
+    --root-dir "$CLUSTER_DIR/kubelet" \
+    --container-runtime docker --pod-infra-container-image "$PAUSE_IMAGE" \
+    --node-ip "$NODE_IP" --hostname-override "$NODE_NAME" --v 1
+  wait_for "kubelet healthz" 60 curl -fsS http://127.0.0.1:10248/healthz
+}
+
+start_kube_proxy() {
+  cat >"$CLUSTER_DIR/kube-proxy-config.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+bindAddress: $NODE_IP
+clusterCIDR: $POD_CIDR
+hostnameOverride: $NODE_NAME
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: ["127.0.0.0/8", "$NODE_IP/32"]
+clientConnection:
+  kubeconfig: $CLUSTER_DIR/kube-proxy.kubeconfig
+# 0 = leave the host's conntrack sysctls alone.
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+YAML
+  start kube-proxy --config "$CLUSTER_DIR/kube-proxy-config.yaml" --v 1
+}
+
+node_ready() {
+  [[ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" == True ]]
+}
+
+# Pods are refused until the default ServiceAccount has its token secret.
+default_sa_ready() {
+  [[ -n "$(kc -n default get serviceaccount default -o 'jsonpath={.secrets[0].name}')" ]]
+}
+
+main() {
+  local t0=$SECONDS
+  DOCKER=$("$repo/hack/docker.sh" | tail -n1)
+  export DOCKER
+  "$here/build-k8s.sh"
+  "$here/install-tools.sh"
+  ensure_debs etcd-server openssl curl iproute2
+  ((API_ONLY)) || ensure_debs conntrack
+
+  NODE_IP=$(docker_bridge_ip)
+  [[ -n $NODE_IP ]] || die "docker0 has no IPv4 address"
+  POD_CIDR=$(ip -4 -o addr show dev docker0 | awk '{print $4}' | head -n1)
+  mkdir -p "$CLUSTER_DIR" "$RUN_DIR" "$LOG_DIR"
+  # A new CA invalidates service-account tokens stored in etcd: start afresh.
+  if [[ ! -f $PKI_DIR/ca.crt && -d $CLUSTER_DIR/etcd ]] && ! is_running etcd; then
+    log "no CA but old etcd data: wiping it"
+    rm -rf "$CLUSTER_DIR/etcd"
+  fi
+  ensure_pki
+  ensure_loopback_dnat
+
+  start_etcd
+  start_apiserver
+  start_controller_manager
+  if ((!API_ONLY)); then
+    DOCKER=$DOCKER "$here/pause-image.sh"
+    # Service traffic between pods on the same bridge must traverse iptables.
+    modprobe br_netfilter 2>/dev/null || true
+    [[ ! -w /proc/sys/net/bridge/bridge-nf-call-iptables ]] ||
+      echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
+    echo 1 >/proc/sys/net/ipv4/ip_forward
+    start_scheduler
+    start_kubelet
+    start_kube_proxy
+    wait_for "node $NODE_NAME Ready" 120 node_ready
+  fi
+  wait_for "default ServiceAccount token" 120 default_sa_ready
+  log "cluster up in $((SECONDS - t0))s ($( ((API_ONLY)) && echo api-only || echo full))"
+  echo "export KUBECONFIG=$KUBECONFIG_PATH"
+}
+
+main

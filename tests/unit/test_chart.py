@@ -273,7 +273,7 @@ def test_chart_crds_are_the_generated_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["watchNamespaces={Team_A}", "trainer.pullPolicy=Sometimes", "replicaCount=0", "metrics.port=70000"]
+    "bad", ["watchNamespaces={Team_A}", "trainer.pullPolicy=Sometimes", "replicaCount=-1", "metrics.port=70000"]
 )
 def test_values_schema_rejects_bad_values(bad: str) -> None:
     proc = helm("template", RELEASE, str(CHART), "--set", bad, check=False)

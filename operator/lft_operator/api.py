@@ -1,0 +1,216 @@
+"""The LoRAFineTune API: the spec (trainer config + what only the operator uses) and the status.
+
+The CRD's openAPIV3Schema is generated from these models (crdgen.py), the operator validates
+each resource with them, and the trainer's part of the spec is `lft_trainer.spec.TrainerConfig`,
+shared with the trainer image. Kubernetes core types (tolerations, affinity, env, volumes) are
+free-form objects: the API server validates them when the Job is created, and copying their
+full schemas here would add thousands of lines for no gain.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from lft_trainer.contract import AdapterRef, CheckpointRef, Metrics, Progress, WireModel
+from lft_trainer.spec import SpecModel, TrainerConfig
+from pydantic import Field
+
+# The Job is named "<name>-trainer" and its name is copied into the pods' `job-name` label,
+# whose values are limited to 63 characters.
+JOB_SUFFIX = "-trainer"
+MAX_NAME_LENGTH = 63 - len(JOB_SUFFIX)
+
+# Kubernetes resource.Quantity, as in the core API's OpenAPI: "2", "500m", "16Gi", "1e3".
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+Quantity = Union[int, str]
+
+FreeForm = dict[str, Any]
+
+
+def _quantity(description: str) -> Any:
+    return Field(default=None, description=description, json_schema_extra={"pattern": QUANTITY_PATTERN})
+
+
+class ResourcesSpec(SpecModel):
+    """Compute resources of the trainer pod."""
+
+    gpus: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="GPUs per pod (limit of gpuResourceName). With more than one, the trainer runs one process per GPU.",
+    )
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu", min_length=1, description="Extended resource name of a GPU (e.g. amd.com/gpu)."
+    )
+    cpu: Optional[Quantity] = _quantity("CPU request (e.g. 4 or 3500m). No CPU limit is set: throttling slows training.")
+    memory: Optional[Quantity] = _quantity("Memory request and limit (e.g. 32Gi).")
+    ephemeral_storage: Optional[Quantity] = _quantity(
+        "Ephemeral storage request and limit (model download cache, checkpoints before upload), e.g. 50Gi."
+    )
+
+
+class SecretRef(SpecModel):
+    """A Secret in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+
+
+class RunPolicy(SpecModel):
+    """Retries and lifetime of the training Job. May be changed while the Job runs."""
+
+    backoff_limit: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description=(
+            "Failed attempts retried before the run fails (errors and preemptions; invalid input is never retried). "
+            "Each retry resumes from the newest checkpoint."
+        ),
+    )
+    active_deadline_seconds: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Fail the run when the Job has existed this long (counts while suspended: Kubernetes 1.20 Jobs "
+        "have no suspend).",
+    )
+    ttl_seconds_after_finished: Optional[int] = Field(
+        default=None,
+        ge=0,
+        description="Delete the Job and its pods this long after it finished; the LoRAFineTune and its status stay.",
+    )
+
+
+class PodTemplateSpec(SpecModel):
+    """Extras for the trainer pod."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    env: list[FreeForm] = Field(
+        default_factory=list, description="Extra environment variables (core/v1 EnvVar). LFT_* variables are reserved."
+    )
+    volumes: list[FreeForm] = Field(
+        default_factory=list, description="Extra volumes (core/v1 Volume), e.g. a PVC holding the dataset."
+    )
+    volume_mounts: list[FreeForm] = Field(
+        default_factory=list, description="Mounts of the extra volumes in the trainer container (core/v1 VolumeMount)."
+    )
+    service_account_name: Optional[str] = Field(
+        default=None,
+        description=(
+            "Run the trainer as this existing ServiceAccount (e.g. one bound to a cloud identity) instead of the "
+            "generated <name>-trainer one; it is granted the same right to patch this resource's status."
+        ),
+    )
+
+
+class LoRAFineTuneSpec(TrainerConfig):
+    """A LoRA fine-tuning run: the trainer's config plus how to run the trainer pod."""
+
+    image: Optional[str] = Field(default=None, description="Trainer image. Default: the operator's LFT_TRAINER_IMAGE.")
+    image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(
+        default=None, description="Pull policy of the trainer image. Default: the operator's setting."
+    )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the trainer pod must match.")
+    tolerations: list[FreeForm] = Field(default_factory=list, description="Pod tolerations (core/v1 Toleration).")
+    affinity: Optional[FreeForm] = Field(default=None, description="Pod affinity (core/v1 Affinity).")
+    priority_class_name: Optional[str] = Field(default=None, description="PriorityClass of the trainer pod.")
+    storage_secret_ref: Optional[SecretRef] = Field(
+        default=None,
+        description=(
+            "Secret whose keys become the trainer's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN...). "
+            "Default: the operator's LFT_DEFAULT_STORAGE_SECRET, when that Secret exists. Values are never read "
+            "by the operator."
+        ),
+    )
+    queue_name: Optional[str] = Field(
+        default=None,
+        max_length=63,
+        description="Kueue LocalQueue: copied to the Job's kueue.x-k8s.io/queue-name label.",
+    )
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    suspend: bool = Field(
+        default=False,
+        description=(
+            "true stops the running pod gracefully (the trainer saves a checkpoint first); "
+            "false again starts a new attempt that resumes from the newest checkpoint."
+        ),
+    )
+    pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec)
+
+    def trainer_config(self) -> TrainerConfig:
+        """The trainer's part of this spec."""
+        return TrainerConfig.model_validate(
+            {name: getattr(self, name) for name in TrainerConfig.model_fields}
+        )
+
+
+# Fields that may change while the Job exists; every other spec change is reported, not applied.
+MUTABLE_FIELDS = ("suspend", "runPolicy")
+
+
+Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(WireModel):
+    """A condition per the Kubernetes API conventions."""
+
+    type: str = Field(description="Accepted, Running, Suspended, Succeeded, Failed or SpecChangeIgnored.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: Optional[int] = Field(
+        default=None, description="metadata.generation this condition was computed from."
+    )
+
+
+AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"]
+
+
+class Attempt(WireModel):
+    """One trainer pod."""
+
+    pod: str = Field(description="Pod name.")
+    phase: AttemptPhase = Field(
+        description="Pending, Running, Succeeded, Failed, or Stopped (deleted: suspend, or a pod deleted by hand)."
+    )
+    exit_code: Optional[int] = Field(default=None, description="Exit code of the trainer container.")
+    reason: Optional[str] = Field(default=None, description="Why it ended (from the termination message or the pod).")
+    message: Optional[str] = Field(default=None, description="Details (truncated).")
+    counted: Optional[bool] = Field(default=None, description="Whether this failure counts toward runPolicy.backoffLimit.")
+    start_time: Optional[str] = Field(default=None, description="When the pod was created.")
+    finish_time: Optional[str] = Field(default=None, description="When the trainer container ended.")
+
+
+class LoRAFineTuneStatus(WireModel):
+    """Observed state. The operator owns every field except progress, metrics and latestCheckpoint,
+    which the trainer patches while it runs."""
+
+    phase: Optional[Phase] = Field(default=None, description="Summary for display; conditions carry the details.")
+    message: Optional[str] = Field(default=None, description="Human-readable summary of the current state.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored."
+    )
+    observed_generation: Optional[int] = Field(default=None, description="metadata.generation last reconciled.")
+    job_name: Optional[str] = Field(default=None, description="The training Job.")
+    start_time: Optional[str] = Field(default=None, description="When the first trainer pod started.")
+    completion_time: Optional[str] = Field(default=None, description="When the run succeeded or failed.")
+    attempts: int = Field(default=0, description="Trainer pods started so far (retries and resumes included).")
+    failed_attempts: int = Field(default=0, description="Failed attempts that count toward runPolicy.backoffLimit.")
+    attempt_history: list[Attempt] = Field(default_factory=list, description="The most recent attempts, oldest first.")
+    progress: Optional[Progress] = Field(default=None, description="Training progress, patched by the trainer.")
+    metrics: Optional[Metrics] = Field(default=None, description="Latest metrics, patched by the trainer.")
+    latest_checkpoint: Optional[CheckpointRef] = Field(
+        default=None, description="Newest complete checkpoint, patched by the trainer."
+    )
+    adapter: Optional[AdapterRef] = Field(default=None, description="The trained adapter: URI and files with sha256.")
+
+
+# Status fields the trainer writes; the operator never sends them in its patches (except once,
+# when the run succeeded and the trainer has exited: see status.py).
+TRAINER_OWNED_STATUS_FIELDS = ("progress", "metrics", "latestCheckpoint")

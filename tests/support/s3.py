@@ -111,7 +111,9 @@ class S3Server:
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
     def _post(self, path: str, body: bytes = b"") -> dict:
-        req = urllib.request.Request(self.endpoint_url + path, data=body, method="POST")
+        # A non-form content type: moto reads the raw body (Flask would swallow a form body).
+        req = urllib.request.Request(self.endpoint_url + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             text = resp.read().decode() or "{}"
         return json.loads(text)

@@ -10,7 +10,7 @@
 #
 # Usage: hack/base-image.sh [--force]
 #   env: LFT_BASE_IMAGE (default lft/base:bookworm), LFT_CACHE_DIR (default /var/cache/lft),
-#        DEBIAN_MIRROR (default http://deb.debian.org/debian)
+#        DEBIAN_MIRROR (default http://deb.debian.org/debian), DOCKER (client, default docker)
 set -euo pipefail
 
 IMAGE="${LFT_BASE_IMAGE:-lft/base:bookworm}"
@@ -24,6 +24,7 @@ PACKAGES=(python3 python3-venv ca-certificates libgomp1 tzdata)
 # Bump when the way the rootfs is made (not the package list) changes.
 RECIPE_VERSION=1
 
+DOCKER="${DOCKER:-docker}"
 FORCE=0
 [[ "${1:-}" == "--force" ]] && FORCE=1
 
@@ -33,7 +34,7 @@ KEY=$(printf '%s\n' "$RECIPE_VERSION" "$SUITE" "$VARIANT" "$MIRROR" "${PACKAGES[
 TARBALL="$CACHE_DIR/bookworm-base.tar"
 KEYFILE="$CACHE_DIR/bookworm-base.key"
 
-image_key() { docker image inspect -f '{{ index .Config.Labels "lft.base.key" }}' "$IMAGE" 2>/dev/null || true; }
+image_key() { "$DOCKER" image inspect -f '{{ index .Config.Labels "lft.base.key" }}' "$IMAGE" 2>/dev/null || true; }
 
 if [[ $FORCE == 0 && "$(image_key)" == "$KEY" ]]; then
   log "$IMAGE is up to date (key $KEY)"
@@ -77,7 +78,7 @@ else
   log "reusing cached tarball $TARBALL (key $KEY)"
 fi
 
-docker import \
+"$DOCKER" import \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   -c 'ENV LANG=C.UTF-8' \
   -c "LABEL lft.base.key=$KEY" \

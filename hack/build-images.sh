@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Build the project's images: lft/trainer:cpu (trainer_image/Dockerfile) and lft/operator:dev
+# (Dockerfile).
+#
+#   hack/build-images.sh [--offline|--online] [--variant cpu|gpu] [--no-cache] [trainer] [operator]
+#
+# --offline (default): no container registry and no network inside the build, as on this
+#   machine: base image lft/base:bookworm from debootstrap (hack/base-image.sh), wheels
+#   downloaded on the host (hack/wheelhouse.sh), `docker build --network none`.
+# --online: the ordinary way elsewhere: FROM python:3.11-slim, pip from the index.
+# --variant gpu (online only): CUDA torch + bitsandbytes, tagged lft/trainer:gpu.
+#
+# Idempotent and quick the second time: the base image and wheels are cached outside the
+# clone (/var/cache/lft), and docker's layer cache keeps torch unless requirements change.
+# Prints each image's size and build time. Full build logs: $LFT_STATE/logs/build-*.log.
+#   env: LFT_TRAINER_IMAGE, LFT_OPERATOR_IMAGE (tags), DOCKER (client), LFT_STATE (/var/lib/lft)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MODE=offline
+VARIANT=cpu
+NO_CACHE=()
+TARGETS=()
+while (($#)); do
+  case "$1" in
+    --offline) MODE=offline ;;
+    --online) MODE=online ;;
+    --variant) VARIANT=${2:?--variant cpu|gpu}; shift ;;
+    --variant=*) VARIANT=${1#--variant=} ;;
+    --no-cache) NO_CACHE=(--no-cache) ;;
+    trainer | operator) TARGETS+=("$1") ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+((${#TARGETS[@]})) || TARGETS=(trainer operator)
+[[ $VARIANT == cpu || $VARIANT == gpu ]] || { echo "--variant must be cpu or gpu" >&2; exit 2; }
+if [[ $MODE == offline && $VARIANT == gpu ]]; then
+  echo "the gpu variant needs the index (CUDA torch): use --online" >&2; exit 2
+fi
+
+TRAINER_IMAGE=${LFT_TRAINER_IMAGE:-lft/trainer:$VARIANT}
+OPERATOR_IMAGE=${LFT_OPERATOR_IMAGE:-lft/operator:dev}
+LOG_DIR=${LFT_STATE:-/var/lib/lft}/logs
+mkdir -p "$LOG_DIR"
+
+log() { echo "[build-images] $*" >&2; }
+
+# A daemon that answers is used as is; otherwise hack/docker.sh installs/starts one
+# (its last stdout line is the client that talks to it).
+if [[ -z "${DOCKER:-}" ]]; then
+  if docker info >/dev/null 2>&1; then
+    DOCKER=docker
+  elif [[ -x "$ROOT/hack/docker.sh" || -f "$ROOT/hack/docker.sh" ]]; then
+    DOCKER=$(bash "$ROOT/hack/docker.sh" | tail -n1)
+  else
+    echo "no docker daemon" >&2; exit 1
+  fi
+fi
+export DOCKER
+
+total_start=$SECONDS
+BUILD_ARGS=()
+NETWORK=()
+if [[ $MODE == offline ]]; then
+  step=$SECONDS
+  bash "$ROOT/hack/base-image.sh"
+  log "base image ready ($((SECONDS - step)) s)"
+  step=$SECONDS
+  bash "$ROOT/hack/wheelhouse.sh" "${TARGETS[@]}"
+  log "wheelhouse ready ($((SECONDS - step)) s)"
+  BUILD_ARGS=(--build-arg BASE_IMAGE=lft/base:bookworm)
+  NETWORK=(--network none)
+else
+  # The ordinary way must not pick up a wheelhouse left in the clone by an offline build.
+  BUILD_ARGS=(--build-arg WHEELHOUSE=.no-wheelhouse)
+fi
+
+declare -A TIMES=()
+build() { # name dockerfile tag [extra args...]
+  local name=$1 dockerfile=$2 tag=$3; shift 3
+  local logf="$LOG_DIR/build-$name.log" start=$SECONDS
+  log "building $tag ($MODE) from $dockerfile; log: $logf"
+  if ! "$DOCKER" build "${NETWORK[@]}" "${NO_CACHE[@]}" "${BUILD_ARGS[@]}" "$@" \
+      -f "$ROOT/$dockerfile" -t "$tag" "$ROOT" >"$logf" 2>&1; then
+    tail -n 40 "$logf" >&2
+    log "FAILED: $tag (full log: $logf)"
+    exit 1
+  fi
+  TIMES[$name]=$((SECONDS - start))
+  local cached steps
+  steps=$(grep -c '^Step ' "$logf" || true)
+  cached=$(grep -c 'Using cache' "$logf" || true)
+  log "built $tag in ${TIMES[$name]} s ($cached of $steps steps from cache)"
+}
+
+for t in "${TARGETS[@]}"; do
+  case $t in
+    trainer) build trainer trainer_image/Dockerfile "$TRAINER_IMAGE" --build-arg "VARIANT=$VARIANT" ;;
+    operator) build operator Dockerfile "$OPERATOR_IMAGE" ;;
+  esac
+done
+
+echo "image                          size      build time"
+for t in "${TARGETS[@]}"; do
+  case $t in trainer) tag=$TRAINER_IMAGE ;; operator) tag=$OPERATOR_IMAGE ;; esac
+  size=$("$DOCKER" image inspect -f '{{.Size}}' "$tag")
+  printf '%-30s %-9s %s s\n' "$tag" "$((size / 1000000)) MB" "${TIMES[$t]}"
+done
+echo "total: $((SECONDS - total_start)) s ($MODE)"

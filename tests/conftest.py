@@ -26,8 +26,8 @@ pods can reach it). Objects persist for the session: use a fresh bucket per test
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pytest
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import select
 import socket
 import struct
@@ -25,7 +25,6 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from typing import Optional
 
 # Fake credentials: moto accepts any key unless IAM auth is switched on (see S3Server.iam_auth).
 FAKE_ACCESS_KEY_ID = "AKIATESTFAKEKEY00000"
@@ -39,7 +38,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def aws_env(endpoint_url: Optional[str] = None) -> dict[str, str]:
+def aws_env(endpoint_url: str | None = None) -> dict[str, str]:
     """Environment for a process that talks to the test server (merge into a subprocess env).
 
     AWS_EC2_METADATA_DISABLED keeps botocore from probing the instance-metadata address when
@@ -66,7 +65,9 @@ class S3Server:
         self.host = host
         self.port = 0
 
-    def start(self) -> "S3Server":
+    def start(self) -> S3Server:
+        # werkzeug logs every request at INFO: noise in test failure reports.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server.start()
         self.host, self.port = self._server.get_host_and_port()
         return self
@@ -82,7 +83,7 @@ class S3Server:
         """AWS_* variables (fake credentials) for a subprocess that talks to this server."""
         return aws_env()
 
-    def client(self, endpoint_url: Optional[str] = None, **creds):
+    def client(self, endpoint_url: str | None = None, **creds):
         """A boto3 S3 client for test setup and assertions (independent of the code under test)."""
         import boto3
 
@@ -94,7 +95,7 @@ class S3Server:
             aws_secret_access_key=creds.get("secret", FAKE_SECRET_ACCESS_KEY),
         )
 
-    def create_bucket(self, name: Optional[str] = None) -> str:
+    def create_bucket(self, name: str | None = None) -> str:
         name = name or f"test-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name)
         return name
@@ -141,11 +142,11 @@ class S3Server:
 class Outage:
     mode: str
     started: float
-    seconds: Optional[float]
-    ended: Optional[float] = None
+    seconds: float | None
+    ended: float | None = None
     reset_connections: int = 0
     refused_connections: int = 0
-    trigger: Optional[bytes] = None
+    trigger: bytes | None = None
 
 
 @dataclass
@@ -184,11 +185,11 @@ class FlakyProxy:
         self.requests_seen = 0
         self._lock = threading.Lock()
         self._conns: list[_Conn] = []
-        self._listener: Optional[socket.socket] = None
-        self._down_mode: Optional[str] = None
-        self._armed: Optional[tuple[bytes, float, str]] = None
+        self._listener: socket.socket | None = None
+        self._down_mode: str | None = None
+        self._armed: tuple[bytes, float, str] | None = None
         self._stopped = threading.Event()
-        self._accept_thread: Optional[threading.Thread] = None
+        self._accept_thread: threading.Thread | None = None
         self._timers: list[threading.Timer] = []
 
     # -- public API -------------------------------------------------------------------------
@@ -200,7 +201,7 @@ class FlakyProxy:
     def is_down(self) -> bool:
         return self._down_mode is not None
 
-    def start(self) -> "FlakyProxy":
+    def start(self) -> FlakyProxy:
         self._listen()
         self._accept_thread = threading.Thread(target=self._accept_loop, name="flaky-proxy", daemon=True)
         self._accept_thread.start()
@@ -215,7 +216,7 @@ class FlakyProxy:
         if self._accept_thread:
             self._accept_thread.join(timeout=5)
 
-    def down(self, seconds: Optional[float] = None, mode: str = "refuse") -> Outage:
+    def down(self, seconds: float | None = None, mode: str = "refuse") -> Outage:
         """Start an outage now; it ends after `seconds` (None: until `up()`)."""
         if mode not in ("refuse", "reset"):
             raise ValueError(f"unknown outage mode {mode!r}")
@@ -312,7 +313,7 @@ class FlakyProxy:
                 continue
             try:
                 client, _ = sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             if self._down_mode is not None:
                 # "reset" mode (or a connection that raced a "refuse" switch): drop it at once.
@@ -407,4 +408,4 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-__all__ = ["S3Server", "FlakyProxy", "Outage", "aws_env", "free_port", "FAKE_ACCESS_KEY_ID", "FAKE_SECRET_ACCESS_KEY"]
+__all__ = ["FAKE_ACCESS_KEY_ID", "FAKE_SECRET_ACCESS_KEY", "FlakyProxy", "Outage", "S3Server", "aws_env", "free_port"]

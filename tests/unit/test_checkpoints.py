@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-
 from lft_trainer.checkpoints import (
     CheckpointCorrupt,
     CheckpointUploader,

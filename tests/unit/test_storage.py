@@ -7,7 +7,6 @@ import os
 
 import botocore.exceptions as bce
 import pytest
-
 from lft_trainer.errors import InvalidInput, StorageError
 from lft_trainer.spec import StorageSpec
 from lft_trainer.storage import (
@@ -37,7 +36,7 @@ def wrapped(exc: BaseException, outer: BaseException) -> BaseException:
             raise exc
         except BaseException as inner:
             raise outer from inner
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 - the point is to capture it
         return e
 
 

@@ -19,9 +19,9 @@ import shutil
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Optional
 
 from .contract import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX, CHECKPOINTS_DIR, CheckpointRef, FileDigest
 from .storage import Storage, local_files, sha256_file
@@ -49,7 +49,7 @@ def checkpoint_rel(step: int) -> str:
     return f"{CHECKPOINTS_DIR}/{checkpoint_name(step)}"
 
 
-def parse_step(name: str) -> Optional[int]:
+def parse_step(name: str) -> int | None:
     """42 for "checkpoint-42"; None for anything else."""
     m = _STEP_RE.match(name.rstrip("/").rsplit("/", 1)[-1])
     return int(m.group(1)) if m else None
@@ -69,7 +69,7 @@ def manifest_from_digests(step: int, files: list[FileDigest]) -> dict:
     return {
         "version": MANIFEST_VERSION,
         "step": int(step),
-        "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
         "totalBytes": sum(f.size for f in files),
         "files": [f.to_wire() for f in sorted(files, key=lambda f: f.name)],
     }
@@ -80,7 +80,7 @@ def build_manifest(local_dir: Path, step: int) -> dict:
     return manifest_from_digests(step, file_digests(Path(local_dir)))
 
 
-def manifest_files(manifest: object) -> Optional[list[FileDigest]]:
+def manifest_files(manifest: object) -> list[FileDigest] | None:
     """The manifest's files when it is well formed and lists at least one file; else None."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("step"), int):
         return None
@@ -119,7 +119,7 @@ def verify_dir(local_dir: Path, manifest: dict) -> None:
 
 
 def select_deletions(complete_steps: list[int], incomplete_steps: list[int], keep_last: int,
-                     protect: Optional[int] = None) -> list[int]:
+                     protect: int | None = None) -> list[int]:
     """Steps to delete remotely: complete ones beyond the newest keep_last (never `protect`), and
     incomplete leftovers older than the newest complete one (younger ones may still be uploading
     from another process, and are harmless: they have no manifest)."""
@@ -163,7 +163,7 @@ def list_complete_checkpoints(storage: Storage) -> list[CheckpointRef]:
     return [CheckpointRef(step=s, uri=storage.uri(checkpoint_rel(s))) for s, _ in complete]
 
 
-def find_latest_complete_checkpoint(storage: Storage) -> Optional[CheckpointRef]:
+def find_latest_complete_checkpoint(storage: Storage) -> CheckpointRef | None:
     refs = list_complete_checkpoints(storage)
     return refs[0] if refs else None
 
@@ -193,7 +193,7 @@ def download_checkpoint(storage: Storage, ref: CheckpointRef, local_dir: Path) -
     return dest
 
 
-def download_latest_checkpoint(storage: Storage, local_dir: Path) -> Optional[tuple[CheckpointRef, Path]]:
+def download_latest_checkpoint(storage: Storage, local_dir: Path) -> tuple[CheckpointRef, Path] | None:
     """The newest complete checkpoint that downloads and verifies, or None. Corrupt ones are skipped."""
     for ref in list_complete_checkpoints(storage):
         try:
@@ -203,7 +203,7 @@ def download_latest_checkpoint(storage: Storage, local_dir: Path) -> Optional[tu
     return None
 
 
-def prune_checkpoints(storage: Storage, keep_last: int, protect: Optional[int] = None) -> list[int]:
+def prune_checkpoints(storage: Storage, keep_last: int, protect: int | None = None) -> list[int]:
     """Apply retention remotely (see select_deletions); returns the deleted steps."""
     complete, incomplete = _scan(storage)
     doomed = select_deletions([s for s, _ in complete], incomplete, keep_last, protect)
@@ -252,8 +252,8 @@ class CheckpointUploader:
     """
 
     def __init__(self, storage: Storage, keep_last: int,
-                 on_uploaded: Optional[Callable[[CheckpointRef], None]] = None,
-                 max_pending: int = 1, staging_root: Optional[Path] = None):
+                 on_uploaded: Callable[[CheckpointRef], None] | None = None,
+                 max_pending: int = 1, staging_root: Path | None = None):
         self.storage = storage
         self.keep_last = keep_last
         self.on_uploaded = on_uploaded
@@ -270,7 +270,7 @@ class CheckpointUploader:
         self._thread.start()
 
     @property
-    def last_uploaded(self) -> Optional[CheckpointRef]:
+    def last_uploaded(self) -> CheckpointRef | None:
         return self.uploaded[-1] if self.uploaded else None
 
     @property
@@ -293,7 +293,7 @@ class CheckpointUploader:
         log.info("checkpoint %d queued for upload (%d files)", step, len(stats))
         self._queue.put((snap, step, stats))
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait for every submitted checkpoint; True when all are done and none failed since the last flush."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -306,7 +306,7 @@ class CheckpointUploader:
             self._failed_since_flush = False
             return ok
 
-    def close(self, timeout: Optional[float] = None) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Flush, then stop the worker. Returns flush's result."""
         ok = self.flush(timeout)
         if not self._closed:

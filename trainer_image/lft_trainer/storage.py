@@ -21,11 +21,13 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, TypeVar
 
 from .contract import FileDigest
 from .errors import InvalidInput, StorageError
@@ -75,7 +77,7 @@ class RetryPolicy:
     check_seconds: float = 15.0
 
     @classmethod
-    def from_env(cls) -> "RetryPolicy":
+    def from_env(cls) -> RetryPolicy:
         raw = os.environ.get(ENV_RETRY_SECONDS)
         if not raw:
             return cls()
@@ -94,14 +96,14 @@ class RetryPolicy:
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
-    cur: Optional[BaseException] = exc
+    cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         yield cur
         cur = cur.__cause__ or cur.__context__
 
 
-def client_error_info(exc: BaseException) -> Optional[tuple[int, str]]:
+def client_error_info(exc: BaseException) -> tuple[int, str] | None:
     """(HTTP status, error code) of the botocore ClientError in exc's chain, or None."""
     for e in _chain(exc):
         response = getattr(e, "response", None)
@@ -170,7 +172,7 @@ def describe(exc: BaseException) -> str:
     return scrub(f"{type(exc).__name__}: {msg}")[:500]
 
 
-def retry_call(fn: Callable[[], T], what: str, policy: RetryPolicy, *, total_seconds: Optional[float] = None,
+def retry_call(fn: Callable[[], T], what: str, policy: RetryPolicy, *, total_seconds: float | None = None,
                sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> T:
     """Call fn until it succeeds, a non-transient error occurs, or the time budget is spent.
 
@@ -231,6 +233,18 @@ def _s3_credentials() -> dict[str, Any]:
     )
 
 
+# S3 clients are costly to build (botocore loads its service model: ~1 s of CPU), so Storage objects
+# with the same endpoint and credentials share one. The key holds a hash of the credentials, not them,
+# and the pid: a forked child must not reuse its parent's event loop and connections.
+_S3_CACHE: dict[tuple, Any] = {}
+_S3_CACHE_LOCK = threading.Lock()
+
+
+def _cache_key(spec: StorageSpec, creds: dict[str, Any]) -> tuple:
+    digest = hashlib.sha256(repr(sorted(creds.items())).encode()).hexdigest()
+    return os.getpid(), spec.endpoint_url or "", spec.region or "", digest
+
+
 def make_filesystem(protocol: str, spec: StorageSpec):
     """An fsspec filesystem for protocol; raises InvalidInput for missing credentials or packages."""
     import fsspec
@@ -238,23 +252,12 @@ def make_filesystem(protocol: str, spec: StorageSpec):
     if protocol == "file":
         return fsspec.filesystem("file", auto_mkdir=True)
     if protocol == "s3":
-        import s3fs
-
         creds = _s3_credentials()
-        client_kwargs: dict[str, Any] = {}
-        if spec.region:
-            client_kwargs["region_name"] = spec.region
-        fs = s3fs.S3FileSystem(
-            endpoint_url=spec.endpoint_url or None,
-            client_kwargs=client_kwargs,
-            # One attempt per call at each layer below: RetryPolicy owns backoff and the time budget.
-            config_kwargs={"retries": {"total_max_attempts": 1, "mode": "standard"},
-                           "connect_timeout": 5, "read_timeout": 60},
-            skip_instance_cache=True,
-            use_listings_cache=False,
-            **creds,
-        )
-        fs.retries = 1  # s3fs's own retry loop (a class attribute in this version)
+        key = _cache_key(spec, creds)
+        with _S3_CACHE_LOCK:
+            fs = _S3_CACHE.get(key)
+            if fs is None:
+                fs = _S3_CACHE[key] = _make_s3(spec, creds)
         return fs
     try:
         return fsspec.filesystem(protocol)
@@ -263,6 +266,26 @@ def make_filesystem(protocol: str, spec: StorageSpec):
         raise InvalidInput(UNSUPPORTED, f"{protocol}:// storage needs {pkg}, which is not installed in this image") from exc
     except ValueError as exc:
         raise InvalidInput(UNSUPPORTED, f"unsupported storage protocol {protocol}://") from exc
+
+
+def _make_s3(spec: StorageSpec, creds: dict[str, Any]):
+    import s3fs
+
+    client_kwargs: dict[str, Any] = {}
+    if spec.region:
+        client_kwargs["region_name"] = spec.region
+    fs = s3fs.S3FileSystem(
+        endpoint_url=spec.endpoint_url or None,
+        client_kwargs=client_kwargs,
+        # One attempt per call at each layer below: RetryPolicy owns backoff and the time budget.
+        config_kwargs={"retries": {"total_max_attempts": 1, "mode": "standard"},
+                       "connect_timeout": 5, "read_timeout": 60},
+        skip_instance_cache=True,
+        use_listings_cache=False,
+        **creds,
+    )
+    fs.retries = 1  # s3fs's own retry loop (a class attribute in this version)
+    return fs
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -284,7 +307,7 @@ def local_files(local_dir: Path) -> list[Path]:
 class Storage:
     """Files under one base URI (e.g. the run's output prefix). Paths given to methods are relative to it."""
 
-    def __init__(self, base_uri: str, spec: Optional[StorageSpec] = None, retry: Optional[RetryPolicy] = None):
+    def __init__(self, base_uri: str, spec: StorageSpec | None = None, retry: RetryPolicy | None = None):
         self.spec = spec or StorageSpec()
         self.retry = retry or RetryPolicy.from_env()
         self.protocol, self.base_path = split_uri(base_uri)
@@ -292,7 +315,7 @@ class Storage:
         self._fs = None
 
     @classmethod
-    def for_uri(cls, uri: str, spec: Optional[StorageSpec] = None, retry: Optional[RetryPolicy] = None) -> "Storage":
+    def for_uri(cls, uri: str, spec: StorageSpec | None = None, retry: RetryPolicy | None = None) -> Storage:
         return cls(uri, spec, retry)
 
     def __repr__(self) -> str:
@@ -315,7 +338,7 @@ class Storage:
         return self._to_uri(self._path(rel))
 
     @property
-    def bucket(self) -> Optional[str]:
+    def bucket(self) -> str | None:
         return self.base_path.split("/", 1)[0] if self.protocol != "file" else None
 
     @property
@@ -330,7 +353,7 @@ class Storage:
         return self.base_uri
 
     # -- the retry wrapper ----------------------------------------------------------------
-    def _run(self, what: str, fn: Callable[[], T], *, total_seconds: Optional[float] = None) -> T:
+    def _run(self, what: str, fn: Callable[[], T], *, total_seconds: float | None = None) -> T:
         try:
             return retry_call(fn, what, self.retry, total_seconds=total_seconds)
         except (StorageError, InvalidInput, FileNotFoundError):
@@ -474,7 +497,7 @@ class Storage:
         return bool(self._run(f"stat {self.uri(rel)}", lambda: self.fs.isdir(self._path(rel))))
 
     # -- pre-flight -----------------------------------------------------------------------
-    def check_access(self, write: bool = True, timeout: Optional[float] = None) -> None:
+    def check_access(self, write: bool = True, timeout: float | None = None) -> None:
         """Fail fast with InvalidInput when the storage cannot be used.
 
         Reasons: MissingCredentials, StorageAccessDenied, BucketNotFound, StorageUnreachable,
@@ -557,8 +580,8 @@ def _local_copy_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def download(uri: str, local_dir: str | Path, spec: Optional[StorageSpec] = None,
-             retry: Optional[RetryPolicy] = None) -> Path:
+def download(uri: str, local_dir: str | Path, spec: StorageSpec | None = None,
+             retry: RetryPolicy | None = None) -> Path:
     """Fetch a file or a directory at an absolute URI into local_dir.
 
     A directory's files land in local_dir itself (returns local_dir); a single file lands in

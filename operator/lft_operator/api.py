@@ -9,7 +9,7 @@ full schemas here would add thousands of lines for no gain.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from lft_trainer.contract import AdapterRef, CheckpointRef, Metrics, Progress, WireModel
 from lft_trainer.spec import SpecModel, TrainerConfig
@@ -24,7 +24,7 @@ MAX_NAME_LENGTH = 63 - len(JOB_SUFFIX)
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-Quantity = Union[int, str]
+Quantity = int | str
 
 FreeForm = dict[str, Any]
 
@@ -45,9 +45,9 @@ class ResourcesSpec(SpecModel):
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu", min_length=1, description="Extended resource name of a GPU (e.g. amd.com/gpu)."
     )
-    cpu: Optional[Quantity] = _quantity("CPU request (e.g. 4 or 3500m). No CPU limit is set: throttling slows training.")
-    memory: Optional[Quantity] = _quantity("Memory request and limit (e.g. 32Gi).")
-    ephemeral_storage: Optional[Quantity] = _quantity(
+    cpu: Quantity | None = _quantity("CPU request (e.g. 4 or 3500m). No CPU limit is set: throttling slows training.")
+    memory: Quantity | None = _quantity("Memory request and limit (e.g. 32Gi).")
+    ephemeral_storage: Quantity | None = _quantity(
         "Ephemeral storage request and limit (model download cache, checkpoints before upload), e.g. 50Gi."
     )
 
@@ -70,13 +70,13 @@ class RunPolicy(SpecModel):
             "Each retry resumes from the newest checkpoint."
         ),
     )
-    active_deadline_seconds: Optional[int] = Field(
+    active_deadline_seconds: int | None = Field(
         default=None,
         ge=1,
         description="Fail the run when the Job has existed this long (counts while suspended: Kubernetes 1.20 Jobs "
         "have no suspend).",
     )
-    ttl_seconds_after_finished: Optional[int] = Field(
+    ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
         description="Delete the Job and its pods this long after it finished; the LoRAFineTune and its status stay.",
@@ -97,7 +97,7 @@ class PodTemplateSpec(SpecModel):
     volume_mounts: list[FreeForm] = Field(
         default_factory=list, description="Mounts of the extra volumes in the trainer container (core/v1 VolumeMount)."
     )
-    service_account_name: Optional[str] = Field(
+    service_account_name: str | None = Field(
         default=None,
         description=(
             "Run the trainer as this existing ServiceAccount (e.g. one bound to a cloud identity) instead of the "
@@ -109,16 +109,16 @@ class PodTemplateSpec(SpecModel):
 class LoRAFineTuneSpec(TrainerConfig):
     """A LoRA fine-tuning run: the trainer's config plus how to run the trainer pod."""
 
-    image: Optional[str] = Field(default=None, description="Trainer image. Default: the operator's LFT_TRAINER_IMAGE.")
-    image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(
+    image: str | None = Field(default=None, description="Trainer image. Default: the operator's LFT_TRAINER_IMAGE.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Pull policy of the trainer image. Default: the operator's setting."
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the trainer pod must match.")
     tolerations: list[FreeForm] = Field(default_factory=list, description="Pod tolerations (core/v1 Toleration).")
-    affinity: Optional[FreeForm] = Field(default=None, description="Pod affinity (core/v1 Affinity).")
-    priority_class_name: Optional[str] = Field(default=None, description="PriorityClass of the trainer pod.")
-    storage_secret_ref: Optional[SecretRef] = Field(
+    affinity: FreeForm | None = Field(default=None, description="Pod affinity (core/v1 Affinity).")
+    priority_class_name: str | None = Field(default=None, description="PriorityClass of the trainer pod.")
+    storage_secret_ref: SecretRef | None = Field(
         default=None,
         description=(
             "Secret whose keys become the trainer's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN...). "
@@ -126,7 +126,7 @@ class LoRAFineTuneSpec(TrainerConfig):
             "by the operator."
         ),
     )
-    queue_name: Optional[str] = Field(
+    queue_name: str | None = Field(
         default=None,
         max_length=63,
         description="Kueue LocalQueue: copied to the Job's kueue.x-k8s.io/queue-name label.",
@@ -143,9 +143,7 @@ class LoRAFineTuneSpec(TrainerConfig):
 
     def trainer_config(self) -> TrainerConfig:
         """The trainer's part of this spec."""
-        return TrainerConfig.model_validate(
-            {name: getattr(self, name) for name in TrainerConfig.model_fields}
-        )
+        return TrainerConfig.model_validate({name: getattr(self, name) for name in TrainerConfig.model_fields})
 
 
 # Fields that may change while the Job exists; every other spec change is reported, not applied.
@@ -164,7 +162,7 @@ class Condition(WireModel):
     reason: str = Field(description="CamelCase reason for the last transition.")
     message: str = Field(default="", description="Human-readable details.")
     last_transition_time: str = Field(description="When status last changed (RFC 3339).")
-    observed_generation: Optional[int] = Field(
+    observed_generation: int | None = Field(
         default=None, description="metadata.generation this condition was computed from."
     )
 
@@ -179,36 +177,36 @@ class Attempt(WireModel):
     phase: AttemptPhase = Field(
         description="Pending, Running, Succeeded, Failed, or Stopped (deleted: suspend, or a pod deleted by hand)."
     )
-    exit_code: Optional[int] = Field(default=None, description="Exit code of the trainer container.")
-    reason: Optional[str] = Field(default=None, description="Why it ended (from the termination message or the pod).")
-    message: Optional[str] = Field(default=None, description="Details (truncated).")
-    counted: Optional[bool] = Field(default=None, description="Whether this failure counts toward runPolicy.backoffLimit.")
-    start_time: Optional[str] = Field(default=None, description="When the pod was created.")
-    finish_time: Optional[str] = Field(default=None, description="When the trainer container ended.")
+    exit_code: int | None = Field(default=None, description="Exit code of the trainer container.")
+    reason: str | None = Field(default=None, description="Why it ended (from the termination message or the pod).")
+    message: str | None = Field(default=None, description="Details (truncated).")
+    counted: bool | None = Field(default=None, description="Whether this failure counts toward runPolicy.backoffLimit.")
+    start_time: str | None = Field(default=None, description="When the pod was created.")
+    finish_time: str | None = Field(default=None, description="When the trainer container ended.")
 
 
 class LoRAFineTuneStatus(WireModel):
     """Observed state. The operator owns every field except progress, metrics and latestCheckpoint,
     which the trainer patches while it runs."""
 
-    phase: Optional[Phase] = Field(default=None, description="Summary for display; conditions carry the details.")
-    message: Optional[str] = Field(default=None, description="Human-readable summary of the current state.")
+    phase: Phase | None = Field(default=None, description="Summary for display; conditions carry the details.")
+    message: str | None = Field(default=None, description="Human-readable summary of the current state.")
     conditions: list[Condition] = Field(
         default_factory=list, description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored."
     )
-    observed_generation: Optional[int] = Field(default=None, description="metadata.generation last reconciled.")
-    job_name: Optional[str] = Field(default=None, description="The training Job.")
-    start_time: Optional[str] = Field(default=None, description="When the first trainer pod started.")
-    completion_time: Optional[str] = Field(default=None, description="When the run succeeded or failed.")
+    observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
+    job_name: str | None = Field(default=None, description="The training Job.")
+    start_time: str | None = Field(default=None, description="When the first trainer pod started.")
+    completion_time: str | None = Field(default=None, description="When the run succeeded or failed.")
     attempts: int = Field(default=0, description="Trainer pods started so far (retries and resumes included).")
     failed_attempts: int = Field(default=0, description="Failed attempts that count toward runPolicy.backoffLimit.")
     attempt_history: list[Attempt] = Field(default_factory=list, description="The most recent attempts, oldest first.")
-    progress: Optional[Progress] = Field(default=None, description="Training progress, patched by the trainer.")
-    metrics: Optional[Metrics] = Field(default=None, description="Latest metrics, patched by the trainer.")
-    latest_checkpoint: Optional[CheckpointRef] = Field(
+    progress: Progress | None = Field(default=None, description="Training progress, patched by the trainer.")
+    metrics: Metrics | None = Field(default=None, description="Latest metrics, patched by the trainer.")
+    latest_checkpoint: CheckpointRef | None = Field(
         default=None, description="Newest complete checkpoint, patched by the trainer."
     )
-    adapter: Optional[AdapterRef] = Field(default=None, description="The trained adapter: URI and files with sha256.")
+    adapter: AdapterRef | None = Field(default=None, description="The trained adapter: URI and files with sha256.")
 
 
 # Status fields the trainer writes; the operator never sends them in its patches (except once,

@@ -198,7 +198,10 @@ def crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": CRD_NAME,
-            "labels": {"app.kubernetes.io/name": "lora-finetune-operator", "app.kubernetes.io/part-of": "lora-finetune"},
+            "labels": {
+                "app.kubernetes.io/name": "lora-finetune-operator",
+                "app.kubernetes.io/part-of": "lora-finetune",
+            },
         },
         "spec": {
             "group": API_GROUP,

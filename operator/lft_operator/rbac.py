@@ -20,7 +20,7 @@ cluster-scoped watches except the CRD and peering rules marked below).
       resources: [roles, rolebindings]           verbs: [get, create]
     apiGroups: [apiextensions.k8s.io]
       resources: [customresourcedefinitions]     verbs: [list, watch]     (kopf: resource discovery)
-    apiGroups: [kopf.dev]                                                 (only with peering, LFT_PEERING)
+    apiGroups: [kopf.dev]                                                 (only with peering, LFT_PEERING_NAME)
       resources: [clusterkopfpeerings, kopfpeerings]  verbs: [list, watch, patch, get]
 
 Why each one:
@@ -55,7 +55,7 @@ OPERATOR_RULES: list[dict] = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
 ]
 
-# Only when peering is enabled (LFT_PEERING set): kopf's peering objects.
+# Only when peering is enabled (LFT_PEERING_NAME set): kopf's peering objects.
 PEERING_RULES: list[dict] = [
     {
         "apiGroups": ["kopf.dev"],

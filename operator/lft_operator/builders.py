@@ -1,0 +1,335 @@
+"""Pure builders of the objects the operator creates for a LoRAFineTune.
+
+Each takes the resource's metadata (name, namespace, uid), its validated spec and the settings,
+and returns a plain manifest dict. Names are deterministic, so creating twice can only hit
+409 AlreadyExists, never make a second Job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from lft_trainer import contract
+
+from .api import JOB_SUFFIX, MUTABLE_FIELDS, LoRAFineTuneSpec
+from .settings import Settings
+
+NAME_LABEL = f"{contract.API_GROUP}/name"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+SPEC_HASH_ANNOTATION = f"{contract.API_GROUP}/spec-hash"
+APPLIED_SPEC_ANNOTATION = f"{contract.API_GROUP}/applied-spec"
+CONTAINER_NAME = "trainer"
+CONFIG_DIR = "/etc/lft"
+CONFIG_FILE = "config.json"
+HOME_DIR = "/home/trainer"
+TRAINER_UID = 1000
+MANAGED_BY = "lora-finetune-operator"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The LoRAFineTune that owns the objects."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Owner:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+def job_name(name: str) -> str:
+    return f"{name}{JOB_SUFFIX}"
+
+
+def service_account_name(name: str) -> str:
+    return f"{name}{JOB_SUFFIX}"
+
+
+def role_name(name: str) -> str:
+    return f"{name}{JOB_SUFFIX}"
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}{JOB_SUFFIX}-config"
+
+
+def labels(name: str) -> dict[str, str]:
+    return {
+        NAME_LABEL: name,
+        "app.kubernetes.io/name": "lora-finetune",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    # No blockOwnerDeletion: it would need update on lorafinetunes/finalizers where the
+    # OwnerReferencesPermissionEnforcement admission plugin is on; background GC suffices.
+    return {
+        "apiVersion": f"{contract.API_GROUP}/{contract.API_VERSION}",
+        "kind": contract.KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+    }
+
+
+def _metadata(owner: Owner, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner.name),
+        "ownerReferences": [owner_reference(owner)],
+        **extra,
+    }
+
+
+def trainer_config(spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
+    """The trainer's config JSON: the TrainerConfig part of the spec, with operator defaults filled in."""
+    config = spec.trainer_config()
+    updates: dict[str, Any] = {}
+    if config.storage.endpoint_url is None and settings.default_storage_endpoint:
+        updates["storage"] = config.storage.model_copy(update={"endpoint_url": settings.default_storage_endpoint})
+    if spec.resources.gpus > 1:
+        updates["training"] = config.training.model_copy(update={"num_processes": spec.resources.gpus})
+    return config.model_copy(update=updates).to_wire()
+
+
+def config_map(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, config_map_name(owner.name)),
+        "data": {CONFIG_FILE: json.dumps(trainer_config(spec, settings), indent=2, sort_keys=True)},
+    }
+
+
+def service_account(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(owner, service_account_name(owner.name)),
+    }
+
+
+def trainer_role(owner: Owner) -> dict[str, Any]:
+    """May read and patch the status of this one resource: the trainer reports progress there."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(owner, role_name(owner.name)),
+        "rules": [
+            {
+                "apiGroups": [contract.API_GROUP],
+                "resources": [f"{contract.PLURAL}/status"],
+                "resourceNames": [owner.name],
+                "verbs": ["get", "patch"],
+            }
+        ],
+    }
+
+
+def effective_service_account(owner: Owner, spec: LoRAFineTuneSpec) -> str:
+    return spec.pod_template.service_account_name or service_account_name(owner.name)
+
+
+def role_binding(owner: Owner, spec: LoRAFineTuneSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(owner, role_name(owner.name)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name(owner.name)},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": effective_service_account(owner, spec), "namespace": owner.namespace}
+        ],
+    }
+
+
+def applied_spec(spec: LoRAFineTuneSpec) -> dict[str, Any]:
+    """The part of the spec a Job is built from: everything but the fields that may change later."""
+    wire = spec.to_wire()
+    for key in MUTABLE_FIELDS:
+        wire.pop(key, None)
+    return wire
+
+
+def spec_hash(applied: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(applied, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def storage_secret_name(spec: LoRAFineTuneSpec, settings: Settings) -> tuple[str | None, bool]:
+    """(Secret name, optional): the spec's own Secret must exist; the operator-wide default may be absent."""
+    if spec.storage_secret_ref is not None:
+        return spec.storage_secret_ref.name, False
+    if settings.default_storage_secret:
+        return settings.default_storage_secret, True
+    return None, True
+
+
+def _resources(spec: LoRAFineTuneSpec) -> dict[str, Any]:
+    res = spec.resources
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if res.cpu is not None:
+        requests["cpu"] = str(res.cpu)
+    if res.memory is not None:
+        requests["memory"] = limits["memory"] = str(res.memory)
+    if res.ephemeral_storage is not None:
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = str(res.ephemeral_storage)
+    if res.gpus > 0:
+        limits[res.gpu_resource_name] = str(res.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _env(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> list[dict[str, Any]]:
+    # The user's variables first: for duplicated names the last entry wins, so ours stay in force.
+    ours = [
+        {"name": contract.ENV_CONFIG_PATH, "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+        {"name": contract.ENV_RESOURCE_NAME, "value": owner.name},
+        {"name": contract.ENV_RESOURCE_NAMESPACE, "value": owner.namespace},
+        {"name": contract.ENV_RESOURCE_UID, "value": owner.uid},
+        {"name": contract.ENV_TERMINATION_LOG, "value": contract.DEFAULT_TERMINATION_LOG},
+        {"name": "HOME", "value": HOME_DIR},
+    ]
+    if settings.trainer_status_interval is not None:
+        ours.append({"name": contract.ENV_STATUS_MIN_INTERVAL, "value": str(settings.trainer_status_interval)})
+    reserved = {e["name"] for e in ours}
+    user = [e for e in spec.pod_template.env if e.get("name") not in reserved]
+    return user + ours
+
+
+def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
+    applied = applied_spec(spec)
+    pod_labels = {**spec.pod_template.labels, **labels(owner.name)}
+    job_labels = labels(owner.name)
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+
+    secret, optional = storage_secret_name(spec, settings)
+    env_from = [{"secretRef": {"name": secret, "optional": optional}}] if secret else []
+
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "home", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "home", "mountPath": HOME_DIR},
+    ]
+    if spec.resources.gpus > 0:
+        # Docker's 64 MiB /dev/shm is too small for NCCL and data loader workers.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    volumes += spec.pod_template.volumes
+    mounts += spec.pod_template.volume_mounts
+
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": spec.image_pull_policy or settings.trainer_image_pull_policy,
+        "env": _env(owner, spec, settings),
+        "envFrom": env_from,
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        "terminationMessagePath": contract.DEFAULT_TERMINATION_LOG,
+        # A crash before the trainer wrote its JSON still tells the operator something.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": effective_service_account(owner, spec),
+        "automountServiceAccountToken": True,  # the trainer patches this resource's status
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = list(spec.tolerations)
+    if spec.affinity:
+        pod_spec["affinity"] = dict(spec.affinity)
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+
+    job_spec: dict[str, Any] = {
+        # Kubernetes 1.20 has no Job.spec.suspend: parallelism 0 stops the pod, 1 starts a new one.
+        "parallelism": 0 if spec.suspend else 1,
+        "completions": 1,
+        "backoffLimit": spec.run_policy.backoff_limit,
+        "template": {
+            "metadata": {"labels": pod_labels, "annotations": dict(spec.pod_template.annotations)},
+            "spec": pod_spec,
+        },
+    }
+    if spec.run_policy.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    if spec.run_policy.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(
+            owner,
+            job_name(owner.name),
+            annotations={
+                SPEC_HASH_ANNOTATION: spec_hash(applied),
+                APPLIED_SPEC_ANNOTATION: json.dumps(applied, sort_keys=True, separators=(",", ":")),
+            },
+        )
+        | {"labels": job_labels},
+        "spec": job_spec,
+    }
+
+
+def run_policy_patch(spec: LoRAFineTuneSpec, current: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge patch bringing a Job's mutable fields (`current`: its spec) in line with spec.runPolicy; None if equal."""
+    wanted = {
+        "backoffLimit": spec.run_policy.backoff_limit,
+        "activeDeadlineSeconds": spec.run_policy.active_deadline_seconds,
+        "ttlSecondsAfterFinished": spec.run_policy.ttl_seconds_after_finished,
+    }
+    patch = {k: v for k, v in wanted.items() if current.get(k) != v}
+    return {"spec": patch} if patch else None
+
+
+def parallelism_patch(parallelism: int) -> dict[str, Any]:
+    return {"spec": {"parallelism": parallelism}}
+
+
+def stop_patch() -> dict[str, Any]:
+    """Stop a Job for good and let it finish as Failed, so ttlSecondsAfterFinished still applies.
+
+    parallelism 0 stops retries at once (failed pods stay, for their logs); a one-second deadline,
+    already past, makes the Job controller mark the Job Failed (DeadlineExceeded).
+    """
+    return {"spec": {"parallelism": 0, "activeDeadlineSeconds": 1}}

@@ -1,0 +1,159 @@
+"""kopf wiring: watches and indexes that trigger the reconciler; no logic of their own.
+
+- LoRAFineTunes, their Jobs and their pods (by the finetune.dev/name label) are watched; any
+  change of one of them queues a reconcile of the resource (reconcile.py).
+- Jobs and pods are kept in kopf indexes (small views, not whole objects): a reconcile reads
+  them from memory, and kopf fills the indexes before any handler runs, so after an operator
+  restart the first reconcile already sees every existing Job and pod (no duplicate Job).
+- Only watch-event handlers: no finalizers on the resources (deleting one never waits for the
+  operator; the garbage collector removes the children through ownerReferences).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import kopf
+from lft_trainer import contract
+
+from . import metrics
+from .builders import NAME_LABEL
+from .kube import Kube
+from .reconcile import Reconciler
+from .settings import Settings
+from .status import OWNED_FIELDS
+from .views import JobView, PodView
+
+logger = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = contract.API_GROUP, contract.API_VERSION, contract.PLURAL
+
+
+class IndexCache:
+    """The reconciler's view of kopf's live indexes."""
+
+    def __init__(self) -> None:
+        self._jobs: Any = None
+        self._pods: Any = None
+
+    def bind(self, jobs: Any, pods: Any) -> None:
+        self._jobs, self._pods = jobs, pods
+
+    def jobs(self, namespace: str, name: str) -> list[JobView]:
+        return list(self._jobs.get((namespace, name), [])) if self._jobs is not None else []
+
+    def pods(self, namespace: str, name: str) -> list[PodView]:
+        return list(self._pods.get((namespace, name), [])) if self._pods is not None else []
+
+
+def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
+    # Everything kopf might write on objects lives under the API group.
+    settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Re-establish watches regularly: a silently dead connection costs at most this long.
+    settings.watching.server_timeout = config.watch_server_timeout
+    settings.watching.client_timeout = config.watch_server_timeout + 30
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    # kopf turns log records of handlers into Events; the reconciler posts its own Events.
+    settings.posting.level = logging.ERROR
+    # Shorter than kopf's 0.1 s default: apply -> Job latency.
+    settings.batching.batch_window = 0.05
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: Settings = memo.get("config") or Settings.from_env()
+    memo.config = config
+    configure_kopf(settings, config)
+    memo.cache = IndexCache()
+    memo.kube = Kube.from_environment(connections=max(4, config.api_workers * 2))
+    memo.reconciler = Reconciler(memo.kube, config, memo.cache)
+    metrics.serve(config.metrics_port)
+    memo.resync = asyncio.get_running_loop().create_task(memo.reconciler.resync_forever(), name="resync")
+    logger.info(
+        "lora-finetune-operator started: namespaces=%s trainer image=%s peering=%s",
+        ",".join(config.namespaces) or "all",
+        config.trainer_image,
+        config.peering or "standalone",
+    )
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.resync.cancel()
+    await memo.reconciler.queue.close()
+    await memo.kube.close()
+
+
+@kopf.index("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT})
+def lft_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, labels[NAME_LABEL]): JobView.from_job(_raw(body))}
+
+
+@kopf.index("v1", "pods", labels={NAME_LABEL: kopf.PRESENT})
+def lft_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, labels[NAME_LABEL]): PodView.from_pod(_raw(body))}
+
+
+def _raw(body: kopf.Body) -> dict[str, Any]:
+    return {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+
+
+def _fingerprint(body: kopf.Body) -> str:
+    """What a reconcile depends on; the trainer's progress patches leave it unchanged."""
+    status = body.get("status") or {}
+    meta = body.metadata
+    return json.dumps(
+        [meta.uid, meta.get("generation"), meta.get("deletionTimestamp"), {k: status.get(k) for k in OWNED_FIELDS}],
+        sort_keys=True,
+        default=str,
+    )
+
+
+# Handlers are coroutines: kopf runs plain functions in threads, and the queue lives in the loop.
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def lft_event(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    lft_jobs: Any,
+    lft_pods: Any,
+    **_: Any,
+) -> None:
+    reconciler: Reconciler = memo.reconciler
+    memo.cache.bind(lft_jobs, lft_pods)
+    fingerprints: dict = memo.setdefault("fingerprints", {})
+    if event.get("type") == "DELETED":
+        fingerprints.pop((namespace, name), None)
+        reconciler.forget(namespace, name)
+        return
+    fingerprint = _fingerprint(body)
+    if fingerprints.get((namespace, name)) == fingerprint:
+        return
+    fingerprints[(namespace, name)] = fingerprint
+    reconciler.trigger(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT})
+async def job_event(
+    namespace: str, labels: kopf.Labels, memo: kopf.Memo, lft_jobs: Any, lft_pods: Any, **_: Any
+) -> None:
+    memo.cache.bind(lft_jobs, lft_pods)
+    memo.reconciler.trigger(namespace, labels[NAME_LABEL])
+
+
+@kopf.on.event("v1", "pods", labels={NAME_LABEL: kopf.PRESENT})
+async def pod_event(
+    namespace: str, labels: kopf.Labels, memo: kopf.Memo, lft_jobs: Any, lft_pods: Any, **_: Any
+) -> None:
+    memo.cache.bind(lft_jobs, lft_pods)
+    memo.reconciler.trigger(namespace, labels[NAME_LABEL])

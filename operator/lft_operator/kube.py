@@ -1,0 +1,155 @@
+"""A small async Kubernetes REST client on aiohttp (kopf's own HTTP library).
+
+Credentials come from the official client's config loaders (in-cluster service account, else
+KUBECONFIG), so token rotation and kubeconfig variants behave as everywhere else. Bodies are
+plain dicts: the operator builds manifests as dicts and reads only a few fields back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from typing import Any
+
+import aiohttp
+from kubernetes import config as kube_config
+from kubernetes.client import Configuration
+
+logger = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+# Metadata only: lets the operator check that a Secret exists without ever receiving its data.
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def load_configuration() -> Configuration:
+    cfg = Configuration()
+    try:
+        kube_config.load_incluster_config(client_configuration=cfg)
+    except kube_config.ConfigException:
+        kube_config.load_kube_config(client_configuration=cfg)
+    return cfg
+
+
+class Kube:
+    def __init__(self, cfg: Configuration, connections: int = 32, timeout: float = 30.0):
+        self._cfg = cfg
+        self._base = cfg.host.rstrip("/")
+        self._connections = connections
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0  # for metrics and the benchmark
+
+    @classmethod
+    def from_environment(cls, **kwargs: Any) -> Kube:
+        return cls(load_configuration(), **kwargs)
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self._base.startswith("https"):
+            return False
+        if not self._cfg.verify_ssl:
+            return False
+        ctx = ssl.create_default_context(cafile=self._cfg.ssl_ca_cert)
+        if self._cfg.cert_file:
+            ctx.load_cert_chain(self._cfg.cert_file, self._cfg.key_file)
+        return ctx
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl())
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+    ) -> Any:
+        headers = {"Accept": accept}
+        token = self._cfg.get_api_key_with_prefix("authorization") or self._cfg.get_api_key_with_prefix("BearerToken")
+        if token:
+            headers["Authorization"] = token
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        self.requests += 1
+        async with self._get_session().request(
+            method, self._base + path, data=data, params=params, headers=headers
+        ) as resp:
+            text = await resp.text()
+            payload = json.loads(text) if text else None
+            if resp.status >= 400:
+                payload = payload if isinstance(payload, dict) else {}
+                raise ApiError(resp.status, payload.get("reason") or resp.reason or "", payload.get("message") or text)
+            return payload
+
+    async def get(self, path: str, *, accept: str = "application/json") -> Any:
+        """The object, or None when it does not exist."""
+        try:
+            return await self.request("GET", path, accept=accept)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def create(self, path: str, body: dict[str, Any]) -> Any:
+        return await self.request("POST", path, body=body)
+
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> Any:
+        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+
+
+# Paths ---------------------------------------------------------------------------------------
+
+
+def core_path(namespace: str, plural: str, name: str | None = None) -> str:
+    return f"/api/v1/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
+
+
+def group_path(group: str, version: str, namespace: str, plural: str, name: str | None = None) -> str:
+    return f"/apis/{group}/{version}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
+
+
+_PLURALS = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Event"): "events",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("batch/v1", "Job"): "jobs",
+}
+
+
+def collection_path(manifest: dict[str, Any]) -> str:
+    """POST path for a manifest of one of the kinds the operator creates."""
+    api_version, kind = manifest["apiVersion"], manifest["kind"]
+    namespace = manifest["metadata"]["namespace"]
+    plural = _PLURALS[(api_version, kind)]
+    if "/" in api_version:
+        group, version = api_version.split("/")
+        return group_path(group, version, namespace, plural)
+    return core_path(namespace, plural)
+
+
+def object_path(manifest: dict[str, Any]) -> str:
+    return f"{collection_path(manifest)}/{manifest['metadata']['name']}"

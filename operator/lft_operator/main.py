@@ -1,0 +1,48 @@
+"""Entry point: `python -m lft_operator` (settings from the environment, see settings.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+
+from .settings import Settings
+
+
+def configure_logging(config: Settings) -> None:
+    kopf.configure(
+        debug=config.log_level == "DEBUG",
+        quiet=config.log_level in ("WARNING", "ERROR", "CRITICAL"),
+        log_format=kopf.LogFormat.JSON if config.json_logs else kopf.LogFormat.FULL,
+    )
+    # aiohttp's access-level chatter and kopf's per-event debug lines stay out of INFO logs.
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lft_operator",
+        description="The LoRAFineTune operator. Settings come from LFT_* environment variables (see settings.py).",
+    )
+    parser.add_argument("--namespace", action="append", default=None, help="watch only this namespace (repeatable)")
+    args = parser.parse_args(argv)
+
+    config = Settings.from_env()
+    if args.namespace:
+        config = Settings(**{**config.__dict__, "namespaces": tuple(args.namespace)})
+    configure_logging(config)
+
+    from . import handlers  # noqa: F401  (registers the kopf handlers)
+
+    liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
+    kopf.run(
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        standalone=config.peering is None,
+        peering_name=config.peering,
+        priority=config.priority,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(config=config),
+    )
+    return 0

@@ -1,0 +1,270 @@
+"""The reconcile loop of one LoRAFineTune: observe, decide (status.py, pure), act.
+
+Level-triggered: whatever triggered it (the resource, its Job, one of its pods, the periodic
+resync, an operator restart), a reconcile reads the resource fresh from the API server, takes
+the Job and pods from the watch caches, creates what is missing (idempotently: deterministic
+names, 409 means it exists), and patches only the status fields the operator owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
+
+from lft_trainer import contract
+
+from . import builders, metrics
+from .builders import Owner
+from .kube import PARTIAL_METADATA, ApiError, Kube, collection_path, core_path, group_path, object_path
+from .settings import Settings
+from .status import ACCEPTED, TERMINAL_PHASES, Event, Observation, Problem, decide, now_rfc3339
+from .validation import validate
+from .views import JobView, PodView, controller_uid
+from .workqueue import WorkQueue
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = builders.MANAGED_BY
+MAX_EVENT_MESSAGE = 1024
+SECRET_RECHECK_SECONDS = 10.0
+
+
+class Cache(Protocol):
+    """The watch caches (kopf indexes) of the operator's Jobs and pods, by resource."""
+
+    def jobs(self, namespace: str, name: str) -> list[JobView]: ...
+
+    def pods(self, namespace: str, name: str) -> list[PodView]: ...
+
+
+class RetryLater(Exception):
+    """A condition that resolves by itself (e.g. an old Job still being garbage-collected)."""
+
+
+def resource_path(namespace: str, name: str, subresource: str | None = None) -> str:
+    path = group_path(contract.API_GROUP, contract.API_VERSION, namespace, contract.PLURAL, name)
+    return f"{path}/{subresource}" if subresource else path
+
+
+def job_path(namespace: str, name: str) -> str:
+    return group_path("batch", "v1", namespace, "jobs", name)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        cache: Cache,
+        clock: Callable[[], str] = now_rfc3339,
+    ):
+        self.kube = kube
+        self.settings = settings
+        self.cache = cache
+        self.clock = clock
+        self.phases = metrics.PhaseTracker()
+        self.queue = WorkQueue(self._run, concurrency=settings.api_workers)
+        self.known: set[tuple[str, str]] = set()
+        self._secret_check_allowed = True
+        self._instance = os.environ.get("HOSTNAME", "lft-operator")
+
+    # --- triggers -------------------------------------------------------------------------------
+
+    def trigger(self, namespace: str, name: str) -> None:
+        self.known.add((namespace, name))
+        self.queue.add((namespace, name))
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.known.discard((namespace, name))
+        self.queue.forget((namespace, name))
+        self.phases.set((namespace, name), None)
+
+    async def resync_forever(self) -> None:
+        """Reconcile everything now and then: converges whatever a lost event left behind."""
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            for namespace, name in list(self.known):
+                self.queue.add((namespace, name))
+
+    async def _run(self, key: Hashable) -> None:
+        namespace, name = key  # type: ignore[misc]
+        with metrics.RECONCILE_SECONDS.time():
+            try:
+                await self.reconcile(namespace, name)
+            except Exception:
+                metrics.RECONCILE_ERRORS.inc()
+                raise
+
+    # --- one reconcile --------------------------------------------------------------------------
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        body = await self.kube.get(resource_path(namespace, name))
+        if body is None:
+            self.forget(namespace, name)
+            return
+        if body["metadata"].get("deletionTimestamp"):
+            return  # the garbage collector removes the children
+        owner = Owner.from_body(body)
+        status = body.get("status") or {}
+        spec, problems = validate(body.get("spec") or {}, name)
+        job = self._cached_job(owner)
+        created = False
+        job_lost = False
+
+        if job is None and status.get("phase") not in TERMINAL_PHASES:
+            if status.get("jobName"):
+                # Created before; the cache may just lag behind: ask the API server.
+                job = await self._read_job(owner)
+                job_lost = job is None
+            elif spec is not None and not problems:
+                problems = await self._secret_problems(owner, spec)
+                if problems:
+                    self.queue.add_after((namespace, name), SECRET_RECHECK_SECONDS)
+                else:
+                    job, created = await self._ensure_children(owner, spec)
+
+        pods = [p for p in self.cache.pods(namespace, name) if job is not None and p.job_uid == job.uid]
+        decision = decide(
+            Observation(
+                name=name,
+                generation=body["metadata"].get("generation", 1),
+                status=status,
+                spec=spec,
+                problems=problems,
+                job_name=builders.job_name(name),
+                job=job,
+                pods=pods,
+                now=self.clock(),
+                job_lost=job_lost,
+            )
+        )
+        for patch in decision.job_patches:
+            await self.kube.merge_patch(job_path(namespace, builders.job_name(name)), patch)
+        if decision.patch:
+            try:
+                # metadata.uid is a precondition: never write a decision onto a re-created namesake.
+                await self.kube.merge_patch(
+                    resource_path(namespace, name, "status"),
+                    {"metadata": {"uid": owner.uid}, "status": decision.patch},
+                )
+            except ApiError as e:
+                if e.status in (404, 409):
+                    logger.info("%s/%s changed under the reconcile (%s); will retry", namespace, name, e.reason)
+                    self.queue.add_after((namespace, name), 1.0)
+                    return
+                raise
+            metrics.STATUS_PATCHES.inc()
+        self.phases.set((namespace, name), decision.status.get("phase"))
+
+        events = decision.events
+        if created:
+            split = 1 if events and events[0].reason == ACCEPTED else 0
+            created_event = Event("Normal", "JobCreated", f"Created Job {builders.job_name(name)}.")
+            events = events[:split] + [created_event] + events[split:]
+        for event in events:
+            await self.post_event(body, event)
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def _cached_job(self, owner: Owner) -> JobView | None:
+        for job in self.cache.jobs(owner.namespace, owner.name):
+            if job.owner_uid == owner.uid:
+                return job
+        return None
+
+    async def _read_job(self, owner: Owner) -> JobView | None:
+        body = await self.kube.get(job_path(owner.namespace, builders.job_name(owner.name)))
+        if body is None:
+            return None
+        if controller_uid(body["metadata"]) != owner.uid:
+            raise RetryLater(f"Job {builders.job_name(owner.name)} belongs to an earlier namesake, being deleted")
+        return JobView.from_job(body)
+
+    async def _secret_problems(self, owner: Owner, spec: Any) -> list[Problem]:
+        secret, optional = builders.storage_secret_name(spec, self.settings)
+        if secret is None or optional or not self._secret_check_allowed:
+            return []
+        try:
+            found = await self.kube.get(core_path(owner.namespace, "secrets", secret), accept=PARTIAL_METADATA)
+        except ApiError as e:
+            if e.status == 403:
+                # Without RBAC to check, the pod reports a missing Secret itself (CreateContainerConfigError).
+                logger.warning("not allowed to check storage Secrets (%s); skipping that check", e.reason)
+                self._secret_check_allowed = False
+                return []
+            raise
+        if found is None:
+            return [
+                Problem(
+                    "StorageSecretNotFound",
+                    f"Secret {secret} (spec.storageSecretRef) not found in namespace {owner.namespace}",
+                )
+            ]
+        return []
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    async def _create(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create, or read what exists: (body, created)."""
+        try:
+            return await self.kube.create(collection_path(manifest), manifest), True
+        except ApiError as e:
+            if e.status != 409:
+                raise
+        existing = await self.kube.get(object_path(manifest))
+        if existing is None:
+            raise RetryLater(f"{manifest['kind']} {manifest['metadata']['name']} exists and vanished")
+        return existing, False
+
+    async def _ensure_children(self, owner: Owner, spec: Any) -> tuple[JobView, bool]:
+        children = [builders.config_map(owner, spec, self.settings), builders.trainer_role(owner)]
+        children.append(builders.role_binding(owner, spec))
+        if spec.pod_template.service_account_name is None:
+            children.append(builders.service_account(owner))
+        # Everything the pod needs first: a pod naming a missing ServiceAccount is rejected.
+        await asyncio.gather(*(self._create(m) for m in children))
+        body, created = await self._create(builders.job(owner, spec, self.settings))
+        if controller_uid(body["metadata"]) != owner.uid:
+            raise RetryLater(f"Job {builders.job_name(owner.name)} belongs to an earlier namesake, being deleted")
+        if created:
+            metrics.JOBS_CREATED.inc()
+            logger.info("created Job %s/%s", owner.namespace, builders.job_name(owner.name))
+        return JobView.from_job(body), created
+
+    async def post_event(self, body: dict[str, Any], event: Event) -> None:
+        meta = body["metadata"]
+        now = self.clock()
+        message = (
+            event.message if len(event.message) <= MAX_EVENT_MESSAGE else event.message[: MAX_EVENT_MESSAGE - 3] + "..."
+        )
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", f"{contract.API_GROUP}/{contract.API_VERSION}"),
+                "kind": contract.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": message,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self._instance,
+        }
+        try:
+            await self.kube.create(core_path(meta["namespace"], "events"), manifest)
+            metrics.EVENTS_POSTED.labels(type=event.type, reason=event.reason).inc()
+        except (TimeoutError, ApiError, OSError) as e:
+            # An Event is best effort: the status already says it.
+            logger.warning("could not post event %s for %s/%s: %s", event.reason, meta["namespace"], meta["name"], e)

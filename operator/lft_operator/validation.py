@@ -1,0 +1,76 @@
+"""Semantic validation: what the CRD schema cannot express (pure).
+
+The API server already rejected what the schema can say (types, bounds, enums). What is left
+makes the resource Accepted=False with a reason, and nothing is created until it is fixed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from .api import MAX_NAME_LENGTH, LoRAFineTuneSpec
+from .status import Problem
+
+
+def _format_errors(err: ValidationError) -> str:
+    # Only locations and messages: input values could be long, and are the user's own data anyway.
+    parts = []
+    for e in err.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in e.get("loc", ()))
+        parts.append(f"spec.{loc}: {e['msg']}" if loc else f"spec: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_spec(raw: dict[str, Any]) -> tuple[LoRAFineTuneSpec | None, list[Problem]]:
+    try:
+        return LoRAFineTuneSpec.model_validate(raw), []
+    except ValidationError as err:
+        return None, [Problem("InvalidSpec", _format_errors(err))]
+
+
+def semantic_problems(spec: LoRAFineTuneSpec, name: str) -> list[Problem]:
+    problems: list[Problem] = []
+    if len(name) > MAX_NAME_LENGTH:
+        problems.append(
+            Problem("NameTooLong", f"name must be at most {MAX_NAME_LENGTH} characters (the Job is <name>-trainer)")
+        )
+    if spec.lora.quantization != "none" and spec.resources.gpus < 1:
+        problems.append(
+            Problem(
+                "QuantizationNeedsGPU",
+                f"spec.lora.quantization {spec.lora.quantization} (QLoRA, bitsandbytes) needs a GPU: "
+                "set spec.resources.gpus >= 1 or spec.lora.quantization to none",
+            )
+        )
+    if (
+        spec.training.num_processes > 1
+        and spec.resources.gpus > 1
+        and spec.training.num_processes != spec.resources.gpus
+    ):
+        problems.append(
+            Problem(
+                "ProcessesMismatchGPUs",
+                f"spec.training.numProcesses {spec.training.num_processes} differs from spec.resources.gpus "
+                f"{spec.resources.gpus}: the trainer runs one process per GPU; leave numProcesses unset",
+            )
+        )
+    mounts = {m.get("name") for m in spec.pod_template.volume_mounts}
+    volumes = {v.get("name") for v in spec.pod_template.volumes}
+    missing = sorted(str(m) for m in mounts - volumes)
+    if missing:
+        problems.append(
+            Problem(
+                "InvalidPodTemplate",
+                f"spec.podTemplate.volumeMounts name volumes not in spec.podTemplate.volumes: {', '.join(missing)}",
+            )
+        )
+    return problems
+
+
+def validate(raw_spec: dict[str, Any], name: str) -> tuple[LoRAFineTuneSpec | None, list[Problem]]:
+    spec, problems = parse_spec(raw_spec)
+    if spec is None:
+        return None, problems
+    return spec, semantic_problems(spec, name)

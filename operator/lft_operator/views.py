@@ -1,0 +1,133 @@
+"""Small, immutable views of the Job and pods the status logic needs (pure).
+
+The operator's indexes keep these instead of whole objects: less memory per watched pod, and
+the status logic gets plain values to test against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, SPEC_HASH_ANNOTATION
+
+
+def controller_uid(meta: dict[str, Any]) -> str | None:
+    """uid of the object's controlling owner (the Job of a pod, the LoRAFineTune of a Job)."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref.get("uid")
+    return None
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    uid: str
+    created: str
+    job_uid: str | None = None
+    deleted: bool = False
+    phase: str = "Pending"  # pod.status.phase
+    exit_code: int | None = None  # trainer container terminated
+    term_reason: str | None = None  # e.g. Error, OOMKilled, Completed
+    term_message: str | None = None  # the termination message (JSON from the trainer, or log tail)
+    finished_at: str | None = None
+    running: bool = False  # trainer container running
+    waiting_reason: str | None = None  # e.g. ImagePullBackOff, CreateContainerConfigError
+    waiting_message: str | None = None
+    pod_reason: str | None = None  # pod.status.reason, e.g. Evicted
+    pod_message: str | None = None
+
+    @property
+    def terminated(self) -> bool:
+        return self.exit_code is not None or self.phase in ("Succeeded", "Failed")
+
+    @classmethod
+    def from_pod(cls, body: dict[str, Any]) -> PodView:
+        meta = body.get("metadata", {})
+        status = body.get("status") or {}
+        fields: dict[str, Any] = {}
+        for cs in status.get("containerStatuses") or []:
+            if cs.get("name") != CONTAINER_NAME:
+                continue
+            state = cs.get("state") or {}
+            if "terminated" in state and state["terminated"] is not None:
+                t = state["terminated"]
+                fields.update(
+                    exit_code=t.get("exitCode"),
+                    term_reason=t.get("reason"),
+                    term_message=t.get("message"),
+                    finished_at=t.get("finishedAt"),
+                )
+            elif state.get("running") is not None:
+                fields["running"] = True
+            elif state.get("waiting") is not None:
+                fields.update(
+                    waiting_reason=state["waiting"].get("reason"), waiting_message=state["waiting"].get("message")
+                )
+        return cls(
+            name=meta.get("name", ""),
+            uid=meta.get("uid", ""),
+            created=meta.get("creationTimestamp") or "",
+            job_uid=controller_uid(meta),
+            deleted=meta.get("deletionTimestamp") is not None,
+            phase=status.get("phase") or "Pending",
+            pod_reason=status.get("reason"),
+            pod_message=status.get("message"),
+            **fields,
+        )
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    uid: str
+    owner_uid: str | None = None
+    parallelism: int = 1
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None  # set when the Job has condition Failed=True
+    failed_message: str | None = None
+    completion_time: str | None = None
+    spec_hash: str | None = None
+    applied_spec: str | None = None  # JSON
+    spec: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed_reason is not None
+
+    @classmethod
+    def from_job(cls, body: dict[str, Any]) -> JobView:
+        meta = body.get("metadata", {})
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        complete = False
+        failed_reason = failed_message = None
+        for cond in status.get("conditions") or []:
+            if cond.get("status") != "True":
+                continue
+            if cond.get("type") == "Complete":
+                complete = True
+            elif cond.get("type") == "Failed":
+                failed_reason = cond.get("reason") or "Failed"
+                failed_message = cond.get("message")
+        annotations = meta.get("annotations") or {}
+        return cls(
+            name=meta.get("name", ""),
+            uid=meta.get("uid", ""),
+            owner_uid=controller_uid(meta),
+            parallelism=spec.get("parallelism", 1),
+            active=status.get("active") or 0,
+            succeeded=status.get("succeeded") or 0,
+            failed=status.get("failed") or 0,
+            complete=complete,
+            failed_reason=failed_reason,
+            failed_message=failed_message,
+            completion_time=status.get("completionTime"),
+            spec_hash=annotations.get(SPEC_HASH_ANNOTATION),
+            applied_spec=annotations.get(APPLIED_SPEC_ANNOTATION),
+            spec={k: spec.get(k) for k in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")},
+        )

@@ -1,0 +1,73 @@
+"""A per-key work queue: coalesces triggers, one reconcile per key at a time, retries with backoff.
+
+Watch events for a LoRAFineTune, its Job and its pods all trigger the same key; while a
+reconcile runs, further triggers collapse into one rerun. Failures are retried with an
+exponential backoff (the controller-runtime workqueue, in a few lines of asyncio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+
+logger = logging.getLogger(__name__)
+
+
+class WorkQueue:
+    def __init__(
+        self,
+        handler: Callable[[Hashable], Awaitable[None]],
+        concurrency: int = 16,
+        base_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+    ):
+        self._handler = handler
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._dirty: set[Hashable] = set()
+        self._tasks: dict[Hashable, asyncio.Task[None]] = {}
+        self._base_backoff = base_backoff
+        self._max_backoff = max_backoff
+        self.failures = 0
+
+    def add(self, key: Hashable) -> None:
+        self._dirty.add(key)
+        if key not in self._tasks:
+            self._tasks[key] = asyncio.get_running_loop().create_task(self._worker(key), name=f"reconcile {key}")
+
+    def add_after(self, key: Hashable, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.add, key)
+
+    def forget(self, key: Hashable) -> None:
+        self._dirty.discard(key)
+
+    @property
+    def busy(self) -> int:
+        return len(self._tasks)
+
+    async def _worker(self, key: Hashable) -> None:
+        attempt = 0
+        try:
+            while key in self._dirty:
+                self._dirty.discard(key)
+                try:
+                    async with self._semaphore:
+                        await self._handler(key)
+                    attempt = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any failure is retried
+                    attempt += 1
+                    self.failures += 1
+                    delay = min(self._base_backoff * 2 ** (attempt - 1), self._max_backoff)
+                    logger.warning("reconcile of %s failed (%s); retrying in %.0fs", key, exc, delay)
+                    await asyncio.sleep(delay)
+                    self._dirty.add(key)
+        finally:
+            self._tasks.pop(key, None)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

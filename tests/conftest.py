@@ -10,7 +10,8 @@ Quick use:
 
     def test_outage(s3_bucket, flaky_proxy):         # talk to S3 through flaky_proxy.endpoint_url
         spec = StorageSpec(endpoint_url=flaky_proxy.endpoint_url)
-        flaky_proxy.arm_outage(b"/checkpoints/checkpoint-", seconds=4)   # cut at the first checkpoint PUT
+        # cut at the first checkpoint file PUT (a GET/HEAD of a checkpoint path would match a looser marker)
+        flaky_proxy.arm_outage(f"PUT /{s3_bucket.name}/run1/checkpoints/".encode(), seconds=4)
         ... run the code ...
         assert flaky_proxy.outages and flaky_proxy.outages[0].reset_connections + \
             flaky_proxy.outages[0].refused_connections > 0

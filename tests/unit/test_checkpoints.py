@@ -219,6 +219,35 @@ def test_uploader_replaces_stale_copy_of_same_step(tmp_path):
     download_checkpoint(st, ref, tmp_path / "dl")  # verifies
 
 
+def test_same_step_twice_keeps_the_complete_copy(tmp_path):
+    st = Storage(str(tmp_path / "out"))
+    seen = []
+    up = CheckpointUploader(st, keep_last=1, on_uploaded=seen.append)
+    ck = fake_checkpoint(tmp_path / "run" / "checkpoint-9", 9)
+    up.submit(ck, 9)
+    assert up.flush(timeout=30)
+    manifest_path = tmp_path / "out" / checkpoint_rel(9) / CHECKPOINT_MANIFEST
+    first = manifest_path.stat().st_mtime_ns
+    up.submit(ck, 9)  # saved again at the same step: same names and sizes
+    assert up.flush(timeout=30)
+    assert manifest_path.stat().st_mtime_ns == first  # not deleted and rewritten
+    assert [r.step for r in seen] == [9, 9]
+    # a different copy of the same step (other sizes) replaces the remote one
+    (ck / "trainer_state.json").write_text(json.dumps({"global_step": 9, "more": "logs"}))
+    up.submit(ck, 9)
+    assert up.close(timeout=30)
+    m = st.get_json(f"{checkpoint_rel(9)}/{CHECKPOINT_MANIFEST}")
+    verify_dir(ck, m)
+
+
+def test_submit_of_empty_dir_is_refused(tmp_path):
+    up = CheckpointUploader(Storage(str(tmp_path / "out")), keep_last=1)
+    (tmp_path / "run" / "checkpoint-1").mkdir(parents=True)
+    with pytest.raises(ValueError, match="has no files"):
+        up.submit(tmp_path / "run" / "checkpoint-1", 1)
+    assert up.close(timeout=5)
+
+
 class GatedStorage(Storage):
     """file:// storage whose uploads wait for a gate: makes the worker's progress observable."""
 

@@ -246,6 +246,9 @@ class CheckpointUploader:
     retried by Storage), the manifest is written last, retention deletes old checkpoints, then
     on_uploaded(ref) is called. A checkpoint that fails for good is logged and skipped; the next goes.
 
+    The same step submitted again (SIGTERM right after a periodic save) is not re-uploaded when a
+    complete remote copy with the same file names and sizes exists.
+
     NB: the snapshot shares inodes with the source. Don't rewrite files of a submitted directory in
     place (e.g. saving the same step twice): the uploader notices a changed file and writes no manifest
     for that checkpoint rather than a wrong one.
@@ -288,6 +291,9 @@ class CheckpointUploader:
         snap = root / f"{checkpoint_name(step)}-{uuid.uuid4().hex[:8]}"
         snap.mkdir(parents=True)
         stats = snapshot_dir(src, snap)
+        if not stats:
+            shutil.rmtree(snap, ignore_errors=True)
+            raise ValueError(f"checkpoint directory {src} has no files")
         with self._cond:
             self._pending += 1
         log.info("checkpoint %d queued for upload (%d files)", step, len(stats))
@@ -342,24 +348,41 @@ class CheckpointUploader:
                         self._failed_since_flush = True
                     self._cond.notify_all()
 
+    def _same_complete_copy_exists(self, rel: str, step: int, stats: list[tuple[str, int, int]]) -> bool:
+        """True when the remote checkpoint of this step is complete with the same file names and sizes."""
+        try:
+            remote = self.storage.get_json(f"{rel}/{CHECKPOINT_MANIFEST}")
+        except (FileNotFoundError, ValueError):
+            return False
+        files = manifest_files(remote)
+        if files is None or remote.get("step") != step:
+            return False
+        local = {name: size for name, size, _ in stats if name != CHECKPOINT_MANIFEST}
+        return {f.name: f.size for f in files} == local
+
     def _upload(self, snap: Path, step: int, stats: list[tuple[str, int, int]]) -> None:
         started = time.monotonic()
         rel = checkpoint_rel(step)
-        # A stale copy of this step (an earlier attempt) must not mix with the new files: manifest first.
-        if self.storage.exists(rel):
-            self.storage.delete(f"{rel}/{CHECKPOINT_MANIFEST}")
-            self.storage.delete(rel)
-        files = self.storage.upload_dir(snap, rel, exclude=lambda name: name == CHECKPOINT_MANIFEST)
-        changed = [name for name, size, mtime in stats
-                   if not (snap / name).is_file() or (snap / name).stat().st_size != size
-                   or (snap / name).stat().st_mtime_ns != mtime]
-        if changed:
-            raise RuntimeError(f"files changed while uploading (rewritten in place?): {', '.join(changed)}")
-        self.storage.put_json(f"{rel}/{CHECKPOINT_MANIFEST}", manifest_from_digests(step, files))
         ref = CheckpointRef(step=step, uri=self.storage.uri(rel))
+        if self._same_complete_copy_exists(rel, step, stats):
+            # Saved twice at one step (e.g. SIGTERM right after a periodic save, or right after a
+            # resume): keep the complete copy rather than open a window with no complete checkpoint.
+            log.info("checkpoint %d is already complete at %s; not uploading it again", step, ref.uri)
+        else:
+            # A stale copy of this step (an earlier attempt) must not mix with the new files: manifest first.
+            if self.storage.exists(rel):
+                self.storage.delete(f"{rel}/{CHECKPOINT_MANIFEST}")
+                self.storage.delete(rel)
+            files = self.storage.upload_dir(snap, rel, exclude=lambda name: name == CHECKPOINT_MANIFEST)
+            changed = [name for name, size, mtime in stats
+                       if not (snap / name).is_file() or (snap / name).stat().st_size != size
+                       or (snap / name).stat().st_mtime_ns != mtime]
+            if changed:
+                raise RuntimeError(f"files changed while uploading (rewritten in place?): {', '.join(changed)}")
+            self.storage.put_json(f"{rel}/{CHECKPOINT_MANIFEST}", manifest_from_digests(step, files))
+            log.info("checkpoint %d uploaded to %s (%d files, %d bytes, %.1fs)", step, ref.uri, len(files),
+                     sum(f.size for f in files), time.monotonic() - started)
         self.uploaded.append(ref)
-        log.info("checkpoint %d uploaded to %s (%d files, %d bytes, %.1fs)", step, ref.uri, len(files),
-                 sum(f.size for f in files), time.monotonic() - started)
         try:
             deleted = prune_checkpoints(self.storage, self.keep_last, protect=step)
             if deleted:

@@ -90,7 +90,7 @@ def s3_bucket(s3_server: S3Server, aws_credentials: dict[str, str]) -> Bucket:
 @pytest.fixture
 def flaky_proxy(s3_server: S3Server) -> Iterator[FlakyProxy]:
     """A TCP proxy on loopback in front of the S3 server that tests switch down to simulate an outage."""
-    proxy = FlakyProxy(s3_server.host, s3_server.port).start()
+    proxy = FlakyProxy(s3_server.host, s3_server.port, host=s3_server.host).start()
     try:
         yield proxy
     finally:

@@ -177,16 +177,19 @@ def test_check_access_rejected_credentials(s3_bucket, s3_server, monkeypatch, fa
 
 
 # -- retries and outages ---------------------------------------------------------------------
-def test_operation_waits_out_a_short_outage(s3_bucket, flaky_proxy, caplog):
+@pytest.mark.parametrize("mode", ["refuse", "reset"])
+def test_operation_waits_out_a_short_outage(s3_bucket, flaky_proxy, caplog, mode):
     caplog.set_level(logging.WARNING, logger="lft_trainer")
     st = Storage(s3_bucket.uri("out"), StorageSpec(endpoint_url=flaky_proxy.endpoint_url), FAST)
     st.put_json("a.json", {"n": 1})
-    flaky_proxy.down(seconds=1.5)
+    flaky_proxy.down(seconds=1.5, mode=mode)
     t0 = time.monotonic()
     st.put_json("b.json", {"n": 2})
     assert 1.4 < time.monotonic() - t0 < 8
     assert json.loads(s3_bucket.get_bytes("out/b.json")) == {"n": 2}
-    assert "Could not connect" in caplog.text  # it did fail first, and retried
+    assert "retry 1 in" in caplog.text  # it did fail first, and retried
+    if mode == "reset":
+        assert flaky_proxy.outages[0].refused_connections >= 1
 
 
 def test_outage_longer_than_budget_raises_storage_error(s3_bucket, flaky_proxy, fake_secret):

@@ -1,0 +1,221 @@
+"""Finding and reading the dataset: JSON Lines / JSON / Parquet files (local or any fsspec URI) or a
+Hugging Face dataset id.
+
+Rows are read here with their 1-based position (the line number for JSON Lines), so pre-flight can
+name the exact row of a bad input; pre-flight (preflight.py) decides what a good row is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Optional
+
+from .errors import InvalidInput
+from .spec import DatasetSpec, StorageSpec
+
+DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
+DATASET_NOT_FOUND = "DatasetNotFound"
+UNREADABLE = "UnreadableDataset"
+INVALID = "InvalidDataset"
+
+
+class BadRow:
+    """A row that could not even be parsed (e.g. a broken JSON line): pre-flight reports `reason`."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+@dataclass
+class DataFile:
+    path: Path  # local path (downloaded when the URI is remote)
+    display: str  # what messages call it: the user's URI or path
+    kind: str  # jsonl | json | parquet
+
+
+@dataclass
+class DatasetSource:
+    """Where a dataset's splits are: local files per split, or a Hugging Face dataset id."""
+
+    uri: str
+    files: dict[str, list[DataFile]] = field(default_factory=dict)
+    hub_id: Optional[str] = None
+
+    @property
+    def is_hub(self) -> bool:
+        return self.hub_id is not None
+
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def looks_like_path(uri: str) -> bool:
+    """A URI with a scheme, an absolute or ./relative path, or an existing local path (else: a hub id)."""
+    return bool(_SCHEME.match(uri)) or uri.startswith(("/", "./", "../", "~")) or os.path.exists(uri)
+
+
+def _kind(name: str) -> Optional[str]:
+    return DATA_SUFFIXES.get(PurePosixPath(name).suffix.lower())
+
+
+def _split_of(name: str, splits: list[str]) -> Optional[str]:
+    """The split a file belongs to by its name ('train.jsonl', 'train-00001.parquet', 'eval.json')."""
+    stem = PurePosixPath(name).name.lower()
+    for split in splits:
+        if stem == split.lower() or re.match(rf"^{re.escape(split.lower())}([._-]|$)", stem):
+            return split
+    return None
+
+
+def resolve(spec: DatasetSpec, storage_spec: Optional[StorageSpec], cache_dir: Path) -> DatasetSource:
+    """Locate the dataset; remote files are downloaded into cache_dir. Raises InvalidInput when absent."""
+    uri = spec.uri
+    if not looks_like_path(uri):
+        return DatasetSource(uri=uri, hub_id=uri)
+    from . import storage as st
+
+    protocol, path = st.split_uri(os.path.expanduser(uri))
+    if protocol == "file":
+        local = Path(path)
+        if not local.exists():
+            raise InvalidInput(DATASET_NOT_FOUND, f"dataset {uri} does not exist", file=uri, field="dataset.uri")
+        local_files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+        pairs = [(p, uri if local.is_file() else f"{uri.rstrip('/')}/{p.relative_to(local).as_posix()}")
+                 for p in local_files]
+    else:
+        remote = st.Storage(uri, storage_spec)
+        try:
+            is_dir = remote.is_dir()
+            names = sorted(remote.list_files("")) if is_dir else []
+            if not is_dir and not remote.exists():
+                raise FileNotFoundError(uri)
+        except FileNotFoundError:
+            raise InvalidInput(DATASET_NOT_FOUND, f"dataset {uri} does not exist", file=uri, field="dataset.uri")
+        dest = cache_dir / "dataset"
+        if is_dir:
+            names = [n for n in names if _kind(n)]
+            pairs = [(remote.download_file(n, dest / n), f"{uri.rstrip('/')}/{n}") for n in names]
+        else:
+            name = PurePosixPath(path).name
+            pairs = [(remote.download_file("", dest / name), uri)]
+    data = [(p, d) for p, d in pairs if _kind(p.name)]
+    if not data:
+        if len(pairs) == 1:
+            raise InvalidInput(UNREADABLE, f"dataset {uri}: unsupported file type "
+                               f"(expected {', '.join(sorted(DATA_SUFFIXES))})", file=uri, field="dataset.uri")
+        raise InvalidInput(DATASET_NOT_FOUND, f"dataset {uri}: no .jsonl, .json or .parquet files found",
+                           file=uri, field="dataset.uri")
+    splits = [spec.train_split] + ([spec.eval_split] if spec.eval_split else [])
+    by_split: dict[str, list[DataFile]] = {}
+    for p, display in data:
+        split = _split_of(p.name, splits) if len(data) > 1 else None
+        by_split.setdefault(split or spec.train_split, []).append(DataFile(p, display, _kind(p.name)))
+    if len(data) > 1 and spec.train_split not in by_split:
+        raise InvalidInput(DATASET_NOT_FOUND, f"dataset {uri}: no file for split {spec.train_split!r}",
+                           file=uri, field="dataset.trainSplit")
+    return DatasetSource(uri=uri, files=by_split)
+
+
+def iter_file_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
+    """(1-based row number, row or BadRow). JSON Lines: the line number; JSON array / Parquet: the index + 1.
+
+    Raises InvalidInput for a file that cannot be read at all (and for an empty one).
+    """
+    try:
+        if f.kind == "parquet":
+            yield from _parquet_rows(f)
+        elif f.kind == "json":
+            yield from _json_rows(f)
+        else:
+            yield from _jsonl_rows(f)
+    except OSError as exc:
+        raise InvalidInput(UNREADABLE, f"{f.display}: cannot read the file ({exc.strerror or exc})", file=f.display)
+
+
+def _jsonl_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
+    any_row = False
+    with open(f.path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, BadRow(f"not valid UTF-8 (byte {exc.start})")
+                any_row = True
+                continue
+            if not line.strip():
+                continue
+            any_row = True
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield lineno, BadRow(f"invalid JSON: {exc.msg} at column {exc.colno}")
+    if not any_row:
+        raise InvalidInput(INVALID, f"{f.display}: the file is empty (no rows)", file=f.display)
+
+
+def _json_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
+    raw = f.path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(UNREADABLE, f"{f.display}: not valid UTF-8 (byte {exc.start})", file=f.display)
+    if not text.strip():
+        raise InvalidInput(INVALID, f"{f.display}: the file is empty (no rows)", file=f.display)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # JSON Lines in a .json file (as datasets' json loader accepts)
+            yield from _jsonl_rows(DataFile(f.path, f.display, "jsonl"))
+            return
+        raise InvalidInput(INVALID, f"{f.display}: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                           file=f.display, row=exc.lineno)
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]} / {"rows": [...]}
+    if not isinstance(data, list):
+        raise InvalidInput(INVALID, f"{f.display}: expected a JSON array of rows (or JSON Lines), "
+                           f"got {type(data).__name__}", file=f.display)
+    if not data:
+        raise InvalidInput(INVALID, f"{f.display}: the file is empty (no rows)", file=f.display)
+    yield from enumerate(data, start=1)
+
+
+def _parquet_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(f.path)
+    except Exception as exc:  # ArrowInvalid and friends: the bytes are not Parquet
+        raise InvalidInput(UNREADABLE, f"{f.display}: not a readable Parquet file ({exc})", file=f.display)
+    if pf.metadata.num_rows == 0:
+        raise InvalidInput(INVALID, f"{f.display}: the file is empty (no rows)", file=f.display)
+    n = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
+
+
+def iter_hub_rows(hub_id: str, split: str, revision: Optional[str] = None) -> Iterator[tuple[int, Any]]:
+    ds = load_hub_split(hub_id, split)
+    for i, row in enumerate(ds, start=1):
+        yield i, row
+
+
+def load_hub_split(hub_id: str, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(hub_id, split=split)
+    except (FileNotFoundError, ValueError) as exc:
+        # ValueError: unknown split; FileNotFoundError / DatasetNotFoundError: no such dataset.
+        raise InvalidInput(DATASET_NOT_FOUND, f"dataset {hub_id} split {split!r}: {str(exc).splitlines()[0][:300]}",
+                           file=hub_id, field="dataset.uri") from exc
+    except Exception as exc:
+        if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "GatedRepoError"):
+            raise InvalidInput(DATASET_NOT_FOUND, f"dataset {hub_id}: {str(exc).splitlines()[0][:300]}",
+                               file=hub_id, field="dataset.uri") from exc
+        raise

@@ -1,0 +1,244 @@
+"""Manifests the operator creates for a LoRAFineTune (pure builders)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lft_operator import builders
+from lft_operator.api import LoRAFineTuneSpec
+from lft_operator.settings import Settings
+from lft_trainer import contract
+from lft_trainer.spec import TrainerConfig
+
+OWNER = builders.Owner(name="phi3-chat", namespace="team-a", uid="1111-2222")
+SETTINGS = Settings(trainer_image="lft/trainer:test", default_storage_endpoint="http://minio.storage:9000")
+
+
+def make_spec(**overrides) -> LoRAFineTuneSpec:
+    raw = {
+        "model": {"name": "/opt/lft/models/tiny-phi3"},
+        "dataset": {"uri": "s3://data/chat.jsonl"},
+        "output": {"uri": "s3://out/phi3-chat"},
+        "storageSecretRef": {"name": "s3-creds"},
+    }
+    raw.update(overrides)
+    return LoRAFineTuneSpec.model_validate(raw)
+
+
+def _container(job: dict) -> dict:
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _env(job: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in _container(job)["env"]}
+
+
+def test_deterministic_names():
+    assert builders.job_name("x") == "x-trainer"
+    assert builders.service_account_name("x") == "x-trainer"
+    assert builders.role_name("x") == "x-trainer"
+    assert builders.config_map_name("x") == "x-trainer-config"
+    assert builders.job(OWNER, make_spec(), SETTINGS) == builders.job(OWNER, make_spec(), SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda s: builders.job(OWNER, s, SETTINGS),
+        lambda s: builders.config_map(OWNER, s, SETTINGS),
+        lambda s: builders.service_account(OWNER),
+        lambda s: builders.trainer_role(OWNER),
+        lambda s: builders.role_binding(OWNER, s),
+    ],
+)
+def test_every_child_is_owned_by_the_resource(build):
+    manifest = build(make_spec())
+    meta = manifest["metadata"]
+    assert meta["namespace"] == "team-a"
+    assert meta["labels"][builders.NAME_LABEL] == "phi3-chat"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "LoRAFineTune",
+            "name": "phi3-chat",
+            "uid": "1111-2222",
+            "controller": True,
+        }
+    ]
+
+
+def test_config_map_holds_the_trainer_config():
+    cm = builders.config_map(OWNER, make_spec(lora={"r": 8}), SETTINGS)
+    config = TrainerConfig.model_validate(json.loads(cm["data"]["config.json"]))
+    assert config.lora.r == 8
+    assert config.model.name == "/opt/lft/models/tiny-phi3"
+    # The operator-wide default endpoint fills the gap; operator-only fields stay out.
+    assert config.storage.endpoint_url == "http://minio.storage:9000"
+    assert "storageSecretRef" not in cm["data"]["config.json"] and "image" not in json.loads(cm["data"]["config.json"])
+
+
+def test_config_keeps_the_specs_own_endpoint_and_sets_processes_from_gpus():
+    spec = make_spec(storage={"endpointUrl": "http://other:9000"}, resources={"gpus": 4})
+    config = builders.trainer_config(spec, SETTINGS)
+    assert config["storage"]["endpointUrl"] == "http://other:9000"
+    assert config["training"]["numProcesses"] == 4
+    assert builders.trainer_config(make_spec(resources={"gpus": 1}), SETTINGS)["training"]["numProcesses"] == 1
+
+
+def test_trainer_role_may_only_get_and_patch_this_resources_status():
+    role = builders.trainer_role(OWNER)
+    assert role["rules"] == [
+        {
+            "apiGroups": ["finetune.dev"],
+            "resources": ["lorafinetunes/status"],
+            "resourceNames": ["phi3-chat"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    binding = builders.role_binding(OWNER, make_spec())
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "phi3-chat-trainer"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "phi3-chat-trainer", "namespace": "team-a"}]
+
+
+def test_custom_service_account_is_bound_instead():
+    spec = make_spec(podTemplate={"serviceAccountName": "workload-identity"})
+    assert builders.role_binding(OWNER, spec)["subjects"][0]["name"] == "workload-identity"
+    assert builders.job(OWNER, spec, SETTINGS)["spec"]["template"]["spec"]["serviceAccountName"] == "workload-identity"
+
+
+def test_job_shape():
+    job = builders.job(OWNER, make_spec(runPolicy={"backoffLimit": 2, "activeDeadlineSeconds": 3600}), SETTINGS)
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    assert job["metadata"]["name"] == "phi3-chat-trainer"
+    assert spec["parallelism"] == 1 and spec["completions"] == 1
+    assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 3600
+    assert "ttlSecondsAfterFinished" not in spec
+    assert pod["restartPolicy"] == "Never"
+    assert pod["terminationGracePeriodSeconds"] >= 60  # room for a checkpoint upload
+    assert pod["serviceAccountName"] == "phi3-chat-trainer"
+    assert spec["template"]["metadata"]["labels"][builders.NAME_LABEL] == "phi3-chat"
+    container = _container(job)
+    assert container["image"] == "lft/trainer:test"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["terminationMessagePath"] == contract.DEFAULT_TERMINATION_LOG
+
+
+def test_job_env_and_secret_by_reference_only():
+    job = builders.job(OWNER, make_spec(), SETTINGS)
+    env = _env(job)
+    assert env[contract.ENV_CONFIG_PATH] == "/etc/lft/config.json"
+    assert env[contract.ENV_RESOURCE_NAME] == "phi3-chat"
+    assert env[contract.ENV_RESOURCE_NAMESPACE] == "team-a"
+    assert env[contract.ENV_RESOURCE_UID] == "1111-2222"
+    assert _container(job)["envFrom"] == [{"secretRef": {"name": "s3-creds", "optional": False}}]
+    mounts = {m["mountPath"]: m for m in _container(job)["volumeMounts"]}
+    assert mounts["/etc/lft"]["readOnly"] is True
+    assert "/tmp" in mounts and builders.HOME_DIR in mounts
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "phi3-chat-trainer-config"
+
+
+def test_default_secret_is_optional_and_absent_without_one():
+    spec = make_spec(storageSecretRef=None)
+    job = builders.job(OWNER, spec, Settings(default_storage_secret="cluster-s3"))
+    assert _container(job)["envFrom"] == [{"secretRef": {"name": "cluster-s3", "optional": True}}]
+    assert _container(builders.job(OWNER, spec, Settings()))["envFrom"] == []
+
+
+def test_user_env_cannot_override_the_contract_variables():
+    spec = make_spec(
+        podTemplate={"env": [{"name": "LFT_NAME", "value": "evil"}, {"name": "HF_HUB_OFFLINE", "value": "1"}]}
+    )
+    env = builders.job(OWNER, spec, SETTINGS)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["value"] for e in env if e["name"] == "LFT_NAME"] == ["phi3-chat"]
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in env
+
+
+def test_restricted_pod_security():
+    job = builders.job(OWNER, make_spec(), SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = _container(job)["securityContext"]
+    assert sc == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def test_resources_gpus_and_scheduling():
+    spec = make_spec(
+        resources={"gpus": 2, "cpu": 8, "memory": "64Gi", "ephemeralStorage": "100Gi"},
+        nodeSelector={"gpu": "a100"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        affinity={"nodeAffinity": {}},
+        priorityClassName="training",
+        queueName="team-a-queue",
+    )
+    job = builders.job(OWNER, spec, SETTINGS)
+    res = _container(job)["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == "2"
+    assert res["requests"]["cpu"] == "8" and "cpu" not in res["limits"]  # no CPU throttling
+    assert res["requests"]["memory"] == res["limits"]["memory"] == "64Gi"
+    assert res["limits"]["ephemeral-storage"] == "100Gi"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["affinity"] == {"nodeAffinity": {}}
+    assert pod["priorityClassName"] == "training"
+    assert job["metadata"]["labels"][builders.KUEUE_QUEUE_LABEL] == "team-a-queue"
+    assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])  # /dev/shm for NCCL
+    assert _container(builders.job(OWNER, make_spec(), SETTINGS))["resources"] == {}
+
+
+def test_suspended_at_creation_starts_with_no_pod():
+    assert builders.job(OWNER, make_spec(suspend=True), SETTINGS)["spec"]["parallelism"] == 0
+
+
+def test_pod_template_extras():
+    spec = make_spec(
+        podTemplate={
+            "labels": {"team": "a", builders.NAME_LABEL: "spoofed"},
+            "annotations": {"sidecar.istio.io/inject": "false"},
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}}],
+            "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+        }
+    )
+    job = builders.job(OWNER, spec, SETTINGS)
+    template = job["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "a"
+    assert template["metadata"]["labels"][builders.NAME_LABEL] == "phi3-chat"  # ours win
+    assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}} in template["spec"]["volumes"]
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in _container(job)["volumeMounts"]
+
+
+def test_applied_spec_annotation_excludes_mutable_fields():
+    job_a = builders.job(OWNER, make_spec(suspend=False, runPolicy={"backoffLimit": 1}), SETTINGS)
+    job_b = builders.job(OWNER, make_spec(suspend=True, runPolicy={"backoffLimit": 5}), SETTINGS)
+    ann_a, ann_b = job_a["metadata"]["annotations"], job_b["metadata"]["annotations"]
+    assert ann_a[builders.SPEC_HASH_ANNOTATION] == ann_b[builders.SPEC_HASH_ANNOTATION]
+    applied = json.loads(ann_a[builders.APPLIED_SPEC_ANNOTATION])
+    assert "suspend" not in applied and "runPolicy" not in applied and applied["lora"]["r"] == 16
+    job_c = builders.job(OWNER, make_spec(lora={"r": 32}), SETTINGS)
+    assert job_c["metadata"]["annotations"][builders.SPEC_HASH_ANNOTATION] != ann_a[builders.SPEC_HASH_ANNOTATION]
+
+
+def test_run_policy_patch():
+    spec = make_spec(runPolicy={"backoffLimit": 5, "ttlSecondsAfterFinished": 60})
+    current = {"backoffLimit": 3, "activeDeadlineSeconds": 100, "ttlSecondsAfterFinished": None}
+    assert builders.run_policy_patch(spec, current) == {
+        "spec": {"backoffLimit": 5, "activeDeadlineSeconds": None, "ttlSecondsAfterFinished": 60}
+    }
+    current = {"backoffLimit": 5, "activeDeadlineSeconds": None, "ttlSecondsAfterFinished": 60}
+    assert builders.run_policy_patch(spec, current) is None
+
+
+def test_stop_patch_ends_the_job_as_failed():
+    assert builders.stop_patch() == {"spec": {"parallelism": 0, "activeDeadlineSeconds": 1}}

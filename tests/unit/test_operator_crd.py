@@ -1,0 +1,131 @@
+"""The CRD is generated from the pydantic models; the committed files must match the generator."""
+
+from __future__ import annotations
+
+import yaml
+from lft_operator import crdgen
+from lft_operator.api import LoRAFineTuneSpec
+
+
+def _schema() -> dict:
+    return crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def _walk(node: dict, path: str = ""):
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from _walk(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_committed_crd_files_match_the_generator():
+    expected = crdgen.render()
+    for path in crdgen.OUTPUT_PATHS:
+        assert path.exists(), f"{path} missing: run python -m lft_operator.crdgen --write"
+        assert path.read_text() == expected, f"{path} is stale: run python -m lft_operator.crdgen --write"
+    assert crdgen.main(["--check"]) == 0
+
+
+def test_names_scope_and_subresources():
+    crd = yaml.safe_load(crdgen.render())
+    spec = crd["spec"]
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["metadata"]["name"] == "lorafinetunes.finetune.dev"
+    assert spec["group"] == "finetune.dev" and spec["scope"] == "Namespaced"
+    assert spec["names"] == {
+        "kind": "LoRAFineTune",
+        "listKind": "LoRAFineTuneList",
+        "plural": "lorafinetunes",
+        "singular": "lorafinetune",
+        "shortNames": ["lft"],
+        "categories": ["finetune"],
+    }
+    (version,) = spec["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns():
+    (version,) = crdgen.crd()["spec"]["versions"]
+    cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")] == [
+        "Phase",
+        "Progress",
+        "Loss",
+        "ETA",
+        "Age",
+    ]
+    assert {n for n, c in cols.items() if c.get("priority") == 1} == {"Model", "Attempts", "Adapter"}
+    assert cols["Progress"]["jsonPath"] == ".status.progress.display"
+    assert cols["ETA"]["jsonPath"] == ".status.progress.eta"
+    assert cols["Loss"]["jsonPath"] == ".status.metrics.loss"
+    assert cols["Adapter"]["jsonPath"] == ".status.adapter.uri"
+    assert cols["Age"]["type"] == "date"
+
+
+def test_schema_is_structural():
+    for path, node in _walk(_schema()):
+        assert "$ref" not in node and "allOf" not in node and "$defs" not in node, path
+        assert "title" not in node, path
+        assert node.get("additionalProperties") is not False, path
+        typed = (
+            "type" in node or node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+        )
+        assert typed, f"untyped node {path}"
+        if "anyOf" in node:
+            assert node.get("x-kubernetes-int-or-string"), f"{path}: anyOf only for int-or-string"
+        # OpenAPI v3.0: boolean exclusive bounds.
+        for key in ("exclusiveMinimum", "exclusiveMaximum"):
+            if key in node:
+                assert node[key] is True, path
+
+
+def test_bounds_defaults_and_descriptions():
+    spec = _schema()["properties"]["spec"]
+    lora = spec["properties"]["lora"]
+    assert lora["properties"]["r"]["minimum"] == 1 and lora["properties"]["r"]["maximum"] == 1024
+    assert lora["properties"]["r"]["default"] == 16
+    assert lora["properties"]["quantization"]["enum"] == ["none", "4bit", "8bit"]
+    assert lora["default"] == {}  # nested defaults then apply
+    assert lora["description"]  # kubectl explain lft.spec.lora
+    lr = spec["properties"]["training"]["properties"]["learningRate"]
+    assert lr["minimum"] == 0 and lr["exclusiveMinimum"] is True
+    assert set(spec["required"]) == {"model", "dataset", "output"}
+    assert spec["properties"]["runPolicy"]["properties"]["backoffLimit"]["default"] == 3
+    assert spec["properties"]["model"]["properties"]["revision"]["nullable"] is True
+    # Free-form Kubernetes core types.
+    assert spec["properties"]["affinity"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert spec["properties"]["tolerations"]["items"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert spec["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string"}
+    cpu = spec["properties"]["resources"]["properties"]["cpu"]
+    assert cpu["x-kubernetes-int-or-string"] is True and "pattern" in cpu
+    # Every property of the spec is documented.
+    for path, node in _walk(spec):
+        if path and path.count("{") == 0 and not path.endswith("[]"):
+            assert node.get("description"), f"spec{path} has no description"
+
+
+def test_status_schema_has_no_defaults_and_conditions_are_a_map():
+    status = _schema()["properties"]["status"]
+    for path, node in _walk(status):
+        assert "default" not in node, path
+    conditions = status["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "type" in conditions["items"]["required"]
+    for field in ("progress", "metrics", "latestCheckpoint", "adapter", "attempts", "observedGeneration"):
+        assert field in status["properties"], field
+
+
+def test_name_length_is_limited_for_the_job_label():
+    meta = _schema()["properties"]["metadata"]
+    assert meta["properties"]["name"]["maxLength"] == 63 - len("-trainer")
+
+
+def test_every_spec_field_is_in_the_schema():
+    spec = _schema()["properties"]["spec"]["properties"]
+    for name, field in LoRAFineTuneSpec.model_fields.items():
+        assert (field.alias or name) in spec

@@ -1,0 +1,299 @@
+"""Status logic: phases, conditions per the API conventions, attempts, events and Job patches (pure)."""
+
+from __future__ import annotations
+
+import json
+
+from lft_operator import builders
+from lft_operator.api import LoRAFineTuneSpec
+from lft_operator.settings import Settings
+from lft_operator.status import Observation, Problem, decide, set_condition, update_attempts
+from lft_operator.views import JobView, PodView
+from lft_trainer.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
+
+T0, T1, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z", "2026-01-01T00:03:00Z"
+OWNER = builders.Owner("run", "ns", "uid-1")
+
+
+def spec(**overrides) -> LoRAFineTuneSpec:
+    raw = {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/run"}}
+    raw.update(overrides)
+    return LoRAFineTuneSpec.model_validate(raw)
+
+
+def job_view(s: LoRAFineTuneSpec | None = None, **status) -> JobView:
+    body = builders.job(OWNER, s or spec(), Settings())
+    body["metadata"]["uid"] = "job-uid"
+    body["status"] = status
+    return JobView.from_job(body)
+
+
+def pod(name: str, created: str = T0, **kw) -> PodView:
+    return PodView(name=name, uid=f"uid-{name}", created=created, job_uid="job-uid", **kw)
+
+
+def running(name: str, created: str = T0) -> PodView:
+    return pod(name, created, phase="Running", running=True)
+
+
+def ended(name: str, code: int, message: str | None = None, created: str = T0, deleted: bool = False) -> PodView:
+    return pod(
+        name,
+        created,
+        phase="Succeeded" if code == 0 else "Failed",
+        exit_code=code,
+        term_reason="Completed" if code == 0 else "Error",
+        term_message=message,
+        finished_at=T1,
+        deleted=deleted,
+    )
+
+
+def observe(status=None, s=None, job=None, pods=(), now=T1, problems=(), generation=1, job_lost=False) -> Observation:
+    return Observation(
+        name="run",
+        generation=generation,
+        status=status or {},
+        spec=s if s is not None else spec(),
+        problems=list(problems),
+        job_name="run-trainer",
+        job=job,
+        pods=list(pods),
+        now=now,
+        job_lost=job_lost,
+    )
+
+
+def step(obs: Observation):
+    """decide, and the status the resource has after the patch."""
+    d = decide(obs)
+    merged = {**obs.status, **d.status}
+    return d, merged
+
+
+def cond(status: dict, type_: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def reasons(d) -> list[str]:
+    return [e.reason for e in d.events]
+
+
+def result(outcome: str, reason: str, **kw) -> str:
+    return TerminationMessage(outcome=outcome, reason=reason, **kw).encode()
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+
+def test_last_transition_time_changes_only_when_status_changes():
+    c = set_condition([], "Running", "False", "Pending", "", 1, T0)
+    assert c[0]["lastTransitionTime"] == T0
+    c = set_condition(c, "Running", "False", "Retrying", "attempt 1 failed", 2, T1)
+    assert c[0]["lastTransitionTime"] == T0 and c[0]["reason"] == "Retrying" and c[0]["observedGeneration"] == 2
+    c = set_condition(c, "Running", "True", "TrainerRunning", "", 2, T2)
+    assert c[0]["lastTransitionTime"] == T2
+    c = set_condition(c, "Succeeded", "False", "InProgress", "", 2, T3)
+    assert [x["type"] for x in c] == ["Running", "Succeeded"]
+    assert c[0]["lastTransitionTime"] == T2
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+
+def test_not_accepted_creates_nothing_and_says_why_once():
+    problems = [Problem("QuantizationNeedsGPU", "spec.lora.quantization 4bit needs a GPU")]
+    d, status = step(observe(problems=problems))
+    assert status["phase"] == "Pending"
+    acc = cond(status, "Accepted")
+    assert acc["status"] == "False" and acc["reason"] == "QuantizationNeedsGPU"
+    assert reasons(d) == ["QuantizationNeedsGPU"] and d.events[0].type == "Warning"
+    assert d.job_patches == []
+    d2, status2 = step(observe(status=status, problems=problems, now=T2))
+    assert d2.events == [] and d2.patch == {}  # nothing new: no event, no write
+
+
+def test_job_created_then_running_then_succeeded():
+    job = job_view()
+    d, status = step(observe(job=job))
+    assert status["phase"] == "Pending" and status["jobName"] == "run-trainer"
+    assert cond(status, "Accepted")["status"] == "True"
+    assert reasons(d) == ["Accepted"]
+    assert status["attempts"] == 0
+
+    d, status = step(observe(status=status, job=job, pods=[running("p1")], now=T2))
+    assert status["phase"] == "Running" and status["attempts"] == 1 and status["startTime"] == T0
+    assert cond(status, "Running")["status"] == "True"
+    assert reasons(d) == ["Started"]
+
+    message = result(
+        "succeeded",
+        "Completed",
+        adapter=AdapterRef(
+            uri="s3://b/run/adapter", files=[FileDigest(name="adapter_model.safetensors", size=10, sha256="ab")]
+        ),
+        metrics=Metrics(loss=0.5, eval_loss=0.6, eval_loss_before=1.2),
+        step=30,
+        total_steps=30,
+    )
+    done_job = job_view(succeeded=1, completionTime=T3, conditions=[{"type": "Complete", "status": "True"}])
+    d, status = step(observe(status=status, job=done_job, pods=[ended("p1", 0, message)], now=T3))
+    assert status["phase"] == "Succeeded"
+    assert status["adapter"]["uri"] == "s3://b/run/adapter"
+    assert status["adapter"]["files"][0]["sha256"] == "ab"
+    assert status["completionTime"] == T3
+    assert cond(status, "Succeeded")["status"] == "True" and cond(status, "Failed")["status"] == "False"
+    assert cond(status, "Running")["status"] == "False"
+    assert reasons(d) == ["Succeeded"]
+    # Final metrics and progress from the termination message (the trainer has exited).
+    assert d.patch["metrics"]["evalLossBefore"] == 1.2
+    assert d.patch["progress"]["display"] == "30/30 (100%)"
+    # Final is final.
+    d, status2 = step(observe(status=status, job=done_job, pods=[], now=T3))
+    assert status2["phase"] == "Succeeded" and d.events == [] and d.patch == {}
+
+
+def test_second_identical_observation_changes_nothing():
+    job = job_view()
+    _, status = step(observe(job=job))
+    _, status = step(observe(status=status, job=job, pods=[running("p1")]))
+    d, _ = step(observe(status=status, job=job, pods=[running("p1")], now=T3))
+    assert d.patch == {} and d.events == [] and d.job_patches == []
+
+
+def test_invalid_input_fails_at_once_and_stops_the_job():
+    job = job_view()
+    _, status = step(observe(job=job, pods=[running("p1")]))
+    msg = result("invalid_input", "InvalidDataset", message="row 3: missing 'messages'")
+    d, status = step(observe(status=status, job=job, pods=[ended("p1", ExitCode.INVALID_INPUT, msg)], now=T2))
+    assert status["phase"] == "Failed"
+    failed = cond(status, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "InvalidDataset"
+    assert "row 3: missing 'messages'" in failed["message"]
+    assert d.job_patches == [builders.stop_patch()]
+    assert "Retrying" not in reasons(d) and reasons(d)[-1] == "Failed"
+
+
+def test_retryable_failures_then_backoff_limit():
+    s = spec(runPolicy={"backoffLimit": 1})
+    job = job_view(s)
+    _, status = step(observe(s=s, job=job, pods=[running("p1")]))
+    err = result("error", "StorageError", message="upload failed")
+    d, status = step(observe(status=status, s=s, job=job, pods=[ended("p1", ExitCode.ERROR, err)], now=T2))
+    assert status["phase"] == "Pending" and status["failedAttempts"] == 1
+    assert cond(status, "Running")["reason"] == "Retrying"
+    assert reasons(d) == ["Retrying"] and "StorageError" in d.events[0].message
+    assert d.job_patches == []
+
+    pods = [ended("p1", ExitCode.ERROR, err), running("p2", T2)]
+    d, status = step(observe(status=status, s=s, job=job, pods=pods, now=T2))
+    assert status["phase"] == "Running" and status["attempts"] == 2 and reasons(d) == ["Started"]
+
+    pods = [ended("p1", ExitCode.ERROR, err), ended("p2", ExitCode.PREEMPTED, result("preempted", "Preempted"), T2)]
+    d, status = step(observe(status=status, s=s, job=job, pods=pods, now=T3))
+    assert status["phase"] == "Failed" and status["failedAttempts"] == 2
+    failed = cond(status, "Failed")
+    assert failed["reason"] == "Preempted" and "backoffLimit 1" in failed["message"]
+    assert d.job_patches == [builders.stop_patch()]
+
+
+def test_job_failed_condition_gives_the_last_attempts_reason():
+    job = job_view()
+    _, status = step(observe(job=job, pods=[running("p1")]))
+    failed_job = job_view(
+        failed=1, conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "too long"}]
+    )
+    pods = [ended("p1", ExitCode.ERROR, "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA OOM")]
+    d, status = step(observe(status=status, job=failed_job, pods=pods, now=T2))
+    assert status["phase"] == "Failed"
+    failed = cond(status, "Failed")
+    # A non-JSON message (a crash, FallbackToLogsOnError): the container's reason and the log tail.
+    assert failed["reason"] == "Error" and "CUDA OOM" in failed["message"] and "DeadlineExceeded" in failed["message"]
+    assert d.job_patches == []  # the Job is finished already
+
+
+def test_suspend_and_resume():
+    job = job_view()
+    _, status = step(observe(job=job, pods=[running("p1")]))
+    s = spec(suspend=True)
+    d, status = step(observe(status=status, s=s, job=job, pods=[running("p1")], now=T1, generation=2))
+    assert d.job_patches == [builders.parallelism_patch(0)]
+    assert cond(status, "Suspended")["status"] == "True" and cond(status, "Suspended")["reason"] == "Suspending"
+    assert status["phase"] == "Running" and reasons(d) == ["Suspended"]
+    assert status["observedGeneration"] == 2
+
+    # The Job controller deleted the pod; the trainer checkpointed and exited 4; the pod is gone.
+    suspended_job = job_view(s)
+    stopping = [ended("p1", ExitCode.PREEMPTED, result("preempted", "Preempted"), deleted=True)]
+    d, status = step(observe(status=status, s=s, job=suspended_job, pods=stopping, now=T2, generation=2))
+    d, status = step(observe(status=status, s=s, job=suspended_job, pods=[], now=T2, generation=2))
+    assert status["phase"] == "Suspended" and cond(status, "Suspended")["reason"] == "Suspended"
+    assert status["failedAttempts"] == 0  # a suspend is no failure
+    assert status["attemptHistory"][0]["phase"] == "Stopped"
+    assert d.job_patches == []
+
+    s = spec(suspend=False)
+    d, status = step(observe(status=status, s=s, job=suspended_job, pods=[], now=T3, generation=3))
+    assert d.job_patches == [builders.parallelism_patch(1)]
+    assert cond(status, "Suspended")["status"] == "False" and reasons(d) == ["Resumed"]
+    d, status = step(observe(status=status, s=s, job=job_view(), pods=[running("p2", T3)], now=T3, generation=3))
+    assert status["phase"] == "Running" and status["attempts"] == 2
+
+
+def test_pod_deleted_by_hand_is_not_a_failure():
+    job = job_view()
+    _, status = step(observe(job=job, pods=[running("p1")]))
+    d, status = step(observe(status=status, job=job, pods=[], now=T2))
+    assert status["attemptHistory"][0]["phase"] == "Stopped"
+    assert status["attemptHistory"][0]["reason"] == "PodDeleted"
+    assert status["failedAttempts"] == 0 and status["phase"] == "Pending"
+
+
+def test_spec_change_after_job_creation_is_reported_not_applied():
+    job = job_view()
+    _, status = step(observe(job=job, pods=[running("p1")]))
+    changed = spec(lora={"r": 64}, training={"learningRate": 1e-3}, runPolicy={"backoffLimit": 5})
+    d, status = step(observe(status=status, s=changed, job=job, pods=[running("p1")], generation=2))
+    ignored = cond(status, "SpecChangeIgnored")
+    assert ignored["status"] == "True"
+    assert "spec.lora.r" in ignored["message"] and "spec.training.learningRate" in ignored["message"]
+    assert "runPolicy" not in ignored["message"]  # run policy changes are applied:
+    assert {"spec": {"backoffLimit": 5}} in d.job_patches
+    assert reasons(d) == ["SpecChangeIgnored"]
+    d, status = step(observe(status=status, s=changed, job=job, pods=[running("p1")], generation=2, now=T2))
+    assert d.events == []
+    d, status = step(observe(status=status, s=spec(), job=job, pods=[running("p1")], generation=3, now=T3))
+    assert cond(status, "SpecChangeIgnored")["status"] == "False"
+
+
+def test_job_deleted_before_it_finished():
+    job = job_view()
+    _, status = step(observe(job=job, pods=[running("p1")]))
+    d, status = step(observe(status=status, job=None, job_lost=True, now=T2))
+    assert status["phase"] == "Failed" and cond(status, "Failed")["reason"] == "JobDeleted"
+
+
+def test_waiting_pod_reason_is_shown():
+    job = job_view()
+    p = pod("p1", waiting_reason="CreateContainerConfigError", waiting_message='secret "s3" not found')
+    _, status = step(observe(job=job, pods=[p]))
+    assert cond(status, "Running")["reason"] == "CreateContainerConfigError"
+    assert 'secret "s3" not found' in status["message"]
+
+
+def test_attempt_history_is_bounded_and_counts_survive_pruning():
+    history, attempts, failed = [], 0, 0
+    for i in range(30):
+        upd = update_attempts(history, attempts, failed, [running(f"p{i:02d}", f"2026-01-01T00:{i:02d}:00Z")], T3)
+        upd = update_attempts(upd.history, upd.attempts, upd.failed_attempts, [], T3)
+        history, attempts, failed = upd.history, upd.attempts, upd.failed_attempts
+    assert attempts == 30 and len(history) == 10
+    assert history[-1]["pod"] == "p29"
+
+
+def test_termination_message_never_grows_status_unbounded():
+    job = job_view()
+    _, status = step(observe(job=job, pods=[running("p1")]))
+    huge = result("error", "Boom", message="x" * 5000)
+    _, status = step(observe(status=status, job=job, pods=[ended("p1", 1, huge)], now=T2))
+    assert len(json.dumps(status["attemptHistory"])) < 1500

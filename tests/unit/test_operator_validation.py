@@ -1,0 +1,143 @@
+"""Semantic validation, views of Jobs/pods, settings, and the work queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+from lft_operator.settings import Settings
+from lft_operator.validation import validate
+from lft_operator.views import JobView, PodView
+from lft_operator.workqueue import WorkQueue
+
+BASE = {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/p"}}
+
+
+def test_valid_spec():
+    spec, problems = validate(BASE, "run")
+    assert spec is not None and problems == []
+
+
+def test_qlora_needs_gpus():
+    spec, problems = validate({**BASE, "lora": {"quantization": "4bit"}}, "run")
+    assert [p.reason for p in problems] == ["QuantizationNeedsGPU"]
+    assert "spec.resources.gpus" in problems[0].message
+    _, problems = validate({**BASE, "lora": {"quantization": "4bit"}, "resources": {"gpus": 1}}, "run")
+    assert problems == []
+
+
+def test_cross_field_rules_of_the_shared_model():
+    raw = {**BASE, "dataset": {"uri": "d", "format": "text"}, "training": {"assistantOnlyLoss": True}}
+    spec, problems = validate(raw, "run")
+    assert spec is None and problems[0].reason == "InvalidSpec"
+    assert "assistantOnlyLoss" in problems[0].message
+
+
+def test_unknown_field_is_reported_without_values():
+    spec, problems = validate({**BASE, "lora": {"rank": 8}}, "run")
+    assert spec is None and "spec.lora.rank" in problems[0].message
+
+
+def test_mounts_need_volumes_and_names_must_fit():
+    raw = {**BASE, "podTemplate": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]}}
+    _, problems = validate(raw, "x" * 56)
+    assert {p.reason for p in problems} == {"InvalidPodTemplate", "NameTooLong"}
+
+
+def test_settings_from_env():
+    s = Settings.from_env(
+        {
+            "LFT_TRAINER_IMAGE": "img:1",
+            "LFT_NAMESPACES": "a, b",
+            "LFT_DEFAULT_STORAGE_ENDPOINT": "http://minio:9000",
+            "LFT_METRICS_PORT": "0",
+            "LFT_PEERING_NAME": "lft",
+            "LFT_LOG_LEVEL": "debug",
+        }
+    )
+    assert s.trainer_image == "img:1" and s.namespaces == ("a", "b")
+    assert s.default_storage_endpoint == "http://minio:9000" and s.metrics_port == 0
+    assert s.peering == "lft" and s.log_level == "DEBUG"
+    assert Settings.from_env({"LFT_NAMESPACES": "all"}).namespaces == ()
+    assert Settings.from_env({}).peering is None
+
+
+def test_pod_view_reads_the_trainer_container():
+    body = {
+        "metadata": {
+            "name": "p",
+            "uid": "u",
+            "creationTimestamp": "t",
+            "deletionTimestamp": "t2",
+            "ownerReferences": [{"uid": "job-uid", "controller": True}],
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": "sidecar", "state": {"terminated": {"exitCode": 0}}},
+                {"name": "trainer", "state": {"terminated": {"exitCode": 4, "message": "{}", "reason": "Error"}}},
+            ],
+        },
+    }
+    view = PodView.from_pod(body)
+    assert view.exit_code == 4 and view.deleted and view.terminated and view.job_uid == "job-uid"
+
+
+def test_job_view_conditions():
+    body = {
+        "metadata": {"name": "j", "uid": "u", "ownerReferences": [{"uid": "cr", "controller": True}]},
+        "spec": {"parallelism": 0, "backoffLimit": 2},
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]},
+    }
+    view = JobView.from_job(body)
+    assert view.parallelism == 0 and view.failed_reason == "BackoffLimitExceeded" and view.finished
+    assert view.owner_uid == "cr" and view.spec["backoffLimit"] == 2
+
+
+def test_workqueue_coalesces_and_retries():
+    calls: list[str] = []
+    release = None
+
+    async def handler(key):
+        calls.append(key)
+        if len(calls) == 1:
+            await release.wait()
+
+    async def scenario():
+        nonlocal release
+        release = asyncio.Event()
+        q = WorkQueue(handler, base_backoff=0.01)
+        q.add("a")
+        await asyncio.sleep(0.01)
+        for _ in range(5):  # triggers while running collapse into one rerun
+            q.add("a")
+        release.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not q.busy:
+                break
+        return q
+
+    q = asyncio.run(scenario())
+    # The first run, then one rerun for the five triggers that came while it ran.
+    assert calls == ["a", "a"]
+    assert q.failures == 0
+
+    calls.clear()
+
+    async def failing():
+        q = WorkQueue(lambda key: _fail_once(calls, key), base_backoff=0.01)
+        q.add("b")
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not q.busy:
+                break
+        return q
+
+    q = asyncio.run(failing())
+    assert calls == ["b", "b"] and q.failures == 1
+
+
+async def _fail_once(calls: list, key) -> None:
+    calls.append(key)
+    if len(calls) == 1:
+        raise RuntimeError("transient")

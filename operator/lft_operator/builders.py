@@ -21,6 +21,7 @@ NAME_LABEL = f"{contract.API_GROUP}/name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SPEC_HASH_ANNOTATION = f"{contract.API_GROUP}/spec-hash"
 APPLIED_SPEC_ANNOTATION = f"{contract.API_GROUP}/applied-spec"
+RUN_POLICY_ANNOTATION = f"{contract.API_GROUP}/run-policy"
 CONTAINER_NAME = "trainer"
 CONFIG_DIR = "/etc/lft"
 CONFIG_FILE = "config.json"
@@ -304,6 +305,7 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
             annotations={
                 SPEC_HASH_ANNOTATION: spec_hash(applied),
                 APPLIED_SPEC_ANNOTATION: json.dumps(applied, sort_keys=True, separators=(",", ":")),
+                RUN_POLICY_ANNOTATION: _run_policy_json(spec),
             },
         )
         | {"labels": job_labels},
@@ -311,15 +313,29 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
     }
 
 
-def run_policy_patch(spec: LoRAFineTuneSpec, current: dict[str, Any]) -> dict[str, Any] | None:
-    """Merge patch bringing a Job's mutable fields (`current`: its spec) in line with spec.runPolicy; None if equal."""
-    wanted = {
-        "backoffLimit": spec.run_policy.backoff_limit,
-        "activeDeadlineSeconds": spec.run_policy.active_deadline_seconds,
-        "ttlSecondsAfterFinished": spec.run_policy.ttl_seconds_after_finished,
+def _run_policy_json(spec: LoRAFineTuneSpec) -> str:
+    return json.dumps(spec.run_policy.to_wire(), sort_keys=True, separators=(",", ":"))
+
+
+def run_policy_patch(spec: LoRAFineTuneSpec, applied: str | None) -> dict[str, Any] | None:
+    """Merge patch bringing a Job in line with spec.runPolicy; None when `applied` (the Job's
+    run-policy annotation) already matches.
+
+    Compared with the annotation, not the Job's fields: an API server may drop a field (1.20 drops
+    ttlSecondsAfterFinished unless the TTLAfterFinished gate is on), which must not cause a patch loop.
+    """
+    wanted = _run_policy_json(spec)
+    if applied == wanted:
+        return None
+    policy = spec.run_policy
+    return {
+        "metadata": {"annotations": {RUN_POLICY_ANNOTATION: wanted}},
+        "spec": {
+            "backoffLimit": policy.backoff_limit,
+            "activeDeadlineSeconds": policy.active_deadline_seconds,
+            "ttlSecondsAfterFinished": policy.ttl_seconds_after_finished,
+        },
     }
-    patch = {k: v for k, v in wanted.items() if current.get(k) != v}
-    return {"spec": patch} if patch else None
 
 
 def parallelism_patch(parallelism: int) -> dict[str, Any]:

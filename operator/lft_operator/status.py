@@ -468,7 +468,7 @@ def _in_progress(d: _Draft, upd: AttemptUpdate, job: JobView) -> None:
             f"({upd.failed_attempts}/{backoff_limit} failures), resuming from the newest checkpoint.",
         )
     if spec is not None:
-        policy = run_policy_patch(spec, job.spec)
+        policy = run_policy_patch(spec, job.run_policy)
         if policy is not None:
             d.job_patches.append(policy)
     active = [r for r in upd.history if r["phase"] in ("Pending", "Running")]

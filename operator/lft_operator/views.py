@@ -6,10 +6,10 @@ the status logic gets plain values to test against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, SPEC_HASH_ANNOTATION
+from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, RUN_POLICY_ANNOTATION, SPEC_HASH_ANNOTATION
 
 
 def controller_uid(meta: dict[str, Any]) -> str | None:
@@ -93,7 +93,7 @@ class JobView:
     completion_time: str | None = None
     spec_hash: str | None = None
     applied_spec: str | None = None  # JSON
-    spec: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    run_policy: str | None = None  # JSON of the runPolicy last applied
 
     @property
     def finished(self) -> bool:
@@ -129,5 +129,5 @@ class JobView:
             completion_time=status.get("completionTime"),
             spec_hash=annotations.get(SPEC_HASH_ANNOTATION),
             applied_spec=annotations.get(APPLIED_SPEC_ANNOTATION),
-            spec={k: spec.get(k) for k in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")},
+            run_policy=annotations.get(RUN_POLICY_ANNOTATION),
         )

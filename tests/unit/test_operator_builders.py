@@ -230,14 +230,18 @@ def test_applied_spec_annotation_excludes_mutable_fields():
     assert job_c["metadata"]["annotations"][builders.SPEC_HASH_ANNOTATION] != ann_a[builders.SPEC_HASH_ANNOTATION]
 
 
-def test_run_policy_patch():
-    spec = make_spec(runPolicy={"backoffLimit": 5, "ttlSecondsAfterFinished": 60})
-    current = {"backoffLimit": 3, "activeDeadlineSeconds": 100, "ttlSecondsAfterFinished": None}
-    assert builders.run_policy_patch(spec, current) == {
-        "spec": {"backoffLimit": 5, "activeDeadlineSeconds": None, "ttlSecondsAfterFinished": 60}
-    }
-    current = {"backoffLimit": 5, "activeDeadlineSeconds": None, "ttlSecondsAfterFinished": 60}
-    assert builders.run_policy_patch(spec, current) is None
+def test_run_policy_patch_compares_with_the_applied_annotation():
+    job = builders.job(OWNER, make_spec(runPolicy={"backoffLimit": 3}), SETTINGS)
+    applied = job["metadata"]["annotations"][builders.RUN_POLICY_ANNOTATION]
+    assert builders.run_policy_patch(make_spec(runPolicy={"backoffLimit": 3}), applied) is None
+    patch = builders.run_policy_patch(make_spec(runPolicy={"backoffLimit": 5, "ttlSecondsAfterFinished": 60}), applied)
+    assert patch["spec"] == {"backoffLimit": 5, "activeDeadlineSeconds": None, "ttlSecondsAfterFinished": 60}
+    new_applied = patch["metadata"]["annotations"][builders.RUN_POLICY_ANNOTATION]
+    # Once applied, no further patch, even if the API server dropped a field of it.
+    assert (
+        builders.run_policy_patch(make_spec(runPolicy={"backoffLimit": 5, "ttlSecondsAfterFinished": 60}), new_applied)
+        is None
+    )
 
 
 def test_stop_patch_ends_the_job_as_failed():

@@ -67,8 +67,13 @@ def test_roundtrip(s3_bucket, tmp_path):
     (src / "sub").mkdir()
     (src / "sub" / "tok.json").write_text("{}")
     digests = st.upload_dir(src, "adapter")
-    assert {d.name for d in digests} == {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt",
-                                         "trainer_state.json", "sub/tok.json"}
+    assert {d.name for d in digests} == {
+        "adapter_model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "trainer_state.json",
+        "sub/tok.json",
+    }
     for d in digests:
         assert sha(s3_bucket.get_bytes(f"runs/r1/adapter/{d.name}")) == d.sha256
     assert st.list_dirs() == ["adapter"] and st.list_dirs("adapter") == ["sub"]
@@ -144,15 +149,40 @@ def test_check_access_rejected_credentials(s3_bucket, s3_server, monkeypatch, fa
     # A read-only IAM user, created before authentication is switched on.
     import boto3
 
-    iam = boto3.client("iam", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
-                       aws_access_key_id="AKIATESTFAKEKEY00000", aws_secret_access_key=fake_secret)
+    iam = boto3.client(
+        "iam",
+        endpoint_url=s3_server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIATESTFAKEKEY00000",
+        aws_secret_access_key=fake_secret,
+    )
     user = f"reader-{s3_bucket.name}"
     iam.create_user(UserName=user)
-    iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"], "Resource": "*"}],
-    }))
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="read",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"], "Resource": "*"}],
+            }
+        ),
+    )
     key = iam.create_access_key(UserName=user)["AccessKey"]
+    getter = f"getter-{s3_bucket.name}"
+    iam.create_user(UserName=getter)
+    iam.put_user_policy(
+        UserName=getter,
+        PolicyName="get",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "*"}],
+            }
+        ),
+    )
+    getter_key = iam.create_access_key(UserName=getter)["AccessKey"]
+    s3_bucket.put_bytes("data/train.jsonl", b"{}")
 
     with s3_server.iam_auth():
         # keys unknown to the server
@@ -173,6 +203,18 @@ def test_check_access_rejected_credentials(s3_bucket, s3_server, monkeypatch, fa
         err = check(s3_bucket.uri("out"), s3_bucket.endpoint_url)
         assert err.reason == "StorageAccessDenied" and "access denied" in err.message
         assert key["SecretAccessKey"] not in err.message
+
+        # GetObject on one input file without ListBucket: reading that file passes, its prefix does not
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", getter_key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", getter_key["SecretAccessKey"])
+        Storage(s3_bucket.uri("data/train.jsonl"), StorageSpec(endpoint_url=s3_bucket.endpoint_url), FAST).check_access(
+            write=False
+        )
+        # a missing key: moto answers 404 (reachable, absent: passes); AWS S3 answers 403 without
+        # ListBucket, which check_access reports as StorageAccessDenied
+        Storage(
+            s3_bucket.uri("data/missing.jsonl"), StorageSpec(endpoint_url=s3_bucket.endpoint_url), FAST
+        ).check_access(write=False)
     assert key["SecretAccessKey"] not in caplog.text and fake_secret not in caplog.text
 
 
@@ -217,7 +259,9 @@ def test_uploader_retention_and_callbacks(s3_bucket, tmp_path):
         up.submit(ck, step)
     assert up.flush(timeout=60) is True
     up.close()
-    assert [(r.step, r.uri) for r in seen] == [(s, s3_bucket.uri(f"run/checkpoints/checkpoint-{s}")) for s in (5, 10, 15)]
+    assert [(r.step, r.uri) for r in seen] == [
+        (s, s3_bucket.uri(f"run/checkpoints/checkpoint-{s}")) for s in (5, 10, 15)
+    ]
     assert {k.split("/")[2] for k in s3_bucket.keys("run/checkpoints/")} == {"checkpoint-10", "checkpoint-15"}
     for step in (10, 15):
         assert_checkpoint_in_bucket(s3_bucket, "run", step, manifests[step])
@@ -276,4 +320,8 @@ def test_submit_is_bounded_while_storage_is_down(s3_bucket, flaky_proxy, tmp_pat
     assert up.flush(timeout=60) is True
     up.close()
     assert [r.step for r in up.uploaded] == [1, 2, 3]
-    assert {k.split("/")[2] for k in s3_bucket.keys("run/checkpoints/")} == {"checkpoint-1", "checkpoint-2", "checkpoint-3"}
+    assert {k.split("/")[2] for k in s3_bucket.keys("run/checkpoints/")} == {
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-3",
+    }

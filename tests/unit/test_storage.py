@@ -252,8 +252,15 @@ def test_download_of_absolute_uri(tmp_path):
     assert download(f"file://{src}", tmp_path / "x") == src
 
 
-def test_check_access_read_only_missing_local_dir(tmp_path):
+def test_check_access_checks_access_not_existence(tmp_path):
+    st = Storage(str(tmp_path / "nope"))
+    st.check_access(write=False)  # reachable; existence is asked separately
+    assert not st.exists() and not (tmp_path / "nope").exists()
+
+
+def test_check_access_unwritable_local_output(tmp_path):
+    (tmp_path / "file").write_text("x")  # a file where the output directory should be
     with pytest.raises(InvalidInput) as ei:
-        Storage(str(tmp_path / "nope")).check_access(write=False)
-    assert ei.value.reason == "BucketNotFound"
-    assert str(tmp_path / "nope") in ei.value.message
+        Storage(str(tmp_path / "file" / "out")).check_access()
+    assert ei.value.reason in ("StorageAccessDenied", "StorageUnreachable")
+    assert str(tmp_path / "file" / "out") in ei.value.message

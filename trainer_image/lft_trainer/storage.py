@@ -502,7 +502,8 @@ class Storage:
 
         Reasons: MissingCredentials, StorageAccessDenied, BucketNotFound, StorageUnreachable,
         UnsupportedStorage. With write=True a probe object is written and deleted under the base URI
-        (deleting is needed to rotate checkpoints). Transient errors are retried for at most `timeout`
+        (deleting is needed to rotate checkpoints). Whether the base path exists is not checked (use
+        exists() / is_dir(): a missing dataset or model deserves its own reason). Transient errors are retried for at most `timeout`
         seconds (RetryPolicy.check_seconds), then StorageUnreachable. Messages name the URI and the
         endpoint, never a credential.
         """
@@ -531,8 +532,8 @@ class Storage:
                     "SignatureDoesNotMatch": "the secret access key does not match the access key id",
                     "ExpiredToken": "the session token has expired"}.get(code, "access denied")
             return InvalidInput(ACCESS_DENIED, f"access to {where} refused: {hint} ({describe(exc)})")
-        if isinstance(exc, FileNotFoundError):
-            return InvalidInput(BUCKET_NOT_FOUND, f"{where} does not exist ({describe(exc)})")
+        if isinstance(exc, FileNotFoundError):  # e.g. a local volume that is not mounted
+            return InvalidInput(BUCKET_NOT_FOUND, f"{where}: not found ({describe(exc)})")
         return InvalidInput(UNREACHABLE, f"cannot use object storage at {where}: {describe(exc)}")
 
     def _check_s3(self, write: bool, budget: float) -> None:
@@ -540,8 +541,18 @@ class Storage:
         if not bucket:
             raise InvalidInput(BUCKET_NOT_FOUND, f"no bucket in {self.base_uri}")
         # ListObjectsV2 on the prefix: works with prefix-scoped IAM policies, unlike HeadBucket.
-        retry_call(lambda: self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1),
-                   f"list {self.base_uri}", self.retry, total_seconds=budget)
+        try:
+            retry_call(lambda: self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1),
+                       f"list {self.base_uri}", self.retry, total_seconds=budget)
+        except PermissionError:
+            # A reader may hold s3:GetObject on one input file without s3:ListBucket.
+            if write or not prefix:
+                raise
+            try:
+                retry_call(lambda: self.fs.call_s3("head_object", Bucket=bucket, Key=prefix),
+                           f"stat {self.base_uri}", self.retry, total_seconds=budget)
+            except FileNotFoundError:
+                pass  # readable but absent: existence is the caller's question (exists())
         if write:
             self._probe_write(budget)
 
@@ -550,9 +561,10 @@ class Storage:
             if self.protocol == "file":
                 os.makedirs(self.base_path, exist_ok=True)
             self._probe_write(budget)
-        elif not retry_call(lambda: self.fs.exists(self.base_path), f"stat {self.base_uri}", self.retry,
-                            total_seconds=budget):
-            raise FileNotFoundError(f"{self.base_uri} does not exist")
+        else:
+            # Reaching the store is what is checked; whether the path exists is the caller's question.
+            retry_call(lambda: self.fs.exists(self.base_path), f"stat {self.base_uri}", self.retry,
+                       total_seconds=budget)
 
     def _probe_write(self, budget: float) -> None:
         probe = self._path(f".lft-access-check-{uuid.uuid4().hex[:12]}")

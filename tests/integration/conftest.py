@@ -3,7 +3,7 @@
 Start one with `tests/cluster/up.sh --api-only` (the Makefile/CI does). Without an API server
 the tests that use these fixtures are skipped with that hint, unless LFT_REQUIRE_CLUSTER=1,
 which makes them fail instead. Nothing runs containers in api-only mode: the tests play the
-kubelet by patching the status of the pods the real Job controller creates.
+kubelet (tests/support/kube.py) on the pods the real Job controller creates.
 
     def test_x(kube, namespace, operator):
         kube.create_lft(namespace, "run", spec)
@@ -15,234 +15,24 @@ kubelet by patching the status of the pods the real Job controller creates.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 import yaml
-from kubernetes import config as kube_config
-from kubernetes.client import Configuration
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_KUBECONFIG = "/var/lib/lft/cluster/kubeconfig"
-KUBECTL = os.environ.get("LFT_KUBECTL", "/var/cache/lft/bin/kubectl")
-CRD_FILE = REPO / "crds" / "finetune.dev_lorafinetunes.yaml"
-LFT_API = "/apis/finetune.dev/v1alpha1"
-NAME_LABEL = "finetune.dev/name"
-NAMESPACE_PREFIX = "lft-it-"
-FAKE_NODE = "lft-it-node"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.25, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, body: Any):
-        super().__init__(f"{status}: {body}")
-        self.status = status
-        self.body = body
-
-    @property
-    def message(self) -> str:
-        return self.body.get("message", "") if isinstance(self.body, dict) else str(self.body)
-
-
-class Kube:
-    """A small synchronous client for the tests (requests + the kubeconfig's client certificate)."""
-
-    def __init__(self, kubeconfig: str):
-        self.kubeconfig = kubeconfig
-        cfg = Configuration()
-        kube_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        self.base = cfg.host.rstrip("/")
-        self.session = requests.Session()
-        self.session.verify = cfg.ssl_ca_cert if cfg.verify_ssl else False
-        if cfg.cert_file:
-            self.session.cert = (cfg.cert_file, cfg.key_file)
-        token = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
-        if token:
-            self.session.headers["Authorization"] = token
-
-    # --- REST ---------------------------------------------------------------------------------
-
-    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json", **kw) -> Any:
-        headers = {"Content-Type": content_type, **kw.pop("headers", {})}
-        data = json.dumps(body) if body is not None else None
-        resp = self.session.request(method, self.base + path, data=data, headers=headers, timeout=15, **kw)
-        payload = (
-            resp.json()
-            if resp.content and resp.headers.get("Content-Type", "").startswith("application/json")
-            else resp.text
-        )
-        if resp.status_code >= 400:
-            raise ApiError(resp.status_code, payload)
-        return payload
-
-    def get(self, path: str, **kw) -> Any:
-        try:
-            return self.request("GET", path, **kw)
-        except ApiError as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def create(self, path: str, body: dict, **kw) -> Any:
-        return self.request("POST", path, body, **kw)
-
-    def merge_patch(self, path: str, body: dict, **kw) -> Any:
-        return self.request("PATCH", path, body, content_type="application/merge-patch+json", **kw)
-
-    def delete(self, path: str, body: dict | None = None) -> Any:
-        try:
-            return self.request("DELETE", path, body)
-        except ApiError as e:
-            if e.status != 404:
-                raise
-            return None
-
-    def items(self, path: str, **params: str) -> list[dict]:
-        return self.request("GET", path, params=params)["items"]
-
-    # --- LoRAFineTunes -------------------------------------------------------------------------
-
-    def lft_path(self, ns: str, name: str | None = None, sub: str | None = None) -> str:
-        path = f"{LFT_API}/namespaces/{ns}/lorafinetunes"
-        if name:
-            path += f"/{name}"
-        if sub:
-            path += f"/{sub}"
-        return path
-
-    def create_lft(self, ns: str, name: str, spec: dict) -> dict:
-        body = {"apiVersion": "finetune.dev/v1alpha1", "kind": "LoRAFineTune", "metadata": {"name": name}, "spec": spec}
-        return self.create(self.lft_path(ns), body)
-
-    def lft(self, ns: str, name: str) -> dict | None:
-        return self.get(self.lft_path(ns, name))
-
-    def wait_lft(
-        self, ns: str, name: str, predicate: Callable[[dict], Any], timeout: float = 30.0, what: str = ""
-    ) -> dict:
-        def check():
-            body = self.lft(ns, name) or {}
-            return body if predicate(body.get("status") or {}) else None
-
-        try:
-            return wait_until(check, timeout, what=what or f"lft {ns}/{name}")
-        except AssertionError as e:
-            status = (self.lft(ns, name) or {}).get("status")
-            raise AssertionError(f"{e}\nstatus: {json.dumps(status, indent=1)}") from None
-
-    def events(self, ns: str, name: str) -> list[dict]:
-        return self.items(f"/api/v1/namespaces/{ns}/events", fieldSelector=f"involvedObject.name={name}")
-
-    def event_reasons(self, ns: str, name: str) -> list[str]:
-        events = sorted(self.events(ns, name), key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["name"]))
-        return [e["reason"] for e in events]
-
-    # --- Jobs and pods -------------------------------------------------------------------------
-
-    def jobs(self, ns: str, name: str) -> list[dict]:
-        return self.items(f"/apis/batch/v1/namespaces/{ns}/jobs", labelSelector=f"{NAME_LABEL}={name}")
-
-    def job(self, ns: str, name: str) -> dict | None:
-        return self.get(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}-trainer")
-
-    def job_condition(self, ns: str, name: str, type_: str) -> dict | None:
-        job = self.job(ns, name) or {}
-        return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == type_), None)
-
-    def pods(self, ns: str, name: str) -> list[dict]:
-        pods = self.items(f"/api/v1/namespaces/{ns}/pods", labelSelector=f"{NAME_LABEL}={name}")
-        return sorted(pods, key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]))
-
-    def wait_for_pod(self, ns: str, name: str, count: int = 1, timeout: float = 60.0) -> dict:
-        """The newest pod once at least `count` pods exist (the Job controller may back off between retries)."""
-
-        def enough() -> list[dict] | None:
-            pods = self.pods(ns, name)
-            return pods if len(pods) >= count else None
-
-        return wait_until(enough, timeout, what=f"{count} pod(s) of {ns}/{name}")[-1]
-
-    # --- playing the kubelet -------------------------------------------------------------------
-
-    def _pod_path(self, pod: dict, sub: str | None = None) -> str:
-        meta = pod["metadata"]
-        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-        return f"{path}/{sub}" if sub else path
-
-    def kubelet_bind(self, pod: dict) -> None:
-        """Schedule the pod on the fake node: deleting it is then graceful, as with a real kubelet."""
-        meta = pod["metadata"]
-        binding = {
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": FAKE_NODE},
-        }
-        self.create(self._pod_path(pod, "binding"), binding)
-
-    def _container_status(self, pod: dict, state: dict) -> dict:
-        image = pod["spec"]["containers"][0]["image"]
-        return {
-            "name": "trainer",
-            "ready": "running" in state,
-            "restartCount": 0,
-            "image": image,
-            "imageID": "",
-            "state": state,
-        }
-
-    def kubelet_run(self, pod: dict) -> dict:
-        status = {
-            "phase": "Running",
-            "startTime": _now(),
-            "containerStatuses": [self._container_status(pod, {"running": {"startedAt": _now()}})],
-        }
-        return self.merge_patch(self._pod_path(pod, "status"), {"status": status})
-
-    def kubelet_exit(self, pod: dict, code: int, message: str = "", reason: str | None = None) -> dict:
-        terminated = {
-            "exitCode": code,
-            "reason": reason or ("Completed" if code == 0 else "Error"),
-            "message": message,
-            "startedAt": _now(),
-            "finishedAt": _now(),
-        }
-        status = {
-            "phase": "Succeeded" if code == 0 else "Failed",
-            "containerStatuses": [self._container_status(pod, {"terminated": terminated})],
-        }
-        return self.merge_patch(self._pod_path(pod, "status"), {"status": status})
-
-    def kubelet_remove(self, pod: dict) -> None:
-        """What the kubelet does once a deleted pod's containers stopped: remove it for good."""
-        self.delete(self._pod_path(pod), {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
-
+from tests.support.kube import (
+    CRD_FILE,
+    DEFAULT_KUBECONFIG,
+    FAKE_NODE,
+    LFT_API,
+    NAMESPACE_PREFIX,
+    Kube,
+    Operator,
+    wait_until,
+)
 
 # --- fixtures ---------------------------------------------------------------------------------
 
@@ -302,89 +92,9 @@ def namespace(kube: Kube) -> Iterator[str]:
     kube.delete(f"/api/v1/namespaces/{name}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Operator:
-    """`python -m lft_operator` as a subprocess, watching only the tests' namespaces."""
-
-    def __init__(self, kubeconfig: str, log_path: Path, **env: str):
-        self.kubeconfig = kubeconfig
-        self.log_path = log_path
-        self.extra_env = env
-        self.proc: subprocess.Popen | None = None
-        self.metrics_port = _free_port()
-        self.liveness_port = _free_port()
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": self.kubeconfig,
-            "PYTHONPATH": f"{REPO / 'trainer_image'}:{REPO / 'operator'}",
-            "LFT_NAMESPACES": f"{NAMESPACE_PREFIX}*",
-            "LFT_TRAINER_IMAGE": "lft/trainer:it",
-            "LFT_METRICS_PORT": str(self.metrics_port),
-            "LFT_LIVENESS_PORT": str(self.liveness_port),
-            "LFT_RESYNC_SECONDS": "10",
-            "LFT_JSON_LOGS": "1",
-            **self.extra_env,
-        }
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lft_operator"], env=env, stdout=log, stderr=log, cwd=REPO)
-        log.close()
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
-            try:
-                return requests.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1).ok
-            except requests.RequestException:
-                return False
-
-        wait_until(ready, 60, what="operator liveness endpoint")
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, as when a node dies."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def metrics(self) -> str:
-        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-
-
 @pytest.fixture(scope="session")
 def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     op = Operator(kube.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op
     op.stop()
-
-
-def kubectl(kube: Kube, *args: str) -> str:
-    if not Path(KUBECTL).exists():
-        pytest.skip(f"kubectl not found at {KUBECTL}")
-    out = subprocess.run(
-        [KUBECTL, "--kubeconfig", kube.kubeconfig, *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    if out.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr}")
-    return out.stdout

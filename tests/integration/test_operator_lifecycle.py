@@ -11,7 +11,7 @@ import time
 import pytest
 from lft_trainer.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
 
-from .conftest import ApiError, Kube, wait_until
+from tests.support.kube import ApiError, Kube, wait_until
 
 pytestmark = pytest.mark.integration
 

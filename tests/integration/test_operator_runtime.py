@@ -1,0 +1,142 @@
+"""Operator restarts, secret hygiene, `kubectl get lft` columns and metrics, on a real API server."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from lft_trainer.contract import Metrics, Progress, TerminationMessage, status_patch
+
+from tests.integration.test_operator_lifecycle import SUCCESS, is_true, run_pod, spec
+from tests.support.kube import kubectl, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def test_operator_killed_mid_run_converges_without_a_second_job(kube, namespace, operator):
+    kube.create_lft(namespace, "survivor", spec())
+    pod = run_pod(kube, namespace, "survivor")
+    kube.wait_lft(namespace, "survivor", lambda s: s.get("phase") == "Running")
+    (job,) = kube.jobs(namespace, "survivor")
+
+    operator.kill()  # SIGKILL: no graceful shutdown
+    kube.kubelet_exit(pod, 0, SUCCESS)  # the run ends while no operator watches
+    kube.create_lft(namespace, "late", spec())  # and a new resource arrives
+    operator.start()
+
+    kube.wait_lft(namespace, "survivor", lambda s: s.get("phase") == "Succeeded", timeout=30)
+    kube.wait_lft(namespace, "late", lambda s: is_true(s, "Accepted"), timeout=30)
+    jobs = kube.jobs(namespace, "survivor")
+    assert [j["metadata"]["uid"] for j in jobs] == [job["metadata"]["uid"]]
+    assert len(kube.jobs(namespace, "late")) == 1
+    # Restarted again while idle: still one Job each, no duplicate events of the transitions.
+    operator.restart()
+    kube.create_lft(namespace, "probe", spec())
+    kube.wait_lft(namespace, "probe", lambda s: is_true(s, "Accepted"), timeout=30)
+    assert len(kube.jobs(namespace, "survivor")) == 1 and len(kube.jobs(namespace, "late")) == 1
+    assert kube.event_reasons(namespace, "survivor").count("Succeeded") == 1
+    assert kube.event_reasons(namespace, "survivor").count("JobCreated") == 1
+
+
+def test_no_secret_value_in_resource_children_events_or_logs(kube, namespace, operator):
+    secret_values = {"AWS_ACCESS_KEY_ID": "AKIAFAKELEAKCHECK001", "AWS_SECRET_ACCESS_KEY": "s3cr3t-must-not-leak-7f9a"}
+    kube.create(
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"}, "stringData": secret_values},
+    )
+    kube.create_lft(namespace, "careful", spec(storageSecretRef={"name": "s3-creds"}))
+    pod = run_pod(kube, namespace, "careful")
+    kube.kubelet_exit(pod, 0, SUCCESS)
+    kube.wait_lft(namespace, "careful", lambda s: s.get("phase") == "Succeeded")
+
+    texts = {
+        "resource": json.dumps(kube.lft(namespace, "careful")),
+        "events": json.dumps(kube.events(namespace, "careful")),
+        "jobs": json.dumps(kube.jobs(namespace, "careful")),
+        "pods": json.dumps(kube.pods(namespace, "careful")),
+        "configmap": json.dumps(kube.get(f"/api/v1/namespaces/{namespace}/configmaps/careful-trainer-config")),
+        "operator logs": operator.logs(),
+    }
+    for where, text in texts.items():
+        for value in secret_values.values():
+            assert value not in text, f"secret value found in {where}"
+    # The pod gets the Secret by reference only.
+    (container,) = kube.pods(namespace, "careful")[0]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-creds", "optional": False}}]
+
+
+def _kubectl_rows(kube, namespace: str, *args: str) -> list[dict[str, str]]:
+    out = kubectl(kube, "get", "lft", "-n", namespace, *args)
+    lines = [line for line in out.splitlines() if line.strip()]
+    header = lines[0]
+    # Columns are left-aligned at the header's word starts.
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    rows = []
+    for line in lines[1:]:
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        rows.append(dict(zip(names, cells, strict=True)))
+    return rows
+
+
+def test_kubectl_get_shows_progress_loss_eta_and_wide_columns(kube, namespace, operator):
+    kube.create_lft(namespace, "visible", spec())
+    run_pod(kube, namespace, "visible")
+    kube.wait_lft(namespace, "visible", lambda s: s.get("phase") == "Running")
+
+    # What the trainer sends (as its own ServiceAccount), rate-limited, while it trains.
+    as_trainer = {"Impersonate-User": f"system:serviceaccount:{namespace}:visible-trainer"}
+    body = status_patch(
+        progress=Progress.build(12, 30, epoch=0.4, eta_seconds=200), metrics=Metrics(loss=1.2345, learning_rate=2e-4)
+    )
+    kube.merge_patch(kube.lft_path(namespace, "visible", "status"), body, headers=as_trainer)
+
+    (row,) = _kubectl_rows(kube, namespace)
+    assert list(row) == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
+    assert row["NAME"] == "visible" and row["PHASE"] == "Running"
+    assert row["PROGRESS"] == "12/30 (40%)"
+    assert row["LOSS"] == "1.2345"
+    assert row["ETA"] == "3m20s"
+
+    (wide,) = _kubectl_rows(kube, namespace, "-o", "wide")
+    assert list(wide) == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE", "MODEL", "ATTEMPTS", "ADAPTER"]
+    assert wide["MODEL"] == "/opt/lft/models/tiny-phi3" and wide["ATTEMPTS"] == "1"
+
+    # The operator keeps the trainer's fields: another reconcile (the pod ends) leaves them alone.
+    kube.merge_patch(kube.lft_path(namespace, "visible"), {"spec": {"runPolicy": {"backoffLimit": 4}}})
+    wait_until(lambda: kube.job(namespace, "visible")["spec"]["backoffLimit"] == 4, 10)
+    status = kube.lft(namespace, "visible")["status"]
+    assert status["progress"]["step"] == 12 and status["metrics"]["loss"] == 1.2345
+
+    # `kubectl wait` on the condition works.
+    pod = kube.pods(namespace, "visible")[0]
+    kube.kubelet_exit(pod, 0, SUCCESS)
+    kubectl(kube, "wait", "-n", namespace, "--for=condition=Succeeded", "lft/visible", "--timeout=30s")
+    (wide,) = _kubectl_rows(kube, namespace, "-o", "wide")
+    assert wide["PHASE"] == "Succeeded" and wide["ADAPTER"] == "s3://lft-out/run/adapter"
+    assert wide["PROGRESS"] == "30/30 (100%)"
+
+    explain = kubectl(kube, "explain", "lft.spec.lora")
+    assert "Rank of the LoRA update matrices" in explain and "quantization" in explain
+
+
+def test_metrics_endpoint(kube, namespace, operator):
+    kube.create_lft(namespace, "counted", spec())
+    kube.wait_lft(namespace, "counted", lambda s: is_true(s, "Accepted"))
+    text = operator.metrics()
+    assert re.search(r"^lft_jobs_created_total \d", text, re.MULTILINE)
+    assert re.search(r'^lft_resources\{phase="Pending"\} \d', text, re.MULTILINE)
+    assert "lft_reconcile_duration_seconds_bucket" in text
+    assert re.search(r"^lft_status_patches_total [1-9]", text, re.MULTILINE)
+
+
+def test_failure_message_with_crash_log_tail(kube, namespace, operator):
+    """A crash before the trainer wrote its JSON: FallbackToLogsOnError gives the log tail."""
+    kube.create_lft(namespace, "crash", spec(runPolicy={"backoffLimit": 0}))
+    pod = run_pod(kube, namespace, "crash")
+    kube.kubelet_exit(pod, 137, "Killed", reason="OOMKilled")
+    status = kube.wait_lft(namespace, "crash", lambda s: s.get("phase") == "Failed")["status"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "OOMKilled" and "exit code 137" in failed["message"]
+    assert TerminationMessage.decode("Killed") is None

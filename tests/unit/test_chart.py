@@ -305,3 +305,42 @@ def test_chart_crds_are_the_generated_ones() -> None:
 def test_values_schema_rejects_bad_values(bad: str) -> None:
     proc = helm("template", RELEASE, str(CHART), "--set", bad, check=False)
     assert proc.returncode != 0 and "schema" in proc.stderr, proc.stderr
+
+
+def test_operator_settings_parse_the_rendered_environment() -> None:
+    """The env names the chart sets are the ones lft_operator.settings reads."""
+    from lft_operator.settings import Settings
+
+    docs = render(
+        {
+            "trainer.image": "reg/trainer:2",
+            "trainer.pullPolicy": "Never",
+            "trainer.terminationGraceSeconds": "300",
+            "trainer.statusIntervalSeconds": "2",
+            "storage.endpoint": "http://s3.local:9000",
+            "storage.secretName": "creds",
+            "watchNamespaces": "{team-a,team-b}",
+            "metrics.port": "9191",
+            "liveness.port": "8181",
+            "peering.enabled": "true",
+            "peering.priority": "7",
+            "replicaCount": "2",
+            "resyncSeconds": "30",
+            "apiWorkers": "8",
+            "jsonLogs": "false",
+            "logLevel": "DEBUG",
+        }
+    )
+    s = Settings.from_env({k: v for k, v in env_of(docs).items() if v is not None})
+    assert (s.trainer_image, s.trainer_image_pull_policy) == ("reg/trainer:2", "Never")
+    assert s.termination_grace_seconds == 300 and s.trainer_status_interval == 2.0
+    assert (s.default_storage_endpoint, s.default_storage_secret) == ("http://s3.local:9000", "creds")
+    assert s.namespaces == ("team-a", "team-b")
+    assert (s.metrics_port, s.liveness_port) == (9191, 8181)
+    assert {p["metadata"]["name"] for p in by_kind(docs, "KopfPeering")} == {s.peering}
+    assert s.priority == 7
+    assert (s.resync_seconds, s.api_workers, s.json_logs, s.log_level) == (30.0, 8, False, "DEBUG")
+
+    defaults = Settings.from_env({k: v for k, v in env_of(render()).items() if v is not None})
+    assert defaults.namespaces == () and defaults.peering is None and defaults.json_logs is True
+    assert defaults.trainer_status_interval is None

@@ -11,8 +11,9 @@ Rules, in order:
    metrics from the termination message.
 3. Exit code INVALID_INPUT -> Failed at once, and the Job is stopped (no retries).
 4. The Job's Failed condition (BackoffLimitExceeded, DeadlineExceeded), or more counted failures
-   than runPolicy.backoffLimit -> Failed with the last attempt's reason (the operator counts too:
-   Kubernetes 1.20's Job controller counts retries by its work-queue requeues, not by pods).
+   than runPolicy.backoffLimit -> Failed with the last attempt's reason. The operator counts too:
+   the Job controller counts only failed pods that still exist, and its verdict comes after its
+   own retry backoff (10 s, 20 s, ...); the operator's count survives pod garbage collection.
 5. A Job that vanished before it finished -> Failed (JobDeleted).
 6. Otherwise Pending / Running / Suspended from the spec and the pods.
 

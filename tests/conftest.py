@@ -62,12 +62,19 @@ class Bucket:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    """moto's real S3 server (HTTP, threaded) for the whole session; `.endpoint_url`, `.env()`, `.client()`."""
+    """moto's real S3 server (HTTP, threaded) for the whole session; `.endpoint_url`, `.env()`, `.client()`.
+
+    Also puts the fake AWS_* credentials in os.environ while the session runs (restored at the end), so
+    code under test in this process finds them; tests that remove them use monkeypatch.
+    """
     server = S3Server(host=os.environ.get("LFT_TEST_S3_HOST", "127.0.0.1")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in aws_env().items():
+            mp.setenv(k, v)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from kubernetes.client import Configuration
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 # Metadata only: lets the operator check that a Secret exists without ever receiving its data.
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
@@ -116,6 +117,9 @@ class Kube:
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> Any:
         return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+
+    async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> Any:
+        return await self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
 
 
 # Paths ---------------------------------------------------------------------------------------

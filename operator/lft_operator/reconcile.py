@@ -20,7 +20,7 @@ from . import builders, metrics
 from .builders import Owner
 from .kube import PARTIAL_METADATA, ApiError, Kube, collection_path, core_path, group_path, object_path
 from .settings import Settings
-from .status import ACCEPTED, TERMINAL_PHASES, Event, Observation, Problem, decide, now_rfc3339
+from .status import ACCEPTED, TERMINAL_PHASES, Event, Observation, Problem, decide, now_rfc3339, status_json_patch
 from .validation import validate
 from .views import JobView, PodView, controller_uid
 from .workqueue import WorkQueue
@@ -145,15 +145,18 @@ class Reconciler:
             await self.kube.merge_patch(job_path(namespace, builders.job_name(name)), patch)
         if decision.patch:
             try:
-                # metadata.uid is a precondition: never write a decision onto a re-created namesake.
-                await self.kube.merge_patch(
+                await self.kube.json_patch(
                     resource_path(namespace, name, "status"),
-                    {"metadata": {"uid": owner.uid}, "status": decision.patch},
+                    status_json_patch(owner.uid, body.get("status"), decision.patch),
                 )
             except ApiError as e:
-                if e.status in (404, 409):
-                    logger.info("%s/%s changed under the reconcile (%s); will retry", namespace, name, e.reason)
-                    self.queue.add_after((namespace, name), 1.0)
+                if e.status == 404:
+                    return  # deleted meanwhile
+                if e.status in (409, 422):
+                    # The uid test failed (re-created under the same name), a removed key was already
+                    # gone, or the status is invalid: log it, and look again a little later.
+                    logger.warning("status patch of %s/%s refused: %s", namespace, name, e.message)
+                    self.queue.add_after((namespace, name), 5.0)
                     return
                 raise
             metrics.STATUS_PATCHES.inc()

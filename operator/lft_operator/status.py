@@ -103,6 +103,26 @@ class Decision:
     job_patches: list[dict[str, Any]] = field(default_factory=list)
 
 
+def status_json_patch(uid: str, current: dict[str, Any] | None, patch: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON patch writing `patch` (merge-patch semantics: None removes) into status, guarded by a uid test.
+
+    The test op makes the API server refuse the write if the resource was deleted and re-created
+    under the same name since it was read (metadata in a merge patch of /status is ignored).
+    """
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+    if current is None:
+        ops.append({"op": "add", "path": "/status", "value": {k: v for k, v in patch.items() if v is not None}})
+        return ops
+    for key, value in patch.items():
+        path = "/status/" + key.replace("~", "~0").replace("/", "~1")
+        if value is None:
+            if key in current:
+                ops.append({"op": "remove", "path": path})
+        else:
+            ops.append({"op": "add", "path": path, "value": value})
+    return ops
+
+
 # --- conditions -------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import json
 from lft_operator import builders
 from lft_operator.api import LoRAFineTuneSpec
 from lft_operator.settings import Settings
-from lft_operator.status import Observation, Problem, decide, set_condition, update_attempts
+from lft_operator.status import Observation, Problem, decide, set_condition, status_json_patch, update_attempts
 from lft_operator.views import JobView, PodView
 from lft_trainer.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
 
@@ -297,3 +297,17 @@ def test_termination_message_never_grows_status_unbounded():
     huge = result("error", "Boom", message="x" * 5000)
     _, status = step(observe(status=status, job=job, pods=[ended("p1", 1, huge)], now=T2))
     assert len(json.dumps(status["attemptHistory"])) < 1500
+
+
+def test_status_json_patch_is_guarded_by_the_uid():
+    assert status_json_patch("u", None, {"phase": "Pending", "adapter": None}) == [
+        {"op": "test", "path": "/metadata/uid", "value": "u"},
+        {"op": "add", "path": "/status", "value": {"phase": "Pending"}},
+    ]
+    ops = status_json_patch(
+        "u", {"adapter": {"uri": "x"}, "phase": "Running"}, {"phase": "Failed", "adapter": None, "message": None}
+    )
+    assert ops[1:] == [
+        {"op": "add", "path": "/status/phase", "value": "Failed"},
+        {"op": "remove", "path": "/status/adapter"},
+    ]

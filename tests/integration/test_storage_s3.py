@@ -244,6 +244,13 @@ def test_outage_longer_than_budget_raises_storage_error(s3_bucket, flaky_proxy, 
     assert time.monotonic() - t0 < 4
     assert "write s3://" in str(ei.value) and "gave up after" in str(ei.value)
     assert fake_secret not in str(ei.value)
+    # queries must not read an outage as "absent" (a pre-flight would call a model missing)
+    quick = Storage(s3_bucket.uri("out"), StorageSpec(endpoint_url=flaky_proxy.endpoint_url),
+                    RetryPolicy(total_seconds=0.3, initial_delay=0.1))
+    for query in (lambda: quick.exists("c.json"), lambda: quick.is_dir("x"), lambda: quick.list_dirs("checkpoints"),
+                  lambda: quick.get_json("c.json")):
+        with pytest.raises(StorageError):
+            query()
     flaky_proxy.up()
 
 

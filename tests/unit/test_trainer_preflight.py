@@ -1,0 +1,219 @@
+"""Pre-flight: every malformed input ends with a message naming the file, row, field and reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lft_trainer import data, preflight
+from lft_trainer.errors import InvalidInput
+from lft_trainer.spec import DatasetSpec, LoraSpec, ModelSpec, TrainerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def check(path: Path, fmt: str = "auto", **kw) -> preflight.DatasetReport:
+    spec = DatasetSpec(uri=str(path), format=fmt, **kw)
+    return preflight.check_dataset(data.resolve(spec, None, path.parent / "cache"), spec)
+
+
+def fails(path: Path, fmt: str = "auto", **kw) -> InvalidInput:
+    with pytest.raises(InvalidInput) as ei:
+        check(path, fmt, **kw)
+    return ei.value
+
+
+# --- dataset rows -----------------------------------------------------------------------------
+def test_example_dataset_passes_every_row():
+    report = check(REPO / "examples/data/chat_tiny.jsonl")
+    assert report.format == "messages"
+    assert report.splits["train"].checked == 480 and len(report.splits["train"].rows) == 480
+    assert report.summary()["sampled"] is False
+
+
+def test_unknown_role_names_file_row_and_field():
+    err = fails(REPO / "examples/data/bad_rows.jsonl")
+    bad = json.loads((REPO / "examples/data/bad_rows.jsonl").read_text().splitlines()[16])
+    idx = [m["role"] for m in bad["messages"]].index("robot")
+    assert err.message == (f"{REPO}/examples/data/bad_rows.jsonl row 17: messages[{idx}].role 'robot' "
+                           "is not one of system, user, assistant, tool")
+    assert (err.reason, err.row, err.field) == ("InvalidDataset", 17, f"messages[{idx}].role")
+
+
+def test_bad_json_line(tmp_path):
+    f = write_jsonl(tmp_path / "train.jsonl", [GOOD, '{"messages": [', GOOD])
+    err = fails(f)
+    assert err.message.startswith(f"{f} row 2: invalid JSON: ")
+    assert err.row == 2
+
+
+def test_missing_messages(tmp_path):
+    f = write_jsonl(tmp_path / "train.jsonl", [GOOD, GOOD, {"msgs": []}])
+    err = fails(f, fmt="messages")
+    assert err.message == f"{f} row 3: messages is missing (format messages needs a list of {{role, content}})"
+    assert err.field == "messages"
+
+
+def test_empty_content(tmp_path):
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "   "}]}
+    err = fails(write_jsonl(tmp_path / "train.jsonl", [GOOD, row]))
+    assert err.message.endswith("train.jsonl row 2: messages[1].content is empty")
+    assert err.field == "messages[1].content"
+
+
+def test_content_not_a_string(tmp_path):
+    row = {"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "a"}]}
+    err = fails(write_jsonl(tmp_path / "train.jsonl", [row, GOOD]))
+    assert err.message.endswith("row 1: messages[0].content is a int, expected a string")
+
+
+def test_no_assistant_turn(tmp_path):
+    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]}
+    err = fails(write_jsonl(tmp_path / "train.jsonl", [GOOD, GOOD, GOOD, row]))
+    assert err.message.endswith("row 4: messages has no assistant turn (roles: system, user): nothing to learn from")
+
+
+def test_prompt_not_a_string(tmp_path):
+    rows = [{"prompt": "p", "completion": "c"}, {"prompt": ["p"], "completion": "c"}]
+    err = fails(write_jsonl(tmp_path / "pc.jsonl", rows))
+    assert err.message == f"{tmp_path}/pc.jsonl row 2: prompt is a list, expected a string"
+    assert err.field == "prompt"
+
+
+def test_text_missing(tmp_path):
+    err = fails(write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"body": "b"}]), fmt="text")
+    assert err.message.endswith("t.jsonl row 2: text is missing")
+
+
+def test_undetectable_format(tmp_path):
+    err = fails(write_jsonl(tmp_path / "x.jsonl", [{"question": "q", "answer": "a"}]))
+    assert "row 1: cannot detect the dataset format from keys [answer, question]" in err.message
+    assert err.field == "dataset.format"
+
+
+def test_empty_file(tmp_path):
+    f = tmp_path / "train.jsonl"
+    f.write_text("\n\n")
+    err = fails(f)
+    assert err.message == f"{f}: the file is empty (no rows)"
+
+
+def test_unreadable_parquet(tmp_path):
+    f = tmp_path / "train.parquet"
+    f.write_bytes(b"this is not parquet at all")
+    err = fails(f)
+    assert err.reason == "UnreadableDataset"
+    assert err.message.startswith(f"{f}: not a readable Parquet file")
+
+
+def test_not_utf8(tmp_path):
+    f = tmp_path / "train.jsonl"
+    f.write_bytes(json.dumps(GOOD).encode() + b"\n\xff\xfe\n")
+    assert fails(f).message.endswith("row 2: not valid UTF-8 (byte 0)")
+
+
+def test_missing_dataset_file(tmp_path):
+    spec = DatasetSpec(uri=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(InvalidInput) as ei:
+        data.resolve(spec, None, tmp_path)
+    assert ei.value.reason == "DatasetNotFound"
+    assert ei.value.message == f"dataset {tmp_path}/nope.jsonl does not exist"
+
+
+def test_several_bad_rows_are_listed(tmp_path):
+    bad = {"messages": [{"role": "user", "content": "q"}]}
+    err = fails(write_jsonl(tmp_path / "train.jsonl", [GOOD, bad, GOOD, bad, bad]))
+    assert "row 2: messages has no assistant turn" in err.message
+    assert err.message.endswith("(more bad rows: 4, 5)")
+
+
+def test_json_array_parquet_and_split_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/train.json").write_text(json.dumps([GOOD] * 5))
+    pq.write_table(pa.Table.from_pylist([{"text": "x"}, {"text": "y"}]), tmp_path / "p.parquet")
+    report = check(tmp_path / "d", eval_split=None)
+    assert report.splits["train"].checked == 5
+    assert check(tmp_path / "p.parquet").format == "text"
+    (tmp_path / "d/eval.json").write_text(json.dumps([GOOD, {"messages": [{"role": "bot", "content": "x"}]}]))
+    err = fails(tmp_path / "d", eval_split="eval")
+    assert err.message == f"{tmp_path}/d/eval.json row 2: messages[0].role 'bot' is not one of system, user, assistant, tool"
+
+
+def test_bounded_sample(tmp_path):
+    f = write_jsonl(tmp_path / "big.jsonl", [GOOD] * 50 + ["{broken"])
+    spec = DatasetSpec(uri=str(f))
+    report = preflight.check_dataset(data.resolve(spec, None, tmp_path), spec, max_rows=20)
+    assert report.splits["train"].checked == 20 and report.splits["train"].sampled
+    assert report.summary()["sampled"] is True
+
+
+# --- config, model, hardware --------------------------------------------------------------------
+def test_invalid_config_names_the_field(tmp_path):
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps({"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "o"},
+                             "training": {"learningRate": -1}}))
+    with pytest.raises(InvalidInput) as ei:
+        preflight.load_config(f)
+    assert ei.value.reason == "InvalidConfig"
+    assert ei.value.message == f"config file {f}: training.learningRate: Input should be greater than 0"
+
+
+def test_config_not_json(tmp_path):
+    f = tmp_path / "config.json"
+    f.write_text("{model: ")
+    with pytest.raises(InvalidInput) as ei:
+        preflight.load_config(f)
+    assert ei.value.message.startswith(f"config file {f}: invalid JSON: ")
+
+
+def test_missing_model_dir(tmp_path):
+    with pytest.raises(InvalidInput) as ei:
+        preflight.check_model(ModelSpec(name=str(tmp_path / "no-model")), None)
+    assert ei.value.reason == "ModelNotFound"
+    assert ei.value.message == f"model {tmp_path}/no-model: directory does not exist"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInput, match="no config.json in the directory"):
+        preflight.check_model(ModelSpec(name=str(tmp_path / "empty")), None)
+    preflight.check_model(ModelSpec(name="microsoft/Phi-3-mini-4k-instruct"), None)  # hub ids: checked at load
+
+
+def test_quantization_needs_a_gpu():
+    with pytest.raises(InvalidInput) as ei:
+        preflight.check_quantization(LoraSpec(quantization="4bit"), cuda_available=False)
+    assert ei.value.reason == "UnsupportedHardware"
+    assert ei.value.message.startswith("lora.quantization '4bit' (QLoRA, bitsandbytes) needs a CUDA GPU")
+    preflight.check_quantization(LoraSpec(), cuda_available=False)
+
+
+def test_main_exits_3_with_termination_message(tmp_path, monkeypatch, capsys):
+    from lft_trainer.__main__ import main
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model/config.json").write_text("{}")  # pre-flight only looks for it
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TrainerConfig(
+        model={"name": str(tmp_path / "model")}, dataset={"uri": str(REPO / "examples/data/bad_rows.jsonl")},
+        output={"uri": str(tmp_path / "out")}).to_wire()))
+    term = tmp_path / "termination-log"
+    monkeypatch.setenv("LFT_TERMINATION_LOG", str(term))
+    assert main(["--config", str(cfg)]) == 3
+    msg = json.loads(term.read_text())
+    assert msg["outcome"] == "invalid_input" and msg["reason"] == "InvalidDataset"
+    assert "bad_rows.jsonl row 17: messages[" in msg["message"]
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["event"] == "error" and line["row"] == 17 and line["field"].endswith(".role")
+
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "model": {"name": str(tmp_path / "absent")}}))
+    assert main(["--config", str(cfg)]) == 3
+    assert json.loads(term.read_text())["reason"] == "ModelNotFound"

@@ -1,0 +1,162 @@
+"""Progress events, the rate limiter, the status sink (against a real HTTP server on loopback)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from lft_trainer import progress
+from lft_trainer.contract import CheckpointRef
+
+
+class Clock:
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_rate_limiter_with_injected_clock():
+    clock = Clock()
+    lim = progress.RateLimiter(5.0, clock)
+    assert lim.allow()  # first always passes
+    clock.t = 4.9
+    assert not lim.allow()
+    assert lim.allow(force=True)  # forced passes and restarts the interval
+    clock.t = 9.8
+    assert not lim.allow()
+    clock.t = 9.9
+    assert lim.allow()
+
+
+def test_min_interval_from_env(monkeypatch):
+    monkeypatch.delenv("LFT_STATUS_MIN_INTERVAL_SECONDS", raising=False)
+    assert progress.min_interval_from_env() == 5.0
+    monkeypatch.setenv("LFT_STATUS_MIN_INTERVAL_SECONDS", "0.5")
+    assert progress.min_interval_from_env() == 0.5
+    monkeypatch.setenv("LFT_STATUS_MIN_INTERVAL_SECONDS", "soon")
+    assert progress.min_interval_from_env() == 5.0
+
+
+def ev(kind: str, step: int, **kw) -> progress.ProgressEvent:
+    return progress.ProgressEvent(kind=kind, step=step, total_steps=100, **kw)
+
+
+def test_status_sink_rate_limits_but_forces_eval_checkpoint_end():
+    clock, bodies = Clock(), []
+    sink = progress.StatusSink(bodies.append, min_interval=5.0, clock=clock)
+    for t, e in [(0, ev("log", 1, loss=2.0)), (1, ev("log", 2)), (2, ev("log", 3)), (5.5, ev("log", 4)),
+                 (6, ev("eval", 4, eval_loss=1.5)), (6.1, ev("log", 5)),
+                 (7, ev("checkpoint", 5, checkpoint=CheckpointRef(step=5, uri="s3://b/r/checkpoints/checkpoint-5"))),
+                 (7.5, ev("end", 6))]:
+        clock.t = t
+        sink.emit(e)
+    assert [b["status"]["progress"]["step"] for b in bodies] == [1, 4, 4, 5, 6]
+    assert sink.patches == 5
+    body = bodies[2]["status"]
+    assert body["metrics"]["evalLoss"] == 1.5 and body["progress"]["percent"] == 4.0
+    assert bodies[3]["status"]["latestCheckpoint"] == {"step": 5, "uri": "s3://b/r/checkpoints/checkpoint-5"}
+    assert set(bodies[0]["status"]) == {"progress", "metrics"}  # the trainer patches only its own fields
+
+
+def test_failing_sink_never_raises(caplog):
+    def broken(body):
+        raise ConnectionRefusedError("api server down")
+
+    sink = progress.StatusSink(broken, min_interval=0)
+    reporter = progress.Reporter([sink, progress.StdoutSink(io.StringIO())], total_steps=10)
+    for step in range(3):
+        reporter.step = step
+        reporter.emit("log")
+    assert sink.failures == 3 and sink.patches == 0
+    assert sum("status patch failed" in r.message for r in caplog.records) == 1  # logged once a minute
+
+
+def test_event_json_fields():
+    e = ev("log", 25, epoch=0.5, loss=1.23456789, eval_loss=None, learning_rate=1e-4, grad_norm=0.5,
+           tokens_per_second=1234.56, eta_seconds=30)
+    j = e.to_json()
+    assert j == {"event": "progress", "kind": "log", "step": 25, "totalSteps": 100, "epoch": 0.5, "percent": 25.0,
+                 "loss": 1.234568, "evalLoss": None, "learningRate": 1e-4, "gradNorm": 0.5,
+                 "tokensPerSecond": 1234.6, "etaSeconds": 30}
+    assert ev("log", 1, loss=float("nan")).to_json()["loss"] is None  # NaN is not JSON
+
+
+def test_callback_turns_logs_into_events():
+    from transformers import TrainerControl, TrainerState
+
+    clock, out = Clock(100.0), io.StringIO()
+    reporter = progress.Reporter([progress.StdoutSink(out)])
+    cb = progress.make_callback(reporter, clock=clock)
+    state = TrainerState(max_steps=40, global_step=10, num_input_tokens_seen=1000)  # resumed at step 10
+    state.is_world_process_zero = True
+    cb.on_train_begin(None, state, TrainerControl())
+    clock.t, state.global_step, state.epoch, state.num_input_tokens_seen = 110.0, 20, 0.5, 6000
+    cb.on_log(None, state, TrainerControl(), logs={"loss": 2.5, "learning_rate": 1e-3, "grad_norm": 0.7})
+    clock.t, state.global_step = 115.0, 30
+    cb.on_evaluate(None, state, TrainerControl(), metrics={"eval_loss": 2.0})
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [x["kind"] for x in lines] == ["log", "eval"]
+    first = lines[0]
+    assert (first["step"], first["totalSteps"], first["percent"], first["loss"]) == (20, 40, 50.0, 2.5)
+    assert first["tokensPerSecond"] == 500.0  # 5000 tokens in 10 s since this process started
+    assert first["etaSeconds"] == 20  # 20 steps left at 1 step/s
+    assert first["learningRate"] == 1e-3 and first["gradNorm"] == 0.7
+    assert lines[1]["evalLoss"] == 2.0 and lines[1]["step"] == 30
+    assert "evalLossBefore" not in lines[1]  # an eval at step 30 is not the "before" eval
+
+    other = TrainerState(max_steps=40, global_step=20)
+    other.is_world_process_zero = False  # rank 1 reports nothing
+    cb.on_log(None, other, TrainerControl(), logs={"loss": 9.0})
+    assert len(out.getvalue().splitlines()) == 2
+
+
+class _Handler(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_PATCH(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Handler.seen.append((self.path, dict(self.headers), json.loads(body)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def api_server():
+    srv = HTTPServer(("127.0.0.1", 0), _Handler)
+    _Handler.seen = []
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+
+
+def test_kube_status_client_patches_the_status_subresource(api_server, tmp_path):
+    (tmp_path / "token").write_text("sa-token-123\n")
+    client = progress.KubeStatusClient("ft1", "team-a", api_url=api_server, sa_dir=str(tmp_path))
+    client.patch(ev("eval", 3, eval_loss=1.0).status_body())
+    path, headers, body = _Handler.seen[0]
+    assert path == "/apis/finetune.dev/v1alpha1/namespaces/team-a/lorafinetunes/ft1/status"
+    assert headers["Content-Type"] == "application/merge-patch+json"
+    assert headers["Authorization"] == "Bearer sa-token-123"
+    assert body["status"]["progress"]["step"] == 3 and body["status"]["metrics"]["evalLoss"] == 1.0
+
+
+def test_make_reporter_adds_status_sink_only_with_name_and_namespace(monkeypatch, api_server):
+    monkeypatch.setenv("LFT_KUBE_API_URL", api_server)
+    monkeypatch.delenv("LFT_NAME", raising=False)
+    assert [type(s).__name__ for s in progress.make_reporter(stream=io.StringIO()).sinks] == ["StdoutSink"]
+    r = progress.make_reporter("ft1", "ns", stream=io.StringIO())
+    assert [type(s).__name__ for s in r.sinks] == ["StdoutSink", "StatusSink"]
+    r.emit("end")
+    assert _Handler.seen and _Handler.seen[0][2]["status"]["progress"]["totalSteps"] == 0

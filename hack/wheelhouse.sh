@@ -58,6 +58,14 @@ for image in "${IMAGES[@]}"; do
   req=${REQS[$image]:?unknown image $image (trainer|operator)}
   report="$WORK/$image.json"
   start=$SECONDS
+  dest="$OUT/$image"
+  # Unchanged requirements and an intact wheel set: nothing to resolve (saves a few seconds).
+  stamp=$(cat "$req" "$CONSTRAINTS" | sha256sum | cut -c1-16)
+  if [[ -f "$dest/.stamp" && "$(head -n1 "$dest/.stamp")" == "$stamp" ]] &&
+     tail -n +2 "$dest/.stamp" | (cd "$dest" && xargs -r ls >/dev/null 2>&1); then
+    log "$image: up to date ($(($(wc -l < "$dest/.stamp") - 1)) wheels in $dest)"
+    continue
+  fi
   if ! resolve_offline "$req" "$report"; then
     log "$image: cache incomplete, downloading into $CACHE"
     "$PIP" download --quiet --only-binary=:all: --find-links "$CACHE" -c "$CONSTRAINTS" \
@@ -79,7 +87,6 @@ PY
     log "$image: CUDA (nvidia-*) wheels in the set; refusing"; exit 1
   fi
 
-  dest="$OUT/$image"
   mkdir -p "$dest"
   # Drop wheels no longer wanted, so the build context holds exactly this set.
   declare -A want=()
@@ -98,5 +105,6 @@ items = json.load(open(sys.argv[1]))["install"]
 for item in sorted(items, key=lambda i: i["metadata"]["name"].lower()):
     print(f'{item["metadata"]["name"]}=={item["metadata"]["version"]}')
 PY
+  { echo "$stamp"; for f in "${files[@]}"; do basename "$f"; done; } > "$dest/.stamp"
   log "$image: ${#files[@]} wheels, $(du -shL "$dest" | cut -f1) in $dest ($((SECONDS - start)) s)"
 done

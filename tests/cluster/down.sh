@@ -21,32 +21,35 @@ done
 # binary with our state dir on its command line (pid file lost).
 pids_of() {
   local name=$1 bin pid exe
-  component_pid "$name" || true
   bin=$(component_bin "$name")
-  for pid in /proc/[0-9]*; do
-    pid=${pid#/proc/}
-    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
-    [[ ${exe% (deleted)} == "$bin" ]] || continue
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CLUSTER_DIR/" && echo "$pid"
-  done | sort -u
+  {
+    component_pid "$name" || true
+    for pid in /proc/[0-9]*; do
+      pid=${pid#/proc/}
+      exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
+      [[ ${exe% (deleted)} == "$bin" ]] || continue
+      if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CLUSTER_DIR/"; then echo "$pid"; fi
+    done
+  } | sort -u
 }
 
-stop_component() {
-  local name=$1 pids pid i
-  pids=$(pids_of "$name")
-  rm -f "$(pid_file "$name")"
-  [[ -n $pids ]] || return 0
-  log "stopping $name (pid ${pids//$'\n'/ })"
-  # shellcheck disable=SC2086
-  kill -TERM $pids 2>/dev/null || true
+# stop NAME...: SIGTERM all of them at once, wait up to 20s, then SIGKILL.
+stop() {
+  local name pids=() pid i alive
+  for name in "$@"; do
+    for pid in $(pids_of "$name"); do pids+=("$pid"); log "stopping $name (pid $pid)"; done
+    rm -f "$(pid_file "$name")"
+  done
+  ((${#pids[@]})) || return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
   for ((i = 0; i < 40; i++)); do
-    for pid in $pids; do kill -0 "$pid" 2>/dev/null && break; pid=; done
-    [[ -z ${pid:-} ]] && return 0
+    alive=()
+    for pid in "${pids[@]}"; do if kill -0 "$pid" 2>/dev/null; then alive+=("$pid"); fi; done
+    ((${#alive[@]})) || return 0
     sleep 0.5
   done
-  log "$name did not stop in 20s: killing"
-  # shellcheck disable=SC2086
-  kill -KILL $pids 2>/dev/null || true
+  log "pids ${alive[*]} did not stop in 20s: killing"
+  kill -KILL "${alive[@]}" 2>/dev/null || true
 }
 
 remove_pod_containers() {
@@ -64,9 +67,9 @@ remove_pod_containers() {
 # Secret/token volumes are tmpfs mounts under the kubelet root.
 unmount_kubelet() {
   local m
-  findmnt -rn -o TARGET | grep -F "$CLUSTER_DIR/kubelet/" | sort -r | while read -r m; do
-    umount "$m" 2>/dev/null || umount -l "$m" || true
-  done
+  # The kubelet also bind-mounts its root dir onto itself: unmount deepest first.
+  findmnt -rn -o TARGET | { grep -E "^$CLUSTER_DIR/kubelet(/|$)" || true; } | sort -r |
+    while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" || true; done
 }
 
 remove_iptables() {
@@ -83,11 +86,11 @@ remove_iptables() {
 
 main() {
   [[ $(id -u) -eq 0 ]] || die "must run as root"
-  local i
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    stop_component "${COMPONENTS[i]}"
-    [[ ${COMPONENTS[i]} != kubelet ]] || remove_pod_containers
-  done
+  # Node side and controllers first (together), then the API server, then etcd.
+  stop kube-proxy kubelet kube-scheduler kube-controller-manager
+  remove_pod_containers
+  stop kube-apiserver
+  stop etcd
   unmount_kubelet
   remove_iptables
   if ((PURGE)); then

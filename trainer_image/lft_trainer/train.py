@@ -256,7 +256,10 @@ def build_datasets(config: TrainerConfig, report: preflight.DatasetReport, sourc
 # ---------------------------------------------------------------------------------------------
 # callbacks
 # ---------------------------------------------------------------------------------------------
-def make_control_callback(preemption: Preemption, uploader, local_ckpt_root: Path):
+RUN_STATE_FILE = "lft_run_state.json"  # our additions to a checkpoint (the eval loss before step 1)
+
+
+def make_control_callback(preemption: Preemption, uploader, local_ckpt_root: Path, reporter=None):
     from transformers import TrainerCallback
 
     class ControlCallback(TrainerCallback):
@@ -291,6 +294,9 @@ def make_control_callback(preemption: Preemption, uploader, local_ckpt_root: Pat
             if uploader is not None and state.is_world_process_zero:
                 ckpt = local_ckpt_root / f"checkpoint-{state.global_step}"
                 if ckpt.is_dir():
+                    # train() starts a fresh log history, so the step-0 eval is not in trainer_state.json.
+                    before = getattr(reporter, "eval_loss_before", None)
+                    (ckpt / RUN_STATE_FILE).write_text(json.dumps({"evalLossBefore": before}))
                     uploader.submit(ckpt, state.global_step)
 
     return ControlCallback()
@@ -417,7 +423,7 @@ def run(config: TrainerConfig, reporter=None, preemption: Optional[Preemption] =
         uploader = checkpoints.CheckpointUploader(out, config.checkpointing.keep_last,
                                                   on_uploaded=reporter.checkpoint_uploaded)
     args = SFTConfig(**sft_kwargs(config, str(local_ckpts), cuda, dtype_name, eval_ds is not None))
-    control_cb = make_control_callback(preemption, uploader, local_ckpts)
+    control_cb = make_control_callback(preemption, uploader, local_ckpts, reporter)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, callbacks=[make_callback(reporter), control_cb])
     trainer.remove_callback(PrinterCallback)  # prints python dicts on stdout; our events are JSON lines
@@ -539,7 +545,13 @@ def _last_train_loss(history: list[dict]) -> Optional[float]:
 
 
 def _eval_before_from_checkpoint(ckpt: Path) -> Optional[float]:
-    """The step-0 eval loss, kept in the checkpoint's trainer_state.json log history."""
+    """The step-0 eval loss of the first attempt, kept in the checkpoint (ours, or the trainer's log history)."""
+    try:
+        before = json.loads((ckpt / RUN_STATE_FILE).read_text()).get("evalLossBefore")
+        if before is not None:
+            return float(before)
+    except (OSError, ValueError, AttributeError):
+        pass
     try:
         state = json.loads((ckpt / "trainer_state.json").read_text())
     except (OSError, ValueError):

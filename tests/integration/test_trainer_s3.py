@@ -1,0 +1,221 @@
+"""The trainer end to end against a real S3 server (moto standalone on loopback): train the tiny
+Phi-3 model, check what lands in the bucket, load the adapter with PEFT; survive a storage outage;
+SIGTERM -> checkpoint -> exit 4 -> resume; two processes with gloo.
+
+Each training run is a few dozen steps of the tiny model (seconds of CPU each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lft_trainer.spec import TrainerConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+DATASET = REPO / "examples/data/chat_tiny.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from lft_trainer import tiny_model
+
+    return tiny_model.build(tmp_path_factory.mktemp("tiny") / "model", DATASET)
+
+
+def config(model: Path, output: str, endpoint: str, **training) -> dict:
+    t = {"maxSteps": 40, "learningRate": 3e-3, "batchSize": 8, "gradientAccumulationSteps": 1, "maxLength": 128,
+         "loggingSteps": 5, "evalSteps": 20, **training}
+    return TrainerConfig.model_validate({
+        "model": {"name": str(model)}, "dataset": {"uri": str(DATASET), "evalFraction": 0.1},
+        "training": t, "checkpointing": {"everySteps": 20, "keepLast": 1},
+        "output": {"uri": output}, "storage": {"endpointUrl": endpoint},
+    }).to_wire()
+
+
+def run_in_process(cfg: dict, tmp_path: Path, monkeypatch) -> tuple[int, dict]:
+    """`python -m lft_trainer` in this process (saves the imports' seconds); returns (exit code, termination msg)."""
+    from lft_trainer.__main__ import main
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    monkeypatch.setenv("LFT_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    monkeypatch.setenv("LFT_WORK_DIR", str(tmp_path / "work"))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(["--config", str(path)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main installs the trainer's SIGTERM handler
+    return code, json.loads((tmp_path / "termination-log").read_text())
+
+
+def progress_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            obj = json.loads(line)
+            if obj.get("event") == "progress":
+                out.append(obj)
+    return out
+
+
+def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys):
+    code, term = run_in_process(config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url), tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert term["outcome"] == "succeeded" and term["adapter"]["uri"] == f"s3://{s3_bucket.name}/run/adapter"
+
+    # Files in the bucket, with the sha256 the summary and the termination message claim.
+    keys = s3_bucket.keys("run/")
+    summary = json.loads(s3_bucket.get_bytes("run/training_summary.json"))
+    names = {f["name"] for f in summary["files"]}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "chat_template.jinja"} <= names
+    for f in summary["files"]:
+        body = s3_bucket.get_bytes(f"run/adapter/{f['name']}")
+        assert len(body) == f["size"] and hashlib.sha256(body).hexdigest() == f["sha256"], f["name"]
+    assert {f["name"]: f["sha256"] for f in term["adapter"]["files"]} == {f["name"]: f["sha256"] for f in summary["files"]}
+
+    # Checkpoints: complete (manifest) and retention keepLast=1.
+    ckpts = sorted({k.split("/")[2] for k in keys if k.startswith("run/checkpoints/")})
+    assert ckpts == ["checkpoint-40"]
+    assert "run/checkpoints/checkpoint-40/manifest.json" in keys
+
+    # The fine-tune helped, by a clear margin.
+    m = summary["metrics"]
+    assert m["evalLossAfter"] < m["evalLossBefore"] - 1.0, m
+    assert term["metrics"]["evalLossBefore"] == pytest.approx(m["evalLossBefore"])
+    assert summary["steps"] == summary["totalSteps"] == 40 and summary["resumedFromStep"] is None
+    assert summary["dataset"]["rowsChecked"] == {"train": 480} and summary["dataset"]["sampled"] is False
+    assert summary["tokensSeen"] > 0 and summary["trainableParameters"] > 0
+    assert set(summary["libraryVersions"]) >= {"torch", "transformers", "peft", "trl"}
+
+    # Progress JSON lines, steps increasing, percent up to 100.
+    events = progress_lines(out)
+    logs = [e for e in events if e["kind"] == "log"]
+    steps = [e["step"] for e in logs]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 40 and len(steps) >= 5
+    assert events[0]["kind"] == "eval" and events[0]["step"] == 0 and events[0]["totalSteps"] == 40
+    assert events[-1]["kind"] == "end" and events[-1]["percent"] == 100.0
+    assert all(e["tokensPerSecond"] > 0 for e in logs[1:])
+    assert any(e["kind"] == "checkpoint" for e in events)
+
+    # PEFT loads the adapter from what was uploaded, and it changes the logits.
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = tmp_path / "downloaded"
+    local.mkdir()
+    for f in summary["files"]:
+        (local / f["name"]).write_bytes(s3_bucket.get_bytes(f"run/adapter/{f['name']}"))
+    tok = AutoTokenizer.from_pretrained(local)
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of Peru?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        before = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, local)
+        after = tuned(ids).logits
+    assert (after - before).abs().max().item() > 0.1
+
+
+def test_run_completes_through_a_storage_outage(s3_bucket, flaky_proxy, tiny_model, tmp_path, monkeypatch, capsys):
+    flaky_proxy.arm_outage(b"/run/checkpoints/checkpoint-10/", seconds=4)
+    cfg = config(tiny_model, s3_bucket.uri("run"), flaky_proxy.endpoint_url, maxSteps=30, evalSteps=30)
+    cfg["checkpointing"] = {"everySteps": 10, "keepLast": 3}
+    code, term = run_in_process(cfg, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    outage = flaky_proxy.outages[0]
+    assert outage.ended is not None and outage.reset_connections + outage.refused_connections > 0
+    keys = s3_bucket.keys("run/")
+    for step in (10, 20, 30):
+        manifest = json.loads(s3_bucket.get_bytes(f"run/checkpoints/checkpoint-{step}/manifest.json"))
+        for f in manifest["files"]:
+            assert keys[f"run/checkpoints/checkpoint-{step}/{f['name']}"] == f["size"]
+    for f in term["adapter"]["files"]:
+        assert keys[f"run/adapter/{f['name']}"] == f["size"]
+    assert "run/training_summary.json" in keys
+
+
+def _subprocess_env(s3_server, tmp_path: Path, name: str) -> dict:
+    env = {**os.environ, **s3_server.env(), "LFT_TERMINATION_LOG": str(tmp_path / f"{name}.term"),
+           "LFT_WORK_DIR": str(tmp_path / f"{name}-work"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("LFT_NAME", None)
+    return env
+
+
+def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_model, tmp_path):
+    cfg = config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url, maxSteps=60, evalSteps=60,
+                 loggingSteps=1)
+    cfg["checkpointing"] = {"everySteps": 10, "keepLast": 2}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "lft_trainer", "--config", str(path)]
+
+    proc = subprocess.Popen(cmd, env=_subprocess_env(s3_server, tmp_path, "first"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    errs: list[str] = []
+    threading.Thread(target=lambda: errs.extend(proc.stderr), daemon=True).start()
+    signalled = False
+    for line in proc.stdout:  # SIGTERM once the first checkpoint is uploaded, mid-run
+        lines.append(line)
+        if not signalled and '"kind":"checkpoint"' in line:
+            proc.send_signal(signal.SIGTERM)
+            signalled = True
+    code = proc.wait(timeout=300)
+    assert signalled, "".join(lines[-5:]) + "".join(errs[-30:])
+    assert code == 4, "".join(errs[-40:])
+    term = json.loads((tmp_path / "first.term").read_text())
+    assert term["outcome"] == "preempted" and 10 <= term["step"] < 60
+    stopped_at = term["step"]
+    manifest = json.loads(s3_bucket.get_bytes(f"run/checkpoints/checkpoint-{stopped_at}/manifest.json"))
+    assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= \
+        {f["name"] for f in manifest["files"]}
+    assert "run/adapter/adapter_config.json" not in s3_bucket.keys("run/")
+
+    second = subprocess.run(cmd, env=_subprocess_env(s3_server, tmp_path, "second"), capture_output=True,
+                            text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-4000:]
+    term2 = json.loads((tmp_path / "second.term").read_text())
+    assert term2["resumedFromStep"] == stopped_at and term2["step"] == term2["totalSteps"] == 60
+    summary = json.loads(s3_bucket.get_bytes("run/training_summary.json"))
+    assert summary["resumedFromStep"] == stopped_at and summary["steps"] == 60
+    assert summary["metrics"]["evalLossBefore"] is not None  # carried over from the first attempt's checkpoint
+    steps = [e["step"] for e in progress_lines(second.stdout) if e["kind"] == "log"]
+    assert steps and steps[0] > stopped_at  # no step was trained twice
+
+
+def test_two_processes_with_gloo(s3_bucket, s3_server, tiny_model, tmp_path):
+    cfg = config(tiny_model, s3_bucket.uri("ddp"), s3_bucket.endpoint_url, maxSteps=12, evalSteps=12,
+                 numProcesses=2, batchSize=4, loggingSteps=4)
+    cfg["checkpointing"] = {"everySteps": 6, "keepLast": 2}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    res = subprocess.run([sys.executable, "-m", "lft_trainer", "--config", str(path)],
+                         env=_subprocess_env(s3_server, tmp_path, "ddp"), capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-4000:]
+    summary = json.loads(s3_bucket.get_bytes("ddp/training_summary.json"))
+    assert summary["numProcesses"] == 2 and summary["steps"] == 12
+    assert summary["metrics"]["evalLossAfter"] < summary["metrics"]["evalLossBefore"]
+    term = json.loads((tmp_path / "ddp.term").read_text())
+    assert term["outcome"] == "succeeded" and term["adapter"]["files"]
+    # Only rank 0 reports: one progress line per logged step.
+    steps = [e["step"] for e in progress_lines(res.stdout) if e["kind"] == "log"]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
+    keys = s3_bucket.keys("ddp/")
+    assert "ddp/checkpoints/checkpoint-12/manifest.json" in keys and "ddp/adapter/adapter_model.safetensors" in keys

@@ -52,7 +52,7 @@ log() { echo "[build-images] $*" >&2; }
 if [[ -z "${DOCKER:-}" ]]; then
   if docker info >/dev/null 2>&1; then
     DOCKER=docker
-  elif [[ -x "$ROOT/hack/docker.sh" || -f "$ROOT/hack/docker.sh" ]]; then
+  elif [[ -f "$ROOT/hack/docker.sh" ]]; then
     DOCKER=$(bash "$ROOT/hack/docker.sh" | tail -n1)
   else
     echo "no docker daemon" >&2; exit 1

@@ -10,7 +10,7 @@ Measures, with the operator (`python -m lft_operator`) running as a subprocess o
 Prints the figures next to the targets (p50 <= 0.5 s, all N within 60 s, RSS <= 200 MB) and exits 1 when
 one is missed. Uses its own namespace (the operator watches only it) and deletes it at the end.
 
-    tests/cluster/up.sh --api-only            # etcd + kube-apiserver + kube-controller-manager
+    tests/cluster/up.sh --api-only            # etcd + kube-apiserver + kube-controller-manager (or the full cluster)
     .venv/bin/python bench/operator_scale.py  # --n 200 --json out.json
 """
 
@@ -60,7 +60,8 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def finetune(name: str) -> dict:
-    """A small valid resource; the trainer never runs here (api-only: no node), only the operator works."""
+    """A small valid resource. No node matches its nodeSelector, so its pod stays Pending even when the
+    full cluster (kubelet) is up: the benchmark measures the operator, not training."""
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
@@ -70,6 +71,7 @@ def finetune(name: str) -> dict:
             "dataset": {"uri": "/opt/lft/data/chat_tiny.jsonl", "format": "messages"},
             "training": {"maxSteps": 10},
             "output": {"uri": f"s3://lft-bench/{name}"},
+            "nodeSelector": {"finetune.dev/bench": "no-such-node"},
         },
     }
 
@@ -169,6 +171,19 @@ class RssSampler(threading.Thread):
             time.sleep(self.interval)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process and its children."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            t = p.cpu_times()
+            total += t.user + t.system
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
 def scrape_status_patches(url: str) -> float | None:
     """Sum of the operator's status-patch counter(s) on its /metrics, or None when it has none."""
     try:
@@ -244,6 +259,7 @@ def main() -> int:
     ap.add_argument("--operator-log", default="_out/bench/operator.log")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="leave the namespace (debugging)")
+    ap.add_argument("--profile", help="py-spy the operator during the burst; write this raw (collapsed) profile")
     args = ap.parse_args()
 
     config.load_kube_config(args.kubeconfig)
@@ -305,12 +321,22 @@ def main() -> int:
             api.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL, finetune(name))
             applied[name] = t0
 
+        profiler = None
+        if args.profile:
+            profiler = subprocess.Popen(["py-spy", "record", "--pid", str(operator.pid), "--rate", "200",
+                                         "--format", "raw", "--output", args.profile, "--nonblocking"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu_before = tree_cpu_seconds(operator.pid)
         t_start = time.monotonic()
         with ThreadPoolExecutor(args.threads) as pool:
             list(pool.map(apply, names))
         t_applied = time.monotonic() - t_start
         rec.all_jobs.wait(args.timeout)
         t_all = time.monotonic() - t_start if rec.all_jobs.is_set() else None
+        cpu_burst = tree_cpu_seconds(operator.pid) - cpu_before
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes the profile on SIGINT
+            profiler.wait(30)
         time.sleep(args.settle)
         rec.stop.set()
 
@@ -331,6 +357,8 @@ def main() -> int:
             updates_per_resource_mean=round(statistics.mean(updates), 2),
             operator_status_patches_total=status_patches,
             operator_status_patches_per_resource=round(status_patches / args.n, 2) if status_patches else None,
+            operator_cpu_s_until_all_jobs=round(cpu_burst, 2),
+            load_average_1m=round(os.getloadavg()[0], 2),
             rss_idle_mb=round(rss_idle / 2**20, 1),
             rss_peak_mb=round(sampler.peak / 2**20, 1),
             watch_errors=rec.errors[:5],

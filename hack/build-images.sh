@@ -102,6 +102,12 @@ for t in "${TARGETS[@]}"; do
   esac
 done
 
+# Each rebuild leaves the previous image untagged (with its own venv layer when deps
+# changed); drop those of ours that no container uses, so the disk does not fill up.
+for title in lft-trainer lft-operator; do
+  "$DOCKER" image prune -f --filter "label=org.opencontainers.image.title=$title" >/dev/null 2>&1 || true
+done
+
 echo "image                          size      build time"
 for t in "${TARGETS[@]}"; do
   case $t in trainer) tag=$TRAINER_IMAGE ;; operator) tag=$OPERATOR_IMAGE ;; esac

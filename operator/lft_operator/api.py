@@ -174,6 +174,7 @@ class Attempt(WireModel):
     """One trainer pod."""
 
     pod: str = Field(description="Pod name.")
+    attempt: int | None = Field(default=None, description="Attempt number, from 1; set once the pod started.")
     phase: AttemptPhase = Field(
         description="Pending, Running, Succeeded, Failed, or Stopped (deleted: suspend, or a pod deleted by hand)."
     )
@@ -198,7 +199,10 @@ class LoRAFineTuneStatus(WireModel):
     job_name: str | None = Field(default=None, description="The training Job.")
     start_time: str | None = Field(default=None, description="When the first trainer pod started.")
     completion_time: str | None = Field(default=None, description="When the run succeeded or failed.")
-    attempts: int = Field(default=0, description="Trainer pods started so far (retries and resumes included).")
+    attempts: int = Field(
+        default=0,
+        description="Trainer pods started so far (retries and resumes included; not pods deleted before starting).",
+    )
     failed_attempts: int = Field(default=0, description="Failed attempts that count toward runPolicy.backoffLimit.")
     attempt_history: list[Attempt] = Field(default_factory=list, description="The most recent attempts, oldest first.")
     progress: Progress | None = Field(default=None, description="Training progress, patched by the trainer.")

@@ -140,14 +140,11 @@ def set_condition(
     transition = (
         old["lastTransitionTime"] if old and old.get("status") == status and old.get("lastTransitionTime") else now
     )
-    new = {
-        "type": type_,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": transition,
-        "observedGeneration": generation,
-    }
+    new = {"type": type_, "status": status, "reason": reason, "lastTransitionTime": transition}
+    if message:
+        # Omitted when empty: the 1.20 API server rejects "" in items of this list-map as null.
+        new["message"] = message
+    new["observedGeneration"] = generation
     out = [c for c in conditions if c.get("type") != type_] + [new]
     order = {t: i for i, t in enumerate(CONDITION_ORDER)}
     return sorted(out, key=lambda c: order.get(c.get("type"), len(order)))
@@ -238,9 +235,21 @@ class AttemptUpdate:
 def update_attempts(
     history: list[dict[str, Any]], attempts: int, failed_attempts: int, pods: list[PodView], now: str
 ) -> AttemptUpdate:
+    """Fold the pods into the attempt history.
+
+    A pod becomes an attempt (numbered, counted in `attempts`) once it started or ended; a pod deleted
+    before it started (e.g. the replacement the Job controller makes while the operator stops the
+    Job) leaves no trace.
+    """
     records: dict[str, dict[str, Any]] = {r["pod"]: dict(r) for r in history if "pod" in r}
     order = [r["pod"] for r in history if "pod" in r]
     update = AttemptUpdate(history=[], attempts=attempts, failed_attempts=failed_attempts)
+
+    def number(rec: dict[str, Any]) -> None:
+        if "attempt" not in rec:
+            update.attempts += 1
+            rec["attempt"] = update.attempts
+
     present = set()
     for pod in sorted(pods, key=lambda p: (p.created, p.name)):
         present.add(pod.name)
@@ -249,17 +258,17 @@ def update_attempts(
             rec = {"pod": pod.name, "phase": "Pending", "startTime": pod.created or now}
             records[pod.name] = rec
             order.append(pod.name)
-            update.attempts += 1
         if rec["phase"] in ("Succeeded", "Failed", "Stopped"):
             continue  # a finished attempt never changes
         new_phase = attempt_phase(pod)
         if new_phase == rec["phase"]:
             continue
+        if new_phase == "Pending":
+            continue
+        number(rec)
         if new_phase == "Running":
             rec["phase"] = "Running"
             update.started.append(rec)
-            continue
-        if new_phase == "Pending":
             continue
         rec.update(phase=new_phase, **_ending(pod))
         rec.setdefault("finishTime", now)
@@ -269,9 +278,13 @@ def update_attempts(
             update.failed.append(rec)
         elif new_phase == "Succeeded":
             update.succeeded = (rec, pod)
-    for name in order:
+    for name in list(order):
         rec = records[name]
-        if name not in present and rec["phase"] in ("Pending", "Running"):
+        if name in present or rec["phase"] not in ("Pending", "Running"):
+            continue
+        if rec["phase"] == "Pending" and "attempt" not in rec:
+            order.remove(name)  # never started
+        else:
             # Gone before we saw it end (deleted, e.g. by suspend or by hand).
             rec.update(phase="Stopped", reason=rec.get("reason") or "PodDeleted", finishTime=now)
     finished = [n for n in order if n not in present]
@@ -531,9 +544,7 @@ def _in_progress(d: _Draft, upd: AttemptUpdate, job: JobView) -> None:
 
 
 def _attempt_no(upd: AttemptUpdate, rec: dict[str, Any]) -> int:
-    """1-based number of an attempt (its position among all attempts ever started)."""
-    idx = next(i for i, r in enumerate(upd.history) if r.get("pod") == rec.get("pod"))
-    return upd.attempts - (len(upd.history) - 1 - idx)
+    return rec.get("attempt") or upd.attempts
 
 
 def _last_failed(history: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -552,7 +563,8 @@ def _pending_reason(
         )
     if upd.history and upd.history[-1].get("phase") == "Failed" and last_failure is not None:
         return "Retrying", (
-            f"Attempt {upd.attempts} failed ({_describe(last_failure)}); waiting for the Job controller to retry "
+            f"Attempt {_attempt_no(upd, last_failure)} failed ({_describe(last_failure)}); waiting for the Job "
+            "controller to retry "
             f"({upd.failed_attempts}/{backoff_limit} failures)."
         )
     if upd.history and upd.history[-1].get("phase") == "Pending":

@@ -81,7 +81,12 @@ def _install_crd(kube: Kube) -> None:
 def _ensure_fake_node(kube: Kube) -> None:
     # A Node object so that pods can be bound (no kubelet behind it; tests play it).
     if kube.get(f"/api/v1/nodes/{FAKE_NODE}") is None:
-        kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": FAKE_NODE}})
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": FAKE_NODE, "labels": {"lft.test/node": FAKE_NODE}},
+        }
+        kube.create("/api/v1/nodes", node)
 
 
 @pytest.fixture

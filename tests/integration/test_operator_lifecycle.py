@@ -11,7 +11,7 @@ import time
 import pytest
 from lft_trainer.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
 
-from tests.support.kube import ApiError, Kube, wait_until
+from tests.support.kube import FAKE_NODE, ApiError, Kube, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +22,8 @@ def spec(**overrides) -> dict:
         "dataset": {"uri": "/opt/lft/data/chat_tiny.jsonl"},
         "output": {"uri": "s3://lft-out/run"},
         "training": {"maxSteps": 30},
+        # No real node matches: on a full cluster the scheduler and kubelet leave the pods to the test.
+        "nodeSelector": {"lft.test/node": FAKE_NODE},
     }
     raw.update(overrides)
     return raw

@@ -74,6 +74,7 @@ class Kube:
         kube_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         self.base = cfg.host.rstrip("/")
         self.session = requests.Session()
+        self.session.trust_env = False  # else REQUESTS_CA_BUNDLE replaces the cluster CA
         self.session.verify = cfg.ssl_ca_cert if cfg.verify_ssl else False
         if cfg.cert_file:
             self.session.cert = (cfg.cert_file, cfg.key_file)
@@ -175,13 +176,17 @@ class Kube:
         return sorted(pods, key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]))
 
     def wait_for_pod(self, ns: str, name: str, count: int = 1, timeout: float = 60.0) -> dict:
-        """The newest pod once at least `count` pods exist (the Job controller may back off between retries)."""
+        """A pod that has not ended yet, once at least `count` pods exist (the Job controller backs off
+        between retries)."""
 
-        def enough() -> list[dict] | None:
+        def fresh() -> dict | None:
             pods = self.pods(ns, name)
-            return pods if len(pods) >= count else None
+            if len(pods) < count:
+                return None
+            live = [p for p in pods if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+            return live[-1] if live else None
 
-        return wait_until(enough, timeout, what=f"{count} pod(s) of {ns}/{name}")[-1]
+        return wait_until(fresh, timeout, what=f"{count} pod(s) of {ns}/{name}")
 
     # --- playing the kubelet -------------------------------------------------------------------
 
@@ -193,6 +198,9 @@ class Kube:
     def kubelet_bind(self, pod: dict) -> None:
         """Schedule the pod on the fake node: deleting it is then graceful, as with a real kubelet."""
         meta = pod["metadata"]
+        current = self.get(self._pod_path(pod)) or {}
+        if current.get("spec", {}).get("nodeName"):
+            return
         binding = {
             "apiVersion": "v1",
             "kind": "Binding",

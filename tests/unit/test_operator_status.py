@@ -319,7 +319,7 @@ def test_a_pod_deleted_before_it_started_is_no_attempt():
     msg = result("invalid_input", "InvalidConfig")
     # The Job controller made a replacement at once; stopping the Job deletes it before it starts.
     pods = [ended("p1", ExitCode.INVALID_INPUT, msg), pod("p2", T1)]
-    d, status = step(observe(status=status, job=job, pods=pods, now=T2))
+    _, status = step(observe(status=status, job=job, pods=pods, now=T2))
     assert status["phase"] == "Failed" and status["attempts"] == 1
     _, status = step(observe(status=status, job=job, pods=[ended("p1", ExitCode.INVALID_INPUT, msg)], now=T3))
     assert status["attempts"] == 1 and [r["pod"] for r in status["attemptHistory"]] == ["p1"]

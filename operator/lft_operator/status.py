@@ -561,6 +561,12 @@ def _pending_reason(
             waiting.waiting_reason or "PodPending",
             f"Trainer pod {waiting.name} waiting ({waiting.waiting_reason}){detail}",
         )
+    unschedulable = next((p for p in pods if p.unschedulable and not p.terminated), None)
+    if unschedulable is not None:
+        return (
+            "Unschedulable",
+            f"Trainer pod {unschedulable.name} cannot be scheduled: {_truncate(unschedulable.unschedulable, 300)}",
+        )
     if upd.history and upd.history[-1].get("phase") == "Failed" and last_failure is not None:
         return "Retrying", (
             f"Attempt {_attempt_no(upd, last_failure)} failed ({_describe(last_failure)}); waiting for the Job "

@@ -37,6 +37,7 @@ class PodView:
     waiting_message: str | None = None
     pod_reason: str | None = None  # pod.status.reason, e.g. Evicted
     pod_message: str | None = None
+    unschedulable: str | None = None  # the scheduler's message while the pod cannot be placed
 
     @property
     def terminated(self) -> bool:
@@ -65,6 +66,13 @@ class PodView:
                 fields.update(
                     waiting_reason=state["waiting"].get("reason"), waiting_message=state["waiting"].get("message")
                 )
+        for cond in status.get("conditions") or []:
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+            ):
+                fields["unschedulable"] = cond.get("message") or "Unschedulable"
         return cls(
             name=meta.get("name", ""),
             uid=meta.get("uid", ""),

@@ -324,3 +324,10 @@ def test_a_pod_deleted_before_it_started_is_no_attempt():
     _, status = step(observe(status=status, job=job, pods=[ended("p1", ExitCode.INVALID_INPUT, msg)], now=T3))
     assert status["attempts"] == 1 and [r["pod"] for r in status["attemptHistory"]] == ["p1"]
     assert status["attemptHistory"][0]["attempt"] == 1
+
+
+def test_unschedulable_pod_says_why():
+    p = pod("p1", unschedulable="0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
+    _, status = step(observe(job=job_view(), pods=[p]))
+    assert cond(status, "Running")["reason"] == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in status["message"]

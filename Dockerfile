@@ -16,6 +16,8 @@ COPY operator/requirements.txt ${WHEELHOUSE}* /tmp/wheelhouse/
 RUN set -eu; \
     python3 -m venv /opt/venv; \
     pip="/opt/venv/bin/pip --disable-pip-version-check --no-cache-dir install"; \
+    # From the index, an old pip (Debian's 23.0) backtracks for many minutes on this set.
+    upgrade_pip() { $pip --upgrade "pip>=25"; }; \
     cd /tmp/wheelhouse; \
     if ls ./*.whl >/dev/null 2>&1; then \
         echo "deps: offline from the wheelhouse ($(ls ./*.whl | wc -l) wheels)"; \
@@ -23,7 +25,7 @@ RUN set -eu; \
         $pip --no-index --find-links . -r requirements.txt $lock; \
     else \
         echo "deps: from the index"; \
-        $pip -r requirements.txt; \
+        upgrade_pip; $pip -r requirements.txt; \
     fi; \
     # Sources are not pip-installed (no build backend offline): a .pth file finds them.
     echo /opt/lft/src > "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lft.pth"; \

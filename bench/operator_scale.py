@@ -258,7 +258,10 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=5, help="seconds to keep counting writes after the last Job")
     ap.add_argument("--operator-log", default="_out/bench/operator.log")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--trace", help="write per-resource apply/Job times (time.monotonic, comparable across processes)")
     ap.add_argument("--keep", action="store_true", help="leave the namespace (debugging)")
+    ap.add_argument("--operator-path", default=str(ROOT / "operator"),
+                    help="folder holding the lft_operator package to run (A/B comparisons of a modified copy)")
     ap.add_argument("--profile", help="py-spy the operator during the burst; write this raw (collapsed) profile")
     args = ap.parse_args()
 
@@ -280,7 +283,9 @@ def main() -> int:
     env = {
         **os.environ,
         "KUBECONFIG": args.kubeconfig,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "trainer_image"), str(ROOT / "operator")]),
+        "PYTHONPATH": os.pathsep.join(
+            [p for p in (os.environ.get("LFT_BENCH_PYTHONPATH"), args.operator_path, str(ROOT / "trainer_image")) if p]
+        ),
         "LFT_NAMESPACES": ns,
         "LFT_TRAINER_IMAGE": "lft/trainer:cpu",
         "LFT_TRAINER_IMAGE_PULL_POLICY": "Never",
@@ -297,6 +302,7 @@ def main() -> int:
     sampler = RssSampler(operator.pid)
     sampler.start()
     rec = Recorder()
+    applied: dict[str, float] = {}
     result: dict = {"n": args.n, "namespace": ns}
     rc = 1
     try:
@@ -313,7 +319,6 @@ def main() -> int:
         jobs_ready.wait(30)
         res_ready.wait(30)
 
-        applied: dict[str, float] = {}
         names = [f"ft-{i:04d}" for i in range(args.n)]
 
         def apply(name: str) -> None:
@@ -390,6 +395,8 @@ def main() -> int:
             print(f"  {key:40s} {value}")
     for check, verdict in result["targets"].items():
         print(f"  target {check:33s} {verdict}")
+    if args.trace:
+        Path(args.trace).write_text(json.dumps({"applied": applied, "job_added": rec.job_added}) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return rc

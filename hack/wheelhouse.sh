@@ -6,13 +6,15 @@
 # by every clone and run); each image gets its exact set hard-linked into the build context:
 #   .wheelhouse/trainer/   trainer_image/requirements.txt (CPU torch from /opt/wheels)
 #   .wheelhouse/operator/  operator/requirements.txt
-# plus a requirements.lock (name==version of every wheel) for the record.
+# plus a requirements.lock (name==version of every wheel), which the Dockerfiles use as
+# constraints. Shared packages get the dev venv's versions (what the tests ran against).
 #
 # A warm run resolves against the cache alone (--no-index) and touches no network.
 # Only wheels are accepted (--only-binary): an sdist would need a compiler inside the build.
 #
 # Usage: hack/wheelhouse.sh [trainer|operator ...]   (default: both)
-#   env: PIP (default /work/main/.venv/bin/pip, else .venv/bin/pip), LFT_CACHE_DIR (/var/cache/lft)
+#   env: PIP (default /work/main/.venv/bin/pip, else .venv/bin/pip), LFT_CACHE_DIR (/var/cache/lft),
+#        LFT_WHEELHOUSE_VENV_PINS=0: do not prefer the dev venv's versions
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,10 +50,33 @@ if [[ -n "$TORCH_CPU_WHEEL" ]]; then
   echo "torch==$torch_ver" >> "$CONSTRAINTS"
 fi
 
-# Resolve $1 (a requirements file) against the cache alone; write pip's JSON report to $2.
+# Where the images share packages with the dev venv, take the venv's exact versions (what
+# the tests ran against) instead of whatever resolves today. If they conflict with the
+# requirements (venv not yet reinstalled after a pin change), resolve without them.
+VENV_PINS="$WORK/venv-pins.txt"
+: > "$VENV_PINS"
+if [[ "${LFT_WHEELHOUSE_VENV_PINS:-1}" == 1 ]]; then
+  "$PIP" freeze --exclude-editable 2>/dev/null | grep -E '^[A-Za-z0-9_.-]+==' |
+    grep -viE '^(torch|pip|setuptools|wheel)==' > "$VENV_PINS" || true
+fi
+
+# Resolve $1 (a requirements file) against the cache alone; write pip's JSON report to $2;
+# $3: extra constraints file.
 resolve_offline() {
   "$PIP" install --quiet --dry-run --ignore-installed --no-index --find-links "$CACHE" \
-    --only-binary=:all: -c "$CONSTRAINTS" -r "$1" --report "$2" 2>"$WORK/resolve.err"
+    --only-binary=:all: -c "$CONSTRAINTS" -c "$3" -r "$1" --report "$2" 2>"$WORK/resolve.err"
+}
+# Download what $1 needs (with extra constraints $2) into the cache.
+download() {
+  "$PIP" download --quiet --only-binary=:all: --find-links "$CACHE" -c "$CONSTRAINTS" -c "$2" \
+    -r "$1" -d "$CACHE" 2>&1 | grep -v "is ignored: it is neither a file" >&2
+}
+# Resolve with the venv's pins, downloading if the cache lacks something; $3 = pins file.
+resolve() {
+  resolve_offline "$1" "$2" "$3" && return 0
+  log "$image: cache incomplete, downloading into $CACHE"
+  download "$1" "$3" || true
+  resolve_offline "$1" "$2" "$3"
 }
 
 for image in "${IMAGES[@]}"; do
@@ -59,18 +84,19 @@ for image in "${IMAGES[@]}"; do
   report="$WORK/$image.json"
   start=$SECONDS
   dest="$OUT/$image"
-  # Unchanged requirements and an intact wheel set: nothing to resolve (saves a few seconds).
-  stamp=$(cat "$req" "$CONSTRAINTS" | sha256sum | cut -c1-16)
-  if [[ -f "$dest/.stamp" && "$(head -n1 "$dest/.stamp")" == "$stamp" ]] &&
-     tail -n +2 "$dest/.stamp" | (cd "$dest" && xargs -r ls >/dev/null 2>&1); then
-    log "$image: up to date ($(($(wc -l < "$dest/.stamp") - 1)) wheels in $dest)"
+  # Unchanged inputs and an intact wheel set: nothing to resolve. The stamp lies outside
+  # $dest: the build copies $dest, and its layer cache must depend on the wheels alone.
+  stampf="$OUT/$image.stamp"
+  stamp=$(cat "$req" "$CONSTRAINTS" "$VENV_PINS" | sha256sum | cut -c1-16)
+  if [[ -f "$stampf" && "$(head -n1 "$stampf")" == "$stamp" ]] &&
+     tail -n +2 "$stampf" | (cd "$dest" 2>/dev/null && xargs -r ls >/dev/null 2>&1); then
+    log "$image: up to date ($(($(wc -l < "$stampf") - 1)) wheels in $dest)"
     continue
   fi
-  if ! resolve_offline "$req" "$report"; then
-    log "$image: cache incomplete, downloading into $CACHE"
-    "$PIP" download --quiet --only-binary=:all: --find-links "$CACHE" -c "$CONSTRAINTS" \
-      -r "$req" -d "$CACHE" 2>&1 | grep -v "is ignored: it is neither a file" >&2 || true
-    resolve_offline "$req" "$report" || { cat "$WORK/resolve.err" >&2; exit 1; }
+  if ! resolve "$req" "$report" "$VENV_PINS"; then
+    log "$image: the dev venv's versions do not fit $req; resolving without them"
+    : > "$WORK/none.txt"
+    resolve "$req" "$report" "$WORK/none.txt" || { cat "$WORK/resolve.err" >&2; exit 1; }
   fi
 
   # The report names each chosen wheel by its file:// URL in the cache.
@@ -105,6 +131,7 @@ items = json.load(open(sys.argv[1]))["install"]
 for item in sorted(items, key=lambda i: i["metadata"]["name"].lower()):
     print(f'{item["metadata"]["name"]}=={item["metadata"]["version"]}')
 PY
-  { echo "$stamp"; for f in "${files[@]}"; do basename "$f"; done; } > "$dest/.stamp"
+  rm -f "$dest/.stamp"  # (older layout)
+  { echo "$stamp"; for f in "${files[@]}"; do basename "$f"; done; } > "$stampf"
   log "$image: ${#files[@]} wheels, $(du -shL "$dest" | cut -f1) in $dest ($((SECONDS - start)) s)"
 done

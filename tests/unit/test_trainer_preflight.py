@@ -217,3 +217,20 @@ def test_main_exits_3_with_termination_message(tmp_path, monkeypatch, capsys):
     cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "model": {"name": str(tmp_path / "absent")}}))
     assert main(["--config", str(cfg)]) == 3
     assert json.loads(term.read_text())["reason"] == "ModelNotFound"
+
+
+def test_main_missing_storage_credentials_exit_3(tmp_path, monkeypatch, capsys):
+    from lft_trainer.__main__ import main
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model/config.json").write_text("{}")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TrainerConfig(
+        model={"name": str(tmp_path / "model")}, dataset={"uri": str(REPO / "examples/data/chat_tiny.jsonl")},
+        output={"uri": "s3://bucket/run"}, storage={"endpointUrl": "http://127.0.0.1:9"}).to_wire()))
+    monkeypatch.setenv("LFT_TERMINATION_LOG", str(tmp_path / "term"))
+    assert main(["--config", str(cfg)]) == 3
+    msg = json.loads((tmp_path / "term").read_text())
+    assert msg["reason"] == "MissingCredentials" and "AWS_ACCESS_KEY_ID" in msg["message"]

@@ -114,8 +114,15 @@ stop_dockerd() {
 start_dockerd() {
   mkdir -p "$LOG_DIR"
   log "starting dockerd (log: $LOG_DIR/dockerd.log)"
-  # setsid + nohup: the daemon must outlive this script and its caller's session.
-  setsid nohup /usr/sbin/dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+  # setsid + nohup: the daemon must outlive this script and its caller's session;
+  # closing inherited fds keeps it from holding callers' locks and pipes.
+  (
+    for fd in /proc/self/fd/*; do
+      fd=${fd##*/}
+      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec setsid nohup /usr/sbin/dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null
+  ) &
 }
 
 # The machine's /usr/local/bin/docker is a newer client; use it only if it talks

@@ -59,7 +59,8 @@ build() {
   (
     cd "$TREE"
     export GOPATH=$TREE/.go CGO_ENABLED=0 PATH=/usr/lib/go/bin:$PATH
-    export GOCACHE=$LFT_CACHE/go-build HOME=$LFT_CACHE/home
+    # Kubernetes' make keeps its Go build cache in _output/local/go/cache of the tree.
+    export HOME=$LFT_CACHE/home
     mkdir -p "$HOME"
     nice -n 5 make WHAT="${whats[*]}" >&2
   )

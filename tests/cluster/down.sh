@@ -20,16 +20,14 @@ done
 # Our processes: pid file first, else any process running that component's
 # binary with our state dir on its command line (pid file lost).
 pids_of() {
-  local name=$1 bin pid exe
+  local name=$1 bin pid
   bin=$(component_bin "$name")
   {
     component_pid "$name" || true
-    for pid in /proc/[0-9]*; do
-      pid=${pid#/proc/}
-      exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
-      [[ ${exe% (deleted)} == "$bin" ]] || continue
-      if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CLUSTER_DIR/"; then echo "$pid"; fi
-    done
+    find /proc/[0-9]*/exe -maxdepth 0 \( -lname "$bin" -o -lname "$bin (deleted)" \) 2>/dev/null |
+      cut -d/ -f3 | while read -r pid; do
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CLUSTER_DIR/"; then echo "$pid"; fi
+      done
   } | sort -u
 }
 
@@ -86,6 +84,9 @@ remove_iptables() {
 
 main() {
   [[ $(id -u) -eq 0 ]] || die "must run as root"
+  mkdir -p "$CLUSTER_DIR"
+  exec 8>"$CLUSTER_DIR/.lock"
+  flock -w 30 8 || log "WARNING: $CLUSTER_DIR/.lock busy for 30s; going on without it"
   # Node side and controllers first (together), then the API server, then etcd.
   stop kube-proxy kubelet kube-scheduler kube-controller-manager
   remove_pod_containers

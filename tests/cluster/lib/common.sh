@@ -17,6 +17,16 @@ K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-pro
 log() { echo "[$(date +%H:%M:%S) ${0##*/}] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# Close every fd above 2 in the current (sub)shell: daemons started from here
+# must not keep callers' locks or pipes open.
+close_inherited_fds() {
+  local fd n
+  for fd in /proc/self/fd/*; do
+    n=${fd##*/}
+    if ((n > 2)); then eval "exec $n>&-" 2>/dev/null || true; fi
+  done
+}
+
 apt_install() {
   local opts=(-y -q --no-install-recommends -o DPkg::Lock::Timeout=600)
   # A stale package index is the usual reason an install fails: update and retry once.

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -24,7 +23,6 @@ from .builders import NAME_LABEL
 from .kube import Kube
 from .reconcile import Reconciler
 from .settings import Settings
-from .status import OWNED_FIELDS
 from .views import JobView, PodView
 
 logger = logging.getLogger(__name__)
@@ -88,7 +86,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.resync.cancel()
-    await memo.reconciler.queue.close()
+    await memo.reconciler.close()
     await memo.kube.close()
 
 
@@ -103,18 +101,12 @@ def lft_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> 
 
 
 def _raw(body: kopf.Body) -> dict[str, Any]:
-    return {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
-
-
-def _fingerprint(body: kopf.Body) -> str:
-    """What a reconcile depends on; the trainer's progress patches leave it unchanged."""
-    status = body.get("status") or {}
-    meta = body.metadata
-    return json.dumps(
-        [meta.uid, meta.get("generation"), meta.get("deletionTimestamp"), {k: status.get(k) for k in OWNED_FIELDS}],
-        sort_keys=True,
-        default=str,
-    )
+    """The object as a plain dict (kopf's views are read-only proxies)."""
+    raw = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body.metadata)}
+    for key in ("spec", "status"):
+        if key in body:
+            raw[key] = dict(body[key])
+    return raw
 
 
 # Handlers are coroutines: kopf runs plain functions in threads, and the queue lives in the loop.
@@ -129,31 +121,40 @@ async def lft_event(
     lft_pods: Any,
     **_: Any,
 ) -> None:
-    reconciler: Reconciler = memo.reconciler
     memo.cache.bind(lft_jobs, lft_pods)
-    fingerprints: dict = memo.setdefault("fingerprints", {})
     if event.get("type") == "DELETED":
-        fingerprints.pop((namespace, name), None)
-        reconciler.forget(namespace, name)
-        return
-    fingerprint = _fingerprint(body)
-    if fingerprints.get((namespace, name)) == fingerprint:
-        return
-    fingerprints[(namespace, name)] = fingerprint
-    reconciler.trigger(namespace, name)
+        memo.reconciler.forget(namespace, name)
+    else:
+        memo.reconciler.on_resource(namespace, name, _raw(body))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT})
 async def job_event(
-    namespace: str, labels: kopf.Labels, memo: kopf.Memo, lft_jobs: Any, lft_pods: Any, **_: Any
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    lft_jobs: Any,
+    lft_pods: Any,
+    **_: Any,
 ) -> None:
     memo.cache.bind(lft_jobs, lft_pods)
-    memo.reconciler.trigger(namespace, labels[NAME_LABEL])
+    view = None if event.get("type") == "DELETED" else JobView.from_job(_raw(body))
+    memo.reconciler.on_child(namespace, labels[NAME_LABEL], body.metadata.uid, view)
 
 
 @kopf.on.event("v1", "pods", labels={NAME_LABEL: kopf.PRESENT})
 async def pod_event(
-    namespace: str, labels: kopf.Labels, memo: kopf.Memo, lft_jobs: Any, lft_pods: Any, **_: Any
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    lft_jobs: Any,
+    lft_pods: Any,
+    **_: Any,
 ) -> None:
     memo.cache.bind(lft_jobs, lft_pods)
-    memo.reconciler.trigger(namespace, labels[NAME_LABEL])
+    view = None if event.get("type") == "DELETED" else PodView.from_pod(_raw(body))
+    memo.reconciler.on_child(namespace, labels[NAME_LABEL], body.metadata.uid, view)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import time
 from typing import Any
 
 import aiohttp
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
+
+from .metrics import API_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +96,12 @@ class Kube:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
         self.requests += 1
+        started = time.monotonic()
         async with self._get_session().request(
             method, self._base + path, data=data, params=params, headers=headers
         ) as resp:
             text = await resp.text()
+            API_SECONDS.labels(verb=method).observe(time.monotonic() - started)
             payload = json.loads(text) if text else None
             if resp.status >= 400:
                 payload = payload if isinstance(payload, dict) else {}

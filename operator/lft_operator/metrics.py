@@ -16,6 +16,13 @@ RECONCILE_SECONDS = Histogram(
 RECONCILE_ERRORS = Counter("lft_reconcile_errors_total", "Failed reconciles (retried)", registry=REGISTRY)
 STATUS_PATCHES = Counter("lft_status_patches_total", "Status patches sent by the operator", registry=REGISTRY)
 JOBS_CREATED = Counter("lft_jobs_created_total", "Training Jobs created", registry=REGISTRY)
+API_SECONDS = Histogram(
+    "lft_api_request_duration_seconds",
+    "Kubernetes API requests of the reconciler",
+    ["verb"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
 EVENTS_POSTED = Counter("lft_events_total", "Kubernetes Events posted", ["type", "reason"], registry=REGISTRY)
 
 PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")

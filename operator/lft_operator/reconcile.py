@@ -9,6 +9,7 @@ names, 409 means it exists), and patches only the status fields the operator own
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable, Hashable
@@ -20,7 +21,17 @@ from . import builders, metrics
 from .builders import Owner
 from .kube import PARTIAL_METADATA, ApiError, Kube, collection_path, core_path, group_path, object_path
 from .settings import Settings
-from .status import ACCEPTED, TERMINAL_PHASES, Event, Observation, Problem, decide, now_rfc3339, status_json_patch
+from .status import (
+    ACCEPTED,
+    OWNED_FIELDS,
+    TERMINAL_PHASES,
+    Event,
+    Observation,
+    Problem,
+    decide,
+    now_rfc3339,
+    status_json_patch,
+)
 from .validation import validate
 from .views import JobView, PodView, controller_uid
 from .workqueue import WorkQueue
@@ -30,6 +41,23 @@ logger = logging.getLogger(__name__)
 COMPONENT = builders.MANAGED_BY
 MAX_EVENT_MESSAGE = 1024
 SECRET_RECHECK_SECONDS = 10.0
+EVENT_CONCURRENCY = 2  # Events are posted in the background, a few at a time: Jobs first
+
+
+def resource_fingerprint(body: dict[str, Any]) -> str:
+    """What a reconcile depends on: the trainer's progress patches leave it unchanged."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return json.dumps(
+        [
+            meta.get("uid"),
+            meta.get("generation"),
+            meta.get("deletionTimestamp"),
+            {k: status.get(k) for k in OWNED_FIELDS},
+        ],
+        sort_keys=True,
+        default=str,
+    )
 
 
 class Cache(Protocol):
@@ -68,6 +96,11 @@ class Reconciler:
         self.phases = metrics.PhaseTracker()
         self.queue = WorkQueue(self._run, concurrency=settings.api_workers)
         self.known: set[tuple[str, str]] = set()
+        self._fingerprints: dict[tuple[str, str], str] = {}
+        self._fresh: dict[tuple[str, str], dict[str, Any]] = {}  # new resources, from their watch event
+        self._views: dict[str, JobView | PodView] = {}  # by uid: the last view of each Job and pod
+        self._events: set[asyncio.Task[None]] = set()
+        self._event_slots = asyncio.Semaphore(EVENT_CONCURRENCY)
         self._secret_check_allowed = True
         self._instance = os.environ.get("HOSTNAME", "lft-operator")
 
@@ -77,9 +110,36 @@ class Reconciler:
         self.known.add((namespace, name))
         self.queue.add((namespace, name))
 
+    def on_resource(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """A watch event of a LoRAFineTune: reconcile unless only trainer-owned fields changed
+        (progress patches) or it is the echo of the operator's own status write."""
+        fingerprint = resource_fingerprint(body)
+        if self._fingerprints.get((namespace, name)) == fingerprint:
+            return
+        self._fingerprints[(namespace, name)] = fingerprint
+        if not (body.get("status") or {}).get("observedGeneration"):
+            # Never reconciled: nothing in it can be older than what the operator knows, so the
+            # first reconcile may use it instead of reading it again (apply -> Job latency).
+            self._fresh[(namespace, name)] = body
+        else:
+            self._fresh.pop((namespace, name), None)
+        self.trigger(namespace, name)
+
+    def on_child(self, namespace: str, name: str, uid: str, view: JobView | PodView | None) -> None:
+        """A watch event of a Job or pod: reconcile when what the status logic reads changed."""
+        if view is None:
+            self._views.pop(uid, None)
+        elif self._views.get(uid) == view:
+            return
+        else:
+            self._views[uid] = view
+        self.trigger(namespace, name)
+
     def forget(self, namespace: str, name: str) -> None:
         self.known.discard((namespace, name))
         self.queue.forget((namespace, name))
+        self._fingerprints.pop((namespace, name), None)
+        self._fresh.pop((namespace, name), None)
         self.phases.set((namespace, name), None)
 
     async def resync_forever(self) -> None:
@@ -101,7 +161,7 @@ class Reconciler:
     # --- one reconcile --------------------------------------------------------------------------
 
     async def reconcile(self, namespace: str, name: str) -> None:
-        body = await self.kube.get(resource_path(namespace, name))
+        body = self._fresh.pop((namespace, name), None) or await self.kube.get(resource_path(namespace, name))
         if body is None:
             self.forget(namespace, name)
             return
@@ -145,10 +205,12 @@ class Reconciler:
             await self.kube.merge_patch(job_path(namespace, builders.job_name(name)), patch)
         if decision.patch:
             try:
-                await self.kube.json_patch(
+                written = await self.kube.json_patch(
                     resource_path(namespace, name, "status"),
                     status_json_patch(owner.uid, body.get("status"), decision.patch),
                 )
+                # The watch event of this write needs no reconcile: this one computed it.
+                self._fingerprints[(namespace, name)] = resource_fingerprint(written)
             except ApiError as e:
                 if e.status == 404:
                     return  # deleted meanwhile
@@ -168,7 +230,9 @@ class Reconciler:
             created_event = Event("Normal", "JobCreated", f"Created Job {builders.job_name(name)}.")
             events = events[:split] + [created_event] + events[split:]
         for event in events:
-            await self.post_event(body, event)
+            task = asyncio.get_running_loop().create_task(self._post_in_background(body, event))
+            self._events.add(task)
+            task.add_done_callback(self._events.discard)
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -223,19 +287,35 @@ class Reconciler:
         return existing, False
 
     async def _ensure_children(self, owner: Owner, spec: Any) -> tuple[JobView, bool]:
-        children = [builders.config_map(owner, spec, self.settings), builders.trainer_role(owner)]
-        children.append(builders.role_binding(owner, spec))
+        others = [
+            builders.config_map(owner, spec, self.settings),
+            builders.trainer_role(owner),
+            builders.role_binding(owner, spec),
+        ]
         if spec.pod_template.service_account_name is None:
-            children.append(builders.service_account(owner))
-        # Everything the pod needs first: a pod naming a missing ServiceAccount is rejected.
-        await asyncio.gather(*(self._create(m) for m in children))
-        body, created = await self._create(builders.job(owner, spec, self.settings))
+            # Before the Job: the Job controller's pod is rejected while its ServiceAccount is missing
+            # (and then retried only after a backoff). The rest may follow: the kubelet waits for a
+            # missing ConfigMap, and the RoleBinding matters only once the trainer runs.
+            await self._create(builders.service_account(owner))
+        results = await asyncio.gather(
+            self._create(builders.job(owner, spec, self.settings)), *(self._create(m) for m in others)
+        )
+        body, created = results[0]
         if controller_uid(body["metadata"]) != owner.uid:
             raise RetryLater(f"Job {builders.job_name(owner.name)} belongs to an earlier namesake, being deleted")
         if created:
             metrics.JOBS_CREATED.inc()
             logger.info("created Job %s/%s", owner.namespace, builders.job_name(owner.name))
         return JobView.from_job(body), created
+
+    async def _post_in_background(self, body: dict[str, Any], event: Event) -> None:
+        async with self._event_slots:
+            await self.post_event(body, event)
+
+    async def close(self) -> None:
+        await self.queue.close()
+        if self._events:
+            await asyncio.wait(self._events, timeout=5)
 
     async def post_event(self, body: dict[str, Any], event: Event) -> None:
         meta = body["metadata"]

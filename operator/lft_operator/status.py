@@ -110,7 +110,8 @@ def status_json_patch(uid: str, current: dict[str, Any] | None, patch: dict[str,
     under the same name since it was read (metadata in a merge patch of /status is ignored).
     """
     ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
-    if current is None:
+    if not current:
+        # "add" replaces an existing (empty) status too.
         ops.append({"op": "add", "path": "/status", "value": {k: v for k, v in patch.items() if v is not None}})
         return ops
     for key, value in patch.items():

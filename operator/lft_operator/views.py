@@ -6,7 +6,7 @@ the status logic gets plain values to test against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, RUN_POLICY_ANNOTATION, SPEC_HASH_ANNOTATION
@@ -92,9 +92,10 @@ class JobView:
     uid: str
     owner_uid: str | None = None
     parallelism: int = 1
-    active: int = 0
-    succeeded: int = 0
-    failed: int = 0
+    # Informational: the status logic reads the conditions, so count changes trigger no reconcile.
+    active: int = field(default=0, compare=False)
+    succeeded: int = field(default=0, compare=False)
+    failed: int = field(default=0, compare=False)
     complete: bool = False
     failed_reason: str | None = None  # set when the Job has condition Failed=True
     failed_message: str | None = None

@@ -1,0 +1,76 @@
+"""Which watch events trigger a reconcile (Reconciler.on_resource / on_child), without a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+
+from lft_operator.reconcile import Reconciler, resource_fingerprint
+from lft_operator.settings import Settings
+from lft_operator.views import JobView, PodView
+
+
+class RecordingQueue:
+    def __init__(self) -> None:
+        self.added: list = []
+
+    def add(self, key) -> None:
+        self.added.append(key)
+
+    def forget(self, key) -> None:
+        pass
+
+
+def make_reconciler() -> tuple[Reconciler, RecordingQueue]:
+    async def build() -> Reconciler:
+        return Reconciler(kube=None, settings=Settings(metrics_port=0), cache=None)  # type: ignore[arg-type]
+
+    reconciler = asyncio.run(build())
+    queue = RecordingQueue()
+    reconciler.queue = queue  # type: ignore[assignment]
+    return reconciler, queue
+
+
+def body(generation: int = 1, **status) -> dict:
+    return {"metadata": {"uid": "u", "generation": generation}, "spec": {}, "status": status}
+
+
+def test_trainer_progress_patches_trigger_nothing():
+    reconciler, queue = make_reconciler()
+    reconciler.on_resource("ns", "r", body(phase="Running", observedGeneration=1))
+    reconciler.on_resource("ns", "r", body(phase="Running", observedGeneration=1, progress={"step": 5}))
+    reconciler.on_resource("ns", "r", body(phase="Running", observedGeneration=1, metrics={"loss": 1.0}))
+    assert queue.added == [("ns", "r")]
+    reconciler.on_resource("ns", "r", body(generation=2, phase="Running", observedGeneration=1))  # spec edit
+    assert len(queue.added) == 2
+
+
+def test_the_echo_of_the_operators_own_write_is_skipped():
+    reconciler, queue = make_reconciler()
+    written = body(phase="Pending", observedGeneration=1)
+    reconciler._fingerprints[("ns", "r")] = resource_fingerprint(written)  # as after a status patch
+    reconciler.on_resource("ns", "r", written)
+    assert queue.added == []
+
+
+def test_new_resources_are_used_as_read_from_the_watch():
+    reconciler, _ = make_reconciler()
+    reconciler.on_resource("ns", "new", body())
+    assert ("ns", "new") in reconciler._fresh
+    reconciler.on_resource("ns", "old", body(observedGeneration=1, phase="Running"))
+    assert ("ns", "old") not in reconciler._fresh
+
+
+def test_child_events_trigger_only_on_relevant_changes():
+    reconciler, queue = make_reconciler()
+    job = JobView(name="j", uid="j1", parallelism=1)
+    reconciler.on_child("ns", "r", "j1", job)
+    reconciler.on_child("ns", "r", "j1", JobView(name="j", uid="j1", parallelism=1, active=1))  # count only
+    assert len(queue.added) == 1
+    reconciler.on_child("ns", "r", "j1", JobView(name="j", uid="j1", parallelism=0))
+    assert len(queue.added) == 2
+    pod = PodView(name="p", uid="p1", created="t")
+    reconciler.on_child("ns", "r", "p1", pod)
+    reconciler.on_child("ns", "r", "p1", pod)
+    reconciler.on_child("ns", "r", "p1", PodView(name="p", uid="p1", created="t", phase="Running", running=True))
+    reconciler.on_child("ns", "r", "p1", None)  # deleted
+    assert len(queue.added) == 5

@@ -78,7 +78,17 @@ ensure_loopback_dnat() {
     iptables -w -t nat -I OUTPUT -d 127.0.0.1/32 -p tcp --dport "$APISERVER_PORT" -j "$chain"
 }
 
+# port_free NAME PORT: fail early and clearly if someone else listens there
+# (e.g. a distro etcd service started by apt on a machine with systemd).
+port_free() {
+  is_running "$1" && return 0
+  if ss -Hltn "sport = :$2" | grep -q .; then
+    die "port $2 for $1 is taken by another process: $(ss -Hltnp "sport = :$2" | head -n1)"
+  fi
+}
+
 start_etcd() {
+  port_free etcd "$ETCD_CLIENT_PORT"
   start etcd --name lft --data-dir "$CLUSTER_DIR/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
@@ -90,6 +100,7 @@ start_etcd() {
 }
 
 start_apiserver() {
+  port_free kube-apiserver "$APISERVER_PORT"
   start kube-apiserver \
     --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --bind-address "$NODE_IP" --advertise-address "$NODE_IP" \

@@ -236,7 +236,7 @@ def main() -> None:
             out = vwork / "result.json"
             cmd = [sys.executable, __file__, "--variant", variant, "--work", str(vwork), "--model", str(model_dir),
                    "--data", str(data_dir), "--epochs", str(args.epochs), "--json-out", str(out)]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.stderr.write(proc.stderr[-5000:])
                 raise SystemExit(f"{variant} failed with exit code {proc.returncode}")

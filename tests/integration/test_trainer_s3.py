@@ -14,11 +14,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-
 from lft_trainer.spec import TrainerConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,11 +32,11 @@ def tiny_model(tmp_path_factory) -> Path:
     return tiny_model.build(tmp_path_factory.mktemp("tiny") / "model", DATASET)
 
 
-def config(model: Path, output: str, endpoint: str, **training) -> dict:
+def config(model: Path | str, output: str, endpoint: str, dataset: str = str(DATASET), **training) -> dict:
     t = {"maxSteps": 40, "learningRate": 3e-3, "batchSize": 8, "gradientAccumulationSteps": 1, "maxLength": 128,
          "loggingSteps": 5, "evalSteps": 20, **training}
     return TrainerConfig.model_validate({
-        "model": {"name": str(model)}, "dataset": {"uri": str(DATASET), "evalFraction": 0.1},
+        "model": {"name": str(model)}, "dataset": {"uri": dataset, "evalFraction": 0.1},
         "training": t, "checkpointing": {"everySteps": 20, "keepLast": 1},
         "output": {"uri": output}, "storage": {"endpointUrl": endpoint},
     }).to_wire()
@@ -71,7 +69,10 @@ def progress_lines(text: str) -> list[dict]:
 
 
 def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys):
-    code, term = run_in_process(config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url), tmp_path, monkeypatch)
+    s3_bucket.put_bytes("data/train.jsonl", DATASET.read_bytes())  # the dataset comes from the bucket too
+    cfg = config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url, dataset=s3_bucket.uri("data/train.jsonl"))
+    cfg["output"]["mergeAdapter"] = True
+    code, term = run_in_process(cfg, tmp_path, monkeypatch)
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert term["outcome"] == "succeeded" and term["adapter"]["uri"] == f"s3://{s3_bucket.name}/run/adapter"
@@ -129,6 +130,15 @@ def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monke
         tuned = PeftModel.from_pretrained(base, local)
         after = tuned(ids).logits
     assert (after - before).abs().max().item() > 0.1
+
+    # The merged model (output.mergeAdapter) gives the adapter's logits without PEFT.
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    for key in s3_bucket.keys("run/merged/"):
+        (merged / key.rsplit("/", 1)[-1]).write_bytes(s3_bucket.get_bytes(key))
+    with torch.no_grad():
+        merged_logits = AutoModelForCausalLM.from_pretrained(merged)(ids).logits
+    assert torch.allclose(merged_logits, after, atol=1e-4)
 
 
 def test_run_completes_through_a_storage_outage(s3_bucket, flaky_proxy, tiny_model, tmp_path, monkeypatch, capsys):
@@ -188,7 +198,7 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
         {f["name"] for f in manifest["files"]}
     assert "run/adapter/adapter_config.json" not in s3_bucket.keys("run/")
 
-    second = subprocess.run(cmd, env=_subprocess_env(s3_server, tmp_path, "second"), capture_output=True,
+    second = subprocess.run(cmd, check=False, env=_subprocess_env(s3_server, tmp_path, "second"), capture_output=True,
                             text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-4000:]
     term2 = json.loads((tmp_path / "second.term").read_text())
@@ -201,12 +211,14 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
 
 
 def test_two_processes_with_gloo(s3_bucket, s3_server, tiny_model, tmp_path):
-    cfg = config(tiny_model, s3_bucket.uri("ddp"), s3_bucket.endpoint_url, maxSteps=12, evalSteps=12,
+    for f in tiny_model.iterdir():  # the base model comes from the bucket: the launcher downloads it once
+        s3_bucket.put_bytes(f"models/tiny/{f.name}", f.read_bytes())
+    cfg = config(s3_bucket.uri("models/tiny"), s3_bucket.uri("ddp"), s3_bucket.endpoint_url, maxSteps=12, evalSteps=12,
                  numProcesses=2, batchSize=4, loggingSteps=4)
     cfg["checkpointing"] = {"everySteps": 6, "keepLast": 2}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
-    res = subprocess.run([sys.executable, "-m", "lft_trainer", "--config", str(path)],
+    res = subprocess.run([sys.executable, "-m", "lft_trainer", "--config", str(path)], check=False,
                          env=_subprocess_env(s3_server, tmp_path, "ddp"), capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-4000:]
     summary = json.loads(s3_bucket.get_bytes("ddp/training_summary.json"))
@@ -219,3 +231,23 @@ def test_two_processes_with_gloo(s3_bucket, s3_server, tiny_model, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 12
     keys = s3_bucket.keys("ddp/")
     assert "ddp/checkpoints/checkpoint-12/manifest.json" in keys and "ddp/adapter/adapter_model.safetensors" in keys
+
+
+def test_assistant_only_loss_and_prompt_completion_rows(tiny_model, tmp_path, monkeypatch, capsys):
+    """Assistant-only loss (TRL swaps in its Phi-3 training template) and prompt/completion rows, to file://."""
+    cfg = config(tiny_model, f"file://{tmp_path}/out", "http://unused", maxSteps=6, evalSteps=6,
+                 assistantOnlyLoss=True)
+    cfg.pop("storage")
+    code, _ = run_in_process(cfg, tmp_path, monkeypatch)
+    assert code == 0, capsys.readouterr().out[-3000:]
+    assert (tmp_path / "out/adapter/adapter_model.safetensors").is_file()
+
+    rows = [json.loads(x)["messages"] for x in DATASET.read_text().splitlines()[:60]]
+    pc = tmp_path / "pc.jsonl"
+    pc.write_text("".join(json.dumps({"prompt": m[-2]["content"], "completion": m[-1]["content"]}) + "\n" for m in rows))
+    cfg = config(tiny_model, f"file://{tmp_path}/out2", "http://unused", dataset=str(pc), maxSteps=4, evalSteps=4)
+    cfg.pop("storage")
+    code, _ = run_in_process(cfg, tmp_path, monkeypatch)
+    assert code == 0, capsys.readouterr().out[-3000:]
+    summary = json.loads((tmp_path / "out2/training_summary.json").read_text())
+    assert summary["dataset"]["format"] == "prompt-completion" and summary["steps"] == 4

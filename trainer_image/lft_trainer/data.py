@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from .errors import InvalidInput
 from .spec import DatasetSpec, StorageSpec
@@ -43,7 +44,7 @@ class DatasetSource:
 
     uri: str
     files: dict[str, list[DataFile]] = field(default_factory=dict)
-    hub_id: Optional[str] = None
+    hub_id: str | None = None
 
     @property
     def is_hub(self) -> bool:
@@ -58,11 +59,11 @@ def looks_like_path(uri: str) -> bool:
     return bool(_SCHEME.match(uri)) or uri.startswith(("/", "./", "../", "~")) or os.path.exists(uri)
 
 
-def _kind(name: str) -> Optional[str]:
+def _kind(name: str) -> str | None:
     return DATA_SUFFIXES.get(PurePosixPath(name).suffix.lower())
 
 
-def _split_of(name: str, splits: list[str]) -> Optional[str]:
+def _split_of(name: str, splits: list[str]) -> str | None:
     """The split a file belongs to by its name ('train.jsonl', 'train-00001.parquet', 'eval.json')."""
     stem = PurePosixPath(name).name.lower()
     for split in splits:
@@ -71,7 +72,7 @@ def _split_of(name: str, splits: list[str]) -> Optional[str]:
     return None
 
 
-def resolve(spec: DatasetSpec, storage_spec: Optional[StorageSpec], cache_dir: Path) -> DatasetSource:
+def resolve(spec: DatasetSpec, storage_spec: StorageSpec | None, cache_dir: Path) -> DatasetSource:
     """Locate the dataset; remote files are downloaded into cache_dir. Raises InvalidInput when absent."""
     uri = spec.uri
     if not looks_like_path(uri):
@@ -199,10 +200,8 @@ def _parquet_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
             yield n, row
 
 
-def iter_hub_rows(hub_id: str, split: str, revision: Optional[str] = None) -> Iterator[tuple[int, Any]]:
-    ds = load_hub_split(hub_id, split)
-    for i, row in enumerate(ds, start=1):
-        yield i, row
+def iter_hub_rows(hub_id: str, split: str, revision: str | None = None) -> Iterator[tuple[int, Any]]:
+    yield from enumerate(load_hub_split(hub_id, split), start=1)
 
 
 def load_hub_split(hub_id: str, split: str):

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import contract, data, preflight
 from .contract import AdapterRef, ExitCode, Metrics, TerminationMessage
@@ -55,7 +55,7 @@ class Preemption:
 
     def __init__(self) -> None:
         self.requested = threading.Event()
-        self.at: Optional[float] = None
+        self.at: float | None = None
 
     def install(self) -> None:
         def handler(signum, frame):
@@ -266,7 +266,7 @@ def make_control_callback(preemption: Preemption, uploader, local_ckpt_root: Pat
         """Stops at SIGTERM with a checkpoint; hands every saved checkpoint to the uploader (rank 0)."""
 
         def __init__(self):
-            self.preempted_at_step: Optional[int] = None
+            self.preempted_at_step: int | None = None
 
         def _stop_requested(self) -> bool:
             flag = preemption.requested.is_set()
@@ -346,10 +346,9 @@ def run_preflight(config: TrainerConfig, work: Path, cuda: bool, check_storage: 
     from .storage import Storage
 
     preflight.check_quantization(config.lora, cuda)
-    if config.model.attn_implementation == "flash_attention_2":
-        if not cuda:
-            raise InvalidInput(preflight.UNSUPPORTED_HARDWARE, "model.attnImplementation flash_attention_2 needs a "
-                               "CUDA GPU", field="model.attnImplementation")
+    if config.model.attn_implementation == "flash_attention_2" and not cuda:
+        raise InvalidInput(preflight.UNSUPPORTED_HARDWARE, "model.attnImplementation flash_attention_2 needs a "
+                           "CUDA GPU", field="model.attnImplementation")
     out = Storage(config.output.uri, config.storage)
     if check_storage:
         out.check_access(write=True)
@@ -359,7 +358,7 @@ def run_preflight(config: TrainerConfig, work: Path, cuda: bool, check_storage: 
     return source, report, out
 
 
-def run(config: TrainerConfig, reporter=None, preemption: Optional[Preemption] = None) -> TerminationMessage:
+def run(config: TrainerConfig, reporter=None, preemption: Preemption | None = None) -> TerminationMessage:
     import torch
 
     from . import checkpoints
@@ -378,8 +377,8 @@ def run(config: TrainerConfig, reporter=None, preemption: Optional[Preemption] =
     timer.mark("preflight")
 
     # Resume: the newest complete checkpoint under the output URI.
-    resume_dir: Optional[Path] = None
-    resumed_from: Optional[int] = None
+    resume_dir: Path | None = None
+    resumed_from: int | None = None
     if os.environ.get(ENV_RESUME_DIR):
         resume_dir = Path(os.environ[ENV_RESUME_DIR])
         resumed_from = int(os.environ.get(ENV_RESUME_STEP, "0")) or None
@@ -430,7 +429,7 @@ def run(config: TrainerConfig, reporter=None, preemption: Optional[Preemption] =
     reporter.total_steps = planned_steps(trainer)
     timer.mark("setup")
 
-    eval_before: Optional[float] = None
+    eval_before: float | None = None
     try:
         if eval_ds is not None and resume_dir is None and not preemption.requested.is_set():
             eval_before = trainer.evaluate()["eval_loss"]
@@ -533,18 +532,18 @@ def planned_steps(trainer) -> int:
     return int(math.ceil(per_epoch * args.num_train_epochs))
 
 
-def _fmt(v: Optional[float]) -> str:
+def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-def _last_train_loss(history: list[dict]) -> Optional[float]:
+def _last_train_loss(history: list[dict]) -> float | None:
     for entry in reversed(history):
         if "loss" in entry:
             return float(entry["loss"])
     return None
 
 
-def _eval_before_from_checkpoint(ckpt: Path) -> Optional[float]:
+def _eval_before_from_checkpoint(ckpt: Path) -> float | None:
     """The step-0 eval loss of the first attempt, kept in the checkpoint (ours, or the trainer's log history)."""
     try:
         before = json.loads((ckpt / RUN_STATE_FILE).read_text()).get("evalLossBefore")
@@ -562,8 +561,8 @@ def _eval_before_from_checkpoint(ckpt: Path) -> Optional[float]:
     return None
 
 
-def _preempted(config, uploader, reporter, step: int, resumed_from: Optional[int],
-               total_steps: Optional[int] = None) -> TerminationMessage:
+def _preempted(config, uploader, reporter, step: int, resumed_from: int | None,
+               total_steps: int | None = None) -> TerminationMessage:
     ok = True
     if uploader is not None:
         ok = uploader.flush(timeout=None)

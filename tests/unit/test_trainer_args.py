@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from lft_trainer import train
 from lft_trainer.spec import TrainerConfig
 
@@ -59,9 +58,8 @@ def test_eval_before_is_read_back_from_a_checkpoint(tmp_path):
 
 
 def test_tiny_model_is_seeded_and_has_phi3_tokens(tmp_path):
-    from transformers import AutoConfig, AutoTokenizer
-
     from lft_trainer import tiny_model
+    from transformers import AutoConfig, AutoTokenizer
 
     a = tiny_model.build(tmp_path / "a")
     b = tiny_model.build(tmp_path / "b")

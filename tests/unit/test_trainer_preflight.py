@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from lft_trainer import data, preflight
 from lft_trainer.errors import InvalidInput
 from lft_trainer.spec import DatasetSpec, LoraSpec, ModelSpec, TrainerConfig

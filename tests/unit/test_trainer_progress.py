@@ -8,7 +8,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-
 from lft_trainer import progress
 from lft_trainer.contract import CheckpointRef
 

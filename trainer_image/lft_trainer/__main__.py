@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from . import contract
 from .contract import ExitCode, TerminationMessage
@@ -56,7 +55,7 @@ def write_termination(msg: TerminationMessage) -> None:
         log.warning("cannot write the termination message to %s: %s", path, exc)
 
 
-def finish(msg: TerminationMessage, details: Optional[dict] = None) -> int:
+def finish(msg: TerminationMessage, details: dict | None = None) -> int:
     """Write the termination message and one structured JSON line; return the exit code."""
     msg.message = _scrub(msg.message)
     write_termination(msg)
@@ -69,7 +68,7 @@ def finish(msg: TerminationMessage, details: Optional[dict] = None) -> int:
     return int(exit_code_for(msg))
 
 
-def _failure(exc: BaseException) -> tuple[TerminationMessage, Optional[dict]]:
+def _failure(exc: BaseException) -> tuple[TerminationMessage, dict | None]:
     if isinstance(exc, InvalidInput):
         return TerminationMessage(outcome="invalid_input", reason=exc.reason, message=exc.message), exc.details()
     if isinstance(exc, StorageError):
@@ -151,7 +150,7 @@ def launch(config, config_path: str) -> int:
     return finish(msg)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     parser = argparse.ArgumentParser(prog="lft_trainer", description="LoRA fine-tuning trainer")
     parser.add_argument("--config", default=os.environ.get(contract.ENV_CONFIG_PATH, contract.DEFAULT_CONFIG_PATH))
@@ -168,7 +167,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         config = load_config(args.config)
         if config.training.num_processes > 1 and not is_child:
             return launch(config, args.config)
-        from .progress import Reporter, StdoutSink, make_reporter
+        from .progress import Reporter, make_reporter
 
         reporter = make_reporter() if train.is_main() else Reporter([])
         msg = train.run(config, reporter=reporter, preemption=preemption)

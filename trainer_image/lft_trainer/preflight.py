@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -87,7 +88,7 @@ def check_quantization(lora: LoraSpec, cuda_available: bool) -> None:
                            "package, which this trainer image lacks", field="lora.quantization")
 
 
-def check_model(model: ModelSpec, storage_spec: Optional[StorageSpec]) -> None:
+def check_model(model: ModelSpec, storage_spec: StorageSpec | None) -> None:
     """A model given as a path/URI must exist and hold config.json. Hub ids are checked when loading."""
     if not data.looks_like_path(model.name):
         return
@@ -116,7 +117,7 @@ def _type(v: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(v), type(v).__name__)
 
 
-def detect_format(row: Any) -> Optional[str]:
+def detect_format(row: Any) -> str | None:
     if not isinstance(row, dict):
         return None
     if "messages" in row:
@@ -128,7 +129,7 @@ def detect_format(row: Any) -> Optional[str]:
     return None
 
 
-def _check_string(row: dict, key: str) -> Optional[tuple[str, str]]:
+def _check_string(row: dict, key: str) -> tuple[str, str] | None:
     if key not in row or row[key] is None:
         return key, f"{key} is missing"
     if not isinstance(row[key], str):
@@ -138,7 +139,7 @@ def _check_string(row: dict, key: str) -> Optional[tuple[str, str]]:
     return None
 
 
-def check_row(row: Any, fmt: str) -> Optional[tuple[Optional[str], str]]:
+def check_row(row: Any, fmt: str) -> tuple[str | None, str] | None:
     """None for a good row, else (field, reason). The reason starts with the field's name."""
     if isinstance(row, data.BadRow):
         return None, row.reason
@@ -242,7 +243,7 @@ def check_rows(rows: Iterable[tuple[str, int, Any]], fmt: str, max_rows: int, sp
     Raises InvalidInput naming the first bad row (and how many more were seen, up to a few).
     """
     out = SplitRows(name=split)
-    errors: list[tuple[str, int, Optional[str], str]] = []
+    errors: list[tuple[str, int, str | None, str]] = []
     for display, n, row in rows:
         if out.checked >= max_rows:
             out.sampled = True
@@ -279,7 +280,7 @@ def check_rows(rows: Iterable[tuple[str, int, Any]], fmt: str, max_rows: int, sp
     return fmt, out
 
 
-def check_dataset(source: data.DatasetSource, spec: DatasetSpec, max_rows: Optional[int] = None) -> DatasetReport:
+def check_dataset(source: data.DatasetSource, spec: DatasetSpec, max_rows: int | None = None) -> DatasetReport:
     max_rows = max_rows or max_rows_from_env()
     splits = [spec.train_split] + ([spec.eval_split] if spec.eval_split else [])
     fmt = spec.format

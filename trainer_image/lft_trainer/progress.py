@@ -16,9 +16,10 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 from . import contract
 from .contract import CheckpointRef, Metrics, Progress
@@ -35,19 +36,19 @@ class ProgressEvent:
     kind: str  # start | log | eval | checkpoint | end
     step: int
     total_steps: int
-    epoch: Optional[float] = None
-    loss: Optional[float] = None
-    eval_loss: Optional[float] = None
-    eval_loss_before: Optional[float] = None
-    learning_rate: Optional[float] = None
-    grad_norm: Optional[float] = None
-    tokens_per_second: Optional[float] = None
-    eta_seconds: Optional[int] = None
-    resumed_from_step: Optional[int] = None
-    checkpoint: Optional[CheckpointRef] = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    eval_loss_before: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: int | None = None
+    resumed_from_step: int | None = None
+    checkpoint: CheckpointRef | None = None
 
     @property
-    def percent(self) -> Optional[float]:
+    def percent(self) -> float | None:
         if self.total_steps <= 0:
             return None
         return round(100.0 * min(self.step, self.total_steps) / self.total_steps, 1)
@@ -73,7 +74,7 @@ class ProgressEvent:
             out["checkpoint"] = self.checkpoint.to_wire()
         return out
 
-    def status_body(self, now: Optional[datetime] = None) -> dict[str, Any]:
+    def status_body(self, now: datetime | None = None) -> dict[str, Any]:
         progress = Progress(
             step=self.step, total_steps=self.total_steps, epoch=_round(self.epoch, 4), percent=self.percent,
             eta_seconds=self.eta_seconds, tokens_per_second=_round(self.tokens_per_second, 1),
@@ -86,7 +87,7 @@ class ProgressEvent:
         return contract.status_patch(progress, metrics, self.checkpoint)
 
 
-def _round(v: Optional[float], nd: int) -> Optional[float]:
+def _round(v: float | None, nd: int) -> float | None:
     if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
         return None
     return round(float(v), nd)
@@ -102,7 +103,7 @@ class RateLimiter:
     def __init__(self, min_interval: float, clock: Callable[[], float] = time.monotonic):
         self.min_interval = min_interval
         self.clock = clock
-        self._last: Optional[float] = None
+        self._last: float | None = None
 
     def allow(self, force: bool = False) -> bool:
         now = self.clock()
@@ -133,7 +134,7 @@ class StdoutSink:
 class KubeStatusClient:
     """Merge-patches one LoRAFineTune's status subresource with the pod's ServiceAccount token."""
 
-    def __init__(self, name: str, namespace: str, api_url: Optional[str] = None, sa_dir: str = SA_DIR,
+    def __init__(self, name: str, namespace: str, api_url: str | None = None, sa_dir: str = SA_DIR,
                  timeout: float = 5.0):
         self.name, self.namespace, self.timeout, self.sa_dir = name, namespace, timeout, sa_dir
         if api_url is None:
@@ -153,7 +154,7 @@ class KubeStatusClient:
         return (f"{self.api_url}/apis/{contract.API_GROUP}/{contract.API_VERSION}/namespaces/{self.namespace}/"
                 f"{contract.PLURAL}/{self.name}/status")
 
-    def _token(self) -> Optional[str]:
+    def _token(self) -> str | None:
         # Read each time: the kubelet rotates projected tokens.
         try:
             with open(os.path.join(self.sa_dir, "token")) as f:
@@ -212,19 +213,19 @@ class Reporter:
         self.sinks = sinks
         self.total_steps = total_steps
         self.step = 0
-        self.epoch: Optional[float] = None
-        self.loss: Optional[float] = None
-        self.eval_loss: Optional[float] = None
-        self.eval_loss_before: Optional[float] = None
-        self.learning_rate: Optional[float] = None
-        self.grad_norm: Optional[float] = None
-        self.tokens_per_second: Optional[float] = None
-        self.eta_seconds: Optional[int] = None
-        self.resumed_from_step: Optional[int] = None
-        self.latest_checkpoint: Optional[CheckpointRef] = None
+        self.epoch: float | None = None
+        self.loss: float | None = None
+        self.eval_loss: float | None = None
+        self.eval_loss_before: float | None = None
+        self.learning_rate: float | None = None
+        self.grad_norm: float | None = None
+        self.tokens_per_second: float | None = None
+        self.eta_seconds: int | None = None
+        self.resumed_from_step: int | None = None
+        self.latest_checkpoint: CheckpointRef | None = None
         self._lock = threading.Lock()
 
-    def event(self, kind: str, checkpoint: Optional[CheckpointRef] = None) -> ProgressEvent:
+    def event(self, kind: str, checkpoint: CheckpointRef | None = None) -> ProgressEvent:
         return ProgressEvent(
             kind=kind, step=self.step, total_steps=self.total_steps, epoch=self.epoch, loss=self.loss,
             eval_loss=self.eval_loss, eval_loss_before=self.eval_loss_before, learning_rate=self.learning_rate,
@@ -232,7 +233,7 @@ class Reporter:
             resumed_from_step=self.resumed_from_step, checkpoint=checkpoint or self.latest_checkpoint,
         )
 
-    def emit(self, kind: str, checkpoint: Optional[CheckpointRef] = None) -> None:
+    def emit(self, kind: str, checkpoint: CheckpointRef | None = None) -> None:
         with self._lock:
             if checkpoint is not None:
                 self.latest_checkpoint = checkpoint
@@ -248,7 +249,7 @@ class Reporter:
         self.emit("checkpoint", checkpoint=ref)
 
 
-def make_reporter(name: Optional[str] = None, namespace: Optional[str] = None, stream=None) -> Reporter:
+def make_reporter(name: str | None = None, namespace: str | None = None, stream=None) -> Reporter:
     """stdout always; the status sink when the operator passed the resource's name and namespace."""
     sinks: list[Sink] = [StdoutSink(stream)]
     name = name if name is not None else os.environ.get(contract.ENV_RESOURCE_NAME)
@@ -273,7 +274,7 @@ def make_callback(reporter: Reporter, clock: Callable[[], float] = time.monotoni
         process started training (a resumed run does not count the steps it skipped)."""
 
         def __init__(self):
-            self._t0: Optional[float] = None
+            self._t0: float | None = None
             self._step0 = 0
             self._tokens0 = 0
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 # The Phi-3 chat template, byte for byte as in microsoft/Phi-3-mini-4k-instruct (and TRL's
 # chat_templates/phi3.jinja, so TRL recognises it and swaps in its training variant for

@@ -59,7 +59,7 @@ def finish(msg: TerminationMessage, details: dict | None = None) -> int:
     """Write the termination message and one structured JSON line; return the exit code."""
     msg.message = _scrub(msg.message)
     write_termination(msg)
-    line = {"event": "result" if msg.outcome == "succeeded" else "error", **msg.to_wire()}
+    line = {"event": "result" if msg.outcome in ("succeeded", "preempted") else "error", **msg.to_wire()}
     if details:
         line.update(details)
     _emit(line)

@@ -569,8 +569,7 @@ def _preempted(config, uploader, reporter, step: int, resumed_from: int | None,
     last = uploader.last_uploaded if uploader is not None else None
     msg = (f"stopped by SIGTERM at step {step}; checkpoint {last.uri} uploaded" if last is not None and ok
            else f"stopped by SIGTERM at step {step}; no new checkpoint uploaded")
-    log.warning(msg)
-    reporter.emit("checkpoint" if last is not None else "log")
+    log.warning(msg)  # the uploader's callback already reported the checkpoint (a forced status patch)
     return TerminationMessage(outcome="preempted", reason="Preempted", message=msg, step=step,
                               total_steps=total_steps, resumed_from_step=resumed_from)
 

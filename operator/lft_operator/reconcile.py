@@ -22,7 +22,6 @@ from .builders import Owner
 from .kube import PARTIAL_METADATA, ApiError, Kube, collection_path, core_path, group_path, object_path
 from .settings import Settings
 from .status import (
-    ACCEPTED,
     OWNED_FIELDS,
     TERMINAL_PHASES,
     Event,
@@ -171,7 +170,6 @@ class Reconciler:
         status = body.get("status") or {}
         spec, problems = validate(body.get("spec") or {}, name)
         job = self._cached_job(owner)
-        created = False
         job_lost = False
 
         if job is None and status.get("phase") not in TERMINAL_PHASES:
@@ -184,7 +182,7 @@ class Reconciler:
                 if problems:
                     self.queue.add_after((namespace, name), SECRET_RECHECK_SECONDS)
                 else:
-                    job, created = await self._ensure_children(owner, spec)
+                    job = await self._ensure_children(owner, spec)
 
         pods = [p for p in self.cache.pods(namespace, name) if job is not None and p.job_uid == job.uid]
         decision = decide(
@@ -224,12 +222,7 @@ class Reconciler:
             metrics.STATUS_PATCHES.inc()
         self.phases.set((namespace, name), decision.status.get("phase"))
 
-        events = decision.events
-        if created:
-            split = 1 if events and events[0].reason == ACCEPTED else 0
-            created_event = Event("Normal", "JobCreated", f"Created Job {builders.job_name(name)}.")
-            events = events[:split] + [created_event] + events[split:]
-        for event in events:
+        for event in decision.events:
             task = asyncio.get_running_loop().create_task(self._post_in_background(body, event))
             self._events.add(task)
             task.add_done_callback(self._events.discard)
@@ -286,19 +279,22 @@ class Reconciler:
             raise RetryLater(f"{manifest['kind']} {manifest['metadata']['name']} exists and vanished")
         return existing, False
 
-    async def _ensure_children(self, owner: Owner, spec: Any) -> tuple[JobView, bool]:
-        others = [
-            builders.config_map(owner, spec, self.settings),
-            builders.trainer_role(owner),
-            builders.role_binding(owner, spec),
-        ]
+    async def _ensure_children(self, owner: Owner, spec: Any) -> JobView:
         if spec.pod_template.service_account_name is None:
             # Before the Job: the Job controller's pod is rejected while its ServiceAccount is missing
             # (and then retried only after a backoff). The rest may follow: the kubelet waits for a
             # missing ConfigMap, and the RoleBinding matters only once the trainer runs.
             await self._create(builders.service_account(owner))
+
+        async def role_then_binding() -> None:
+            # Creating a RoleBinding resolves its Role (RBAC escalation check): the Role comes first.
+            await self._create(builders.trainer_role(owner))
+            await self._create(builders.role_binding(owner, spec))
+
         results = await asyncio.gather(
-            self._create(builders.job(owner, spec, self.settings)), *(self._create(m) for m in others)
+            self._create(builders.job(owner, spec, self.settings)),
+            self._create(builders.config_map(owner, spec, self.settings)),
+            role_then_binding(),
         )
         body, created = results[0]
         if controller_uid(body["metadata"]) != owner.uid:
@@ -306,7 +302,7 @@ class Reconciler:
         if created:
             metrics.JOBS_CREATED.inc()
             logger.info("created Job %s/%s", owner.namespace, builders.job_name(owner.name))
-        return JobView.from_job(body), created
+        return JobView.from_job(body)
 
     async def _post_in_background(self, body: dict[str, Any], event: Event) -> None:
         async with self._event_slots:

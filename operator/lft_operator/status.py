@@ -410,6 +410,10 @@ def decide(obs: Observation) -> Decision:
 
     if not d.conds.true(ACCEPTED):
         d.event("Normal", ACCEPTED, f"Spec accepted; training Job {obs.job_name}.")
+    if job is not None and not d.old.get("jobName"):
+        # From the status, not from "created just now": a reconcile that created the Job and failed
+        # before writing the status is retried, and the retry finds the Job already there.
+        d.event("Normal", "JobCreated", f"Created Job {job.name}.")
     d.conds.set(ACCEPTED, True, ACCEPTED, f"Training Job {obs.job_name} created.")
     for rec in upd.started:
         d.event("Normal", "Started", f"Attempt {_attempt_no(upd, rec)} started (pod {rec['pod']}).")

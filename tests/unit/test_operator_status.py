@@ -118,7 +118,7 @@ def test_job_created_then_running_then_succeeded():
     d, status = step(observe(job=job))
     assert status["phase"] == "Pending" and status["jobName"] == "run-trainer"
     assert cond(status, "Accepted")["status"] == "True"
-    assert reasons(d) == ["Accepted"]
+    assert reasons(d) == ["Accepted", "JobCreated"]
     assert status["attempts"] == 0
 
     d, status = step(observe(status=status, job=job, pods=[running("p1")], now=T2))

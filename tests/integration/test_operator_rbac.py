@@ -1,0 +1,110 @@
+"""The operator runs with exactly the RBAC rules it documents (lft_operator.rbac), nothing more."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from lft_operator.rbac import OPERATOR_RULES
+from lft_trainer.contract import TerminationMessage
+
+from tests.integration.test_operator_lifecycle import SUCCESS, run_pod, spec
+from tests.support.kube import Kube, Operator, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _service_account_kubeconfig(kube: Kube, namespace: str, name: str, path: Path) -> str:
+    """A kubeconfig that authenticates with the ServiceAccount's token (1.20: a token Secret)."""
+
+    def token_secret() -> dict | None:
+        sa = kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}") or {}
+        for ref in sa.get("secrets", []):
+            secret = kube.get(f"/api/v1/namespaces/{namespace}/secrets/{ref['name']}")
+            if secret and secret.get("data", {}).get("token"):
+                return secret
+        return None
+
+    secret = wait_until(token_secret, 30, what="the ServiceAccount's token Secret")
+    admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "c",
+                "cluster": {"server": cluster["server"], "certificate-authority-data": secret["data"]["ca.crt"]},
+            }
+        ],
+        "users": [{"name": "u", "user": {"token": base64.b64decode(secret["data"]["token"]).decode()}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "c",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_operator_works_with_its_documented_rbac_only(kube, tmp_path):
+    # A namespace outside the session operator's lft-it-* pattern: only this operator acts here.
+    ns = f"lftrbac-{uuid.uuid4().hex[:8]}"
+    role = f"lft-operator-{ns}"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    try:
+        kube.create(
+            f"/api/v1/namespaces/{ns}/serviceaccounts",
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator"}},
+        )
+        kube.create(
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": role},
+                "rules": OPERATOR_RULES,
+            },
+        )
+        kube.create(
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": role},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
+            },
+        )
+        kubeconfig = _service_account_kubeconfig(kube, ns, "operator", tmp_path / "kubeconfig")
+        kube.create(
+            f"/api/v1/namespaces/{ns}/secrets",
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"K": "v"}},
+        )
+        op = Operator(kubeconfig, tmp_path / "operator.log", LFT_NAMESPACES=ns)
+        op.start()
+        try:
+            kube.create_lft(ns, "least", spec(storageSecretRef={"name": "s3"}))
+            kube.create_lft(ns, "nosecret", spec(storageSecretRef={"name": "missing"}))
+            pod = run_pod(kube, ns, "least")
+            kube.wait_lft(ns, "least", lambda s: s.get("phase") == "Running")
+            kube.kubelet_exit(pod, 0, SUCCESS)
+            status = kube.wait_lft(ns, "least", lambda s: s.get("phase") == "Succeeded")["status"]
+            assert status["adapter"]["uri"] == TerminationMessage.decode(SUCCESS).adapter.uri
+            kube.wait_lft(
+                ns,
+                "nosecret",
+                lambda s: any(c.get("reason") == "StorageSecretNotFound" for c in s.get("conditions", [])),
+            )
+            wait_until(
+                lambda: {"Accepted", "JobCreated", "Started", "Succeeded"} <= set(kube.event_reasons(ns, "least")), 15
+            )
+            logs = op.logs()
+            assert "403" not in logs and "Forbidden" not in logs and "forbidden" not in logs, logs[-2000:]
+        finally:
+            op.stop()
+    finally:
+        kube.delete(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{role}")
+        kube.delete(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{role}")
+        kube.delete(f"/api/v1/namespaces/{ns}")

@@ -30,6 +30,9 @@ on_cluster_failure() {
 pytest_suite unit tests/unit tests/integration --ignore-glob='*test_operator_*'
 
 if suite cluster-api -- bash tests/cluster/up.sh --api-only; then
+  # The integration tests run their own operator process: an in-cluster operator left by an
+  # earlier `make deploy` would handle the same resources.
+  /var/cache/lft/bin/helm uninstall lora-finetune-operator -n lft-system --wait >/dev/null 2>&1 || true
   pytest_suite integration tests/integration/test_operator_*.py
 else
   on_cluster_failure

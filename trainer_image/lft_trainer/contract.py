@@ -15,7 +15,7 @@ import json
 from enum import IntEnum
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "finetune.dev"
@@ -117,6 +117,12 @@ class Metrics(WireModel):
     eval_loss_before: Optional[float] = None
     learning_rate: Optional[float] = None
     grad_norm: Optional[float] = None
+
+    @field_validator("loss", "eval_loss", "eval_loss_before", "grad_norm")
+    @classmethod
+    def _four_decimals(cls, v: Optional[float]) -> Optional[float]:
+        # `kubectl get` prints numbers as stored: 1.5059, not 1.505924129486084.
+        return None if v is None else round(float(v), 4)
 
 
 class CheckpointRef(WireModel):

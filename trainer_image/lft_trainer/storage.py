@@ -500,11 +500,12 @@ class Storage:
     def check_access(self, write: bool = True, timeout: float | None = None) -> None:
         """Fail fast with InvalidInput when the storage cannot be used.
 
-        Reasons: MissingCredentials, StorageAccessDenied, BucketNotFound, StorageUnreachable,
-        UnsupportedStorage. With write=True a probe object is written and deleted under the base URI
+        Reasons: MissingCredentials, StorageAccessDenied, BucketNotFound, UnsupportedStorage,
+        StorageUnreachable (an unusable endpoint). A server that does not answer within the budget
+        raises StorageError (retryable) instead. With write=True a probe object is written and deleted under the base URI
         (deleting is needed to rotate checkpoints). Whether the base path exists is not checked (use
         exists() / is_dir(): a missing dataset or model deserves its own reason). Transient errors are retried for at most `timeout`
-        seconds (RetryPolicy.check_seconds), then StorageUnreachable. Messages name the URI and the
+        seconds (RetryPolicy.check_seconds), then StorageError. Messages name the URI and the
         endpoint, never a credential.
         """
         budget = self.retry.check_seconds if timeout is None else timeout
@@ -518,7 +519,10 @@ class Storage:
         except InvalidInput:
             raise
         except StorageError as exc:
-            raise InvalidInput(UNREACHABLE, f"cannot reach object storage at {where}: {exc}") from exc
+            # Unreachable after the retry budget: retryable (exit 1), not invalid input. A MinIO
+            # restarting while the pod starts must not fail the run for good; the operator retries
+            # up to runPolicy.backoffLimit with this message.
+            raise StorageError(f"{UNREACHABLE}: cannot reach object storage at {where}: {exc}") from exc
         except Exception as exc:
             raise self._access_error(exc, where) from exc
 

@@ -122,8 +122,15 @@ def watch_resources(api: client.CustomObjectsApi, ns: str, rec: Recorder, ready:
     ready.set()
     while not rec.stop.is_set():
         try:
-            for ev in w.stream(api.list_namespaced_custom_object, API_GROUP, API_VERSION, ns, PLURAL,
-                               resource_version=rv, timeout_seconds=5):
+            for ev in w.stream(
+                api.list_namespaced_custom_object,
+                API_GROUP,
+                API_VERSION,
+                ns,
+                PLURAL,
+                resource_version=rv,
+                timeout_seconds=5,
+            ):
                 obj = ev["object"]
                 rv = obj["metadata"]["resourceVersion"]
                 name = obj["metadata"]["name"]
@@ -139,7 +146,8 @@ def watch_resources(api: client.CustomObjectsApi, ns: str, rec: Recorder, ready:
         except ApiException as e:
             if e.status == 410:
                 rv = api.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL)["metadata"][
-                    "resourceVersion"]
+                    "resourceVersion"
+                ]
                 continue
             rec.errors.append(f"resource watch: {e.status} {e.reason}")
             time.sleep(0.5)
@@ -214,10 +222,26 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 
 def ensure_crds(kubeconfig: str) -> None:
     kubectl = os.environ.get("KUBECTL", "/var/cache/lft/bin/kubectl")
-    subprocess.run([kubectl, "--kubeconfig", kubeconfig, "apply", "-f", str(ROOT / "crds")], check=True,
-                   capture_output=True, text=True)
-    subprocess.run([kubectl, "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", "--timeout=30s",
-                    f"crd/{PLURAL}.{API_GROUP}"], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [kubectl, "--kubeconfig", kubeconfig, "apply", "-f", str(ROOT / "crds")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    subprocess.run(
+        [
+            kubectl,
+            "--kubeconfig",
+            kubeconfig,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            f"crd/{PLURAL}.{API_GROUP}",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 def cleanup(core: client.CoreV1Api, api: client.CustomObjectsApi, ns: str, timeout: float = 60) -> None:
@@ -229,8 +253,9 @@ def cleanup(core: client.CoreV1Api, api: client.CustomObjectsApi, ns: str, timeo
     for obj in items:
         if obj["metadata"].get("finalizers"):
             try:
-                api.patch_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL, obj["metadata"]["name"],
-                                                   {"metadata": {"finalizers": None}})
+                api.patch_namespaced_custom_object(
+                    API_GROUP, API_VERSION, ns, PLURAL, obj["metadata"]["name"], {"metadata": {"finalizers": None}}
+                )
             except ApiException:
                 pass
     try:
@@ -260,8 +285,11 @@ def main() -> int:
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--trace", help="write per-resource apply/Job times (time.monotonic, comparable across processes)")
     ap.add_argument("--keep", action="store_true", help="leave the namespace (debugging)")
-    ap.add_argument("--operator-path", default=str(ROOT / "operator"),
-                    help="folder holding the lft_operator package to run (A/B comparisons of a modified copy)")
+    ap.add_argument(
+        "--operator-path",
+        default=str(ROOT / "operator"),
+        help="folder holding the lft_operator package to run (A/B comparisons of a modified copy)",
+    )
     ap.add_argument("--profile", help="py-spy the operator during the burst; write this raw (collapsed) profile")
     args = ap.parse_args()
 
@@ -275,9 +303,13 @@ def main() -> int:
     ns = f"lft-bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     # The operator checks that the storage-credentials Secret exists (it never reads its values).
-    core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name=SECRET_NAME),
-                                                      string_data={"AWS_ACCESS_KEY_ID": "bench",
-                                                                   "AWS_SECRET_ACCESS_KEY": "bench"}))
+    core.create_namespaced_secret(
+        ns,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=SECRET_NAME),
+            string_data={"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"},
+        ),
+    )
 
     metrics_port, liveness_port = free_port(), free_port()
     env = {
@@ -297,8 +329,14 @@ def main() -> int:
     }
     Path(args.operator_log).parent.mkdir(parents=True, exist_ok=True)
     log = open(args.operator_log, "wb")  # noqa: SIM115 - the operator writes to it until the finally below
-    operator = subprocess.Popen([sys.executable, "-m", "lft_operator"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "lft_operator"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     sampler = RssSampler(operator.pid)
     sampler.start()
     rec = Recorder()
@@ -328,9 +366,23 @@ def main() -> int:
 
         profiler = None
         if args.profile:
-            profiler = subprocess.Popen(["py-spy", "record", "--pid", str(operator.pid), "--rate", "200",
-                                         "--format", "raw", "--output", args.profile, "--nonblocking"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            profiler = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(operator.pid),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--output",
+                    args.profile,
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         cpu_before = tree_cpu_seconds(operator.pid)
         t_start = time.monotonic()
         with ThreadPoolExecutor(args.threads) as pool:

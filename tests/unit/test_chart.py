@@ -105,8 +105,15 @@ def test_default_render_has_the_expected_objects() -> None:
     docs = render()
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
-         "Deployment", "Service"]
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Service",
+        ]
     ), kinds
     # Off by default: HA peering and the Prometheus Operator's ServiceMonitor.
     assert not by_kind(docs, "ServiceMonitor") and not by_kind(docs, "ClusterKopfPeering")
@@ -268,7 +275,9 @@ def test_peering_clusterwide_and_namespaced() -> None:
     assert env_of(docs)["LFT_PEERING_NAME"] == peering["metadata"]["name"]
     assert {"get", "list", "watch", "patch"} <= granted(rules_of(docs), "kopf.dev", "clusterkopfpeerings")
     assert {c["metadata"]["name"] for c in by_kind(docs, "CustomResourceDefinition")} == {
-        "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    }
     # POD_ID names the peer, so the peering object shows which pod is active.
     (pod_id,) = [e for e in container(docs)["env"] if e["name"] == "POD_ID"]
     assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

@@ -1,0 +1,92 @@
+"""The Helm chart on a real API server: `helm install` succeeds, and the operator does its whole job
+with the ServiceAccount and RBAC the chart creates (namespaced mode: RoleBindings per watched namespace).
+
+The operator runs here as a subprocess authenticated with the chart's ServiceAccount token (the chart's
+Deployment is scaled to 0: api-only mode runs no containers).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import pytest
+from lft_operator import builders
+from lft_trainer.contract import TerminationMessage
+
+from tests.integration.test_operator_lifecycle import SUCCESS, run_pod, spec
+from tests.integration.test_operator_rbac import _service_account_kubeconfig
+from tests.support.kube import Kube, Operator, wait_until
+from tests.unit.test_chart import CHART, HELM
+
+pytestmark = pytest.mark.integration
+RBAC = "/apis/rbac.authorization.k8s.io/v1"
+
+
+def helm(kube: Kube, *args: str) -> str:
+    proc = subprocess.run(
+        [HELM, "--kubeconfig", kube.kubeconfig, *args], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_operator_works_with_the_charts_rbac(kube: Kube, tmp_path) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    system_ns, watched_ns, release = f"lftchart-sys-{suffix}", f"lftchart-{suffix}", f"lftc{suffix}"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": watched_ns}})
+    try:
+        out = helm(
+            kube,
+            "install",
+            release,
+            str(CHART),
+            "--namespace",
+            system_ns,
+            "--create-namespace",
+            "--skip-crds",  # the session fixture installed the CRD already
+            "--set",
+            "replicaCount=0",
+            "--set",
+            f"watchNamespaces={{{watched_ns}}}",
+            "--wait=false",
+        )
+        assert "STATUS: deployed" in out
+        # The rendered RBAC is real: bound in the watched namespace only.
+        fullname = f"{release}-lora-finetune-operator"
+        binding = kube.get(f"{RBAC}/namespaces/{watched_ns}/rolebindings/{fullname}")
+        assert binding and binding["subjects"][0]["namespace"] == system_ns
+        assert kube.get(f"{RBAC}/clusterrolebindings/{fullname}") is None
+
+        kubeconfig = _service_account_kubeconfig(kube, system_ns, fullname, tmp_path / "kubeconfig")
+        kube.create(
+            f"/api/v1/namespaces/{watched_ns}/secrets",
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"K": "v"}},
+        )
+        op = Operator(kubeconfig, tmp_path / "operator.log", LFT_NAMESPACES=watched_ns)
+        op.start()
+        try:
+            kube.create_lft(watched_ns, "viachart", spec(storageSecretRef={"name": "s3"}))
+            pod = run_pod(kube, watched_ns, "viachart")
+            kube.wait_lft(watched_ns, "viachart", lambda s: s.get("phase") == "Running")
+            kube.kubelet_exit(pod, 0, SUCCESS)
+            status = kube.wait_lft(watched_ns, "viachart", lambda s: s.get("phase") == "Succeeded")["status"]
+            assert status["adapter"]["uri"] == TerminationMessage.decode(SUCCESS).adapter.uri
+            # The per-run Role was created with the chart's RBAC (the escalation check passed).
+            role = kube.get(f"{RBAC}/namespaces/{watched_ns}/roles/{builders.role_name('viachart')}")
+            assert role and role["rules"][0]["resourceNames"] == ["viachart"]
+            reasons = {"Accepted", "JobCreated", "Succeeded"}
+            wait_until(lambda: reasons <= set(kube.event_reasons(watched_ns, "viachart")), 15)
+            logs = op.logs()
+            assert "403" not in logs and "orbidden" not in logs and "Not enough permissions" not in logs, logs[-2000:]
+        finally:
+            op.stop()
+    finally:
+        subprocess.run(
+            [HELM, "--kubeconfig", kube.kubeconfig, "uninstall", release, "--namespace", system_ns],
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
+        kube.delete(f"/api/v1/namespaces/{watched_ns}")
+        kube.delete(f"/api/v1/namespaces/{system_ns}")

@@ -95,3 +95,16 @@ def test_datasets_from_checked_rows_and_from_a_sampled_huge_file():
     train2, eval2 = train.build_datasets(c, sampled, source)
     assert (len(train2), len(eval2)) == (100, 24) and train2.column_names == ["messages"]
     assert set(eval_ds["messages"][0][0]) == {"role", "content"}
+
+
+def test_rows_longer_than_max_length_are_counted(tmp_path):
+    from transformers import AutoTokenizer
+
+    from lft_trainer import preflight, tiny_model
+
+    tok = AutoTokenizer.from_pretrained(tiny_model.build(tmp_path / "m"))
+    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    long = {"messages": [{"role": "user", "content": "tree " * 40}, {"role": "assistant", "content": "ok"}]}
+    assert preflight.count_too_long([short, long, long], "messages", tok, max_length=32) == (2, 3)
+    assert preflight.count_too_long([short, long], "messages", tok, max_length=4096) == (0, 2)
+    assert preflight.count_too_long([{"text": "a " * 100}], "text", tok, max_length=32) == (1, 1)

@@ -27,6 +27,8 @@ CONFIG_DIR = "/etc/lft"
 CONFIG_FILE = "config.json"
 HOME_DIR = "/home/trainer"
 TRAINER_UID = 1000
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+API_ACCESS_VOLUME = "kube-api-access"
 MANAGED_BY = "lora-finetune-operator"
 
 
@@ -211,6 +213,26 @@ def _env(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> list[dict[
     return user + ours
 
 
+def _api_access_volume() -> dict[str, Any]:
+    """A bound, expiring ServiceAccount token + the cluster CA + the namespace, where clients look.
+
+    The same volume Kubernetes >= 1.21 injects itself. Spelled out (with automount off) it also works
+    on 1.20, where the automounted token is a Secret that the token controller creates a moment
+    after the ServiceAccount: a pod created before it exists is rejected, and the Job controller
+    retries only after a 10 s+ backoff.
+    """
+    return {
+        "name": API_ACCESS_VOLUME,
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ]
+        },
+    }
+
+
 def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
     applied = applied_spec(spec)
     pod_labels = {**spec.pod_template.labels, **labels(owner.name)}
@@ -225,11 +247,13 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
         {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "home", "emptyDir": {}},
+        _api_access_volume(),
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "home", "mountPath": HOME_DIR},
+        {"name": API_ACCESS_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
     ]
     if spec.resources.gpus > 0:
         # Docker's 64 MiB /dev/shm is too small for NCCL and data loader workers.
@@ -259,7 +283,8 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": effective_service_account(owner, spec),
-        "automountServiceAccountToken": True,  # the trainer patches this resource's status
+        # The trainer patches this resource's status with the token of the projected volume above.
+        "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "securityContext": {

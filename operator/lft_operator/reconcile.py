@@ -222,8 +222,8 @@ class Reconciler:
             metrics.STATUS_PATCHES.inc()
         self.phases.set((namespace, name), decision.status.get("phase"))
 
-        for event in decision.events:
-            task = asyncio.get_running_loop().create_task(self._post_in_background(body, event))
+        if decision.events:
+            task = asyncio.get_running_loop().create_task(self._post_in_background(body, decision.events))
             self._events.add(task)
             task.add_done_callback(self._events.discard)
 
@@ -282,8 +282,8 @@ class Reconciler:
     async def _ensure_children(self, owner: Owner, spec: Any) -> JobView:
         if spec.pod_template.service_account_name is None:
             # Before the Job: the Job controller's pod is rejected while its ServiceAccount is missing
-            # (and then retried only after a backoff). The rest may follow: the kubelet waits for a
-            # missing ConfigMap, and the RoleBinding matters only once the trainer runs.
+            # (and then retried only after a 10 s+ backoff). The rest may follow: the kubelet waits
+            # for a missing ConfigMap, and the RoleBinding matters only once the trainer runs.
             await self._create(builders.service_account(owner))
 
         async def role_then_binding() -> None:
@@ -304,9 +304,10 @@ class Reconciler:
             logger.info("created Job %s/%s", owner.namespace, builders.job_name(owner.name))
         return JobView.from_job(body)
 
-    async def _post_in_background(self, body: dict[str, Any], event: Event) -> None:
+    async def _post_in_background(self, body: dict[str, Any], events: list[Event]) -> None:
         async with self._event_slots:
-            await self.post_event(body, event)
+            for event in events:  # in order: Accepted before JobCreated
+                await self.post_event(body, event)
 
     async def close(self) -> None:
         await self.queue.close()

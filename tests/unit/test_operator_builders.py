@@ -139,6 +139,11 @@ def test_job_env_and_secret_by_reference_only():
     assert "/tmp" in mounts and builders.HOME_DIR in mounts
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == "phi3-chat-trainer-config"
+    # The API token: a projected, expiring one at the usual path (no legacy token Secret needed).
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    sources = volumes["kube-api-access"]["projected"]["sources"]
+    assert sources[0]["serviceAccountToken"]["path"] == "token"
+    assert mounts["/var/run/secrets/kubernetes.io/serviceaccount"]["readOnly"] is True
 
 
 def test_default_secret_is_optional_and_absent_without_one():

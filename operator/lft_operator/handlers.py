@@ -74,7 +74,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.kube = Kube.from_environment(connections=max(4, config.api_workers * 2))
     memo.reconciler = Reconciler(memo.kube, config, memo.cache)
     metrics.serve(config.metrics_port)
-    memo.resync = asyncio.get_running_loop().create_task(memo.reconciler.resync_forever(), name="resync")
+    # The periodic resync is the operator's own loop, which kopf's peering cannot pause: with
+    # peering (HA), a standby would keep reconciling. Only the standalone operator runs it.
+    memo.resync = None
+    if config.peering is None:
+        memo.resync = asyncio.get_running_loop().create_task(memo.reconciler.resync_forever(), name="resync")
     logger.info(
         "lora-finetune-operator started: namespaces=%s trainer image=%s peering=%s",
         ",".join(config.namespaces) or "all",
@@ -85,7 +89,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    memo.resync.cancel()
+    if memo.resync is not None:
+        memo.resync.cancel()
     await memo.reconciler.close()
     await memo.kube.close()
 

@@ -285,3 +285,15 @@ def test_ttl_after_finished_keeps_the_resource_and_its_status(kube, namespace, o
     time.sleep(2)
     status = kube.lft(namespace, "short-lived")["status"]
     assert status["phase"] == "Succeeded" and status["adapter"]["uri"] == "s3://lft-out/run/adapter"
+
+
+def test_created_suspended_starts_no_pod_until_resumed(kube, namespace, operator):
+    kube.create_lft(namespace, "later", spec(suspend=True))
+    status = kube.wait_lft(namespace, "later", lambda s: s.get("phase") == "Suspended")["status"]
+    assert is_true(status, "Accepted") and is_true(status, "Suspended")
+    assert kube.job(namespace, "later")["spec"]["parallelism"] == 0
+    time.sleep(2)
+    assert kube.pods(namespace, "later") == []
+    kube.merge_patch(kube.lft_path(namespace, "later"), {"spec": {"suspend": False}})
+    run_pod(kube, namespace, "later")
+    kube.wait_lft(namespace, "later", lambda s: s.get("phase") == "Running" and s.get("attempts") == 1)

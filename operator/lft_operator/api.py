@@ -40,7 +40,9 @@ class ResourcesSpec(SpecModel):
         default=0,
         ge=0,
         le=64,
-        description="GPUs per pod (limit of gpuResourceName). With more than one, the trainer runs one process per GPU.",
+        description=(
+            "GPUs per pod (limit of gpuResourceName). With more than one, the trainer runs one process per GPU."
+        ),
     )
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu", min_length=1, description="Extended resource name of a GPU (e.g. amd.com/gpu)."
@@ -121,7 +123,8 @@ class LoRAFineTuneSpec(TrainerConfig):
     storage_secret_ref: SecretRef | None = Field(
         default=None,
         description=(
-            "Secret whose keys become the trainer's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN...). "
+            "Secret whose keys become the trainer's environment "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN...). "
             "Default: the operator's LFT_DEFAULT_STORAGE_SECRET, when that Secret exists. Values are never read "
             "by the operator."
         ),

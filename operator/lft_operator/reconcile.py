@@ -183,6 +183,10 @@ class Reconciler:
                     self.queue.add_after((namespace, name), SECRET_RECHECK_SECONDS)
                 else:
                     job = await self._ensure_children(owner, spec)
+        elif job is not None and not status.get("jobName") and spec is not None:
+            # A Job that no status records yet: an earlier reconcile created it and stopped (crash,
+            # API error) before writing the status, perhaps before the Job's companions existed.
+            await self._ensure_companions(owner, spec, with_service_account=True)
 
         pods = [p for p in self.cache.pods(namespace, name) if job is not None and p.job_uid == job.uid]
         decision = decide(
@@ -279,22 +283,28 @@ class Reconciler:
             raise RetryLater(f"{manifest['kind']} {manifest['metadata']['name']} exists and vanished")
         return existing, False
 
-    async def _ensure_children(self, owner: Owner, spec: Any) -> JobView:
-        if spec.pod_template.service_account_name is None:
-            # Before the Job: the Job controller's pod is rejected while its ServiceAccount is missing
-            # (and then retried only after a 10 s+ backoff). The rest may follow: the kubelet waits
-            # for a missing ConfigMap, and the RoleBinding matters only once the trainer runs.
-            await self._create(builders.service_account(owner))
+    async def _ensure_companions(self, owner: Owner, spec: Any, with_service_account: bool) -> None:
+        """The Job's ConfigMap, Role and RoleBinding (and ServiceAccount), idempotently."""
 
         async def role_then_binding() -> None:
             # Creating a RoleBinding resolves its Role (RBAC escalation check): the Role comes first.
             await self._create(builders.trainer_role(owner))
             await self._create(builders.role_binding(owner, spec))
 
+        creations = [self._create(builders.config_map(owner, spec, self.settings)), role_then_binding()]
+        if with_service_account and spec.pod_template.service_account_name is None:
+            creations.append(self._create(builders.service_account(owner)))
+        await asyncio.gather(*creations)
+
+    async def _ensure_children(self, owner: Owner, spec: Any) -> JobView:
+        if spec.pod_template.service_account_name is None:
+            # Before the Job: the Job controller's pod is rejected while its ServiceAccount is missing
+            # (and then retried only after a 10 s+ backoff). The rest may follow: the kubelet waits
+            # for a missing ConfigMap, and the RoleBinding matters only once the trainer runs.
+            await self._create(builders.service_account(owner))
         results = await asyncio.gather(
             self._create(builders.job(owner, spec, self.settings)),
-            self._create(builders.config_map(owner, spec, self.settings)),
-            role_then_binding(),
+            self._ensure_companions(owner, spec, with_service_account=False),
         )
         body, created = results[0]
         if controller_uid(body["metadata"]) != owner.uid:

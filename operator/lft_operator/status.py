@@ -483,7 +483,10 @@ def _final_state(d: _Draft, upd: AttemptUpdate) -> Decision | None:
 
     if upd.failed_attempts > backoff_limit and last_failure is not None:
         d.job_patches.append(stop_patch())
-        text = f"{upd.failed_attempts} failed attempts (runPolicy.backoffLimit {backoff_limit}); last: {_describe(last_failure)}"
+        text = (
+            f"{upd.failed_attempts} failed attempts (runPolicy.backoffLimit {backoff_limit}); "
+            f"last: {_describe(last_failure)}"
+        )
         return d.final(FAILED, last_failure.get("reason") or "BackoffLimitExceeded", text)
 
     if obs.job_lost or job is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 
 import pytest
 from lft_trainer.contract import Metrics, Progress, TerminationMessage, status_patch
@@ -140,3 +141,36 @@ def test_failure_message_with_crash_log_tail(kube, namespace, operator):
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "OOMKilled" and "exit code 137" in failed["message"]
     assert TerminationMessage.decode("Killed") is None
+
+
+def test_crash_after_creating_only_the_job_is_repaired(kube, tmp_path):
+    """An operator died right after creating the Job: the next one adds what the Job still lacks."""
+    from lft_operator import builders
+    from lft_operator.api import LoRAFineTuneSpec
+    from lft_operator.settings import Settings
+
+    from tests.support.kube import Operator
+
+    ns = f"lftcrash-{uuid.uuid4().hex[:8]}"  # outside the session operator's lft-it-* pattern
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    try:
+        created = kube.create_lft(ns, "half", spec())
+        owner = builders.Owner.from_body(created)
+        job = builders.job(owner, LoRAFineTuneSpec.model_validate(created["spec"]), Settings())
+        kube.create(f"/apis/batch/v1/namespaces/{ns}/jobs", job)
+        op = Operator(kube.kubeconfig, tmp_path / "operator.log", LFT_NAMESPACES=ns)
+        op.start()
+        try:
+            kube.wait_lft(ns, "half", lambda s: is_true(s, "Accepted"))
+            for path in (
+                f"/api/v1/namespaces/{ns}/configmaps/half-trainer-config",
+                f"/api/v1/namespaces/{ns}/serviceaccounts/half-trainer",
+                f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/half-trainer",
+                f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/half-trainer",
+            ):
+                assert kube.get(path) is not None, path
+            assert len(kube.jobs(ns, "half")) == 1
+        finally:
+            op.stop()
+    finally:
+        kube.delete(f"/api/v1/namespaces/{ns}")

@@ -196,19 +196,29 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def scrape_status_patches(url: str) -> float | None:
-    """Sum of the operator's status-patch counter(s) on its /metrics, or None when it has none."""
+def scrape_metrics(url: str, patterns: dict[str, str]) -> dict[str, float | None]:
+    """{key: sum of the samples whose metric name matches the regex} from the operator's /metrics
+    (None where no sample matches, e.g. the bare controller, which serves none)."""
     try:
         text = urllib.request.urlopen(url, timeout=3).read().decode()
     except OSError:
-        return None
-    total, seen = 0.0, False
+        text = ""
+    sums: dict[str, float | None] = dict.fromkeys(patterns)
     for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][\w:]*status_patch\w*_total)(\{[^}]*\})?\s+([0-9.eE+-]+)$", line)
-        if m:
-            total += float(m.group(3))
-            seen = True
-    return total if seen else None
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+([0-9.eE+-]+)$", line)
+        if not m:
+            continue
+        for key, pattern in patterns.items():
+            if re.fullmatch(pattern, m.group(1)):
+                sums[key] = (sums[key] or 0.0) + float(m.group(3))
+    return sums
+
+
+OPERATOR_COUNTERS = {
+    "status_patches": r"\w*status_patch\w*_total",
+    "reconciles": r"lft_reconcile_duration_seconds_count",
+    "api_requests": r"lft_api_request_duration_seconds_count",
+}
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> bool:
@@ -383,7 +393,8 @@ def run_once(args: argparse.Namespace, command: list[str], log_path: str, profil
         rec.stop.set()
 
         latencies = [rec.job_added[n] - applied[n] for n in names if n in rec.job_added]
-        status_patches = scrape_status_patches(f"http://127.0.0.1:{metrics_port}/metrics")
+        counters = scrape_metrics(f"http://127.0.0.1:{metrics_port}/metrics", OPERATOR_COUNTERS)
+        status_patches = counters["status_patches"]
         with rec.lock:
             changes = [rec.status_changes.get(n, 0) for n in names]
             updates = [rec.updates.get(n, 0) for n in names]
@@ -399,6 +410,12 @@ def run_once(args: argparse.Namespace, command: list[str], log_path: str, profil
             updates_per_resource_mean=round(statistics.mean(updates), 2),
             operator_status_patches_total=status_patches,
             operator_status_patches_per_resource=round(status_patches / args.n, 2) if status_patches else None,
+            operator_reconciles_per_resource=round(counters["reconciles"] / args.n, 2)
+            if counters["reconciles"]
+            else None,
+            operator_api_requests_per_resource=(
+                round(counters["api_requests"] / args.n, 2) if counters["api_requests"] else None
+            ),
             operator_cpu_s_until_all_jobs=round(cpu_burst, 2),
             load_average_1m=round(os.getloadavg()[0], 2),
             rss_idle_mb=round(rss_idle / 2**20, 1),
@@ -446,6 +463,8 @@ def main() -> int:
             args, [sys.executable, str(ROOT / "bench" / "bare_controller.py")], args.operator_log + ".bare"
         )
         for key in (
+            "operator_reconciles_per_resource",
+            "operator_api_requests_per_resource",
             "operator_status_patches_total",
             "operator_status_patches_per_resource",
             "status_changes_per_resource_mean",

@@ -95,6 +95,7 @@ def namespace(kube: Kube) -> Iterator[str]:
     kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     yield name
     kube.delete(f"/api/v1/namespaces/{name}")
+    kube.remove_pods(name)
 
 
 @pytest.fixture(scope="session")

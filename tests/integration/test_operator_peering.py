@@ -76,3 +76,4 @@ def test_only_the_leading_peer_acts(kube, tmp_path):
         standby.stop()
         leader.stop()
         kube.delete(f"/api/v1/namespaces/{ns}")
+        kube.remove_pods(ns)

@@ -108,3 +108,4 @@ def test_operator_works_with_its_documented_rbac_only(kube, tmp_path):
         kube.delete(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{role}")
         kube.delete(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{role}")
         kube.delete(f"/api/v1/namespaces/{ns}")
+        kube.remove_pods(ns)

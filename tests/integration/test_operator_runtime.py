@@ -174,3 +174,4 @@ def test_crash_after_creating_only_the_job_is_repaired(kube, tmp_path):
             op.stop()
     finally:
         kube.delete(f"/api/v1/namespaces/{ns}")
+        kube.remove_pods(ns)

@@ -242,6 +242,12 @@ class Kube:
         }
         return self.merge_patch(self._pod_path(pod, "status"), {"status": status})
 
+    def remove_pods(self, namespace: str) -> None:
+        """Remove every pod of a namespace at once: pods bound to the fake node would otherwise wait
+        forever for a kubelet to confirm their graceful deletion, and the namespace with them."""
+        for pod in self.items(f"/api/v1/namespaces/{namespace}/pods"):
+            self.kubelet_remove(pod)
+
     def kubelet_remove(self, pod: dict) -> None:
         """What the kubelet does once a deleted pod's containers stopped: remove it for good."""
         self.delete(self._pod_path(pod), {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})

@@ -159,3 +159,12 @@ def test_make_reporter_adds_status_sink_only_with_name_and_namespace(monkeypatch
     assert [type(s).__name__ for s in r.sinks] == ["StdoutSink", "StatusSink"]
     r.emit("end")
     assert _Handler.seen and _Handler.seen[0][2]["status"]["progress"]["totalSteps"] == 0
+
+
+def test_status_body_carries_the_printer_column_strings():
+    body = ev("log", 40, loss=1.23456789, eta_seconds=200).status_body()
+    prog = body["status"]["progress"]
+    assert prog["display"] == "40/100 (40%)"  # the Progress column of kubectl get
+    assert prog["eta"] == "3m20s"  # the ETA column
+    assert prog["percent"] == 40.0 and prog["etaSeconds"] == 200
+    assert body["status"]["metrics"]["loss"] == 1.2346  # the Loss column, 4 decimals

@@ -75,8 +75,9 @@ class ProgressEvent:
         return out
 
     def status_body(self, now: datetime | None = None) -> dict[str, Any]:
-        progress = Progress(
-            step=self.step, total_steps=self.total_steps, epoch=_round(self.epoch, 4), percent=self.percent,
+        # Progress.build derives percent and the display strings the printer columns show.
+        progress = Progress.build(
+            self.step, self.total_steps, epoch=_round(self.epoch, 4),
             eta_seconds=self.eta_seconds, tokens_per_second=_round(self.tokens_per_second, 1),
             resumed_from_step=self.resumed_from_step,
             updated_at=(now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),

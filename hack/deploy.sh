@@ -16,7 +16,10 @@ SECRET=s3-credentials
   --from-literal=AWS_ACCESS_KEY_ID=demo --from-literal=AWS_SECRET_ACCESS_KEY=demo-secret \
   --dry-run=client -o yaml | "$BIN/kubectl" apply -f - >/dev/null
 
-"$BIN/helm" upgrade --install "$RELEASE" charts/lora-finetune-operator -n "$NS" --create-namespace \
+# LFT_WATCH_NAMESPACES=a,b limits the operator to those namespaces (default: all).
+watch=()
+[ -n "${LFT_WATCH_NAMESPACES:-}" ] && watch=(--set "watchNamespaces={$LFT_WATCH_NAMESPACES}")
+"$BIN/helm" upgrade --install "$RELEASE" charts/lora-finetune-operator -n "$NS" --create-namespace "${watch[@]}" \
   --set image.repository=lft/operator --set image.tag=dev --set image.pullPolicy=Never \
   --set trainer.image=lft/trainer:cpu --set trainer.pullPolicy=Never \
   --set storage.endpoint="$LFT_S3_ENDPOINT" --set storage.secretName="$SECRET" \

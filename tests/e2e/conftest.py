@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import boto3
@@ -18,6 +17,16 @@ from tests.e2e.kube import Kube
 REPO = Path(__file__).resolve().parents[2]
 S3_ACCESS_KEY = "e2e-access-key"
 S3_SECRET_KEY = "e2e-secret-key-do-not-leak"  # asserted absent from status, events and logs
+# One fixed namespace per scenario: readable in `kubectl get lft -A`, and an operator installed
+# with a namespace list (LFT_WATCH_NAMESPACES in hack/deploy.sh) can be given exactly these.
+E2E_NAMESPACES = {
+    "test_happy_path": "e2e-happy",
+    "test_pod_killed_mid_run_resumes": "e2e-killed",
+    "test_suspend_then_resume": "e2e-suspend",
+    "test_bad_dataset_fails_fast_without_retries": "e2e-baddata",
+    "test_delete_while_running_collects_children_keeps_checkpoints": "e2e-delete",
+    "test_operator_pod_deleted_mid_run": "e2e-oprestart",
+}
 
 
 def _require(condition: bool, why: str) -> None:
@@ -72,7 +81,9 @@ def s3(s3_host_endpoint):
 @pytest.fixture
 def namespace(kube: Kube, request):
     """A fresh namespace per scenario holding the storage credentials Secret; deleted afterwards."""
-    name = f"e2e-{request.node.name.replace('_', '-')[5:30].strip('-')}-{uuid.uuid4().hex[:5]}".lower()
+    name = E2E_NAMESPACES[request.node.name]
+    if kube.run("get", "namespace", name, check=False).returncode == 0:  # left by an earlier run
+        kube.run("delete", "namespace", name, "--timeout=180s")
     kube.run("create", "namespace", name)
     kube.run("create", "secret", "generic", "s3-credentials", "-n", name,
              f"--from-literal=AWS_ACCESS_KEY_ID={S3_ACCESS_KEY}",

@@ -251,3 +251,22 @@ def test_assistant_only_loss_and_prompt_completion_rows(tiny_model, tmp_path, mo
     assert code == 0, capsys.readouterr().out[-3000:]
     summary = json.loads((tmp_path / "out2/training_summary.json").read_text())
     assert summary["dataset"]["format"] == "prompt-completion" and summary["steps"] == 4
+
+
+def test_resume_from_the_final_checkpoint_trains_no_extra_step(s3_bucket, tiny_model, tmp_path, monkeypatch,
+                                                                capsys):
+    # An attempt that dies after uploading its last checkpoint (or a re-run into the same output)
+    # resumes at step == maxSteps: it must finish there, not train step maxSteps + 1.
+    cfg = config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url, maxSteps=20, evalSteps=20)
+    cfg["checkpointing"] = {"everySteps": 10, "keepLast": 2}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    code, first = run_in_process(cfg, tmp_path / "a", monkeypatch)
+    assert code == 0 and first["step"] == 20
+    code, again = run_in_process(cfg, tmp_path / "b", monkeypatch)
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert again["resumedFromStep"] == 20 and again["step"] == again["totalSteps"] == 20
+    assert not [e for e in progress_lines(out.split('"kind":"end"')[-1]) if e.get("step", 0) > 20]
+    summary = json.loads(s3_bucket.get_bytes("run/training_summary.json"))
+    assert summary["steps"] == 20 and summary["resumedFromStep"] == 20

@@ -441,7 +441,17 @@ def run(config: TrainerConfig, reporter=None, preemption: Preemption | None = No
 
         if preemption.requested.is_set():
             return _preempted(config, uploader, reporter, step=resumed_from or 0, resumed_from=resumed_from)
-        result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+        if resume_dir is not None and resumed_from and 0 < reporter.total_steps <= resumed_from:
+            # The previous attempt ended right after its last checkpoint: HF's Trainer would train one
+            # step past max_steps on resume. Take the checkpoint's weights and state and finish.
+            from transformers import TrainerState
+
+            trainer._load_from_checkpoint(str(resume_dir))
+            trainer.state = TrainerState.load_from_json(str(resume_dir / "trainer_state.json"))
+            train_runtime = 0.0
+        else:
+            result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+            train_runtime = result.metrics.get("train_runtime")
         timer.mark("train")
         state = trainer.state
         if control_cb.preempted_at_step is not None:
@@ -482,7 +492,7 @@ def run(config: TrainerConfig, reporter=None, preemption: Preemption | None = No
             "metrics": {"trainLoss": train_loss, "evalLossBefore": eval_before, "evalLossAfter": eval_after,
                         "evalLossImprovement": (eval_before - eval_after)
                         if eval_before is not None and eval_after is not None else None,
-                        "trainRuntimeSeconds": result.metrics.get("train_runtime"),
+                        "trainRuntimeSeconds": train_runtime,
                         "trainTokensPerSecond": reporter.tokens_per_second},
             "steps": state.global_step,
             "totalSteps": state.max_steps,

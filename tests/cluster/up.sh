@@ -118,7 +118,8 @@ start_apiserver() {
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode Node,RBAC \
     --enable-admission-plugins NodeRestriction \
-    --allow-privileged=true --profiling=false --event-ttl 1h --v 1
+    --allow-privileged=true --profiling=false --event-ttl 1h --v 1 \
+    --feature-gates TTLAfterFinished=true
   wait_for kube-apiserver 120 curl -fsS --cacert "$PKI_DIR/ca.crt" \
     --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz"
 }
@@ -131,7 +132,8 @@ start_controller_manager() {
     --controllers '*' --use-service-account-credentials=true \
     --service-account-private-key-file "$PKI_DIR/sa.key" --root-ca-file "$PKI_DIR/ca.crt" \
     --cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key" \
-    --allocate-node-cidrs=false --v 1
+    --allocate-node-cidrs=false --v 1 \
+    --feature-gates TTLAfterFinished=true
 }
 
 start_scheduler() {

@@ -79,9 +79,13 @@ def s3(s3_host_endpoint):
 
 
 @pytest.fixture
-def namespace(kube: Kube, request):
-    """A fresh namespace per scenario holding the storage credentials Secret; deleted afterwards."""
+def namespace(kube: Kube, s3, request):
+    """A fresh namespace per scenario holding the storage credentials Secret; deleted afterwards.
+    The scenario's output prefix (e2e/<namespace>/) starts empty: a run resumes from checkpoints it finds."""
     name = E2E_NAMESPACES[request.node.name]
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lft", Prefix=f"e2e/{name}/"):
+        for obj in page.get("Contents", []):
+            s3.delete_object(Bucket="lft", Key=obj["Key"])
     if kube.run("get", "namespace", name, check=False).returncode == 0:  # left by an earlier run
         kube.run("delete", "namespace", name, "--timeout=180s")
     kube.run("create", "namespace", name)

@@ -162,7 +162,7 @@ def test_bad_dataset_fails_fast_without_retries(kube, s3, s3_endpoint, namespace
     message = obj["status"].get("message", "")
     assert "row 7" in message and "robot" in message, message
     failed = condition(obj, "Failed")
-    assert failed.get("status") == "True" and failed.get("reason") == "InvalidInput", failed
+    assert failed.get("status") == "True" and failed.get("reason") == "InvalidDataset", failed
     events = kube.events(namespace, name)
     assert any(e["reason"] == "Failed" and "row 7" in e.get("message", "") for e in events), events
     time.sleep(5)  # no retry may follow

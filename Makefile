@@ -23,11 +23,11 @@ venv: ## Create .venv with the pinned dependencies (idempotent)
 test: venv ## Everything: unit, integration (real API server), end to end (real cluster, images, S3)
 	bash hack/test-all.sh
 
-test-unit: venv ## Unit tests and trainer tests against a local S3 server (no cluster)
-	$(PYTEST) tests/unit tests/integration --ignore-glob='*test_operator_*' -q
+test-unit: venv ## Unit tests: pure functions, no cluster (chart tests use helm when installed)
+	$(PYTEST) tests/unit -q
 
-test-integration: venv cluster-api ## Operator integration tests on a real kube-apiserver + etcd + controller-manager
-	LFT_REQUIRE_CLUSTER=1 $(PYTEST) tests/integration/test_operator_*.py -q
+test-integration: venv cluster-api ## Trainer on a real S3 server; operator, chart, status sink on a real API server
+	LFT_REQUIRE_CLUSTER=1 $(PYTEST) tests/integration -q
 
 e2e: venv cluster-up images s3-up deploy ## End-to-end scenarios on the local cluster
 	LFT_REQUIRE_CLUSTER=1 $(PYTEST) tests/e2e -q

@@ -126,7 +126,7 @@ def test_retry_succeeds_after_transient_errors():
     assert retry_call(flaky, "op", policy, sleep=fc.sleep, clock=fc.clock) == "ok"
     assert len(calls) == 4
     # exponential with +-20% jitter: ~1, ~2, ~4
-    for got, base in zip(fc.sleeps, [1, 2, 4]):
+    for got, base in zip(fc.sleeps, [1, 2, 4], strict=True):
         assert 0.8 * base <= got <= 1.2 * base
 
 

@@ -98,9 +98,8 @@ def test_datasets_from_checked_rows_and_from_a_sampled_huge_file():
 
 
 def test_rows_longer_than_max_length_are_counted(tmp_path):
-    from transformers import AutoTokenizer
-
     from lft_trainer import preflight, tiny_model
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model.build(tmp_path / "m"))
     short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}

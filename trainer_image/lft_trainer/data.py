@@ -95,7 +95,7 @@ def resolve(spec: DatasetSpec, storage_spec: StorageSpec | None, cache_dir: Path
             if not is_dir and not remote.exists():
                 raise FileNotFoundError(uri)
         except FileNotFoundError:
-            raise InvalidInput(DATASET_NOT_FOUND, f"dataset {uri} does not exist", file=uri, field="dataset.uri")
+            raise InvalidInput(DATASET_NOT_FOUND, f"dataset {uri} does not exist", file=uri, field="dataset.uri") from None
         dest = cache_dir / "dataset"
         if is_dir:
             names = [n for n in names if _kind(n)]
@@ -134,7 +134,7 @@ def iter_file_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
         else:
             yield from _jsonl_rows(f)
     except OSError as exc:
-        raise InvalidInput(UNREADABLE, f"{f.display}: cannot read the file ({exc.strerror or exc})", file=f.display)
+        raise InvalidInput(UNREADABLE, f"{f.display}: cannot read the file ({exc.strerror or exc})", file=f.display) from None
 
 
 def _jsonl_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
@@ -163,7 +163,7 @@ def _json_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(UNREADABLE, f"{f.display}: not valid UTF-8 (byte {exc.start})", file=f.display)
+        raise InvalidInput(UNREADABLE, f"{f.display}: not valid UTF-8 (byte {exc.start})", file=f.display) from None
     if not text.strip():
         raise InvalidInput(INVALID, f"{f.display}: the file is empty (no rows)", file=f.display)
     try:
@@ -173,7 +173,7 @@ def _json_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
             yield from _jsonl_rows(DataFile(f.path, f.display, "jsonl"))
             return
         raise InvalidInput(INVALID, f"{f.display}: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                           file=f.display, row=exc.lineno)
+                           file=f.display, row=exc.lineno) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]} / {"rows": [...]}
     if not isinstance(data, list):
@@ -190,7 +190,7 @@ def _parquet_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
     try:
         pf = pq.ParquetFile(f.path)
     except Exception as exc:  # ArrowInvalid and friends: the bytes are not Parquet
-        raise InvalidInput(UNREADABLE, f"{f.display}: not a readable Parquet file ({exc})", file=f.display)
+        raise InvalidInput(UNREADABLE, f"{f.display}: not a readable Parquet file ({exc})", file=f.display) from None
     if pf.metadata.num_rows == 0:
         raise InvalidInput(INVALID, f"{f.display}: the file is empty (no rows)", file=f.display)
     n = 0

@@ -53,19 +53,19 @@ def load_config(path: str | Path) -> TrainerConfig:
     try:
         raw = json.loads(p.read_text())
     except FileNotFoundError:
-        raise InvalidInput(INVALID_CONFIG, f"config file {p} does not exist", file=str(p))
+        raise InvalidInput(INVALID_CONFIG, f"config file {p} does not exist", file=str(p)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(INVALID_CONFIG, f"config file {p}: cannot read it ({exc})", file=str(p))
+        raise InvalidInput(INVALID_CONFIG, f"config file {p}: cannot read it ({exc})", file=str(p)) from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(INVALID_CONFIG, f"config file {p}: invalid JSON: {exc.msg} at line {exc.lineno}",
-                           file=str(p), row=exc.lineno)
+                           file=str(p), row=exc.lineno) from None
     try:
         return TrainerConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ()))
         raise InvalidInput(INVALID_CONFIG, f"config file {p}: {format_validation_error(exc)}", file=str(p),
-                           field=loc or None)
+                           field=loc or None) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def check_quantization(lora: LoraSpec, cuda_available: bool) -> None:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise InvalidInput(UNSUPPORTED_HARDWARE, f"lora.quantization {lora.quantization!r} needs the bitsandbytes "
-                           "package, which this trainer image lacks", field="lora.quantization")
+                           "package, which this trainer image lacks", field="lora.quantization") from None
 
 
 def check_model(model: ModelSpec, storage_spec: StorageSpec | None) -> None:

@@ -101,6 +101,7 @@ class Reconciler:
         self._events: set[asyncio.Task[None]] = set()
         self._event_slots = asyncio.Semaphore(EVENT_CONCURRENCY)
         self._secret_check_allowed = True
+        self._refusals: dict[tuple[str, str], int] = {}  # status writes refused in a row, by resource
         self._instance = os.environ.get("HOSTNAME", "lft-operator")
 
     # --- triggers -------------------------------------------------------------------------------
@@ -139,6 +140,7 @@ class Reconciler:
         self.queue.forget((namespace, name))
         self._fingerprints.pop((namespace, name), None)
         self._fresh.pop((namespace, name), None)
+        self._refusals.pop((namespace, name), None)
         self.phases.set((namespace, name), None)
 
     async def resync_forever(self) -> None:
@@ -209,7 +211,8 @@ class Reconciler:
             try:
                 written = await self.kube.json_patch(
                     resource_path(namespace, name, "status"),
-                    status_json_patch(owner.uid, body.get("status"), decision.patch),
+                    status_json_patch(owner.uid, body.get("status"), decision.patch,
+                                      body["metadata"].get("resourceVersion")),
                 )
                 # The watch event of this write needs no reconcile: this one computed it.
                 self._fingerprints[(namespace, name)] = resource_fingerprint(written)
@@ -217,12 +220,21 @@ class Reconciler:
                 if e.status == 404:
                     return  # deleted meanwhile
                 if e.status in (409, 422):
-                    # The uid test failed (re-created under the same name), a removed key was already
-                    # gone, or the status is invalid: log it, and look again a little later.
+                    # A failed test op: changed since read (often a trainer progress patch; the server
+                    # does not say which test failed) or re-created under the same name. Nothing of the
+                    # stale decision was written: decide again on a fresh read, at once. Refused again
+                    # right after a fresh read means an invalid status: log it, look again later.
+                    self._fresh.pop((namespace, name), None)
+                    refusals = self._refusals.get((namespace, name), 0) + 1
+                    self._refusals[(namespace, name)] = refusals
+                    if refusals == 1:
+                        self.queue.add_after((namespace, name), 0.05)
+                        return
                     logger.warning("status patch of %s/%s refused: %s", namespace, name, e.message)
                     self.queue.add_after((namespace, name), 5.0)
                     return
                 raise
+            self._refusals.pop((namespace, name), None)
             metrics.STATUS_PATCHES.inc()
         self.phases.set((namespace, name), decision.status.get("phase"))
 

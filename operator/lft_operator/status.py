@@ -103,13 +103,19 @@ class Decision:
     job_patches: list[dict[str, Any]] = field(default_factory=list)
 
 
-def status_json_patch(uid: str, current: dict[str, Any] | None, patch: dict[str, Any]) -> list[dict[str, Any]]:
-    """JSON patch writing `patch` (merge-patch semantics: None removes) into status, guarded by a uid test.
+def status_json_patch(
+    uid: str, current: dict[str, Any] | None, patch: dict[str, Any], resource_version: str | None = None
+) -> list[dict[str, Any]]:
+    """JSON patch writing `patch` (merge-patch semantics: None removes) into status, guarded by test ops.
 
-    The test op makes the API server refuse the write if the resource was deleted and re-created
-    under the same name since it was read (metadata in a merge patch of /status is ignored).
+    The uid test makes the API server refuse the write if the resource was deleted and re-created
+    under the same name since it was read (metadata in a merge patch of /status is ignored). The
+    resourceVersion test refuses a decision made from a stale read (optimistic concurrency): its
+    transition events would be posted twice, and its status could undo a newer one.
     """
     ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+    if resource_version:
+        ops.append({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})
     if not current:
         # "add" replaces an existing (empty) status too.
         ops.append({"op": "add", "path": "/status", "value": {k: v for k, v in patch.items() if v is not None}})

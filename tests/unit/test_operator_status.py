@@ -313,6 +313,15 @@ def test_status_json_patch_is_guarded_by_the_uid():
     ]
 
 
+def test_status_json_patch_is_guarded_by_the_resource_version_read():
+    ops = status_json_patch("u", {"phase": "Running"}, {"phase": "Succeeded"}, resource_version="42")
+    assert ops[:2] == [
+        {"op": "test", "path": "/metadata/uid", "value": "u"},
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
+    ]
+    assert ops[2:] == [{"op": "add", "path": "/status/phase", "value": "Succeeded"}]
+
+
 def test_a_pod_deleted_before_it_started_is_no_attempt():
     job = job_view()
     _, status = step(observe(job=job, pods=[running("p1")]))

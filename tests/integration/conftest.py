@@ -71,7 +71,8 @@ def _install_crd(kube: Kube) -> None:
 
     def established() -> bool:
         body = kube.get(f"{path}/{crd['metadata']['name']}") or {}
-        conds = body.get("status", {}).get("conditions", [])
+        # A CRD created a moment ago has "conditions": null (seen on a fresh etcd).
+        conds = (body.get("status") or {}).get("conditions") or []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
 
     wait_until(established, 30, what="CRD established")

@@ -20,15 +20,7 @@ pytestmark = pytest.mark.integration
 def _service_account_kubeconfig(kube: Kube, namespace: str, name: str, path: Path) -> str:
     """A kubeconfig that authenticates with the ServiceAccount's token (1.20: a token Secret)."""
 
-    def token_secret() -> dict | None:
-        sa = kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}") or {}
-        for ref in sa.get("secrets", []):
-            secret = kube.get(f"/api/v1/namespaces/{namespace}/secrets/{ref['name']}")
-            if secret and secret.get("data", {}).get("token"):
-                return secret
-        return None
-
-    secret = wait_until(token_secret, 30, what="the ServiceAccount's token Secret")
+    secret = kube.service_account_token_secret(namespace, name)
     admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
     cluster = admin["clusters"][0]["cluster"]
     config = {

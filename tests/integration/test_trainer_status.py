@@ -14,7 +14,7 @@ from lft_trainer import progress
 from lft_trainer.contract import CheckpointRef
 
 from tests.integration.test_operator_lifecycle import spec
-from tests.support.kube import Kube, wait_until
+from tests.support.kube import Kube
 
 pytestmark = pytest.mark.integration
 
@@ -22,15 +22,7 @@ pytestmark = pytest.mark.integration
 def _service_account_dir(kube: Kube, namespace: str, name: str, dest: Path) -> Path:
     """What the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount (1.20: a token Secret)."""
 
-    def token_secret() -> dict | None:
-        sa = kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}") or {}
-        for ref in sa.get("secrets", []):
-            secret = kube.get(f"/api/v1/namespaces/{namespace}/secrets/{ref['name']}")
-            if secret and secret.get("data", {}).get("token"):
-                return secret
-        return None
-
-    secret = wait_until(token_secret, 30, what="the trainer ServiceAccount's token Secret")
+    secret = kube.service_account_token_secret(namespace, name)
     dest.mkdir(parents=True)
     for key in ("token", "ca.crt"):
         (dest / key).write_bytes(base64.b64decode(secret["data"][key]))

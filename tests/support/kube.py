@@ -105,6 +105,19 @@ class Kube:
                 return None
             raise
 
+    def service_account_token_secret(self, namespace: str, name: str, timeout: float = 30) -> dict:
+        """The ServiceAccount's token Secret (1.20 makes one per ServiceAccount), once it has a token."""
+
+        def token_secret() -> dict | None:
+            sa = self.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}") or {}
+            for ref in sa.get("secrets", []):
+                secret = self.get(f"/api/v1/namespaces/{namespace}/secrets/{ref['name']}")
+                if secret and secret.get("data", {}).get("token"):
+                    return secret
+            return None
+
+        return wait_until(token_secret, timeout, what=f"ServiceAccount {namespace}/{name}'s token Secret")
+
     def create(self, path: str, body: dict, **kw) -> Any:
         return self.request("POST", path, body, **kw)
 

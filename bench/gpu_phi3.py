@@ -71,7 +71,7 @@ class GpuMemoryPoller(threading.Thread):
             time.sleep(0.5)
 
 
-def run_case(name: str, model_dir: Path, work: Path, steps: int, **lora) -> dict:
+def run_case(name: str, model_dir: Path, work: Path, steps: int, merge: bool = False, **lora) -> dict:
     out = work / f"out-{name}"
     config = {
         "model": {"name": str(model_dir), "dtype": "auto"},
@@ -80,7 +80,7 @@ def run_case(name: str, model_dir: Path, work: Path, steps: int, **lora) -> dict
         "training": {"maxSteps": steps, "batchSize": 8, "gradientAccumulationSteps": 1, "maxLength": 512,
                      "packing": True, "loggingSteps": 5, "evalSteps": steps},
         "checkpointing": {"everySteps": steps, "keepLast": 1},
-        "output": {"uri": str(out)},
+        "output": {"uri": str(out), "mergeAdapter": merge},
     }
     cfg_path = work / f"config-{name}.json"
     cfg_path.write_text(json.dumps(config))
@@ -100,7 +100,9 @@ def run_case(name: str, model_dir: Path, work: Path, steps: int, **lora) -> dict
                       tokensPerSecond=s["metrics"].get("trainTokensPerSecond"),
                       trainRuntimeSeconds=s["metrics"].get("trainRuntimeSeconds"),
                       trainable=s.get("trainableParameters"), total=s.get("totalParameters"),
-                      adapterFiles=sorted(f["name"] for f in s.get("files", [])))
+                      adapterFiles=sorted(f["name"] for f in s.get("files", [])),
+                      mergedUri=s.get("mergedUri"),
+                      mergedFiles=sorted(p.name for p in (out / "merged").iterdir()) if (out / "merged").is_dir() else None)
     else:
         result["stderrTail"] = proc.stderr[-3000:]
         result["stdoutTail"] = proc.stdout[-1500:]
@@ -113,6 +115,8 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", default="/tmp/lft-gpu")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--cases", default="bf16-lora,qlora-4bit",
+                    help="comma list of: bf16-lora, qlora-4bit, lora-8bit, qlora-4bit-merged")
     ap.add_argument("--small", action="store_true", help="CPU smoke test of this script: a 2-layer model, LoRA only")
     args = ap.parse_args()
     import torch
@@ -123,9 +127,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     model_dir = work / "phi3-mini-random"
     build_model(model_dir, args.small)
-    results = [run_case("bf16-lora", model_dir, work, args.steps)]
-    if not args.small:
-        results.append(run_case("qlora-4bit", model_dir, work, args.steps, quantization="4bit"))
+    cases = {
+        "bf16-lora": {},
+        "qlora-4bit": {"quantization": "4bit"},
+        "lora-8bit": {"quantization": "8bit"},
+        "qlora-4bit-merged": {"quantization": "4bit", "merge": True},
+    }
+    wanted = ["bf16-lora"] if args.small else args.cases.split(",")
+    results = [run_case(name, model_dir, work, args.steps, **cases[name]) for name in wanted]
     Path(args.out, "gpu_phi3.json").write_text(json.dumps(results, indent=1))
     return 0 if all(r["exitCode"] == 0 for r in results) else 1
 

@@ -102,13 +102,17 @@ class Reconciler:
         self._event_slots = asyncio.Semaphore(EVENT_CONCURRENCY)
         self._secret_check_allowed = True
         self._refusals: dict[tuple[str, str], int] = {}  # status writes refused in a row, by resource
+        # Resource body and Job a reconcile just created, for the follow-up reconcile (the watch cache
+        # may lag behind; nothing in the body changed by the operator yet).
+        self._deferred: dict[tuple[str, str], tuple[dict[str, Any], JobView]] = {}
         self._instance = os.environ.get("HOSTNAME", "lft-operator")
 
     # --- triggers -------------------------------------------------------------------------------
 
     def trigger(self, namespace: str, name: str) -> None:
         self.known.add((namespace, name))
-        self.queue.add((namespace, name))
+        # Never reconciled (see on_resource): its Job does not exist yet, so it goes first.
+        self.queue.add((namespace, name), urgent=(namespace, name) in self._fresh)
 
     def on_resource(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         """A watch event of a LoRAFineTune: reconcile unless only trainer-owned fields changed
@@ -141,6 +145,7 @@ class Reconciler:
         self._fingerprints.pop((namespace, name), None)
         self._fresh.pop((namespace, name), None)
         self._refusals.pop((namespace, name), None)
+        self._deferred.pop((namespace, name), None)
         self.phases.set((namespace, name), None)
 
     async def resync_forever(self) -> None:
@@ -162,7 +167,9 @@ class Reconciler:
     # --- one reconcile --------------------------------------------------------------------------
 
     async def reconcile(self, namespace: str, name: str) -> None:
-        body = self._fresh.pop((namespace, name), None) or await self.kube.get(resource_path(namespace, name))
+        deferred_body, created_job = self._deferred.pop((namespace, name), (None, None))
+        body = (self._fresh.pop((namespace, name), None) or deferred_body
+                or await self.kube.get(resource_path(namespace, name)))
         if body is None:
             self.forget(namespace, name)
             return
@@ -171,7 +178,7 @@ class Reconciler:
         owner = Owner.from_body(body)
         status = body.get("status") or {}
         spec, problems = validate(body.get("spec") or {}, name)
-        job = self._cached_job(owner)
+        job = self._cached_job(owner) or (created_job if created_job and created_job.owner_uid == owner.uid else None)
         job_lost = False
 
         if job is None and status.get("phase") not in TERMINAL_PHASES:
@@ -184,11 +191,17 @@ class Reconciler:
                 if problems:
                     self.queue.add_after((namespace, name), SECRET_RECHECK_SECONDS)
                 else:
+                    # ServiceAccount and Job only, then the rest in a normal-priority reconcile: in a
+                    # burst, Job creation comes first for every new resource (apply -> Job latency).
+                    # That reconcile takes the path below, as after a crash between the two steps.
                     job = await self._ensure_children(owner, spec)
+                    self._deferred[(namespace, name)] = (body, job)
+                    self.queue.add((namespace, name))
+                    return
         elif job is not None and not status.get("jobName") and spec is not None:
-            # A Job that no status records yet: an earlier reconcile created it and stopped (crash,
-            # API error) before writing the status, perhaps before the Job's companions existed.
-            await self._ensure_companions(owner, spec, with_service_account=True)
+            # A Job that no status records yet: just created (above), or an earlier reconcile created
+            # it and stopped (crash, API error) before writing the status and the Job's companions.
+            await self._ensure_companions(owner, spec, with_service_account=created_job is None)
 
         pods = [p for p in self.cache.pods(namespace, name) if job is not None and p.job_uid == job.uid]
         decision = decide(
@@ -311,14 +324,11 @@ class Reconciler:
     async def _ensure_children(self, owner: Owner, spec: Any) -> JobView:
         if spec.pod_template.service_account_name is None:
             # Before the Job: the Job controller's pod is rejected while its ServiceAccount is missing
-            # (and then retried only after a 10 s+ backoff). The rest may follow: the kubelet waits
-            # for a missing ConfigMap, and the RoleBinding matters only once the trainer runs.
+            # (and then retried only after a 10 s+ backoff). The rest follows in the next reconcile:
+            # the kubelet waits for a missing ConfigMap, and the RoleBinding matters only once the
+            # trainer runs.
             await self._create(builders.service_account(owner))
-        results = await asyncio.gather(
-            self._create(builders.job(owner, spec, self.settings)),
-            self._ensure_companions(owner, spec, with_service_account=False),
-        )
-        body, created = results[0]
+        body, created = await self._create(builders.job(owner, spec, self.settings))
         if controller_uid(body["metadata"]) != owner.uid:
             raise RetryLater(f"Job {builders.job_name(owner.name)} belongs to an earlier namesake, being deleted")
         if created:

@@ -3,11 +3,17 @@
 Watch events for a LoRAFineTune, its Job and its pods all trigger the same key; while a
 reconcile runs, further triggers collapse into one rerun. Failures are retried with an
 exponential backoff (the controller-runtime workqueue, in a few lines of asyncio).
+
+Urgent keys (resources never reconciled: nothing exists for them yet) take the next free worker
+before the others: in a burst of new resources, the companions, status writes and Events of the
+ones already started must not delay the creation of the next Jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 
@@ -23,14 +29,20 @@ class WorkQueue:
         max_backoff: float = 60.0,
     ):
         self._handler = handler
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self._free = concurrency
+        # Workers waiting for a slot: a heap of (0 urgent / 1 normal, arrival order, future).
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._urgent: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
         self._tasks: dict[Hashable, asyncio.Task[None]] = {}
         self._base_backoff = base_backoff
         self._max_backoff = max_backoff
         self.failures = 0
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Hashable, urgent: bool = False) -> None:
+        if urgent:
+            self._urgent.add(key)
         self._dirty.add(key)
         if key not in self._tasks:
             self._tasks[key] = asyncio.get_running_loop().create_task(self._worker(key), name=f"reconcile {key}")
@@ -40,6 +52,28 @@ class WorkQueue:
 
     def forget(self, key: Hashable) -> None:
         self._dirty.discard(key)
+        self._urgent.discard(key)
+
+    async def _acquire(self, urgent: bool) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (0 if urgent else 1, next(self._order), slot))
+        try:
+            await slot
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled():
+                self._release()  # granted while being cancelled: pass the slot on
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, slot = heapq.heappop(self._waiting)
+            if not slot.done():
+                slot.set_result(None)  # the slot passes straight to the most urgent waiter
+                return
+        self._free += 1
 
     @property
     def busy(self) -> int:
@@ -51,8 +85,13 @@ class WorkQueue:
             while key in self._dirty:
                 self._dirty.discard(key)
                 try:
-                    async with self._semaphore:
+                    urgent = key in self._urgent
+                    self._urgent.discard(key)
+                    await self._acquire(urgent)
+                    try:
                         await self._handler(key)
+                    finally:
+                        self._release()
                     attempt = 0
                 except asyncio.CancelledError:
                     raise

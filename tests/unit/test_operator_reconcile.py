@@ -12,9 +12,12 @@ from lft_operator.views import JobView, PodView
 class RecordingQueue:
     def __init__(self) -> None:
         self.added: list = []
+        self.urgent: list = []
 
-    def add(self, key) -> None:
+    def add(self, key, urgent: bool = False) -> None:
         self.added.append(key)
+        if urgent:
+            self.urgent.append(key)
 
     def forget(self, key) -> None:
         pass
@@ -74,3 +77,11 @@ def test_child_events_trigger_only_on_relevant_changes():
     reconciler.on_child("ns", "r", "p1", PodView(name="p", uid="p1", created="t", phase="Running", running=True))
     reconciler.on_child("ns", "r", "p1", None)  # deleted
     assert len(queue.added) == 5
+
+
+def test_never_reconciled_resources_are_urgent():
+    reconciler, queue = make_reconciler()
+    reconciler.on_resource("ns", "new", body())  # no observedGeneration yet: nothing exists for it
+    reconciler.on_resource("ns", "old", body(observedGeneration=1, phase="Running"))
+    assert queue.urgent == [("ns", "new")]
+    assert queue.added == [("ns", "new"), ("ns", "old")]

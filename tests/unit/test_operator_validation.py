@@ -141,3 +141,33 @@ async def _fail_once(calls: list, key) -> None:
     calls.append(key)
     if len(calls) == 1:
         raise RuntimeError("transient")
+
+
+def test_workqueue_gives_the_next_free_worker_to_urgent_keys():
+    order: list[str] = []
+    gate = None
+
+    async def handler(key):
+        order.append(key)
+        if key == "busy":
+            await gate.wait()
+
+    async def scenario():
+        nonlocal gate
+        gate = asyncio.Event()
+        q = WorkQueue(handler, concurrency=1)
+        q.add("busy")
+        await asyncio.sleep(0.01)  # "busy" holds the only worker
+        for key in ("status-1", "status-2"):
+            q.add(key)
+        await asyncio.sleep(0.01)
+        q.add("new", urgent=True)  # arrives last, runs first
+        await asyncio.sleep(0.01)
+        gate.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not q.busy:
+                break
+
+    asyncio.run(scenario())
+    assert order == ["busy", "new", "status-1", "status-2"]

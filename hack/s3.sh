@@ -31,6 +31,14 @@ case "${1:-start}" in
   start)
     mkdir -p "$STATE/s3"
     url=$(endpoint)
+    if running && ! curl -fsS -o /dev/null --max-time 5 "$url/" 2>/dev/null; then
+      # Alive but broken (e.g. its virtualenv was deleted under it): replace it.
+      echo "S3 server (pid $(cat "$PIDFILE")) does not answer; restarting it" >&2
+      kill "$(cat "$PIDFILE")" 2>/dev/null || true
+      sleep 1
+      kill -9 "$(cat "$PIDFILE")" 2>/dev/null || true
+      rm -f "$PIDFILE"
+    fi
     if ! running; then
       host=${url#http://}; host=${host%:*}
       nohup "$PY" -m moto.server -H "$host" -p "$PORT" >"$LOG" 2>&1 &

@@ -12,7 +12,7 @@ export KUBECONFIG ?= /var/lib/lft/cluster/kubeconfig
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help venv test test-unit test-integration e2e demo kind-e2e images cluster-up cluster-api cluster-down \
-        s3-up s3-down deploy lint crds bench
+        s3-up s3-down deploy undeploy lint crds bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ test: venv ## Everything: unit, integration (real API server), end to end (real 
 test-unit: venv ## Unit tests: pure functions, no cluster (chart tests use helm when installed)
 	$(PYTEST) tests/unit -q
 
-test-integration: venv cluster-api ## Trainer on a real S3 server; operator, chart, status sink on a real API server
+test-integration: venv cluster-api undeploy ## Trainer on a real S3 server; operator, chart, status sink on a real API server
 	LFT_REQUIRE_CLUSTER=1 $(PYTEST) tests/integration -q
 
 e2e: venv cluster-up images s3-up deploy ## End-to-end scenarios on the local cluster
@@ -58,6 +58,9 @@ s3-down:
 
 deploy: ## Install/upgrade the operator with the Helm chart into the local cluster
 	bash hack/deploy.sh
+
+undeploy: ## Remove the operator installed by deploy (integration tests run their own)
+	bash hack/undeploy.sh
 
 crds: venv ## Regenerate crds/ and the chart's CRDs from the pydantic spec
 	$(PY) -m lft_operator.crdgen --write

@@ -32,11 +32,7 @@ suite lint -- "${PY%/python}/ruff" check operator trainer_image tests bench
 # Integration tests need the API server (operator, chart install, trainer status sink) and a local
 # S3 server they start themselves; API-server-only mode is enough.
 if suite cluster-api -- bash tests/cluster/up.sh --api-only; then
-  # They run their own operator processes: an in-cluster operator left by an earlier `make deploy`
-  # (its Deployment survives a restart in etcd) would handle the same resources.
-  /var/cache/lft/bin/helm uninstall lora-finetune-operator -n lft-system --wait >/dev/null 2>&1 || true
-  /var/cache/lft/bin/kubectl --kubeconfig "${KUBECONFIG:-/var/lib/lft/cluster/kubeconfig}" wait --for=delete pod \
-    -n lft-system -l app.kubernetes.io/name=lora-finetune-operator --timeout=120s >/dev/null 2>&1 || true
+  bash hack/undeploy.sh  # the tests run their own operator processes
 else
   on_cluster_failure
 fi

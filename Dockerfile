@@ -3,9 +3,8 @@
 #   Ordinary way (network, python:3.11-slim):  docker build -t lft/operator:dev .
 #   Offline here (debootstrap base + host wheels, no network in the build): hack/build-images.sh
 #
-# Only the light deps (kopf, kubernetes, pydantic, ...): no torch. The operator imports
-# lft_trainer.spec / lft_trainer.contract (the one spec definition), so the lft_trainer
-# sources are copied too; its package import pulls in nothing heavy.
+# Only the light deps (kopf, kubernetes, pydantic, ...): no torch, and no trainer code. The
+# operator and the trainer share only the API package (api/lft_api: spec, status, contract).
 # ARGs: BASE_IMAGE, WHEELHOUSE (folder in the context; with wheels -> pip --no-index).
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -39,11 +38,12 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --gid 1000 lft \
     && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/lft --shell /usr/sbin/nologin lft
 COPY --from=deps /opt/venv /opt/venv
-COPY trainer_image/lft_trainer /opt/lft/src/lft_trainer
+COPY api/lft_api /opt/lft/src/lft_api
 COPY operator/lft_operator /opt/lft/src/lft_operator
 # Byte-compile as root (the non-root user cannot write __pycache__), and fail the build
 # early if the shared spec does not import without the ML stack.
-RUN python -m compileall -q /opt/lft/src && python -c "import kopf, lft_trainer.spec, lft_trainer.contract, lft_operator"
+RUN python -m compileall -q /opt/lft/src && python -c "import kopf, lft_api.resource, lft_operator.handlers" \
+    && ! python -c "import lft_trainer" 2>/dev/null
 WORKDIR /home/lft
 LABEL org.opencontainers.image.title="lft-operator"
 USER 1000:1000

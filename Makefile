@@ -66,7 +66,7 @@ crds: venv ## Regenerate crds/ and the chart's CRDs from the pydantic spec
 	$(PY) -m lft_operator.crdgen --write
 
 lint: venv ## ruff + helm lint
-	$(VENV)/bin/ruff check operator trainer_image tests bench
+	$(VENV)/bin/ruff check api operator trainer_image tests bench
 	$(HELM) lint charts/lora-finetune-operator
 
 bench: venv ## Benchmarks: trainer vs cookbook recipe, operator at 200 resources

@@ -16,6 +16,7 @@ import json
 
 import aiohttp
 from aiohttp import web
+
 from lft_operator import builders
 from lft_operator.kube import Kube, collection_path
 from lft_operator.settings import Settings

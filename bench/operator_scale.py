@@ -42,8 +42,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "trainer_image"), str(ROOT / "operator")]
-from lft_trainer.contract import API_GROUP, API_VERSION, KIND, PLURAL  # noqa: E402 - after the sys.path line
+sys.path[:0] = [str(ROOT / "api"), str(ROOT / "operator")]
+from lft_api.contract import API_GROUP, API_VERSION, KIND, PLURAL  # noqa: E402 - after the sys.path line
 
 DEFAULT_KUBECONFIG = "/var/lib/lft/cluster/kubeconfig"
 TARGET_P50_S, TARGET_ALL_S, TARGET_RSS_MB = 0.5, 60.0, 200.0
@@ -337,7 +337,7 @@ def run_once(args: argparse.Namespace, command: list[str], log_path: str, profil
         **os.environ,
         "KUBECONFIG": args.kubeconfig,
         "PYTHONPATH": os.pathsep.join(
-            [p for p in (os.environ.get("LFT_BENCH_PYTHONPATH"), args.operator_path, str(ROOT / "trainer_image")) if p]
+            [p for p in (os.environ.get("LFT_BENCH_PYTHONPATH"), args.operator_path, str(ROOT / "api")) if p]
         ),
         "LFT_NAMESPACES": ns,
         "LFT_TRAINER_IMAGE": "lft/trainer:cpu",

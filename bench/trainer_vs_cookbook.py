@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "trainer_image"))
+sys.path[:0] = [str(REPO / "api"), str(REPO / "trainer_image")]
 DATASET = REPO / "examples/data/chat_tiny.jsonl"
 EVAL_FRACTION = 0.05
 
@@ -109,9 +109,9 @@ def common_eval_loss(model_dir: Path, adapter_dir: Path, eval_file: Path) -> flo
 
 
 def run_ours(model_dir: Path, data_dir: Path, work: Path, epochs: float) -> dict:
+    from lft_api.spec import TrainerConfig
     from lft_trainer import train
     from lft_trainer.progress import Reporter
-    from lft_trainer.spec import TrainerConfig
 
     os.environ[train.ENV_WORK_DIR] = str(work / "ours-work")
     out = work / "ours-out"
@@ -247,7 +247,7 @@ def main() -> None:
     data_dir = split_data(work)
     variants = ["cookbook", "ours"] + (["cookbook-no-gc", "cookbook-no-gc-no-packing"] if args.ablations else [])
     results: dict[str, list[dict]] = {v: [] for v in variants}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "api"), str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")]),
            "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
            "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     for i in range(args.repeats):

@@ -2,8 +2,8 @@
 
 Modules, in the order data flows through them:
 
-- api.py         the spec (lft_trainer.spec.TrainerConfig + operator-only fields) and status models
-- crdgen.py      the CRD, generated from api.py (`python -m lft_operator.crdgen --write|--check`)
+- lft_api        (not here: api/lft_api, shared with the trainer) spec, status, contract, conditions
+- crdgen.py      the CRD, generated from lft_api.resource (`python -m lft_operator.crdgen --write|--check`)
 - handlers.py    kopf wiring: watches of LoRAFineTunes, their Jobs and pods trigger the reconciler
 - reconcile.py   one reconcile: read, validate, create children, decide, write status, post Events
 - validation.py  what the schema cannot say (QLoRA needs a GPU, mounts need volumes, ...) (pure)

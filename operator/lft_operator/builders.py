@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from lft_trainer import contract
+from lft_api import contract
+from lft_api.resource import JOB_SUFFIX, MUTABLE_FIELDS, LoRAFineTuneSpec
 
-from .api import JOB_SUFFIX, MUTABLE_FIELDS, LoRAFineTuneSpec
 from .settings import Settings
 
 NAME_LABEL = f"{contract.API_GROUP}/name"

@@ -16,7 +16,8 @@ import logging
 from typing import Any
 
 import kopf
-from lft_trainer import contract
+
+from lft_api import contract
 
 from . import metrics
 from .builders import NAME_LABEL

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-from lft_trainer import contract
+from lft_api import contract
 
 from . import builders, metrics
 from .builders import Owner

@@ -28,10 +28,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from lft_trainer import contract
-from lft_trainer.contract import Progress, TerminationMessage
+from lft_api import contract
+from lft_api.conditions import (
+    ACCEPTED,
+    CONDITION_TYPES,
+    FAILED,
+    RUNNING,
+    SPEC_CHANGE_IGNORED,
+    SUCCEEDED,
+    SUSPENDED,
+    TERMINAL_PHASES,
+)
+from lft_api.contract import Progress, TerminationMessage
+from lft_api.resource import LoRAFineTuneSpec
 
-from .api import LoRAFineTuneSpec
 from .builders import applied_spec, parallelism_patch, run_policy_patch, stop_patch
 from .views import JobView, PodView
 
@@ -49,17 +59,10 @@ OWNED_FIELDS = (
     "attemptHistory",
     "adapter",
 )
-TERMINAL_PHASES = ("Succeeded", "Failed")
 MAX_FINISHED_HISTORY = 10  # attempts kept in status once their pods are gone
 MAX_MESSAGE = 512
 
-ACCEPTED = "Accepted"
-RUNNING = "Running"
-SUSPENDED = "Suspended"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
-CONDITION_ORDER = (ACCEPTED, RUNNING, SUSPENDED, SUCCEEDED, FAILED, SPEC_CHANGE_IGNORED)
+CONDITION_ORDER = CONDITION_TYPES
 
 
 def now_rfc3339() -> str:

@@ -10,24 +10,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api import MAX_NAME_LENGTH, LoRAFineTuneSpec
+from lft_api.errors import format_validation_errors
+from lft_api.resource import MAX_NAME_LENGTH, LoRAFineTuneSpec
+
 from .status import Problem
-
-
-def _format_errors(err: ValidationError) -> str:
-    # Only locations and messages: input values could be long, and are the user's own data anyway.
-    parts = []
-    for e in err.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in e.get("loc", ()))
-        parts.append(f"spec.{loc}: {e['msg']}" if loc else f"spec: {e['msg']}")
-    return "; ".join(parts)
 
 
 def parse_spec(raw: dict[str, Any]) -> tuple[LoRAFineTuneSpec | None, list[Problem]]:
     try:
         return LoRAFineTuneSpec.model_validate(raw), []
     except ValidationError as err:
-        return None, [Problem("InvalidSpec", _format_errors(err))]
+        return None, [Problem("InvalidSpec", format_validation_errors(err, prefix="spec"))]
 
 
 def semantic_problems(spec: LoRAFineTuneSpec, name: str) -> list[Problem]:

@@ -11,9 +11,9 @@ import subprocess
 import uuid
 
 import pytest
-from lft_operator import builders
-from lft_trainer.contract import TerminationMessage
 
+from lft_api.contract import TerminationMessage
+from lft_operator import builders
 from tests.integration.test_operator_lifecycle import SUCCESS, run_pod, spec
 from tests.integration.test_operator_rbac import _service_account_kubeconfig
 from tests.support.kube import Kube, Operator, wait_until

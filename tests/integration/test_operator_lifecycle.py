@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from lft_trainer.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
 
+from lft_api.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
 from tests.support.kube import FAKE_NODE, ApiError, Kube, wait_until
 
 pytestmark = pytest.mark.integration

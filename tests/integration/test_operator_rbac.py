@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lft_operator.rbac import OPERATOR_RULES
-from lft_trainer.contract import TerminationMessage
 
+from lft_api.contract import TerminationMessage
+from lft_operator.rbac import OPERATOR_RULES
 from tests.integration.test_operator_lifecycle import SUCCESS, run_pod, spec
 from tests.support.kube import Kube, Operator, wait_until
 

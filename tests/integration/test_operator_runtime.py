@@ -7,8 +7,8 @@ import re
 import uuid
 
 import pytest
-from lft_trainer.contract import Metrics, Progress, TerminationMessage, status_patch
 
+from lft_api.contract import Metrics, Progress, TerminationMessage, status_patch
 from tests.integration.test_operator_lifecycle import SUCCESS, is_true, run_pod, spec
 from tests.support.kube import kubectl, wait_until
 
@@ -145,10 +145,9 @@ def test_failure_message_with_crash_log_tail(kube, namespace, operator):
 
 def test_crash_after_creating_only_the_job_is_repaired(kube, tmp_path):
     """An operator died right after creating the Job: the next one adds what the Job still lacks."""
+    from lft_api.resource import LoRAFineTuneSpec
     from lft_operator import builders
-    from lft_operator.api import LoRAFineTuneSpec
     from lft_operator.settings import Settings
-
     from tests.support.kube import Operator
 
     ns = f"lftcrash-{uuid.uuid4().hex[:8]}"  # outside the session operator's lft-it-* pattern

@@ -17,7 +17,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from lft_trainer.spec import TrainerConfig
+
+from lft_api.spec import TrainerConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -163,7 +164,7 @@ def test_run_completes_through_a_storage_outage(s3_bucket, flaky_proxy, tiny_mod
 def _subprocess_env(s3_server, tmp_path: Path, name: str) -> dict:
     env = {**os.environ, **s3_server.env(), "LFT_TERMINATION_LOG": str(tmp_path / f"{name}.term"),
            "LFT_WORK_DIR": str(tmp_path / f"{name}-work"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(REPO / "api"), str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])}
     env.pop("LFT_NAME", None)
     return env
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lft_trainer import progress
-from lft_trainer.contract import CheckpointRef
 
+from lft_api.contract import CheckpointRef
+from lft_trainer import progress
 from tests.integration.test_operator_lifecycle import spec
 from tests.support.kube import Kube
 

@@ -287,7 +287,7 @@ class Operator:
         env = {
             **os.environ,
             "KUBECONFIG": self.kubeconfig,
-            "PYTHONPATH": f"{REPO / 'trainer_image'}:{REPO / 'operator'}",
+            "PYTHONPATH": f"{REPO / 'api'}:{REPO / 'operator'}",
             "LFT_NAMESPACES": f"{NAMESPACE_PREFIX}*",
             "LFT_TRAINER_IMAGE": "lft/trainer:it",
             "LFT_METRICS_PORT": str(self.metrics_port),

@@ -8,6 +8,8 @@ import threading
 import time
 
 import pytest
+
+from lft_api.contract import CHECKPOINT_MANIFEST, CheckpointRef
 from lft_trainer.checkpoints import (
     CheckpointCorrupt,
     CheckpointUploader,
@@ -23,7 +25,6 @@ from lft_trainer.checkpoints import (
     select_deletions,
     verify_dir,
 )
-from lft_trainer.contract import CHECKPOINT_MANIFEST, CheckpointRef
 from lft_trainer.storage import Storage
 
 

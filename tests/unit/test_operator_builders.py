@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from lft_api import contract
+from lft_api.resource import LoRAFineTuneSpec
+from lft_api.spec import TrainerConfig
 from lft_operator import builders
-from lft_operator.api import LoRAFineTuneSpec
 from lft_operator.settings import Settings
-from lft_trainer import contract
-from lft_trainer.spec import TrainerConfig
 
 OWNER = builders.Owner(name="phi3-chat", namespace="team-a", uid="1111-2222")
 SETTINGS = Settings(trainer_image="lft/trainer:test", default_storage_endpoint="http://minio.storage:9000")

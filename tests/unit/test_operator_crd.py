@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import yaml
+
+from lft_api.resource import LoRAFineTuneSpec
 from lft_operator import crdgen
-from lft_operator.api import LoRAFineTuneSpec
 
 
 def _schema() -> dict:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+from lft_api.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
+from lft_api.resource import LoRAFineTuneSpec
 from lft_operator import builders
-from lft_operator.api import LoRAFineTuneSpec
 from lft_operator.settings import Settings
 from lft_operator.status import Observation, Problem, decide, set_condition, status_json_patch, update_attempts
 from lft_operator.views import JobView, PodView
-from lft_trainer.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
 
 T0, T1, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z", "2026-01-01T00:03:00Z"
 OWNER = builders.Owner("run", "ns", "uid-1")

@@ -7,8 +7,9 @@ import os
 
 import botocore.exceptions as bce
 import pytest
+
+from lft_api.spec import StorageSpec
 from lft_trainer.errors import InvalidInput, StorageError
-from lft_trainer.spec import StorageSpec
 from lft_trainer.storage import (
     RetryPolicy,
     Storage,

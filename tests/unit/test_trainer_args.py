@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from lft_api.spec import TrainerConfig
 from lft_trainer import train
-from lft_trainer.spec import TrainerConfig
 
 
 def cfg(**training) -> TrainerConfig:
@@ -58,8 +59,9 @@ def test_eval_before_is_read_back_from_a_checkpoint(tmp_path):
 
 
 def test_tiny_model_is_seeded_and_has_phi3_tokens(tmp_path):
-    from lft_trainer import tiny_model
     from transformers import AutoConfig, AutoTokenizer
+
+    from lft_trainer import tiny_model
 
     a = tiny_model.build(tmp_path / "a")
     b = tiny_model.build(tmp_path / "b")
@@ -98,8 +100,9 @@ def test_datasets_from_checked_rows_and_from_a_sampled_huge_file():
 
 
 def test_rows_longer_than_max_length_are_counted(tmp_path):
-    from lft_trainer import preflight, tiny_model
     from transformers import AutoTokenizer
+
+    from lft_trainer import preflight, tiny_model
 
     tok = AutoTokenizer.from_pretrained(tiny_model.build(tmp_path / "m"))
     short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+
+from lft_api.spec import DatasetSpec, LoraSpec, ModelSpec, TrainerConfig
 from lft_trainer import data, preflight
 from lft_trainer.errors import InvalidInput
-from lft_trainer.spec import DatasetSpec, LoraSpec, ModelSpec, TrainerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

@@ -8,8 +8,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+
+from lft_api.contract import CheckpointRef
 from lft_trainer import progress
-from lft_trainer.contract import CheckpointRef
 
 
 class Clock:

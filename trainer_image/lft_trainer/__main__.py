@@ -24,8 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import contract
-from .contract import ExitCode, TerminationMessage
+from lft_api import contract
+from lft_api.contract import ExitCode, TerminationMessage
+
 from .errors import InvalidInput, StorageError
 
 log = logging.getLogger("lft_trainer")

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .contract import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX, CHECKPOINTS_DIR, CheckpointRef, FileDigest
+from lft_api.contract import CHECKPOINT_MANIFEST, CHECKPOINT_PREFIX, CHECKPOINTS_DIR, CheckpointRef, FileDigest
+
 from .storage import Storage, local_files, sha256_file
 
 log = logging.getLogger("lft_trainer.checkpoints")

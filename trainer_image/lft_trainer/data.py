@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lft_api.spec import DatasetSpec, StorageSpec
+
 from .errors import InvalidInput
-from .spec import DatasetSpec, StorageSpec
 
 DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
 DATASET_NOT_FOUND = "DatasetNotFound"

@@ -18,9 +18,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lft_api.errors import format_validation_errors
+from lft_api.spec import DatasetSpec, LoraSpec, ModelSpec, StorageSpec, TrainerConfig
+
 from . import data
 from .errors import InvalidInput
-from .spec import DatasetSpec, LoraSpec, ModelSpec, StorageSpec, TrainerConfig
 
 log = logging.getLogger("lft_trainer.preflight")
 
@@ -38,16 +40,6 @@ UNSUPPORTED_HARDWARE = "UnsupportedHardware"
 # ---------------------------------------------------------------------------------------------
 # config
 # ---------------------------------------------------------------------------------------------
-def format_validation_error(exc: ValidationError) -> str:
-    """'training.learningRate: Input should be greater than 0; ...' (wire names, as the user wrote them)."""
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    more = len(exc.errors()) - 5
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
 def load_config(path: str | Path) -> TrainerConfig:
     p = Path(path)
     try:
@@ -64,7 +56,7 @@ def load_config(path: str | Path) -> TrainerConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ()))
-        raise InvalidInput(INVALID_CONFIG, f"config file {p}: {format_validation_error(exc)}", file=str(p),
+        raise InvalidInput(INVALID_CONFIG, f"config file {p}: {format_validation_errors(exc, limit=5)}", file=str(p),
                            field=loc or None) from None
 
 

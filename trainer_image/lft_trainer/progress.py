@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from . import contract
-from .contract import CheckpointRef, Metrics, Progress
+from lft_api import contract
+from lft_api.contract import CheckpointRef, Metrics, Progress
 
 log = logging.getLogger("lft_trainer.progress")
 

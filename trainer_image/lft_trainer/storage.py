@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from .contract import FileDigest
+from lft_api.contract import FileDigest
+from lft_api.spec import StorageSpec
+
 from .errors import InvalidInput, StorageError
-from .spec import StorageSpec
 
 log = logging.getLogger("lft_trainer.storage")
 

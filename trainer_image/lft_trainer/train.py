@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import contract, data, preflight
-from .contract import AdapterRef, ExitCode, Metrics, TerminationMessage
+from lft_api import contract
+from lft_api.contract import AdapterRef, ExitCode, Metrics, TerminationMessage
+from lft_api.spec import TrainerConfig
+
+from . import data, preflight
 from .errors import InvalidInput
-from .spec import TrainerConfig
 
 log = logging.getLogger("lft_trainer.train")
 

@@ -1,7 +1,7 @@
 """The LoRAFineTune API: the spec (trainer config + what only the operator uses) and the status.
 
 The CRD's openAPIV3Schema is generated from these models (crdgen.py), the operator validates
-each resource with them, and the trainer's part of the spec is `lft_trainer.spec.TrainerConfig`,
+each resource with them, and the trainer's part of the spec is `lft_api.spec.TrainerConfig`,
 shared with the trainer image. Kubernetes core types (tolerations, affinity, env, volumes) are
 free-form objects: the API server validates them when the Job is created, and copying their
 full schemas here would add thousands of lines for no gain.
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from lft_trainer.contract import AdapterRef, CheckpointRef, Metrics, Progress, WireModel
-from lft_trainer.spec import SpecModel, TrainerConfig
 from pydantic import Field
+
+from .contract import AdapterRef, CheckpointRef, Metrics, Progress, WireModel
+from .spec import SpecModel, TrainerConfig
 
 # The Job is named "<name>-trainer" and its name is copied into the pods' `job-name` label,
 # whose values are limited to 63 characters.

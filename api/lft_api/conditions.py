@@ -13,7 +13,8 @@ SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
-CONDITION_TYPES = (ACCEPTED, RUNNING, SUSPENDED, SUCCEEDED, FAILED, SPEC_CHANGE_IGNORED)
+CHECKPOINTS_HEALTHY = "CheckpointsHealthy"
+CONDITION_TYPES = (ACCEPTED, RUNNING, SUSPENDED, SUCCEEDED, FAILED, SPEC_CHANGE_IGNORED, CHECKPOINTS_HEALTHY)
 
 # --- phases (status.phase, for display) -------------------------------------------------------
 PENDING = "Pending"
@@ -32,6 +33,13 @@ class Reason:
     PROCESSES_MISMATCH_GPUS = "ProcessesMismatchGPUs"
     INVALID_POD_TEMPLATE = "InvalidPodTemplate"
     STORAGE_SECRET_NOT_FOUND = "StorageSecretNotFound"
+    UNKNOWN_FIELD = "UnknownField"  # a field the schema does not know (pruned by kubectl's client only)
+    OUTPUT_IN_USE = "OutputInUse"  # output.uri holds, or another resource writes, another run's artifacts
+    # creating the Job and its pods
+    JOB_INVALID = "JobInvalid"  # the API server rejected the Job (422): final
+    JOB_FORBIDDEN = "JobForbidden"  # 403 (RBAC, quota on jobs): retried with backoff
+    POD_CREATION_FAILED = "PodCreationFailed"  # the Job's FailedCreate events (quota, Pod Security, ...)
+    POD_CREATION_TIMEOUT = "PodCreationTimeout"  # no pod could be created for too long: final
     # the Job and its pods
     JOB_CREATED = "JobCreated"
     STARTED = "Started"
@@ -49,6 +57,9 @@ class Reason:
     # spec changes after the Job exists
     SPEC_CHANGED_AFTER_START = "SpecChangedAfterStart"
     SPEC_MATCHES_JOB = "SpecMatchesJob"
+    # checkpoints
+    CHECKPOINTS_UPLOADING = "CheckpointsUploading"
+    CHECKPOINT_UPLOAD_FAILING = "CheckpointUploadFailing"
     # endings
     COMPLETED = "Completed"
     INVALID_INPUT = "InvalidInput"

@@ -139,6 +139,43 @@ class AdapterRef(WireModel):
     files: list[FileDigest] = Field(default_factory=list)
 
 
+class RunIdentity(WireModel):
+    """Which run wrote an artifact: recorded in checkpoint manifests, training_summary.json and the adapter.
+
+    A run resumes only from checkpoints of its own identity (or from spec.output.resumeFrom), and an output
+    prefix holding another identity's artifacts is refused unless spec.output.overwrite is set.
+    """
+
+    namespace: Optional[str] = None
+    name: Optional[str] = None
+    uid: Optional[str] = Field(default=None, description="metadata.uid of the LoRAFineTune; None outside Kubernetes.")
+    spec_hash: str = Field(description="TrainerConfig.result_hash(): model, dataset, lora and training settings.")
+
+    def same_run(self, other: "RunIdentity") -> bool:
+        """The same LoRAFineTune (by UID); without UIDs (runs outside Kubernetes), the same settings."""
+        if self.uid or other.uid:
+            return self.uid == other.uid
+        return self.spec_hash == other.spec_hash
+
+    def describe(self) -> str:
+        if self.name:
+            return f"LoRAFineTune {self.namespace}/{self.name} (uid {self.uid})"
+        return f"a run outside Kubernetes (settings {self.spec_hash})"
+
+
+class CheckpointHealth(WireModel):
+    """status.checkpointHealth, patched by the trainer: are checkpoint uploads succeeding?
+
+    The operator turns it into the CheckpointsHealthy condition and a Warning Event while uploads fail.
+    """
+
+    healthy: bool
+    message: Optional[str] = Field(default=None, description="The last storage error (credentials scrubbed).")
+    failed_uploads: int = Field(default=0, description="Checkpoint uploads failed in a row.")
+    last_uploaded_step: Optional[int] = Field(default=None, description="Step of the newest uploaded checkpoint.")
+    updated_at: Optional[str] = None
+
+
 Outcome = Literal["succeeded", "invalid_input", "preempted", "error"]
 
 
@@ -196,6 +233,7 @@ def status_patch(
     progress: Optional[Progress] = None,
     metrics: Optional[Metrics] = None,
     latest_checkpoint: Optional[CheckpointRef] = None,
+    checkpoint_health: Optional[CheckpointHealth] = None,
 ) -> dict[str, Any]:
     """The merge-patch body the trainer sends to the resource's status subresource."""
     status: dict[str, Any] = {}
@@ -205,4 +243,6 @@ def status_patch(
         status["metrics"] = metrics.to_wire()
     if latest_checkpoint is not None:
         status["latestCheckpoint"] = latest_checkpoint.to_wire()
+    if checkpoint_health is not None:
+        status["checkpointHealth"] = checkpoint_health.to_wire()
     return {"status": status}

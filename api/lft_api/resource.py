@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .contract import AdapterRef, CheckpointRef, Metrics, Progress, WireModel
+from .contract import AdapterRef, CheckpointHealth, CheckpointRef, Metrics, Progress, WireModel
 from .spec import SpecModel, TrainerConfig
 
 # The Job is named "<name>-trainer" and its name is copied into the pods' `job-name` label,
@@ -214,9 +214,12 @@ class LoRAFineTuneStatus(WireModel):
     latest_checkpoint: CheckpointRef | None = Field(
         default=None, description="Newest complete checkpoint, patched by the trainer."
     )
+    checkpoint_health: CheckpointHealth | None = Field(
+        default=None, description="Whether checkpoint uploads succeed, patched by the trainer."
+    )
     adapter: AdapterRef | None = Field(default=None, description="The trained adapter: URI and files with sha256.")
 
 
 # Status fields the trainer writes; the operator never sends them in its patches (except once,
 # when the run succeeded and the trainer has exited: see status.py).
-TRAINER_OWNED_STATUS_FIELDS = ("progress", "metrics", "latestCheckpoint")
+TRAINER_OWNED_STATUS_FIELDS = ("progress", "metrics", "latestCheckpoint", "checkpointHealth")

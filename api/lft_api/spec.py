@@ -10,6 +10,7 @@ This module imports only pydantic: the operator image has no torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Literal, Optional
@@ -162,6 +163,21 @@ class OutputSpec(SpecModel):
     merge_adapter: bool = Field(
         default=False, description="Also upload the base model with the adapter merged in, to <uri>/merged/."
     )
+    overwrite: bool = Field(
+        default=False,
+        description=(
+            "Replace another run's artifacts under uri: its checkpoints are deleted before training starts. "
+            "Without it, a uri that holds another run's checkpoints, adapter or summary is refused (OutputInUse)."
+        ),
+    )
+    resume_from: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Continue deliberately from this checkpoint URI (e.g. s3://bucket/old-run/checkpoints/checkpoint-400), "
+            "even one another run wrote. Without it, a run resumes only from its own checkpoints."
+        ),
+    )
 
 
 class StorageSpec(SpecModel):
@@ -193,6 +209,17 @@ class TrainerConfig(SpecModel):
                 f"not {self.dataset.format}"
             )
         return self
+
+    def result_hash(self) -> str:
+        """sha256 (16 hex digits) of the fields that determine the trained result: model, dataset, lora, training.
+
+        Recorded with the run's identity in checkpoint manifests, the summary and the adapter, so that a
+        checkpoint or an adapter can be traced to the settings that made it.
+        """
+        wire = self.to_wire()
+        determining = {key: wire.get(key) for key in ("model", "dataset", "lora", "training")}
+        text = json.dumps(determining, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
     def trainer_fields(cls) -> tuple[str, ...]:

@@ -172,7 +172,7 @@ def _hub_error(exc: Exception, what: str, name: str) -> Exception:
 def load_tokenizer(config: TrainerConfig, model_dir: str):
     from transformers import AutoTokenizer
 
-    from .tiny_model import PHI3_CHAT_TEMPLATE
+    from .chat_templates import PHI3_CHAT_TEMPLATE
 
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, revision=config.model.revision,

@@ -28,6 +28,7 @@ from lft_api import contract
 from lft_api.contract import ExitCode, TerminationMessage
 
 from .errors import InvalidInput, StorageError
+from .retry import scrub
 
 log = logging.getLogger("lft_trainer")
 ENV_RESULT_FILE = "LFT_RESULT_FILE"  # where a launched rank 0 writes its TerminationMessage for the launcher
@@ -36,15 +37,6 @@ ENV_RESULT_FILE = "LFT_RESULT_FILE"  # where a launched rank 0 writes its Termin
 def _emit(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
-
-
-def _scrub(text: str) -> str:
-    try:
-        from .storage import scrub
-
-        return scrub(text)
-    except Exception:  # storage needs no heavy imports, but never fail while reporting a failure
-        return text
 
 
 def write_termination(msg: TerminationMessage) -> None:
@@ -58,7 +50,7 @@ def write_termination(msg: TerminationMessage) -> None:
 
 def finish(msg: TerminationMessage, details: dict | None = None) -> int:
     """Write the termination message and one structured JSON line; return the exit code."""
-    msg.message = _scrub(msg.message)
+    msg.message = scrub(msg.message)
     write_termination(msg)
     line = {"event": "result" if msg.outcome in ("succeeded", "preempted") else "error", **msg.to_wire()}
     if details:

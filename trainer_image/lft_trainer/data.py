@@ -18,6 +18,7 @@ from typing import Any
 from lft_api.spec import DatasetSpec, StorageSpec
 
 from .errors import InvalidInput
+from .filesystems import split_uri
 
 DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
 DATASET_NOT_FOUND = "DatasetNotFound"
@@ -80,7 +81,7 @@ def resolve(spec: DatasetSpec, storage_spec: StorageSpec | None, cache_dir: Path
         return DatasetSource(uri=uri, hub_id=uri)
     from . import storage as st
 
-    protocol, path = st.split_uri(os.path.expanduser(uri))
+    protocol, path = split_uri(os.path.expanduser(uri))
     if protocol == "file":
         local = Path(path)
         if not local.exists():

@@ -23,6 +23,7 @@ from lft_api.spec import DatasetSpec, LoraSpec, ModelSpec, StorageSpec, TrainerC
 
 from . import data
 from .errors import InvalidInput
+from .filesystems import split_uri
 
 log = logging.getLogger("lft_trainer.preflight")
 
@@ -86,7 +87,7 @@ def check_model(model: ModelSpec, storage_spec: StorageSpec | None) -> None:
         return
     from . import storage as st
 
-    protocol, path = st.split_uri(os.path.expanduser(model.name))
+    protocol, path = split_uri(os.path.expanduser(model.name))
     if protocol == "file":
         p = Path(path)
         if not p.is_dir():

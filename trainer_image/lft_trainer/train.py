@@ -25,6 +25,7 @@ from lft_api.spec import TrainerConfig
 
 from . import data, preflight
 from .errors import InvalidInput
+from .filesystems import split_uri
 
 log = logging.getLogger("lft_trainer.train")
 
@@ -148,7 +149,7 @@ def _model_dir(config: TrainerConfig, work: Path) -> str:
         return name
     from . import storage as st
 
-    protocol, path = st.split_uri(os.path.expanduser(name))
+    protocol, path = split_uri(os.path.expanduser(name))
     if protocol == "file":
         return path
     dest = work / "model"

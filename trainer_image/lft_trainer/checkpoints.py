@@ -250,7 +250,11 @@ def prune_checkpoints(storage: Storage, keep_last: int, protect: int | None = No
     own = [s for s, manifest in complete if owner is None or is_own(identity_of(manifest), owner)]
     doomed = select_deletions(own, incomplete, keep_last, protect)
     for step in sorted(doomed):  # oldest first
-        # Manifest first: a half-deleted checkpoint must look incomplete, never complete.
-        storage.delete(f"{checkpoint_rel(step)}/{CHECKPOINT_MANIFEST}")
-        storage.delete(checkpoint_rel(step))
+        delete_checkpoint(storage, step)
     return doomed
+
+
+def delete_checkpoint(storage: Storage, step: int) -> None:
+    # Manifest first: a half-deleted checkpoint must look incomplete, never complete.
+    storage.delete(f"{checkpoint_rel(step)}/{CHECKPOINT_MANIFEST}")
+    storage.delete(checkpoint_rel(step))

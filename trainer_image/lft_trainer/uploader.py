@@ -20,6 +20,7 @@ from lft_api.contract import CHECKPOINT_MANIFEST, CheckpointRef, RunIdentity
 from .checkpoints import (
     checkpoint_name,
     checkpoint_rel,
+    delete_checkpoint,
     identity_of,
     manifest_files,
     manifest_from_digests,
@@ -192,8 +193,7 @@ class CheckpointUploader:
         else:
             # A stale copy of this step (an earlier attempt) must not mix with the new files: manifest first.
             if self.storage.exists(rel):
-                self.storage.delete(f"{rel}/{CHECKPOINT_MANIFEST}")
-                self.storage.delete(rel)
+                delete_checkpoint(self.storage, step)
             files = self.storage.upload_dir(snap, rel, exclude=lambda name: name == CHECKPOINT_MANIFEST)
             changed = [name for name, size, mtime in stats
                        if not (snap / name).is_file() or (snap / name).stat().st_size != size

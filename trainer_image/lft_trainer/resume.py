@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lft_api.contract import CheckpointRef, RunIdentity
+from lft_api.contract import CHECKPOINT_MANIFEST, CheckpointRef, RunIdentity
 from lft_api.spec import TrainerConfig
 
 from .checkpoints import CheckpointCorrupt, download_checkpoint_at, download_latest_checkpoint, identity_of, parse_step
@@ -67,7 +67,7 @@ def download_resume_from(uri: str, at: Storage, local_dir: Path) -> ResumePoint:
         return InvalidInput(INVALID_RESUME, f"output.resumeFrom {uri}: {why}", field="output.resumeFrom", file=uri)
 
     try:
-        manifest = at.get_json("manifest.json")
+        manifest = at.get_json(CHECKPOINT_MANIFEST)
     except FileNotFoundError:
         raise invalid("no manifest.json there: not a checkpoint, or its upload did not finish") from None
     except ValueError:

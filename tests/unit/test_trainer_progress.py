@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
 from lft_api.contract import CheckpointRef, Metrics, Progress
 from lft_trainer import progress
+from tests.support.status_api import StatusApi
 
 
 class Clock:
@@ -121,36 +120,18 @@ def test_callback_turns_logs_into_events():
     assert len(out.getvalue().splitlines()) == 2
 
 
-class _Handler(BaseHTTPRequestHandler):
-    seen: list = []
-
-    def do_PATCH(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Handler.seen.append((self.path, dict(self.headers), json.loads(body)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *a):
-        pass
-
-
 @pytest.fixture
 def api_server():
-    srv = HTTPServer(("127.0.0.1", 0), _Handler)
-    _Handler.seen = []
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_port}"
-    srv.shutdown()
+    server = StatusApi()
+    yield server
+    server.stop()
 
 
 def test_kube_status_client_patches_the_status_subresource(api_server, tmp_path):
     (tmp_path / "token").write_text("sa-token-123\n")
-    client = progress.KubeStatusClient("ft1", "team-a", api_url=api_server, sa_dir=str(tmp_path))
+    client = progress.KubeStatusClient("ft1", "team-a", api_url=api_server.url, sa_dir=str(tmp_path))
     client.patch(ev("eval", 3, eval_loss=1.0).status_body())
-    path, headers, body = _Handler.seen[0]
+    path, headers, body = api_server.seen[0]
     assert path == "/apis/finetune.dev/v1alpha1/namespaces/team-a/lorafinetunes/ft1/status"
     assert headers["Content-Type"] == "application/merge-patch+json"
     assert headers["Authorization"] == "Bearer sa-token-123"
@@ -158,13 +139,13 @@ def test_kube_status_client_patches_the_status_subresource(api_server, tmp_path)
 
 
 def test_make_reporter_adds_status_sink_only_with_name_and_namespace(monkeypatch, api_server):
-    monkeypatch.setenv("LFT_KUBE_API_URL", api_server)
+    monkeypatch.setenv("LFT_KUBE_API_URL", api_server.url)
     monkeypatch.delenv("LFT_NAME", raising=False)
     assert [type(s).__name__ for s in progress.make_reporter(stream=io.StringIO()).sinks] == ["StdoutSink"]
     r = progress.make_reporter("ft1", "ns", stream=io.StringIO())
     assert [type(s).__name__ for s in r.sinks] == ["StdoutSink", "StatusSink"]
     r.finished(0, None)
-    assert _Handler.seen and _Handler.seen[0][2]["status"]["progress"]["totalSteps"] == 0
+    assert api_server.seen and api_server.seen[0][2]["status"]["progress"]["totalSteps"] == 0
 
 
 def test_status_body_carries_the_printer_column_strings():

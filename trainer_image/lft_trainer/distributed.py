@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import threading
-import time
 
 log = logging.getLogger("lft_trainer.train")
 
@@ -28,12 +27,10 @@ class Preemption:
 
     def __init__(self) -> None:
         self.requested = threading.Event()
-        self.at: float | None = None
 
     def install(self) -> None:
         def handler(signum, frame):
             if not self.requested.is_set():
-                self.at = time.monotonic()
                 log.warning("SIGTERM: saving a checkpoint at the end of this step, then exiting")
             self.requested.set()
 

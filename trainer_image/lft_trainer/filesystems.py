@@ -35,10 +35,6 @@ def split_uri(uri: str) -> tuple[str, str]:
     return proto, rest.strip("/")
 
 
-def is_remote(uri: str) -> bool:
-    return split_uri(uri)[0] != "file"
-
-
 def _s3_credentials() -> dict[str, Any]:
     key = os.environ.get("AWS_ACCESS_KEY_ID")
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY")

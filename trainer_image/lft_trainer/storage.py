@@ -64,10 +64,6 @@ class Storage:
         self.base_uri = self._to_uri(self.base_path)
         self._fs = None
 
-    @classmethod
-    def for_uri(cls, uri: str, spec: StorageSpec | None = None, retry: RetryPolicy | None = None) -> Storage:
-        return cls(uri, spec, retry)
-
     def __repr__(self) -> str:
         return f"Storage({self.base_uri!r})"
 

@@ -167,7 +167,8 @@ def _subprocess_env(s3_server, tmp_path: Path, name: str) -> dict:
     env = {**os.environ, **s3_server.env(), "LFT_TERMINATION_LOG": str(tmp_path / f"{name}.term"),
            "LFT_WORK_DIR": str(tmp_path / f"{name}-work"), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "api"), str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])}
-    env.pop("LFT_NAME", None)
+    for var in ("LFT_NAME", "LFT_NAMESPACE", "LFT_UID"):  # no identity: a run and its re-run are the same run
+        env.pop(var, None)
     return env
 
 

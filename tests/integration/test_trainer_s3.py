@@ -163,12 +163,14 @@ def test_run_completes_through_a_storage_outage(s3_bucket, flaky_proxy, tiny_mod
     assert "run/training_summary.json" in keys
 
 
-def _subprocess_env(s3_server, tmp_path: Path, name: str) -> dict:
+def _subprocess_env(s3_server, tmp_path: Path, name: str, uid: str | None = None) -> dict:
     env = {**os.environ, **s3_server.env(), "LFT_TERMINATION_LOG": str(tmp_path / f"{name}.term"),
            "LFT_WORK_DIR": str(tmp_path / f"{name}-work"), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "api"), str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])}
     for var in ("LFT_NAME", "LFT_NAMESPACE", "LFT_UID"):  # no identity: a run and its re-run are the same run
         env.pop(var, None)
+    if uid:
+        env["LFT_UID"] = uid
     return env
 
 
@@ -180,7 +182,7 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
     path.write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", "lft_trainer", "--config", str(path)]
 
-    proc = subprocess.Popen(cmd, env=_subprocess_env(s3_server, tmp_path, "first"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=_subprocess_env(s3_server, tmp_path, "first", uid="uid-1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     errs: list[str] = []
@@ -202,7 +204,7 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
         {f["name"] for f in manifest["files"]}
     assert "run/adapter/adapter_config.json" not in s3_bucket.keys("run/")
 
-    second = subprocess.run(cmd, check=False, env=_subprocess_env(s3_server, tmp_path, "second"), capture_output=True,
+    second = subprocess.run(cmd, check=False, env=_subprocess_env(s3_server, tmp_path, "second", uid="uid-1"), capture_output=True,
                             text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-4000:]
     term2 = json.loads((tmp_path / "second.term").read_text())
@@ -353,3 +355,28 @@ def test_a_failed_adapter_upload_is_an_error_not_a_success(s3_bucket, flaky_prox
     assert code == 1, capsys.readouterr().out[-3000:]
     assert term["outcome"] == "error" and term["reason"] == "StorageError" and "adapter" in term["message"]
     assert "run/training_summary.json" not in s3_bucket.keys("run/")
+
+
+def test_resume_from_continues_deliberately_from_another_runs_checkpoint(s3_bucket, tiny_model, tmp_path,
+                                                                         monkeypatch, capsys):
+    cfg = config(tiny_model, s3_bucket.uri("old"), s3_bucket.endpoint_url, maxSteps=10, evalSteps=10)
+    cfg["checkpointing"] = {"everySteps": 5, "keepLast": 2}
+    for d in ("a", "b", "c"):
+        (tmp_path / d).mkdir()
+    as_resource(monkeypatch, "ft-a", "uid-a")
+    code, _ = run_in_process(cfg, tmp_path / "a", monkeypatch)
+    assert code == 0, capsys.readouterr().out[-3000:]
+    old_keys = s3_bucket.keys("old/")
+
+    as_resource(monkeypatch, "ft-b", "uid-b")
+    cfg["output"] = {"uri": s3_bucket.uri("new"), "resumeFrom": s3_bucket.uri("old/checkpoints/checkpoint-7")}
+    code, term = run_in_process(cfg, tmp_path / "b", monkeypatch)
+    assert code == 3 and term["reason"] == "InvalidResumeFrom" and "output.resumeFrom" in term["message"]
+
+    cfg["output"]["resumeFrom"] = s3_bucket.uri("old/checkpoints/checkpoint-5")
+    code, term = run_in_process(cfg, tmp_path / "c", monkeypatch)
+    assert code == 0, capsys.readouterr().out[-3000:]
+    assert term["resumedFromStep"] == 5 and term["step"] == 10
+    summary = json.loads(s3_bucket.get_bytes("new/training_summary.json"))
+    assert summary["resumedFrom"]["run"]["uid"] == "uid-a" and summary["runIdentity"]["uid"] == "uid-b"
+    assert s3_bucket.keys("old/") == old_keys  # the other run's checkpoints are read, never changed

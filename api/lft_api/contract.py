@@ -3,8 +3,8 @@
 - Exit codes tell the operator what to do with a finished trainer container.
 - The termination message (/dev/termination-log, JSON, < 4 KiB) carries the result or the reason.
 - Environment variables carry the config path and the resource's identity.
-- The trainer patches only `status.progress`, `status.metrics` and `status.latestCheckpoint`;
-  the operator owns every other status field.
+- The trainer patches only `status.progress`, `status.metrics`, `status.latestCheckpoint` and
+  `status.checkpointHealth`; the operator owns every other status field.
 
 Pure data and pure functions: imported by both images (the operator's has no torch).
 """

@@ -1,6 +1,7 @@
-"""Progress reporting: a TrainerCallback turns the trainer's logs into progress events, and sinks
-publish them: one JSON line per event on stdout, and a rate-limited merge patch of the
-LoRAFineTune's status subresource (status.progress / status.metrics / status.latestCheckpoint).
+"""Progress reporting: the Reporter holds the run's Progress, Metrics, latest checkpoint and checkpoint
+health; the training loop (a TrainerCallback) and the checkpoint uploader call its transitions, and sinks
+publish each one: a JSON line on stdout, and a rate-limited merge patch of the LoRAFineTune's status
+subresource (status.progress / metrics / latestCheckpoint / checkpointHealth).
 
 A sink that fails is logged (at most once a minute) and never stops training.
 """

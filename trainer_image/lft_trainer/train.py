@@ -195,8 +195,7 @@ def prepare(config: TrainerConfig, reporter: Reporter, timer: Timer) -> Prepared
     from transformers import set_seed
 
     work, cuda, identity = work_dir(), torch.cuda.is_available(), run_identity(config)
-    checks = preflight.run_checks(config, work, cuda, identity,
-                                  check_output=is_main())
+    checks = preflight.run_checks(config, work, cuda, identity, check_output=is_main())
     log.info("pre-flight ok: %s", json.dumps(checks.dataset.summary()))
     timer.mark("preflight")
     out = Storage(config.output.uri, config.storage)

@@ -146,3 +146,16 @@ def test_an_unusable_resume_from_is_invalid_input_naming_the_field(tmp_path, dam
     with pytest.raises(InvalidInput) as err:
         find_resume_point(cfg(out.base_uri, resumeFrom=uri), out, B, tmp_path / "local")
     assert err.value.field == "output.resumeFrom" and why in err.value.message and uri in err.value.message
+
+
+def test_preflight_refuses_another_runs_output_before_reading_the_model_or_dataset(tmp_path):
+    from lft_trainer import preflight
+
+    out = Storage(str(tmp_path / "out"))
+    out.put_json("training_summary.json", {"runIdentity": A.to_wire()})
+    c = TrainerConfig.model_validate({"model": {"name": str(tmp_path / "no-model")},
+                                      "dataset": {"uri": str(tmp_path / "no-data.jsonl")},
+                                      "output": {"uri": out.base_uri}})
+    with pytest.raises(InvalidInput) as err:  # not ModelNotFound / DatasetNotFound: the output comes first
+        preflight.run_checks(c, tmp_path / "work", cuda=False, identity=B, check_output=True)
+    assert err.value.reason == "OutputInUse" and A.describe() in err.value.message

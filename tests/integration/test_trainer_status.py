@@ -43,7 +43,7 @@ def test_status_sink_patches_progress_with_the_trainer_service_account(kube, nam
     reporter.advanced(10, 30, None)
     reporter.step_logged(1.234567, 2e-4, None)
     reporter.advanced(11, 30, None)
-    reporter.step_logged(1.2, 2e-4, None)  # rate-limited: not sent
+    reporter.step_logged(1.234567, 2e-4, None)  # rate-limited: not sent
     reporter.checkpoint_uploaded(CheckpointRef(step=11, uri="s3://lft-out/run/checkpoints/checkpoint-11"))
     assert sink.failures == 0 and sink.patches == 2
 

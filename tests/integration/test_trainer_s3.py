@@ -286,6 +286,18 @@ def as_resource(monkeypatch, name: str, uid: str) -> None:
     monkeypatch.setenv("LFT_UID", uid)
 
 
+def finished_run_a(s3_bucket, tiny_model, tmp_path: Path, monkeypatch, capsys, prefix: str, keep_last: int) -> dict:
+    """Resource team/ft-a (uid-a) trains 10 steps into <bucket>/<prefix>; returns its config. Work dirs a, b, c."""
+    cfg = config(tiny_model, s3_bucket.uri(prefix), s3_bucket.endpoint_url, maxSteps=10, evalSteps=10)
+    cfg["checkpointing"] = {"everySteps": 5, "keepLast": keep_last}
+    for d in ("a", "b", "c"):
+        (tmp_path / d).mkdir()
+    as_resource(monkeypatch, "ft-a", "uid-a")
+    code, _ = run_in_process(cfg, tmp_path / "a", monkeypatch)
+    assert code == 0, capsys.readouterr().out[-3000:]
+    return cfg
+
+
 @pytest.fixture
 def status_api(monkeypatch):
     server = StatusApi()
@@ -297,13 +309,7 @@ def status_api(monkeypatch):
 
 def test_another_runs_output_is_refused_then_replaced_with_overwrite(s3_bucket, tiny_model, tmp_path, monkeypatch,
                                                                       capsys):
-    cfg = config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url, maxSteps=10, evalSteps=10)
-    cfg["checkpointing"] = {"everySteps": 5, "keepLast": 1}
-    for d in ("a", "b", "c"):
-        (tmp_path / d).mkdir()
-    as_resource(monkeypatch, "ft-a", "uid-a")
-    code, _ = run_in_process(cfg, tmp_path / "a", monkeypatch)
-    assert code == 0, capsys.readouterr().out[-3000:]
+    cfg = finished_run_a(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys, "run", keep_last=1)
     a_keys = s3_bucket.keys("run/")
 
     as_resource(monkeypatch, "ft-b", "uid-b")  # another resource, same output prefix
@@ -359,13 +365,7 @@ def test_a_failed_adapter_upload_is_an_error_not_a_success(s3_bucket, flaky_prox
 
 def test_resume_from_continues_deliberately_from_another_runs_checkpoint(s3_bucket, tiny_model, tmp_path,
                                                                          monkeypatch, capsys):
-    cfg = config(tiny_model, s3_bucket.uri("old"), s3_bucket.endpoint_url, maxSteps=10, evalSteps=10)
-    cfg["checkpointing"] = {"everySteps": 5, "keepLast": 2}
-    for d in ("a", "b", "c"):
-        (tmp_path / d).mkdir()
-    as_resource(monkeypatch, "ft-a", "uid-a")
-    code, _ = run_in_process(cfg, tmp_path / "a", monkeypatch)
-    assert code == 0, capsys.readouterr().out[-3000:]
+    cfg = finished_run_a(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys, "old", keep_last=2)
     old_keys = s3_bucket.keys("old/")
 
     as_resource(monkeypatch, "ft-b", "uid-b")

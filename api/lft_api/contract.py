@@ -3,8 +3,8 @@
 - Exit codes tell the operator what to do with a finished trainer container.
 - The termination message (/dev/termination-log, JSON, < 4 KiB) carries the result or the reason.
 - Environment variables carry the config path and the resource's identity.
-- The trainer patches only `status.progress`, `status.metrics` and `status.latestCheckpoint`;
-  the operator owns every other status field.
+- The trainer patches only `status.progress`, `status.metrics`, `status.latestCheckpoint` and
+  `status.checkpointHealth`; the operator owns every other status field.
 
 Pure data and pure functions: imported by both images (the operator's has no torch).
 """
@@ -192,21 +192,34 @@ class TerminationMessage(WireModel):
     resumed_from_step: Optional[int] = None
 
     def encode(self) -> str:
-        """JSON that fits the kubelet's 4 KiB limit: the message and then the file list shrink to fit."""
+        """JSON of at most TERMINATION_MESSAGE_MAX_BYTES bytes (the kubelet's limit), always valid JSON.
+
+        To fit, the message is shortened first, then the adapter's file list; the adapter URI is kept.
+        Slicing the encoded text instead could cut the JSON or a UTF-8 character in two.
+        """
         data = self.to_wire()
-        text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) <= TERMINATION_MESSAGE_MAX_BYTES:
-            return text
-        overflow = len(text.encode()) - TERMINATION_MESSAGE_MAX_BYTES
-        msg = data.get("message", "")
-        if msg:
-            keep = max(0, len(msg) - overflow - 16)
-            data["message"] = msg[:keep] + " [truncated]"
-            text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) > TERMINATION_MESSAGE_MAX_BYTES and data.get("adapter"):
-            data["adapter"]["files"] = []
-            text = json.dumps(data, separators=(",", ":"))
-        return text[:TERMINATION_MESSAGE_MAX_BYTES]
+        if _fits(data):
+            return _dump(data)
+        message = data.get("message", "")
+        data["message"] = _truncated(message, 0)
+        adapter = data.get("adapter")
+        if adapter and adapter.get("files") and not _fits(data):
+            files = adapter["files"]
+            adapter["files"] = files[:_largest_fitting(len(files), lambda n: {**adapter, "files": files[:n]},
+                                                       data, "adapter")]
+        if message:
+            keep = _largest_fitting(len(message), lambda n: _truncated(message, n), data, "message")
+            data["message"] = _truncated(message, keep)
+        if not _fits(data):  # only a huge URI or reason is left: keep what the operator needs most
+            data = {k: data[k] for k in ("outcome", "reason", "adapter", "step") if k in data}
+            data["message"] = "result too large for the termination message"
+            if adapter:
+                data["adapter"] = {"uri": adapter["uri"], "files": []}
+            if not _fits(data):
+                data.pop("adapter", None)
+                data["reason"] = data["reason"][:200]
+                data["message"] = "adapter URI too long for the termination message: see training_summary.json"
+        return _dump(data)
 
     @classmethod
     def decode(cls, text: Optional[str]) -> Optional["TerminationMessage"]:
@@ -217,6 +230,30 @@ class TerminationMessage(WireModel):
             return cls.model_validate(json.loads(text))
         except (ValueError, TypeError):
             return None
+
+
+def _dump(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _fits(data: dict) -> bool:
+    return len(_dump(data).encode()) <= TERMINATION_MESSAGE_MAX_BYTES
+
+
+def _truncated(text: str, keep: int) -> str:
+    return text if keep >= len(text) else text[:keep] + " [truncated]"
+
+
+def _largest_fitting(upper: int, value_for: Any, data: dict, key: str) -> int:
+    """The largest n in [0, upper] for which data with data[key] = value_for(n) fits (0 when none does)."""
+    lo, hi = 0, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _fits({**data, key: value_for(mid)}):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def outcome_for_exit_code(code: Optional[int]) -> Outcome:

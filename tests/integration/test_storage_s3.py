@@ -17,13 +17,13 @@ import pytest
 from lft_api.contract import CHECKPOINT_MANIFEST
 from lft_api.spec import StorageSpec
 from lft_trainer.checkpoints import (
-    CheckpointUploader,
     build_manifest,
     download_checkpoint,
     find_latest_complete_checkpoint,
 )
 from lft_trainer.errors import InvalidInput, StorageError
 from lft_trainer.storage import RetryPolicy, Storage, download
+from lft_trainer.uploader import CheckpointUploader
 from tests.support.s3 import free_port
 
 pytestmark = pytest.mark.integration
@@ -103,7 +103,7 @@ def test_download_inputs_by_uri(s3_bucket, tmp_path):
     assert f == tmp_path / "data" / "train.jsonl" and f.read_bytes() == b'{"text": "hi"}\n'
     d = download(s3_bucket.uri("models/tiny"), tmp_path / "model", spec, FAST)
     assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors"]
-    with Storage.for_uri(s3_bucket.uri("data/train.jsonl"), spec, FAST).open() as fh:
+    with Storage(s3_bucket.uri("data/train.jsonl"), spec, FAST).open() as fh:
         assert fh.read() == b'{"text": "hi"}\n'
 
 

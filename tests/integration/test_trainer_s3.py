@@ -14,11 +14,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from lft_api.spec import TrainerConfig
+from tests.support.status_api import StatusApi
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -161,11 +163,14 @@ def test_run_completes_through_a_storage_outage(s3_bucket, flaky_proxy, tiny_mod
     assert "run/training_summary.json" in keys
 
 
-def _subprocess_env(s3_server, tmp_path: Path, name: str) -> dict:
+def _subprocess_env(s3_server, tmp_path: Path, name: str, uid: str | None = None) -> dict:
     env = {**os.environ, **s3_server.env(), "LFT_TERMINATION_LOG": str(tmp_path / f"{name}.term"),
            "LFT_WORK_DIR": str(tmp_path / f"{name}-work"), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "api"), str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])}
-    env.pop("LFT_NAME", None)
+    for var in ("LFT_NAME", "LFT_NAMESPACE", "LFT_UID"):  # no identity: a run and its re-run are the same run
+        env.pop(var, None)
+    if uid:
+        env["LFT_UID"] = uid
     return env
 
 
@@ -177,7 +182,7 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
     path.write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", "lft_trainer", "--config", str(path)]
 
-    proc = subprocess.Popen(cmd, env=_subprocess_env(s3_server, tmp_path, "first"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=_subprocess_env(s3_server, tmp_path, "first", uid="uid-1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     errs: list[str] = []
@@ -199,7 +204,7 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
         {f["name"] for f in manifest["files"]}
     assert "run/adapter/adapter_config.json" not in s3_bucket.keys("run/")
 
-    second = subprocess.run(cmd, check=False, env=_subprocess_env(s3_server, tmp_path, "second"), capture_output=True,
+    second = subprocess.run(cmd, check=False, env=_subprocess_env(s3_server, tmp_path, "second", uid="uid-1"), capture_output=True,
                             text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-4000:]
     term2 = json.loads((tmp_path / "second.term").read_text())
@@ -271,3 +276,107 @@ def test_resume_from_the_final_checkpoint_trains_no_extra_step(s3_bucket, tiny_m
     assert not [e for e in progress_lines(out.split('"kind":"end"')[-1]) if e.get("step", 0) > 20]
     summary = json.loads(s3_bucket.get_bytes("run/training_summary.json"))
     assert summary["steps"] == 20 and summary["resumedFromStep"] == 20
+
+
+# -- output ownership and checkpoint health (issue: every run ends in a true, explained state) -------------
+def as_resource(monkeypatch, name: str, uid: str) -> None:
+    """The identity the operator gives a trainer pod (env LFT_NAMESPACE/LFT_NAME/LFT_UID)."""
+    monkeypatch.setenv("LFT_NAMESPACE", "team")
+    monkeypatch.setenv("LFT_NAME", name)
+    monkeypatch.setenv("LFT_UID", uid)
+
+
+def finished_run_a(s3_bucket, tiny_model, tmp_path: Path, monkeypatch, capsys, prefix: str, keep_last: int) -> dict:
+    """Resource team/ft-a (uid-a) trains 10 steps into <bucket>/<prefix>; returns its config. Work dirs a, b, c."""
+    cfg = config(tiny_model, s3_bucket.uri(prefix), s3_bucket.endpoint_url, maxSteps=10, evalSteps=10)
+    cfg["checkpointing"] = {"everySteps": 5, "keepLast": keep_last}
+    for d in ("a", "b", "c"):
+        (tmp_path / d).mkdir()
+    as_resource(monkeypatch, "ft-a", "uid-a")
+    code, _ = run_in_process(cfg, tmp_path / "a", monkeypatch)
+    assert code == 0, capsys.readouterr().out[-3000:]
+    return cfg
+
+
+@pytest.fixture
+def status_api(monkeypatch):
+    server = StatusApi()
+    monkeypatch.setenv("LFT_KUBE_API_URL", server.url)
+    monkeypatch.setenv("LFT_STATUS_MIN_INTERVAL_SECONDS", "60")  # only forced patches, mostly
+    yield server
+    server.stop()
+
+
+def test_another_runs_output_is_refused_then_replaced_with_overwrite(s3_bucket, tiny_model, tmp_path, monkeypatch,
+                                                                      capsys):
+    cfg = finished_run_a(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys, "run", keep_last=1)
+    a_keys = s3_bucket.keys("run/")
+
+    as_resource(monkeypatch, "ft-b", "uid-b")  # another resource, same output prefix
+    started = time.monotonic()
+    code, term = run_in_process(cfg, tmp_path / "b", monkeypatch)
+    assert code == 3 and term["outcome"] == "invalid_input" and term["reason"] == "OutputInUse"
+    assert "LoRAFineTune team/ft-a (uid uid-a)" in term["message"] and "output.overwrite" in term["message"]
+    assert time.monotonic() - started < 30  # pre-flight: before the model loads
+    assert s3_bucket.keys("run/") == a_keys  # nothing of A deleted or changed
+
+    cfg["output"]["overwrite"] = True
+    code, term = run_in_process(cfg, tmp_path / "c", monkeypatch)
+    assert code == 0, capsys.readouterr().out[-3000:]
+    assert term.get("resumedFromStep") is None and term["step"] == 10  # from step 0, not A's checkpoint
+    summary = json.loads(s3_bucket.get_bytes("run/training_summary.json"))
+    assert summary["runIdentity"]["uid"] == "uid-b" and summary["resumedFromStep"] is None
+    assert [r["uid"] for r in summary["replacedRuns"]] == ["uid-a"]
+    assert json.loads(s3_bucket.get_bytes("run/adapter/lft_run.json"))["uid"] == "uid-b"
+    manifests = [k for k in s3_bucket.keys("run/checkpoints/") if k.endswith("/manifest.json")]
+    assert manifests and all(json.loads(s3_bucket.get_bytes(k))["runIdentity"]["uid"] == "uid-b" for k in manifests)
+
+
+def test_failed_checkpoint_uploads_show_in_the_status_and_training_goes_on(s3_bucket, flaky_proxy, status_api,
+                                                                           tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LFT_STORAGE_RETRY_SECONDS", "1")  # give up on checkpoint-10 while the outage lasts
+    flaky_proxy.arm_outage(f"PUT /{s3_bucket.name}/run/checkpoints/checkpoint-10/".encode(), seconds=2)
+    cfg = config(tiny_model, s3_bucket.uri("run"), flaky_proxy.endpoint_url, maxSteps=40, evalSteps=40)
+    cfg["checkpointing"] = {"everySteps": 10, "keepLast": 2}
+    as_resource(monkeypatch, "ft-h", "uid-h")
+    code, term = run_in_process(cfg, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    health = [p["status"]["checkpointHealth"] for p in status_api.bodies if "checkpointHealth" in p["status"]]
+    first_bad = next(i for i, h in enumerate(health) if not h["healthy"])
+    bad = health[first_bad]
+    assert bad["failedUploads"] == 1 and "checkpoint 10" in bad["message"] and "StorageError" in bad["message"]
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in bad["message"]
+    assert any(h["healthy"] and h["failedUploads"] == 0 for h in health[first_bad:])  # a later upload recovered
+    assert any(e["kind"] == "checkpoint_failed" for e in progress_lines(out))
+    assert "run/checkpoints/checkpoint-40/manifest.json" in s3_bucket.keys("run/")
+
+
+def test_a_failed_adapter_upload_is_an_error_not_a_success(s3_bucket, flaky_proxy, tiny_model, tmp_path,
+                                                          monkeypatch, capsys):
+    monkeypatch.setenv("LFT_STORAGE_RETRY_SECONDS", "1")
+    flaky_proxy.arm_outage(f"PUT /{s3_bucket.name}/run/adapter/".encode(), seconds=60)
+    cfg = config(tiny_model, s3_bucket.uri("run"), flaky_proxy.endpoint_url, maxSteps=6, evalSteps=6)
+    code, term = run_in_process(cfg, tmp_path, monkeypatch)
+    assert code == 1, capsys.readouterr().out[-3000:]
+    assert term["outcome"] == "error" and term["reason"] == "StorageError" and "adapter" in term["message"]
+    assert "run/training_summary.json" not in s3_bucket.keys("run/")
+
+
+def test_resume_from_continues_deliberately_from_another_runs_checkpoint(s3_bucket, tiny_model, tmp_path,
+                                                                         monkeypatch, capsys):
+    cfg = finished_run_a(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys, "old", keep_last=2)
+    old_keys = s3_bucket.keys("old/")
+
+    as_resource(monkeypatch, "ft-b", "uid-b")
+    cfg["output"] = {"uri": s3_bucket.uri("new"), "resumeFrom": s3_bucket.uri("old/checkpoints/checkpoint-7")}
+    code, term = run_in_process(cfg, tmp_path / "b", monkeypatch)
+    assert code == 3 and term["reason"] == "InvalidResumeFrom" and "output.resumeFrom" in term["message"]
+
+    cfg["output"]["resumeFrom"] = s3_bucket.uri("old/checkpoints/checkpoint-5")
+    code, term = run_in_process(cfg, tmp_path / "c", monkeypatch)
+    assert code == 0, capsys.readouterr().out[-3000:]
+    assert term["resumedFromStep"] == 5 and term["step"] == 10
+    summary = json.loads(s3_bucket.get_bytes("new/training_summary.json"))
+    assert summary["resumedFrom"]["run"]["uid"] == "uid-a" and summary["runIdentity"]["uid"] == "uid-b"
+    assert s3_bucket.keys("old/") == old_keys  # the other run's checkpoints are read, never changed

@@ -40,10 +40,10 @@ def test_status_sink_patches_progress_with_the_trainer_service_account(kube, nam
     client = progress.KubeStatusClient("st", namespace, api_url=server, sa_dir=str(sa_dir))
     sink = progress.StatusSink(client.patch, min_interval=60.0)
     reporter = progress.Reporter([sink], total_steps=30)
-    reporter.step, reporter.loss, reporter.learning_rate = 10, 1.234567, 2e-4
-    reporter.emit("log")
-    reporter.step = 11
-    reporter.emit("log")  # rate-limited: not sent
+    reporter.advanced(10, 30, None)
+    reporter.step_logged(1.234567, 2e-4, None)
+    reporter.advanced(11, 30, None)
+    reporter.step_logged(1.234567, 2e-4, None)  # rate-limited: not sent
     reporter.checkpoint_uploaded(CheckpointRef(step=11, uri="s3://lft-out/run/checkpoints/checkpoint-11"))
     assert sink.failures == 0 and sink.patches == 2
 

@@ -9,23 +9,27 @@ import time
 
 import pytest
 
-from lft_api.contract import CHECKPOINT_MANIFEST, CheckpointRef
+from lft_api.contract import CHECKPOINT_MANIFEST, CheckpointRef, RunIdentity
 from lft_trainer.checkpoints import (
     CheckpointCorrupt,
-    CheckpointUploader,
     build_manifest,
     checkpoint_rel,
     download_checkpoint,
     download_latest_checkpoint,
+    file_digests,
     find_latest_complete_checkpoint,
+    identity_of,
+    is_own,
     list_complete_checkpoints,
     manifest_files,
+    manifest_from_digests,
     parse_step,
     prune_checkpoints,
     select_deletions,
     verify_dir,
 )
 from lft_trainer.storage import Storage
+from lft_trainer.uploader import CheckpointUploader
 
 
 def fake_checkpoint(path, step: int, size: int = 4096):
@@ -39,11 +43,16 @@ def fake_checkpoint(path, step: int, size: int = 4096):
     return path
 
 
-def upload_complete(st: Storage, tmp_path, step: int) -> None:
+def upload_complete(st: Storage, tmp_path, step: int, identity: RunIdentity | None = None) -> None:
     """Upload a checkpoint the way the uploader does: files, then the manifest."""
     src = fake_checkpoint(tmp_path / f"src-{step}", step)
     st.upload_dir(src, checkpoint_rel(step))
-    st.put_json(f"{checkpoint_rel(step)}/{CHECKPOINT_MANIFEST}", build_manifest(src, step))
+    manifest = manifest_from_digests(step, file_digests(src), identity)
+    st.put_json(f"{checkpoint_rel(step)}/{CHECKPOINT_MANIFEST}", manifest)
+
+
+ME = RunIdentity(namespace="team", name="ft-b", uid="uid-b", spec_hash="h1")
+OTHER = RunIdentity(namespace="team", name="ft-a", uid="uid-a", spec_hash="h1")
 
 
 # -- pure logic ----------------------------------------------------------------------------
@@ -329,3 +338,50 @@ def test_rewritten_file_gets_no_manifest(tmp_path):
     st.gate.set()
     assert up.close(timeout=30) is False
     assert find_latest_complete_checkpoint(st) is None
+
+
+# -- run identity ---------------------------------------------------------------------------
+def test_identity_in_manifest_round_trips_and_missing_or_broken_is_none():
+    m = manifest_from_digests(3, [], ME)
+    assert m["runIdentity"] == {"namespace": "team", "name": "ft-b", "uid": "uid-b", "specHash": "h1"}
+    assert identity_of(m) == ME
+    assert identity_of(manifest_from_digests(3, [])) is None  # an old manifest: no identity
+    assert identity_of({"runIdentity": {"uid": "x"}}) is None  # no specHash: malformed
+    assert identity_of(None) is None
+
+
+def test_is_own_by_uid_and_without_uids_by_settings():
+    assert is_own(ME, ME) and not is_own(OTHER, ME) and not is_own(None, ME)
+    local = RunIdentity(spec_hash="h1")
+    assert is_own(RunIdentity(spec_hash="h1"), local) and not is_own(RunIdentity(spec_hash="h2"), local)
+    assert not is_own(ME, local)  # a Kubernetes run's checkpoint is not a local run's
+
+
+def test_latest_checkpoint_of_an_owner_skips_foreign_and_anonymous_ones(tmp_path):
+    st = Storage(str(tmp_path / "out"))
+    upload_complete(st, tmp_path, 10, ME)
+    upload_complete(st, tmp_path, 20, OTHER)
+    upload_complete(st, tmp_path, 30)  # no identity: foreign
+    assert [r.step for r in list_complete_checkpoints(st, ME)] == [10]
+    ref, _ = download_latest_checkpoint(st, tmp_path / "local", owner=ME)
+    assert ref.step == 10
+    assert download_latest_checkpoint(st, tmp_path / "local2", owner=RunIdentity(spec_hash="zz")) is None
+
+
+def test_retention_deletes_only_the_owners_checkpoints(tmp_path):
+    st = Storage(str(tmp_path / "out"))
+    for step, who in ((5, OTHER), (10, ME), (15, None), (20, ME), (30, ME)):
+        upload_complete(st, tmp_path, step, who)
+    assert prune_checkpoints(st, keep_last=1, protect=30, owner=ME) == [10, 20]
+    assert st.list_dirs("checkpoints") == ["checkpoint-15", "checkpoint-30", "checkpoint-5"]
+
+
+def test_uploader_records_identity_and_reports_failures(tmp_path):
+    st = FailingStorage(str(tmp_path / "out"), fail_step=2)
+    failed: list[tuple[int, str]] = []
+    up = CheckpointUploader(st, keep_last=5, identity=ME, on_failed=lambda step, why: failed.append((step, why)))
+    for step in (1, 2):
+        up.submit(fake_checkpoint(tmp_path / "run" / f"checkpoint-{step}", step, size=64), step)
+    up.close(timeout=30)
+    assert identity_of(st.get_json(f"{checkpoint_rel(1)}/{CHECKPOINT_MANIFEST}")) == ME
+    assert failed and failed[0][0] == 2 and "disk on fire" in failed[0][1]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lft_api.spec import TrainerConfig
-from lft_trainer import train
+from lft_trainer import model, train
 
 
 def cfg(**training) -> TrainerConfig:
@@ -16,7 +16,7 @@ def cfg(**training) -> TrainerConfig:
 
 def test_defaults_are_the_phi3_lora_recipe_with_a_lora_learning_rate():
     c = cfg()
-    lk = train.lora_kwargs(c)
+    lk = model.lora_kwargs(c)
     assert lk == dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", bias="none",
                       use_dora=False, task_type="CAUSAL_LM")
     kw = train.sft_kwargs(c, "/tmp/o", cuda=True, dtype_name="bfloat16", has_eval=True)
@@ -39,8 +39,8 @@ def test_cpu_turns_off_gradient_checkpointing_and_mixed_precision():
 def test_explicit_target_modules_pass_through():
     c = TrainerConfig(model={"name": "m"}, dataset={"uri": "d"}, output={"uri": "o"},
                       lora={"targetModules": ["qkv_proj", "o_proj"], "useDora": True})
-    assert train.lora_kwargs(c)["target_modules"] == ["qkv_proj", "o_proj"]
-    assert train.lora_kwargs(c)["use_dora"] is True
+    assert model.lora_kwargs(c)["target_modules"] == ["qkv_proj", "o_proj"]
+    assert model.lora_kwargs(c)["use_dora"] is True
 
 
 @pytest.mark.parametrize("req,cuda,bf16,want", [
@@ -48,14 +48,14 @@ def test_explicit_target_modules_pass_through():
     ("float16", False, False, "float32"), ("bfloat16", False, False, "bfloat16"), ("float32", True, True, "float32"),
 ])
 def test_dtype_resolution(req, cuda, bf16, want):
-    assert train.resolve_dtype_name(req, cuda, bf16) == want
+    assert model.resolve_dtype_name(req, cuda, bf16) == want
 
 
 def test_eval_before_is_read_back_from_a_checkpoint(tmp_path):
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": [
         {"eval_loss": 7.5, "step": 0}, {"loss": 6.0, "step": 10}, {"eval_loss": 5.0, "step": 10}]}))
-    assert train._eval_before_from_checkpoint(tmp_path) == 7.5
-    assert train._eval_before_from_checkpoint(tmp_path / "missing") is None
+    assert train.eval_before_from_checkpoint(tmp_path) == 7.5
+    assert train.eval_before_from_checkpoint(tmp_path / "missing") is None
 
 
 def test_tiny_model_is_seeded_and_has_phi3_tokens(tmp_path):
@@ -89,12 +89,12 @@ def test_datasets_from_checked_rows_and_from_a_sampled_huge_file():
     c = TrainerConfig(model={"name": "m"}, dataset={"uri": str(path), "maxSamples": 100}, output={"uri": "o"})
     source = data.resolve(c.dataset, None, Path("/nonexistent"))
     full = preflight.check_dataset(source, c.dataset)
-    train_ds, eval_ds = train.build_datasets(c, full, source)
+    train_ds, eval_ds = data.build_datasets(c.dataset, c.training.seed, source, full.format, full.splits)
     assert len(eval_ds) == 24 and len(train_ds) == 100  # 5% held out, then maxSamples
     # Only the first 50 rows were checked: the files are loaded with datasets, same split sizes.
     sampled = preflight.check_dataset(source, c.dataset, max_rows=50)
     assert sampled.splits["train"].sampled
-    train2, eval2 = train.build_datasets(c, sampled, source)
+    train2, eval2 = data.build_datasets(c.dataset, c.training.seed, source, sampled.format, sampled.splits)
     assert (len(train2), len(eval2)) == (100, 24) and train2.column_names == ["messages"]
     assert set(eval_ds["messages"][0][0]) == {"role", "content"}
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from lft_api.contract import CheckpointRef
+from lft_api.contract import CheckpointRef, Metrics, Progress
 from lft_trainer import progress
+from tests.support.status_api import StatusApi
 
 
 class Clock:
@@ -43,8 +42,10 @@ def test_min_interval_from_env(monkeypatch):
     assert progress.min_interval_from_env() == 5.0
 
 
-def ev(kind: str, step: int, **kw) -> progress.ProgressEvent:
-    return progress.ProgressEvent(kind=kind, step=step, total_steps=100, **kw)
+def ev(kind: str, step: int, checkpoint: CheckpointRef | None = None, eta_seconds: int | None = None,
+       **metrics) -> progress.ProgressEvent:
+    return progress.ProgressEvent(kind, Progress.build(step, 100, eta_seconds=eta_seconds), Metrics(**metrics),
+                                  checkpoint)
 
 
 def test_status_sink_rate_limits_but_forces_eval_checkpoint_end():
@@ -71,20 +72,23 @@ def test_failing_sink_never_raises(caplog):
     sink = progress.StatusSink(broken, min_interval=0)
     reporter = progress.Reporter([sink, progress.StdoutSink(io.StringIO())], total_steps=10)
     for step in range(3):
-        reporter.step = step
-        reporter.emit("log")
+        reporter.advanced(step, 10, None)
+        reporter.step_logged(1.0, None, None)
     assert sink.failures == 3 and sink.patches == 0
     assert sum("status patch failed" in r.message for r in caplog.records) == 1  # logged once a minute
 
 
 def test_event_json_fields():
-    e = ev("log", 25, epoch=0.5, loss=1.23456789, eval_loss=None, learning_rate=1e-4, grad_norm=0.5,
-           tokens_per_second=1234.56, eta_seconds=30)
-    j = e.to_json()
+    out = io.StringIO()
+    reporter = progress.Reporter([progress.StdoutSink(out)])
+    reporter.advanced(25, 100, 0.5, tokens_per_second=1234.56, eta_seconds=30)
+    reporter.step_logged(1.23456789, 1e-4, 0.5)
+    reporter.step_logged(float("nan"), None, None)
+    j, nan = (json.loads(x) for x in out.getvalue().splitlines())
     assert j == {"event": "progress", "kind": "log", "step": 25, "totalSteps": 100, "epoch": 0.5, "percent": 25.0,
-                 "loss": 1.234568, "evalLoss": None, "learningRate": 1e-4, "gradNorm": 0.5,
+                 "loss": 1.2346, "evalLoss": None, "learningRate": 1e-4, "gradNorm": 0.5,
                  "tokensPerSecond": 1234.6, "etaSeconds": 30}
-    assert ev("log", 1, loss=float("nan")).to_json()["loss"] is None  # NaN is not JSON
+    assert nan["loss"] is None  # NaN is not JSON
 
 
 def test_callback_turns_logs_into_events():
@@ -116,36 +120,18 @@ def test_callback_turns_logs_into_events():
     assert len(out.getvalue().splitlines()) == 2
 
 
-class _Handler(BaseHTTPRequestHandler):
-    seen: list = []
-
-    def do_PATCH(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Handler.seen.append((self.path, dict(self.headers), json.loads(body)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *a):
-        pass
-
-
 @pytest.fixture
 def api_server():
-    srv = HTTPServer(("127.0.0.1", 0), _Handler)
-    _Handler.seen = []
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_port}"
-    srv.shutdown()
+    server = StatusApi()
+    yield server
+    server.stop()
 
 
 def test_kube_status_client_patches_the_status_subresource(api_server, tmp_path):
     (tmp_path / "token").write_text("sa-token-123\n")
-    client = progress.KubeStatusClient("ft1", "team-a", api_url=api_server, sa_dir=str(tmp_path))
+    client = progress.KubeStatusClient("ft1", "team-a", api_url=api_server.url, sa_dir=str(tmp_path))
     client.patch(ev("eval", 3, eval_loss=1.0).status_body())
-    path, headers, body = _Handler.seen[0]
+    path, headers, body = api_server.seen[0]
     assert path == "/apis/finetune.dev/v1alpha1/namespaces/team-a/lorafinetunes/ft1/status"
     assert headers["Content-Type"] == "application/merge-patch+json"
     assert headers["Authorization"] == "Bearer sa-token-123"
@@ -153,13 +139,13 @@ def test_kube_status_client_patches_the_status_subresource(api_server, tmp_path)
 
 
 def test_make_reporter_adds_status_sink_only_with_name_and_namespace(monkeypatch, api_server):
-    monkeypatch.setenv("LFT_KUBE_API_URL", api_server)
+    monkeypatch.setenv("LFT_KUBE_API_URL", api_server.url)
     monkeypatch.delenv("LFT_NAME", raising=False)
     assert [type(s).__name__ for s in progress.make_reporter(stream=io.StringIO()).sinks] == ["StdoutSink"]
     r = progress.make_reporter("ft1", "ns", stream=io.StringIO())
     assert [type(s).__name__ for s in r.sinks] == ["StdoutSink", "StatusSink"]
-    r.emit("end")
-    assert _Handler.seen and _Handler.seen[0][2]["status"]["progress"]["totalSteps"] == 0
+    r.finished(0, None)
+    assert api_server.seen and api_server.seen[0][2]["status"]["progress"]["totalSteps"] == 0
 
 
 def test_status_body_carries_the_printer_column_strings():
@@ -169,3 +155,39 @@ def test_status_body_carries_the_printer_column_strings():
     assert prog["eta"] == "3m20s"  # the ETA column
     assert prog["percent"] == 40.0 and prog["etaSeconds"] == 200
     assert body["status"]["metrics"]["loss"] == 1.2346  # the Loss column, 4 decimals
+
+
+def test_checkpoint_health_goes_unhealthy_on_a_failed_upload_and_back_on_the_next(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    clock, bodies, out = Clock(), [], io.StringIO()
+    sink = progress.StatusSink(bodies.append, min_interval=60.0, clock=clock)
+    reporter = progress.Reporter([sink, progress.StdoutSink(out)], total_steps=30)
+    reporter.advanced(10, 30, None)
+    reporter.step_logged(2.0, None, None)  # the first patch
+    reporter.checkpoint_uploaded(CheckpointRef(step=10, uri="s3://b/r/checkpoints/checkpoint-10"))
+    reporter.checkpoint_failed(20, "StorageError: PUT refused with very-secret-value")
+    reporter.checkpoint_failed(25, "StorageError: again")
+    reporter.checkpoint_uploaded(CheckpointRef(step=30, uri="s3://b/r/checkpoints/checkpoint-30"))
+    # Forced patches despite the 60 s rate limit.
+    health = [b["status"].get("checkpointHealth") for b in bodies]
+    assert health[0] is None and health[1]["healthy"] is True and health[1]["lastUploadedStep"] == 10
+    failed = health[2]
+    assert failed["healthy"] is False and failed["failedUploads"] == 1 and failed["lastUploadedStep"] == 10
+    assert "checkpoint 20" in failed["message"] and "very-secret-value" not in failed["message"]
+    assert health[3]["failedUploads"] == 2
+    assert health[4] == {**health[4], "healthy": True, "failedUploads": 0, "lastUploadedStep": 30}
+    assert "message" not in health[4]
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [x["kind"] for x in lines[2:4]] == ["checkpoint_failed", "checkpoint_failed"]
+    assert lines[2]["checkpointHealth"]["healthy"] is False
+
+
+def test_eval_at_step_zero_is_the_eval_before():
+    out = io.StringIO()
+    reporter = progress.Reporter([progress.StdoutSink(out)], total_steps=40)
+    reporter.evaluated(3.5)
+    reporter.advanced(20, 40, 0.5)
+    reporter.evaluated(2.0)
+    first, second = (json.loads(x) for x in out.getvalue().splitlines())
+    assert first["evalLossBefore"] == 3.5 and first["totalSteps"] == 40
+    assert second["evalLoss"] == 2.0 and second["evalLossBefore"] == 3.5

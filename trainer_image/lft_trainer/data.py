@@ -2,7 +2,9 @@
 Hugging Face dataset id.
 
 Rows are read here with their 1-based position (the line number for JSON Lines), so pre-flight can
-name the exact row of a bad input; pre-flight (preflight.py) decides what a good row is.
+name the exact row of a bad input; pre-flight (preflight.py) decides what a good row is. The training
+datasets are built here from the rows pre-flight validated (read once); only a dataset too large for
+pre-flight to hold is read again, by the datasets library.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any
 from lft_api.spec import DatasetSpec, StorageSpec
 
 from .errors import InvalidInput
+from .filesystems import split_uri
 
+FORMAT_FIELDS = {"messages": ("messages",), "prompt-completion": ("prompt", "completion"), "text": ("text",)}
 DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
 DATASET_NOT_FOUND = "DatasetNotFound"
 UNREADABLE = "UnreadableDataset"
@@ -80,7 +84,7 @@ def resolve(spec: DatasetSpec, storage_spec: StorageSpec | None, cache_dir: Path
         return DatasetSource(uri=uri, hub_id=uri)
     from . import storage as st
 
-    protocol, path = st.split_uri(os.path.expanduser(uri))
+    protocol, path = split_uri(os.path.expanduser(uri))
     if protocol == "file":
         local = Path(path)
         if not local.exists():
@@ -201,8 +205,16 @@ def _parquet_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
             yield n, row
 
 
-def iter_hub_rows(hub_id: str, split: str, revision: str | None = None) -> Iterator[tuple[int, Any]]:
-    yield from enumerate(load_hub_split(hub_id, split), start=1)
+def iter_rows(source: DatasetSource, split: str) -> Iterator[tuple[str, int, Any]]:
+    """(display name, 1-based row number, row or BadRow) of every row of a split, files in order."""
+    if source.is_hub:
+        display = f"{source.hub_id} (split {split})"
+        for n, row in enumerate(load_hub_split(source.hub_id, split), start=1):
+            yield display, n, row
+        return
+    for f in source.files.get(split, []):
+        for n, row in iter_file_rows(f):
+            yield f.display, n, row
 
 
 def load_hub_split(hub_id: str, split: str):
@@ -219,3 +231,37 @@ def load_hub_split(hub_id: str, split: str):
             raise InvalidInput(DATASET_NOT_FOUND, f"dataset {hub_id}: {str(exc).splitlines()[0][:300]}",
                                file=hub_id, field="dataset.uri") from exc
         raise
+
+
+def load_split(source: DatasetSource, split: str, fmt: str):
+    """A whole split as datasets.Dataset with the format's columns (for datasets pre-flight only sampled)."""
+    import datasets
+
+    if source.is_hub:
+        ds = load_hub_split(source.hub_id, split)
+    else:
+        files = source.files[split]
+        ds = datasets.load_dataset("parquet" if files[0].kind == "parquet" else "json",
+                                   data_files=[str(f.path) for f in files], split="train")
+    return ds.select_columns(list(FORMAT_FIELDS[fmt]))
+
+
+def build_datasets(spec: DatasetSpec, seed: int, source: DatasetSource, fmt: str, splits: dict):
+    """(train, eval or None) as datasets.Dataset; splits: {name: preflight.SplitRows} (validated rows)."""
+    import datasets
+
+    def to_ds(split: str):
+        rows = splits[split]
+        return load_split(source, split, fmt) if rows.sampled else datasets.Dataset.from_list(rows.rows)
+
+    train = to_ds(spec.train_split)
+    evald = None
+    if spec.eval_split:
+        evald = to_ds(spec.eval_split)
+    elif spec.eval_fraction > 0 and len(train) >= 2:
+        n_eval = min(len(train) - 1, max(1, round(len(train) * spec.eval_fraction)))
+        parts = train.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
+        train, evald = parts["train"], parts["test"]
+    if spec.max_samples and len(train) > spec.max_samples:
+        train = train.shuffle(seed=seed).select(range(spec.max_samples))
+    return train, evald

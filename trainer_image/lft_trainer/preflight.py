@@ -1,8 +1,8 @@
 """Pre-flight: everything that can be checked before the model is loaded, so that a bad input ends
 the run in seconds with a message that names the file, the row, the field and the reason.
 
-Checks: the config file (pydantic), quantization vs. hardware, the model's location, the output
-storage (credentials, bucket, write access), and every dataset row (or the first
+Checks: the config file (pydantic), quantization vs. hardware, the output storage (credentials, bucket,
+write access) and who owns its artifacts (ownership.py), the model's location, and every dataset row (or the first
 LFT_PREFLIGHT_MAX_ROWS rows of a huge dataset; the summary says so). Row checks are pure functions.
 """
 
@@ -11,27 +11,32 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from lft_api.contract import RunIdentity
 from lft_api.errors import format_validation_errors
 from lft_api.spec import DatasetSpec, LoraSpec, ModelSpec, StorageSpec, TrainerConfig
 
-from . import data
+from . import data, ownership
 from .errors import InvalidInput
+from .filesystems import split_uri
+from .ownership import OwnershipDecision
+from .storage import Storage
 
 log = logging.getLogger("lft_trainer.preflight")
 
 ROLES = ("system", "user", "assistant", "tool")
-FORMAT_FIELDS = {"messages": ("messages",), "prompt-completion": ("prompt", "completion"), "text": ("text",)}
 ENV_MAX_ROWS = "LFT_PREFLIGHT_MAX_ROWS"
 DEFAULT_MAX_ROWS = 200_000
 MAX_REPORTED_ERRORS = 5
 
+ENV_REPORT_FILE = "LFT_PREFLIGHT_REPORT"  # set by the DDP launcher for its ranks
 INVALID_CONFIG = "InvalidConfig"
 MODEL_NOT_FOUND = "ModelNotFound"
 UNSUPPORTED_HARDWARE = "UnsupportedHardware"
@@ -61,6 +66,47 @@ def load_config(path: str | Path) -> TrainerConfig:
 
 
 # ---------------------------------------------------------------------------------------------
+# all checks, in order: cheap and likely failures first
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PreflightReport:
+    """What pre-flight checked and found: the dataset (rows validated and kept) and the output's owner."""
+
+    source: data.DatasetSource
+    dataset: DatasetReport
+    output: OwnershipDecision | None  # None: not checked by this process (a rank: its launcher did)
+
+
+def run_checks(config: TrainerConfig, work: Path, cuda: bool, identity: RunIdentity,
+               check_output: bool) -> PreflightReport:
+    """Everything before the model loads. A rank started by the launcher reuses the launcher's report:
+    the dataset is read once per pod."""
+    saved = os.environ.get(ENV_REPORT_FILE)
+    if saved:
+        with open(saved, "rb") as f:
+            return pickle.load(f)  # written by this pod's launcher (save_report), in its work dir
+    check_quantization(config.lora, cuda)
+    if config.model.attn_implementation == "flash_attention_2" and not cuda:
+        raise InvalidInput(UNSUPPORTED_HARDWARE, "model.attnImplementation flash_attention_2 needs a CUDA GPU",
+                           field="model.attnImplementation")
+    output = None
+    if check_output:
+        out = Storage(config.output.uri, config.storage)
+        out.check_access(write=True)
+        output = ownership.check_output(config, out, identity)
+    check_model(config.model, config.storage)
+    source = data.resolve(config.dataset, config.storage, work)
+    return PreflightReport(source, check_dataset(source, config.dataset), output)
+
+
+def save_report(report: PreflightReport, path: Path) -> dict[str, str]:
+    """Keep the report for the launcher's ranks; returns the environment that points them to it."""
+    with open(path, "wb") as f:
+        pickle.dump(report, f)
+    return {ENV_REPORT_FILE: str(path)}
+
+
+# ---------------------------------------------------------------------------------------------
 # hardware and model
 # ---------------------------------------------------------------------------------------------
 def check_quantization(lora: LoraSpec, cuda_available: bool) -> None:
@@ -84,9 +130,7 @@ def check_model(model: ModelSpec, storage_spec: StorageSpec | None) -> None:
     """A model given as a path/URI must exist and hold config.json. Hub ids are checked when loading."""
     if not data.looks_like_path(model.name):
         return
-    from . import storage as st
-
-    protocol, path = st.split_uri(os.path.expanduser(model.name))
+    protocol, path = split_uri(os.path.expanduser(model.name))
     if protocol == "file":
         p = Path(path)
         if not p.is_dir():
@@ -96,7 +140,7 @@ def check_model(model: ModelSpec, storage_spec: StorageSpec | None) -> None:
             raise InvalidInput(MODEL_NOT_FOUND, f"model {model.name}: no config.json in the directory "
                                "(not a Hugging Face model directory)", file=model.name, field="model.name")
         return
-    remote = st.Storage(model.name, storage_spec)
+    remote = Storage(model.name, storage_spec)
     if not remote.exists("config.json"):
         raise InvalidInput(MODEL_NOT_FOUND, f"model {model.name}: no config.json under that URI", file=model.name,
                            field="model.name")
@@ -180,7 +224,7 @@ def normalize_row(row: dict, fmt: str) -> dict:
             keep = {"role": m["role"], "content": m.get("content") or ""}
             out.append(keep)
         return {"messages": out}
-    return {k: row[k] for k in FORMAT_FIELDS[fmt]}
+    return {k: row[k] for k in data.FORMAT_FIELDS[fmt]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,17 +260,6 @@ def max_rows_from_env() -> int:
         return max(1, int(os.environ.get(ENV_MAX_ROWS, DEFAULT_MAX_ROWS)))
     except ValueError:
         return DEFAULT_MAX_ROWS
-
-
-def _source_rows(source: data.DatasetSource, split: str) -> Iterator[tuple[str, int, Any]]:
-    if source.is_hub:
-        display = f"{source.hub_id} (split {split})"
-        for n, row in data.iter_hub_rows(source.hub_id, split):
-            yield display, n, row
-        return
-    for f in source.files.get(split, []):
-        for n, row in data.iter_file_rows(f):
-            yield f.display, n, row
 
 
 def check_rows(rows: Iterable[tuple[str, int, Any]], fmt: str, max_rows: int, split: str) -> tuple[str, SplitRows]:
@@ -281,7 +314,7 @@ def check_dataset(source: data.DatasetSource, spec: DatasetSpec, max_rows: int |
         if not source.is_hub and split not in source.files:
             raise InvalidInput(data.DATASET_NOT_FOUND, f"dataset {source.uri}: no file for split {split!r}",
                                file=source.uri, field="dataset.evalSplit" if split != spec.train_split else "dataset.trainSplit")
-        fmt, result[split] = check_rows(_source_rows(source, split), fmt, max_rows, split)
+        fmt, result[split] = check_rows(data.iter_rows(source, split), fmt, max_rows, split)
     train = result[spec.train_split]
     if not spec.eval_split and spec.eval_fraction > 0 and not train.sampled and train.checked < 2:
         raise InvalidInput(data.INVALID, f"dataset {source.uri}: {train.checked} row(s) cannot be split into train "

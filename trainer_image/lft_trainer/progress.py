@@ -1,6 +1,7 @@
-"""Progress reporting: a TrainerCallback turns the trainer's logs into progress events, and sinks
-publish them: one JSON line per event on stdout, and a rate-limited merge patch of the
-LoRAFineTune's status subresource (status.progress / status.metrics / status.latestCheckpoint).
+"""Progress reporting: the Reporter holds the run's Progress, Metrics, latest checkpoint and checkpoint
+health; the training loop (a TrainerCallback) and the checkpoint uploader call its transitions, and sinks
+publish each one: a JSON line on stdout, and a rate-limited merge patch of the LoRAFineTune's status
+subresource (status.progress / metrics / latestCheckpoint / checkpointHealth).
 
 A sink that fails is logged (at most once a minute) and never stops training.
 """
@@ -22,7 +23,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lft_api import contract
-from lft_api.contract import CheckpointRef, Metrics, Progress
+from lft_api.contract import CheckpointHealth, CheckpointRef, Metrics, Progress
+
+from .retry import scrub
 
 log = logging.getLogger("lft_trainer.progress")
 
@@ -31,61 +34,44 @@ DEFAULT_MIN_INTERVAL = 5.0
 ENV_KUBE_API = "LFT_KUBE_API_URL"  # override of the in-cluster API server URL (tests, out-of-cluster runs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProgressEvent:
-    kind: str  # start | log | eval | checkpoint | end
-    step: int
-    total_steps: int
-    epoch: float | None = None
-    loss: float | None = None
-    eval_loss: float | None = None
-    eval_loss_before: float | None = None
-    learning_rate: float | None = None
-    grad_norm: float | None = None
-    tokens_per_second: float | None = None
-    eta_seconds: int | None = None
-    resumed_from_step: int | None = None
-    checkpoint: CheckpointRef | None = None
+    """One transition, with a snapshot of the Reporter's models (not copies of their fields)."""
 
-    @property
-    def percent(self) -> float | None:
-        if self.total_steps <= 0:
-            return None
-        return round(100.0 * min(self.step, self.total_steps) / self.total_steps, 1)
+    kind: str  # start | log | eval | checkpoint | checkpoint_failed | end
+    progress: Progress
+    metrics: Metrics
+    checkpoint: CheckpointRef | None = None
+    health: CheckpointHealth | None = None
 
     @property
     def forced(self) -> bool:
         """Events that always reach the status, whatever the rate limit."""
-        return self.kind in ("eval", "checkpoint", "end", "start")
+        return self.kind in FORCED_KINDS
 
     def to_json(self) -> dict[str, Any]:
+        p, m = self.progress, self.metrics
         out: dict[str, Any] = {
-            "event": "progress", "kind": self.kind, "step": self.step, "totalSteps": self.total_steps,
-            "epoch": _round(self.epoch, 4), "percent": self.percent, "loss": _round(self.loss, 6),
-            "evalLoss": _round(self.eval_loss, 6), "learningRate": self.learning_rate,
-            "gradNorm": _round(self.grad_norm, 6), "tokensPerSecond": _round(self.tokens_per_second, 1),
-            "etaSeconds": self.eta_seconds,
+            "event": "progress", "kind": self.kind, "step": p.step, "totalSteps": p.total_steps,
+            "epoch": p.epoch, "percent": p.percent, "loss": m.loss, "evalLoss": m.eval_loss,
+            "learningRate": m.learning_rate, "gradNorm": m.grad_norm, "tokensPerSecond": p.tokens_per_second,
+            "etaSeconds": p.eta_seconds,
         }
-        if self.eval_loss_before is not None:
-            out["evalLossBefore"] = _round(self.eval_loss_before, 6)
-        if self.resumed_from_step is not None:
-            out["resumedFromStep"] = self.resumed_from_step
+        if m.eval_loss_before is not None:
+            out["evalLossBefore"] = m.eval_loss_before
+        if p.resumed_from_step is not None:
+            out["resumedFromStep"] = p.resumed_from_step
         if self.checkpoint is not None:
             out["checkpoint"] = self.checkpoint.to_wire()
+        if self.health is not None and self.kind in ("checkpoint", "checkpoint_failed"):
+            out["checkpointHealth"] = self.health.to_wire()
         return out
 
-    def status_body(self, now: datetime | None = None) -> dict[str, Any]:
-        # Progress.build derives percent and the display strings the printer columns show.
-        progress = Progress.build(
-            self.step, self.total_steps, epoch=_round(self.epoch, 4),
-            eta_seconds=self.eta_seconds, tokens_per_second=_round(self.tokens_per_second, 1),
-            resumed_from_step=self.resumed_from_step,
-            updated_at=(now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
-        metrics = Metrics(loss=_round(self.loss, 6), eval_loss=_round(self.eval_loss, 6),
-                          eval_loss_before=_round(self.eval_loss_before, 6), learning_rate=self.learning_rate,
-                          grad_norm=_round(self.grad_norm, 6))
-        return contract.status_patch(progress, metrics, self.checkpoint)
+    def status_body(self) -> dict[str, Any]:
+        return contract.status_patch(self.progress, self.metrics, self.checkpoint, self.health)
+
+
+FORCED_KINDS = ("eval", "checkpoint", "checkpoint_failed", "end", "start")
 
 
 def _round(v: float | None, nd: int) -> float | None:
@@ -207,47 +193,109 @@ def _describe_http_error(exc: Exception) -> str:
     return f"HTTP {code}" if code else f"{type(exc).__name__}: {exc}"[:300]
 
 
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class Reporter:
-    """Fans events out to sinks; remembers the latest metrics so every event carries the full picture."""
+    """The run's current Progress, Metrics, latest checkpoint and checkpoint health, changed only through
+    one method per transition; each transition that is reported goes to every sink as a ProgressEvent."""
 
     def __init__(self, sinks: list[Sink], total_steps: int = 0):
         self.sinks = sinks
-        self.total_steps = total_steps
-        self.step = 0
-        self.epoch: float | None = None
-        self.loss: float | None = None
-        self.eval_loss: float | None = None
-        self.eval_loss_before: float | None = None
-        self.learning_rate: float | None = None
-        self.grad_norm: float | None = None
-        self.tokens_per_second: float | None = None
-        self.eta_seconds: int | None = None
-        self.resumed_from_step: int | None = None
+        self.progress = Progress.build(0, total_steps)
+        self.metrics = Metrics()
         self.latest_checkpoint: CheckpointRef | None = None
-        self._lock = threading.Lock()
+        self.health: CheckpointHealth | None = None  # None until the first checkpoint upload ends
+        self._lock = threading.RLock()  # the checkpoint uploader's thread reports too
 
-    def event(self, kind: str, checkpoint: CheckpointRef | None = None) -> ProgressEvent:
-        return ProgressEvent(
-            kind=kind, step=self.step, total_steps=self.total_steps, epoch=self.epoch, loss=self.loss,
-            eval_loss=self.eval_loss, eval_loss_before=self.eval_loss_before, learning_rate=self.learning_rate,
-            grad_norm=self.grad_norm, tokens_per_second=self.tokens_per_second, eta_seconds=self.eta_seconds,
-            resumed_from_step=self.resumed_from_step, checkpoint=checkpoint or self.latest_checkpoint,
-        )
-
-    def emit(self, kind: str, checkpoint: CheckpointRef | None = None) -> None:
+    # -- transitions ----------------------------------------------------------------------
+    def resumed(self, step: int | None) -> None:
         with self._lock:
-            if checkpoint is not None:
-                self.latest_checkpoint = checkpoint
-            ev = self.event(kind, checkpoint)
+            self._set_progress(step=step or 0, resumed_from_step=step)
+
+    def planned(self, total_steps: int) -> None:
+        with self._lock:
+            self._set_progress(total_steps=total_steps)
+
+    def eval_before_restored(self, eval_loss_before: float | None) -> None:
+        """The step-0 eval loss of an earlier attempt, kept in the checkpoint resumed from."""
+        with self._lock:
+            self._set_metrics(eval_loss_before=_round(eval_loss_before, 6))
+
+    def advanced(self, step: int, total_steps: int, epoch: float | None, tokens_per_second: float | None = None,
+                 eta_seconds: int | None = None) -> None:
+        with self._lock:
+            changes: dict[str, Any] = dict(step=step, total_steps=total_steps or self.progress.total_steps,
+                                           epoch=_round(epoch, 4))
+            if tokens_per_second is not None:
+                changes["tokens_per_second"] = _round(tokens_per_second, 1)
+            if eta_seconds is not None:
+                changes["eta_seconds"] = eta_seconds
+            self._set_progress(**changes)
+
+    def step_logged(self, loss: float | None, learning_rate: float | None, grad_norm: float | None) -> None:
+        with self._lock:
+            # Only what this log line has; a NaN loss shows as null rather than the previous value.
+            given = {k: v for k, v in (("loss", loss), ("learning_rate", learning_rate), ("grad_norm", grad_norm))
+                     if v is not None}
+            self._set_metrics(**{k: _round(v, 6) if k != "learning_rate" else v for k, v in given.items()})
+        if loss is not None:
+            self._emit("log")
+
+    def evaluated(self, eval_loss: float) -> None:
+        with self._lock:
+            loss = _round(eval_loss, 6)
+            first = self.progress.step == 0 and self.metrics.eval_loss_before is None
+            self._set_metrics(eval_loss=loss, **({"eval_loss_before": loss} if first else {}))
+        self._emit("eval")
+
+    def checkpoint_uploaded(self, ref: CheckpointRef) -> None:
+        """CheckpointUploader's on_uploaded hook (runs in the uploader's thread)."""
+        with self._lock:
+            self.latest_checkpoint = ref
+            self.health = CheckpointHealth(healthy=True, failed_uploads=0, last_uploaded_step=ref.step,
+                                           updated_at=_now())
+        self._emit("checkpoint")
+
+    def checkpoint_failed(self, step: int, error: str) -> None:
+        """CheckpointUploader's on_failed hook: the upload failed after the storage retries; training goes on."""
+        with self._lock:
+            failed = (self.health.failed_uploads if self.health else 0) + 1
+            last = self.latest_checkpoint.step if self.latest_checkpoint else None
+            self.health = CheckpointHealth(healthy=False, message=scrub(f"checkpoint {step}: {error}")[:1000],
+                                           failed_uploads=failed, last_uploaded_step=last, updated_at=_now())
+        log.warning("checkpoint upload failed (%d in a row); training goes on: %s", failed, self.health.message)
+        self._emit("checkpoint_failed")
+
+    def finished(self, step: int, eval_loss: float | None) -> None:
+        with self._lock:
+            self._set_progress(step=step)
+            self._set_metrics(eval_loss=_round(eval_loss, 6))
+        self._emit("end")
+
+    # -- internals ------------------------------------------------------------------------
+    def _set_progress(self, **changes: Any) -> None:
+        fields = self.progress.model_dump(exclude={"percent", "display", "eta"})
+        fields.update(changes)
+        self.progress = Progress.build(fields.pop("step"), fields.pop("total_steps"), **fields)
+
+    def _set_metrics(self, **changes: Any) -> None:
+        # Validated (not model_copy): Metrics rounds to the 4 decimals that `kubectl get` shows.
+        self.metrics = Metrics.model_validate({**self.metrics.model_dump(), **changes})
+
+    def event(self, kind: str) -> ProgressEvent:
+        with self._lock:
+            progress = self.progress.model_copy(update={"updated_at": _now()})
+            return ProgressEvent(kind, progress, self.metrics, self.latest_checkpoint, self.health)
+
+    def _emit(self, kind: str) -> None:
+        ev = self.event(kind)
         for sink in self.sinks:
             try:
                 sink.emit(ev)
             except Exception as exc:  # a sink must never stop training
                 log.warning("progress sink %s failed: %s", type(sink).__name__, exc)
-
-    def checkpoint_uploaded(self, ref: CheckpointRef) -> None:
-        """CheckpointUploader's on_uploaded hook (runs in the uploader's thread)."""
-        self.emit("checkpoint", checkpoint=ref)
 
 
 def make_reporter(name: str | None = None, namespace: str | None = None, stream=None) -> Reporter:
@@ -283,43 +331,35 @@ def make_callback(reporter: Reporter, clock: Callable[[], float] = time.monotoni
             self._t0 = clock()
             self._step0 = state.global_step
             self._tokens0 = int(getattr(state, "num_input_tokens_seen", 0) or 0)
-            reporter.total_steps = state.max_steps
-            reporter.step = state.global_step
+            reporter.advanced(state.global_step, state.max_steps, state.epoch)
 
-        def _update(self, state) -> None:
-            reporter.step = state.global_step
-            reporter.total_steps = state.max_steps or reporter.total_steps
-            reporter.epoch = state.epoch
-            if self._t0 is None:
-                return
-            elapsed = clock() - self._t0
-            done = state.global_step - self._step0
-            tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0
-            if elapsed > 0 and tokens > 0:
-                reporter.tokens_per_second = tokens / elapsed
-            if done > 0 and elapsed > 0:
-                reporter.eta_seconds = int(round(max(0, state.max_steps - state.global_step) * elapsed / done))
+        def _advance(self, state) -> None:
+            rate = eta = None
+            if self._t0 is not None:
+                elapsed = clock() - self._t0
+                done = state.global_step - self._step0
+                tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0
+                if elapsed > 0 and tokens > 0:
+                    rate = tokens / elapsed
+                if done > 0 and elapsed > 0:
+                    eta = int(round(max(0, state.max_steps - state.global_step) * elapsed / done))
+            reporter.advanced(state.global_step, state.max_steps, state.epoch, rate, eta)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
                 return
-            self._update(state)
-            if "loss" in logs:
-                reporter.loss = float(logs["loss"])
-            if "learning_rate" in logs:
-                reporter.learning_rate = float(logs["learning_rate"])
-            if "grad_norm" in logs and logs["grad_norm"] is not None:
-                reporter.grad_norm = float(logs["grad_norm"])
-            if "loss" in logs:
-                reporter.emit("log")
+            self._advance(state)
+            grad_norm = logs.get("grad_norm")
+            reporter.step_logged(_float(logs.get("loss")), _float(logs.get("learning_rate")), _float(grad_norm))
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics:
                 return
-            self._update(state)
-            reporter.eval_loss = float(metrics["eval_loss"])
-            if reporter.eval_loss_before is None and state.global_step == 0:
-                reporter.eval_loss_before = reporter.eval_loss
-            reporter.emit("eval")
+            self._advance(state)
+            reporter.evaluated(float(metrics["eval_loss"]))
 
     return ProgressCallback()
+
+
+def _float(v: Any) -> float | None:
+    return None if v is None else float(v)

@@ -14,279 +14,28 @@ Uploads retry file by file, so files already uploaded stay uploaded through an o
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import os
-import random
-import re
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any
 
 from lft_api.contract import FileDigest
 from lft_api.spec import StorageSpec
 
 from .errors import InvalidInput, StorageError
+from .filesystems import make_filesystem, split_uri
+from .retry import DENIED_CODES, NOT_FOUND_BUCKET_CODES, RetryPolicy, T, client_error_info, describe, retry_call, scrub
 
 log = logging.getLogger("lft_trainer.storage")
 
-T = TypeVar("T")
-
-ENV_RETRY_SECONDS = "LFT_STORAGE_RETRY_SECONDS"
-SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
-                   "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET")
-
-# Reasons of the InvalidInput raised by check_access and credential lookup.
-MISSING_CREDENTIALS = "MissingCredentials"
+# Reasons of the InvalidInput raised by check_access (credential and protocol reasons: filesystems.py).
 ACCESS_DENIED = "StorageAccessDenied"
 BUCKET_NOT_FOUND = "BucketNotFound"
 UNREACHABLE = "StorageUnreachable"
-UNSUPPORTED = "UnsupportedStorage"
-
-# S3 error codes that mean "try again later" even when the HTTP status is not 5xx.
-_TRANSIENT_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestTimeout",
-    "RequestTimeoutException", "InternalError", "ServiceUnavailable", "PriorRequestNotComplete",
-    "TooManyRequestsException", "BandwidthLimitExceeded", "EC2ThrottledException",
-}
-_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-                 "InvalidToken", "AllAccessDisabled", "AccountProblem", "403", "Forbidden"}
-_NOT_FOUND_BUCKET_CODES = {"NoSuchBucket"}
-
-_PROTOCOL_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "adl": "az"}
-_PROTOCOL_PACKAGES = {"gs": "gcsfs", "az": "adlfs"}
-
-
-# ---------------------------------------------------------------------------------------------
-# retry policy and error classification (pure)
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter, bounded by total time (not by attempt count)."""
-
-    total_seconds: float = 120.0
-    initial_delay: float = 0.5
-    max_delay: float = 10.0
-    multiplier: float = 2.0
-    # check_access() gives up sooner: a wrong endpoint must fail the pre-flight in seconds.
-    check_seconds: float = 15.0
-
-    @classmethod
-    def from_env(cls) -> RetryPolicy:
-        raw = os.environ.get(ENV_RETRY_SECONDS)
-        if not raw:
-            return cls()
-        try:
-            total = float(raw)
-        except ValueError:
-            log.warning("ignoring %s=%r: not a number", ENV_RETRY_SECONDS, raw)
-            return cls()
-        return cls(total_seconds=max(0.0, total), check_seconds=min(cls.check_seconds, max(0.0, total)))
-
-    def delay(self, attempt: int) -> float:
-        """Sleep before retry number `attempt` (1-based), with +-20% jitter so workers don't sync up."""
-        base = min(self.max_delay, self.initial_delay * (self.multiplier ** (attempt - 1)))
-        return base * random.uniform(0.8, 1.2)
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        yield cur
-        cur = cur.__cause__ or cur.__context__
-
-
-def client_error_info(exc: BaseException) -> tuple[int, str] | None:
-    """(HTTP status, error code) of the botocore ClientError in exc's chain, or None."""
-    for e in _chain(exc):
-        response = getattr(e, "response", None)
-        if isinstance(response, dict) and "Error" in response:
-            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            code = str(response["Error"].get("Code") or "")
-            if not status and code.isdigit():
-                status = int(code)
-            return status, code
-    return None
-
-
-def _is_connection_error(e: BaseException) -> bool:
-    try:
-        import botocore.exceptions as bce
-
-        if isinstance(e, (bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError,
-                          bce.ResponseStreamingError)):
-            return True
-    except ImportError:  # pragma: no cover - botocore comes with s3fs
-        pass
-    try:
-        import aiohttp
-
-        if isinstance(e, aiohttp.ClientError):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from fsspec.exceptions import FSTimeoutError
-
-        if isinstance(e, FSTimeoutError):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    return isinstance(e, (ConnectionError, TimeoutError, asyncio.TimeoutError))
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when retrying may help: network trouble, timeouts, 5xx, throttling."""
-    info = client_error_info(exc)
-    if info is not None:
-        status, code = info
-        return status >= 500 or status == 429 or code in _TRANSIENT_CODES
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                        FileExistsError, InvalidInput)):
-        return False
-    return any(_is_connection_error(e) for e in _chain(exc))
-
-
-def scrub(text: str) -> str:
-    """Remove secret values (from the environment) and URL userinfo from a message."""
-    for var in SECRET_ENV_VARS:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return re.sub(r"(\w+://)[^/@\s:]+:[^/@\s]+@", r"\1***@", text)
-
-
-def describe(exc: BaseException) -> str:
-    """A short, secret-free description of an exception."""
-    info = client_error_info(exc)
-    msg = str(exc).strip() or type(exc).__name__
-    if info is not None and info[1] and info[1] not in msg:
-        msg = f"{info[1]}: {msg}"
-    return scrub(f"{type(exc).__name__}: {msg}")[:500]
-
-
-def retry_call(fn: Callable[[], T], what: str, policy: RetryPolicy, *, total_seconds: float | None = None,
-               sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> T:
-    """Call fn until it succeeds, a non-transient error occurs, or the time budget is spent.
-
-    Non-transient errors propagate unchanged; when the budget runs out the last transient error is
-    raised as StorageError (with it as __cause__).
-    """
-    budget = policy.total_seconds if total_seconds is None else total_seconds
-    start = clock()
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            delay = policy.delay(attempt)
-            elapsed = clock() - start
-            if elapsed + delay > budget:
-                raise StorageError(
-                    f"{what}: gave up after {attempt} attempt(s) in {elapsed:.1f}s: {describe(exc)}"
-                ) from exc
-            log.warning("storage: %s failed (%s); retry %d in %.1fs", what, describe(exc), attempt, delay)
-            sleep(delay)
-
-
-# ---------------------------------------------------------------------------------------------
-# URIs and filesystems
-# ---------------------------------------------------------------------------------------------
-def split_uri(uri: str) -> tuple[str, str]:
-    """("s3", "bucket/prefix") for s3://bucket/prefix; ("file", "/abs/path") for file:// URIs and paths."""
-    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$", uri)
-    if not m:
-        return "file", os.path.abspath(uri)
-    proto, rest = m.group(1).lower(), m.group(2)
-    proto = _PROTOCOL_ALIASES.get(proto, proto)
-    if proto == "file":
-        return "file", os.path.abspath(rest or "/")
-    return proto, rest.strip("/")
-
-
-def is_remote(uri: str) -> bool:
-    return split_uri(uri)[0] != "file"
-
-
-def _s3_credentials() -> dict[str, Any]:
-    key = os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if key and secret:
-        return {"key": key, "secret": secret, "token": os.environ.get("AWS_SESSION_TOKEN") or None}
-    if os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE") and os.environ.get("AWS_ROLE_ARN"):
-        # IRSA / pod identity: botocore's chain reads these variables itself.
-        return {}
-    raise InvalidInput(
-        MISSING_CREDENTIALS,
-        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the trainer's environment "
-        "(e.g. from the Secret named in the LoRAFineTune's storage settings)",
-    )
-
-
-# S3 clients are costly to build (botocore loads its service model: ~1 s of CPU), so Storage objects
-# with the same endpoint and credentials share one. The key holds a hash of the credentials, not them,
-# and the pid: a forked child must not reuse its parent's event loop and connections.
-_S3_CACHE: dict[tuple, Any] = {}
-_S3_CACHE_LOCK = threading.Lock()
-
-
-def _cache_key(spec: StorageSpec, creds: dict[str, Any]) -> tuple:
-    digest = hashlib.sha256(repr(sorted(creds.items())).encode()).hexdigest()
-    return os.getpid(), spec.endpoint_url or "", spec.region or "", digest
-
-
-def make_filesystem(protocol: str, spec: StorageSpec):
-    """An fsspec filesystem for protocol; raises InvalidInput for missing credentials or packages."""
-    import fsspec
-
-    if protocol == "file":
-        return fsspec.filesystem("file", auto_mkdir=True)
-    if protocol == "s3":
-        creds = _s3_credentials()
-        key = _cache_key(spec, creds)
-        with _S3_CACHE_LOCK:
-            fs = _S3_CACHE.get(key)
-            if fs is None:
-                fs = _S3_CACHE[key] = _make_s3(spec, creds)
-        return fs
-    try:
-        return fsspec.filesystem(protocol)
-    except ImportError as exc:
-        pkg = _PROTOCOL_PACKAGES.get(protocol, f"the fsspec backend for {protocol}://")
-        raise InvalidInput(UNSUPPORTED, f"{protocol}:// storage needs {pkg}, which is not installed in this image") from exc
-    except ValueError as exc:
-        raise InvalidInput(UNSUPPORTED, f"unsupported storage protocol {protocol}://") from exc
-
-
-def _make_s3(spec: StorageSpec, creds: dict[str, Any]):
-    import s3fs
-
-    client_kwargs: dict[str, Any] = {}
-    if spec.region:
-        client_kwargs["region_name"] = spec.region
-    fs = s3fs.S3FileSystem(
-        endpoint_url=spec.endpoint_url or None,
-        client_kwargs=client_kwargs,
-        # One attempt per call at each layer below: RetryPolicy owns backoff and the time budget.
-        config_kwargs={"retries": {"total_max_attempts": 1, "mode": "standard"},
-                       "connect_timeout": 5, "read_timeout": 60},
-        skip_instance_cache=True,
-        use_listings_cache=False,
-        **creds,
-    )
-    fs.retries = 1  # s3fs's own retry loop (a class attribute in this version)
-    return fs
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -314,10 +63,6 @@ class Storage:
         self.protocol, self.base_path = split_uri(base_uri)
         self.base_uri = self._to_uri(self.base_path)
         self._fs = None
-
-    @classmethod
-    def for_uri(cls, uri: str, spec: StorageSpec | None = None, retry: RetryPolicy | None = None) -> Storage:
-        return cls(uri, spec, retry)
 
     def __repr__(self) -> str:
         return f"Storage({self.base_uri!r})"
@@ -530,9 +275,9 @@ class Storage:
     def _access_error(self, exc: BaseException, where: str) -> InvalidInput:
         info = client_error_info(exc)
         status, code = info if info else (0, "")
-        if code in _NOT_FOUND_BUCKET_CODES or (status == 404 and self.protocol == "s3"):
+        if code in NOT_FOUND_BUCKET_CODES or (status == 404 and self.protocol == "s3"):
             return InvalidInput(BUCKET_NOT_FOUND, f"bucket {self.bucket!r} does not exist at {where}")
-        if status in (401, 403) or code in _DENIED_CODES or isinstance(exc, PermissionError):
+        if status in (401, 403) or code in DENIED_CODES or isinstance(exc, PermissionError):
             hint = {"InvalidAccessKeyId": "the access key id is not known to the server",
                     "SignatureDoesNotMatch": "the secret access key does not match the access key id",
                     "ExpiredToken": "the session token has expired"}.get(code, "access denied")

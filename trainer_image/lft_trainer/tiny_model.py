@@ -15,16 +15,8 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-# The Phi-3 chat template, byte for byte as in microsoft/Phi-3-mini-4k-instruct (and TRL's
-# chat_templates/phi3.jinja, so TRL recognises it and swaps in its training variant for
-# assistant-only loss). train.py applies it to tokenizers that ship no template.
-PHI3_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + "
-    "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
-    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}"
-    "{% endif %}"
-)
+from .chat_templates import PHI3_CHAT_TEMPLATE
+
 EOS_TOKEN = "<|endoftext|>"
 END_TOKEN = "<|end|>"
 SPECIAL_TOKENS = [EOS_TOKEN, "<|system|>", "<|user|>", "<|assistant|>", END_TOKEN]

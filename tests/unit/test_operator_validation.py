@@ -61,6 +61,36 @@ def test_settings_from_env():
     assert Settings.from_env({}).peering is None
 
 
+def test_settings_every_env_name_and_default(monkeypatch):
+    env = {
+        "LFT_TRAINER_IMAGE": "i:2",
+        "LFT_TRAINER_IMAGE_PULL_POLICY": "Always",
+        "LFT_DEFAULT_STORAGE_SECRET": "s3",
+        "LFT_LIVENESS_PORT": "0",
+        "LFT_PRIORITY": "5",
+        "LFT_RESYNC_SECONDS": "2.5",
+        "LFT_API_WORKERS": "3",
+        "LFT_TERMINATION_GRACE_SECONDS": "30",
+        "LFT_TRAINER_STATUS_INTERVAL_SECONDS": "1.5",
+        "LFT_WATCH_SERVER_TIMEOUT": "60",
+        "LFT_POD_CREATION_TIMEOUT_SECONDS": "20",
+        "LFT_JSON_LOGS": "0",
+        "LFT_NAMESPACES": "*",
+    }
+    s = Settings.from_env(env)
+    assert (s.trainer_image, s.trainer_image_pull_policy, s.default_storage_secret) == ("i:2", "Always", "s3")
+    assert (s.liveness_port, s.priority, s.resync_seconds, s.api_workers) == (0, 5, 2.5, 3)
+    assert (s.termination_grace_seconds, s.trainer_status_interval, s.watch_server_timeout) == (30, 1.5, 60)
+    assert s.pod_creation_timeout_seconds == 20 and s.json_logs is False and s.namespaces == ()
+    # Empty means default; the process environment is read when no mapping is given.
+    empty = Settings.from_env({name: "" for name in env})
+    assert empty == Settings.from_env({}) and empty.pod_creation_timeout_seconds == 600
+    assert empty.trainer_image == "lft/trainer:0.1.0" and empty.json_logs is True
+    monkeypatch.setenv("LFT_NAMESPACES", "x,y")
+    monkeypatch.setenv("LFT_PEERING_NAME", "p")
+    assert (Settings().namespaces, Settings().peering) == (("x", "y"), "p")
+
+
 def test_pod_view_reads_the_trainer_container():
     body = {
         "metadata": {

@@ -7,7 +7,6 @@ and returns a plain manifest dict. Names are deterministic, so creating twice ca
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,6 @@ from .settings import Settings
 
 NAME_LABEL = f"{contract.API_GROUP}/name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-SPEC_HASH_ANNOTATION = f"{contract.API_GROUP}/spec-hash"
 APPLIED_SPEC_ANNOTATION = f"{contract.API_GROUP}/applied-spec"
 RUN_POLICY_ANNOTATION = f"{contract.API_GROUP}/run-policy"
 CONTAINER_NAME = "trainer"
@@ -46,15 +44,8 @@ class Owner:
         return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
 
-def job_name(name: str) -> str:
-    return f"{name}{JOB_SUFFIX}"
-
-
-def service_account_name(name: str) -> str:
-    return f"{name}{JOB_SUFFIX}"
-
-
-def role_name(name: str) -> str:
+def child_name(name: str) -> str:
+    """The name of the Job, ServiceAccount, Role and RoleBinding of resource `name`."""
     return f"{name}{JOB_SUFFIX}"
 
 
@@ -118,7 +109,7 @@ def service_account(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _metadata(owner, service_account_name(owner.name)),
+        "metadata": _metadata(owner, child_name(owner.name)),
     }
 
 
@@ -127,7 +118,7 @@ def trainer_role(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _metadata(owner, role_name(owner.name)),
+        "metadata": _metadata(owner, child_name(owner.name)),
         "rules": [
             {
                 "apiGroups": [contract.API_GROUP],
@@ -140,15 +131,15 @@ def trainer_role(owner: Owner) -> dict[str, Any]:
 
 
 def effective_service_account(owner: Owner, spec: LoRAFineTuneSpec) -> str:
-    return spec.pod_template.service_account_name or service_account_name(owner.name)
+    return spec.pod_template.service_account_name or child_name(owner.name)
 
 
 def role_binding(owner: Owner, spec: LoRAFineTuneSpec) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _metadata(owner, role_name(owner.name)),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name(owner.name)},
+        "metadata": _metadata(owner, child_name(owner.name)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": child_name(owner.name)},
         "subjects": [
             {"kind": "ServiceAccount", "name": effective_service_account(owner, spec), "namespace": owner.namespace}
         ],
@@ -161,10 +152,6 @@ def applied_spec(spec: LoRAFineTuneSpec) -> dict[str, Any]:
     for key in MUTABLE_FIELDS:
         wire.pop(key, None)
     return wire
-
-
-def spec_hash(applied: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(applied, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def storage_secret_name(spec: LoRAFineTuneSpec, settings: Settings) -> tuple[str | None, bool]:
@@ -326,9 +313,8 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
         "kind": "Job",
         "metadata": _metadata(
             owner,
-            job_name(owner.name),
+            child_name(owner.name),
             annotations={
-                SPEC_HASH_ANNOTATION: spec_hash(applied),
                 APPLIED_SPEC_ANNOTATION: json.dumps(applied, sort_keys=True, separators=(",", ":")),
                 RUN_POLICY_ANNOTATION: _run_policy_json(spec),
             },

@@ -51,7 +51,6 @@ class Kube:
         self._connections = connections
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
-        self.requests = 0  # for metrics and the benchmark
 
     @classmethod
     def from_environment(cls, **kwargs: Any) -> Kube:
@@ -95,7 +94,6 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
-        self.requests += 1
         started = time.monotonic()
         async with self._get_session().request(
             method, self._base + path, data=data, params=params, headers=headers

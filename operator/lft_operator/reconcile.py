@@ -211,7 +211,7 @@ class Reconciler:
                 status=status,
                 spec=spec,
                 problems=problems,
-                job_name=builders.job_name(name),
+                job_name=builders.child_name(name),
                 job=job,
                 pods=pods,
                 now=self.clock(),
@@ -219,7 +219,7 @@ class Reconciler:
             )
         )
         for patch in decision.job_patches:
-            await self.kube.merge_patch(job_path(namespace, builders.job_name(name)), patch)
+            await self.kube.merge_patch(job_path(namespace, builders.child_name(name)), patch)
         if decision.patch:
             try:
                 written = await self.kube.json_patch(
@@ -265,11 +265,11 @@ class Reconciler:
         return None
 
     async def _read_job(self, owner: Owner) -> JobView | None:
-        body = await self.kube.get(job_path(owner.namespace, builders.job_name(owner.name)))
+        body = await self.kube.get(job_path(owner.namespace, builders.child_name(owner.name)))
         if body is None:
             return None
         if controller_uid(body["metadata"]) != owner.uid:
-            raise RetryLater(f"Job {builders.job_name(owner.name)} belongs to an earlier namesake, being deleted")
+            raise RetryLater(f"Job {builders.child_name(owner.name)} belongs to an earlier namesake, being deleted")
         return JobView.from_job(body)
 
     async def _secret_problems(self, owner: Owner, spec: Any) -> list[Problem]:
@@ -330,10 +330,10 @@ class Reconciler:
             await self._create(builders.service_account(owner))
         body, created = await self._create(builders.job(owner, spec, self.settings))
         if controller_uid(body["metadata"]) != owner.uid:
-            raise RetryLater(f"Job {builders.job_name(owner.name)} belongs to an earlier namesake, being deleted")
+            raise RetryLater(f"Job {builders.child_name(owner.name)} belongs to an earlier namesake, being deleted")
         if created:
             metrics.JOBS_CREATED.inc()
-            logger.info("created Job %s/%s", owner.namespace, builders.job_name(owner.name))
+            logger.info("created Job %s/%s", owner.namespace, builders.child_name(owner.name))
         return JobView.from_job(body)
 
     async def _post_in_background(self, body: dict[str, Any], events: list[Event]) -> None:

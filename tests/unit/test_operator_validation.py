@@ -119,7 +119,7 @@ def test_job_view_conditions():
         "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]},
     }
     view = JobView.from_job(body)
-    assert view.parallelism == 0 and view.failed_reason == "BackoffLimitExceeded" and view.finished
+    assert view.parallelism == 0 and view.failed_reason == "BackoffLimitExceeded" and not view.complete
     assert view.owner_uid == "cr"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from .contract import AdapterRef, CheckpointHealth, CheckpointRef, Metrics, Progress, WireModel
 from .spec import SpecModel, TrainerConfig
@@ -170,6 +170,14 @@ class Condition(WireModel):
         default=None, description="metadata.generation this condition was computed from."
     )
 
+    @model_serializer(mode="wrap")
+    def _omit_empty_message(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The 1.20 API server rejects "" in items of this list-map as null: an empty message is omitted.
+        data = handler(self)
+        if data.get("message") == "":
+            del data["message"]
+        return data
+
 
 AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"]
 
@@ -223,3 +231,7 @@ class LoRAFineTuneStatus(WireModel):
 # Status fields the trainer writes; the operator never sends them in its patches (except once,
 # when the run succeeded and the trainer has exited: see status.py).
 TRAINER_OWNED_STATUS_FIELDS = ("progress", "metrics", "latestCheckpoint", "checkpointHealth")
+# Every other status field is the operator's (wire names, in the model's order).
+OPERATOR_OWNED_STATUS_FIELDS = tuple(
+    f.alias or n for n, f in LoRAFineTuneStatus.model_fields.items() if (f.alias or n) not in TRAINER_OWNED_STATUS_FIELDS
+)

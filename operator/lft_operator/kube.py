@@ -115,6 +115,11 @@ class Kube:
                 return None
             raise
 
+    async def list_items(self, path: str, **params: str) -> list[dict[str, Any]]:
+        """The items of a collection (one page: the operator's selectors match few objects)."""
+        body = await self.request("GET", path, params=params)
+        return (body or {}).get("items") or []
+
     async def create(self, path: str, body: dict[str, Any]) -> Any:
         return await self.request("POST", path, body=body)
 

@@ -93,6 +93,7 @@ class JobView:
     owner_uid: str | None = None
     created: str = ""
     parallelism: int = 1
+    suspended: bool = False  # spec.suspend (Kubernetes >= 1.21; Kueue suspends queued Jobs)
     complete: bool = False
     failed_reason: str | None = None  # set when the Job has condition Failed=True
     failed_message: str | None = None
@@ -122,6 +123,7 @@ class JobView:
             owner_uid=controller_uid(meta),
             created=meta.get("creationTimestamp") or "",
             parallelism=spec.get("parallelism", 1),
+            suspended=bool(spec.get("suspend")),
             complete=complete,
             failed_reason=failed_reason,
             failed_message=failed_message,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from lft_api.conditions import Reason
 from lft_api.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
 from lft_api.resource import LoRAFineTuneSpec
 from lft_operator import builders
@@ -88,14 +89,15 @@ def result(outcome: str, reason: str, **kw) -> str:
 
 def test_last_transition_time_changes_only_when_status_changes():
     c = set_condition([], "Running", "False", "Pending", "", 1, T0)
-    assert c[0]["lastTransitionTime"] == T0
-    c = set_condition(c, "Running", "False", "Retrying", "attempt 1 failed", 2, T1)
-    assert c[0]["lastTransitionTime"] == T0 and c[0]["reason"] == "Retrying" and c[0]["observedGeneration"] == 2
-    c = set_condition(c, "Running", "True", "TrainerRunning", "", 2, T2)
-    assert c[0]["lastTransitionTime"] == T2
-    c = set_condition(c, "Succeeded", "False", "InProgress", "", 2, T3)
-    assert [x["type"] for x in c] == ["Running", "Succeeded"]
-    assert c[0]["lastTransitionTime"] == T2
+    assert c[0].last_transition_time == T0
+    c = set_condition(c, "Running", "False", Reason.RETRYING, "attempt 1 failed", 2, T1)
+    assert c[0].last_transition_time == T0 and c[0].reason == Reason.RETRYING and c[0].observed_generation == 2
+    c = set_condition(c, "Running", "True", Reason.TRAINER_RUNNING, "", 2, T2)
+    assert c[0].last_transition_time == T2
+    assert "message" not in c[0].to_wire()  # the 1.20 API server takes "" in a list-map item for null
+    c = set_condition(c, "Succeeded", "False", Reason.IN_PROGRESS, "", 2, T3)
+    assert [x.type for x in c] == ["Running", "Succeeded"]
+    assert c[0].last_transition_time == T2
 
 
 # --- lifecycle --------------------------------------------------------------------------------

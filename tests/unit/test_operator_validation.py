@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from lft_api.conditions import Reason
 from lft_operator.settings import Settings
 from lft_operator.validation import validate
 from lft_operator.views import JobView, PodView
@@ -28,7 +29,7 @@ def test_qlora_needs_gpus():
 def test_cross_field_rules_of_the_shared_model():
     raw = {**BASE, "dataset": {"uri": "d", "format": "text"}, "training": {"assistantOnlyLoss": True}}
     spec, problems = validate(raw, "run")
-    assert spec is None and problems[0].reason == "InvalidSpec"
+    assert spec is None and problems[0].reason == Reason.INVALID_SPEC
     assert "assistantOnlyLoss" in problems[0].message
 
 

@@ -46,7 +46,7 @@ def waiting_since(d: Draft, history: list[dict[str, Any]]) -> str:
     job = d.obs.job
     times = [job.created if job is not None else ""] + [r.get("finishTime") or "" for r in history]
     suspended = d.conds.get(SUSPENDED)
-    if suspended is not None and suspended.status == "False":
+    if suspended is not None and suspended.status == "False" and suspended.reason == Reason.RESUMED:
         times.append(suspended.last_transition_time)
     return max(times)  # RFC 3339 UTC timestamps, all in one format, compare as strings
 

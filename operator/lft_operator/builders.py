@@ -220,16 +220,8 @@ def _api_access_volume() -> dict[str, Any]:
     }
 
 
-def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
-    applied = applied_spec(spec)
-    pod_labels = {**spec.pod_template.labels, **labels(owner.name)}
-    job_labels = labels(owner.name)
-    if spec.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
-
-    secret, optional = storage_secret_name(spec, settings)
-    env_from = [{"secretRef": {"name": secret, "optional": optional}}] if secret else []
-
+def _volumes(owner: Owner, spec: LoRAFineTuneSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the trainer's mounts: the operator's, then the podTemplate's."""
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
         {"name": "tmp", "emptyDir": {}},
@@ -248,8 +240,14 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     volumes += spec.pod_template.volumes
     mounts += spec.pod_template.volume_mounts
+    return volumes, mounts
 
-    container: dict[str, Any] = {
+
+def _container(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
+    secret, optional = storage_secret_name(spec, settings)
+    env_from = [{"secretRef": {"name": secret, "optional": optional}}] if secret else []
+    mounts = _volumes(owner, spec)[1]
+    return {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": spec.image_pull_policy or settings.trainer_image_pull_policy,
@@ -267,10 +265,15 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
             "capabilities": {"drop": ["ALL"]},
         },
     }
+
+
+def _pod_spec(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
+    volumes = _volumes(owner, spec)[0]
+    container = _container(owner, spec, settings)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": effective_service_account(owner, spec),
-        # The trainer patches this resource's status with the token of the projected volume above.
+        # The trainer patches this resource's status with the token of the projected volume (_api_access_volume).
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
@@ -292,7 +295,16 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
         pod_spec["affinity"] = dict(spec.affinity)
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
+    return pod_spec
 
+
+def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
+    applied = applied_spec(spec)
+    pod_labels = {**spec.pod_template.labels, **labels(owner.name)}
+    job_labels = labels(owner.name)
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    pod_spec = _pod_spec(owner, spec, settings)
     job_spec: dict[str, Any] = {
         # Kubernetes 1.20 has no Job.spec.suspend: parallelism 0 stops the pod, 1 starts a new one.
         "parallelism": 0 if spec.suspend else 1,

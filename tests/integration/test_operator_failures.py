@@ -34,6 +34,17 @@ def events_with(kube: Kube, ns: str, name: str, reason: str) -> list[dict]:
     return [e for e in kube.events(ns, name) if e["reason"] == reason]
 
 
+def pending_under_quota(kube: Kube, ns: str, name: str, hard: dict[str, str], reason: str) -> dict:
+    """Under a quota that refuses what the run needs: Pending, Running=False `reason`, quoting the
+    quota, and a Warning Event, within VISIBLE seconds. The status."""
+    quota(kube, ns, hard)
+    kube.create_lft(ns, name, spec())
+    status = kube.wait_lft(ns, name, lambda s: cond(s, RUNNING).get("reason") == reason, timeout=VISIBLE)["status"]
+    assert status["phase"] == "Pending" and "exceeded quota" in status["message"]
+    wait_until(lambda: events_with(kube, ns, name, reason), 10)
+    return status
+
+
 def test_a_later_resource_on_the_same_output_prefix_is_refused_until_the_first_is_gone(kube, namespace, operator):
     first = spec()
     uri = first["output"]["uri"]
@@ -71,13 +82,7 @@ def test_job_rejected_by_the_api_server_fails_with_its_message(kube, namespace, 
 
 
 def test_job_creation_forbidden_by_quota_is_pending_then_proceeds(kube, namespace, operator):
-    quota(kube, namespace, {"count/jobs.batch": "0"})
-    kube.create_lft(namespace, "noquota", spec())
-    status = kube.wait_lft(
-        namespace, "noquota", lambda s: cond(s, RUNNING).get("reason") == Reason.JOB_FORBIDDEN, timeout=VISIBLE
-    )["status"]
-    assert status["phase"] == "Pending" and "exceeded quota" in status["message"]
-    wait_until(lambda: events_with(kube, namespace, "noquota", Reason.JOB_FORBIDDEN), 10)
+    pending_under_quota(kube, namespace, "noquota", {"count/jobs.batch": "0"}, Reason.JOB_FORBIDDEN)
 
     kube.delete(f"/api/v1/namespaces/{namespace}/resourcequotas/q")
     status = kube.wait_lft(namespace, "noquota", lambda s: is_true(s, ACCEPTED), timeout=60)["status"]
@@ -85,13 +90,7 @@ def test_job_creation_forbidden_by_quota_is_pending_then_proceeds(kube, namespac
 
 
 def test_pod_creation_failing_is_pending_with_the_reason_then_times_out(kube, namespace, operator):
-    quota(kube, namespace, {"pods": "0"})
-    kube.create_lft(namespace, "nopods", spec())
-    status = kube.wait_lft(
-        namespace, "nopods", lambda s: cond(s, RUNNING).get("reason") == Reason.POD_CREATION_FAILED, timeout=VISIBLE
-    )["status"]
-    assert status["phase"] == "Pending" and "exceeded quota" in status["message"]
-    wait_until(lambda: events_with(kube, namespace, "nopods", Reason.POD_CREATION_FAILED), 10)
+    pending_under_quota(kube, namespace, "nopods", {"pods": "0"}, Reason.POD_CREATION_FAILED)
 
     status = kube.wait_lft(namespace, "nopods", lambda s: s.get("phase") == "Failed", timeout=60)["status"]
     assert cond(status, "Failed")["reason"] == Reason.POD_CREATION_TIMEOUT and "exceeded quota" in status["message"]

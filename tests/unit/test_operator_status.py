@@ -359,12 +359,16 @@ def test_unschedulable_pod_says_why():
 # --- failures outside the trainer -------------------------------------------------------------
 
 
+def refused(code: int, message: str, status: dict | None = None, now: str = T1):
+    """decide after the API server refused the Job with `code`."""
+    obs = observe(status=status, now=now)
+    obs.create_error = classify_create_error(code, message)
+    return step(obs)
+
+
 def test_job_rejected_as_invalid_fails_at_once_with_the_servers_message():
-    refused = classify_create_error(422, 'Job.batch "run-trainer" is invalid: spec.template.spec.volumes[4].name: '
-                                         'Duplicate value: "config"')
-    obs = observe()
-    obs.create_error = refused
-    d, status = step(obs)
+    d, status = refused(422, 'Job.batch "run-trainer" is invalid: spec.template.spec.volumes[4].name: '
+                             'Duplicate value: "config"')
     assert status["phase"] == "Failed" and 'Duplicate value: "config"' in status["message"]
     assert cond(status, "Failed")["reason"] == Reason.JOB_INVALID
     assert cond(status, "Accepted")["status"] == "False" and cond(status, "Accepted")["reason"] == Reason.JOB_INVALID
@@ -376,17 +380,13 @@ def test_job_rejected_as_invalid_fails_at_once_with_the_servers_message():
 
 
 def test_job_creation_forbidden_is_pending_reported_once_and_clears_when_created():
-    forbidden = classify_create_error(403, 'jobs.batch "run-trainer" is forbidden: exceeded quota: q, '
-                                           "requested: count/jobs.batch=1, used: count/jobs.batch=0, limited: count/jobs.batch=0")
-    obs = observe()
-    obs.create_error = forbidden
-    d, status = step(obs)
+    forbidden = ('jobs.batch "run-trainer" is forbidden: exceeded quota: q, requested: count/jobs.batch=1, '
+                 "used: count/jobs.batch=0, limited: count/jobs.batch=0")
+    d, status = refused(403, forbidden)
     assert status["phase"] == "Pending" and "exceeded quota" in status["message"]
     assert cond(status, "Running")["reason"] == Reason.JOB_FORBIDDEN
     assert reasons(d) == [Reason.JOB_FORBIDDEN] and d.events[0].type == "Warning"
-    again = observe(status=status, now=T2)
-    again.create_error = forbidden
-    d, status = step(again)
+    d, status = refused(403, forbidden, status, T2)
     assert d.events == [] and d.patch == {}
     d, status = step(observe(status=status, job=job_view(), now=T2))  # quota raised: created
     assert cond(status, "Running")["reason"] == Reason.JOB_CREATED and "forbidden" not in status["message"]

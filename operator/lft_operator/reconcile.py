@@ -32,6 +32,7 @@ from .status import (
     Problem,
     classify_create_error,
     decide,
+    newest_failed_create,
     now_rfc3339,
     status_json_patch,
     wants_pod,
@@ -91,17 +92,6 @@ def job_path(namespace: str, name: str) -> str:
     return group_path("batch", "v1", namespace, "jobs", name)
 
 
-def newest_failed_create(events: list[dict[str, Any]]) -> PodCreationFailure | None:
-    """The newest of the Job controller's FailedCreate Events on a Job."""
-    def seen(e: dict[str, Any]) -> str:
-        return e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or ""
-
-    if not events:
-        return None
-    newest = max(events, key=seen)
-    return PodCreationFailure(message=newest.get("message") or "FailedCreate", last_seen=seen(newest))
-
-
 class Reconciler:
     def __init__(
         self,
@@ -127,6 +117,7 @@ class Reconciler:
         # Resource body and Job a reconcile just created, for the follow-up reconcile (the watch cache
         # may lag behind; nothing in the body changed by the operator yet).
         self._deferred: dict[tuple[str, str], tuple[dict[str, Any], JobView]] = {}
+        self._rechecks: set[tuple[str, str]] = set()  # resources with a pod re-check pending
 
     # --- triggers -------------------------------------------------------------------------------
 
@@ -344,9 +335,9 @@ class Reconciler:
         key = (owner.namespace, owner.name)
         age = seconds_between(job.created, obs.now)
         if age is not None and age < POD_GRACE_SECONDS:
-            self.queue.add_after(key, POD_GRACE_SECONDS - age + 0.5)
+            self._recheck_later(key, POD_GRACE_SECONDS - age + 0.5)
             return None
-        self.queue.add_after(key, POD_RECHECK_SECONDS)
+        self._recheck_later(key, POD_RECHECK_SECONDS)
         if not self._allowed["events"]:
             return None
         selector = f"involvedObject.uid={job.uid},reason=FailedCreate"
@@ -359,6 +350,19 @@ class Reconciler:
             self._allowed["events"] = False
             return None
         return newest_failed_create(events)
+
+    def _recheck_later(self, key: tuple[str, str], delay: float) -> None:
+        """One pending re-check per resource, however many reconciles ask for one."""
+        if key in self._rechecks:
+            return
+        self._rechecks.add(key)
+
+        def due() -> None:
+            self._rechecks.discard(key)
+            if key in self.known:
+                self.queue.add(key)
+
+        asyncio.get_running_loop().call_later(delay, due)
 
     async def _secret_problems(self, owner: Owner, spec: Any) -> list[Problem]:
         secret, optional = builders.storage_secret_name(spec, self.settings)

@@ -8,8 +8,9 @@ import pytest
 
 from lft_api.conditions import Reason
 from lft_operator.ownership import OutputClaim, normalize_uri, output_conflict, overlaps, uri_root
-from lft_operator.reconcile import Reconciler, newest_failed_create, resource_fingerprint
+from lft_operator.reconcile import Reconciler, resource_fingerprint
 from lft_operator.settings import Settings
+from lft_operator.status import newest_failed_create
 from lft_operator.validation import validate
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
@@ -123,3 +124,20 @@ def test_releasing_an_output_requeues_the_later_resources_on_it():
     reconciler.trigger = lambda ns, name: triggered.append((ns, name))  # type: ignore[method-assign]
     reconciler.on_output_released(first)
     assert triggered == [("ns", "later")]
+
+
+def test_one_pending_pod_recheck_per_resource():
+    added: list = []
+
+    async def run() -> None:
+        reconciler = Reconciler(kube=None, settings=Settings(metrics_port=0), cache=None)  # type: ignore[arg-type]
+        reconciler.queue.add = lambda key, urgent=False: added.append(key)  # type: ignore[method-assign]
+        reconciler.known.add(("ns", "r"))
+        for _ in range(3):
+            reconciler._recheck_later(("ns", "r"), 0.01)
+        await asyncio.sleep(0.05)
+        reconciler._recheck_later(("ns", "r"), 0.01)  # due again once the last one ran
+        await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    assert added == [("ns", "r"), ("ns", "r")]

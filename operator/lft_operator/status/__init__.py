@@ -31,7 +31,7 @@ draft.py (the status being built), decide.py (the rules).
 from .attempts import AttemptUpdate, attempt_phase, outcome, update_attempts
 from .conditions import Conditions, get_condition, set_condition
 from .decide import TERMINAL_PHASES, changed_paths, decide, ignored_changes
-from .failures import classify_create_error, wants_pod
+from .failures import classify_create_error, newest_failed_create, wants_pod
 from .model import (
     OWNED_FIELDS,
     Decision,
@@ -58,6 +58,7 @@ __all__ = [
     "classify_create_error",
     "decide",
     "get_condition",
+    "newest_failed_create",
     "ignored_changes",
     "now_rfc3339",
     "outcome",

@@ -34,6 +34,18 @@ def classify_create_error(status: int, message: str) -> Problem | None:
     return None
 
 
+def newest_failed_create(events: list[dict[str, Any]]) -> PodCreationFailure | None:
+    """The newest of the Job controller's FailedCreate Events on a Job."""
+
+    def seen(e: dict[str, Any]) -> str:
+        return e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or ""
+
+    if not events:
+        return None
+    newest = max(events, key=seen)
+    return PodCreationFailure(message=newest.get("message") or "FailedCreate", last_seen=seen(newest))
+
+
 def wants_pod(job: JobView | None, pods: list[PodView]) -> bool:
     """The Job should have a pod running but has none: the case where FailedCreate Events matter."""
     if job is None or job.complete or job.failed_reason is not None or job.parallelism < 1 or job.suspended:

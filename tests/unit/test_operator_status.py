@@ -484,3 +484,11 @@ def test_owned_fields_come_from_the_status_model():
     assert set(OWNED_FIELDS) | set(TRAINER_OWNED_STATUS_FIELDS) == {
         f.alias for f in LoRAFineTuneStatus.model_fields.values()
     }
+
+
+def test_an_unreadable_status_field_is_rewritten_not_fatal():
+    job = job_view()
+    _, status = step(observe(job=job))
+    broken = {**status, "attemptHistory": [{"pod": "p0", "phase": "Exploded"}], "attempts": 2}
+    d, new = step(observe(status=broken, job=job, now=T2))
+    assert new["attempts"] == 2 and new["attemptHistory"] == [] and d.patch["attemptHistory"] == []

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from lft_api.resource import OPERATOR_OWNED_STATUS_FIELDS, LoRAFineTuneSpec, LoRAFineTuneStatus
 
 from ..views import JobView, PodView
@@ -81,8 +83,14 @@ class Decision:
 
 
 def owned_status(raw: dict[str, Any] | None) -> LoRAFineTuneStatus:
-    """The operator's part of a status, as the model (the trainer's fields are not parsed)."""
-    return LoRAFineTuneStatus.model_validate({k: v for k, v in (raw or {}).items() if k in OWNED_FIELDS})
+    """The operator's part of a status, as the model (the trainer's fields are not parsed). A field
+    the model cannot read (written by hand, or by another version) is dropped, and rewritten."""
+    data = {k: v for k, v in (raw or {}).items() if k in OWNED_FIELDS}
+    try:
+        return LoRAFineTuneStatus.model_validate(data)
+    except ValidationError as err:
+        unreadable = {e["loc"][0] for e in err.errors() if e.get("loc")}
+        return LoRAFineTuneStatus.model_validate({k: v for k, v in data.items() if k not in unreadable})
 
 
 def owned_wire(status: LoRAFineTuneStatus) -> dict[str, Any]:

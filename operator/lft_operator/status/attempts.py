@@ -42,7 +42,7 @@ def _ending(pod: PodView) -> dict[str, Any]:
     if parsed is not None:
         reason, message = parsed.reason, parsed.message
     else:
-        reason = pod.term_reason or pod.pod_reason or ("Completed" if pod.exit_code == 0 else "Error")
+        reason = pod.term_reason or pod.pod_reason or (Reason.COMPLETED if pod.exit_code == 0 else Reason.ERROR)
         message = pod.term_message or pod.pod_message or ""
     out = {"exitCode": pod.exit_code, "reason": reason, "message": truncate(message), "finishTime": pod.finished_at}
     return {k: v for k, v in out.items() if v not in (None, "")}
@@ -137,7 +137,7 @@ def _pods_gone(records: dict[str, dict[str, Any]], order: list[str], present: se
 
 
 def describe(record: dict[str, Any]) -> str:
-    text = record.get("reason") or "Error"
+    text = record.get("reason") or Reason.ERROR
     if record.get("exitCode") is not None:
         text += f" (exit code {record['exitCode']})"
     if record.get("message"):

@@ -10,6 +10,9 @@ x-kubernetes-preserve-unknown-fields: true (known fields stay typed and validate
 operator refuses a resource that has any (UnknownField, with the paths). Pruning would drop a
 typo such as `lora: {rank: 4}` silently for every client that does not validate on its own
 (kubectl does; API libraries do not), and the run would train with the default instead.
+The cost: the OpenAPI v2 the API server publishes drops the fields of such objects, so
+`kubectl explain lft.spec.lora` lists them only where kubectl reads OpenAPI v3 (kubectl and
+Kubernetes >= 1.27); on 1.20 it shows the object's description only.
 Every construct used here is accepted by apiextensions.k8s.io/v1 on Kubernetes 1.20.
 
     python -m lft_operator.crdgen            # print the CRD

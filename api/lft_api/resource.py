@@ -161,7 +161,9 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 class Condition(WireModel):
     """A condition per the Kubernetes API conventions."""
 
-    type: str = Field(description="Accepted, Running, Suspended, Succeeded, Failed or SpecChangeIgnored.")
+    type: str = Field(
+        description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored or CheckpointsHealthy."
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason for the last transition.")
     message: str = Field(default="", description="Human-readable details.")
@@ -199,13 +201,14 @@ class Attempt(WireModel):
 
 
 class LoRAFineTuneStatus(WireModel):
-    """Observed state. The operator owns every field except progress, metrics and latestCheckpoint,
-    which the trainer patches while it runs."""
+    """Observed state. The operator owns every field except progress, metrics, latestCheckpoint and
+    checkpointHealth, which the trainer patches while it runs."""
 
     phase: Phase | None = Field(default=None, description="Summary for display; conditions carry the details.")
     message: str | None = Field(default=None, description="Human-readable summary of the current state.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored."
+        default_factory=list,
+        description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored, CheckpointsHealthy.",
     )
     observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
     job_name: str | None = Field(default=None, description="The training Job.")

@@ -492,3 +492,18 @@ def test_an_unreadable_status_field_is_rewritten_not_fatal():
     broken = {**status, "attemptHistory": [{"pod": "p0", "phase": "Exploded"}], "attempts": 2}
     d, new = step(observe(status=broken, job=job, now=T2))
     assert new["attempts"] == 2 and new["attemptHistory"] == [] and d.patch["attemptHistory"] == []
+
+
+def test_pod_creation_time_counts_from_the_resume_not_from_the_job():
+    job = young_job()
+    _, status = step(observe(s=spec(suspend=True), job=dataclasses.replace(job, parallelism=0), now=T1))
+    assert status["phase"] == "Suspended"
+    _, status = step(observe(status=status, job=dataclasses.replace(job, parallelism=0), now=T2))  # resume at T2
+    obs = observe(status=status, job=job, now=T3)
+    obs.pod_failure, obs.pod_creation_timeout = PodCreationFailure(QUOTA, T1), 30  # from before the resume
+    _, status = step(obs)
+    assert status["phase"] == "Pending" and cond(status, "Running")["reason"] != Reason.POD_CREATION_FAILED
+    obs = observe(status=status, job=job, now=T3)
+    obs.pod_failure, obs.pod_creation_timeout = PodCreationFailure(QUOTA, T3), 90  # 60 s since the resume
+    _, status = step(obs)
+    assert status["phase"] == "Pending" and cond(status, "Running")["reason"] == Reason.POD_CREATION_FAILED

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from .contract import AdapterRef, CheckpointHealth, CheckpointRef, Metrics, Progress, WireModel
 from .spec import SpecModel, TrainerConfig
@@ -161,7 +161,9 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 class Condition(WireModel):
     """A condition per the Kubernetes API conventions."""
 
-    type: str = Field(description="Accepted, Running, Suspended, Succeeded, Failed or SpecChangeIgnored.")
+    type: str = Field(
+        description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored or CheckpointsHealthy."
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason for the last transition.")
     message: str = Field(default="", description="Human-readable details.")
@@ -169,6 +171,14 @@ class Condition(WireModel):
     observed_generation: int | None = Field(
         default=None, description="metadata.generation this condition was computed from."
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_message(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The 1.20 API server rejects "" in items of this list-map as null: an empty message is omitted.
+        data = handler(self)
+        if data.get("message") == "":
+            del data["message"]
+        return data
 
 
 AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"]
@@ -191,13 +201,14 @@ class Attempt(WireModel):
 
 
 class LoRAFineTuneStatus(WireModel):
-    """Observed state. The operator owns every field except progress, metrics and latestCheckpoint,
-    which the trainer patches while it runs."""
+    """Observed state. The operator owns every field except progress, metrics, latestCheckpoint and
+    checkpointHealth, which the trainer patches while it runs."""
 
     phase: Phase | None = Field(default=None, description="Summary for display; conditions carry the details.")
     message: str | None = Field(default=None, description="Human-readable summary of the current state.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored."
+        default_factory=list,
+        description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored, CheckpointsHealthy.",
     )
     observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
     job_name: str | None = Field(default=None, description="The training Job.")
@@ -223,3 +234,7 @@ class LoRAFineTuneStatus(WireModel):
 # Status fields the trainer writes; the operator never sends them in its patches (except once,
 # when the run succeeded and the trainer has exited: see status.py).
 TRAINER_OWNED_STATUS_FIELDS = ("progress", "metrics", "latestCheckpoint", "checkpointHealth")
+# Every other status field is the operator's (wire names, in the model's order).
+OPERATOR_OWNED_STATUS_FIELDS = tuple(
+    f.alias or n for n, f in LoRAFineTuneStatus.model_fields.items() if (f.alias or n) not in TRAINER_OWNED_STATUS_FIELDS
+)

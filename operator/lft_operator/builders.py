@@ -7,7 +7,6 @@ and returns a plain manifest dict. Names are deterministic, so creating twice ca
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,6 @@ from .settings import Settings
 
 NAME_LABEL = f"{contract.API_GROUP}/name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-SPEC_HASH_ANNOTATION = f"{contract.API_GROUP}/spec-hash"
 APPLIED_SPEC_ANNOTATION = f"{contract.API_GROUP}/applied-spec"
 RUN_POLICY_ANNOTATION = f"{contract.API_GROUP}/run-policy"
 CONTAINER_NAME = "trainer"
@@ -46,15 +44,8 @@ class Owner:
         return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
 
-def job_name(name: str) -> str:
-    return f"{name}{JOB_SUFFIX}"
-
-
-def service_account_name(name: str) -> str:
-    return f"{name}{JOB_SUFFIX}"
-
-
-def role_name(name: str) -> str:
+def child_name(name: str) -> str:
+    """The name of the Job, ServiceAccount, Role and RoleBinding of resource `name`."""
     return f"{name}{JOB_SUFFIX}"
 
 
@@ -118,7 +109,7 @@ def service_account(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _metadata(owner, service_account_name(owner.name)),
+        "metadata": _metadata(owner, child_name(owner.name)),
     }
 
 
@@ -127,7 +118,7 @@ def trainer_role(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _metadata(owner, role_name(owner.name)),
+        "metadata": _metadata(owner, child_name(owner.name)),
         "rules": [
             {
                 "apiGroups": [contract.API_GROUP],
@@ -140,15 +131,15 @@ def trainer_role(owner: Owner) -> dict[str, Any]:
 
 
 def effective_service_account(owner: Owner, spec: LoRAFineTuneSpec) -> str:
-    return spec.pod_template.service_account_name or service_account_name(owner.name)
+    return spec.pod_template.service_account_name or child_name(owner.name)
 
 
 def role_binding(owner: Owner, spec: LoRAFineTuneSpec) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _metadata(owner, role_name(owner.name)),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name(owner.name)},
+        "metadata": _metadata(owner, child_name(owner.name)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": child_name(owner.name)},
         "subjects": [
             {"kind": "ServiceAccount", "name": effective_service_account(owner, spec), "namespace": owner.namespace}
         ],
@@ -161,10 +152,6 @@ def applied_spec(spec: LoRAFineTuneSpec) -> dict[str, Any]:
     for key in MUTABLE_FIELDS:
         wire.pop(key, None)
     return wire
-
-
-def spec_hash(applied: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(applied, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def storage_secret_name(spec: LoRAFineTuneSpec, settings: Settings) -> tuple[str | None, bool]:
@@ -233,16 +220,8 @@ def _api_access_volume() -> dict[str, Any]:
     }
 
 
-def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
-    applied = applied_spec(spec)
-    pod_labels = {**spec.pod_template.labels, **labels(owner.name)}
-    job_labels = labels(owner.name)
-    if spec.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
-
-    secret, optional = storage_secret_name(spec, settings)
-    env_from = [{"secretRef": {"name": secret, "optional": optional}}] if secret else []
-
+def _volumes(owner: Owner, spec: LoRAFineTuneSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the trainer's mounts: the operator's, then the podTemplate's."""
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
         {"name": "tmp", "emptyDir": {}},
@@ -261,8 +240,14 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     volumes += spec.pod_template.volumes
     mounts += spec.pod_template.volume_mounts
+    return volumes, mounts
 
-    container: dict[str, Any] = {
+
+def _container(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
+    secret, optional = storage_secret_name(spec, settings)
+    env_from = [{"secretRef": {"name": secret, "optional": optional}}] if secret else []
+    mounts = _volumes(owner, spec)[1]
+    return {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": spec.image_pull_policy or settings.trainer_image_pull_policy,
@@ -280,10 +265,15 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
             "capabilities": {"drop": ["ALL"]},
         },
     }
+
+
+def _pod_spec(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
+    volumes = _volumes(owner, spec)[0]
+    container = _container(owner, spec, settings)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": effective_service_account(owner, spec),
-        # The trainer patches this resource's status with the token of the projected volume above.
+        # The trainer patches this resource's status with the token of the projected volume (_api_access_volume).
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
@@ -305,7 +295,16 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
         pod_spec["affinity"] = dict(spec.affinity)
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
+    return pod_spec
 
+
+def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
+    applied = applied_spec(spec)
+    pod_labels = {**spec.pod_template.labels, **labels(owner.name)}
+    job_labels = labels(owner.name)
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    pod_spec = _pod_spec(owner, spec, settings)
     job_spec: dict[str, Any] = {
         # Kubernetes 1.20 has no Job.spec.suspend: parallelism 0 stops the pod, 1 starts a new one.
         "parallelism": 0 if spec.suspend else 1,
@@ -326,9 +325,8 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
         "kind": "Job",
         "metadata": _metadata(
             owner,
-            job_name(owner.name),
+            child_name(owner.name),
             annotations={
-                SPEC_HASH_ANNOTATION: spec_hash(applied),
                 APPLIED_SPEC_ANNOTATION: json.dumps(applied, sort_keys=True, separators=(",", ":")),
                 RUN_POLICY_ANNOTATION: _run_policy_json(spec),
             },

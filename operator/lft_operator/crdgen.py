@@ -2,8 +2,17 @@
 
 Pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3.0 schema:
 no $ref, `nullable` instead of `anyOf [X, null]`, boolean exclusiveMinimum/Maximum, no
-`additionalProperties: false` (unknown fields are pruned instead), every node typed (free-form
-objects say x-kubernetes-preserve-unknown-fields), defaults that the API server applies.
+`additionalProperties: false`, every node typed (free-form objects say
+x-kubernetes-preserve-unknown-fields), defaults that the API server applies.
+
+Unknown fields in the spec are kept, not pruned: the spec and each of its typed objects say
+x-kubernetes-preserve-unknown-fields: true (known fields stay typed and validated), and the
+operator refuses a resource that has any (UnknownField, with the paths). Pruning would drop a
+typo such as `lora: {rank: 4}` silently for every client that does not validate on its own
+(kubectl does; API libraries do not), and the run would train with the default instead.
+The cost: the OpenAPI v2 the API server publishes drops the fields of such objects, so
+`kubectl explain lft.spec.lora` lists them only where kubectl reads OpenAPI v3 (kubectl and
+Kubernetes >= 1.27); on 1.20 it shows the object's description only.
 Every construct used here is accepted by apiextensions.k8s.io/v1 on Kubernetes 1.20.
 
     python -m lft_operator.crdgen            # print the CRD
@@ -174,8 +183,21 @@ def _with_conditions_list_map(status: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
+def _keeping_unknown_fields(node: dict[str, Any]) -> dict[str, Any]:
+    """Every typed object of the spec keeps unknown fields (the operator reports them)."""
+    if node.get("type") == "object" and "properties" in node:
+        node["x-kubernetes-preserve-unknown-fields"] = True
+    for child in node.get("properties", {}).values():
+        _keeping_unknown_fields(child)
+    if isinstance(node.get("items"), dict):
+        _keeping_unknown_fields(node["items"])
+    if isinstance(node.get("additionalProperties"), dict):
+        _keeping_unknown_fields(node["additionalProperties"])
+    return node
+
+
 def crd() -> dict[str, Any]:
-    spec_schema = openapi_schema(LoRAFineTuneSpec)
+    spec_schema = _keeping_unknown_fields(openapi_schema(LoRAFineTuneSpec))
     status_schema = _with_conditions_list_map(_without_defaults(openapi_schema(LoRAFineTuneStatus)))
     root = {
         "type": "object",

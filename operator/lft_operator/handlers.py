@@ -5,6 +5,8 @@
 - Jobs and pods are kept in kopf indexes (small views, not whole objects): a reconcile reads
   them from memory, and kopf fills the indexes before any handler runs, so after an operator
   restart the first reconcile already sees every existing Job and pod (no duplicate Job).
+- LoRAFineTunes are also indexed by the root of their output.uri (ownership.py): the check that
+  no two runs write one output prefix reads that index, never the API server.
 - Only watch-event handlers: no finalizers on the resources (deleting one never waits for the
   operator; the garbage collector removes the children through ownerReferences).
 """
@@ -22,6 +24,7 @@ from lft_api import contract
 from . import metrics
 from .builders import NAME_LABEL
 from .kube import Kube
+from .ownership import OutputClaim, uri_root
 from .reconcile import Reconciler
 from .settings import Settings
 from .views import JobView, PodView
@@ -37,15 +40,19 @@ class IndexCache:
     def __init__(self) -> None:
         self._jobs: Any = None
         self._pods: Any = None
+        self._outputs: Any = None
 
-    def bind(self, jobs: Any, pods: Any) -> None:
-        self._jobs, self._pods = jobs, pods
+    def bind(self, jobs: Any, pods: Any, outputs: Any) -> None:
+        self._jobs, self._pods, self._outputs = jobs, pods, outputs
 
     def jobs(self, namespace: str, name: str) -> list[JobView]:
         return list(self._jobs.get((namespace, name), [])) if self._jobs is not None else []
 
     def pods(self, namespace: str, name: str) -> list[PodView]:
         return list(self._pods.get((namespace, name), [])) if self._pods is not None else []
+
+    def outputs(self, root: str) -> list[OutputClaim]:
+        return list(self._outputs.get(root, [])) if self._outputs is not None else []
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
@@ -108,6 +115,12 @@ def lft_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> 
     return {(namespace, labels[NAME_LABEL]): PodView.from_pod(_raw(body))}
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+def lft_outputs(body: kopf.Body, **_: Any) -> dict:
+    claim = OutputClaim.from_body(_raw(body))
+    return {uri_root(claim.uri): claim} if claim is not None else {}
+
+
 def _raw(body: kopf.Body) -> dict[str, Any]:
     """The object as a plain dict (kopf's views are read-only proxies)."""
     raw = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body.metadata)}
@@ -127,13 +140,19 @@ async def lft_event(
     memo: kopf.Memo,
     lft_jobs: Any,
     lft_pods: Any,
+    lft_outputs: Any,
     **_: Any,
 ) -> None:
-    memo.cache.bind(lft_jobs, lft_pods)
-    if event.get("type") == "DELETED":
+    memo.cache.bind(lft_jobs, lft_pods, lft_outputs)
+    raw = _raw(body)
+    deleted = event.get("type") == "DELETED"
+    if deleted:
         memo.reconciler.forget(namespace, name)
     else:
-        memo.reconciler.on_resource(namespace, name, _raw(body))
+        memo.reconciler.on_resource(namespace, name, raw)
+    claim = OutputClaim.from_body(raw)
+    if claim is not None and (deleted or claim.finished):
+        memo.reconciler.on_output_released(claim)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT})
@@ -145,9 +164,10 @@ async def job_event(
     memo: kopf.Memo,
     lft_jobs: Any,
     lft_pods: Any,
+    lft_outputs: Any,
     **_: Any,
 ) -> None:
-    memo.cache.bind(lft_jobs, lft_pods)
+    memo.cache.bind(lft_jobs, lft_pods, lft_outputs)
     view = None if event.get("type") == "DELETED" else JobView.from_job(_raw(body))
     memo.reconciler.on_child(namespace, labels[NAME_LABEL], body.metadata.uid, view)
 
@@ -161,8 +181,9 @@ async def pod_event(
     memo: kopf.Memo,
     lft_jobs: Any,
     lft_pods: Any,
+    lft_outputs: Any,
     **_: Any,
 ) -> None:
-    memo.cache.bind(lft_jobs, lft_pods)
+    memo.cache.bind(lft_jobs, lft_pods, lft_outputs)
     view = None if event.get("type") == "DELETED" else PodView.from_pod(_raw(body))
     memo.reconciler.on_child(namespace, labels[NAME_LABEL], body.metadata.uid, view)

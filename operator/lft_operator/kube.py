@@ -51,7 +51,6 @@ class Kube:
         self._connections = connections
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
-        self.requests = 0  # for metrics and the benchmark
 
     @classmethod
     def from_environment(cls, **kwargs: Any) -> Kube:
@@ -95,7 +94,6 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
-        self.requests += 1
         started = time.monotonic()
         async with self._get_session().request(
             method, self._base + path, data=data, params=params, headers=headers
@@ -116,6 +114,11 @@ class Kube:
             if e.status == 404:
                 return None
             raise
+
+    async def list_items(self, path: str, **params: str) -> list[dict[str, Any]]:
+        """The items of a collection (one page: the operator's selectors match few objects)."""
+        body = await self.request("GET", path, params=params)
+        return (body or {}).get("items") or []
 
     async def create(self, path: str, body: dict[str, Any]) -> Any:
         return await self.request("POST", path, body=body)

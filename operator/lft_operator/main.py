@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = Settings.from_env()
     if args.namespace:
-        config = Settings(**{**config.__dict__, "namespaces": tuple(args.namespace)})
+        config = config.model_copy(update={"namespaces": tuple(args.namespace)})
     configure_logging(config)
 
     from . import handlers  # noqa: F401  (registers the kopf handlers)

@@ -14,7 +14,7 @@ cluster-scoped watches except the CRD and peering rules marked below).
       resources: [configmaps]                    verbs: [get, create]
       resources: [serviceaccounts]               verbs: [get, create]
       resources: [secrets]                       verbs: [get]
-      resources: [events]                        verbs: [create, patch]
+      resources: [events]                        verbs: [create, patch, list]
       resources: [namespaces]                    verbs: [list, watch]     (kopf: namespace patterns)
     apiGroups: [rbac.authorization.k8s.io]
       resources: [roles, rolebindings]           verbs: [get, create]
@@ -37,6 +37,8 @@ Why each one:
 - secrets get: only to check that the storage Secret exists, with a metadata-only request
   (Accept: PartialObjectMetadata): the values never reach the operator.
 - events create/patch: Kubernetes Events for every transition (kopf also posts its own).
+- events list: the Job controller's FailedCreate Events of a Job that has no pod (quota, Pod
+  Security admission, a missing ServiceAccount), with a field selector on the Job's uid.
 
 The trainer's own Role (builders.trainer_role): get/patch on lorafinetunes/status, resourceNames
 [<the resource's name>], nothing else.
@@ -49,7 +51,7 @@ OPERATOR_RULES: list[dict] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "list"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},

@@ -1,4 +1,4 @@
-"""The reconcile loop of one LoRAFineTune: observe, decide (status.py, pure), act.
+"""The reconcile loop of one LoRAFineTune: observe, decide (status/, pure), act.
 
 Level-triggered: whatever triggered it (the resource, its Job, one of its pods, the periodic
 resync, an operator restart), a reconcile reads the resource fresh from the API server, takes
@@ -11,48 +11,58 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from lft_api import contract
+from lft_api.conditions import Reason
 
 from . import builders, metrics
 from .builders import Owner
+from .events import EventPoster
 from .kube import PARTIAL_METADATA, ApiError, Kube, collection_path, core_path, group_path, object_path
+from .ownership import OutputClaim, output_conflict, uri_root
 from .settings import Settings
 from .status import (
     OWNED_FIELDS,
     TERMINAL_PHASES,
-    Event,
+    Decision,
     Observation,
+    PodCreationFailure,
     Problem,
+    classify_create_error,
     decide,
+    newest_failed_create,
     now_rfc3339,
     status_json_patch,
+    wants_pod,
 )
+from .status.model import seconds_between
 from .validation import validate
 from .views import JobView, PodView, controller_uid
 from .workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
-COMPONENT = builders.MANAGED_BY
-MAX_EVENT_MESSAGE = 1024
 SECRET_RECHECK_SECONDS = 10.0
-EVENT_CONCURRENCY = 2  # Events are posted in the background, a few at a time: Jobs first
+POD_RECHECK_SECONDS = 5.0  # while a Job has no pod: look for the Job controller's FailedCreate Events
+POD_GRACE_SECONDS = 2.0  # a Job this young has no pod yet, normally: no Event lookup before
+MAX_FORBIDDEN_BACKOFF = 60.0
 
 
 def resource_fingerprint(body: dict[str, Any]) -> str:
-    """What a reconcile depends on: the trainer's progress patches leave it unchanged."""
+    """What a reconcile depends on: the trainer's progress patches leave it unchanged, its
+    checkpoint health does not (the CheckpointsHealthy condition)."""
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
+    health = status.get("checkpointHealth")
     return json.dumps(
         [
             meta.get("uid"),
             meta.get("generation"),
             meta.get("deletionTimestamp"),
             {k: status.get(k) for k in OWNED_FIELDS},
+            [health.get(k) for k in ("healthy", "message", "failedUploads")] if isinstance(health, dict) else None,
         ],
         sort_keys=True,
         default=str,
@@ -60,11 +70,13 @@ def resource_fingerprint(body: dict[str, Any]) -> str:
 
 
 class Cache(Protocol):
-    """The watch caches (kopf indexes) of the operator's Jobs and pods, by resource."""
+    """The watch caches (kopf indexes): the operator's Jobs and pods by resource, output claims by root."""
 
     def jobs(self, namespace: str, name: str) -> list[JobView]: ...
 
     def pods(self, namespace: str, name: str) -> list[PodView]: ...
+
+    def outputs(self, root: str) -> list[OutputClaim]: ...
 
 
 class RetryLater(Exception):
@@ -94,18 +106,18 @@ class Reconciler:
         self.clock = clock
         self.phases = metrics.PhaseTracker()
         self.queue = WorkQueue(self._run, concurrency=settings.api_workers)
+        self.events = EventPoster(kube, clock)
         self.known: set[tuple[str, str]] = set()
         self._fingerprints: dict[tuple[str, str], str] = {}
         self._fresh: dict[tuple[str, str], dict[str, Any]] = {}  # new resources, from their watch event
         self._views: dict[str, JobView | PodView] = {}  # by uid: the last view of each Job and pod
-        self._events: set[asyncio.Task[None]] = set()
-        self._event_slots = asyncio.Semaphore(EVENT_CONCURRENCY)
-        self._secret_check_allowed = True
+        self._allowed = {"secrets": True, "events": True}  # RBAC for the optional checks
         self._refusals: dict[tuple[str, str], int] = {}  # status writes refused in a row, by resource
+        self._forbidden: dict[tuple[str, str], int] = {}  # Job creations forbidden in a row, by resource
         # Resource body and Job a reconcile just created, for the follow-up reconcile (the watch cache
         # may lag behind; nothing in the body changed by the operator yet).
         self._deferred: dict[tuple[str, str], tuple[dict[str, Any], JobView]] = {}
-        self._instance = os.environ.get("HOSTNAME", "lft-operator")
+        self._rechecks: set[tuple[str, str]] = set()  # resources with a pod re-check pending
 
     # --- triggers -------------------------------------------------------------------------------
 
@@ -129,6 +141,12 @@ class Reconciler:
             self._fresh.pop((namespace, name), None)
         self.trigger(namespace, name)
 
+    def on_output_released(self, claim: OutputClaim) -> None:
+        """A resource finished or was deleted: the later ones refused for its output.uri look again."""
+        for other in self.cache.outputs(uri_root(claim.uri)):
+            if other.uid != claim.uid and not other.finished and other.order > claim.order:
+                self.trigger(other.namespace, other.name)
+
     def on_child(self, namespace: str, name: str, uid: str, view: JobView | PodView | None) -> None:
         """A watch event of a Job or pod: reconcile when what the status logic reads changed."""
         if view is None:
@@ -140,13 +158,12 @@ class Reconciler:
         self.trigger(namespace, name)
 
     def forget(self, namespace: str, name: str) -> None:
-        self.known.discard((namespace, name))
-        self.queue.forget((namespace, name))
-        self._fingerprints.pop((namespace, name), None)
-        self._fresh.pop((namespace, name), None)
-        self._refusals.pop((namespace, name), None)
-        self._deferred.pop((namespace, name), None)
-        self.phases.set((namespace, name), None)
+        key = (namespace, name)
+        self.known.discard(key)
+        self.queue.forget(key)
+        for state in (self._fingerprints, self._fresh, self._refusals, self._forbidden, self._deferred):
+            state.pop(key, None)
+        self.phases.set(key, None)
 
     async def resync_forever(self) -> None:
         """Reconcile everything now and then: converges whatever a lost event left behind."""
@@ -175,86 +192,116 @@ class Reconciler:
             return
         if body["metadata"].get("deletionTimestamp"):
             return  # the garbage collector removes the children
+        obs = await self._observe(body, created_job)
+        if obs is None:
+            return  # the Job was just created: the follow-up reconcile decides
+        decision = decide(obs)
+        await self._apply(body, decision)
+
+    async def _observe(self, body: dict[str, Any], created_job: JobView | None) -> Observation | None:
         owner = Owner.from_body(body)
         status = body.get("status") or {}
-        spec, problems = validate(body.get("spec") or {}, name)
+        spec, problems = validate(body.get("spec") or {}, owner.name)
         job = self._cached_job(owner) or (created_job if created_job and created_job.owner_uid == owner.uid else None)
-        job_lost = False
-
+        obs = Observation(
+            name=owner.name,
+            generation=body["metadata"].get("generation", 1),
+            status=status,
+            spec=spec,
+            problems=problems,
+            job_name=builders.child_name(owner.name),
+            job=job,
+            pods=[],
+            now=self.clock(),
+            pod_creation_timeout=self.settings.pod_creation_timeout_seconds,
+        )
         if job is None and status.get("phase") not in TERMINAL_PHASES:
             if status.get("jobName"):
                 # Created before; the cache may just lag behind: ask the API server.
-                job = await self._read_job(owner)
-                job_lost = job is None
-            elif spec is not None and not problems:
-                problems = await self._secret_problems(owner, spec)
-                if problems:
-                    self.queue.add_after((namespace, name), SECRET_RECHECK_SECONDS)
-                else:
-                    # ServiceAccount and Job only, then the rest in a normal-priority reconcile: in a
-                    # burst, Job creation comes first for every new resource (apply -> Job latency).
-                    # That reconcile takes the path below, as after a crash between the two steps.
-                    job = await self._ensure_children(owner, spec)
-                    self._deferred[(namespace, name)] = (body, job)
-                    self.queue.add((namespace, name))
-                    return
+                obs.job = await self._read_job(owner)
+                obs.job_lost = obs.job is None
+            elif spec is not None and not problems and await self._create_job(owner, body, spec, obs):
+                return None
         elif job is not None and not status.get("jobName") and spec is not None:
             # A Job that no status records yet: just created (above), or an earlier reconcile created
             # it and stopped (crash, API error) before writing the status and the Job's companions.
             await self._ensure_companions(owner, spec, with_service_account=created_job is None)
+        if obs.job is not None:
+            obs.pods = [p for p in self.cache.pods(owner.namespace, owner.name) if p.job_uid == obs.job.uid]
+        if status.get("phase") not in TERMINAL_PHASES:
+            obs.pod_failure = await self._pod_failure(owner, obs)
+        return obs
 
-        pods = [p for p in self.cache.pods(namespace, name) if job is not None and p.job_uid == job.uid]
-        decision = decide(
-            Observation(
-                name=name,
-                generation=body["metadata"].get("generation", 1),
-                status=status,
-                spec=spec,
-                problems=problems,
-                job_name=builders.job_name(name),
-                job=job,
-                pods=pods,
-                now=self.clock(),
-                job_lost=job_lost,
-            )
-        )
-        for patch in decision.job_patches:
-            await self.kube.merge_patch(job_path(namespace, builders.job_name(name)), patch)
-        if decision.patch:
-            try:
-                written = await self.kube.json_patch(
-                    resource_path(namespace, name, "status"),
-                    status_json_patch(owner.uid, body.get("status"), decision.patch,
-                                      body["metadata"].get("resourceVersion")),
-                )
-                # The watch event of this write needs no reconcile: this one computed it.
-                self._fingerprints[(namespace, name)] = resource_fingerprint(written)
-            except ApiError as e:
-                if e.status == 404:
-                    return  # deleted meanwhile
-                if e.status in (409, 422):
-                    # A failed test op: changed since read (often a trainer progress patch; the server
-                    # does not say which test failed) or re-created under the same name. Nothing of the
-                    # stale decision was written: decide again on a fresh read, at once. Refused again
-                    # right after a fresh read means an invalid status: log it, look again later.
-                    self._fresh.pop((namespace, name), None)
-                    refusals = self._refusals.get((namespace, name), 0) + 1
-                    self._refusals[(namespace, name)] = refusals
-                    if refusals == 1:
-                        self.queue.add_after((namespace, name), 0.05)
-                        return
-                    logger.warning("status patch of %s/%s refused: %s", namespace, name, e.message)
-                    self.queue.add_after((namespace, name), 5.0)
-                    return
+    async def _create_job(self, owner: Owner, body: dict[str, Any], spec: Any, obs: Observation) -> bool:
+        """Create the ServiceAccount and Job unless something stands in the way (then recorded in
+        `obs`): True when created. The rest follows in a normal-priority reconcile: in a burst, Job
+        creation comes first for every new resource (apply -> Job latency). That reconcile takes the
+        path of a Job that no status records yet, as after a crash between the two steps."""
+        key = (owner.namespace, owner.name)
+        obs.problems = self._output_problems(body, spec)
+        if not obs.problems:
+            obs.problems = await self._secret_problems(owner, spec)
+            if obs.problems:
+                self.queue.add_after(key, SECRET_RECHECK_SECONDS)
+        if obs.problems:
+            return False
+        try:
+            job = await self._ensure_children(owner, spec)
+        except ApiError as e:
+            obs.create_error = classify_create_error(e.status, e.message)
+            if obs.create_error is None:
                 raise
-            self._refusals.pop((namespace, name), None)
-            metrics.STATUS_PATCHES.inc()
-        self.phases.set((namespace, name), decision.status.get("phase"))
+            if obs.create_error.reason == Reason.JOB_FORBIDDEN:
+                # Quota or RBAC may change any time: retried with backoff, reported meanwhile.
+                self._forbidden[key] = self._forbidden.get(key, 0) + 1
+                self.queue.add_after(key, min(2.0 ** self._forbidden[key], MAX_FORBIDDEN_BACKOFF))
+            logger.warning("creating the Job of %s/%s refused: %s", owner.namespace, owner.name, e)
+            return False
+        self._forbidden.pop(key, None)
+        self._deferred[key] = (body, job)
+        self.queue.add(key)
+        return True
 
+    # --- writes of a decision -------------------------------------------------------------------
+
+    async def _apply(self, body: dict[str, Any], decision: Decision) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        for patch in decision.job_patches:
+            await self.kube.merge_patch(job_path(namespace, builders.child_name(name)), patch)
+        if decision.patch and not await self._write_status(body, decision):
+            return
+        self.phases.set((namespace, name), decision.status.get("phase"))
         if decision.events:
-            task = asyncio.get_running_loop().create_task(self._post_in_background(body, decision.events))
-            self._events.add(task)
-            task.add_done_callback(self._events.discard)
+            self.events.post_in_background(body, decision.events)
+
+    async def _write_status(self, body: dict[str, Any], decision: Decision) -> bool:
+        """Patch the status; False when the write was refused (then a reconcile is queued)."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        ops = status_json_patch(meta["uid"], body.get("status"), decision.patch, meta.get("resourceVersion"))
+        try:
+            written = await self.kube.json_patch(resource_path(*key, "status"), ops)
+        except ApiError as e:
+            if e.status == 404:
+                return False  # deleted meanwhile
+            if e.status not in (409, 422):
+                raise
+            # A failed test op: changed since read (often a trainer progress patch; the server does
+            # not say which test failed) or re-created under the same name. Nothing of the stale
+            # decision was written: decide again on a fresh read, at once. Refused again right after
+            # a fresh read means an invalid status: log it, look again later.
+            self._fresh.pop(key, None)
+            refusals = self._refusals[key] = self._refusals.get(key, 0) + 1
+            if refusals > 1:
+                logger.warning("status patch of %s/%s refused: %s", *key, e.message)
+            self.queue.add_after(key, 0.05 if refusals == 1 else 5.0)
+            return False
+        # The watch event of this write needs no reconcile: this one computed it.
+        self._fingerprints[key] = resource_fingerprint(written)
+        self._refusals.pop(key, None)
+        metrics.STATUS_PATCHES.inc()
+        return True
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -265,16 +312,61 @@ class Reconciler:
         return None
 
     async def _read_job(self, owner: Owner) -> JobView | None:
-        body = await self.kube.get(job_path(owner.namespace, builders.job_name(owner.name)))
+        body = await self.kube.get(job_path(owner.namespace, builders.child_name(owner.name)))
         if body is None:
             return None
         if controller_uid(body["metadata"]) != owner.uid:
-            raise RetryLater(f"Job {builders.job_name(owner.name)} belongs to an earlier namesake, being deleted")
+            raise RetryLater(f"Job {builders.child_name(owner.name)} belongs to an earlier namesake, being deleted")
         return JobView.from_job(body)
+
+    def _output_problems(self, body: dict[str, Any], spec: Any) -> list[Problem]:
+        me = OutputClaim.from_body(body)
+        if me is None:
+            return []
+        conflict = output_conflict(me, spec.output.overwrite, self.cache.outputs(uri_root(me.uri)))
+        return [conflict] if conflict is not None else []
+
+    async def _pod_failure(self, owner: Owner, obs: Observation) -> PodCreationFailure | None:
+        """While the Job has no pod: the Job controller's newest FailedCreate Event, re-checked
+        every few seconds (Events are not watched)."""
+        job = obs.job
+        if job is None or not wants_pod(job, obs.pods):
+            return None
+        key = (owner.namespace, owner.name)
+        age = seconds_between(job.created, obs.now)
+        if age is not None and age < POD_GRACE_SECONDS:
+            self._recheck_later(key, POD_GRACE_SECONDS - age + 0.5)
+            return None
+        self._recheck_later(key, POD_RECHECK_SECONDS)
+        if not self._allowed["events"]:
+            return None
+        selector = f"involvedObject.uid={job.uid},reason=FailedCreate"
+        try:
+            events = await self.kube.list_items(core_path(owner.namespace, "events"), fieldSelector=selector)
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            logger.warning("not allowed to list Events (%s); pod creation failures go unreported", e.reason)
+            self._allowed["events"] = False
+            return None
+        return newest_failed_create(events)
+
+    def _recheck_later(self, key: tuple[str, str], delay: float) -> None:
+        """One pending re-check per resource, however many reconciles ask for one."""
+        if key in self._rechecks:
+            return
+        self._rechecks.add(key)
+
+        def due() -> None:
+            self._rechecks.discard(key)
+            if key in self.known:
+                self.queue.add(key)
+
+        asyncio.get_running_loop().call_later(delay, due)
 
     async def _secret_problems(self, owner: Owner, spec: Any) -> list[Problem]:
         secret, optional = builders.storage_secret_name(spec, self.settings)
-        if secret is None or optional or not self._secret_check_allowed:
+        if secret is None or optional or not self._allowed["secrets"]:
             return []
         try:
             found = await self.kube.get(core_path(owner.namespace, "secrets", secret), accept=PARTIAL_METADATA)
@@ -282,13 +374,13 @@ class Reconciler:
             if e.status == 403:
                 # Without RBAC to check, the pod reports a missing Secret itself (CreateContainerConfigError).
                 logger.warning("not allowed to check storage Secrets (%s); skipping that check", e.reason)
-                self._secret_check_allowed = False
+                self._allowed["secrets"] = False
                 return []
             raise
         if found is None:
             return [
                 Problem(
-                    "StorageSecretNotFound",
+                    Reason.STORAGE_SECRET_NOT_FOUND,
                     f"Secret {secret} (spec.storageSecretRef) not found in namespace {owner.namespace}",
                 )
             ]
@@ -330,53 +422,12 @@ class Reconciler:
             await self._create(builders.service_account(owner))
         body, created = await self._create(builders.job(owner, spec, self.settings))
         if controller_uid(body["metadata"]) != owner.uid:
-            raise RetryLater(f"Job {builders.job_name(owner.name)} belongs to an earlier namesake, being deleted")
+            raise RetryLater(f"Job {builders.child_name(owner.name)} belongs to an earlier namesake, being deleted")
         if created:
             metrics.JOBS_CREATED.inc()
-            logger.info("created Job %s/%s", owner.namespace, builders.job_name(owner.name))
+            logger.info("created Job %s/%s", owner.namespace, builders.child_name(owner.name))
         return JobView.from_job(body)
-
-    async def _post_in_background(self, body: dict[str, Any], events: list[Event]) -> None:
-        async with self._event_slots:
-            for event in events:  # in order: Accepted before JobCreated
-                await self.post_event(body, event)
 
     async def close(self) -> None:
         await self.queue.close()
-        if self._events:
-            await asyncio.wait(self._events, timeout=5)
-
-    async def post_event(self, body: dict[str, Any], event: Event) -> None:
-        meta = body["metadata"]
-        now = self.clock()
-        message = (
-            event.message if len(event.message) <= MAX_EVENT_MESSAGE else event.message[: MAX_EVENT_MESSAGE - 3] + "..."
-        )
-        manifest = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": body.get("apiVersion", f"{contract.API_GROUP}/{contract.API_VERSION}"),
-                "kind": contract.KIND,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "type": event.type,
-            "reason": event.reason,
-            "message": message,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self._instance,
-        }
-        try:
-            await self.kube.create(core_path(meta["namespace"], "events"), manifest)
-            metrics.EVENTS_POSTED.labels(type=event.type, reason=event.reason).inc()
-        except (TimeoutError, ApiError, OSError) as e:
-            # An Event is best effort: the status already says it.
-            logger.warning("could not post event %s for %s/%s: %s", event.reason, meta["namespace"], meta["name"], e)
+        await self.events.close()

@@ -1,7 +1,9 @@
 """Semantic validation: what the CRD schema cannot express (pure).
 
-The API server already rejected what the schema can say (types, bounds, enums). What is left
-makes the resource Accepted=False with a reason, and nothing is created until it is fixed.
+The API server already rejected what the schema can say (types, bounds, enums). It keeps
+unknown fields (the spec's schema preserves them, so that none is dropped silently whatever
+the client): they are refused here, UnknownField, with their paths. What is left makes the
+resource Accepted=False with a reason, and nothing is created until it is fixed.
 """
 
 from __future__ import annotations
@@ -10,29 +12,57 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lft_api.conditions import Reason
 from lft_api.errors import format_validation_errors
 from lft_api.resource import MAX_NAME_LENGTH, LoRAFineTuneSpec
 
 from .status import Problem
 
 
+def _path(loc: tuple[Any, ...]) -> str:
+    return ".".join(["spec"] + [str(p) for p in loc if p != "__root__"])
+
+
 def parse_spec(raw: dict[str, Any]) -> tuple[LoRAFineTuneSpec | None, list[Problem]]:
     try:
         return LoRAFineTuneSpec.model_validate(raw), []
     except ValidationError as err:
-        return None, [Problem("InvalidSpec", format_validation_errors(err, prefix="spec"))]
+        return None, validation_problems(err)
+
+
+def validation_problems(err: ValidationError) -> list[Problem]:
+    """UnknownField for fields the models do not know (extra="forbid"), InvalidSpec for the rest."""
+    errors = err.errors(include_url=False, include_input=False)
+    unknown = [_path(e["loc"]) for e in errors if e.get("type") == "extra_forbidden"]
+    problems: list[Problem] = []
+    if unknown:
+        problems.append(
+            Problem(
+                Reason.UNKNOWN_FIELD,
+                f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: not part of the "
+                "LoRAFineTune API (a typo, or a field of another version); remove or rename it",
+            )
+        )
+    if len(unknown) == len(errors):
+        return problems
+    if not unknown:
+        return [Problem(Reason.INVALID_SPEC, format_validation_errors(err, prefix="spec"))]
+    others = [f"{_path(e['loc'])}: {e.get('msg')}" for e in errors if e.get("type") != "extra_forbidden"]
+    return problems + [Problem(Reason.INVALID_SPEC, "; ".join(others))]
 
 
 def semantic_problems(spec: LoRAFineTuneSpec, name: str) -> list[Problem]:
     problems: list[Problem] = []
     if len(name) > MAX_NAME_LENGTH:
         problems.append(
-            Problem("NameTooLong", f"name must be at most {MAX_NAME_LENGTH} characters (the Job is <name>-trainer)")
+            Problem(
+                Reason.NAME_TOO_LONG, f"name must be at most {MAX_NAME_LENGTH} characters (the Job is <name>-trainer)"
+            )
         )
     if spec.lora.quantization != "none" and spec.resources.gpus < 1:
         problems.append(
             Problem(
-                "QuantizationNeedsGPU",
+                Reason.QUANTIZATION_NEEDS_GPU,
                 f"spec.lora.quantization {spec.lora.quantization} (QLoRA, bitsandbytes) needs a GPU: "
                 "set spec.resources.gpus >= 1 or spec.lora.quantization to none",
             )
@@ -44,7 +74,7 @@ def semantic_problems(spec: LoRAFineTuneSpec, name: str) -> list[Problem]:
     ):
         problems.append(
             Problem(
-                "ProcessesMismatchGPUs",
+                Reason.PROCESSES_MISMATCH_GPUS,
                 f"spec.training.numProcesses {spec.training.num_processes} differs from spec.resources.gpus "
                 f"{spec.resources.gpus}: the trainer runs one process per GPU; leave numProcesses unset",
             )
@@ -55,7 +85,7 @@ def semantic_problems(spec: LoRAFineTuneSpec, name: str) -> list[Problem]:
     if missing:
         problems.append(
             Problem(
-                "InvalidPodTemplate",
+                Reason.INVALID_POD_TEMPLATE,
                 f"spec.podTemplate.volumeMounts name volumes not in spec.podTemplate.volumes: {', '.join(missing)}",
             )
         )

@@ -6,10 +6,10 @@ the status logic gets plain values to test against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, RUN_POLICY_ANNOTATION, SPEC_HASH_ANNOTATION
+from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, RUN_POLICY_ANNOTATION
 
 
 def controller_uid(meta: dict[str, Any]) -> str | None:
@@ -91,22 +91,15 @@ class JobView:
     name: str
     uid: str
     owner_uid: str | None = None
+    created: str = ""
     parallelism: int = 1
-    # Informational: the status logic reads the conditions, so count changes trigger no reconcile.
-    active: int = field(default=0, compare=False)
-    succeeded: int = field(default=0, compare=False)
-    failed: int = field(default=0, compare=False)
+    suspended: bool = False  # spec.suspend (Kubernetes >= 1.21; Kueue suspends queued Jobs)
     complete: bool = False
     failed_reason: str | None = None  # set when the Job has condition Failed=True
     failed_message: str | None = None
     completion_time: str | None = None
-    spec_hash: str | None = None
     applied_spec: str | None = None  # JSON
     run_policy: str | None = None  # JSON of the runPolicy last applied
-
-    @property
-    def finished(self) -> bool:
-        return self.complete or self.failed_reason is not None
 
     @classmethod
     def from_job(cls, body: dict[str, Any]) -> JobView:
@@ -128,15 +121,13 @@ class JobView:
             name=meta.get("name", ""),
             uid=meta.get("uid", ""),
             owner_uid=controller_uid(meta),
+            created=meta.get("creationTimestamp") or "",
             parallelism=spec.get("parallelism", 1),
-            active=status.get("active") or 0,
-            succeeded=status.get("succeeded") or 0,
-            failed=status.get("failed") or 0,
+            suspended=bool(spec.get("suspend")),
             complete=complete,
             failed_reason=failed_reason,
             failed_message=failed_message,
             completion_time=status.get("completionTime"),
-            spec_hash=annotations.get(SPEC_HASH_ANNOTATION),
             applied_spec=annotations.get(APPLIED_SPEC_ANNOTATION),
             run_policy=annotations.get(RUN_POLICY_ANNOTATION),
         )

@@ -101,7 +101,10 @@ def namespace(kube: Kube) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = Operator(kube.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    # A short pod creation timeout: test_operator_failures waits for PodCreationTimeout.
+    op = Operator(
+        kube.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", LFT_POD_CREATION_TIMEOUT_SECONDS="20"
+    )
     op.start()
     yield op
     op.stop()

@@ -73,7 +73,7 @@ def test_operator_works_with_the_charts_rbac(kube: Kube, tmp_path) -> None:
             status = kube.wait_lft(watched_ns, "viachart", lambda s: s.get("phase") == "Succeeded")["status"]
             assert status["adapter"]["uri"] == TerminationMessage.decode(SUCCESS).adapter.uri
             # The per-run Role was created with the chart's RBAC (the escalation check passed).
-            role = kube.get(f"{RBAC}/namespaces/{watched_ns}/roles/{builders.role_name('viachart')}")
+            role = kube.get(f"{RBAC}/namespaces/{watched_ns}/roles/{builders.child_name('viachart')}")
             assert role and role["rules"][0]["resourceNames"] == ["viachart"]
             reasons = {"Accepted", "JobCreated", "Succeeded"}
             wait_until(lambda: reasons <= set(kube.event_reasons(watched_ns, "viachart")), 15)

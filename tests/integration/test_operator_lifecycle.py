@@ -7,9 +7,11 @@ with the exit codes and termination messages of the trainer contract.
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
+from lft_api.conditions import Reason
 from lft_api.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
 from tests.support.kube import FAKE_NODE, ApiError, Kube, wait_until
 
@@ -20,7 +22,8 @@ def spec(**overrides) -> dict:
     raw = {
         "model": {"name": "/opt/lft/models/tiny-phi3"},
         "dataset": {"uri": "/opt/lft/data/chat_tiny.jsonl"},
-        "output": {"uri": "s3://lft-out/run"},
+        # One prefix per resource: two live resources on one output.uri are refused (OutputInUse).
+        "output": {"uri": f"s3://lft-out/run-{uuid.uuid4().hex[:12]}"},
         "training": {"maxSteps": 30},
         # No real node matches: on a full cluster the scheduler and kubelet leave the pods to the test.
         "nodeSelector": {"lft.test/node": FAKE_NODE},
@@ -81,7 +84,7 @@ def test_create_makes_job_and_rbac_owned_by_the_resource(kube, namespace, operat
     # The real Job controller made the pod.
     pod = kube.wait_for_pod(namespace, "basic")
     assert pod["spec"]["serviceAccountName"] == "basic-trainer"
-    wait_until(lambda: {"Accepted", "JobCreated"} <= set(kube.event_reasons(namespace, "basic")), 10)
+    wait_until(lambda: {Reason.ACCEPTED, Reason.JOB_CREATED} <= set(kube.event_reasons(namespace, "basic")), 10)
 
 
 def test_trainer_service_account_may_patch_only_its_own_status(kube, namespace, operator):
@@ -113,7 +116,7 @@ def test_success_reports_adapter_and_final_metrics(kube, namespace, operator):
     assert status["progress"]["display"] == "30/30 (100%)"
     assert is_true(status, "Succeeded") and not is_true(status, "Failed")
     assert status["completionTime"]
-    wait_until(lambda: {"Started", "Succeeded"} <= set(kube.event_reasons(namespace, "ok")), 10)
+    wait_until(lambda: {Reason.STARTED, "Succeeded"} <= set(kube.event_reasons(namespace, "ok")), 10)
     # The Job controller agrees.
     wait_until(lambda: (kube.job(namespace, "ok") or {}).get("status", {}).get("succeeded") == 1, 20)
 
@@ -126,7 +129,7 @@ def test_retryable_failures_until_backoff_limit(kube, namespace, operator):
     status = kube.wait_lft(namespace, "flaky", lambda s: s.get("failedAttempts") == 1)["status"]
     assert status["phase"] in ("Pending", "Running")
     assert not is_true(status, "Failed")
-    wait_until(lambda: "Retrying" in kube.event_reasons(namespace, "flaky"), 10)
+    wait_until(lambda: Reason.RETRYING in kube.event_reasons(namespace, "flaky"), 10)
 
     # The Job controller retries (after its backoff); the second attempt fails too.
     pod = run_pod(kube, namespace, "flaky", count=2)
@@ -187,13 +190,13 @@ def test_schema_rejects_invalid_specs(kube, namespace, operator):
 def test_semantic_validation_sets_accepted_false_and_creates_nothing(kube, namespace, operator):
     kube.create_lft(namespace, "qlora-cpu", spec(lora={"quantization": "4bit"}))
     status = kube.wait_lft(namespace, "qlora-cpu", lambda s: cond(s, "Accepted").get("status") == "False")["status"]
-    assert cond(status, "Accepted")["reason"] == "QuantizationNeedsGPU"
+    assert cond(status, "Accepted")["reason"] == Reason.QUANTIZATION_NEEDS_GPU
     assert status["phase"] == "Pending"
-    wait_until(lambda: "QuantizationNeedsGPU" in kube.event_reasons(namespace, "qlora-cpu"), 10)
+    wait_until(lambda: Reason.QUANTIZATION_NEEDS_GPU in kube.event_reasons(namespace, "qlora-cpu"), 10)
 
     kube.create_lft(namespace, "no-secret", spec(storageSecretRef={"name": "s3-creds"}))
     status = kube.wait_lft(namespace, "no-secret", lambda s: cond(s, "Accepted").get("status") == "False")["status"]
-    assert cond(status, "Accepted")["reason"] == "StorageSecretNotFound"
+    assert cond(status, "Accepted")["reason"] == Reason.STORAGE_SECRET_NOT_FOUND
     assert "s3-creds" in cond(status, "Accepted")["message"]
     assert kube.jobs(namespace, "qlora-cpu") == [] and kube.jobs(namespace, "no-secret") == []
 
@@ -228,7 +231,7 @@ def test_suspend_checkpoints_and_resume_starts_a_new_attempt(kube, namespace, op
     status = kube.wait_lft(namespace, "pausable", lambda s: s.get("phase") == "Suspended")["status"]
     assert status["failedAttempts"] == 0
     assert status["attemptHistory"][0]["phase"] == "Stopped"
-    wait_until(lambda: "Suspended" in kube.event_reasons(namespace, "pausable"), 10)
+    wait_until(lambda: Reason.SUSPENDED in kube.event_reasons(namespace, "pausable"), 10)
     time.sleep(2)
     assert kube.pods(namespace, "pausable") == []  # no new pod while suspended
 
@@ -239,7 +242,7 @@ def test_suspend_checkpoints_and_resume_starts_a_new_attempt(kube, namespace, op
     ]
     assert not is_true(status, "Suspended")
     assert kube.job(namespace, "pausable")["spec"]["parallelism"] == 1
-    wait_until(lambda: "Resumed" in kube.event_reasons(namespace, "pausable"), 10)
+    wait_until(lambda: Reason.RESUMED in kube.event_reasons(namespace, "pausable"), 10)
 
 
 def test_spec_change_after_start_is_reported_and_run_policy_applied(kube, namespace, operator):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lft_api.conditions import Reason
 from lft_api.contract import TerminationMessage
 from lft_operator.rbac import OPERATOR_RULES
 from tests.integration.test_operator_lifecycle import SUCCESS, run_pod, spec
@@ -90,7 +91,7 @@ def test_operator_works_with_its_documented_rbac_only(kube, tmp_path):
                 lambda s: any(c.get("reason") == "StorageSecretNotFound" for c in s.get("conditions", [])),
             )
             wait_until(
-                lambda: {"Accepted", "JobCreated", "Started", "Succeeded"} <= set(kube.event_reasons(ns, "least")), 15
+                lambda: {Reason.ACCEPTED, Reason.JOB_CREATED, Reason.STARTED, "Succeeded"} <= set(kube.event_reasons(ns, "least")), 15
             )
             logs = op.logs()
             assert "403" not in logs and "Forbidden" not in logs and "forbidden" not in logs, logs[-2000:]

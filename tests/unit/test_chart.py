@@ -338,6 +338,7 @@ def test_operator_settings_parse_the_rendered_environment() -> None:
             "replicaCount": "2",
             "resyncSeconds": "30",
             "apiWorkers": "8",
+            "podCreationTimeoutSeconds": "45",
             "jsonLogs": "false",
             "logLevel": "DEBUG",
         }
@@ -351,7 +352,9 @@ def test_operator_settings_parse_the_rendered_environment() -> None:
     assert {p["metadata"]["name"] for p in by_kind(docs, "KopfPeering")} == {s.peering}
     assert s.priority == 7
     assert (s.resync_seconds, s.api_workers, s.json_logs, s.log_level) == (30.0, 8, False, "DEBUG")
+    assert s.pod_creation_timeout_seconds == 45
 
     defaults = Settings.from_env({k: v for k, v in env_of(render()).items() if v is not None})
     assert defaults.namespaces == () and defaults.peering is None and defaults.json_logs is True
     assert defaults.trainer_status_interval is None
+    assert defaults.pod_creation_timeout_seconds == 600

@@ -37,9 +37,7 @@ def _env(job: dict) -> dict[str, str]:
 
 
 def test_deterministic_names():
-    assert builders.job_name("x") == "x-trainer"
-    assert builders.service_account_name("x") == "x-trainer"
-    assert builders.role_name("x") == "x-trainer"
+    assert builders.child_name("x") == "x-trainer"
     assert builders.config_map_name("x") == "x-trainer-config"
     assert builders.job(OWNER, make_spec(), SETTINGS) == builders.job(OWNER, make_spec(), SETTINGS)
 
@@ -229,11 +227,11 @@ def test_applied_spec_annotation_excludes_mutable_fields():
     job_a = builders.job(OWNER, make_spec(suspend=False, runPolicy={"backoffLimit": 1}), SETTINGS)
     job_b = builders.job(OWNER, make_spec(suspend=True, runPolicy={"backoffLimit": 5}), SETTINGS)
     ann_a, ann_b = job_a["metadata"]["annotations"], job_b["metadata"]["annotations"]
-    assert ann_a[builders.SPEC_HASH_ANNOTATION] == ann_b[builders.SPEC_HASH_ANNOTATION]
+    assert ann_a[builders.APPLIED_SPEC_ANNOTATION] == ann_b[builders.APPLIED_SPEC_ANNOTATION]
     applied = json.loads(ann_a[builders.APPLIED_SPEC_ANNOTATION])
     assert "suspend" not in applied and "runPolicy" not in applied and applied["lora"]["r"] == 16
     job_c = builders.job(OWNER, make_spec(lora={"r": 32}), SETTINGS)
-    assert job_c["metadata"]["annotations"][builders.SPEC_HASH_ANNOTATION] != ann_a[builders.SPEC_HASH_ANNOTATION]
+    assert job_c["metadata"]["annotations"][builders.APPLIED_SPEC_ANNOTATION] != ann_a[builders.APPLIED_SPEC_ANNOTATION]
 
 
 def test_run_policy_patch_compares_with_the_applied_annotation():

@@ -130,3 +130,15 @@ def test_every_spec_field_is_in_the_schema():
     spec = _schema()["properties"]["spec"]["properties"]
     for name, field in LoRAFineTuneSpec.model_fields.items():
         assert (field.alias or name) in spec
+
+
+def test_spec_objects_keep_unknown_fields_and_status_prunes_them():
+    """Unknown spec fields reach the operator (which refuses them, UnknownField) whatever the client."""
+    spec = _schema()["properties"]["spec"]
+    typed = [(path, node) for path, node in _walk(spec, "spec") if node.get("type") == "object" and "properties" in node]
+    assert {"spec", "spec.lora", "spec.training", "spec.output", "spec.runPolicy", "spec.podTemplate"} <= {
+        p for p, _ in typed
+    }
+    assert all(node.get("x-kubernetes-preserve-unknown-fields") is True for _, node in typed)
+    assert spec["properties"]["lora"]["properties"]["r"]["type"] == "integer"  # known fields stay typed
+    assert "x-kubernetes-preserve-unknown-fields" not in _schema()["properties"]["status"]

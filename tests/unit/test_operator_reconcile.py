@@ -67,7 +67,8 @@ def test_child_events_trigger_only_on_relevant_changes():
     reconciler, queue = make_reconciler()
     job = JobView(name="j", uid="j1", parallelism=1)
     reconciler.on_child("ns", "r", "j1", job)
-    reconciler.on_child("ns", "r", "j1", JobView(name="j", uid="j1", parallelism=1, active=1))  # count only
+    counted = {"metadata": {"name": "j", "uid": "j1"}, "spec": {"parallelism": 1}, "status": {"active": 1}}
+    reconciler.on_child("ns", "r", "j1", JobView.from_job(counted))  # a count only
     assert len(queue.added) == 1
     reconciler.on_child("ns", "r", "j1", JobView(name="j", uid="j1", parallelism=0))
     assert len(queue.added) == 2
@@ -85,3 +86,66 @@ def test_never_reconciled_resources_are_urgent():
     reconciler.on_resource("ns", "old", body(observedGeneration=1, phase="Running"))
     assert queue.urgent == [("ns", "new")]
     assert queue.added == [("ns", "new"), ("ns", "old")]
+
+
+class RefusingKube:
+    """Records calls; refuses Job creation with `status` (as the API server does)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.refusal = (status, message)
+        self.status_patches: list = []
+
+    async def get(self, path, accept=None):
+        return None
+
+    async def create(self, path, body):
+        if path.endswith("/jobs"):
+            from lft_operator.kube import ApiError
+
+            raise ApiError(self.refusal[0], "Refused", self.refusal[1])
+        return body
+
+    async def json_patch(self, path, ops):
+        self.status_patches.append(ops)
+        return {"metadata": {"uid": "u"}, "status": ops[-1]["value"]}
+
+
+class NoChildren:
+    def jobs(self, namespace, name):
+        return []
+
+    def pods(self, namespace, name):
+        return []
+
+    def outputs(self, root):
+        return []
+
+
+def reconcile_refused(status: int, message: str) -> tuple[dict, list]:
+    kube = RefusingKube(status, message)
+    retries: list = []
+
+    async def run() -> None:
+        reconciler = Reconciler(kube=kube, settings=Settings(metrics_port=0), cache=NoChildren())  # type: ignore[arg-type]
+        reconciler.queue.add_after = lambda key, delay: retries.append(delay)  # type: ignore[method-assign]
+        resource = {
+            "metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 1},
+            "spec": {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/r"}},
+        }
+        reconciler._fresh[("ns", "r")] = resource
+        await reconciler.reconcile("ns", "r")  # does not raise: the refusal is reported, not retried blindly
+        await reconciler.close()
+
+    asyncio.run(run())
+    (ops,) = kube.status_patches
+    return ops[-1]["value"], retries
+
+
+def test_a_job_the_api_server_rejects_as_invalid_is_reported_and_not_retried():
+    status, retries = reconcile_refused(422, 'Job.batch "r-trainer" is invalid: Duplicate value: "config"')
+    assert status["phase"] == "Failed" and "Duplicate value" in status["message"] and retries == []
+
+
+def test_a_forbidden_job_is_reported_and_retried_with_backoff():
+    status, retries = reconcile_refused(403, 'jobs.batch "r-trainer" is forbidden: exceeded quota')
+    assert status["phase"] == "Pending" and "exceeded quota" in status["message"] and retries == [2.0]

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+from lft_api.conditions import CHECKPOINTS_HEALTHY, Reason
 from lft_api.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
-from lft_api.resource import LoRAFineTuneSpec
+from lft_api.resource import TRAINER_OWNED_STATUS_FIELDS, LoRAFineTuneSpec, LoRAFineTuneStatus
 from lft_operator import builders
 from lft_operator.settings import Settings
-from lft_operator.status import Observation, Problem, decide, set_condition, status_json_patch, update_attempts
+from lft_operator.status import (
+    OWNED_FIELDS,
+    Observation,
+    PodCreationFailure,
+    Problem,
+    classify_create_error,
+    decide,
+    set_condition,
+    status_json_patch,
+    update_attempts,
+    wants_pod,
+)
 from lft_operator.views import JobView, PodView
 
 T0, T1, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z", "2026-01-01T00:03:00Z"
@@ -88,26 +101,27 @@ def result(outcome: str, reason: str, **kw) -> str:
 
 def test_last_transition_time_changes_only_when_status_changes():
     c = set_condition([], "Running", "False", "Pending", "", 1, T0)
-    assert c[0]["lastTransitionTime"] == T0
-    c = set_condition(c, "Running", "False", "Retrying", "attempt 1 failed", 2, T1)
-    assert c[0]["lastTransitionTime"] == T0 and c[0]["reason"] == "Retrying" and c[0]["observedGeneration"] == 2
-    c = set_condition(c, "Running", "True", "TrainerRunning", "", 2, T2)
-    assert c[0]["lastTransitionTime"] == T2
-    c = set_condition(c, "Succeeded", "False", "InProgress", "", 2, T3)
-    assert [x["type"] for x in c] == ["Running", "Succeeded"]
-    assert c[0]["lastTransitionTime"] == T2
+    assert c[0].last_transition_time == T0
+    c = set_condition(c, "Running", "False", Reason.RETRYING, "attempt 1 failed", 2, T1)
+    assert c[0].last_transition_time == T0 and c[0].reason == Reason.RETRYING and c[0].observed_generation == 2
+    c = set_condition(c, "Running", "True", Reason.TRAINER_RUNNING, "", 2, T2)
+    assert c[0].last_transition_time == T2
+    assert "message" not in c[0].to_wire()  # the 1.20 API server takes "" in a list-map item for null
+    c = set_condition(c, "Succeeded", "False", Reason.IN_PROGRESS, "", 2, T3)
+    assert [x.type for x in c] == ["Running", "Succeeded"]
+    assert c[0].last_transition_time == T2
 
 
 # --- lifecycle --------------------------------------------------------------------------------
 
 
 def test_not_accepted_creates_nothing_and_says_why_once():
-    problems = [Problem("QuantizationNeedsGPU", "spec.lora.quantization 4bit needs a GPU")]
+    problems = [Problem(Reason.QUANTIZATION_NEEDS_GPU, "spec.lora.quantization 4bit needs a GPU")]
     d, status = step(observe(problems=problems))
     assert status["phase"] == "Pending"
     acc = cond(status, "Accepted")
-    assert acc["status"] == "False" and acc["reason"] == "QuantizationNeedsGPU"
-    assert reasons(d) == ["QuantizationNeedsGPU"] and d.events[0].type == "Warning"
+    assert acc["status"] == "False" and acc["reason"] == Reason.QUANTIZATION_NEEDS_GPU
+    assert reasons(d) == [Reason.QUANTIZATION_NEEDS_GPU] and d.events[0].type == "Warning"
     assert d.job_patches == []
     d2, _ = step(observe(status=status, problems=problems, now=T2))
     assert d2.events == [] and d2.patch == {}  # nothing new: no event, no write
@@ -118,13 +132,13 @@ def test_job_created_then_running_then_succeeded():
     d, status = step(observe(job=job))
     assert status["phase"] == "Pending" and status["jobName"] == "run-trainer"
     assert cond(status, "Accepted")["status"] == "True"
-    assert reasons(d) == ["Accepted", "JobCreated"]
+    assert reasons(d) == [Reason.ACCEPTED, Reason.JOB_CREATED]
     assert status["attempts"] == 0
 
     d, status = step(observe(status=status, job=job, pods=[running("p1")], now=T2))
     assert status["phase"] == "Running" and status["attempts"] == 1 and status["startTime"] == T0
     assert cond(status, "Running")["status"] == "True"
-    assert reasons(d) == ["Started"]
+    assert reasons(d) == [Reason.STARTED]
 
     message = result(
         "succeeded",
@@ -171,7 +185,7 @@ def test_invalid_input_fails_at_once_and_stops_the_job():
     assert failed["status"] == "True" and failed["reason"] == "InvalidDataset"
     assert "row 3: missing 'messages'" in failed["message"]
     assert d.job_patches == [builders.stop_patch()]
-    assert "Retrying" not in reasons(d) and reasons(d)[-1] == "Failed"
+    assert Reason.RETRYING not in reasons(d) and reasons(d)[-1] == "Failed"
 
 
 def test_retryable_failures_then_backoff_limit():
@@ -181,13 +195,13 @@ def test_retryable_failures_then_backoff_limit():
     err = result("error", "StorageError", message="upload failed")
     d, status = step(observe(status=status, s=s, job=job, pods=[ended("p1", ExitCode.ERROR, err)], now=T2))
     assert status["phase"] == "Pending" and status["failedAttempts"] == 1
-    assert cond(status, "Running")["reason"] == "Retrying"
-    assert reasons(d) == ["Retrying"] and "StorageError" in d.events[0].message
+    assert cond(status, "Running")["reason"] == Reason.RETRYING
+    assert reasons(d) == [Reason.RETRYING] and "StorageError" in d.events[0].message
     assert d.job_patches == []
 
     pods = [ended("p1", ExitCode.ERROR, err), running("p2", T2)]
     d, status = step(observe(status=status, s=s, job=job, pods=pods, now=T2))
-    assert status["phase"] == "Running" and status["attempts"] == 2 and reasons(d) == ["Started"]
+    assert status["phase"] == "Running" and status["attempts"] == 2 and reasons(d) == [Reason.STARTED]
 
     pods = [ended("p1", ExitCode.ERROR, err), ended("p2", ExitCode.PREEMPTED, result("preempted", "Preempted"), T2)]
     d, status = step(observe(status=status, s=s, job=job, pods=pods, now=T3))
@@ -208,7 +222,7 @@ def test_job_failed_condition_gives_the_last_attempts_reason():
     assert status["phase"] == "Failed"
     failed = cond(status, "Failed")
     # A non-JSON message (a crash, FallbackToLogsOnError): the container's reason and the log tail.
-    assert failed["reason"] == "Error" and "CUDA OOM" in failed["message"] and "DeadlineExceeded" in failed["message"]
+    assert failed["reason"] == Reason.ERROR and "CUDA OOM" in failed["message"] and "DeadlineExceeded" in failed["message"]
     assert d.job_patches == []  # the Job is finished already
 
 
@@ -218,8 +232,8 @@ def test_suspend_and_resume():
     s = spec(suspend=True)
     d, status = step(observe(status=status, s=s, job=job, pods=[running("p1")], now=T1, generation=2))
     assert d.job_patches == [builders.parallelism_patch(0)]
-    assert cond(status, "Suspended")["status"] == "True" and cond(status, "Suspended")["reason"] == "Suspending"
-    assert status["phase"] == "Running" and reasons(d) == ["Suspended"]
+    assert cond(status, "Suspended")["status"] == "True" and cond(status, "Suspended")["reason"] == Reason.SUSPENDING
+    assert status["phase"] == "Running" and reasons(d) == [Reason.SUSPENDED]
     assert status["observedGeneration"] == 2
 
     # The Job controller deleted the pod; the trainer checkpointed and exited 4; the pod is gone.
@@ -227,7 +241,7 @@ def test_suspend_and_resume():
     stopping = [ended("p1", ExitCode.PREEMPTED, result("preempted", "Preempted"), deleted=True)]
     d, status = step(observe(status=status, s=s, job=suspended_job, pods=stopping, now=T2, generation=2))
     d, status = step(observe(status=status, s=s, job=suspended_job, pods=[], now=T2, generation=2))
-    assert status["phase"] == "Suspended" and cond(status, "Suspended")["reason"] == "Suspended"
+    assert status["phase"] == "Suspended" and cond(status, "Suspended")["reason"] == Reason.SUSPENDED
     assert status["failedAttempts"] == 0  # a suspend is no failure
     assert status["attemptHistory"][0]["phase"] == "Stopped"
     assert d.job_patches == []
@@ -235,7 +249,7 @@ def test_suspend_and_resume():
     s = spec(suspend=False)
     d, status = step(observe(status=status, s=s, job=suspended_job, pods=[], now=T3, generation=3))
     assert d.job_patches == [builders.parallelism_patch(1)]
-    assert cond(status, "Suspended")["status"] == "False" and reasons(d) == ["Resumed"]
+    assert cond(status, "Suspended")["status"] == "False" and reasons(d) == [Reason.RESUMED]
     d, status = step(observe(status=status, s=s, job=job_view(), pods=[running("p2", T3)], now=T3, generation=3))
     assert status["phase"] == "Running" and status["attempts"] == 2
 
@@ -245,7 +259,7 @@ def test_pod_deleted_by_hand_is_not_a_failure():
     _, status = step(observe(job=job, pods=[running("p1")]))
     _, status = step(observe(status=status, job=job, pods=[], now=T2))
     assert status["attemptHistory"][0]["phase"] == "Stopped"
-    assert status["attemptHistory"][0]["reason"] == "PodDeleted"
+    assert status["attemptHistory"][0]["reason"] == Reason.POD_DELETED
     assert status["failedAttempts"] == 0 and status["phase"] == "Pending"
 
 
@@ -270,7 +284,7 @@ def test_job_deleted_before_it_finished():
     job = job_view()
     _, status = step(observe(job=job, pods=[running("p1")]))
     _, status = step(observe(status=status, job=None, job_lost=True, now=T2))
-    assert status["phase"] == "Failed" and cond(status, "Failed")["reason"] == "JobDeleted"
+    assert status["phase"] == "Failed" and cond(status, "Failed")["reason"] == Reason.JOB_DELETED
 
 
 def test_waiting_pod_reason_is_shown():
@@ -338,5 +352,158 @@ def test_a_pod_deleted_before_it_started_is_no_attempt():
 def test_unschedulable_pod_says_why():
     p = pod("p1", unschedulable="0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
     _, status = step(observe(job=job_view(), pods=[p]))
-    assert cond(status, "Running")["reason"] == "Unschedulable"
+    assert cond(status, "Running")["reason"] == Reason.UNSCHEDULABLE
     assert "Insufficient nvidia.com/gpu" in status["message"]
+
+
+# --- failures outside the trainer -------------------------------------------------------------
+
+
+def refused(code: int, message: str, status: dict | None = None, now: str = T1):
+    """decide after the API server refused the Job with `code`."""
+    obs = observe(status=status, now=now)
+    obs.create_error = classify_create_error(code, message)
+    return step(obs)
+
+
+def test_job_rejected_as_invalid_fails_at_once_with_the_servers_message():
+    d, status = refused(422, 'Job.batch "run-trainer" is invalid: spec.template.spec.volumes[4].name: '
+                             'Duplicate value: "config"')
+    assert status["phase"] == "Failed" and 'Duplicate value: "config"' in status["message"]
+    assert cond(status, "Failed")["reason"] == Reason.JOB_INVALID
+    assert cond(status, "Accepted")["status"] == "False" and cond(status, "Accepted")["reason"] == Reason.JOB_INVALID
+    assert reasons(d) == [Reason.JOB_INVALID] and d.events[0].type == "Warning"
+    assert d.job_patches == []  # there is no Job
+    # Final: the next reconcile (no Job, no error any more) changes nothing.
+    d2, _ = step(observe(status=status, now=T2))
+    assert d2.patch == {} and d2.events == []
+
+
+def test_job_creation_forbidden_is_pending_reported_once_and_clears_when_created():
+    forbidden = ('jobs.batch "run-trainer" is forbidden: exceeded quota: q, requested: count/jobs.batch=1, '
+                 "used: count/jobs.batch=0, limited: count/jobs.batch=0")
+    d, status = refused(403, forbidden)
+    assert status["phase"] == "Pending" and "exceeded quota" in status["message"]
+    assert cond(status, "Running")["reason"] == Reason.JOB_FORBIDDEN
+    assert reasons(d) == [Reason.JOB_FORBIDDEN] and d.events[0].type == "Warning"
+    d, status = refused(403, forbidden, status, T2)
+    assert d.events == [] and d.patch == {}
+    d, status = step(observe(status=status, job=job_view(), now=T2))  # quota raised: created
+    assert cond(status, "Running")["reason"] == Reason.JOB_CREATED and "forbidden" not in status["message"]
+
+
+def test_other_create_errors_are_not_classified():
+    assert classify_create_error(500, "etcd timeout") is None
+    assert classify_create_error(409, "exists") is None
+
+
+def young_job(**kw) -> JobView:
+    return dataclasses.replace(job_view(), created=T0, **kw)
+
+
+QUOTA = 'Error creating: pods "run-trainer-x1" is forbidden: exceeded quota: pods, requested: pods=1, limited: pods=0'
+
+
+def test_pod_creation_failure_is_pending_with_the_job_controllers_message_then_times_out():
+    job = young_job()
+    obs = observe(job=job, now=T1)
+    obs.pod_failure = PodCreationFailure(QUOTA, T1)
+    d, status = step(obs)
+    assert status["phase"] == "Pending" and "exceeded quota" in status["message"]
+    assert cond(status, "Running")["reason"] == Reason.POD_CREATION_FAILED
+    assert Reason.POD_CREATION_FAILED in reasons(d)
+
+    obs = observe(status=status, job=job, now=T2)
+    obs.pod_failure = PodCreationFailure(QUOTA, T2)
+    d, status = step(obs)
+    assert d.events == [] and status["phase"] == "Pending"  # one Event per transition
+
+    obs = observe(status=status, job=job, now=T3)
+    obs.pod_failure, obs.pod_creation_timeout = PodCreationFailure(QUOTA, T3), 120
+    d, status = step(obs)
+    assert status["phase"] == "Failed" and cond(status, "Failed")["reason"] == Reason.POD_CREATION_TIMEOUT
+    assert "exceeded quota" in status["message"] and "180 s" in status["message"]
+    assert d.job_patches == [builders.stop_patch()] and reasons(d)[-1] == Reason.POD_CREATION_TIMEOUT
+
+
+def test_pod_creation_failures_only_count_while_the_job_wants_a_pod():
+    stale = PodCreationFailure(QUOTA, T0)
+    # An Event from before the last attempt ended is stale.
+    pods = [ended("p1", 1, created=T0)]  # finished at T1
+    obs = observe(job=young_job(), pods=pods, now=T3)
+    obs.pod_failure, obs.pod_creation_timeout = stale, 10
+    _, status = step(obs)
+    assert status["phase"] == "Pending" and cond(status, "Running")["reason"] == Reason.RETRYING
+    # A live pod, a suspended Job: nothing to report.
+    for job, pods in ((young_job(), [running("p2")]), (young_job(parallelism=0), []), (young_job(suspended=True), [])):
+        obs = observe(job=job, pods=pods, now=T3)
+        obs.pod_failure, obs.pod_creation_timeout = PodCreationFailure(QUOTA, T3), 10
+        _, status = step(obs)
+        assert status["phase"] != "Failed" and Reason.POD_CREATION_FAILED not in status["message"]
+        assert not wants_pod(job, pods)
+
+
+def health(healthy: bool, **kw) -> dict:
+    return {"healthy": healthy, **kw}
+
+
+def test_checkpoint_health_condition_and_one_warning_per_transition():
+    job = job_view()
+    _, status = step(observe(job=job))
+    assert all(c["type"] != CHECKPOINTS_HEALTHY for c in status["conditions"])  # absent: no condition
+
+    failing = {**status, "checkpointHealth": health(False, message="AccessDenied", failedUploads=1)}
+    d, status = step(observe(status=failing, job=job, now=T2))
+    c = cond(status, CHECKPOINTS_HEALTHY)
+    assert c["status"] == "False" and c["reason"] == Reason.CHECKPOINT_UPLOAD_FAILING and "AccessDenied" in c["message"]
+    assert reasons(d) == [Reason.CHECKPOINT_UPLOAD_FAILING] and d.events[0].type == "Warning"
+    assert "checkpointHealth" not in d.patch  # the trainer's field
+
+    still = {**status, "checkpointHealth": health(False, message="AccessDenied", failedUploads=2)}
+    d, status = step(observe(status=still, job=job, now=T3))
+    assert d.events == [] and "2 in a row" in cond(status, CHECKPOINTS_HEALTHY)["message"]
+
+    healed = {**status, "checkpointHealth": health(True, lastUploadedStep=40)}
+    d, status = step(observe(status=healed, job=job, now=T3))
+    c = cond(status, CHECKPOINTS_HEALTHY)
+    assert c["status"] == "True" and c["reason"] == Reason.CHECKPOINTS_UPLOADING and "step 40" in c["message"]
+    assert d.events == []
+
+
+def test_spec_change_message_points_to_resume_from_not_to_re_creating():
+    job = job_view()
+    _, status = step(observe(job=job))
+    _, status = step(observe(status=status, s=spec(lora={"r": 32}), job=job, now=T2))
+    message = cond(status, "SpecChangeIgnored")["message"]
+    assert "output.resumeFrom" in message and "apply it again" not in message
+
+
+def test_owned_fields_come_from_the_status_model():
+    assert "phase" in OWNED_FIELDS and "attemptHistory" in OWNED_FIELDS and "adapter" in OWNED_FIELDS
+    assert not set(OWNED_FIELDS) & set(TRAINER_OWNED_STATUS_FIELDS)
+    assert set(OWNED_FIELDS) | set(TRAINER_OWNED_STATUS_FIELDS) == {
+        f.alias for f in LoRAFineTuneStatus.model_fields.values()
+    }
+
+
+def test_an_unreadable_status_field_is_rewritten_not_fatal():
+    job = job_view()
+    _, status = step(observe(job=job))
+    broken = {**status, "attemptHistory": [{"pod": "p0", "phase": "Exploded"}], "attempts": 2}
+    d, new = step(observe(status=broken, job=job, now=T2))
+    assert new["attempts"] == 2 and new["attemptHistory"] == [] and d.patch["attemptHistory"] == []
+
+
+def test_pod_creation_time_counts_from_the_resume_not_from_the_job():
+    job = young_job()
+    _, status = step(observe(s=spec(suspend=True), job=dataclasses.replace(job, parallelism=0), now=T1))
+    assert status["phase"] == "Suspended"
+    _, status = step(observe(status=status, job=dataclasses.replace(job, parallelism=0), now=T2))  # resume at T2
+    obs = observe(status=status, job=job, now=T3)
+    obs.pod_failure, obs.pod_creation_timeout = PodCreationFailure(QUOTA, T1), 30  # from before the resume
+    _, status = step(obs)
+    assert status["phase"] == "Pending" and cond(status, "Running")["reason"] != Reason.POD_CREATION_FAILED
+    obs = observe(status=status, job=job, now=T3)
+    obs.pod_failure, obs.pod_creation_timeout = PodCreationFailure(QUOTA, T3), 90  # 60 s since the resume
+    _, status = step(obs)
+    assert status["phase"] == "Pending" and cond(status, "Running")["reason"] == Reason.POD_CREATION_FAILED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from lft_api.conditions import Reason
 from lft_operator.settings import Settings
 from lft_operator.validation import validate
 from lft_operator.views import JobView, PodView
@@ -28,7 +29,7 @@ def test_qlora_needs_gpus():
 def test_cross_field_rules_of_the_shared_model():
     raw = {**BASE, "dataset": {"uri": "d", "format": "text"}, "training": {"assistantOnlyLoss": True}}
     spec, problems = validate(raw, "run")
-    assert spec is None and problems[0].reason == "InvalidSpec"
+    assert spec is None and problems[0].reason == Reason.INVALID_SPEC
     assert "assistantOnlyLoss" in problems[0].message
 
 
@@ -61,6 +62,36 @@ def test_settings_from_env():
     assert Settings.from_env({}).peering is None
 
 
+def test_settings_every_env_name_and_default(monkeypatch):
+    env = {
+        "LFT_TRAINER_IMAGE": "i:2",
+        "LFT_TRAINER_IMAGE_PULL_POLICY": "Always",
+        "LFT_DEFAULT_STORAGE_SECRET": "s3",
+        "LFT_LIVENESS_PORT": "0",
+        "LFT_PRIORITY": "5",
+        "LFT_RESYNC_SECONDS": "2.5",
+        "LFT_API_WORKERS": "3",
+        "LFT_TERMINATION_GRACE_SECONDS": "30",
+        "LFT_TRAINER_STATUS_INTERVAL_SECONDS": "1.5",
+        "LFT_WATCH_SERVER_TIMEOUT": "60",
+        "LFT_POD_CREATION_TIMEOUT_SECONDS": "20",
+        "LFT_JSON_LOGS": "0",
+        "LFT_NAMESPACES": "*",
+    }
+    s = Settings.from_env(env)
+    assert (s.trainer_image, s.trainer_image_pull_policy, s.default_storage_secret) == ("i:2", "Always", "s3")
+    assert (s.liveness_port, s.priority, s.resync_seconds, s.api_workers) == (0, 5, 2.5, 3)
+    assert (s.termination_grace_seconds, s.trainer_status_interval, s.watch_server_timeout) == (30, 1.5, 60)
+    assert s.pod_creation_timeout_seconds == 20 and s.json_logs is False and s.namespaces == ()
+    # Empty means default; the process environment is read when no mapping is given.
+    empty = Settings.from_env({name: "" for name in env})
+    assert empty == Settings.from_env({}) and empty.pod_creation_timeout_seconds == 600
+    assert empty.trainer_image == "lft/trainer:0.1.0" and empty.json_logs is True
+    monkeypatch.setenv("LFT_NAMESPACES", "x,y")
+    monkeypatch.setenv("LFT_PEERING_NAME", "p")
+    assert (Settings().namespaces, Settings().peering) == (("x", "y"), "p")
+
+
 def test_pod_view_reads_the_trainer_container():
     body = {
         "metadata": {
@@ -89,7 +120,7 @@ def test_job_view_conditions():
         "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]},
     }
     view = JobView.from_job(body)
-    assert view.parallelism == 0 and view.failed_reason == "BackoffLimitExceeded" and view.finished
+    assert view.parallelism == 0 and view.failed_reason == "BackoffLimitExceeded" and not view.complete
     assert view.owner_uid == "cr"
 
 

@@ -1,0 +1,69 @@
+"""Status logic (pure): from what the operator observes to the status it writes.
+
+`decide(Observation) -> Decision`: the new operator-owned status fields (phase, conditions per the
+Kubernetes API conventions, attempts), the Events to post for the transitions, and the patches
+the Job needs (suspend, resume, stop, runPolicy). No I/O here: reconcile.py gathers the
+observation and applies the decision.
+
+Rules, in order:
+1. Succeeded and Failed are final.
+2. A trainer exit code 0 (or the Job's Complete condition) -> Succeeded, with the adapter and final
+   metrics from the termination message.
+3. Exit code INVALID_INPUT -> Failed at once, and the Job is stopped (no retries).
+4. The Job's Failed condition (BackoffLimitExceeded, DeadlineExceeded), or more counted failures
+   than runPolicy.backoffLimit -> Failed with the last attempt's reason. The operator counts too:
+   the Job controller counts only failed pods that still exist, and its verdict comes after its
+   own retry backoff (10 s, 20 s, ...); the operator's count survives pod garbage collection.
+5. The Job refused by the API server (422 JobInvalid: Failed; 403 JobForbidden: Pending, retried),
+   or no pod creatable for the Job (PodCreationFailed; after the timeout, Failed PodCreationTimeout).
+6. A Job that vanished before it finished -> Failed (JobDeleted).
+7. Otherwise Pending / Running / Suspended from the spec and the pods.
+
+Failures count toward backoffLimit as the Job controller counts them: a pod that ended Failed
+without being deleted. Pods deleted on purpose (suspend, kubectl delete pod) are "Stopped".
+
+The status is built as the LoRAFineTuneStatus model (lft_api.resource) and written as a patch of
+the operator-owned fields that changed. Modules: model.py (Observation, Decision, the patch),
+conditions.py, attempts.py, failures.py (refused Jobs, uncreatable pods, checkpoint health),
+draft.py (the status being built), decide.py (the rules).
+"""
+
+from .attempts import AttemptUpdate, attempt_phase, outcome, update_attempts
+from .conditions import Conditions, get_condition, set_condition
+from .decide import TERMINAL_PHASES, changed_paths, decide, ignored_changes
+from .failures import classify_create_error, newest_failed_create, wants_pod
+from .model import (
+    OWNED_FIELDS,
+    Decision,
+    Event,
+    Observation,
+    PodCreationFailure,
+    Problem,
+    now_rfc3339,
+    status_json_patch,
+)
+
+__all__ = [
+    "OWNED_FIELDS",
+    "TERMINAL_PHASES",
+    "AttemptUpdate",
+    "Conditions",
+    "Decision",
+    "Event",
+    "Observation",
+    "PodCreationFailure",
+    "Problem",
+    "attempt_phase",
+    "changed_paths",
+    "classify_create_error",
+    "decide",
+    "get_condition",
+    "newest_failed_create",
+    "ignored_changes",
+    "now_rfc3339",
+    "outcome",
+    "set_condition",
+    "status_json_patch",
+    "update_attempts",
+    "wants_pod",
+]

@@ -1,0 +1,50 @@
+"""The status being decided: the LoRAFineTuneStatus model, with its Events and Job patches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lft_api.conditions import FAILED, RUNNING, SUCCEEDED, SUSPENDED
+
+from .conditions import Conditions
+from .model import Decision, Event, Observation, owned_patch, owned_status, owned_wire
+
+
+class Draft:
+    def __init__(self, obs: Observation):
+        self.obs = obs
+        self.stored = obs.status or {}  # as read, trainer fields included
+        self.old = owned_status(self.stored)
+        self.new = self.old.model_copy(deep=True)
+        self.new.observed_generation = obs.generation
+        self.conds = Conditions(self.old.conditions, obs.generation, obs.now)
+        self.events: list[Event] = []
+        self.job_patches: list[dict[str, Any]] = []
+        self.extra_patch: dict[str, Any] = {}  # trainer-owned fields, only on success
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def phase(self, phase: str, message: str) -> None:
+        self.new.phase = phase  # type: ignore[assignment]
+        self.new.message = message
+
+    def final(self, phase: str, reason: str, message: str, event_reason: str | None = None) -> Decision:
+        """Succeeded or Failed, for good. The Event's reason is the phase unless `event_reason`."""
+        succeeded = phase == SUCCEEDED
+        self.conds.set(SUCCEEDED, succeeded, reason if succeeded else FAILED, message if succeeded else "")
+        self.conds.set(FAILED, not succeeded, SUCCEEDED if succeeded else reason, "" if succeeded else message)
+        self.conds.set(RUNNING, False, phase)
+        if self.conds.true(SUSPENDED):
+            self.conds.set(SUSPENDED, False, phase)
+        self.phase(phase, message)
+        job = self.obs.job
+        self.new.completion_time = (job.completion_time if job is not None else None) or self.obs.now
+        self.event("Normal" if succeeded else "Warning", event_reason or phase, message)
+        return self.done()
+
+    def done(self) -> Decision:
+        self.new.conditions = self.conds.items
+        patch = owned_patch(self.stored, self.new)
+        patch.update(self.extra_patch)
+        return Decision(status=owned_wire(self.new), patch=patch, events=self.events, job_patches=self.job_patches)

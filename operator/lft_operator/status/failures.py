@@ -1,0 +1,107 @@
+"""Failures outside the trainer: the Job refused, its pod not creatable, checkpoint uploads (pure).
+
+- Job creation refused by the API server: 422 (invalid, e.g. a podTemplate volume named like one
+  of the operator's) is final, JobInvalid; 403 (RBAC, a ResourceQuota on count/jobs.batch) is
+  retried with backoff, JobForbidden, and clears once the Job exists.
+- The Job exists but its pod cannot be created (the Job controller's FailedCreate Events: quota,
+  Pod Security admission, a missing ServiceAccount or PriorityClass): Pending, PodCreationFailed,
+  with the Event's message; after LFT_POD_CREATION_TIMEOUT_SECONDS without a pod, Failed,
+  PodCreationTimeout, and the Job is stopped.
+- status.checkpointHealth (patched by the trainer) -> the CheckpointsHealthy condition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from lft_api.conditions import CHECKPOINTS_HEALTHY, SUSPENDED, Reason
+from lft_api.contract import CheckpointHealth
+
+from ..views import JobView, PodView
+from .attempts import truncate
+from .draft import Draft
+from .model import PodCreationFailure, Problem, seconds_between
+
+
+def classify_create_error(status: int, message: str) -> Problem | None:
+    """What a refused create means for the run; None: a transient error (retried, not reported)."""
+    if status == 422:
+        return Problem(Reason.JOB_INVALID, f"The API server rejected the training Job: {truncate(message)}")
+    if status == 403:
+        return Problem(Reason.JOB_FORBIDDEN, f"Creating the training Job is forbidden: {truncate(message)}")
+    return None
+
+
+def newest_failed_create(events: list[dict[str, Any]]) -> PodCreationFailure | None:
+    """The newest of the Job controller's FailedCreate Events on a Job."""
+
+    def seen(e: dict[str, Any]) -> str:
+        return e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or ""
+
+    if not events:
+        return None
+    newest = max(events, key=seen)
+    return PodCreationFailure(message=newest.get("message") or "FailedCreate", last_seen=seen(newest))
+
+
+def wants_pod(job: JobView | None, pods: list[PodView]) -> bool:
+    """The Job should have a pod running but has none: the case where FailedCreate Events matter."""
+    if job is None or job.complete or job.failed_reason is not None or job.parallelism < 1 or job.suspended:
+        return False
+    return not any(not p.terminated and not p.deleted for p in pods)
+
+
+def waiting_since(d: Draft, history: list[dict[str, Any]]) -> str:
+    """Since when the Job has wanted a pod: its creation, the last attempt's end, or the resume."""
+    job = d.obs.job
+    times = [job.created if job is not None else ""] + [r.get("finishTime") or "" for r in history]
+    suspended = d.conds.get(SUSPENDED)
+    if suspended is not None and suspended.status == "False" and suspended.reason == Reason.RESUMED:
+        times.append(suspended.last_transition_time)
+    return max(times)  # RFC 3339 UTC timestamps, all in one format, compare as strings
+
+
+def pod_failure(d: Draft, history: list[dict[str, Any]]) -> PodCreationFailure | None:
+    """The Job controller's current reason for not creating the pod (older Events are stale)."""
+    failure = d.obs.pod_failure
+    if failure is None or not wants_pod(d.obs.job, d.obs.pods):
+        return None
+    return failure if failure.last_seen >= waiting_since(d, history) else None
+
+
+def pod_creation_timed_out(d: Draft, history: list[dict[str, Any]]) -> str | None:
+    """The final message when no pod could be created for longer than the timeout, else None."""
+    failure = pod_failure(d, history)
+    if failure is None:
+        return None
+    waited = seconds_between(waiting_since(d, history), d.obs.now)
+    if waited is None or waited < d.obs.pod_creation_timeout:
+        return None
+    return (
+        f"No trainer pod could be created for {int(waited)} s (limit {int(d.obs.pod_creation_timeout)} s); "
+        f"last error: {failure.message}"
+    )
+
+
+def checkpoint_health(d: Draft) -> None:
+    """CheckpointsHealthy from status.checkpointHealth; a Warning Event when uploads start failing."""
+    raw = d.stored.get("checkpointHealth")
+    if not isinstance(raw, dict):
+        return
+    try:
+        health = CheckpointHealth.model_validate(raw)
+    except ValidationError:
+        return
+    if health.healthy:
+        newest = f" (newest: step {health.last_uploaded_step})" if health.last_uploaded_step is not None else ""
+        d.conds.set(CHECKPOINTS_HEALTHY, True, Reason.CHECKPOINTS_UPLOADING, f"Checkpoint uploads succeed{newest}.")
+        return
+    message = (
+        f"Checkpoint uploads are failing ({health.failed_uploads} in a row): {truncate(health.message) or 'no message'}"
+    )
+    old = d.conds.get(CHECKPOINTS_HEALTHY)
+    if old is None or old.status != "False":
+        d.event("Warning", Reason.CHECKPOINT_UPLOAD_FAILING, message)
+    d.conds.set(CHECKPOINTS_HEALTHY, False, Reason.CHECKPOINT_UPLOAD_FAILING, message)

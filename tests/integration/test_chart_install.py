@@ -14,10 +14,9 @@ import pytest
 
 from lft_api.contract import TerminationMessage
 from lft_operator import builders
-from tests.integration.test_operator_lifecycle import SUCCESS, run_pod, spec
-from tests.integration.test_operator_rbac import _service_account_kubeconfig
 from tests.support.kube import Kube, Operator, wait_until
-from tests.unit.test_chart import CHART, HELM
+from tests.support.operator import SUCCESS, run_pod, service_account_kubeconfig, spec
+from tests.support.tools import CHART, HELM
 
 pytestmark = pytest.mark.integration
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
@@ -58,7 +57,7 @@ def test_operator_works_with_the_charts_rbac(kube: Kube, tmp_path) -> None:
         assert binding and binding["subjects"][0]["namespace"] == system_ns
         assert kube.get(f"{RBAC}/clusterrolebindings/{fullname}") is None
 
-        kubeconfig = _service_account_kubeconfig(kube, system_ns, fullname, tmp_path / "kubeconfig")
+        kubeconfig = service_account_kubeconfig(kube, system_ns, fullname, tmp_path / "kubeconfig")
         kube.create(
             f"/api/v1/namespaces/{watched_ns}/secrets",
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"K": "v"}},

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from lft_api.conditions import ACCEPTED, CHECKPOINTS_HEALTHY, RUNNING, Reason
-from tests.integration.test_operator_lifecycle import cond, is_true, spec
 from tests.support.kube import Kube, wait_until
+from tests.support.operator import cond, is_true, spec
 
 pytestmark = pytest.mark.integration
 

@@ -7,57 +7,15 @@ with the exit codes and termination messages of the trainer contract.
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
 from lft_api.conditions import Reason
-from lft_api.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
-from tests.support.kube import FAKE_NODE, ApiError, Kube, wait_until
+from lft_api.contract import ExitCode, TerminationMessage
+from tests.support.kube import ApiError, wait_until
+from tests.support.operator import SUCCESS, cond, is_true, run_pod, spec
 
 pytestmark = pytest.mark.integration
-
-
-def spec(**overrides) -> dict:
-    raw = {
-        "model": {"name": "/opt/lft/models/tiny-phi3"},
-        "dataset": {"uri": "/opt/lft/data/chat_tiny.jsonl"},
-        # One prefix per resource: two live resources on one output.uri are refused (OutputInUse).
-        "output": {"uri": f"s3://lft-out/run-{uuid.uuid4().hex[:12]}"},
-        "training": {"maxSteps": 30},
-        # No real node matches: on a full cluster the scheduler and kubelet leave the pods to the test.
-        "nodeSelector": {"lft.test/node": FAKE_NODE},
-    }
-    raw.update(overrides)
-    return raw
-
-
-def cond(status: dict, type_: str) -> dict:
-    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
-
-
-def is_true(status: dict, type_: str) -> bool:
-    return cond(status, type_).get("status") == "True"
-
-
-SUCCESS = TerminationMessage(
-    outcome="succeeded",
-    reason="Completed",
-    adapter=AdapterRef(
-        uri="s3://lft-out/run/adapter",
-        files=[FileDigest(name="adapter_model.safetensors", size=1234, sha256="0" * 64)],
-    ),
-    metrics=Metrics(loss=0.42, eval_loss=0.5, eval_loss_before=1.9),
-    step=30,
-    total_steps=30,
-).encode()
-
-
-def run_pod(kube: Kube, ns: str, name: str, count: int = 1) -> dict:
-    pod = kube.wait_for_pod(ns, name, count=count)
-    kube.kubelet_bind(pod)
-    kube.kubelet_run(pod)
-    return pod
 
 
 def test_create_makes_job_and_rbac_owned_by_the_resource(kube, namespace, operator):

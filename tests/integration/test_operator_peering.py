@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from tests.integration.test_operator_lifecycle import is_true, spec
 from tests.support.kube import Kube, Operator, wait_until
+from tests.support.operator import is_true, spec
 
 pytestmark = pytest.mark.integration
 

@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
-from pathlib import Path
 
 import pytest
-import yaml
 
 from lft_api.conditions import Reason
 from lft_api.contract import TerminationMessage
 from lft_operator.rbac import OPERATOR_RULES
-from tests.integration.test_operator_lifecycle import SUCCESS, run_pod, spec
-from tests.support.kube import Kube, Operator, wait_until
+from tests.support.kube import Operator, wait_until
+from tests.support.operator import SUCCESS, run_pod, service_account_kubeconfig, spec
 
 pytestmark = pytest.mark.integration
-
-
-def _service_account_kubeconfig(kube: Kube, namespace: str, name: str, path: Path) -> str:
-    """A kubeconfig that authenticates with the ServiceAccount's token (1.20: a token Secret)."""
-
-    secret = kube.service_account_token_secret(namespace, name)
-    admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "c",
-                "cluster": {"server": cluster["server"], "certificate-authority-data": secret["data"]["ca.crt"]},
-            }
-        ],
-        "users": [{"name": "u", "user": {"token": base64.b64decode(secret["data"]["token"]).decode()}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "c",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
 
 
 def test_operator_works_with_its_documented_rbac_only(kube, tmp_path):
@@ -70,7 +44,7 @@ def test_operator_works_with_its_documented_rbac_only(kube, tmp_path):
                 "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
             },
         )
-        kubeconfig = _service_account_kubeconfig(kube, ns, "operator", tmp_path / "kubeconfig")
+        kubeconfig = service_account_kubeconfig(kube, ns, "operator", tmp_path / "kubeconfig")
         kube.create(
             f"/api/v1/namespaces/{ns}/secrets",
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"K": "v"}},

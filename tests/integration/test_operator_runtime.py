@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from lft_api.contract import Metrics, Progress, TerminationMessage, status_patch
-from tests.integration.test_operator_lifecycle import SUCCESS, is_true, run_pod, spec
 from tests.support.kube import kubectl, wait_until
+from tests.support.operator import SUCCESS, is_true, run_pod, spec
 
 pytestmark = pytest.mark.integration
 

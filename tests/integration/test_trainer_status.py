@@ -13,8 +13,8 @@ import yaml
 
 from lft_api.contract import CheckpointRef
 from lft_trainer import progress
-from tests.integration.test_operator_lifecycle import spec
 from tests.support.kube import Kube
+from tests.support.operator import spec
 
 pytestmark = pytest.mark.integration
 

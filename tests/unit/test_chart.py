@@ -7,27 +7,15 @@ unless LFT_REQUIRE_TOOLS=1, which turns the skip into a failure.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "lora-finetune-operator"
+from tests.support.tools import CHART, HELM, ROOT
+
 RELEASE, NAMESPACE = "lft", "lft-system"
-
-
-def _helm() -> str | None:
-    for candidate in (os.environ.get("LFT_HELM"), "/var/cache/lft/bin/helm", shutil.which("helm")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-HELM = _helm()
 if HELM is None:
     if os.environ.get("LFT_REQUIRE_TOOLS") == "1":
         pytest.fail("helm not found (LFT_REQUIRE_TOOLS=1): run tests/cluster/install-tools.sh", pytrace=False)

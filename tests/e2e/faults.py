@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUCKET = "lft"
 SERVICE_IP = "10.96.0.1"  # the kubernetes Service (tests/cluster/lib/common.sh SERVICE_IP)
 APISERVER_PORT = 6443
+NODE_NAME = os.environ.get("LFT_NODE_NAME", "lft-node")  # the kubelet's node (integration tests add fake ones)
 RESULTS: list[str] = []  # the SCENARIO lines of this session, for pytest's terminal summary
 
 
@@ -102,7 +103,7 @@ def wait_progress(kube: Kube, ns: str, name: str, min_step: int = 1, timeout: fl
 def cluster_healthy(kube: Kube, timeout: float = 180) -> None:
     """The node is Ready and the operator Deployment available again (left as the next scenario needs it)."""
     kube.wait_for("API server", kube.available, timeout, interval=1)
-    kube.run("wait", "--for=condition=Ready", "node", "--all", f"--timeout={int(timeout)}s", timeout=timeout + 10)
+    kube.run("wait", "--for=condition=Ready", f"node/{NODE_NAME}", f"--timeout={int(timeout)}s", timeout=timeout + 10)
     kube.run("rollout", "status", "deploy/lora-finetune-operator", "-n", "lft-system", f"--timeout={int(timeout)}s",
              timeout=timeout + 10)
 

@@ -26,10 +26,11 @@ from tests.support.s3 import FlakyProxy
 
 pytestmark = pytest.mark.e2e
 
-# Long enough to fault mid-run on a 2-core machine (the tiny model trains a few dozen steps a second
-# on one core), short enough for CI: about 30 to 40 s from apply to Succeeded without a fault.
-STEPS = 800
-EVERY = 100
+# Long enough to fault mid-run, short enough for CI: the tiny model trains about 6.5 steps/s in its
+# one-CPU pod on the 2-core CI machine, so 240 steps take about 37 s of training, 50 s from apply to
+# Succeeded without a fault; a checkpoint every 40 steps (6 s).
+STEPS = 240
+EVERY = 40
 OUTAGE = 30.0  # seconds the object store is cut and the operator's API traffic dropped
 CONVERGE = 60.0  # the operator's status must be right within this long after its traffic is restored
 
@@ -49,11 +50,11 @@ def test_control_plane_restarted_mid_run(kube, s3, s3_endpoint, namespace):
     assert status["attempts"] == 1, status.get("attemptHistory")  # the trainer never noticed
     assert status["progress"]["step"] == STEPS
     files = faults.verify_adapter(s3, obj, output_prefix(namespace, name))
-    faults.cluster_healthy(kube)
     report("control-plane restart (etcd + kube-apiserver)", status["phase"], done - started,
-           fault_at=faulted, checkpoint_step_at_fault=step, api_down=timings["stopped"] + timings["down"]
-           + timings["started"], final_state_after_api_back=done - back, attempts=status["attempts"],
+           fault_at=faulted, checkpoint_step_at_fault=step, api_stopping=timings["stopped"],
+           api_down=timings["down"], api_starting=timings["started"], final_state_after_api_back=done - back, attempts=status["attempts"],
            adapter_files_verified=files)
+    faults.cluster_healthy(kube)
 
 
 def test_node_runtime_restarted_mid_run(kube, s3, s3_endpoint, namespace):
@@ -75,11 +76,12 @@ def test_node_runtime_restarted_mid_run(kube, s3, s3_endpoint, namespace):
     assert resumed and resumed >= step, f"the new attempt did not resume from a checkpoint: {resumed}"
     assert status["progress"]["step"] == STEPS
     files = faults.verify_adapter(s3, obj, output_prefix(namespace, name))
-    faults.cluster_healthy(kube)
     report("node runtime restart (kubelet + dockerd)", status["phase"], done - started, fault_at=faulted,
-           node_down=timings["stopped"] + timings["down"] + timings["started"], final_state_after_node_back=done - back,
+           checkpoint_step_at_fault=step, node_stopping=timings["stopped"], node_starting=timings["started"],
+           final_state_after_node_back=done - back,
            attempts=status["attempts"], first_attempt=history[0].get("reason"), resumed_from_step=resumed,
            adapter_files_verified=files)
+    faults.cluster_healthy(kube)
 
 
 def test_object_store_unreachable_mid_run(kube, s3, s3_endpoint, bridge_ip, namespace):

@@ -26,10 +26,10 @@ QUICK = 30.0  # seconds within which a refusal must show
 def test_same_output_uri_second_refused_first_succeeds(kube, s3, s3_endpoint, namespace):
     first, second = "first", "second"
     started = time.monotonic()
-    kube.apply(finetune(namespace, first, s3_endpoint, max_steps=300, every_steps=50), namespace)
+    kube.apply(finetune(namespace, first, s3_endpoint, max_steps=150, every_steps=50), namespace)
     kube.wait_for(f"{first} Running", lambda: kube.lft(namespace, first).get("status", {}).get("phase") == "Running",
                   240)
-    body = finetune(namespace, second, s3_endpoint, max_steps=300, every_steps=50)
+    body = finetune(namespace, second, s3_endpoint, max_steps=150, every_steps=50)
     body["spec"]["output"]["uri"] = f"s3://{faults.BUCKET}/{output_prefix(namespace, first)}"
     applied = time.monotonic()
     kube.apply(body, namespace)
@@ -52,7 +52,7 @@ def test_same_output_uri_second_refused_first_succeeds(kube, s3, s3_endpoint, na
     elapsed = time.monotonic() - started
     assert_succeeded(done)
     assert done["status"]["attempts"] == 1, done["status"].get("attemptHistory")
-    assert done["status"]["progress"]["step"] == 300
+    assert done["status"]["progress"]["step"] == 150
     files = faults.verify_adapter(s3, done, output_prefix(namespace, first))
     # The second never ran: no trainer pod of it wrote into the first's output.
     assert not kube.pods(namespace, second)

@@ -79,7 +79,7 @@ def test_node_runtime_restarted_mid_run(kube, s3, s3_endpoint, namespace):
     report("node runtime restart (kubelet + dockerd)", status["phase"], done - started, fault_at=faulted,
            checkpoint_step_at_fault=step, node_stopping=timings["stopped"], node_starting=timings["started"],
            final_state_after_node_back=done - back,
-           attempts=status["attempts"], first_attempt=history[0].get("reason"), resumed_from_step=resumed,
+           attempts=status["attempts"], first_attempt=f"{history[0].get('reason')} (exit code {history[0].get('exitCode')})", resumed_from_step=resumed,
            adapter_files_verified=files)
     faults.cluster_healthy(kube)
 

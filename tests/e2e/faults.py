@@ -122,8 +122,10 @@ def keys_under(s3, prefix: str) -> list[str]:
 def verify_adapter(s3, obj: dict, prefix: str) -> int:
     """Every adapter file in status.adapter.files and in training_summary.json is in the bucket with that
     size and sha256, and the adapter directory holds nothing else. Returns the number of files checked."""
-    adapter = obj["status"].get("adapter") or {}
-    assert adapter.get("uri") == f"s3://{BUCKET}/{prefix}/adapter", adapter
+    status = obj["status"]
+    adapter = status.get("adapter") or {}
+    assert adapter.get("uri") == f"s3://{BUCKET}/{prefix}/adapter", (
+        f"status.adapter {adapter}; message {status.get('message')!r}; attempts {status.get('attemptHistory')}")
     status_files = {f["name"]: f for f in adapter.get("files", [])}
     assert status_files, f"status.adapter lists no files: {adapter}"
     summary = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/training_summary.json")["Body"].read())

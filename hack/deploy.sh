@@ -16,6 +16,14 @@ SECRET=s3-credentials
   --from-literal=AWS_ACCESS_KEY_ID=demo --from-literal=AWS_SECRET_ACCESS_KEY=demo-secret \
   --dry-run=client -o yaml | "$BIN/kubectl" apply -f - >/dev/null
 
+# The CRD in the cluster may have been written since by another client (the integration tests of
+# another checkout apply theirs with a plain update): Helm's server-side apply of crds/ then fails
+# with a conflict on .spec.versions. Take the fields back under Helm's field manager first.
+if "$BIN/kubectl" get crd lorafinetunes.finetune.dev >/dev/null 2>&1; then
+  "$BIN/kubectl" apply --server-side --force-conflicts --field-manager=helm \
+    -f charts/lora-finetune-operator/crds/ >/dev/null
+fi
+
 # LFT_WATCH_NAMESPACES=a,b limits the operator to those namespaces (default: all).
 watch=()
 [ -n "${LFT_WATCH_NAMESPACES:-}" ] && watch=(--set "watchNamespaces={$LFT_WATCH_NAMESPACES}")

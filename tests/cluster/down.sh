@@ -17,39 +17,6 @@ for arg in "$@"; do
   esac
 done
 
-# Our processes: pid file first, else any process running that component's
-# binary with our state dir on its command line (pid file lost).
-pids_of() {
-  local name=$1 bin pid
-  bin=$(component_bin "$name")
-  {
-    component_pid "$name" || true
-    find /proc/[0-9]*/exe -maxdepth 0 \( -lname "$bin" -o -lname "$bin (deleted)" \) 2>/dev/null |
-      cut -d/ -f3 | while read -r pid; do
-        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CLUSTER_DIR/"; then echo "$pid"; fi
-      done
-  } | sort -u
-}
-
-# stop NAME...: SIGTERM all of them at once, wait up to 20s, then SIGKILL.
-stop() {
-  local name pids=() pid i alive
-  for name in "$@"; do
-    for pid in $(pids_of "$name"); do pids+=("$pid"); log "stopping $name (pid $pid)"; done
-    rm -f "$(pid_file "$name")"
-  done
-  ((${#pids[@]})) || return 0
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  for ((i = 0; i < 40; i++)); do
-    alive=()
-    for pid in "${pids[@]}"; do if kill -0 "$pid" 2>/dev/null; then alive+=("$pid"); fi; done
-    ((${#alive[@]})) || return 0
-    sleep 0.5
-  done
-  log "pids ${alive[*]} did not stop in 20s: killing"
-  kill -KILL "${alive[@]}" 2>/dev/null || true
-}
-
 remove_pod_containers() {
   local docker ids
   docker=$(command -v docker || true)
@@ -88,10 +55,10 @@ main() {
   exec 8>"$CLUSTER_DIR/.lock"
   flock -w 30 8 || log "WARNING: $CLUSTER_DIR/.lock busy for 30s; going on without it"
   # Node side and controllers first (together), then the API server, then etcd.
-  stop kube-proxy kubelet kube-scheduler kube-controller-manager
+  stop_components kube-proxy kubelet kube-scheduler kube-controller-manager
   remove_pod_containers
-  stop kube-apiserver
-  stop etcd
+  stop_components kube-apiserver
+  stop_components etcd
   unmount_kubelet
   remove_iptables
   if ((PURGE)); then

@@ -12,6 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.e2e import faults
 from tests.e2e.kube import Kube
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +27,15 @@ E2E_NAMESPACES = {
     "test_bad_dataset_fails_fast_without_retries": "e2e-baddata",
     "test_delete_while_running_collects_children_keeps_checkpoints": "e2e-delete",
     "test_operator_pod_deleted_mid_run": "e2e-oprestart",
+    # test_faults.py
+    "test_control_plane_restarted_mid_run": "e2e-cprestart",
+    "test_node_runtime_restarted_mid_run": "e2e-noderestart",
+    "test_object_store_unreachable_mid_run": "e2e-s3cut",
+    "test_operator_watch_cut_then_restored": "e2e-watchcut",
+    # test_refusals.py
+    "test_same_output_uri_second_refused_first_succeeds": "e2e-outputinuse",
+    "test_reserved_volume_name_fails_job_invalid": "e2e-jobinvalid",
+    "test_pod_quota_exceeded_pending_pod_creation_failed": "e2e-quota",
 }
 
 
@@ -59,6 +69,12 @@ def s3_host_endpoint() -> str:
     url = env.get("LFT_S3_ENDPOINT", "")
     _require(out.returncode == 0 and bool(url), f"no S3 endpoint: {out.stderr.strip()}")
     return url
+
+
+@pytest.fixture(scope="session")
+def bridge_ip(s3_host_endpoint) -> str:
+    """The node's address on the Docker bridge: pods reach host servers bound there (hack/s3.sh's host)."""
+    return s3_host_endpoint.split("://", 1)[1].rsplit(":", 1)[0]
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +123,11 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault scenarios' SCENARIO lines (time to the final state) once more, quotable from any run."""
+    if faults.RESULTS:
+        terminalreporter.section("e2e scenario timings")
+        for line in faults.RESULTS:
+            terminalreporter.write_line(line)

@@ -82,3 +82,36 @@ is_running() { component_pid "$1" >/dev/null; }
 docker_bridge_ip() {
   ip -4 -o addr show dev docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -n1
 }
+
+# Our processes: pid file first, else any process running that component's
+# binary with our state dir on its command line (pid file lost).
+pids_of() {
+  local name=$1 bin pid
+  bin=$(component_bin "$name")
+  {
+    component_pid "$name" || true
+    find /proc/[0-9]*/exe -maxdepth 0 \( -lname "$bin" -o -lname "$bin (deleted)" \) 2>/dev/null |
+      cut -d/ -f3 | while read -r pid; do
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CLUSTER_DIR/"; then echo "$pid"; fi
+      done
+  } | sort -u
+}
+
+# stop_components NAME...: SIGTERM all of them at once, wait up to 20s, then SIGKILL.
+stop_components() {
+  local name pids=() pid i alive
+  for name in "$@"; do
+    for pid in $(pids_of "$name"); do pids+=("$pid"); log "stopping $name (pid $pid)"; done
+    rm -f "$(pid_file "$name")"
+  done
+  ((${#pids[@]})) || return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for ((i = 0; i < 40; i++)); do
+    alive=()
+    for pid in "${pids[@]}"; do if kill -0 "$pid" 2>/dev/null; then alive+=("$pid"); fi; done
+    ((${#alive[@]})) || return 0
+    sleep 0.5
+  done
+  log "pids ${alive[*]} did not stop in 20s: killing"
+  kill -KILL "${alive[@]}" 2>/dev/null || true
+}

@@ -227,7 +227,7 @@ class Reconciler:
             # it and stopped (crash, API error) before writing the status and the Job's companions.
             await self._ensure_companions(owner, spec, with_service_account=created_job is None)
         if obs.job is not None:
-            obs.pods = [p for p in self.cache.pods(owner.namespace, owner.name) if p.job_uid == obs.job.uid]
+            obs.pods = await self._job_pods(owner, obs.job, status)
         if status.get("phase") not in TERMINAL_PHASES:
             obs.pod_failure = await self._pod_failure(owner, obs)
         return obs
@@ -325,6 +325,17 @@ class Reconciler:
             return []
         conflict = output_conflict(me, spec.output.overwrite, self.cache.outputs(uri_root(me.uri)))
         return [conflict] if conflict is not None else []
+
+    async def _job_pods(self, owner: Owner, job: JobView, status: dict[str, Any]) -> list[PodView]:
+        pods = [p for p in self.cache.pods(owner.namespace, owner.name) if p.job_uid == job.uid]
+        if not job.complete or status.get("phase") in TERMINAL_PHASES or any(p.exit_code == 0 for p in pods):
+            return pods
+        # Jobs and pods come through separate watches: after a reconnect the Job's Complete condition can
+        # arrive before its pod's end, whose termination message holds the adapter. Succeeded is final,
+        # so read the pods instead of deciding without the result.
+        found = await self.kube.list_items(core_path(owner.namespace, "pods"),
+                                           labelSelector=f"{builders.NAME_LABEL}={owner.name}")
+        return [p for p in map(PodView.from_pod, found) if p.job_uid == job.uid] or pods
 
     async def _pod_failure(self, owner: Owner, obs: Observation) -> PodCreationFailure | None:
         """While the Job has no pod: the Job controller's newest FailedCreate Event, re-checked

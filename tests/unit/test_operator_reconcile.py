@@ -149,3 +149,55 @@ def test_a_job_the_api_server_rejects_as_invalid_is_reported_and_not_retried():
 def test_a_forbidden_job_is_reported_and_retried_with_backoff():
     status, retries = reconcile_refused(403, 'jobs.batch "r-trainer" is forbidden: exceeded quota')
     assert status["phase"] == "Pending" and "exceeded quota" in status["message"] and retries == [2.0]
+
+
+class CompletedJobCache(NoChildren):
+    """The watch caches right after a reconnect: the Job's Complete condition is in, its pod's end is not."""
+
+    def jobs(self, namespace, name):
+        return [JobView(name="r-trainer", uid="j1", owner_uid="u", complete=True, created="2026-01-01T00:00:00Z")]
+
+
+class PodListingKube:
+    """Serves the one pod list the reconcile reads; records status patches."""
+
+    def __init__(self, pods: list) -> None:
+        self.pods = pods
+        self.status_patches: list = []
+
+    async def list_items(self, path, **params):
+        return self.pods if path.endswith("/pods") else []
+
+    async def json_patch(self, path, ops):
+        self.status_patches.append(ops)
+        return {"metadata": {"uid": "u"}, "status": {}}
+
+
+def test_a_complete_job_whose_pod_end_was_not_seen_yet_reads_the_pod_for_the_adapter():
+    from lft_api.contract import AdapterRef, FileDigest, TerminationMessage
+
+    result = TerminationMessage(outcome="succeeded", reason="Completed", step=30, total_steps=30,
+                                adapter=AdapterRef(uri="s3://b/r/adapter", files=[FileDigest(name="a", size=1, sha256="0" * 64)]))
+    pod = {
+        "metadata": {"name": "r-trainer-x", "uid": "p1", "creationTimestamp": "2026-01-01T00:00:01Z",
+                     "ownerReferences": [{"uid": "j1", "controller": True}]},
+        "status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+            "exitCode": 0, "reason": "Completed", "message": result.encode(), "finishedAt": "2026-01-01T00:01:00Z"}}}]},
+    }
+    kube = PodListingKube([pod])
+
+    async def run() -> None:
+        reconciler = Reconciler(kube=kube, settings=Settings(metrics_port=0), cache=CompletedJobCache())  # type: ignore[arg-type]
+        reconciler._fresh[("ns", "r")] = {
+            "metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 1, "resourceVersion": "7"},
+            "spec": {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/r"}},
+            "status": {"phase": "Running", "jobName": "r-trainer", "observedGeneration": 1},
+        }
+        await reconciler.reconcile("ns", "r")
+        await reconciler.close()
+
+    asyncio.run(run())
+    (ops,) = kube.status_patches
+    written = {op["path"]: op.get("value") for op in ops}
+    assert written["/status/phase"] == "Succeeded"
+    assert written["/status/adapter"]["uri"] == "s3://b/r/adapter", "Succeeded without the adapter of the pod"

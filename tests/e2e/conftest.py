@@ -12,12 +12,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.e2e import faults
-from tests.e2e.kube import Kube
+from tests.support import faults
+from tests.support.kubectl import Kube
+from tests.support.scenarios import S3_SECRET_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 S3_ACCESS_KEY = "e2e-access-key"
-S3_SECRET_KEY = "e2e-secret-key-do-not-leak"  # asserted absent from status, events and logs
 # One fixed namespace per scenario: readable in `kubectl get lft -A`, and an operator installed
 # with a namespace list (LFT_WATCH_NAMESPACES in hack/deploy.sh) can be given exactly these.
 E2E_NAMESPACES = {

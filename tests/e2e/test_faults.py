@@ -19,10 +19,10 @@ import time
 
 import pytest
 
-from tests.e2e import faults
-from tests.e2e.faults import OperatorApiCut, assert_succeeded, report, restart_components, wait_final, wait_progress
-from tests.e2e.test_scenarios import finetune, output_prefix, summary, wait_checkpoint
+from tests.support import faults
+from tests.support.faults import OperatorApiCut, assert_succeeded, report, restart_components, wait_final, wait_progress
 from tests.support.s3 import FlakyProxy
+from tests.support.scenarios import finetune, output_prefix, summary, wait_checkpoint
 
 pytestmark = pytest.mark.e2e
 

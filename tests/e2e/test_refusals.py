@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from tests.e2e import faults
-from tests.e2e.faults import assert_succeeded, report, wait_final
-from tests.e2e.test_scenarios import condition, finetune, output_prefix
+from tests.support import faults
+from tests.support.faults import assert_succeeded, report, wait_final
+from tests.support.scenarios import condition, finetune, output_prefix
 
 pytestmark = pytest.mark.e2e
 QUICK = 30.0  # seconds within which a refusal must show

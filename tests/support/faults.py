@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.kube import Kube
+from tests.support.kubectl import Kube
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "lft"

@@ -105,18 +105,20 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.kube.close()
 
 
+# Index functions are coroutines (pure and quick): kopf runs plain functions in a thread pool, a thread
+# hop per watch event that cost about 20% of the operator's CPU in bench/operator_scale.py.
 @kopf.index("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT})
-def lft_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def lft_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, labels[NAME_LABEL]): JobView.from_job(_raw(body))}
 
 
 @kopf.index("v1", "pods", labels={NAME_LABEL: kopf.PRESENT})
-def lft_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def lft_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, labels[NAME_LABEL]): PodView.from_pod(_raw(body))}
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def lft_outputs(body: kopf.Body, **_: Any) -> dict:
+async def lft_outputs(body: kopf.Body, **_: Any) -> dict:
     claim = OutputClaim.from_body(_raw(body))
     return {uri_root(claim.uri): claim} if claim is not None else {}
 

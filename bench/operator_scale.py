@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -314,7 +315,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def start_profiler(pid: int, path: str) -> subprocess.Popen:
-    cmd = ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", path]
+    # The venv's py-spy when the venv is not on PATH (else the profile was silently never written).
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    cmd = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", path]
     return subprocess.Popen([*cmd, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

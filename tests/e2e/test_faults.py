@@ -35,12 +35,17 @@ OUTAGE = 30.0  # seconds the object store is cut and the operator's API traffic 
 CONVERGE = 60.0  # the operator's status must be right within this long after its traffic is restored
 
 
+def run_to_first_checkpoint(kube, namespace: str, name: str, endpoint: str) -> tuple[float, int, float]:
+    """Apply the fault scenarios' run and wait for its first checkpoint: (start, step, seconds to it)."""
+    started = time.monotonic()
+    kube.apply(finetune(namespace, name, endpoint, max_steps=STEPS, every_steps=EVERY), namespace)
+    step = wait_checkpoint(kube, namespace, name)
+    return started, step, time.monotonic() - started
+
+
 def test_control_plane_restarted_mid_run(kube, s3, s3_endpoint, namespace):
     name = "cprestart"
-    started = time.monotonic()
-    kube.apply(finetune(namespace, name, s3_endpoint, max_steps=STEPS, every_steps=EVERY), namespace)
-    step = wait_checkpoint(kube, namespace, name)
-    faulted = time.monotonic() - started
+    started, step, faulted = run_to_first_checkpoint(kube, namespace, name, s3_endpoint)
     timings = restart_components("control-plane", down=5)
     back = time.monotonic()
     obj = wait_final(kube, namespace, name, timeout=420)
@@ -59,10 +64,7 @@ def test_control_plane_restarted_mid_run(kube, s3, s3_endpoint, namespace):
 
 def test_node_runtime_restarted_mid_run(kube, s3, s3_endpoint, namespace):
     name = "noderestart"
-    started = time.monotonic()
-    kube.apply(finetune(namespace, name, s3_endpoint, max_steps=STEPS, every_steps=EVERY), namespace)
-    step = wait_checkpoint(kube, namespace, name)
-    faulted = time.monotonic() - started
+    started, step, faulted = run_to_first_checkpoint(kube, namespace, name, s3_endpoint)
     pod = next(p["metadata"]["name"] for p in kube.pods(namespace, name) if p["status"].get("phase") == "Running")
     timings = restart_components("node")  # kubelet and dockerd: every container on the node stops
     back = time.monotonic()

@@ -6,9 +6,10 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
+
+from tests.support.kube import wait_until
 
 DEFAULT_KUBECONFIG = "/var/lib/lft/cluster/kubeconfig"
 DEFAULT_KUBECTL = "/var/cache/lft/bin/kubectl"
@@ -49,14 +50,7 @@ class Kube:
 
     def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
         """Poll `predicate` until it returns something truthy; fail with `what` after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+        return wait_until(predicate, timeout, interval, what)
 
     def pods(self, namespace: str, name: str) -> list[dict]:
         return self.json("get", "pods", "-n", namespace, "-l", f"finetune.dev/name={name}")["items"]

@@ -63,6 +63,7 @@ class Reason:
     # endings
     COMPLETED = "Completed"
     INVALID_INPUT = "InvalidInput"
+    OUT_OF_MEMORY = "OutOfMemory"  # the trainer ran out of GPU memory; the message has the estimate and what to change
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     JOB_DELETED = "JobDeleted"
     ERROR = "Error"

@@ -176,6 +176,38 @@ class CheckpointHealth(WireModel):
     updated_at: Optional[str] = None
 
 
+class Performance(WireModel):
+    """status.performance, patched by the trainer: how the run is computed (the plan of training.performance,
+    with the reason for each choice), the memory estimate and the throughput measured against the hardware."""
+
+    gpu: Optional[str] = Field(default=None, description="Device name; None on CPU.")
+    gpu_memory_gib: Optional[float] = Field(default=None, alias="gpuMemoryGiB", description="Total memory of one GPU.")
+    estimated_peak_memory_gib: Optional[float] = Field(
+        default=None, alias="estimatedPeakMemoryGiB",
+        description="Estimated peak GPU memory of one process for the plan, before loading.",
+    )
+    peak_memory_gib: Optional[float] = Field(
+        default=None, alias="peakMemoryGiB", description="Measured peak GPU memory (reserved by torch)."
+    )
+    micro_batch_size: Optional[int] = None
+    gradient_accumulation_steps: Optional[int] = None
+    gradient_checkpointing: Optional[bool] = None
+    fused_kernels: Optional[bool] = None
+    attention: Optional[str] = Field(default=None, description="Attention kernel, e.g. sdpa or varlen.")
+    batching: Optional[str] = Field(
+        default=None, description="padded, length-grouped, or padding-free (packed rows without padding)."
+    )
+    compiled: Optional[bool] = None
+    oom_backoffs: int = Field(default=0, description="Times the micro-batch was halved after running out of memory.")
+    choices: list[str] = Field(default_factory=list, description="Why each setting was chosen.")
+    flops_per_token: Optional[float] = Field(default=None, description="Model FLOPs per trained token (see README).")
+    tokens_per_second: Optional[float] = None
+    tflops: Optional[float] = Field(default=None, description="Achieved model TFLOP/s.")
+    mfu_percent: Optional[float] = Field(
+        default=None, description="Model FLOPs utilisation: achieved / the GPU's dense bf16 peak; None when unknown."
+    )
+
+
 Outcome = Literal["succeeded", "invalid_input", "preempted", "error"]
 
 
@@ -271,6 +303,7 @@ def status_patch(
     metrics: Optional[Metrics] = None,
     latest_checkpoint: Optional[CheckpointRef] = None,
     checkpoint_health: Optional[CheckpointHealth] = None,
+    performance: Optional[Performance] = None,
 ) -> dict[str, Any]:
     """The merge-patch body the trainer sends to the resource's status subresource."""
     status: dict[str, Any] = {}
@@ -282,4 +315,6 @@ def status_patch(
         status["latestCheckpoint"] = latest_checkpoint.to_wire()
     if checkpoint_health is not None:
         status["checkpointHealth"] = checkpoint_health.to_wire()
+    if performance is not None:
+        status["performance"] = performance.to_wire()
     return {"status": status}

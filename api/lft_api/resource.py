@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
-from .contract import AdapterRef, CheckpointHealth, CheckpointRef, Metrics, Progress, WireModel
+from .contract import AdapterRef, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress, WireModel
 from .spec import SpecModel, TrainerConfig
 
 # The Job is named "<name>-trainer" and its name is copied into the pods' `job-name` label,
@@ -201,8 +201,8 @@ class Attempt(WireModel):
 
 
 class LoRAFineTuneStatus(WireModel):
-    """Observed state. The operator owns every field except progress, metrics, latestCheckpoint and
-    checkpointHealth, which the trainer patches while it runs."""
+    """Observed state. The operator owns every field except progress, metrics, latestCheckpoint,
+    checkpointHealth and performance, which the trainer patches while it runs."""
 
     phase: Phase | None = Field(default=None, description="Summary for display; conditions carry the details.")
     message: str | None = Field(default=None, description="Human-readable summary of the current state.")
@@ -229,11 +229,14 @@ class LoRAFineTuneStatus(WireModel):
         default=None, description="Whether checkpoint uploads succeed, patched by the trainer."
     )
     adapter: AdapterRef | None = Field(default=None, description="The trained adapter: URI and files with sha256.")
+    performance: Performance | None = Field(
+        default=None, description="Memory estimate, performance plan and throughput, patched by the trainer."
+    )
 
 
 # Status fields the trainer writes; the operator never sends them in its patches (except once,
 # when the run succeeded and the trainer has exited: see status.py).
-TRAINER_OWNED_STATUS_FIELDS = ("progress", "metrics", "latestCheckpoint", "checkpointHealth")
+TRAINER_OWNED_STATUS_FIELDS = ("progress", "metrics", "latestCheckpoint", "checkpointHealth", "performance")
 # Every other status field is the operator's (wire names, in the model's order).
 OPERATOR_OWNED_STATUS_FIELDS = tuple(
     f.alias or n for n, f in LoRAFineTuneStatus.model_fields.items() if (f.alias or n) not in TRAINER_OWNED_STATUS_FIELDS

@@ -123,16 +123,44 @@ class TrainingSpec(SpecModel):
     )
     warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
-    batch_size: int = Field(default=4, ge=1, le=4096, description="Per-device micro-batch size.")
-    gradient_accumulation_steps: int = Field(default=4, ge=1, description="Micro-batches per optimizer step.")
+    batch_size: Optional[int] = Field(
+        default=None, ge=1, le=4096,
+        description=(
+            "Per-device micro-batch size. Unset: 4, or under performance auto on a GPU the largest split of "
+            "the effective batch (4 x gradientAccumulationSteps) that the memory estimate says fits."
+        ),
+    )
+    gradient_accumulation_steps: int = Field(
+        default=4, ge=1,
+        description="Micro-batches per optimizer step (performance auto may re-split an unset batchSize, keeping the product).",
+    )
     max_length: int = Field(default=2048, ge=16, le=1048576, description="Maximum tokens per training sequence.")
     packing: bool = Field(default=False, description="Pack several short samples into one sequence.")
     assistant_only_loss: bool = Field(
         default=False, description="Compute the loss on assistant turns only (messages format)."
     )
-    gradient_checkpointing: bool = Field(
-        default=True, description="Trade compute for memory on GPU. Ignored on CPU, where it only slows training."
+    gradient_checkpointing: Optional[bool] = Field(
+        default=None,
+        description=(
+            "Recompute activations in the backward pass: less GPU memory, about a third more compute. Unset: "
+            "on only when the memory estimate needs it (performance auto), on when performance is off. Never on CPU."
+        ),
     )
+    performance: Literal["auto", "off"] = Field(
+        default="auto",
+        description=(
+            "auto: on a GPU, size the micro-batch and gradient checkpointing from the memory estimate, use "
+            "fused kernels and a variable-length attention kernel for packed rows when available, and halve the "
+            "micro-batch on an out-of-memory error in the first step (keeping the effective batch). Explicit "
+            "fields always win; every choice is written to status.performance and the summary. off: the fields "
+            "as given, defaults for the unset ones."
+        ),
+    )
+    fused_kernels: Optional[bool] = Field(
+        default=None,
+        description="Liger kernels (RMSNorm, RoPE, SwiGLU) on GPU. Unset: on under performance auto when installed.",
+    )
+    compile: bool = Field(default=False, description="torch.compile the model (GPU; compiling takes minutes).")
     seed: int = Field(default=42, description="Seed for data shuffling, the eval split and LoRA initialisation.")
     logging_steps: int = Field(default=10, ge=1, description="Report loss and progress every N steps.")
     eval_steps: Optional[int] = Field(
@@ -144,6 +172,10 @@ class TrainingSpec(SpecModel):
         le=64,
         description="Training processes in the pod (DDP). The operator sets it from the pod's GPU count.",
     )
+
+
+# TrainingSpec fields that change speed and memory, not the trained result (left out of result_hash).
+PERFORMANCE_ONLY_FIELDS = ("performance", "fusedKernels", "compile")
 
 
 class CheckpointSpec(SpecModel):
@@ -218,6 +250,14 @@ class TrainerConfig(SpecModel):
         """
         wire = self.to_wire()
         determining = {key: wire.get(key) for key in ("model", "dataset", "lora", "training")}
+        training = dict(determining["training"] or {})
+        # How the run is computed is not what it computes: the performance fields are left out, and the
+        # fields that became optional hash as their former defaults, so earlier runs keep their hashes.
+        for key in PERFORMANCE_ONLY_FIELDS:
+            training.pop(key, None)
+        training.setdefault("batchSize", 4)
+        training.setdefault("gradientCheckpointing", True)
+        determining["training"] = training
         text = json.dumps(determining, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -14,6 +14,8 @@ from typing import Any
 from lft_api import contract
 from lft_api.spec import TrainerConfig
 
+from .attention import ATTENTION_NAME
+from .attention import register as register_varlen_attention
 from .data import looks_like_path
 from .errors import InvalidInput
 from .filesystems import split_uri
@@ -96,14 +98,20 @@ def load_tokenizer(config: TrainerConfig, model_dir: str):
     return tok
 
 
-def load_model(config: TrainerConfig, model_dir: str, cuda: bool, dtype_name: str):
+def load_model(config: TrainerConfig, model_dir: str, cuda: bool, dtype_name: str, plan=None):
+    """plan: performance.Plan (attention kernel, gradient checkpointing); None: the spec as given."""
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = dict(revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
                                   dtype=getattr(torch, dtype_name))
-    if config.model.attn_implementation != "auto":
-        kwargs["attn_implementation"] = config.model.attn_implementation
+    attn = plan.attention if plan is not None else (
+        None if config.model.attn_implementation == "auto" else config.model.attn_implementation)
+    if attn == ATTENTION_NAME:
+        register_varlen_attention()
+    if attn is not None:
+        kwargs["attn_implementation"] = attn
+    checkpointing = plan.checkpointing if plan is not None else config.training.gradient_checkpointing is not False
     q = config.lora.quantization
     if q != "none":
         from transformers import BitsAndBytesConfig
@@ -123,7 +131,7 @@ def load_model(config: TrainerConfig, model_dir: str, cuda: bool, dtype_name: st
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.training.gradient_checkpointing,
+            model, use_gradient_checkpointing=bool(checkpointing and cuda),
             gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 

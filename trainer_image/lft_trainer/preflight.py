@@ -325,11 +325,13 @@ def check_dataset(source: data.DatasetSource, spec: DatasetSpec, max_rows: int |
 # ---------------------------------------------------------------------------------------------
 # lengths (needs the tokenizer, still before the model)
 # ---------------------------------------------------------------------------------------------
-def count_too_long(rows: list[dict], fmt: str, tokenizer, max_length: int, limit: int = 20_000) -> tuple[int, int]:
-    """(rows longer than max_length tokens, rows measured) over the first `limit` rows: they get truncated."""
+def count_too_long(rows: list[dict], fmt: str, tokenizer, max_length: int,
+                   limit: int = 20_000) -> tuple[int, int, float | None]:
+    """(rows longer than max_length tokens, rows measured, their mean length in tokens after truncation)
+    over the first `limit` rows: the long ones get truncated."""
     sample = rows[:limit]
     if not sample:
-        return 0, 0
+        return 0, 0, None
     if fmt == "messages":
         texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in sample]
     elif fmt == "prompt-completion":
@@ -337,4 +339,5 @@ def count_too_long(rows: list[dict], fmt: str, tokenizer, max_length: int, limit
     else:
         texts = [r["text"] for r in sample]
     enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return sum(1 for ids in enc if len(ids) > max_length), len(sample)
+    mean = sum(min(len(ids), max_length) for ids in enc) / len(enc)
+    return sum(1 for ids in enc if len(ids) > max_length), len(sample), mean

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lft_api import contract
-from lft_api.contract import CheckpointHealth, CheckpointRef, Metrics, Progress
+from lft_api.contract import CheckpointHealth, CheckpointRef, Metrics, Performance, Progress
 
 from .retry import scrub
 
@@ -43,6 +43,7 @@ class ProgressEvent:
     metrics: Metrics
     checkpoint: CheckpointRef | None = None
     health: CheckpointHealth | None = None
+    performance: Performance | None = None
 
     @property
     def forced(self) -> bool:
@@ -65,13 +66,20 @@ class ProgressEvent:
             out["checkpoint"] = self.checkpoint.to_wire()
         if self.health is not None and self.kind in ("checkpoint", "checkpoint_failed"):
             out["checkpointHealth"] = self.health.to_wire()
+        if self.performance is not None:
+            perf = self.performance
+            if self.kind == "plan":
+                out["performance"] = perf.to_wire()
+            else:
+                out.update({k: v for k, v in (("tflops", perf.tflops), ("mfuPercent", perf.mfu_percent),
+                                              ("peakMemoryGiB", perf.peak_memory_gib)) if v is not None})
         return out
 
     def status_body(self) -> dict[str, Any]:
-        return contract.status_patch(self.progress, self.metrics, self.checkpoint, self.health)
+        return contract.status_patch(self.progress, self.metrics, self.checkpoint, self.health, self.performance)
 
 
-FORCED_KINDS = ("eval", "checkpoint", "checkpoint_failed", "end", "start")
+FORCED_KINDS = ("eval", "checkpoint", "checkpoint_failed", "end", "start", "plan")
 
 
 def _round(v: float | None, nd: int) -> float | None:
@@ -207,6 +215,7 @@ class Reporter:
         self.metrics = Metrics()
         self.latest_checkpoint: CheckpointRef | None = None
         self.health: CheckpointHealth | None = None  # None until the first checkpoint upload ends
+        self.performance: Performance | None = None  # the plan, then the measured throughput
         self._lock = threading.RLock()  # the checkpoint uploader's thread reports too
 
     # -- transitions ----------------------------------------------------------------------
@@ -217,6 +226,21 @@ class Reporter:
     def planned(self, total_steps: int) -> None:
         with self._lock:
             self._set_progress(total_steps=total_steps)
+
+    def performance_planned(self, performance: Performance) -> None:
+        """The performance plan and memory estimate, before the model is loaded."""
+        with self._lock:
+            self.performance = performance
+        self._emit("plan")
+
+    def throughput_measured(self, tokens_per_second: float | None, tflops: float | None, mfu_percent: float | None,
+                            peak_memory_gib: float | None) -> None:
+        """Steady-state training throughput (the next log event carries it)."""
+        with self._lock:
+            base = self.performance or Performance()
+            self.performance = base.model_copy(update=dict(
+                tokens_per_second=_round(tokens_per_second, 1), tflops=_round(tflops, 1),
+                mfu_percent=_round(mfu_percent, 1), peak_memory_gib=_round(peak_memory_gib, 2)))
 
     def eval_before_restored(self, eval_loss_before: float | None) -> None:
         """The step-0 eval loss of an earlier attempt, kept in the checkpoint resumed from."""
@@ -287,7 +311,7 @@ class Reporter:
     def event(self, kind: str) -> ProgressEvent:
         with self._lock:
             progress = self.progress.model_copy(update={"updated_at": _now()})
-            return ProgressEvent(kind, progress, self.metrics, self.latest_checkpoint, self.health)
+            return ProgressEvent(kind, progress, self.metrics, self.latest_checkpoint, self.health, self.performance)
 
     def _emit(self, kind: str) -> None:
         ev = self.event(kind)

@@ -70,6 +70,7 @@ class RunFacts:
     replaced_runs: list[RunIdentity] = field(default_factory=list)  # output.overwrite deleted their artifacts
     durations: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    performance: dict[str, Any] | None = None  # status.performance at the end: plan, estimate, throughput
 
 
 def last_train_loss(history: list[dict]) -> float | None:
@@ -108,6 +109,7 @@ def build_summary(config: TrainerConfig, facts: RunFacts) -> dict[str, Any]:
         "device": facts.device,
         "dtype": facts.dtype,
         "numProcesses": facts.num_processes,
+        "performance": facts.performance,
         "durationsSeconds": facts.durations,
         "libraryVersions": facts.versions,
         "files": [f.to_wire() for f in facts.files],

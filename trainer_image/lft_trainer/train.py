@@ -16,72 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from lft_api import contract
+from lft_api.conditions import Reason
 from lft_api.contract import AdapterRef, ExitCode, Metrics, RunIdentity, TerminationMessage
 from lft_api.spec import TrainerConfig
 
-from . import data, model, preflight
+from . import data, model, performance, preflight, probes, sizing
 from .distributed import Preemption, is_main, world_size
+from .errors import InvalidInput
 from .ownership import ADAPTER_IDENTITY_FILE, run_identity
 from .progress import Reporter, StdoutSink, make_callback
 from .resume import ResumePoint, find_resume_point
+from .sft_args import sft_kwargs
 from .storage import Storage
 from .summary import RunFacts, Timer, build_summary, last_train_loss, library_versions
+from .throughput import ThroughputMeter, make_throughput_callback
 from .uploader import CheckpointUploader
 
 log = logging.getLogger("lft_trainer.train")
 
 ENV_WORK_DIR = "LFT_WORK_DIR"
-
-
-# ---------------------------------------------------------------------------------------------
-# pure config -> library arguments
-# ---------------------------------------------------------------------------------------------
-def sft_kwargs(config: TrainerConfig, output_dir: str, cuda: bool, dtype_name: str, has_eval: bool) -> dict[str, Any]:
-    """SFTConfig arguments from the spec. Pure, unit-tested."""
-    t = config.training
-    kw: dict[str, Any] = dict(
-        output_dir=output_dir,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.scheduler,
-        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps in this transformers
-        weight_decay=t.weight_decay,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_length=t.max_length,
-        packing=t.packing,
-        assistant_only_loss=t.assistant_only_loss,
-        # Checkpointing recomputes activations to save GPU memory; on CPU memory is not the limit and
-        # it only costs time (about a third more compute per step).
-        gradient_checkpointing=bool(t.gradient_checkpointing and cuda),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=config.checkpointing.every_steps,
-        save_total_limit=2,  # local copies only; the remote retention is checkpointing.keepLast
-        eval_strategy=("steps" if t.eval_steps else "epoch") if has_eval else "no",
-        eval_steps=t.eval_steps,
-        bf16=cuda and dtype_name == "bfloat16",
-        fp16=cuda and dtype_name == "float16",
-        use_cpu=not cuda,
-        report_to=[],
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,
-        save_only_model=False,  # optimizer, scheduler and RNG state: resume exactly
-        remove_unused_columns=True,
-    )
-    if t.max_steps:
-        kw["max_steps"] = t.max_steps
-    else:
-        kw["num_train_epochs"] = t.epochs
-    if world_size() > 1 and not cuda:
-        kw["ddp_backend"] = "gloo"
-    return kw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +108,9 @@ class Prepared:
     eval_ds: Any
     too_long: int
     measured: int
+    plan: performance.Plan
+    hardware: performance.Hardware
+    flops_per_token: float | None
 
 
 @dataclass
@@ -176,9 +132,7 @@ def run(config: TrainerConfig, reporter: Reporter | None = None,
                                    on_uploaded=reporter.checkpoint_uploaded, on_failed=reporter.checkpoint_failed)
                 if is_main() else None)
     try:
-        trainer, control = make_trainer(prep, reporter, preemption, uploader)
-        timer.mark("setup")
-        fitted = fit(prep, trainer, control, reporter, preemption, uploader, timer)
+        trainer, fitted = fit_within_memory(prep, reporter, preemption, uploader, timer)
         if fitted.preempted is not None:
             return fitted.preempted
         if not is_main():
@@ -205,24 +159,26 @@ def prepare(config: TrainerConfig, reporter: Reporter, timer: Timer) -> Prepared
 
     model_dir = model.model_dir(config, work)
     tokenizer = model.load_tokenizer(config, model_dir)
-    too_long, measured = _count_too_long(config, checks.dataset, tokenizer)
+    too_long, measured, mean_tokens = _count_too_long(config, checks.dataset, tokenizer)
     train_ds, eval_ds = data.build_datasets(config.dataset, config.training.seed, checks.source,
                                             checks.dataset.format, checks.dataset.splits)
     dtype_name = model.resolve_dtype_name(config.model.dtype, cuda, cuda and torch.cuda.is_bf16_supported())
+    plan, hw, flops = sizing.plan_performance(config, model_dir, mean_tokens, reporter)
     set_seed(config.training.seed)
-    peft_model = model.with_lora(config, model.load_model(config, model_dir, cuda, dtype_name))
+    peft_model = model.with_lora(config, model.load_model(config, model_dir, cuda, dtype_name, plan))
     timer.mark("load")
     return Prepared(config, work, cuda, dtype_name, identity, checks, out, resume, model_dir, tokenizer,
-                    peft_model, train_ds, eval_ds, too_long, measured)
+                    peft_model, train_ds, eval_ds, too_long, measured, plan, hw, flops)
 
 
-def _count_too_long(config: TrainerConfig, report: preflight.DatasetReport, tokenizer) -> tuple[int, int]:
+def _count_too_long(config: TrainerConfig, report: preflight.DatasetReport,
+                    tokenizer) -> tuple[int, int, float | None]:
     rows = report.splits[config.dataset.train_split].rows
-    too_long, measured = preflight.count_too_long(rows, report.format, tokenizer, config.training.max_length)
+    too_long, measured, mean = preflight.count_too_long(rows, report.format, tokenizer, config.training.max_length)
     if too_long:
         log.warning("%d of %d measured rows are longer than training.maxLength=%d tokens and will be truncated",
                     too_long, measured, config.training.max_length)
-    return too_long, measured
+    return too_long, measured, mean
 
 
 def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, uploader):
@@ -230,13 +186,56 @@ def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, upl
     from trl import SFTConfig, SFTTrainer
 
     local_ckpts = prep.work / "checkpoints"
-    args = SFTConfig(**sft_kwargs(prep.config, str(local_ckpts), prep.cuda, prep.dtype_name, prep.eval_ds is not None))
+    args = SFTConfig(**sft_kwargs(prep.config, str(local_ckpts), prep.cuda, prep.dtype_name, prep.eval_ds is not None,
+                                  prep.plan))
     control = make_control_callback(preemption, uploader, local_ckpts)
+    peak = performance.peak_bf16_tflops(prep.hardware.gpu_name)
+    meter = ThroughputMeter(prep.flops_per_token, peak * world_size() if peak else None)
+
+    def measured(m: ThroughputMeter, peak_gib: float | None) -> None:
+        reporter.throughput_measured(m.tokens_per_second, m.tflops, m.mfu_percent, peak_gib)
+
+    # The meter first: its on_log updates the figures that the progress callback's log event carries.
+    callbacks = [make_throughput_callback(meter, measured, prep.cuda), make_callback(reporter), control]
     trainer = SFTTrainer(model=prep.model, args=args, train_dataset=prep.train_ds, eval_dataset=prep.eval_ds,
-                         processing_class=prep.tokenizer, callbacks=[make_callback(reporter), control])
+                         processing_class=prep.tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # prints python dicts on stdout; our events are JSON lines
     reporter.planned(planned_steps(trainer))
     return trainer, control
+
+
+def fit_within_memory(prep: Prepared, reporter: Reporter, preemption: Preemption, uploader,
+                      timer: Timer) -> tuple[Any, Fitted]:
+    """fit(); when CUDA runs out of memory within this attempt's first OOM_RESTART_STEPS optimizer steps,
+    performance auto starts the attempt again with the next smaller micro-batch of the same effective batch
+    (Plan.halved), from the same weights; otherwise, or when that is used up, the run ends with reason
+    OutOfMemory, the estimate and what to change."""
+    initial = sizing.trainable_snapshot(prep.model)
+    while True:
+        trainer, control = make_trainer(prep, reporter, preemption, uploader)
+        timer.mark("setup")
+        start_step = prep.resume.step if prep.resume else 0
+        try:
+            return trainer, fit(prep, trainer, control, reporter, preemption, uploader, timer)
+        except Exception as exc:
+            if not probes.is_out_of_memory(exc):
+                raise
+            error = str(exc).splitlines()[0][:300]
+        # Outside the except block: the traceback's frames (and their tensors) are gone.
+        steps_done = trainer.state.global_step - start_step
+        sizing.release_memory(trainer)
+        del trainer, control
+        smaller = (prep.plan.halved() if steps_done <= performance.OOM_RESTART_STEPS and world_size() == 1
+                   else None)
+        if smaller is None:
+            raise InvalidInput(Reason.OUT_OF_MEMORY, probes.out_of_memory_message(
+                prep.plan, prep.hardware, error, steps_done), field="training.batchSize")
+        log.warning("CUDA out of memory at micro-batch %d after %d steps: %s", prep.plan.micro_batch, steps_done,
+                    smaller.choices[-1])
+        sizing.restore_trainable(prep.model, initial, prep.config.training.seed)  # a resume also reloads its checkpoint
+        prep.plan = smaller
+        if is_main():
+            reporter.performance_planned(probes.status_block(smaller, prep.hardware, prep.flops_per_token))
 
 
 def fit(prep: Prepared, trainer, control, reporter: Reporter, preemption: Preemption, uploader,
@@ -332,6 +331,7 @@ def _facts(prep: Prepared, fitted: Fitted, files, adapter_uri: str, merged_uri: 
         resumed_from_run=resume.adopted_from if resume else None,
         replaced_runs=output.replaced if output is not None and output.action == "overwrite" else [],
         durations={**timer.marks, "total": timer.total()}, versions=library_versions(),
+        performance=reporter.performance.to_wire() if reporter.performance is not None else None,
     )
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lft_api.spec import TrainerConfig
-from lft_trainer import model, train
+from lft_trainer import model, sft_args, train
 
 
 def cfg(**training) -> TrainerConfig:
@@ -19,7 +19,7 @@ def test_defaults_are_the_phi3_lora_recipe_with_a_lora_learning_rate():
     lk = model.lora_kwargs(c)
     assert lk == dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", bias="none",
                       use_dora=False, task_type="CAUSAL_LM")
-    kw = train.sft_kwargs(c, "/tmp/o", cuda=True, dtype_name="bfloat16", has_eval=True)
+    kw = sft_args.sft_kwargs(c, "/tmp/o", cuda=True, dtype_name="bfloat16", has_eval=True)
     assert kw["learning_rate"] == 2e-4 and kw["lr_scheduler_type"] == "cosine"
     assert kw["gradient_checkpointing"] is True and kw["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
     assert kw["bf16"] is True and kw["fp16"] is False and kw["use_cpu"] is False
@@ -29,11 +29,11 @@ def test_defaults_are_the_phi3_lora_recipe_with_a_lora_learning_rate():
 
 
 def test_cpu_turns_off_gradient_checkpointing_and_mixed_precision():
-    kw = train.sft_kwargs(cfg(maxSteps=7, evalSteps=3), "/tmp/o", cuda=False, dtype_name="float32", has_eval=True)
+    kw = sft_args.sft_kwargs(cfg(maxSteps=7, evalSteps=3), "/tmp/o", cuda=False, dtype_name="float32", has_eval=True)
     assert kw["gradient_checkpointing"] is False and kw["use_cpu"] is True
     assert kw["bf16"] is False and kw["fp16"] is False
     assert kw["max_steps"] == 7 and kw["eval_strategy"] == "steps" and kw["eval_steps"] == 3
-    assert train.sft_kwargs(cfg(), "/o", cuda=False, dtype_name="float32", has_eval=False)["eval_strategy"] == "no"
+    assert sft_args.sft_kwargs(cfg(), "/o", cuda=False, dtype_name="float32", has_eval=False)["eval_strategy"] == "no"
 
 
 def test_explicit_target_modules_pass_through():
@@ -107,6 +107,6 @@ def test_rows_longer_than_max_length_are_counted(tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model.build(tmp_path / "m"))
     short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     long = {"messages": [{"role": "user", "content": "tree " * 40}, {"role": "assistant", "content": "ok"}]}
-    assert preflight.count_too_long([short, long, long], "messages", tok, max_length=32) == (2, 3)
-    assert preflight.count_too_long([short, long], "messages", tok, max_length=4096) == (0, 2)
-    assert preflight.count_too_long([{"text": "a " * 100}], "text", tok, max_length=32) == (1, 1)
+    assert preflight.count_too_long([short, long, long], "messages", tok, max_length=32)[:2] == (2, 3)
+    assert preflight.count_too_long([short, long], "messages", tok, max_length=4096)[:2] == (0, 2)
+    assert preflight.count_too_long([{"text": "a " * 100}], "text", tok, max_length=32)[:2] == (1, 1)

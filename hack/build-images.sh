@@ -32,7 +32,7 @@ while (($#)); do
     --variant=*) VARIANT=${1#--variant=} ;;
     --no-cache) NO_CACHE=(--no-cache) ;;
     trainer | operator) TARGETS+=("$1") ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift

@@ -11,7 +11,7 @@ HELM    := $(BIN)/helm
 export KUBECONFIG ?= /var/lib/lft/cluster/kubeconfig
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv test test-unit test-integration e2e demo kind-e2e images cluster-up cluster-api cluster-down \
+.PHONY: help venv test test-unit test-integration e2e demo kind-e2e images images-gpu cluster-up cluster-api cluster-down \
         s3-up s3-down deploy undeploy lint crds bench
 
 help: ## List the targets
@@ -40,6 +40,10 @@ kind-e2e: venv ## Same e2e on kind (needs docker + kind + network): kind cluster
 
 images: venv ## Build the operator image and the CPU tiny-model trainer image
 	bash hack/build-images.sh
+
+images-gpu: venv ## GPU trainer image lft/trainer:gpu (CUDA torch, ~2.8 GB of wheels) + smoke test; not in test
+	bash hack/build-images.sh --variant gpu trainer
+	bash hack/smoke-gpu-image.sh
 
 cluster-up: ## Start (or reuse) the local single-node cluster
 	bash tests/cluster/up.sh

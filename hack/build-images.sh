@@ -8,7 +8,10 @@
 #   machine: base image lft/base:bookworm from debootstrap (hack/base-image.sh), wheels
 #   downloaded on the host (hack/wheelhouse.sh), `docker build --network none`.
 # --online: the ordinary way elsewhere: FROM python:3.11-slim, pip from the index.
-# --variant gpu (online only): CUDA torch + bitsandbytes, tagged lft/trainer:gpu.
+# --variant gpu: the trainer with CUDA torch + nvidia-* wheels, triton, bitsandbytes and
+#   liger-kernel (trainer_image/requirements-gpu.txt), tagged lft/trainer:gpu (`make images-gpu`).
+#   Offline, its wheelhouse (~2.8 GB, cached in /var/cache/lft/wheelhouse-gpu) reaches only
+#   this build: it gets a context streamed as a tar (.dockerignore keeps it from the others).
 #
 # Idempotent and quick the second time: the base image and wheels are cached outside the
 # clone (/var/cache/lft), and docker's layer cache keeps torch unless requirements change.
@@ -29,16 +32,16 @@ while (($#)); do
     --variant=*) VARIANT=${1#--variant=} ;;
     --no-cache) NO_CACHE=(--no-cache) ;;
     trainer | operator) TARGETS+=("$1") ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
 done
 ((${#TARGETS[@]})) || TARGETS=(trainer operator)
 [[ $VARIANT == cpu || $VARIANT == gpu ]] || { echo "--variant must be cpu or gpu" >&2; exit 2; }
-if [[ $MODE == offline && $VARIANT == gpu ]]; then
-  echo "the gpu variant needs the index (CUDA torch): use --online" >&2; exit 2
-fi
+# The trainer's wheelhouse: .wheelhouse/trainer or .wheelhouse/trainer-gpu.
+TRAINER_WHEELS=trainer
+[[ $VARIANT == gpu ]] && TRAINER_WHEELS=trainer-gpu
 
 TRAINER_IMAGE=${LFT_TRAINER_IMAGE:-lft/trainer:$VARIANT}
 OPERATOR_IMAGE=${LFT_OPERATOR_IMAGE:-lft/operator:dev}
@@ -63,31 +66,47 @@ export DOCKER
 total_start=$SECONDS
 BUILD_ARGS=()
 NETWORK=()
+TRAINER_ARGS=()
 if [[ $MODE == offline ]]; then
   step=$SECONDS
   bash "$ROOT/hack/base-image.sh"
   log "base image ready ($((SECONDS - step)) s)"
   step=$SECONDS
-  bash "$ROOT/hack/wheelhouse.sh" "${TARGETS[@]}"
+  bash "$ROOT/hack/wheelhouse.sh" "${TARGETS[@]/#trainer/$TRAINER_WHEELS}"
   log "wheelhouse ready ($((SECONDS - step)) s)"
   BUILD_ARGS=(--build-arg BASE_IMAGE=lft/base:bookworm)
   NETWORK=(--network none)
+  [[ $VARIANT == gpu ]] && TRAINER_ARGS=(--build-arg "WHEELHOUSE=.wheelhouse/$TRAINER_WHEELS")
 else
   # The ordinary way must not pick up a wheelhouse left in the clone by an offline build.
   BUILD_ARGS=(--build-arg WHEELHOUSE=.no-wheelhouse)
 fi
 
+# The gpu trainer's context, streamed as a tar: what its Dockerfile copies, the GPU wheels
+# among it (the .dockerignore whitelist, which keeps them from every other build, less
+# __pycache__ and the like). Owner 0:0 as the docker client sends, so the layer cache holds.
+gpu_context() {
+  tar -C "$ROOT" -c --owner=0 --group=0 --numeric-owner \
+    --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' \
+    trainer_image api examples/data ".wheelhouse/$TRAINER_WHEELS"
+}
+
 declare -A TIMES=()
 build() { # name dockerfile tag [extra args...]
   local name=$1 dockerfile=$2 tag=$3; shift 3
-  local logf="$LOG_DIR/build-$name.log" start=$SECONDS
+  local logf="$LOG_DIR/build-$name.log" start=$SECONDS gpu=0
+  local args=("${NETWORK[@]}" "${NO_CACHE[@]}" "${BUILD_ARGS[@]}" "$@" -t "$tag")
+  [[ $name == trainer && $VARIANT == gpu ]] && gpu=1 logf="$LOG_DIR/build-trainer-gpu.log"
   log "building $tag ($MODE) from $dockerfile; log: $logf"
-  if ! "$DOCKER" build "${NETWORK[@]}" "${NO_CACHE[@]}" "${BUILD_ARGS[@]}" "$@" \
-      -f "$ROOT/$dockerfile" -t "$tag" "$ROOT" >"$logf" 2>&1; then
+  if ((gpu)) && [[ $MODE == offline ]]; then
+    gpu_context | "$DOCKER" build "${args[@]}" -f "$dockerfile" - >"$logf" 2>&1
+  else
+    "$DOCKER" build "${args[@]}" -f "$ROOT/$dockerfile" "$ROOT" >"$logf" 2>&1
+  fi || {
     tail -n 40 "$logf" >&2
     log "FAILED: $tag (full log: $logf)"
     exit 1
-  fi
+  }
   TIMES[$name]=$((SECONDS - start))
   local cached steps
   steps=$(grep -c '^Step ' "$logf" || true)
@@ -97,7 +116,8 @@ build() { # name dockerfile tag [extra args...]
 
 for t in "${TARGETS[@]}"; do
   case $t in
-    trainer) build trainer trainer_image/Dockerfile "$TRAINER_IMAGE" --build-arg "VARIANT=$VARIANT" ;;
+    trainer) build trainer trainer_image/Dockerfile "$TRAINER_IMAGE" --build-arg "VARIANT=$VARIANT" \
+      "${TRAINER_ARGS[@]}" ;;
     operator) build operator Dockerfile "$OPERATOR_IMAGE" ;;
   esac
 done

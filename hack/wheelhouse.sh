@@ -4,21 +4,27 @@
 #
 # Wheels are cached outside the clone in $LFT_CACHE_DIR/wheelhouse (one flat folder, reused
 # by every clone and run); each image gets its exact set hard-linked into the build context:
-#   .wheelhouse/trainer/   trainer_image/requirements.txt (CPU torch from /opt/wheels)
-#   .wheelhouse/operator/  operator/requirements.txt
+#   .wheelhouse/trainer/      trainer_image/requirements.txt (CPU torch from /opt/wheels)
+#   .wheelhouse/operator/     operator/requirements.txt
+#   .wheelhouse/trainer-gpu/  trainer_image/requirements-gpu.txt: the CUDA build of the same torch
+#                             release + nvidia-* wheels, triton, bitsandbytes, liger-kernel (~2.8 GB,
+#                             cached apart in $LFT_CACHE_DIR/wheelhouse-gpu; only on request)
 # plus a requirements.lock (name==version of every wheel), which the Dockerfiles use as
 # constraints. Shared packages get the dev venv's versions (what the tests ran against).
 #
 # A warm run resolves against the cache alone (--no-index) and touches no network.
 # Only wheels are accepted (--only-binary): an sdist would need a compiler inside the build.
 #
-# Usage: hack/wheelhouse.sh [trainer|operator ...]   (default: both)
+# Usage: hack/wheelhouse.sh [trainer|operator|trainer-gpu ...]   (default: trainer operator)
 #   env: PIP (default /work/main/.venv/bin/pip, else .venv/bin/pip), LFT_CACHE_DIR (/var/cache/lft),
 #        LFT_WHEELHOUSE_VENV_PINS=0: do not prefer the dev venv's versions
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE="${LFT_CACHE_DIR:-/var/cache/lft}/wheelhouse"
+# The GPU image's own wheels (GBs) live apart, so they can be dropped alone; it also finds
+# the shared ones in $CACHE.
+GPU_CACHE="${LFT_CACHE_DIR:-/var/cache/lft}/wheelhouse-gpu"
 OUT="$ROOT/.wheelhouse"
 if [[ -z "${PIP:-}" ]]; then
   for p in /work/main/.venv/bin/pip "$ROOT/.venv/bin/pip"; do [[ -x $p ]] && PIP=$p && break; done
@@ -32,6 +38,7 @@ log() { echo "[wheelhouse] $*" >&2; }
 declare -A REQS=(
   [trainer]="$ROOT/trainer_image/requirements.txt"
   [operator]="$ROOT/operator/requirements.txt"
+  [trainer-gpu]="$ROOT/trainer_image/requirements-gpu.txt"
 )
 IMAGES=("$@")
 ((${#IMAGES[@]})) || IMAGES=(trainer operator)
@@ -41,13 +48,16 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 # Constraints: pin torch to the CPU build (so nothing ever pulls a CUDA torch and the
-# nvidia-* wheels).
+# nvidia-* wheels); the GPU image gets the same release without the +cpu label.
 CONSTRAINTS="$WORK/constraints.txt"
+GPU_CONSTRAINTS="$WORK/constraints-gpu.txt"
 : > "$CONSTRAINTS"
+: > "$GPU_CONSTRAINTS"
 if [[ -n "$TORCH_CPU_WHEEL" ]]; then
   ln -f "$TORCH_CPU_WHEEL" "$CACHE/" 2>/dev/null || cp -n "$TORCH_CPU_WHEEL" "$CACHE/"
   torch_ver=$(basename "$TORCH_CPU_WHEEL" | cut -d- -f2)
   echo "torch==$torch_ver" >> "$CONSTRAINTS"
+  printf 'torch==%s\ntorch!=%s\n' "${torch_ver%%+*}" "$torch_ver" >> "$GPU_CONSTRAINTS"
 fi
 
 # Where the images share packages with the dev venv, take the venv's exact versions (what
@@ -60,34 +70,41 @@ if [[ "${LFT_WHEELHOUSE_VENV_PINS:-1}" == 1 ]]; then
     grep -viE '^(torch|pip|setuptools|wheel)==' > "$VENV_PINS" || true
 fi
 
-# Resolve $1 (a requirements file) against the cache alone; write pip's JSON report to $2;
+# Per image (set in the loop): $cache (where its downloads go), $links (--find-links for
+# every cache it may use), $constraints (the torch build it gets).
+# Resolve $1 (a requirements file) against the caches alone; write pip's JSON report to $2;
 # $3: extra constraints file.
 resolve_offline() {
-  "$PIP" install --quiet --dry-run --ignore-installed --no-index --find-links "$CACHE" \
-    --only-binary=:all: -c "$CONSTRAINTS" -c "$3" -r "$1" --report "$2" 2>"$WORK/resolve.err"
+  "$PIP" install --quiet --dry-run --ignore-installed --no-index "${links[@]}" \
+    --only-binary=:all: -c "$constraints" -c "$3" -r "$1" --report "$2" 2>"$WORK/resolve.err"
 }
-# Download what $1 needs (with extra constraints $2) into the cache.
+# Download what $1 needs (with extra constraints $2) into the image's cache.
 download() {
-  "$PIP" download --quiet --only-binary=:all: --find-links "$CACHE" -c "$CONSTRAINTS" -c "$2" \
-    -r "$1" -d "$CACHE" 2>&1 | grep -v "is ignored: it is neither a file" >&2
+  "$PIP" download --quiet --only-binary=:all: "${links[@]}" -c "$constraints" -c "$2" \
+    -r "$1" -d "$cache" 2>&1 | grep -v "is ignored: it is neither a file" >&2
 }
 # Resolve with the venv's pins, downloading if the cache lacks something; $3 = pins file.
 resolve() {
   resolve_offline "$1" "$2" "$3" && return 0
-  log "$image: cache incomplete, downloading into $CACHE"
+  log "$image: cache incomplete, downloading into $cache"
   download "$1" "$3" || true
   resolve_offline "$1" "$2" "$3"
 }
 
 for image in "${IMAGES[@]}"; do
-  req=${REQS[$image]:?unknown image $image (trainer|operator)}
+  req=${REQS[$image]:?unknown image $image (trainer|operator|trainer-gpu)}
+  cache=$CACHE constraints=$CONSTRAINTS links=(--find-links "$CACHE")
+  if [[ $image == trainer-gpu ]]; then
+    cache=$GPU_CACHE constraints=$GPU_CONSTRAINTS links=(--find-links "$GPU_CACHE" "${links[@]}")
+    mkdir -p "$GPU_CACHE"
+  fi
   report="$WORK/$image.json"
   start=$SECONDS
   dest="$OUT/$image"
   # Unchanged inputs and an intact wheel set: nothing to resolve. The stamp lies outside
   # $dest: the build copies $dest, and its layer cache must depend on the wheels alone.
   stampf="$OUT/$image.stamp"
-  stamp=$(cat "$req" "$CONSTRAINTS" "$VENV_PINS" | sha256sum | cut -c1-16)
+  stamp=$(cat "$req" "$constraints" "$VENV_PINS" | sha256sum | cut -c1-16)
   if [[ -f "$stampf" && "$(head -n1 "$stampf")" == "$stamp" ]] &&
      tail -n +2 "$stampf" | (cd "$dest" 2>/dev/null && xargs -r ls >/dev/null 2>&1); then
     log "$image: up to date ($(($(wc -l < "$stampf") - 1)) wheels in $dest)"
@@ -109,7 +126,12 @@ PY
   if [[ $image == trainer ]] && ! printf '%s\n' "${files[@]}" | grep -q '/torch-[^/]*+cpu-'; then
     log "trainer: torch is not the CPU build; refusing (would be GBs of CUDA)"; exit 1
   fi
-  if printf '%s\n' "${files[@]}" | grep -q '/nvidia_'; then
+  if [[ $image == trainer-gpu ]]; then
+    if printf '%s\n' "${files[@]}" | grep -q '/torch-[^/]*+cpu-' ||
+       ! printf '%s\n' "${files[@]}" | grep -q '/nvidia_'; then
+      log "trainer-gpu: torch is not the CUDA build (no nvidia-* wheels); refusing"; exit 1
+    fi
+  elif printf '%s\n' "${files[@]}" | grep -q '/nvidia_'; then
     log "$image: CUDA (nvidia-*) wheels in the set; refusing"; exit 1
   fi
 

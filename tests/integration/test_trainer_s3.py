@@ -110,7 +110,11 @@ def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monke
     logs = [e for e in events if e["kind"] == "log"]
     steps = [e["step"] for e in logs]
     assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 40 and len(steps) >= 5
-    assert events[0]["kind"] == "eval" and events[0]["step"] == 0 and events[0]["totalSteps"] == 40
+    # The performance plan comes first (before the weights load), then the step-0 evaluation.
+    assert events[0]["kind"] == "plan" and events[0]["performance"]["microBatchSize"] == 8
+    assert events[1]["kind"] == "eval" and events[1]["step"] == 0 and events[1]["totalSteps"] == 40
+    perf = summary["performance"]  # measured on the CPU: no GPU peak, so no MFU
+    assert perf["tokensPerSecond"] > 0 and perf["flopsPerToken"] > 0 and "mfuPercent" not in perf
     assert events[-1]["kind"] == "end" and events[-1]["percent"] == 100.0
     assert all(e["tokensPerSecond"] > 0 for e in logs[1:])
     assert any(e["kind"] == "checkpoint" for e in events)

@@ -67,3 +67,6 @@ class Reason:
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     JOB_DELETED = "JobDeleted"
     ERROR = "Error"
+    # the adapter of a succeeded run (the trainer's check against a serving engine; an Event only)
+    SERVABLE = "Servable"
+    NOT_SERVABLE = "NotServable"

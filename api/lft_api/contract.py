@@ -208,6 +208,21 @@ class Performance(WireModel):
     )
 
 
+class Servability(WireModel):
+    """Whether a serving engine can load the adapter as it is, and if not, why (the trainer's check of the
+    saved adapter_config.json; in training_summary.json, the termination message and an Event)."""
+
+    engine: str = Field(default="vLLM", description="The engine checked against.")
+    servable: bool
+    reasons: list[str] = Field(default_factory=list, description="Why not; empty when servable.")
+    notes: list[str] = Field(default_factory=list, description="What serving needs, e.g. --max-lora-rank 64.")
+
+    def describe(self) -> str:
+        if self.servable:
+            return f"{self.engine} can serve the adapter" + (f": {'; '.join(self.notes)}" if self.notes else ".")
+        return f"{self.engine} cannot serve the adapter: {'; '.join(self.reasons)}"
+
+
 Outcome = Literal["succeeded", "invalid_input", "preempted", "error"]
 
 
@@ -222,6 +237,7 @@ class TerminationMessage(WireModel):
     step: Optional[int] = None
     total_steps: Optional[int] = None
     resumed_from_step: Optional[int] = None
+    servability: Optional[Servability] = None
 
     def encode(self) -> str:
         """JSON of at most TERMINATION_MESSAGE_MAX_BYTES bytes (the kubelet's limit), always valid JSON.

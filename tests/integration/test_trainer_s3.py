@@ -71,7 +71,8 @@ def progress_lines(text: str) -> list[dict]:
     return out
 
 
-def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys):
+def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys, caplog):
+    caplog.set_level("INFO", logger="lft_trainer.train")
     s3_bucket.put_bytes("data/train.jsonl", DATASET.read_bytes())  # the dataset comes from the bucket too
     cfg = config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url, dataset=s3_bucket.uri("data/train.jsonl"))
     cfg["output"]["mergeAdapter"] = True
@@ -137,6 +138,23 @@ def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monke
         tuned = PeftModel.from_pretrained(base, local)
         after = tuned(ids).logits
     assert (after - before).abs().max().item() > 0.1
+
+    # A servable adapter: adapter_config.json names the base as given (not the pod's copy), so PEFT's
+    # AutoPeftModelForCausalLM loads it from the adapter alone; our model card; the vLLM verdict.
+    adapter_config = json.loads((local / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_model) and adapter_config["revision"] is None
+    assert summary["servability"] == {"engine": "vLLM", "servable": True, "reasons": [], "notes": []}
+    assert term["servability"] == summary["servability"]
+    assert "PeftModel.from_pretrained" in summary["howToLoad"] and "AutoPeftModelForCausalLM" in summary["howToLoad"]
+    card = (local / "README.md").read_text()
+    assert f"# LoRA adapter for {tiny_model}" in card and "--enable-lora --lora-modules" in card
+    assert "vllm serve" in card and "vLLM can serve the adapter." in card
+    assert "servability: vLLM can serve the adapter." in caplog.text
+    from peft import AutoPeftModelForCausalLM
+
+    with torch.no_grad():
+        auto = AutoPeftModelForCausalLM.from_pretrained(local)(ids).logits
+    assert torch.allclose(auto, after, atol=1e-5) and (auto - before).abs().max().item() > 0.1
 
     # The merged model (output.mergeAdapter) gives the adapter's logits without PEFT.
     merged = tmp_path / "merged"
@@ -218,6 +236,35 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
     assert summary["metrics"]["evalLossBefore"] is not None  # carried over from the first attempt's checkpoint
     steps = [e["step"] for e in progress_lines(second.stdout) if e["kind"] == "log"]
     assert steps and steps[0] > stopped_at  # no step was trained twice
+
+
+def test_adapter_of_a_base_from_s3_names_the_uri_not_the_pod_s_copy(s3_bucket, tiny_model, tmp_path, monkeypatch,
+                                                                      capsys):
+    for f in tiny_model.iterdir():  # the trainer downloads the base to <work>/model
+        s3_bucket.put_bytes(f"models/tiny/{f.name}", f.read_bytes())
+    base_uri = s3_bucket.uri("models/tiny")
+    cfg = config(base_uri, s3_bucket.uri("run"), s3_bucket.endpoint_url, maxSteps=4, evalSteps=4, loggingSteps=2)
+    code, term = run_in_process(cfg, tmp_path, monkeypatch)
+    assert code == 0, capsys.readouterr().out[-3000:]
+    adapter_config = json.loads(s3_bucket.get_bytes("run/adapter/adapter_config.json"))
+    assert adapter_config["base_model_name_or_path"] == base_uri, adapter_config["base_model_name_or_path"]
+    summary = json.loads(s3_bucket.get_bytes("run/training_summary.json"))
+    assert summary["servability"]["servable"] is True and term["servability"]["servable"] is True
+    assert any("cannot fetch the base model " + base_uri in n for n in summary["servability"]["notes"])
+    assert f"and {base_uri} to ./base" in summary["howToLoad"]
+    card = s3_bucket.get_bytes("run/adapter/README.md").decode()
+    assert f"PEFT and vLLM cannot fetch the base model {base_uri} themselves" in card and "vllm serve ./base" in card
+
+    # Loaded as the card says: the base downloaded to a directory, passed to PeftModel.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    local = tmp_path / "downloaded"
+    local.mkdir()
+    for key in s3_bucket.keys("run/adapter/"):
+        (local / key.rsplit("/", 1)[-1]).write_bytes(s3_bucket.get_bytes(key))
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), local)
+    assert tuned.peft_config["default"].base_model_name_or_path == base_uri
 
 
 def test_two_processes_with_gloo(s3_bucket, s3_server, tiny_model, tmp_path):

@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 from lft_api.conditions import CHECKPOINTS_HEALTHY, Reason
-from lft_api.contract import AdapterRef, ExitCode, FileDigest, Metrics, TerminationMessage
+from lft_api.contract import AdapterRef, ExitCode, FileDigest, Metrics, Servability, TerminationMessage
 from lft_api.resource import TRAINER_OWNED_STATUS_FIELDS, LoRAFineTuneSpec, LoRAFineTuneStatus
 from lft_operator import builders
 from lft_operator.settings import Settings
@@ -165,6 +165,24 @@ def test_job_created_then_running_then_succeeded():
     # Final is final.
     d, status2 = step(observe(status=status, job=done_job, pods=[], now=T3))
     assert status2["phase"] == "Succeeded" and d.events == [] and d.patch == {}
+
+
+def test_succeeded_run_says_whether_vllm_can_serve_the_adapter():
+    done_job = job_view(succeeded=1, completionTime=T3, conditions=[{"type": "Complete", "status": "True"}])
+    cases = [(Servability(servable=True, notes=["start vLLM with --max-lora-rank 64"]), "Normal", Reason.SERVABLE,
+              "vLLM can serve the adapter: start vLLM with --max-lora-rank 64"),
+             (Servability(servable=False, reasons=["DoRA is not supported", "LoRA bias is not supported"]), "Warning",
+              Reason.NOT_SERVABLE, "vLLM cannot serve the adapter: DoRA is not supported; LoRA bias is not supported"),
+             (None, None, None, None)]  # an older trainer: no verdict, no Event
+    for verdict, type_, reason, text in cases:
+        message = result("succeeded", "Completed", adapter=AdapterRef(uri="s3://b/run/adapter"), servability=verdict)
+        d, status = step(observe(job=done_job, pods=[ended("p1", 0, message)], now=T3))
+        assert status["phase"] == "Succeeded" and "servability" not in status
+        assert reasons(d)[-2:] == (["Succeeded", reason] if reason else [Reason.JOB_CREATED, "Succeeded"])
+        if reason:
+            assert (d.events[-1].type, d.events[-1].message) == (type_, text)
+        d, _ = step(observe(status=status, job=done_job, pods=[ended("p1", 0, message)], now=T3))
+        assert d.events == []  # posted once, with the transition
 
 
 def test_second_identical_observation_changes_nothing():

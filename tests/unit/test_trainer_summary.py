@@ -40,3 +40,11 @@ def test_summary_says_what_was_replaced_and_resumed_from():
 
 def test_last_train_loss_skips_eval_entries():
     assert last_train_loss([{"loss": 2.0}, {"eval_loss": 1.0}]) == 2.0 and last_train_loss([]) is None
+
+
+def test_summary_says_whether_vllm_can_serve_the_adapter_and_how_to_load_it():
+    config = TrainerConfig.model_validate({"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "o"}})
+    verdict = {"engine": "vLLM", "servable": False, "reasons": ["DoRA"], "notes": []}
+    s = build_summary(config, facts(servability=verdict, how_to_load="from peft import PeftModel"))
+    assert s["servability"] == verdict and s["howToLoad"] == "from peft import PeftModel"
+    assert build_summary(config, facts())["servability"] is None

@@ -71,6 +71,8 @@ class RunFacts:
     durations: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     performance: dict[str, Any] | None = None  # status.performance at the end: plan, estimate, throughput
+    servability: dict[str, Any] | None = None  # contract.Servability: can vLLM serve the adapter, and if not, why
+    how_to_load: str | None = None  # a Python snippet that loads the adapter onto its base
 
 
 def last_train_loss(history: list[dict]) -> float | None:
@@ -89,6 +91,8 @@ def build_summary(config: TrainerConfig, facts: RunFacts) -> dict[str, Any]:
         "outcome": "succeeded",
         "adapterUri": facts.adapter_uri,
         "mergedUri": facts.merged_uri,
+        "servability": facts.servability,
+        "howToLoad": facts.how_to_load,
         "metrics": {"trainLoss": last_train_loss(facts.log_history), "evalLossBefore": before, "evalLossAfter": after,
                     "evalLossImprovement": before - after if before is not None and after is not None else None,
                     "trainRuntimeSeconds": facts.train_runtime, "trainTokensPerSecond": facts.tokens_per_second},

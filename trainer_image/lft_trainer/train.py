@@ -21,6 +21,7 @@ from lft_api.contract import AdapterRef, ExitCode, Metrics, RunIdentity, Termina
 from lft_api.spec import TrainerConfig
 
 from . import data, model, performance, preflight, probes, sizing
+from .adapter_card import finish_adapter
 from .distributed import Preemption, is_main, world_size
 from .errors import InvalidInput
 from .ownership import ADAPTER_IDENTITY_FILE, run_identity
@@ -288,6 +289,8 @@ def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploade
     trainer.save_model(str(adapter_dir))
     (adapter_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: not part of the deliverable
     (adapter_dir / ADAPTER_IDENTITY_FILE).write_text(json.dumps(prep.identity.to_wire(), indent=2))
+    verdict, load = finish_adapter(adapter_dir, config, prep.identity, getattr(prep.model.config, "model_type", None),
+                                   out.uri(contract.ADAPTER_DIR))
     if uploader is not None:
         uploader.close()  # the last checkpoints first: a resume after this point finds them
     files = out.upload_dir(adapter_dir, contract.ADAPTER_DIR)
@@ -298,7 +301,9 @@ def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploade
                                             prep.dtype_name)
         timer.mark("merge")
     facts = _facts(prep, fitted, files, out.uri(contract.ADAPTER_DIR), merged_uri, reporter, timer)
+    facts.servability, facts.how_to_load = verdict.to_wire(), load
     out.put_json(contract.SUMMARY_FILE, build_summary(config, facts))
+    log.info("servability: %s", verdict.describe())
     reporter.finished(state.global_step, fitted.eval_after)
     metrics = Metrics(loss=last_train_loss(facts.log_history), eval_loss=fitted.eval_after,
                       eval_loss_before=fitted.eval_before, learning_rate=reporter.metrics.learning_rate,
@@ -307,7 +312,7 @@ def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploade
         outcome="succeeded", reason="Completed",
         message=f"trained {state.global_step} steps; eval loss {_fmt(fitted.eval_before)} -> {_fmt(fitted.eval_after)}",
         adapter=AdapterRef(uri=facts.adapter_uri, files=files), metrics=metrics, step=state.global_step,
-        total_steps=state.max_steps, resumed_from_step=facts.resumed_from_step,
+        total_steps=state.max_steps, resumed_from_step=facts.resumed_from_step, servability=verdict,
     )
 
 

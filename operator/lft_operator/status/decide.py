@@ -14,7 +14,7 @@ from ..views import JobView
 from .attempts import AttemptUpdate, attempt_no, describe, last_failed, outcome, truncate, update_attempts
 from .draft import Draft
 from .failures import checkpoint_health, pod_creation_timed_out, pod_failure
-from .model import Decision, Observation
+from .model import Decision, Event, Observation
 
 TERMINAL_PHASES = (SUCCEEDED, FAILED)
 
@@ -183,7 +183,12 @@ def _succeeded(d: Draft, upd: AttemptUpdate) -> Decision:
             d.extra_patch["progress"] = Progress.build(result.step, result.total_steps, eta_seconds=0).to_wire()
     elif pod is None:
         text = "Training completed (the Job finished; its pod, with the adapter URI, was not seen)."
-    return d.final(SUCCEEDED, Reason.COMPLETED, text)
+    decision = d.final(SUCCEEDED, Reason.COMPLETED, text)
+    verdict = result.servability if result is not None else None
+    if verdict is not None:  # after Succeeded: can a serving engine load the adapter as it is
+        decision.events.append(Event("Normal" if verdict.servable else "Warning",
+                                     Reason.SERVABLE if verdict.servable else Reason.NOT_SERVABLE, verdict.describe()))
+    return decision
 
 
 def _failed(d: Draft, upd: AttemptUpdate) -> Decision | None:

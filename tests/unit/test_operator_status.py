@@ -498,10 +498,24 @@ def test_spec_change_message_points_to_resume_from_not_to_re_creating():
 
 def test_owned_fields_come_from_the_status_model():
     assert "phase" in OWNED_FIELDS and "attemptHistory" in OWNED_FIELDS and "adapter" in OWNED_FIELDS
+    assert "performance" in TRAINER_OWNED_STATUS_FIELDS and "performance" not in OWNED_FIELDS
     assert not set(OWNED_FIELDS) & set(TRAINER_OWNED_STATUS_FIELDS)
     assert set(OWNED_FIELDS) | set(TRAINER_OWNED_STATUS_FIELDS) == {
         f.alias for f in LoRAFineTuneStatus.model_fields.values()
     }
+
+
+def test_the_operator_never_patches_the_trainers_performance_block():
+    job = job_view()
+    perf = {"microBatchSize": 8, "gradientAccumulationSteps": 2, "estimatedPeakMemoryGiB": 74.22, "tflops": 293.3}
+    _, status = step(observe(job=job))
+    d, status = step(observe(status={**status, "performance": perf}, job=job, pods=[running("p1")], now=T2))
+    assert "performance" not in d.patch and status["performance"] == perf
+    done_job = job_view(succeeded=1, completionTime=T3, conditions=[{"type": "Complete", "status": "True"}])
+    message = result("succeeded", "Completed", metrics=Metrics(loss=0.5), step=30, total_steps=30)
+    d, status = step(observe(status=status, job=done_job, pods=[ended("p1", 0, message)], now=T3))
+    assert status["phase"] == "Succeeded" and "progress" in d.patch  # the trainer's final numbers go in...
+    assert "performance" not in d.patch and status["performance"] == perf  # ...but not over its performance
 
 
 def test_an_unreadable_status_field_is_rewritten_not_fatal():

@@ -9,15 +9,8 @@ import pytest
 
 from lft_api.contract import CheckpointRef, Metrics, Progress
 from lft_trainer import progress
+from tests.support.clock import Clock
 from tests.support.status_api import StatusApi
-
-
-class Clock:
-    def __init__(self, t: float = 0.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_rate_limiter_with_injected_clock():

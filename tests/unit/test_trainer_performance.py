@@ -166,6 +166,24 @@ def test_performance_off_takes_the_spec_as_given():
     assert (p.micro_batch, p.grad_accum, p.checkpointing, p.fused_kernels, p.compile) == (8, 1, False, True, True)
 
 
+def test_performance_off_says_when_the_estimate_does_not_fit():
+    p = plan(hw(24), performance="off", batchSize=16, gradientCheckpointing=False)
+    assert p.micro_batch == 16 and "likely to run out of memory" in p.choices[-1] and "24.0 GiB" in p.choices[-1]
+    assert not any("likely" in c for c in plan(hw(141), performance="off").choices)
+
+
+def test_fused_kernels_asked_for_but_not_installed_is_refused_before_loading(monkeypatch):
+    from lft_trainer import sizing
+    from lft_trainer.errors import InvalidInput
+
+    monkeypatch.setattr(probes, "probe_shape", lambda *a: PHI3)
+    monkeypatch.setattr(probes, "probe_hardware", lambda model_type: hw(80, fused=False))
+    cfg = config(fusedKernels=True)
+    with pytest.raises(InvalidInput) as err:
+        sizing.plan_performance(cfg, "unused", None, progress.Reporter([]))
+    assert err.value.field == "training.fusedKernels" and "liger-kernel is not installed" in err.value.message
+
+
 CARD_PLANS = [
     # quantization, fused kernels available, GiB, micro, accum, checkpointing, estimated GiB (module docstring)
     ("none", True, 16, 4, 4, True, 12.75), ("none", True, 24, 1, 16, False, 16.93),

@@ -21,7 +21,7 @@ GIB = 1024**3
 # more specific names first.
 GPU_BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("GH200", 989.4), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
-    ("H800", 989.4), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.1), ("L40", 181.0),
+    ("H800 PCIe", 756.0), ("H800", 989.4), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.1), ("L40", 181.0),
     ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0), ("RTX 6000 Ada", 364.2), ("RTX 4090", 165.2),
     ("RTX 3090", 71.0), ("A6000", 154.8),
 )
@@ -262,8 +262,13 @@ def make_plan(training, lora, attn_requested: str, hw: Hardware, shape: Optional
 
     if not auto:
         ckpt = True if training.gradient_checkpointing is None else training.gradient_checkpointing
+        est = estimate(micro, ckpt)
+        choices.append("performance off: the spec's settings")
+        if est is not None and hw.gpu_memory and est.total > hw.gpu_memory * MEMORY_BUDGET:
+            choices.append(f"estimated {est.gib()} GiB, over {MEMORY_BUDGET:.0%} of {hw.gpu_memory / GIB:.1f} GiB: "
+                           "likely to run out of memory")
         return Plan(micro, accum, ckpt, bool(fused), attention, batching, training.compile, False, explicit_mb,
-                    estimate(micro, ckpt), tuple(choices + ["performance off: the spec's settings"]))
+                    est, tuple(choices))
     micro, accum, ckpt, est = _size(training, hw, micro, accum, explicit_mb, estimate, choices)
     return Plan(micro, accum, ckpt, bool(fused), attention, batching, training.compile, True, explicit_mb, est,
                 tuple(choices))

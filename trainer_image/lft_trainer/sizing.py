@@ -10,6 +10,7 @@ from lft_api.spec import TrainerConfig
 
 from . import performance, probes
 from .distributed import is_main
+from .errors import InvalidInput
 from .progress import Reporter
 
 log = logging.getLogger("lft_trainer.train")
@@ -20,6 +21,10 @@ def plan_performance(config: TrainerConfig, model_dir: str, mean_tokens: float |
     """The memory estimate and the plan, before the weights load; reported in status.performance."""
     shape = probes.probe_shape(model_dir, config.model.revision, config.model.trust_remote_code)
     hw = probes.probe_hardware(shape.model_type if shape else "")
+    if config.training.fused_kernels and hw.cuda and not hw.fused_kernels_available:
+        raise InvalidInput("InvalidConfig", "training.fusedKernels is true, but liger-kernel is not installed in the "
+                           f"trainer image or does not support model type {shape.model_type if shape else 'unknown'!r}"
+                           ": use the GPU image, or leave fusedKernels unset", field="training.fusedKernels")
     plan = performance.make_plan(config.training, config.lora, config.model.attn_implementation, hw, shape)
     flops = None
     if shape is not None:

@@ -231,8 +231,7 @@ def fit_within_memory(prep: Prepared, reporter: Reporter, preemption: Preemption
         if smaller is None:
             raise InvalidInput(Reason.OUT_OF_MEMORY, probes.out_of_memory_message(
                 prep.plan, prep.hardware, error, steps_done), field="training.batchSize")
-        log.warning("CUDA out of memory at micro-batch %d after %d steps: %s", prep.plan.micro_batch, steps_done,
-                    smaller.choices[-1])
+        log.warning("CUDA %s (after %d optimizer steps; starting the attempt again)", smaller.choices[-1], steps_done)
         sizing.restore_trainable(prep.model, initial, prep.config.training.seed)  # a resume also reloads its checkpoint
         prep.plan = smaller
         if is_main():

@@ -12,7 +12,8 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
-DEFAULT_TRAINER_IMAGE = "lft/trainer:0.1.0"
+# The tag `make images` builds (hack/build-images.sh); the chart sets LFT_TRAINER_IMAGE.
+DEFAULT_TRAINER_IMAGE = "lft/trainer:cpu"
 
 
 def _env(name: str) -> Any:

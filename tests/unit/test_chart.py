@@ -7,6 +7,7 @@ unless LFT_REQUIRE_TOOLS=1, which turns the skip into a failure.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from typing import Any
 
@@ -176,8 +177,22 @@ def test_values_flow_into_the_operator_environment() -> None:
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"role": "system"}
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
-    # The default tag is the chart's appVersion.
-    assert container(render())["image"] == "lft/operator:0.1.0"
+
+
+def test_default_images_are_the_ones_make_images_builds() -> None:
+    """A plain `helm install` after `make images` finds its images: no registry publishes them."""
+    from lft_operator.settings import DEFAULT_TRAINER_IMAGE
+
+    script = (ROOT / "hack" / "build-images.sh").read_text()
+    variant = re.search(r"^VARIANT=(\w+)$", script, re.M).group(1)
+    trainer = re.search(r"^TRAINER_IMAGE=\$\{LFT_TRAINER_IMAGE:-(\S+)\}$", script, re.M).group(1)
+    operator = re.search(r"^OPERATOR_IMAGE=\$\{LFT_OPERATOR_IMAGE:-(\S+)\}$", script, re.M).group(1)
+    trainer = trainer.replace("$VARIANT", variant)
+    docs = render()
+    assert (container(docs)["image"], env_of(docs)["LFT_TRAINER_IMAGE"]) == (operator, trainer)
+    assert DEFAULT_TRAINER_IMAGE == trainer == "lft/trainer:cpu"
+    # An empty tag still means the chart's appVersion.
+    assert container(render({"image.tag": ""}))["image"] == "lft/operator:0.1.0"
 
 
 @pytest.mark.parametrize("values", [{}, HA_NAMESPACED], ids=["clusterwide", "namespaced-ha"])

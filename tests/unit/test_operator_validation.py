@@ -86,7 +86,7 @@ def test_settings_every_env_name_and_default(monkeypatch):
     # Empty means default; the process environment is read when no mapping is given.
     empty = Settings.from_env({name: "" for name in env})
     assert empty == Settings.from_env({}) and empty.pod_creation_timeout_seconds == 600
-    assert empty.trainer_image == "lft/trainer:0.1.0" and empty.json_logs is True
+    assert empty.trainer_image == "lft/trainer:cpu" and empty.json_logs is True
     monkeypatch.setenv("LFT_NAMESPACES", "x,y")
     monkeypatch.setenv("LFT_PEERING_NAME", "p")
     assert (Settings().namespaces, Settings().peering) == (("x", "y"), "p")

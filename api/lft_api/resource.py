@@ -116,6 +116,13 @@ class LoRAFineTuneSpec(TrainerConfig):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Pull policy of the trainer image. Default: the operator's setting."
     )
+    image_pull_secrets: list[SecretRef] = Field(
+        default_factory=list,
+        description=(
+            "Secrets (type kubernetes.io/dockerconfigjson, in this namespace) for pulling the trainer image: added "
+            "after the operator's default ones (Helm value imagePullSecrets, LFT_TRAINER_IMAGE_PULL_SECRETS)."
+        ),
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the trainer pod must match.")
     tolerations: list[FreeForm] = Field(default_factory=list, description="Pod tolerations (core/v1 Toleration).")

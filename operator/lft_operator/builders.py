@@ -163,6 +163,12 @@ def storage_secret_name(spec: LoRAFineTuneSpec, settings: Settings) -> tuple[str
     return None, True
 
 
+def image_pull_secrets(spec: LoRAFineTuneSpec, settings: Settings) -> list[dict[str, str]]:
+    """The operator's default pull Secrets, then the resource's own; each name once."""
+    names = dict.fromkeys([*settings.trainer_image_pull_secrets, *(ref.name for ref in spec.image_pull_secrets)])
+    return [{"name": name} for name in names]
+
+
 def _resources(spec: LoRAFineTuneSpec) -> dict[str, Any]:
     res = spec.resources
     requests: dict[str, Any] = {}
@@ -287,6 +293,9 @@ def _pod_spec(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[
         "containers": [container],
         "volumes": volumes,
     }
+    pull_secrets = image_pull_secrets(spec, settings)
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = pull_secrets
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:

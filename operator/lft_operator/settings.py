@@ -21,6 +21,13 @@ def _env(name: str) -> Any:
     return AliasChoices(name)
 
 
+def _comma_list(value: Any) -> Any:
+    """"a, b,,c" -> ("a", "b", "c"); anything but a string is left to pydantic."""
+    if not isinstance(value, str):
+        return value
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LFT_", env_ignore_empty=True, frozen=True, populate_by_name=True, extra="ignore"
@@ -28,6 +35,9 @@ class Settings(BaseSettings):
 
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     trainer_image_pull_policy: str = "IfNotPresent"
+    # Secrets (in each resource's namespace) on every trainer pod, before the resource's own
+    # spec.imagePullSecrets. LFT_TRAINER_IMAGE_PULL_SECRETS: a comma-separated list of names.
+    trainer_image_pull_secrets: Annotated[tuple[str, ...], NoDecode] = ()
     # Used when a resource's spec.storage.endpointUrl is unset (e.g. the cluster's MinIO).
     default_storage_endpoint: str | None = None
     # Secret (in each resource's namespace) passed to trainers that name none; optional.
@@ -58,12 +68,14 @@ class Settings(BaseSettings):
     @field_validator("namespaces", mode="before")
     @classmethod
     def _namespace_list(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        value = value.strip()
-        if value in ("", "*", "all"):
+        if isinstance(value, str) and value.strip() in ("*", "all"):
             return ()
-        return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+        return _comma_list(value)
+
+    @field_validator("trainer_image_pull_secrets", mode="before")
+    @classmethod
+    def _name_list(cls, value: Any) -> Any:
+        return _comma_list(value)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -179,6 +179,21 @@ def test_values_flow_into_the_operator_environment() -> None:
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
 
 
+def test_image_pull_secrets_on_the_operator_pod_and_for_the_trainers() -> None:
+    from lft_operator.settings import Settings
+
+    docs = render({"imagePullSecrets[0].name": "regcred", "imagePullSecrets[1].name": "mirror"})
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    env = env_of(docs)
+    assert env["LFT_TRAINER_IMAGE_PULL_SECRETS"] == "regcred,mirror"
+    assert Settings.from_env(env).trainer_image_pull_secrets == ("regcred", "mirror")
+    # Default: none anywhere.
+    docs = render()
+    assert "imagePullSecrets" not in one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert env_of(docs)["LFT_TRAINER_IMAGE_PULL_SECRETS"] == ""
+
+
 def test_default_images_are_the_ones_make_images_builds() -> None:
     """A plain `helm install` after `make images` finds its images: no registry publishes them."""
     from lft_operator.settings import DEFAULT_TRAINER_IMAGE
@@ -314,7 +329,14 @@ def test_chart_crds_are_the_generated_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["watchNamespaces={Team_A}", "trainer.pullPolicy=Sometimes", "replicaCount=-1", "metrics.port=70000"]
+    "bad",
+    [
+        "watchNamespaces={Team_A}",
+        "trainer.pullPolicy=Sometimes",
+        "replicaCount=-1",
+        "metrics.port=70000",
+        "imagePullSecrets[0]=regcred",
+    ],
 )
 def test_values_schema_rejects_bad_values(bad: str) -> None:
     proc = helm("template", RELEASE, str(CHART), "--set", bad, check=False)

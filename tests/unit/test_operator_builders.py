@@ -223,6 +223,35 @@ def test_pod_template_extras():
     assert {"name": "data", "mountPath": "/data", "readOnly": True} in _container(job)["volumeMounts"]
 
 
+def _pull_secrets(spec: LoRAFineTuneSpec, settings: Settings = SETTINGS) -> list[dict[str, str]] | None:
+    return builders.job(OWNER, spec, settings)["spec"]["template"]["spec"].get("imagePullSecrets")
+
+
+DEFAULT_PULL = Settings.from_env({"LFT_TRAINER_IMAGE_PULL_SECRETS": "regcred, mirror"})
+
+
+def test_image_pull_secrets_default_per_resource_and_both():
+    # Neither: no field at all (as before).
+    assert _pull_secrets(make_spec()) is None
+    # The operator's default only.
+    assert _pull_secrets(make_spec(), DEFAULT_PULL) == [{"name": "regcred"}, {"name": "mirror"}]
+    # The resource's own only.
+    own = make_spec(imagePullSecrets=[{"name": "team-a-registry"}])
+    assert _pull_secrets(own) == [{"name": "team-a-registry"}]
+    # Both: the resource's are added after the default ones, each name once.
+    both = make_spec(imagePullSecrets=[{"name": "team-a-registry"}, {"name": "regcred"}])
+    assert _pull_secrets(both, DEFAULT_PULL) == [{"name": "regcred"}, {"name": "mirror"}, {"name": "team-a-registry"}]
+    # Operator-only: not in the trainer's config.
+    assert "imagePullSecrets" not in builders.config_map(OWNER, both, SETTINGS)["data"]["config.json"]
+
+
+def test_image_pull_secrets_need_a_name():
+    with pytest.raises(ValueError):
+        make_spec(imagePullSecrets=[{"name": ""}])
+    with pytest.raises(ValueError):
+        make_spec(imagePullSecrets=["regcred"])
+
+
 def test_applied_spec_annotation_excludes_mutable_fields():
     job_a = builders.job(OWNER, make_spec(suspend=False, runPolicy={"backoffLimit": 1}), SETTINGS)
     job_b = builders.job(OWNER, make_spec(suspend=True, runPolicy={"backoffLimit": 5}), SETTINGS)

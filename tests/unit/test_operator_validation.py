@@ -66,6 +66,7 @@ def test_settings_every_env_name_and_default(monkeypatch):
     env = {
         "LFT_TRAINER_IMAGE": "i:2",
         "LFT_TRAINER_IMAGE_PULL_POLICY": "Always",
+        "LFT_TRAINER_IMAGE_PULL_SECRETS": "regcred,, mirror ",
         "LFT_DEFAULT_STORAGE_SECRET": "s3",
         "LFT_LIVENESS_PORT": "0",
         "LFT_PRIORITY": "5",
@@ -80,6 +81,7 @@ def test_settings_every_env_name_and_default(monkeypatch):
     }
     s = Settings.from_env(env)
     assert (s.trainer_image, s.trainer_image_pull_policy, s.default_storage_secret) == ("i:2", "Always", "s3")
+    assert s.trainer_image_pull_secrets == ("regcred", "mirror")
     assert (s.liveness_port, s.priority, s.resync_seconds, s.api_workers) == (0, 5, 2.5, 3)
     assert (s.termination_grace_seconds, s.trainer_status_interval, s.watch_server_timeout) == (30, 1.5, 60)
     assert s.pod_creation_timeout_seconds == 20 and s.json_logs is False and s.namespaces == ()
@@ -87,6 +89,7 @@ def test_settings_every_env_name_and_default(monkeypatch):
     empty = Settings.from_env({name: "" for name in env})
     assert empty == Settings.from_env({}) and empty.pod_creation_timeout_seconds == 600
     assert empty.trainer_image == "lft/trainer:cpu" and empty.json_logs is True
+    assert empty.trainer_image_pull_secrets == ()
     monkeypatch.setenv("LFT_NAMESPACES", "x,y")
     monkeypatch.setenv("LFT_PEERING_NAME", "p")
     assert (Settings().namespaces, Settings().peering) == (("x", "y"), "p")

@@ -40,6 +40,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The names in imagePullSecrets, comma-separated. */}}
+{{- define "lft.imagePullSecretNames" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+
 {{- define "lft.peeringName" -}}
 {{- default (include "lft.fullname" .) .Values.peering.name }}
 {{- end }}

@@ -12,7 +12,7 @@ export KUBECONFIG ?= /var/lib/lft/cluster/kubeconfig
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help venv test test-unit test-integration e2e demo kind-e2e images images-gpu cluster-up cluster-api cluster-down \
-        s3-up s3-down deploy undeploy lint crds bench
+        s3-up s3-down deploy undeploy lint crds chart bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -68,6 +68,11 @@ undeploy: ## Remove the operator installed by deploy (integration tests run thei
 
 crds: venv ## Regenerate crds/ and the chart's CRDs from the pydantic spec
 	$(PY) -m lft_operator.crdgen --write
+
+CHART_OUT ?= _out/chart
+chart: ## Package the Helm chart (CRD included) as $(CHART_OUT)/lora-finetune-operator-<version>.tgz
+	$(HELM) lint charts/lora-finetune-operator
+	$(HELM) package charts/lora-finetune-operator -d $(CHART_OUT)
 
 lint: venv ## ruff + helm lint
 	$(VENV)/bin/ruff check api operator trainer_image tests bench

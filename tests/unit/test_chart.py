@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tarfile
 from typing import Any
 
 import pytest
@@ -326,6 +327,27 @@ def test_chart_crds_are_the_generated_ones() -> None:
     for path in chart_crds:
         if path.name in root:
             assert path.read_text() == root[path.name], f"{path.name}: chart copy differs from crds/"
+
+
+def test_make_chart_packages_the_chart(tmp_path) -> None:
+    """`make chart` writes a .tgz that holds Chart.yaml, the CRD, values and templates, and installs as is."""
+    out = tmp_path / "chart"
+    subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "chart", f"CHART_OUT={out}", f"HELM={HELM}"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    archive = out / f"{CHART.name}-{version}.tgz"
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        crd = tar.extractfile(f"{CHART.name}/crds/finetune.dev_lorafinetunes.yaml").read().decode()
+    expected = {"Chart.yaml", "values.yaml", "values.schema.json", "crds/finetune.dev_lorafinetunes.yaml"}
+    expected |= {f"templates/{t.name}" for t in (CHART / "templates").iterdir()}
+    assert {f"{CHART.name}/{name}" for name in expected} <= names, sorted(names)
+    assert crd == (CHART / "crds" / "finetune.dev_lorafinetunes.yaml").read_text()
+    proc = helm("template", RELEASE, str(archive), "--namespace", NAMESPACE, "--include-crds")
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(proc.stdout) if doc}
+    assert {"CustomResourceDefinition", "Deployment", "ServiceAccount"} <= kinds
 
 
 @pytest.mark.parametrize(

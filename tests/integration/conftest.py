@@ -106,5 +106,21 @@ def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
         kube.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", LFT_POD_CREATION_TIMEOUT_SECONDS="20"
     )
     op.start()
+    warm_up(kube)
     yield op
     op.stop()
+
+
+def warm_up(kube: Kube) -> None:
+    """Live is not yet working: wait until the operator has reconciled one resource (its watches are up)
+    before the first test starts its clock. On a loaded machine that first reconcile took over 30 s."""
+    from tests.support.operator import spec
+
+    ns = f"{NAMESPACE_PREFIX}warmup-{uuid.uuid4().hex[:6]}"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    try:
+        kube.create_lft(ns, "warmup", spec())
+        kube.wait_lft(ns, "warmup", lambda s: s.get("phase"), timeout=180, what="the operator's first reconcile")
+    finally:
+        kube.delete(f"/api/v1/namespaces/{ns}")
+        kube.remove_pods(ns)

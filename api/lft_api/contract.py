@@ -3,8 +3,9 @@
 - Exit codes tell the operator what to do with a finished trainer container.
 - The termination message (/dev/termination-log, JSON, < 4 KiB) carries the result or the reason.
 - Environment variables carry the config path and the resource's identity.
-- The trainer patches only `status.progress`, `status.metrics`, `status.latestCheckpoint` and
-  `status.checkpointHealth`; the operator owns every other status field.
+- The trainer patches only `status.progress`, `status.metrics`, `status.latestCheckpoint`,
+  `status.checkpointHealth`, `status.performance` and `status.artifacts`; the operator owns every other
+  status field.
 
 Pure data and pure functions: imported by both images (the operator's has no torch).
 """
@@ -54,6 +55,8 @@ CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_MANIFEST = "manifest.json"  # written last: a checkpoint without it is incomplete
 SUMMARY_FILE = "training_summary.json"
+METRICS_FILE = "metrics.jsonl"  # every logged step; refreshed at each checkpoint and at the end
+LOSS_PLOT_FILE = "loss.png"  # train and eval loss against steps; refreshed with metrics.jsonl
 
 
 class WireModel(BaseModel):
@@ -208,6 +211,22 @@ class Performance(WireModel):
     )
 
 
+class Artifacts(WireModel):
+    """status.artifacts, patched by the trainer as each is first written: where the run's files are."""
+
+    adapter: Optional[str] = Field(default=None, description="The adapter directory.")
+    merged: Optional[str] = Field(default=None, description="The merged model (output.mergeAdapter).")
+    summary: Optional[str] = Field(default=None, description="training_summary.json.")
+    metrics: Optional[str] = Field(
+        default=None, description="metrics.jsonl: one JSON row per logged step (refreshed at each checkpoint)."
+    )
+    loss_plot: Optional[str] = Field(default=None, description="loss.png: train and eval loss against steps.")
+
+    def merged_with(self, other: "Artifacts") -> "Artifacts":
+        """These artifacts with other's URIs added (other wins where both have one)."""
+        return Artifacts.model_validate({**self.model_dump(exclude_none=True), **other.model_dump(exclude_none=True)})
+
+
 class Servability(WireModel):
     """Whether a serving engine can load the adapter as it is, and if not, why (the trainer's check of the
     saved adapter_config.json; in training_summary.json, the termination message and an Event)."""
@@ -320,6 +339,7 @@ def status_patch(
     latest_checkpoint: Optional[CheckpointRef] = None,
     checkpoint_health: Optional[CheckpointHealth] = None,
     performance: Optional[Performance] = None,
+    artifacts: Optional[Artifacts] = None,
 ) -> dict[str, Any]:
     """The merge-patch body the trainer sends to the resource's status subresource."""
     status: dict[str, Any] = {}
@@ -333,4 +353,6 @@ def status_patch(
         status["checkpointHealth"] = checkpoint_health.to_wire()
     if performance is not None:
         status["performance"] = performance.to_wire()
+    if artifacts is not None:
+        status["artifacts"] = artifacts.to_wire()
     return {"status": status}

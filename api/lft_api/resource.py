@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
-from .contract import AdapterRef, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress, WireModel
+from .contract import AdapterRef, Artifacts, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress, WireModel
 from .spec import SpecModel, TrainerConfig
 
 # The Job is named "<name>-trainer" and its name is copied into the pods' `job-name` label,
@@ -209,7 +209,7 @@ class Attempt(WireModel):
 
 class LoRAFineTuneStatus(WireModel):
     """Observed state. The operator owns every field except progress, metrics, latestCheckpoint,
-    checkpointHealth and performance, which the trainer patches while it runs."""
+    checkpointHealth, performance and artifacts, which the trainer patches while it runs."""
 
     phase: Phase | None = Field(default=None, description="Summary for display; conditions carry the details.")
     message: str | None = Field(default=None, description="Human-readable summary of the current state.")
@@ -239,11 +239,18 @@ class LoRAFineTuneStatus(WireModel):
     performance: Performance | None = Field(
         default=None, description="Memory estimate, performance plan and throughput, patched by the trainer."
     )
+    artifacts: Artifacts | None = Field(
+        default=None,
+        description="URIs of the adapter, training_summary.json, metrics.jsonl and loss.png, patched by the trainer "
+        "as each is first written.",
+    )
 
 
 # Status fields the trainer writes; the operator never sends them in its patches (except once,
 # when the run succeeded and the trainer has exited: see status.py).
-TRAINER_OWNED_STATUS_FIELDS = ("progress", "metrics", "latestCheckpoint", "checkpointHealth", "performance")
+TRAINER_OWNED_STATUS_FIELDS = (
+    "progress", "metrics", "latestCheckpoint", "checkpointHealth", "performance", "artifacts"
+)
 # Every other status field is the operator's (wire names, in the model's order).
 OPERATOR_OWNED_STATUS_FIELDS = tuple(
     f.alias or n for n, f in LoRAFineTuneStatus.model_fields.items() if (f.alias or n) not in TRAINER_OWNED_STATUS_FIELDS

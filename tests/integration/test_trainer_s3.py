@@ -8,6 +8,7 @@ Each training run is a few dozen steps of the tiny model (seconds of CPU each).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -119,6 +120,7 @@ def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monke
     assert events[-1]["kind"] == "end" and events[-1]["percent"] == 100.0
     assert all(e["tokensPerSecond"] > 0 for e in logs[1:])
     assert any(e["kind"] == "checkpoint" for e in events)
+    check_history(s3_bucket, summary, events)
 
     # PEFT loads the adapter from what was uploaded, and it changes the logits.
     import torch
@@ -164,6 +166,44 @@ def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monke
     with torch.no_grad():
         merged_logits = AutoModelForCausalLM.from_pretrained(merged)(ids).logits
     assert torch.allclose(merged_logits, after, atol=1e-4)
+
+
+def history_rows(s3_bucket, prefix: str = "run") -> list[dict]:
+    return [json.loads(line) for line in s3_bucket.get_bytes(f"{prefix}/metrics.jsonl").decode().splitlines()]
+
+
+def check_history(s3_bucket, summary: dict, events: list[dict]) -> None:
+    """metrics.jsonl and loss.png next to the adapter (40 steps, loggingSteps 5, evalSteps 20, a checkpoint at
+    20 and 40), listed in the summary and in status.artifacts (the progress lines carry what is patched)."""
+    rows = history_rows(s3_bucket)
+    assert [r["step"] for r in rows] == [0, 1, 5, 10, 15, 20, 25, 30, 35, 40]
+    assert all(list(r) == ["step", "epoch", "loss", "learningRate", "gradNorm", "tokensSeen", "evalLoss"] for r in rows)
+    assert [r["step"] for r in rows if r["evalLoss"] is not None] == [0, 20, 40]
+    assert rows[0]["evalLoss"] == pytest.approx(summary["metrics"]["evalLossBefore"]) and rows[0]["loss"] is None
+    assert rows[-1]["evalLoss"] == pytest.approx(summary["metrics"]["evalLossAfter"])
+    # The learning rate decays to 0 at the last step.
+    assert all(r["loss"] > 0 and r["learningRate"] >= 0 and r["gradNorm"] > 0 and r["epoch"] > 0 for r in rows[1:]), rows
+    tokens = [r["tokensSeen"] for r in rows]
+    assert tokens == sorted(tokens) and tokens[-1] == summary["tokensSeen"]
+
+    base = f"s3://{s3_bucket.name}/run"
+    arts = summary["artifacts"]
+    assert {k: v for k, v in arts.items() if k != "lossPlot"} == {
+        "adapter": f"{base}/adapter", "merged": f"{base}/merged", "summary": f"{base}/training_summary.json",
+        "metrics": f"{base}/metrics.jsonl"}
+    keys = s3_bucket.keys("run/")
+    assert all(any(k == uri[len(base) - 3:] or k.startswith(uri[len(base) - 3:] + "/") for k in keys)
+               for uri in arts.values())
+    if importlib.util.find_spec("matplotlib") is None:  # optional at run time; the image has it
+        assert "lossPlot" not in arts and summary["lossPlotSkipped"] == "matplotlib is not installed"
+    else:
+        png = s3_bucket.get_bytes("run/loss.png")
+        assert arts["lossPlot"] == f"{base}/loss.png" and png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+    # status.artifacts: the history once the first checkpoint is saved, everything at the end.
+    reported = [e for e in events if e["kind"] == "artifacts"]
+    assert reported[0]["step"] < 40 and reported[0]["artifacts"]["metrics"] == f"{base}/metrics.jsonl"
+    assert reported[-1]["artifacts"] == arts and events[-1]["artifacts"] == arts
 
 
 def test_run_completes_through_a_storage_outage(s3_bucket, flaky_proxy, tiny_model, tmp_path, monkeypatch, capsys):
@@ -225,6 +265,8 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
     assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= \
         {f["name"] for f in manifest["files"]}
     assert "run/adapter/adapter_config.json" not in s3_bucket.keys("run/")
+    # The history was refreshed at the SIGTERM checkpoint (loggingSteps 1: every step, and the eval before).
+    assert [r["step"] for r in history_rows(s3_bucket)] == list(range(stopped_at + 1))
 
     second = subprocess.run(cmd, check=False, env=_subprocess_env(s3_server, tmp_path, "second", uid="uid-1"), capture_output=True,
                             text=True, timeout=300)
@@ -234,6 +276,9 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
     summary = json.loads(s3_bucket.get_bytes("run/training_summary.json"))
     assert summary["resumedFromStep"] == stopped_at and summary["steps"] == 60
     assert summary["metrics"]["evalLossBefore"] is not None  # carried over from the first attempt's checkpoint
+    rows = history_rows(s3_bucket)  # both attempts: the checkpoint's log history goes on
+    assert [r["step"] for r in rows] == list(range(61)) and [r["step"] for r in rows if r["evalLoss"]] == [0, 60]
+    assert rows[0]["evalLoss"] == pytest.approx(summary["metrics"]["evalLossBefore"])
     steps = [e["step"] for e in progress_lines(second.stdout) if e["kind"] == "log"]
     assert steps and steps[0] > stopped_at  # no step was trained twice
 
@@ -379,6 +424,7 @@ def test_another_runs_output_is_refused_then_replaced_with_overwrite(s3_bucket, 
     assert summary["runIdentity"]["uid"] == "uid-b" and summary["resumedFromStep"] is None
     assert [r["uid"] for r in summary["replacedRuns"]] == ["uid-a"]
     assert json.loads(s3_bucket.get_bytes("run/adapter/lft_run.json"))["uid"] == "uid-b"
+    assert history_rows(s3_bucket)[-1]["step"] == 10 and summary["artifacts"]["metrics"].endswith("/run/metrics.jsonl")
     manifests = [k for k in s3_bucket.keys("run/checkpoints/") if k.endswith("/manifest.json")]
     assert manifests and all(json.loads(s3_bucket.get_bytes(k))["runIdentity"]["uid"] == "uid-b" for k in manifests)
 

@@ -499,6 +499,7 @@ def test_spec_change_message_points_to_resume_from_not_to_re_creating():
 def test_owned_fields_come_from_the_status_model():
     assert "phase" in OWNED_FIELDS and "attemptHistory" in OWNED_FIELDS and "adapter" in OWNED_FIELDS
     assert "performance" in TRAINER_OWNED_STATUS_FIELDS and "performance" not in OWNED_FIELDS
+    assert "artifacts" in TRAINER_OWNED_STATUS_FIELDS and "artifacts" not in OWNED_FIELDS
     assert not set(OWNED_FIELDS) & set(TRAINER_OWNED_STATUS_FIELDS)
     assert set(OWNED_FIELDS) | set(TRAINER_OWNED_STATUS_FIELDS) == {
         f.alias for f in LoRAFineTuneStatus.model_fields.values()
@@ -516,6 +517,20 @@ def test_the_operator_never_patches_the_trainers_performance_block():
     d, status = step(observe(status=status, job=done_job, pods=[ended("p1", 0, message)], now=T3))
     assert status["phase"] == "Succeeded" and "progress" in d.patch  # the trainer's final numbers go in...
     assert "performance" not in d.patch and status["performance"] == perf  # ...but not over its performance
+
+
+def test_the_operator_never_patches_the_trainers_artifacts_block():
+    job = job_view()
+    arts = {"metrics": "s3://b/run/metrics.jsonl", "lossPlot": "s3://b/run/loss.png"}
+    _, status = step(observe(job=job))
+    d, status = step(observe(status={**status, "artifacts": arts}, job=job, pods=[running("p1")], now=T2))
+    assert "artifacts" not in d.patch and status["artifacts"] == arts
+    done_job = job_view(succeeded=1, completionTime=T3, conditions=[{"type": "Complete", "status": "True"}])
+    adapter = AdapterRef(uri="s3://b/run/adapter", files=[])
+    message = result("succeeded", "Completed", adapter=adapter, metrics=Metrics(loss=0.5), step=30, total_steps=30)
+    d, status = step(observe(status=status, job=done_job, pods=[ended("p1", 0, message)], now=T3))
+    assert status["phase"] == "Succeeded" and d.patch["adapter"]["uri"] == "s3://b/run/adapter"
+    assert "artifacts" not in d.patch and status["artifacts"] == arts
 
 
 def test_an_unreadable_status_field_is_rewritten_not_fatal():

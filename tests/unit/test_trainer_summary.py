@@ -48,3 +48,13 @@ def test_summary_says_whether_vllm_can_serve_the_adapter_and_how_to_load_it():
     s = build_summary(config, facts(servability=verdict, how_to_load="from peft import PeftModel"))
     assert s["servability"] == verdict and s["howToLoad"] == "from peft import PeftModel"
     assert build_summary(config, facts())["servability"] is None
+
+
+def test_summary_lists_the_artifacts_and_says_why_the_picture_is_missing():
+    config = TrainerConfig.model_validate({"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "o"}})
+    arts = {"adapter": "s3://b/p/adapter", "metrics": "s3://b/p/metrics.jsonl", "lossPlot": "s3://b/p/loss.png"}
+    s = build_summary(config, facts(artifacts=arts))
+    assert s["artifacts"] == arts and "lossPlotSkipped" not in s
+    s = build_summary(config, facts(artifacts={"metrics": "s3://b/p/metrics.jsonl"},
+                                    loss_plot_skipped="matplotlib is not installed"))
+    assert "lossPlot" not in s["artifacts"] and s["lossPlotSkipped"] == "matplotlib is not installed"

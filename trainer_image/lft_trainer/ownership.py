@@ -121,4 +121,6 @@ def check_output(config: TrainerConfig, out: Storage, me: RunIdentity) -> Owners
                 out.delete(artifact.path)
         if any(a.path == contract.ADAPTER_DIR for a in decision.foreign):
             out.delete(contract.MERGED_DIR)  # the merged model of the replaced adapter
+        for name in (contract.METRICS_FILE, contract.LOSS_PLOT_FILE):  # its history (they record no identity)
+            out.delete(name)
     return decision

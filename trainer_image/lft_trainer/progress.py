@@ -1,7 +1,7 @@
 """Progress reporting: the Reporter holds the run's Progress, Metrics, latest checkpoint and checkpoint
 health; the training loop (a TrainerCallback) and the checkpoint uploader call its transitions, and sinks
 publish each one: a JSON line on stdout, and a rate-limited merge patch of the LoRAFineTune's status
-subresource (status.progress / metrics / latestCheckpoint / checkpointHealth).
+subresource (status.progress / metrics / latestCheckpoint / checkpointHealth / performance / artifacts).
 
 A sink that fails is logged (at most once a minute) and never stops training.
 """
@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lft_api import contract
-from lft_api.contract import CheckpointHealth, CheckpointRef, Metrics, Performance, Progress
+from lft_api.contract import Artifacts, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress
 
 from .retry import scrub
 
@@ -38,12 +38,13 @@ ENV_KUBE_API = "LFT_KUBE_API_URL"  # override of the in-cluster API server URL (
 class ProgressEvent:
     """One transition, with a snapshot of the Reporter's models (not copies of their fields)."""
 
-    kind: str  # start | log | eval | checkpoint | checkpoint_failed | end
+    kind: str  # start | plan | log | eval | checkpoint | checkpoint_failed | artifacts | end
     progress: Progress
     metrics: Metrics
     checkpoint: CheckpointRef | None = None
     health: CheckpointHealth | None = None
     performance: Performance | None = None
+    artifacts: Artifacts | None = None
 
     @property
     def forced(self) -> bool:
@@ -66,6 +67,8 @@ class ProgressEvent:
             out["checkpoint"] = self.checkpoint.to_wire()
         if self.health is not None and self.kind in ("checkpoint", "checkpoint_failed"):
             out["checkpointHealth"] = self.health.to_wire()
+        if self.artifacts is not None and self.kind in ("artifacts", "end"):
+            out["artifacts"] = self.artifacts.to_wire()
         if self.performance is not None:
             perf = self.performance
             if self.kind == "plan":
@@ -76,10 +79,11 @@ class ProgressEvent:
         return out
 
     def status_body(self) -> dict[str, Any]:
-        return contract.status_patch(self.progress, self.metrics, self.checkpoint, self.health, self.performance)
+        return contract.status_patch(self.progress, self.metrics, self.checkpoint, self.health, self.performance,
+                                     self.artifacts)
 
 
-FORCED_KINDS = ("eval", "checkpoint", "checkpoint_failed", "end", "start", "plan")
+FORCED_KINDS = ("eval", "checkpoint", "checkpoint_failed", "end", "start", "plan", "artifacts")
 
 
 def _round(v: float | None, nd: int) -> float | None:
@@ -216,6 +220,7 @@ class Reporter:
         self.latest_checkpoint: CheckpointRef | None = None
         self.health: CheckpointHealth | None = None  # None until the first checkpoint upload ends
         self.performance: Performance | None = None  # the plan, then the measured throughput
+        self.artifacts: Artifacts | None = None  # URIs of the files written so far
         self._lock = threading.RLock()  # the checkpoint uploader's thread reports too
 
     # -- transitions ----------------------------------------------------------------------
@@ -292,6 +297,15 @@ class Reporter:
         log.warning("checkpoint upload failed (%d in a row); training goes on: %s", failed, self.health.message)
         self._emit("checkpoint_failed")
 
+    def artifacts_written(self, written: Artifacts) -> None:
+        """Files written under the output (the history writer's thread, or publish); reported when new."""
+        with self._lock:
+            merged = (self.artifacts or Artifacts()).merged_with(written)
+            if merged == self.artifacts:
+                return
+            self.artifacts = merged
+        self._emit("artifacts")
+
     def finished(self, step: int, eval_loss: float | None) -> None:
         with self._lock:
             self._set_progress(step=step)
@@ -311,7 +325,8 @@ class Reporter:
     def event(self, kind: str) -> ProgressEvent:
         with self._lock:
             progress = self.progress.model_copy(update={"updated_at": _now()})
-            return ProgressEvent(kind, progress, self.metrics, self.latest_checkpoint, self.health, self.performance)
+            return ProgressEvent(kind, progress, self.metrics, self.latest_checkpoint, self.health, self.performance,
+                                 self.artifacts)
 
     def _emit(self, kind: str) -> None:
         ev = self.event(kind)

@@ -73,6 +73,8 @@ class RunFacts:
     performance: dict[str, Any] | None = None  # status.performance at the end: plan, estimate, throughput
     servability: dict[str, Any] | None = None  # contract.Servability: can vLLM serve the adapter, and if not, why
     how_to_load: str | None = None  # a Python snippet that loads the adapter onto its base
+    artifacts: dict[str, str] = field(default_factory=dict)  # contract.Artifacts: the files under the output
+    loss_plot_skipped: str | None = None  # why loss.png was not drawn (e.g. matplotlib is not installed)
 
 
 def last_train_loss(history: list[dict]) -> float | None:
@@ -93,6 +95,8 @@ def build_summary(config: TrainerConfig, facts: RunFacts) -> dict[str, Any]:
         "mergedUri": facts.merged_uri,
         "servability": facts.servability,
         "howToLoad": facts.how_to_load,
+        "artifacts": facts.artifacts,
+        **({"lossPlotSkipped": facts.loss_plot_skipped} if facts.loss_plot_skipped else {}),
         "metrics": {"trainLoss": last_train_loss(facts.log_history), "evalLossBefore": before, "evalLossAfter": after,
                     "evalLossImprovement": before - after if before is not None and after is not None else None,
                     "trainRuntimeSeconds": facts.train_runtime, "trainTokensPerSecond": facts.tokens_per_second},

@@ -1,5 +1,5 @@
 """One training run, top to bottom: prepare (pre-flight, resume point, load), fit (eval before, train or
-finish from a checkpoint), publish (adapter, merge, summary); the result for the operator.
+finish from a checkpoint), publish (adapter, merge, history, summary); the result for the operator.
 
 `run(config)` returns a TerminationMessage; __main__ turns it into the exit code. Under DDP every
 rank calls run(); only rank 0 checks storage, reports progress, uploads and writes the result.
@@ -17,11 +17,12 @@ from typing import Any
 
 from lft_api import contract
 from lft_api.conditions import Reason
-from lft_api.contract import AdapterRef, ExitCode, Metrics, RunIdentity, TerminationMessage
+from lft_api.contract import AdapterRef, Artifacts, ExitCode, Metrics, RunIdentity, TerminationMessage
 from lft_api.spec import TrainerConfig
 
 from . import data, model, performance, preflight, probes, sizing
 from .adapter_card import finish_adapter
+from .artifacts import HistoryWriter
 from .distributed import Preemption, is_main, world_size
 from .errors import InvalidInput
 from .ownership import ADAPTER_IDENTITY_FILE, run_identity
@@ -44,11 +45,13 @@ ENV_WORK_DIR = "LFT_WORK_DIR"
 RUN_STATE_FILE = "lft_run_state.json"  # our additions to a checkpoint (the eval loss before step 1)
 
 
-def make_control_callback(preemption: Preemption, uploader, local_ckpt_root: Path):
+def make_control_callback(preemption: Preemption, uploader, local_ckpt_root: Path,
+                          history: HistoryWriter | None = None):
     from transformers import TrainerCallback
 
     class ControlCallback(TrainerCallback):
-        """Stops at SIGTERM with a checkpoint; hands every saved checkpoint to the uploader (rank 0)."""
+        """Stops at SIGTERM with a checkpoint; hands every saved checkpoint to the uploader and refreshes
+        metrics.jsonl/loss.png (both in background threads, rank 0)."""
 
         def __init__(self):
             self.preempted_at_step: int | None = None
@@ -83,6 +86,8 @@ def make_control_callback(preemption: Preemption, uploader, local_ckpt_root: Pat
                     # train() starts a fresh log history, so the step-0 eval is not in trainer_state.json.
                     (ckpt / RUN_STATE_FILE).write_text(json.dumps({"evalLossBefore": self.eval_loss_before}))
                     uploader.submit(ckpt, state.global_step)
+            if history is not None and state.is_world_process_zero:
+                history.refresh(state.log_history, self.eval_loss_before)
 
     return ControlCallback()
 
@@ -132,17 +137,21 @@ def run(config: TrainerConfig, reporter: Reporter | None = None,
     uploader = (CheckpointUploader(prep.out, config.checkpointing.keep_last, identity=prep.identity,
                                    on_uploaded=reporter.checkpoint_uploaded, on_failed=reporter.checkpoint_failed)
                 if is_main() else None)
+    history = (HistoryWriter(prep.out, prep.work / "history", prep.identity.name, reporter.artifacts_written)
+               if is_main() else None)
     try:
-        trainer, fitted = fit_within_memory(prep, reporter, preemption, uploader, timer)
+        trainer, fitted = fit_within_memory(prep, reporter, preemption, uploader, timer, history)
         if fitted.preempted is not None:
             return fitted.preempted
         if not is_main():
             return TerminationMessage(outcome="succeeded", reason="Completed", step=fitted.state.global_step,
                                       total_steps=fitted.state.max_steps)
-        return publish(prep, trainer, fitted, reporter, uploader, timer)
+        return publish(prep, trainer, fitted, reporter, uploader, timer, history)
     finally:
         if uploader is not None:
             uploader.close(timeout=600)
+        if history is not None:
+            history.close(timeout=60)
 
 
 def prepare(config: TrainerConfig, reporter: Reporter, timer: Timer) -> Prepared:
@@ -182,14 +191,15 @@ def _count_too_long(config: TrainerConfig, report: preflight.DatasetReport,
     return too_long, measured, mean
 
 
-def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, uploader):
+def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, uploader,
+                 history: HistoryWriter | None = None):
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     local_ckpts = prep.work / "checkpoints"
     args = SFTConfig(**sft_kwargs(prep.config, str(local_ckpts), prep.cuda, prep.dtype_name, prep.eval_ds is not None,
                                   prep.plan))
-    control = make_control_callback(preemption, uploader, local_ckpts)
+    control = make_control_callback(preemption, uploader, local_ckpts, history)
     peak = performance.peak_bf16_tflops(prep.hardware.gpu_name)
     meter = ThroughputMeter(prep.flops_per_token, peak * world_size() if peak else None)
 
@@ -206,14 +216,14 @@ def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, upl
 
 
 def fit_within_memory(prep: Prepared, reporter: Reporter, preemption: Preemption, uploader,
-                      timer: Timer) -> tuple[Any, Fitted]:
+                      timer: Timer, history: HistoryWriter | None = None) -> tuple[Any, Fitted]:
     """fit(); when CUDA runs out of memory within this attempt's first OOM_RESTART_STEPS optimizer steps,
     performance auto starts the attempt again with the next smaller micro-batch of the same effective batch
     (Plan.halved), from the same weights; otherwise, or when that is used up, the run ends with reason
     OutOfMemory, the estimate and what to change."""
     initial = sizing.trainable_snapshot(prep.model)
     while True:
-        trainer, control = make_trainer(prep, reporter, preemption, uploader)
+        trainer, control = make_trainer(prep, reporter, preemption, uploader, history)
         timer.mark("setup")
         start_step = prep.resume.step if prep.resume else 0
         try:
@@ -281,8 +291,9 @@ def _train_or_finish(trainer, resume: ResumePoint | None, total_steps: int) -> f
     return result.metrics.get("train_runtime")
 
 
-def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploader, timer: Timer) -> TerminationMessage:
-    """Adapter, merged model and summary to the output; a failed upload raises StorageError (exit 1)."""
+def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploader, timer: Timer,
+            history: HistoryWriter) -> TerminationMessage:
+    """Adapter, merged model, history and summary to the output; a failed upload raises StorageError (exit 1)."""
     config, out, state = prep.config, prep.out, fitted.state
     adapter_dir = prep.work / contract.ADAPTER_DIR
     trainer.save_model(str(adapter_dir))
@@ -299,10 +310,16 @@ def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploade
         merged_uri = model.merge_and_upload(config, trainer.model, prep.tokenizer, prep.model_dir, prep.work, out,
                                             prep.dtype_name)
         timer.mark("merge")
+    written = history.finish(state.log_history, fitted.eval_before, fitted.eval_after, state.global_step)
+    timer.mark("history")
     facts = _facts(prep, fitted, files, out.uri(contract.ADAPTER_DIR), merged_uri, reporter, timer)
-    facts.servability, facts.how_to_load = verdict.to_wire(), load
+    facts.servability, facts.how_to_load, facts.loss_plot_skipped = verdict.to_wire(), load, written.plot_skipped
+    artifacts = written.artifacts.merged_with(Artifacts(adapter=facts.adapter_uri, merged=merged_uri,
+                                                        summary=out.uri(contract.SUMMARY_FILE)))
+    facts.artifacts = artifacts.to_wire()
     out.put_json(contract.SUMMARY_FILE, build_summary(config, facts))
     log.info("servability: %s", verdict.describe())
+    reporter.artifacts_written(artifacts)
     reporter.finished(state.global_step, fitted.eval_after)
     metrics = Metrics(loss=last_train_loss(facts.log_history), eval_loss=fitted.eval_after,
                       eval_loss_before=fitted.eval_before, learning_rate=reporter.metrics.learning_rate,

@@ -57,6 +57,7 @@ CHECKPOINT_MANIFEST = "manifest.json"  # written last: a checkpoint without it i
 SUMMARY_FILE = "training_summary.json"
 METRICS_FILE = "metrics.jsonl"  # every logged step; refreshed at each checkpoint and at the end
 LOSS_PLOT_FILE = "loss.png"  # train and eval loss against steps; refreshed with metrics.jsonl
+SAMPLES_FILE = "samples.jsonl"  # held-out prompts: reference, base and tuned completions (evaluation.samples)
 
 
 class WireModel(BaseModel):
@@ -120,8 +121,12 @@ class Metrics(WireModel):
     eval_loss_before: Optional[float] = None
     learning_rate: Optional[float] = None
     grad_norm: Optional[float] = None
+    perplexity: Optional[float] = Field(default=None, description="exp(evalLoss) at the end; None on overflow.")
+    eval_loss_change: Optional[float] = Field(
+        default=None, description="evalLoss - evalLossBefore at the end: negative when the fine-tune helped."
+    )
 
-    @field_validator("loss", "eval_loss", "eval_loss_before", "grad_norm")
+    @field_validator("loss", "eval_loss", "eval_loss_before", "grad_norm", "perplexity", "eval_loss_change")
     @classmethod
     def _four_decimals(cls, v: Optional[float]) -> Optional[float]:
         # `kubectl get` prints numbers as stored: 1.5059, not 1.505924129486084.
@@ -221,6 +226,9 @@ class Artifacts(WireModel):
         default=None, description="metrics.jsonl: one JSON row per logged step (refreshed at each checkpoint)."
     )
     loss_plot: Optional[str] = Field(default=None, description="loss.png: train and eval loss against steps.")
+    samples: Optional[str] = Field(
+        default=None, description="samples.jsonl: held-out prompts with the reference, base and tuned completions."
+    )
 
     def merged_with(self, other: "Artifacts") -> "Artifacts":
         """These artifacts with other's URIs added (other wins where both have one)."""

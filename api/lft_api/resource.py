@@ -241,8 +241,8 @@ class LoRAFineTuneStatus(WireModel):
     )
     artifacts: Artifacts | None = Field(
         default=None,
-        description="URIs of the adapter, training_summary.json, metrics.jsonl and loss.png, patched by the trainer "
-        "as each is first written.",
+        description="URIs of the adapter, training_summary.json, metrics.jsonl, loss.png and samples.jsonl, patched by "
+        "the trainer as each is first written.",
     )
 
 

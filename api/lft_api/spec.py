@@ -222,6 +222,23 @@ class StorageSpec(SpecModel):
     region: Optional[str] = Field(default=None, description="S3 region.")
 
 
+class EvaluationSpec(SpecModel):
+    """Did it help? Completions of held-out prompts by the base model and by the tuned one, in samples.jsonl.
+
+    Not part of result_hash: sampling reads the trained result, it does not change it.
+    """
+
+    samples: int = Field(
+        default=3, ge=0, le=32,
+        description=(
+            "Prompts of the eval split (the first N rows; without an eval split, the last N train rows) completed "
+            "greedily by the base model and by the tuned one after training, written to <output>/samples.jsonl "
+            "and the summary. 0 disables."
+        ),
+    )
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Longest completion, in tokens.")
+
+
 class TrainerConfig(SpecModel):
     """Everything the trainer needs: the part of a LoRAFineTune's spec that the operator writes to the ConfigMap."""
 
@@ -232,6 +249,7 @@ class TrainerConfig(SpecModel):
     checkpointing: CheckpointSpec = Field(default_factory=CheckpointSpec)
     output: OutputSpec
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
     @model_validator(mode="after")
     def _assistant_only_needs_messages(self) -> "TrainerConfig":
@@ -243,7 +261,8 @@ class TrainerConfig(SpecModel):
         return self
 
     def result_hash(self) -> str:
-        """sha256 (16 hex digits) of the fields that determine the trained result: model, dataset, lora, training.
+        """sha256 (16 hex digits) of the fields that determine the trained result: model, dataset, lora, training
+        (not checkpointing, output, storage or evaluation: they do not change the weights).
 
         Recorded with the run's identity in checkpoint manifests, the summary and the adapter, so that a
         checkpoint or an adapter can be traced to the settings that made it.

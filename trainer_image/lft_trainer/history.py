@@ -61,3 +61,21 @@ def metrics_rows(log_history: list[dict[str, Any]], eval_before: float | None = 
 
 def to_jsonl(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
+
+
+def perplexity(eval_loss: float | None) -> float | None:
+    """exp(eval loss): None without a loss, or when it overflows a float (or is not finite)."""
+    loss = _number(eval_loss)
+    if loss is None:
+        return None
+    try:
+        value = math.exp(loss)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def eval_loss_change(before: float | None, after: float | None) -> float | None:
+    """after - before (negative: the fine-tune lowered the eval loss); None unless both are known."""
+    before, after = _number(before), _number(after)
+    return None if before is None or after is None else after - before

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from lft_api import contract
 from lft_api.contract import Artifacts, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress
 
+from .history import eval_loss_change, perplexity
 from .retry import scrub
 
 log = logging.getLogger("lft_trainer.progress")
@@ -59,8 +60,10 @@ class ProgressEvent:
             "learningRate": m.learning_rate, "gradNorm": m.grad_norm, "tokensPerSecond": p.tokens_per_second,
             "etaSeconds": p.eta_seconds,
         }
-        if m.eval_loss_before is not None:
-            out["evalLossBefore"] = m.eval_loss_before
+        for key, value in (("evalLossBefore", m.eval_loss_before), ("perplexity", m.perplexity),
+                           ("evalLossChange", m.eval_loss_change)):
+            if value is not None:
+                out[key] = value
         if p.resumed_from_step is not None:
             out["resumedFromStep"] = p.resumed_from_step
         if self.checkpoint is not None:
@@ -306,10 +309,14 @@ class Reporter:
             self.artifacts = merged
         self._emit("artifacts")
 
-    def finished(self, step: int, eval_loss: float | None) -> None:
+    def finished(self, step: int, eval_loss: float | None, eval_loss_before: float | None = None) -> None:
+        """The end: the final eval loss, its perplexity and its change since before step 1 (from
+        eval_loss_before when given, unrounded; else from the metrics' 4-decimal one)."""
         with self._lock:
             self._set_progress(step=step)
-            self._set_metrics(eval_loss=_round(eval_loss, 6))
+            before = eval_loss_before if eval_loss_before is not None else self.metrics.eval_loss_before
+            self._set_metrics(eval_loss=_round(eval_loss, 6), perplexity=perplexity(eval_loss),
+                              eval_loss_change=eval_loss_change(before, eval_loss))
         self._emit("end")
 
     # -- internals ------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from lft_api.contract import FileDigest, RunIdentity
 from lft_api.spec import TrainerConfig
 
 from .checkpoints import RUN_IDENTITY_KEY
+from .history import perplexity
 
 
 @dataclass
@@ -75,6 +76,7 @@ class RunFacts:
     how_to_load: str | None = None  # a Python snippet that loads the adapter onto its base
     artifacts: dict[str, str] = field(default_factory=dict)  # contract.Artifacts: the files under the output
     loss_plot_skipped: str | None = None  # why loss.png was not drawn (e.g. matplotlib is not installed)
+    samples: dict[str, Any] | None = None  # samples.py: held-out prompts, base and tuned completions
 
 
 def last_train_loss(history: list[dict]) -> float | None:
@@ -99,7 +101,9 @@ def build_summary(config: TrainerConfig, facts: RunFacts) -> dict[str, Any]:
         **({"lossPlotSkipped": facts.loss_plot_skipped} if facts.loss_plot_skipped else {}),
         "metrics": {"trainLoss": last_train_loss(facts.log_history), "evalLossBefore": before, "evalLossAfter": after,
                     "evalLossImprovement": before - after if before is not None and after is not None else None,
+                    "perplexityAfter": perplexity(after),
                     "trainRuntimeSeconds": facts.train_runtime, "trainTokensPerSecond": facts.tokens_per_second},
+        **({"samples": facts.samples} if facts.samples is not None else {}),
         "steps": facts.steps,
         "totalSteps": facts.total_steps,
         "epochs": facts.epochs,

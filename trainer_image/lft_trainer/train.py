@@ -28,6 +28,7 @@ from .errors import InvalidInput
 from .ownership import ADAPTER_IDENTITY_FILE, run_identity
 from .progress import Reporter, StdoutSink, make_callback
 from .resume import ResumePoint, find_resume_point
+from .samples import write_samples
 from .sft_args import sft_kwargs
 from .storage import Storage
 from .summary import RunFacts, Timer, build_summary, last_train_loss, library_versions
@@ -312,18 +313,20 @@ def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploade
         timer.mark("merge")
     written = history.finish(state.log_history, fitted.eval_before, fitted.eval_after, state.global_step)
     timer.mark("history")
+    sampled = write_samples(prep, out)
+    timer.mark("samples")
     facts = _facts(prep, fitted, files, out.uri(contract.ADAPTER_DIR), merged_uri, reporter, timer)
     facts.servability, facts.how_to_load, facts.loss_plot_skipped = verdict.to_wire(), load, written.plot_skipped
-    artifacts = written.artifacts.merged_with(Artifacts(adapter=facts.adapter_uri, merged=merged_uri,
-                                                        summary=out.uri(contract.SUMMARY_FILE)))
+    facts.samples = sampled.summary
+    artifacts = written.artifacts.merged_with(sampled.artifacts).merged_with(Artifacts(
+        adapter=facts.adapter_uri, merged=merged_uri, summary=out.uri(contract.SUMMARY_FILE)))
     facts.artifacts = artifacts.to_wire()
     out.put_json(contract.SUMMARY_FILE, build_summary(config, facts))
     log.info("servability: %s", verdict.describe())
     reporter.artifacts_written(artifacts)
-    reporter.finished(state.global_step, fitted.eval_after)
-    metrics = Metrics(loss=last_train_loss(facts.log_history), eval_loss=fitted.eval_after,
-                      eval_loss_before=fitted.eval_before, learning_rate=reporter.metrics.learning_rate,
-                      grad_norm=reporter.metrics.grad_norm)
+    reporter.finished(state.global_step, fitted.eval_after, fitted.eval_before)
+    metrics = Metrics.model_validate({**reporter.metrics.model_dump(), "loss": last_train_loss(facts.log_history),
+                                      "eval_loss_before": fitted.eval_before})  # validated: 4 decimals
     return TerminationMessage(
         outcome="succeeded", reason="Completed",
         message=f"trained {state.global_step} steps; eval loss {_fmt(fitted.eval_before)} -> {_fmt(fitted.eval_after)}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -121,6 +122,7 @@ def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monke
     assert all(e["tokensPerSecond"] > 0 for e in logs[1:])
     assert any(e["kind"] == "checkpoint" for e in events)
     check_history(s3_bucket, summary, events)
+    check_samples(s3_bucket, summary, events, term)
 
     # PEFT loads the adapter from what was uploaded, and it changes the logits.
     import torch
@@ -190,7 +192,7 @@ def check_history(s3_bucket, summary: dict, events: list[dict]) -> None:
     arts = summary["artifacts"]
     assert {k: v for k, v in arts.items() if k != "lossPlot"} == {
         "adapter": f"{base}/adapter", "merged": f"{base}/merged", "summary": f"{base}/training_summary.json",
-        "metrics": f"{base}/metrics.jsonl"}
+        "metrics": f"{base}/metrics.jsonl", "samples": f"{base}/samples.jsonl"}
     keys = s3_bucket.keys("run/")
     assert all(any(k == uri[len(base) - 3:] or k.startswith(uri[len(base) - 3:] + "/") for k in keys)
                for uri in arts.values())
@@ -204,6 +206,26 @@ def check_history(s3_bucket, summary: dict, events: list[dict]) -> None:
     reported = [e for e in events if e["kind"] == "artifacts"]
     assert reported[0]["step"] < 40 and reported[0]["artifacts"]["metrics"] == f"{base}/metrics.jsonl"
     assert reported[-1]["artifacts"] == arts and events[-1]["artifacts"] == arts
+
+
+def check_samples(s3_bucket, summary: dict, events: list[dict], term: dict) -> None:
+    """evaluation.samples (default 3): the first eval rows, completed by the base and the tuned model; the end
+    metrics: perplexity and the eval loss change (the Eval-Δ printer column)."""
+    rows = [json.loads(line) for line in s3_bucket.get_bytes("run/samples.jsonl").decode().splitlines()]
+    assert len(rows) == 3 and all(list(r) == ["prompt", "reference", "baseOutput", "tunedOutput"] for r in rows)
+    assert all(r["prompt"].endswith("<|assistant|>\n") and r["reference"] for r in rows), rows
+    # The random base model babbles; 40 steps at a high rate teach the tiny model the dataset's answers.
+    assert any(r["baseOutput"] != r["tunedOutput"] for r in rows), rows
+    block = summary["samples"]
+    assert block["heldOut"] is True and block["count"] == 3 and block["maxNewTokens"] == 64
+    assert block["rows"] == rows and block["seconds"] >= 0 and "stoppedEarly" not in block
+    m, end = summary["metrics"], events[-1]
+    change = m["evalLossAfter"] - m["evalLossBefore"]
+    assert end["evalLossChange"] == pytest.approx(change, abs=1e-4) and end["evalLossChange"] < -1.0
+    assert end["perplexity"] == pytest.approx(math.exp(m["evalLossAfter"]), rel=1e-3)
+    assert m["perplexityAfter"] == pytest.approx(math.exp(m["evalLossAfter"]))
+    assert term["metrics"]["evalLossChange"] == end["evalLossChange"]
+    assert term["metrics"]["perplexity"] == end["perplexity"]
 
 
 def test_run_completes_through_a_storage_outage(s3_bucket, flaky_proxy, tiny_model, tmp_path, monkeypatch, capsys):
@@ -281,6 +303,10 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
     assert rows[0]["evalLoss"] == pytest.approx(summary["metrics"]["evalLossBefore"])
     steps = [e["step"] for e in progress_lines(second.stdout) if e["kind"] == "log"]
     assert steps and steps[0] > stopped_at  # no step was trained twice
+    # The resumed attempt regenerates the base outputs with the adapter disabled.
+    samples = summary["samples"]["rows"]
+    assert len(samples) == 3 and all(r["baseOutput"] is not None and r["tunedOutput"] is not None for r in samples)
+    assert term2["metrics"]["evalLossChange"] < 0
 
 
 def test_adapter_of_a_base_from_s3_names_the_uri_not_the_pod_s_copy(s3_bucket, tiny_model, tmp_path, monkeypatch,
@@ -333,6 +359,7 @@ def test_two_processes_with_gloo(s3_bucket, s3_server, tiny_model, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 12
     keys = s3_bucket.keys("ddp/")
     assert "ddp/checkpoints/checkpoint-12/manifest.json" in keys and "ddp/adapter/adapter_model.safetensors" in keys
+    assert len(s3_bucket.get_bytes("ddp/samples.jsonl").decode().splitlines()) == 3  # rank 0 only, once
 
 
 def test_assistant_only_loss_and_prompt_completion_rows(tiny_model, tmp_path, monkeypatch, capsys):
@@ -349,10 +376,15 @@ def test_assistant_only_loss_and_prompt_completion_rows(tiny_model, tmp_path, mo
     pc.write_text("".join(json.dumps({"prompt": m[-2]["content"], "completion": m[-1]["content"]}) + "\n" for m in rows))
     cfg = config(tiny_model, f"file://{tmp_path}/out2", "http://unused", dataset=str(pc), maxSteps=4, evalSteps=4)
     cfg.pop("storage")
+    cfg["dataset"]["evalFraction"] = 0  # no eval split: the samples are the last train rows, not held out
+    cfg["evaluation"] = {"samples": 2, "maxNewTokens": 8}
     code, _ = run_in_process(cfg, tmp_path, monkeypatch)
     assert code == 0, capsys.readouterr().out[-3000:]
     summary = json.loads((tmp_path / "out2/training_summary.json").read_text())
     assert summary["dataset"]["format"] == "prompt-completion" and summary["steps"] == 4
+    samples = [json.loads(x) for x in (tmp_path / "out2/samples.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["reference"]) for r in samples] == [(m[-2]["content"], m[-1]["content"]) for m in rows[-2:]]
+    assert summary["samples"]["heldOut"] is False and summary["samples"]["maxNewTokens"] == 8
 
 
 def test_resume_from_the_final_checkpoint_trains_no_extra_step(s3_bucket, tiny_model, tmp_path, monkeypatch,

@@ -51,7 +51,7 @@ PRINTER_COLUMNS = [
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.display"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss"},
     # Eval loss after - before: negative when the fine-tune helped (set when the run ends).
-    {"name": "Eval-Δ", "type": "number", "jsonPath": ".status.metrics.evalLossChange"},
+    {"name": "EvalChange", "type": "number", "jsonPath": ".status.metrics.evalLossChange"},
     {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},

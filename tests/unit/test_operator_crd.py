@@ -56,7 +56,7 @@ def test_printer_columns():
         "Phase",
         "Progress",
         "Loss",
-        "Eval-Δ",
+        "EvalChange",
         "ETA",
         "Age",
     ]
@@ -64,7 +64,7 @@ def test_printer_columns():
     assert cols["Progress"]["jsonPath"] == ".status.progress.display"
     assert cols["ETA"]["jsonPath"] == ".status.progress.eta"
     assert cols["Loss"]["jsonPath"] == ".status.metrics.loss"
-    assert cols["Eval-Δ"] == {"name": "Eval-Δ", "type": "number", "jsonPath": ".status.metrics.evalLossChange"}
+    assert cols["EvalChange"] == {"name": "EvalChange", "type": "number", "jsonPath": ".status.metrics.evalLossChange"}
     assert cols["Adapter"]["jsonPath"] == ".status.adapter.uri"
     assert cols["Age"]["type"] == "date"
 

@@ -89,19 +89,21 @@ def test_kubectl_get_shows_progress_loss_eta_and_wide_columns(kube, namespace, o
     # What the trainer sends (as its own ServiceAccount), rate-limited, while it trains.
     as_trainer = {"Impersonate-User": f"system:serviceaccount:{namespace}:visible-trainer"}
     body = status_patch(
-        progress=Progress.build(12, 30, epoch=0.4, eta_seconds=200), metrics=Metrics(loss=1.2345, learning_rate=2e-4)
+        progress=Progress.build(12, 30, epoch=0.4, eta_seconds=200),
+        metrics=Metrics(loss=1.2345, learning_rate=2e-4, eval_loss_change=-0.5)
     )
     kube.merge_patch(kube.lft_path(namespace, "visible", "status"), body, headers=as_trainer)
 
     (row,) = _kubectl_rows(kube, namespace)
-    assert list(row) == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
+    assert list(row) == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVALCHANGE", "ETA", "AGE"]
     assert row["NAME"] == "visible" and row["PHASE"] == "Running"
     assert row["PROGRESS"] == "12/30 (40%)"
-    assert row["LOSS"] == "1.2345"
+    assert row["LOSS"] == "1.2345" and row["EVALCHANGE"] == "-0.5"
     assert row["ETA"] == "3m20s"
 
     (wide,) = _kubectl_rows(kube, namespace, "-o", "wide")
-    assert list(wide) == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE", "MODEL", "ATTEMPTS", "ADAPTER"]
+    assert list(wide) == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVALCHANGE", "ETA", "AGE", "MODEL", "ATTEMPTS",
+                          "ADAPTER"]
     assert wide["MODEL"] == "/opt/lft/models/tiny-phi3" and wide["ATTEMPTS"] == "1"
 
     # The operator keeps the trainer's fields: another reconcile (the pod ends) leaves them alone.

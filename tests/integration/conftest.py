@@ -33,6 +33,7 @@ from tests.support.kube import (
     Operator,
     wait_until,
 )
+from tests.support.trainer_run import DATASET
 
 # --- fixtures ---------------------------------------------------------------------------------
 
@@ -97,6 +98,14 @@ def namespace(kube: Kube) -> Iterator[str]:
     yield name
     kube.delete(f"/api/v1/namespaces/{name}")
     kube.remove_pods(name)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Phi-3 model and tokenizer, built offline (seconds)."""
+    from lft_trainer import tiny_model as tiny
+
+    return tiny.build(tmp_path_factory.mktemp("tiny") / "model", DATASET)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lft_trainer import attention, performance, probes, train
-from tests.integration.test_trainer_s3 import config, run_in_process, tiny_model  # noqa: F401 (fixture)
+from tests.support.trainer_run import config, run_in_process
 
 GIB = 1024**3
 
@@ -52,7 +52,7 @@ def oom_above(monkeypatch, limit: int, at_step: int = 0) -> list[int]:
     return tried
 
 
-def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tiny_model, tmp_path,  # noqa: F811
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tiny_model, tmp_path,
                                                                              monkeypatch, capsys, pretend_gpu):
     tried = oom_above(monkeypatch, limit=8)
     cfg = config(tiny_model, f"file://{tmp_path}/out", "http://unused", maxSteps=4, evalSteps=4, batchSize=None,
@@ -69,7 +69,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tiny
     assert [(p["microBatchSize"], p["gradientAccumulationSteps"]) for p in plans] == [(32, 1), (16, 2), (8, 4)]
 
 
-def test_out_of_memory_with_a_given_batch_size_ends_as_out_of_memory(tiny_model, tmp_path, monkeypatch,  # noqa: F811
+def test_out_of_memory_with_a_given_batch_size_ends_as_out_of_memory(tiny_model, tmp_path, monkeypatch,
                                                                       pretend_gpu):
     oom_above(monkeypatch, limit=8)
     cfg = config(tiny_model, f"file://{tmp_path}/out", "http://unused", maxSteps=4, evalSteps=4, batchSize=16,
@@ -80,7 +80,7 @@ def test_out_of_memory_with_a_given_batch_size_ends_as_out_of_memory(tiny_model,
     assert "the micro-batch was given" in term["message"] and "estimated" in term["message"]
 
 
-def test_out_of_memory_after_some_steps_starts_again_from_the_same_weights(tiny_model, tmp_path,  # noqa: F811
+def test_out_of_memory_after_some_steps_starts_again_from_the_same_weights(tiny_model, tmp_path,
                                                                             monkeypatch, pretend_gpu):
     """The restarted run is the run that would have started at the smaller micro-batch: same adapter."""
     from safetensors.torch import load_file
@@ -120,7 +120,7 @@ def _loss_and_grads(model_dir, impl: str, batch: dict) -> tuple[float, torch.Ten
     return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-def test_padding_free_varlen_batch_trains_on_the_same_loss_as_the_padded_batch(tiny_model):  # noqa: F811
+def test_padding_free_varlen_batch_trains_on_the_same_loss_as_the_padded_batch(tiny_model):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     rows = _rows()
@@ -133,7 +133,7 @@ def test_padding_free_varlen_batch_trains_on_the_same_loss_as_the_padded_batch(t
     assert torch.allclose(grad_varlen, grad_padded, rtol=1e-4, atol=1e-6)
 
 
-def test_length_grouped_micro_batches_keep_every_row_and_the_loss_per_token(tiny_model):  # noqa: F811
+def test_length_grouped_micro_batches_keep_every_row_and_the_loss_per_token(tiny_model):
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 

@@ -21,57 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from lft_api.spec import TrainerConfig
 from tests.support.status_api import StatusApi
+from tests.support.tools import ROOT
+from tests.support.trainer_run import DATASET, config, progress_lines, run_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[2]
-DATASET = REPO / "examples/data/chat_tiny.jsonl"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from lft_trainer import tiny_model
-
-    return tiny_model.build(tmp_path_factory.mktemp("tiny") / "model", DATASET)
-
-
-def config(model: Path | str, output: str, endpoint: str, dataset: str = str(DATASET), **training) -> dict:
-    t = {"maxSteps": 40, "learningRate": 3e-3, "batchSize": 8, "gradientAccumulationSteps": 1, "maxLength": 128,
-         "loggingSteps": 5, "evalSteps": 20, **training}
-    return TrainerConfig.model_validate({
-        "model": {"name": str(model)}, "dataset": {"uri": dataset, "evalFraction": 0.1},
-        "training": t, "checkpointing": {"everySteps": 20, "keepLast": 1},
-        "output": {"uri": output}, "storage": {"endpointUrl": endpoint},
-    }).to_wire()
-
-
-def run_in_process(cfg: dict, tmp_path: Path, monkeypatch) -> tuple[int, dict]:
-    """`python -m lft_trainer` in this process (saves the imports' seconds); returns (exit code, termination msg)."""
-    from lft_trainer.__main__ import main
-
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(cfg))
-    monkeypatch.setenv("LFT_TERMINATION_LOG", str(tmp_path / "termination-log"))
-    monkeypatch.setenv("LFT_WORK_DIR", str(tmp_path / "work"))
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        code = main(["--config", str(path)])
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # main installs the trainer's SIGTERM handler
-    return code, json.loads((tmp_path / "termination-log").read_text())
-
-
-def progress_lines(text: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            obj = json.loads(line)
-            if obj.get("event") == "progress":
-                out.append(obj)
-    return out
-
 
 def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys, caplog):
     caplog.set_level("INFO", logger="lft_trainer.train")
@@ -252,7 +206,7 @@ def test_run_completes_through_a_storage_outage(s3_bucket, flaky_proxy, tiny_mod
 def _subprocess_env(s3_server, tmp_path: Path, name: str, uid: str | None = None) -> dict:
     env = {**os.environ, **s3_server.env(), "LFT_TERMINATION_LOG": str(tmp_path / f"{name}.term"),
            "LFT_WORK_DIR": str(tmp_path / f"{name}-work"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "api"), str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "api"), str(ROOT / "trainer_image"), os.environ.get("PYTHONPATH", "")])}
     for var in ("LFT_NAME", "LFT_NAMESPACE", "LFT_UID"):  # no identity: a run and its re-run are the same run
         env.pop(var, None)
     if uid:

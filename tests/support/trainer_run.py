@@ -1,0 +1,49 @@
+"""Running the trainer in a test: the tiny-model config, `python -m lft_trainer` in this process, and its
+progress lines. Shared by the trainer integration tests (the tiny_model fixture is in their conftest)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from lft_api.spec import TrainerConfig
+from tests.support.tools import ROOT
+
+DATASET = ROOT / "examples/data/chat_tiny.jsonl"
+
+
+def config(model: Path | str, output: str, endpoint: str, dataset: str = str(DATASET), **training) -> dict:
+    t = {"maxSteps": 40, "learningRate": 3e-3, "batchSize": 8, "gradientAccumulationSteps": 1, "maxLength": 128,
+         "loggingSteps": 5, "evalSteps": 20, **training}
+    return TrainerConfig.model_validate({
+        "model": {"name": str(model)}, "dataset": {"uri": dataset, "evalFraction": 0.1},
+        "training": t, "checkpointing": {"everySteps": 20, "keepLast": 1},
+        "output": {"uri": output}, "storage": {"endpointUrl": endpoint},
+    }).to_wire()
+
+
+def run_in_process(cfg: dict, tmp_path: Path, monkeypatch) -> tuple[int, dict]:
+    """`python -m lft_trainer` in this process (saves the imports' seconds); returns (exit code, termination msg)."""
+    from lft_trainer.__main__ import main
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    monkeypatch.setenv("LFT_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    monkeypatch.setenv("LFT_WORK_DIR", str(tmp_path / "work"))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(["--config", str(path)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main installs the trainer's SIGTERM handler
+    return code, json.loads((tmp_path / "termination-log").read_text())
+
+
+def progress_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            obj = json.loads(line)
+            if obj.get("event") == "progress":
+                out.append(obj)
+    return out

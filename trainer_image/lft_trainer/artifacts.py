@@ -11,7 +11,6 @@ once) and metrics.jsonl is still written.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from lft_api.contract import Artifacts
 
 from .history import metrics_rows, to_jsonl
 from .loss_plot import PlotUnavailable, plot_loss
+from .progress import RateLimiter
 from .retry import describe
 from .storage import Storage
 
@@ -86,8 +86,7 @@ class HistoryWriter:
         self.out, self.local_dir, self.title, self.on_written = out, local_dir, title, on_written
         self.writes = 0
         self.failures = 0
-        self._clock = clock
-        self._last_error_log = -math.inf
+        self._error_log = RateLimiter(60.0, clock)  # a failure is logged at most once a minute
         self._pending: tuple[list[dict[str, Any]], float | None] | None = None
         self._closed = False
         self._cond = threading.Condition()
@@ -133,6 +132,5 @@ class HistoryWriter:
                     self.on_written(written.artifacts)
             except Exception as exc:  # never stops training
                 self.failures += 1
-                if self._clock() - self._last_error_log >= 60:
-                    self._last_error_log = self._clock()
+                if self._error_log.allow():
                     log.warning("refreshing metrics.jsonl/loss.png failed (training goes on): %s", describe(exc))

@@ -98,20 +98,17 @@ def load_tokenizer(config: TrainerConfig, model_dir: str):
     return tok
 
 
-def load_model(config: TrainerConfig, model_dir: str, cuda: bool, dtype_name: str, plan=None):
-    """plan: performance.Plan (attention kernel, gradient checkpointing); None: the spec as given."""
+def load_model(config: TrainerConfig, model_dir: str, cuda: bool, dtype_name: str, plan):
+    """plan: performance.Plan (the attention kernel; gradient checkpointing for k-bit preparation)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = dict(revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
                                   dtype=getattr(torch, dtype_name))
-    attn = plan.attention if plan is not None else (
-        None if config.model.attn_implementation == "auto" else config.model.attn_implementation)
-    if attn == ATTENTION_NAME:
+    if plan.attention == ATTENTION_NAME:
         register_varlen_attention()
-    if attn is not None:
-        kwargs["attn_implementation"] = attn
-    checkpointing = plan.checkpointing if plan is not None else config.training.gradient_checkpointing is not False
+    if plan.attention is not None:
+        kwargs["attn_implementation"] = plan.attention
     q = config.lora.quantization
     if q != "none":
         from transformers import BitsAndBytesConfig
@@ -131,7 +128,7 @@ def load_model(config: TrainerConfig, model_dir: str, cuda: bool, dtype_name: st
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(checkpointing and cuda),
+            model, use_gradient_checkpointing=bool(plan.checkpointing and cuda),
             gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 

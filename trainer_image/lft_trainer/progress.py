@@ -185,8 +185,7 @@ class StatusSink:
         self.limiter = RateLimiter(min_interval, clock)
         self.patches = 0
         self.failures = 0
-        self._last_error_log = -math.inf
-        self._clock = clock
+        self._error_log = RateLimiter(60.0, clock)  # a failed patch is logged at most once a minute
         self._lock = threading.Lock()  # the checkpoint uploader's thread emits too
 
     def emit(self, event: ProgressEvent) -> None:
@@ -198,8 +197,7 @@ class StatusSink:
                 self.patches += 1
             except Exception as exc:
                 self.failures += 1
-                if self._clock() - self._last_error_log >= 60:
-                    self._last_error_log = self._clock()
+                if self._error_log.allow():
                     log.warning("status patch failed (training goes on): %s", _describe_http_error(exc))
 
 

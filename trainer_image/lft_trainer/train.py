@@ -223,10 +223,10 @@ def fit_within_memory(prep: Prepared, reporter: Reporter, preemption: Preemption
     (Plan.halved), from the same weights; otherwise, or when that is used up, the run ends with reason
     OutOfMemory, the estimate and what to change."""
     initial = sizing.trainable_snapshot(prep.model)
+    start_step = prep.resume.step if prep.resume else 0
     while True:
         trainer, control = make_trainer(prep, reporter, preemption, uploader, history)
         timer.mark("setup")
-        start_step = prep.resume.step if prep.resume else 0
         try:
             return trainer, fit(prep, trainer, control, reporter, preemption, uploader, timer)
         except Exception as exc:

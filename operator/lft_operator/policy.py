@@ -82,7 +82,7 @@ class TolerationRule(_Model):
 
 
 class Policy(_Model):
-    allowed_images: tuple[str, ...] | None = None
+    allowed_images: tuple[str, ...] = ()  # empty: the trainer image's repository (image_patterns)
     allowed_volume_kinds: tuple[str, ...] = DEFAULT_VOLUME_KINDS
     allowed_service_accounts: tuple[str, ...] = ()
     allowed_secrets: tuple[str, ...] = ()

@@ -17,6 +17,9 @@ Rules (Helm / JSON names):
   generated per-run ServiceAccount).
 - allowedSecrets: Secrets a pod may read besides the storage Secret, in env (valueFrom.secretKeyRef),
   secret volumes and projected secret sources (default none).
+- allowTrustRemoteCode: whether spec.model.trustRemoteCode may be true (default false): it runs Python
+  code from the model's repository in the trainer pod, with the pod's Secrets in its environment,
+  which would make the image rule moot.
 - allowedStorageSecrets, allowedTolerations, allowedPriorityClasses, allowedNodeSelectors: optional
   allow lists; unset (null) allows anything, an empty list nothing. While allowedNodeSelectors is set,
   spec.affinity.nodeAffinity (another way to pick nodes) is refused.
@@ -86,6 +89,7 @@ class Policy(_Model):
     allowed_volume_kinds: tuple[str, ...] = DEFAULT_VOLUME_KINDS
     allowed_service_accounts: tuple[str, ...] = ()
     allowed_secrets: tuple[str, ...] = ()
+    allow_trust_remote_code: bool = False
     allowed_storage_secrets: tuple[str, ...] | None = None
     allowed_tolerations: tuple[TolerationRule, ...] | None = None
     allowed_priority_classes: tuple[str, ...] | None = None
@@ -131,6 +135,7 @@ def violations(spec: LoRAFineTuneSpec, policy: Policy, trainer_image: str, stora
     template = spec.pod_template
     return [
         *_image(spec.image, policy, trainer_image),
+        *_remote_code(spec.model.trust_remote_code, policy),
         *_volume_kinds(template.volumes, policy),
         *_service_account(template.service_account_name, policy),
         *_secret_refs(template.env, template.volumes, policy, storage_secret),
@@ -149,6 +154,15 @@ def _image(image: str | None, policy: Policy, trainer_image: str) -> list[str]:
     if any(fnmatchcase(image, p) for p in patterns):
         return []
     return [f"spec.image {_q(image)} is not an allowed trainer image (policy.allowedImages: {_names(patterns)})"]
+
+
+def _remote_code(trust: bool, policy: Policy) -> list[str]:
+    if not trust or policy.allow_trust_remote_code:
+        return []
+    return [
+        "spec.model.trustRemoteCode true is not allowed: it runs code from the model's repository in the trainer "
+        "pod (policy.allowTrustRemoteCode: false)"
+    ]
 
 
 def volume_kinds(volume: dict[str, Any]) -> list[str]:

@@ -40,6 +40,11 @@ REFUSED = {
         {"image": "evil/miner:1"},
         'spec.image "evil/miner:1" is not an allowed trainer image (policy.allowedImages: lft/trainer:*, lft/trainer@*)',
     ),
+    "remote-code": (
+        {"model": {"name": "/opt/lft/models/tiny-phi3", "trustRemoteCode": True}},
+        "spec.model.trustRemoteCode true is not allowed: it runs code from the model's repository in the trainer "
+        "pod (policy.allowTrustRemoteCode: false)",
+    ),
     "volume": (
         {"podTemplate": {"volumes": [{"name": "host", "hostPath": {"path": "/"}}]}},
         f'spec.podTemplate.volumes[0] ("host") has kind hostPath, not an allowed volume kind (policy.allowedVolumeKinds: {KINDS})',

@@ -201,6 +201,7 @@ policy:
   allowedVolumeKinds: [emptyDir, hostPath]
   allowedServiceAccounts: [workload-id]
   allowedSecrets: [hf-token]
+  allowTrustRemoteCode: true
   allowedStorageSecrets: [s3-credentials]
   allowedTolerations: [{key: nvidia.com/gpu, effect: NoSchedule}]
   allowedPriorityClasses: []
@@ -222,6 +223,7 @@ def test_policy_values_reach_the_operator(tmp_path) -> None:
         allowed_volume_kinds=("emptyDir", "hostPath"),
         allowed_service_accounts=("workload-id",),
         allowed_secrets=("hf-token",),
+        allow_trust_remote_code=True,
         allowed_storage_secrets=("s3-credentials",),
         allowed_tolerations=(TolerationRule(key="nvidia.com/gpu", effect="NoSchedule"),),
         allowed_priority_classes=(),

@@ -61,6 +61,15 @@ def test_image_repository():
     assert Policy().image_patterns("reg:5000/t:1") == ("reg:5000/t:*", "reg:5000/t@*")
 
 
+def test_trust_remote_code_only_when_the_admin_allows_it():
+    assert check(model={"name": "m", "trustRemoteCode": False}) == []
+    assert check(model={"name": "m", "trustRemoteCode": True}) == [
+        "spec.model.trustRemoteCode true is not allowed: it runs code from the model's repository in the trainer "
+        "pod (policy.allowTrustRemoteCode: false)"
+    ]
+    assert check(Policy(allow_trust_remote_code=True), model={"name": "m", "trustRemoteCode": True}) == []
+
+
 # --- volumes ----------------------------------------------------------------------------------
 
 
@@ -299,6 +308,7 @@ def test_policy_from_the_environment():
         "allowedVolumeKinds": ["emptyDir"],
         "allowedServiceAccounts": ["wi"],
         "allowedSecrets": ["hf-token"],
+        "allowTrustRemoteCode": True,
         "allowedStorageSecrets": None,
         "allowedTolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
         "allowedPriorityClasses": [],
@@ -307,6 +317,7 @@ def test_policy_from_the_environment():
     s = Settings.from_env({"LFT_POLICY": json.dumps(policy)}).policy
     assert s.allowed_images == ("reg/*",) and s.allowed_volume_kinds == ("emptyDir",)
     assert s.allowed_service_accounts == ("wi",) and s.allowed_secrets == ("hf-token",)
+    assert s.allow_trust_remote_code is True
     assert s.allowed_storage_secrets is None and s.allowed_priority_classes == ()
     assert s.allowed_tolerations == (TolerationRule(key="nvidia.com/gpu", effect="NoSchedule"),)
     assert s.allowed_node_selectors == {"pool": ("a", "b")}

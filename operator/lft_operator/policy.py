@@ -167,7 +167,7 @@ def _remote_code(trust: bool, policy: Policy) -> list[str]:
 
 def volume_kinds(volume: dict[str, Any]) -> list[str]:
     """The source fields of a core/v1 Volume; none is an emptyDir (Kubernetes' default)."""
-    return [key for key in volume if key != "name"] or ["emptyDir"]
+    return [key for key in volume if key.lower() != "name"] or ["emptyDir"]
 
 
 def _volume_kinds(volumes: list[dict[str, Any]], policy: Policy) -> list[str]:
@@ -190,19 +190,31 @@ def _service_account(name: str | None, policy: Policy) -> list[str]:
     ]
 
 
+def _field(obj: Any, name: str) -> Any:
+    """obj[name] of a free-form object, None for anything else; the name matched without case, as
+    case-insensitive JSON decoders (older API servers) would read it."""
+    if not isinstance(obj, dict):
+        return None
+    return next((value for key, value in obj.items() if isinstance(key, str) and key.lower() == name.lower()), None)
+
+
 def secret_refs(env: list[dict[str, Any]], volumes: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    """(field path, Secret name) of every Secret the pod template reads."""
+    """(field path, Secret name) of every Secret the pod template reads. Malformed entries are left to
+    the API server, which refuses the Job (JobInvalid)."""
     refs: list[tuple[str, Any]] = []
     for i, var in enumerate(env):
-        ref = (var.get("valueFrom") or {}).get("secretKeyRef")
-        if isinstance(ref, dict):
-            refs.append((f"spec.podTemplate.env[{i}].valueFrom.secretKeyRef.name", ref.get("name")))
+        ref = _field(_field(var, "valueFrom"), "secretKeyRef")
+        if ref is not None:
+            refs.append((f"spec.podTemplate.env[{i}].valueFrom.secretKeyRef.name", _field(ref, "name")))
     for i, volume in enumerate(volumes):
-        if isinstance(volume.get("secret"), dict):
-            refs.append((f"spec.podTemplate.volumes[{i}].secret.secretName", volume["secret"].get("secretName")))
-        for j, source in enumerate((volume.get("projected") or {}).get("sources") or []):
-            if isinstance(source, dict) and isinstance(source.get("secret"), dict):
-                refs.append((f"spec.podTemplate.volumes[{i}].projected.sources[{j}].secret.name", source["secret"].get("name")))
+        secret = _field(volume, "secret")
+        if secret is not None:
+            refs.append((f"spec.podTemplate.volumes[{i}].secret.secretName", _field(secret, "secretName")))
+        sources = _field(_field(volume, "projected"), "sources")
+        for j, source in enumerate(sources if isinstance(sources, list) else []):
+            secret = _field(source, "secret")
+            if secret is not None:
+                refs.append((f"spec.podTemplate.volumes[{i}].projected.sources[{j}].secret.name", _field(secret, "name")))
     return refs
 
 
@@ -256,7 +268,7 @@ def _node_selection(selector: dict[str, str], affinity: dict[str, Any] | None, p
         for key, value in selector.items()
         if not any(fnmatchcase(value, pattern) for pattern in allowed.get(key, ()))
     ]
-    if (affinity or {}).get("nodeAffinity"):
+    if _field(affinity, "nodeAffinity"):
         out.append(
             "spec.affinity.nodeAffinity is not allowed while the policy limits node selection "
             f"(policy.allowedNodeSelectors: {shown}): choose nodes with spec.nodeSelector"

@@ -153,6 +153,23 @@ def test_secret_volumes_and_projected_secrets_follow_the_same_rule():
     assert check(Policy(allowed_secrets=("db-password", "tls")), "s3", **template(volumes=volumes)) == []
 
 
+def test_secret_references_are_found_whatever_their_case_and_malformed_ones_do_not_crash():
+    shouty = [{"name": "X", "valueFrom": {"SecretKeyRef": {"Name": "db-password", "key": "p"}}}]
+    assert check(None, "s3", **template(env=shouty)) == [
+        'spec.podTemplate.env[0].valueFrom.secretKeyRef.name "db-password" is not an allowed Secret '
+        '(allowed: the storage Secret "s3" and policy.allowedSecrets: none)'
+    ]
+    malformed = template(
+        env=[{"name": "A", "valueFrom": "s3"}, {"name": "B", "valueFrom": {"secretKeyRef": "db"}}],
+        volumes=[{"name": "p", "projected": "x"}, {"name": "q", "projected": {"sources": {"secret": {}}}},
+                 {"name": "r", "secret": "x"}],
+    )
+    assert [m.split(" ")[0] for m in check(None, "s3", affinity={"nodeAffinity": "x"}, **malformed)] == [
+        "spec.podTemplate.env[1].valueFrom.secretKeyRef.name",
+        "spec.podTemplate.volumes[2].secret.secretName",
+    ]
+
+
 def test_the_operators_default_storage_secret_counts_as_the_storage_secret():
     spec = {**BASE, **template(env=[secret_env("K", "cluster-s3")])}
     assert validate(spec, "run", Settings(default_storage_secret="cluster-s3"))[1] == []

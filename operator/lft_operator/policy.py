@@ -46,10 +46,7 @@ VOLUME_KINDS = (
     "hostPath", "image", "iscsi", "nfs", "persistentVolumeClaim", "photonPersistentDisk", "portworxVolume",
     "projected", "quobyte", "rbd", "scaleIO", "secret", "storageos", "vsphereVolume",
 )
-# The kinds Pod Security "restricted" allows; the policy's default is a subset of them.
-RESTRICTED_VOLUME_KINDS = (
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"
-)
+# A subset of the kinds Pod Security "restricted" allows (tests/support/pod_security.py).
 DEFAULT_VOLUME_KINDS = ("persistentVolumeClaim", "configMap", "secret", "emptyDir", "projected")
 # Pod annotations that choose seccomp or AppArmor profiles (and could say "unconfined").
 SECURITY_ANNOTATION_PREFIXES = (

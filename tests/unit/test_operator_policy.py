@@ -10,10 +10,10 @@ from pydantic import ValidationError
 from lft_api.conditions import Reason
 from lft_api.resource import LoRAFineTuneSpec
 from lft_operator import builders
-from lft_operator.policy import Policy, TolerationRule, image_repository, violations
+from lft_operator.policy import DEFAULT_VOLUME_KINDS, Policy, TolerationRule, image_repository, violations
 from lft_operator.settings import Settings
 from lft_operator.validation import validate
-from tests.support.pod_security import restricted_violations
+from tests.support.pod_security import RESTRICTED_VOLUMES, restricted_violations
 
 BASE = {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/p"}}
 TRAINER = "lft/trainer:cpu"
@@ -88,6 +88,10 @@ def test_volume_kinds_default():
         f"(policy.allowedVolumeKinds: {DEFAULT_KINDS})"
     ]
     assert len(check(**template(volumes=[{"name": "n", "nfs": {"server": "s", "path": "/"}}]))) == 1
+
+
+def test_default_volume_kinds_are_restricted_ones():
+    assert set(DEFAULT_VOLUME_KINDS) <= RESTRICTED_VOLUMES and "hostPath" not in DEFAULT_VOLUME_KINDS
 
 
 def test_volume_kinds_set_by_the_admin():

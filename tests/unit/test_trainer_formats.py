@@ -248,6 +248,10 @@ def test_lengths_truncation_and_dropped_rows_are_counted(tmp_path, tok):
     assert stats.lengths["min"] == lengths[0] and stats.lengths["max"] == lengths[1]
     wire = td.summary(16)["train"]
     assert wire["dropped"]["rows"] == 1 and "no trained token within training.maxLength" in wire["dropped"]["reason"]
+    with pytest.raises(InvalidInput) as ei:
+        prepared(tmp_path, [long], tok, training={"maxLength": 16})
+    assert ei.value.field == "training.maxLength"
+    assert ei.value.message.startswith("no row has a trained token within training.maxLength=16 (token lengths {")
 
 
 def test_length_stats_nearest_rank():

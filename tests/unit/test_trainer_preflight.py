@@ -244,3 +244,29 @@ def test_main_missing_storage_credentials_exit_3(tmp_path, monkeypatch, capsys):
     assert main(["--config", str(cfg)]) == 3
     msg = json.loads((tmp_path / "term").read_text())
     assert msg["reason"] == "MissingCredentials" and "AWS_ACCESS_KEY_ID" in msg["message"]
+
+
+def test_hub_dataset_config_and_split_through_datasets_local_loading(tmp_path, monkeypatch):
+    """A directory laid out like a hub dataset snapshot (README configs), loaded by datasets' own loader:
+    dataset.config picks the configuration; an unknown one or an unknown split is DatasetNotFound."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "dscache"))
+    snap = tmp_path / "datasets--acme--chat/snapshots" / ("a" * 40)
+    for cfg, rows in (("default", [GOOD]), ("plain", [{"text": "t1"}, {"text": "t2"}])):
+        (snap / cfg).mkdir(parents=True)
+        write_jsonl(snap / cfg / "train.jsonl", rows)
+    (snap / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/train.jsonl\n" for c in ("default", "plain"))
+        + "---\n")
+    spec = DatasetSpec(uri=str(snap), config="plain")
+    source = data.DatasetSource(uri=spec.uri, hub_id=spec.uri)
+    rows = list(data.iter_rows(source, "train", spec))
+    assert rows == [(f"{snap} (split train)", 1, {"text": "t1"}), (f"{snap} (split train)", 2, {"text": "t2"})]
+    report = preflight.check_dataset(source, spec, tmp_path / "rows")
+    assert report.formats == {"text": 2} and report.files == []
+    assert [r[2] for r in data.iter_rows(source, "train", DatasetSpec(uri=str(snap)))] == [GOOD]
+    with pytest.raises(InvalidInput) as ei:
+        list(data.iter_rows(source, "train", DatasetSpec(uri=str(snap), config="nope")))
+    assert ei.value.reason == "DatasetNotFound" and ei.value.field == "dataset.uri"
+    assert ei.value.message.startswith(f"dataset {snap} config 'nope' split 'train': BuilderConfig 'nope' not found")
+    with pytest.raises(InvalidInput, match="split 'eval': Unknown split"):
+        list(data.iter_rows(source, "eval", spec))

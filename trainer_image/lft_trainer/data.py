@@ -297,14 +297,10 @@ def open_rows(path: Path):
     return datasets.Dataset.from_file(str(path))
 
 
-def build_datasets(spec: DatasetSpec, seed: int, paths: dict[str, Path]):
-    """(train, eval or None) of checked rows (columns row, file, line): the eval split, or evalFraction of the
-    train split held out; then maxSamples. The same rows, in the same numbering, as pre-flight checked."""
-    train = open_rows(paths[spec.train_split])
-    evald = None
-    if spec.eval_split:
-        evald = open_rows(paths[spec.eval_split])
-    elif spec.eval_fraction > 0 and len(train) >= 2:
+def split_datasets(spec: DatasetSpec, seed: int, train, evald=None):
+    """(train, eval or None): the eval split, or evalFraction of the train split held out; then maxSamples.
+    The rows keep their columns (file and line: the numbering pre-flight used)."""
+    if evald is None and not spec.eval_split and spec.eval_fraction > 0 and len(train) >= 2:
         n_eval = min(len(train) - 1, max(1, round(len(train) * spec.eval_fraction)))
         parts = train.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
         train, evald = parts["train"], parts["test"]

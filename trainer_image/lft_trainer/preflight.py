@@ -199,6 +199,9 @@ def _error_message(errors: list[tuple[str, int, str | None, str]]) -> tuple[str,
     return msg, display, n, fld
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # the rows written for training
+
+
 def check_rows(rows: Iterable[tuple[str, int, Any]], fmt: str, split: str, out: Path,
                mapping: formats.Mapping = formats.PLAIN) -> SplitRows:
     """Check and normalize every row (display, number, row), writing the good ones to `out`; auto: the format of
@@ -228,7 +231,7 @@ def check_rows(rows: Iterable[tuple[str, int, Any]], fmt: str, split: str, out: 
                         if not errors:
                             name = _format_name(row_fmt, norm)
                             result.formats[name] = result.formats.get(name, 0) + 1
-                            writer.add(json.dumps(norm, ensure_ascii=False), display, n)
+                            writer.add(_ENCODE(norm), display, n)
             if len(errors) > MAX_REPORTED_ERRORS:
                 break
     finally:

@@ -1,5 +1,6 @@
-"""The training and eval datasets as TRL gets them: the rows pre-flight checked (data.RowWriter files), split
-and sampled (data.build_datasets), rendered and tokenized by rendering.encode, cut to training.maxLength.
+"""The training and eval datasets as TRL gets them: the rows pre-flight checked (data.RowWriter files), in file
+order, rendered and tokenized by rendering.encode and cut to training.maxLength; then split and sampled
+(data.split_datasets). A row the template cannot render is named by its file and row number, the first one first.
 
 Tokenizing is a datasets map written to the work directory (bounded memory for any size), one file per rank.
 What happened to the rows is counted for the summary: rows per format, rows truncated, rows dropped (a row
@@ -75,26 +76,37 @@ def tokenize(rows, tokenizer, template, config: TrainerConfig, cache: Path) -> t
     t = config.training
     fn = _encoder(tokenizer, template, t.assistant_only_loss, t.max_length, formats.mapping_of(config.dataset.columns))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    out = rows.map(fn, batched=True, batch_size=256, remove_columns=rows.column_names, cache_file_name=str(cache),
-                   load_from_cache_file=False, desc=None)
+    out = rows.map(fn, batched=True, batch_size=256, cache_file_name=str(cache), load_from_cache_file=False)
     lengths = out.data.column("length").to_numpy()
     keep = out.data.column("keep").to_numpy()
     stats = TokenStats(rows=len(out), truncated=int((lengths > t.max_length).sum()), dropped=int((~keep).sum()),
                        lengths=length_stats(lengths))
+    if stats.dropped == stats.rows:
+        raise InvalidInput(data.INVALID, f"no row has a trained token within training.maxLength={t.max_length} "
+                           f"(token lengths {stats.lengths}): raise training.maxLength", field="training.maxLength")
     if stats.dropped:
         out = out.filter(lambda b: b, input_columns=["keep"], batched=False,
                          cache_file_name=str(cache.with_suffix(".kept.arrow")), load_from_cache_file=False)
     return out.remove_columns(["length", "keep"]), stats
 
 
+MODEL_COLUMNS = ["input_ids", "labels"]
+
+
 @dataclass
 class TrainData:
-    train_rows: Any  # checked rows (row, file, line) after the eval split and maxSamples
+    train_rows: Any  # after the eval split and maxSamples: row (normalized JSON), file, line, input_ids, labels
     eval_rows: Any
-    train: Any  # tokenized: input_ids, labels
-    eval: Any
     template: rendering.ChatTemplate | None
-    stats: dict[str, TokenStats]
+    stats: dict[str, TokenStats]  # per split file, every row (before the evalFraction hold-out and maxSamples)
+
+    @property
+    def train(self):
+        return self.train_rows.select_columns(MODEL_COLUMNS)
+
+    @property
+    def eval(self):
+        return None if self.eval_rows is None else self.eval_rows.select_columns(MODEL_COLUMNS)
 
     def summary(self, max_length: int) -> dict[str, Any]:
         out: dict[str, Any] = {k: v.to_wire(max_length) for k, v in self.stats.items()}
@@ -110,13 +122,12 @@ class TrainData:
 def build(config: TrainerConfig, report, tokenizer, work: Path) -> TrainData:
     """report: preflight.DatasetReport. Chooses the chat template (refusing as rendering.choose_template says)."""
     template = rendering.choose_template(config, tokenizer, report.has_chat_rows, work)
-    paths = {name: s.path for name, s in report.splits.items()}
-    train_rows, eval_rows = data.build_datasets(config.dataset, config.training.seed, paths)
-    rank = os.environ.get("RANK", "0")
-    folder = work / f"tokens-rank{rank}"
-    train, stats = tokenize(train_rows, tokenizer, template, config, folder / "train.arrow")
-    result = {"train": stats}
-    evald = None
-    if eval_rows is not None:
-        evald, result["eval"] = tokenize(eval_rows, tokenizer, template, config, folder / "eval.arrow")
-    return TrainData(train_rows, eval_rows, train, evald, template, result)
+    folder = work / f"tokens-rank{os.environ.get('RANK', '0')}"
+    tokenized, stats = {}, {}
+    for i, (name, split) in enumerate(report.splits.items()):
+        tokenized[name], stats[name] = tokenize(data.open_rows(split.path), tokenizer, template, config,
+                                                folder / f"split-{i}.arrow")
+    spec = config.dataset
+    train, evald = data.split_datasets(spec, config.training.seed, tokenized[spec.train_split],
+                                       tokenized.get(spec.eval_split) if spec.eval_split else None)
+    return TrainData(train, evald, template, stats)

@@ -8,8 +8,13 @@ check, normalize, write the Arrow file training reads) on it in a fresh process;
 peak RSS of that process (ru_maxrss), and of a second one that only imports the modules, so the difference
 is what the rows cost. Nothing is sampled: every row is checked.
 
-Measured on the project's 2-core CPU machine (shared with other helpers), 2026-12-01: see the note that
-ships with the change (the figure is printed at the end: "preflight: N rows in S s, peak RSS M MiB").
+Measured on the project's 2-core CPU machine (shared with other helpers, load ~1.5), 2026-12-01:
+  preflight: 1000000 rows in 20.8 s, peak RSS 167 MiB (imports alone 34 MiB), file 244.7 MiB, nothing sampled
+  (the Arrow file of normalized rows that training reads: 274 MiB on disk, memory-mapped).
+The next stage, rendering every row with the chat template and tokenizing it (rendering.py, trainset.py: after
+the tokenizer loads, before the model does; TRL rendered every row itself before), is not part of this figure:
+on the same machine it took 22.8 s for 20,000 of these rows with the qwen2_5 template and the tiny tokenizer
+(about 1.1 ms a row in one process, so about 19 minutes for the million), peak RSS 381 MiB.
 """
 
 from __future__ import annotations

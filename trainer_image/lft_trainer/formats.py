@@ -66,7 +66,7 @@ def mapping_of(columns: ColumnsSpec | None) -> Mapping:
     return Mapping(**merged)
 
 
-def _type(v: Any) -> str:
+def type_name(v: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(v), type(v).__name__)
 
 
@@ -106,7 +106,7 @@ def _string(row: dict, key: str) -> str:
     if v is None:
         raise RowError(key, f"{key} is missing")
     if not isinstance(v, str):
-        raise RowError(key, f"{key} is a {_type(v)}, expected a string")
+        raise RowError(key, f"{key} is a {type_name(v)}, expected a string")
     if not v.strip():
         raise RowError(key, f"{key} is empty")
     return v
@@ -117,39 +117,39 @@ def _content(v: Any, f: str) -> str:
     if isinstance(v, str):
         return v
     if not isinstance(v, list):
-        raise RowError(f, f"{f} is a {_type(v)}, expected a string or a list of text parts")
+        raise RowError(f, f"{f} is a {type_name(v)}, expected a string or a list of text parts")
     texts = []
     for i, part in enumerate(v):
         p = f"{f}[{i}]"
         if not isinstance(part, dict):
-            raise RowError(p, f"{p} is a {_type(part)}, expected {{type: text, text}}")
+            raise RowError(p, f"{p} is a {type_name(part)}, expected {{type: text, text}}")
         if part.get("type", "text") != "text":
             raise RowError(f"{p}.type", f"{p}.type {part.get('type')!r} is not supported (text parts only)")
         if not isinstance(part.get("text"), str):
-            raise RowError(f"{p}.text", f"{p}.text is {_type(part.get('text'))}, expected a string")
+            raise RowError(f"{p}.text", f"{p}.text is {type_name(part.get('text'))}, expected a string")
         texts.append(part["text"])
     return "".join(texts)
 
 
 def _tool_calls(v: Any, f: str) -> list:
     if not isinstance(v, list) or not v:
-        raise RowError(f, f"{f} is {'an empty list' if v == [] else 'a ' + _type(v)}, expected a list of tool calls")
+        raise RowError(f, f"{f} is {'an empty list' if v == [] else 'a ' + type_name(v)}, expected a list of tool calls")
     for i, call in enumerate(v):
         c = f"{f}[{i}]"
         fn = call.get("function", call) if isinstance(call, dict) else None
         if not isinstance(fn, dict):
-            raise RowError(c, f"{c} is a {_type(call)}, expected {{type: function, function: {{name, arguments}}}}")
+            raise RowError(c, f"{c} is a {type_name(call)}, expected {{type: function, function: {{name, arguments}}}}")
         if not isinstance(fn.get("name"), str) or not fn["name"].strip():
             raise RowError(f"{c}.function.name", f"{c}.function.name is missing")
         if "arguments" in fn and not isinstance(fn["arguments"], (dict, str)):
             raise RowError(f"{c}.function.arguments",
-                           f"{c}.function.arguments is a {_type(fn['arguments'])}, expected an object or a JSON string")
+                           f"{c}.function.arguments is a {type_name(fn['arguments'])}, expected an object or a JSON string")
     return v
 
 
 def _message(raw: Any, f: str, m: Mapping) -> dict:
     if not isinstance(raw, dict):
-        raise RowError(f, f"{f} is a {_type(raw)}, expected an object with {m.role_key} and {m.content_key}")
+        raise RowError(f, f"{f} is a {type_name(raw)}, expected an object with {m.role_key} and {m.content_key}")
     role = raw.get(m.role_key)
     rf, cf = f"{f}.{m.role_key}", f"{f}.{m.content_key}"
     if role is None:
@@ -180,7 +180,7 @@ def _messages(v: Any, f: str, m: Mapping) -> list[dict]:
     if v is None:
         raise RowError(f, f"{f} is missing (a list of {{{m.role_key}, {m.content_key}}})")
     if not isinstance(v, list):
-        raise RowError(f, f"{f} is a {_type(v)}, expected a list of {{{m.role_key}, {m.content_key}}}")
+        raise RowError(f, f"{f} is a {type_name(v)}, expected a list of {{{m.role_key}, {m.content_key}}}")
     if not v:
         raise RowError(f, f"{f} is an empty list")
     return [_message(x, f"{f}[{i}]", m) for i, x in enumerate(v)]
@@ -196,7 +196,7 @@ def _tools(row: dict, m: Mapping) -> list | None:
         except json.JSONDecodeError as exc:
             raise RowError(m.tools, f"{m.tools} is a string but not JSON ({exc.msg})") from None
     if not isinstance(v, list) or not all(isinstance(t, dict) for t in v):
-        raise RowError(m.tools, f"{m.tools} is a {_type(v)}, expected a list of tool schemas (objects)")
+        raise RowError(m.tools, f"{m.tools} is a {type_name(v)}, expected a list of tool schemas (objects)")
     return v or None
 
 
@@ -214,7 +214,7 @@ def _prompt(row: dict, m: Mapping) -> str | list[dict]:
     for i, key in enumerate(m.prompt):
         v = row.get(key)
         if v is not None and not isinstance(v, str):
-            raise RowError(key, f"{key} is a {_type(v)}, expected a string")
+            raise RowError(key, f"{key} is a {type_name(v)}, expected a string")
         if i == 0 and not (v or "").strip():
             raise RowError(key, f"{key} is {'missing' if v is None else 'empty'}")
         if v and v.strip():
@@ -227,7 +227,7 @@ def _prompt_completion(row: dict, m: Mapping) -> dict:
     c = m.completion
     if isinstance(prompt, list):
         if not isinstance(row.get(c), list):
-            raise RowError(c, f"{c} is a {_type(row.get(c))}, but {m.prompt[0]} is a message list: give both as "
+            raise RowError(c, f"{c} is a {type_name(row.get(c))}, but {m.prompt[0]} is a message list: give both as "
                            "message lists or both as strings")
         completion = _messages(row[c], c, m)
         _no_assistant(completion, c)
@@ -243,7 +243,7 @@ def _prompt_completion(row: dict, m: Mapping) -> dict:
 def normalize(row: Any, fmt: str, m: Mapping = PLAIN) -> dict:
     """The normalized row (canonical keys) or RowError naming the user's field and the reason."""
     if not isinstance(row, dict):
-        raise RowError(None, f"row is a {_type(row)}, expected a JSON object")
+        raise RowError(None, f"row is a {type_name(row)}, expected a JSON object")
     if fmt == "text":
         return {"text": _string(row, m.text)}
     if fmt == "prompt-completion":

@@ -218,7 +218,7 @@ def check_rows(rows: Iterable[tuple[str, int, Any]], fmt: str, split: str, out: 
             else:
                 row_fmt = formats.detect_format(row, mapping) if fmt == "auto" else fmt
                 if row_fmt is None:
-                    keys = ", ".join(sorted(row)) if isinstance(row, dict) else formats._type(row)
+                    keys = ", ".join(sorted(row)) if isinstance(row, dict) else formats.type_name(row)
                     errors.append((display, n, "dataset.format", f"cannot detect the dataset format from keys "
                                    f"[{keys}]: expected {formats.expected_keys(mapping)} (or set dataset.format or "
                                    "dataset.columns)"))

@@ -185,6 +185,14 @@ def test_a_template_that_drops_tool_turns_is_refused_naming_the_row(tmp_path, to
         prepared(tmp_path, [no_tools], tok, model={"chatTemplate": PHI3_CHAT_TEMPLATE})
 
 
+def test_a_turn_the_template_writes_as_json_counts_as_rendered():
+    msgs = [{"role": "user", "content": 'Say "hi"\nplease'}, {"role": "assistant", "content": "hi"}]
+    text = '{"user": "Say \\"hi\\"\\nplease"} assistant: hi'  # the user turn through | tojson
+    rendering.check_rendered(text, msgs, None)
+    with pytest.raises(formats.RowError, match=r"does not render messages\[1\] \(role assistant\)"):
+        rendering.check_rendered('{"user": "Say \\"hi\\"\\nplease"}', msgs, None)
+
+
 def test_prompt_completion_labels_are_the_completion(tok):
     ids, labels = rendering.encode({"prompt": "2+2=", "completion": "4"}, tok, None, assistant_only=False)
     assert tok.decode(ids) == "2+2=4<|endoftext|>"

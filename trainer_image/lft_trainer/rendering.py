@@ -11,6 +11,7 @@ tokens the template marks as generated ({% generation %}). Sequences are cut to 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,9 @@ def check_rendered(text: str, messages: list[dict], tools: list | None, at: str 
         f, start = f"{at}[{i}]", cursor
         content = m.get("content", "").strip()
         found = text.find(content, start) if content else start
+        if found < 0:  # templates that write a turn as JSON (| tojson) escape it
+            content = json.dumps(content, ensure_ascii=False)[1:-1]
+            found = text.find(content, start)
         if found < 0:
             dropped = _dropped(messages, probe) if probe else None
             i = i if dropped is None else dropped

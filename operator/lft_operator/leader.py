@@ -103,7 +103,10 @@ class LeaderElector:
             try:
                 await asyncio.wait_for(self._attempt(), timeout=self.state.attempt_timeout(now))
             except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
-                level = logging.WARNING if self.leading else logging.DEBUG
+                # A lost race (409) is routine for a standby; anything else (403: no Role for Leases, 404: no
+                # such namespace) would keep it from ever leading, so it is said out loud.
+                routine = not self.leading and (not isinstance(e, ApiError) or e.status == 409)
+                level = logging.DEBUG if routine else logging.WARNING
                 logger.log(level, "leader election: Lease %s/%s not written: %s", self.namespace, self.name, e)
             except Exception:  # noqa: BLE001 - the loop must outlive any surprise (a malformed Lease)
                 logger.exception("leader election: attempt failed")

@@ -181,3 +181,39 @@ def test_the_reconcilers_client_refuses_writes_without_the_lease():
         return refused
 
     assert asyncio.run(writes()) == ["POST", "PATCH", "PATCH", "PUT"]
+
+
+def test_work_queue_pause_cancels_in_flight_work_and_drops_adds_until_resume():
+    """Leadership lost: the running reconcile is cancelled at once, queued and later adds are dropped
+    (retries and re-checks included); regained: only what resume() is given (every known key) runs."""
+    import asyncio
+
+    from lft_operator.workqueue import WorkQueue
+
+    started: list[str] = []
+    finished: list[str] = []
+
+    async def handler(key):
+        started.append(key)
+        await asyncio.sleep(0.2 if key == "slow" else 0)
+        finished.append(key)
+
+    async def scenario() -> WorkQueue:
+        q = WorkQueue(handler, concurrency=1)
+        q.add("slow")
+        q.add("queued")  # waits for the only slot
+        await asyncio.sleep(0.02)
+        await q.pause()
+        q.add("while-paused")
+        q.add_after("retry", 0.01)
+        await asyncio.sleep(0.3)
+        assert (started, finished, q.busy) == (["slow"], [], 0)
+        q.resume(["slow", "queued"])
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not q.busy:
+                break
+        return q
+
+    asyncio.run(scenario())
+    assert started == ["slow", "slow", "queued"] and finished == ["slow", "queued"]

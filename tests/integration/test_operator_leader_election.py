@@ -104,7 +104,9 @@ def test_a_frozen_leader_is_fenced_and_a_clean_shutdown_hands_over_at_once(kube,
     ns, a, b = replicas
     kube.create_lft(ns, "before", spec())
     kube.wait_lft(ns, "before", lambda s: is_true(s, "Accepted"))
-
+    # The leader is idle (its Events, posted after the status write, are out) before it freezes.
+    wait_until(lambda: "JobCreated" in kube.event_reasons(ns, "before"), 15, what="JobCreated Event")
+    time.sleep(1)
     sent = writes_sent(a)
     os.kill(a.proc.pid, signal.SIGSTOP)  # a long pause: its renewals stop, its process does not die
     try:
@@ -120,6 +122,7 @@ def test_a_frozen_leader_is_fenced_and_a_clean_shutdown_hands_over_at_once(kube,
     time.sleep(RETRY_PERIOD + 1)
     woke = a.logs()[seen:]
     assert "created Job" not in woke and metric(a, "lft_leader") == 0
+    assert "retrying" not in woke  # a write refused for want of the Lease ends the reconcile, no retry
     assert writes_sent(a) == sent, "the fenced replica sent writes after it woke up"
     assert lease_holder(kube, ns, LEASE).startswith("op-b_")
 

@@ -2,7 +2,7 @@
 
 For the Helm chart (charts/lora-finetune-operator): a ClusterRole with exactly these rules
 (a Role per namespace works too when LFT_NAMESPACES lists namespaces; kopf then needs no
-cluster-scoped watches except the CRD and peering rules marked below).
+cluster-scoped watches except the CRD rule marked below).
 
     apiGroups: [finetune.dev]
       resources: [lorafinetunes]                 verbs: [get, list, watch]
@@ -20,8 +20,8 @@ cluster-scoped watches except the CRD and peering rules marked below).
       resources: [roles, rolebindings]           verbs: [get, create]
     apiGroups: [apiextensions.k8s.io]
       resources: [customresourcedefinitions]     verbs: [list, watch]     (kopf: resource discovery)
-    apiGroups: [kopf.dev]                                                 (only with peering, LFT_PEERING_NAME)
-      resources: [clusterkopfpeerings, kopfpeerings]  verbs: [list, watch, patch, get]
+    apiGroups: [coordination.k8s.io]             (a Role in the operator's own namespace only: leader election)
+      resources: [leases]                        verbs: [get, create, update]
 
 Why each one:
 - lorafinetunes get/list/watch: kopf watches them; the reconciler reads the fresh object.
@@ -39,6 +39,8 @@ Why each one:
 - events create/patch: Kubernetes Events for every transition (kopf also posts its own).
 - events list: the Job controller's FailedCreate Events of a Job that has no pod (quota, Pod
   Security admission, a missing ServiceAccount), with a field selector on the Job's uid.
+- leases get/create/update: leader election (leader.py) reads, creates and renews (PUT with the
+  resourceVersion it read) one Lease in the operator's namespace; never list/watch/delete.
 
 The trainer's own Role (builders.trainer_role): get/patch on lorafinetunes/status, resourceNames
 [<the resource's name>], nothing else.
@@ -57,11 +59,7 @@ OPERATOR_RULES: list[dict] = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
 ]
 
-# Only when peering is enabled (LFT_PEERING_NAME set): kopf's peering objects.
-PEERING_RULES: list[dict] = [
-    {
-        "apiGroups": ["kopf.dev"],
-        "resources": ["clusterkopfpeerings", "kopfpeerings"],
-        "verbs": ["get", "list", "watch", "patch"],
-    },
+# Leader election (leader.py): one Lease, in the operator's own namespace (a namespaced Role).
+LEASE_RULES: list[dict] = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
 ]

@@ -223,3 +223,17 @@ def test_installed_console_scripts_and_the_kubectl_plugin(kube, namespace, tmp_p
         assert "Succeeded" in out.stdout
     listed = subprocess.run([KUBECTL, "plugin", "list"], capture_output=True, text=True, env=env, timeout=30)
     assert str(bindir / "kubectl-lft") in listed.stdout
+
+
+def test_pull_refuses_object_names_that_leave_the_directory(kube, namespace, lft, s3_bucket, tmp_path):
+    output = s3_bucket.uri("runs/evil")
+    _put_run(s3_bucket, "runs/evil")
+    s3_bucket.put_bytes("runs/evil/adapter/../../escaped.txt", b"x")  # a valid S3 key; a path outside DIR
+    _storage_secret(kube, namespace, "s3")
+    kube.create_lft(namespace, "evil", base_spec(output={"uri": output}, storageSecretRef={"name": "s3"},
+                                                 storage={"endpointUrl": s3_bucket.endpoint_url}))
+    patch_status(kube, namespace, "evil", succeeded_status(output))
+    out = lft("pull", "evil", str(tmp_path / "deep" / "er" / "adapter"))
+    assert out.returncode == 3
+    assert "object names leave the directory: ../../escaped.txt" in out.stderr
+    assert not (tmp_path / "deep" / "escaped.txt").exists() and not (tmp_path / "deep" / "er" / "adapter").exists()

@@ -12,6 +12,7 @@ Secret values stay in memory: never printed, and scrubbed from any error message
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -102,6 +103,16 @@ def download_dir(store: RunStorage, uri: str, dest: Path) -> list[str]:
         raise CliError(f"refusing to download {uri}: object names leave the directory: {', '.join(outside[:5])}")
     _storage_call(store, f"downloading {uri}", lambda: store.storage(uri).download_dir("", dest))
     return sorted(files)
+
+
+def read_jsonl(store: RunStorage, uri: str) -> list[dict[str, Any]]:
+    """The rows of a JSON Lines file (samples.jsonl, metrics.jsonl)."""
+    parent, name = _split(uri)
+    data = _storage_call(store, f"reading {uri}", lambda: store.storage(parent).get_bytes(name))
+    try:
+        return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    except ValueError as exc:
+        raise CliError(f"{uri} is not JSON Lines: {exc}") from exc
 
 
 def adapter_manifest(store: RunStorage, status: dict[str, Any]) -> tuple[list[FileDigest], str]:

@@ -5,6 +5,7 @@
     kubectl lft wait NAME [--timeout]  exit 0 Succeeded, 1 Failed, 2 timed out (the reason is printed)
     kubectl lft plot NAME [FILE]       download loss.png
     kubectl lft pull NAME DIR          download the adapter and check it against its sha256 manifest
+    kubectl lft samples NAME           held-out prompts: reference, base model's and tuned model's output
 
 -n/--namespace, --context and --kubeconfig work as in kubectl (KUBECONFIG and the current context's
 namespace by default). Exit code 3: the command could not run (arguments, no such resource, API or
@@ -59,13 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("name")
     cmd.add_argument("--timeout", default="30m", help="give up after this long (90s, 10m, 1h; default 30m)")
     cmd.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
-    for name, what in (("plot", "download loss.png"), ("pull", "download the adapter and verify its sha256")):
+    for name, what in (("plot", "download loss.png"), ("pull", "download the adapter and verify its sha256"),
+                       ("samples", "held-out prompts completed by the base and the tuned model")):
         cmd = sub.add_parser(name, parents=[flags], help=what)
         cmd.add_argument("name")
         if name == "plot":
             cmd.add_argument("file", nargs="?", help="where to write it (default: NAME-loss.png)")
-        else:
+        elif name == "pull":
             cmd.add_argument("dir", help="directory to download the adapter into (created)")
+        else:
+            cmd.add_argument("--count", type=int, default=1, help="how many samples to show (default 1)")
         cmd.add_argument("--endpoint-url", help="S3 endpoint as this machine reaches it (default: the run's)")
     return parser
 
@@ -151,7 +155,20 @@ def cmd_pull(cluster: Cluster, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"status": cmd_status, "logs": cmd_logs, "wait": cmd_wait, "plot": cmd_plot, "pull": cmd_pull}
+def cmd_samples(cluster: Cluster, args: argparse.Namespace) -> int:
+    obj, status = _status(cluster, args.name)
+    uri = fetch.artifacts(status).samples
+    if not uri:
+        raise CliError(f"{args.name} has no samples.jsonl (status.artifacts.samples is empty; phase "
+                       f"{status.get('phase') or 'not reconciled yet'}): written after training when "
+                       "evaluation.samples > 0")
+    rows = fetch.read_jsonl(fetch.run_storage(cluster, obj, args.endpoint_url), uri)
+    sys.stdout.write(render.format_samples(rows, args.count))
+    return EXIT_OK
+
+
+COMMANDS = {"status": cmd_status, "logs": cmd_logs, "wait": cmd_wait, "plot": cmd_plot, "pull": cmd_pull,
+            "samples": cmd_samples}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,3 +132,22 @@ def timeout_message(obj: dict[str, Any], seconds: float) -> str:
     why = f"; {newest.get('type')}={newest.get('status')} ({newest.get('reason')}): {newest.get('message', '')}" \
         if newest.get("reason") else ""
     return f"timed out after {seconds:g}s waiting for {obj['metadata']['name']} (phase {where}{why})".rstrip(": ")
+
+
+def _one_line(text: object, limit: int) -> str:
+    flat = " ".join(str(text if text is not None else "-").split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+def format_samples(rows: list[dict[str, Any]], count: int, limit: int = 300) -> str:
+    """`lft samples NAME`: held-out prompts with the reference, the base model's and the tuned model's output."""
+    if not rows:
+        return "no samples (evaluation.samples is 0, or sampling stopped before the first)\n"
+    lines = []
+    for i, row in enumerate(rows[:count], 1):
+        lines += [f"sample {i} of {len(rows)}",
+                  f"  prompt:    {_one_line(row.get('prompt'), limit)}",
+                  f"  reference: {_one_line(row.get('reference'), limit)}",
+                  f"  base:      {_one_line(row.get('baseOutput'), limit)}",
+                  f"  tuned:     {_one_line(row.get('tunedOutput'), limit)}"]
+    return "\n".join(lines) + "\n"

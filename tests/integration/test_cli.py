@@ -237,3 +237,22 @@ def test_pull_refuses_object_names_that_leave_the_directory(kube, namespace, lft
     assert out.returncode == 3
     assert "object names leave the directory: ../../escaped.txt" in out.stderr
     assert not (tmp_path / "deep" / "escaped.txt").exists() and not (tmp_path / "deep" / "er" / "adapter").exists()
+
+
+def test_samples_reads_samples_jsonl_from_the_bucket(kube, namespace, lft, s3_bucket):
+    output = s3_bucket.uri("runs/smp")
+    rows = [{"prompt": f"question {i}", "reference": f"answer {i}", "baseOutput": "noise", "tunedOutput": f"answer {i}"}
+            for i in range(3)]
+    s3_bucket.put_bytes("runs/smp/samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    _storage_secret(kube, namespace, "s3")
+    kube.create_lft(namespace, "smp", base_spec(output={"uri": output}, storageSecretRef={"name": "s3"},
+                                                storage={"endpointUrl": s3_bucket.endpoint_url}))
+    patch_status(kube, namespace, "smp", {**succeeded_status(output), "artifacts": {"samples": f"{output}/samples.jsonl"}})
+    out = lft("samples", "smp", "--count", "2")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[:5] == ["sample 1 of 3", "  prompt:    question 0", "  reference: answer 0",
+                                           "  base:      noise", "  tuned:     answer 0"]
+    assert "sample 2 of 3" in out.stdout and "sample 3 of 3" not in out.stdout
+    patch_status(kube, namespace, "smp", {"artifacts": {"samples": None}})
+    none = lft("samples", "smp")
+    assert none.returncode == 3 and "has no samples.jsonl" in none.stderr

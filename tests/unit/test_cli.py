@@ -138,3 +138,13 @@ def test_artifacts_fall_back_to_status_adapter() -> None:
     assert fetch.artifacts({"adapter": {"uri": "s3://b/a"}}).adapter == "s3://b/a"
     assert fetch.artifacts({"artifacts": {"lossPlot": "s3://b/l.png"}}).loss_plot == "s3://b/l.png"
     assert fetch.artifacts({}).adapter is None
+
+
+def test_samples_one_line_each_and_cut() -> None:
+    rows = [{"prompt": "<|user|>\nWhat is 2+2?<|end|>\n<|assistant|>\n", "reference": "4", "baseOutput": "x" * 400,
+             "tunedOutput": None}, {"prompt": "p2"}]
+    text = render.format_samples(rows, 1, limit=50)
+    assert text.splitlines() == ["sample 1 of 2", "  prompt:    <|user|> What is 2+2?<|end|> <|assistant|>",
+                                 "  reference: 4", f"  base:      {'x' * 47}...", "  tuned:     -"]
+    assert render.format_samples(rows, 5).count("sample ") == 2
+    assert render.format_samples([], 1).startswith("no samples")

@@ -135,7 +135,11 @@ def timeout_message(obj: dict[str, Any], seconds: float) -> str:
 
 
 def _one_line(text: object, limit: int) -> str:
-    flat = " ".join(str(text if text is not None else "-").split())
+    if text is None:
+        return "-"
+    flat = " ".join(str(text).split())
+    if not flat:
+        return "(empty)"
     return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 

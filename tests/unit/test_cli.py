@@ -142,9 +142,10 @@ def test_artifacts_fall_back_to_status_adapter() -> None:
 
 def test_samples_one_line_each_and_cut() -> None:
     rows = [{"prompt": "<|user|>\nWhat is 2+2?<|end|>\n<|assistant|>\n", "reference": "4", "baseOutput": "x" * 400,
-             "tunedOutput": None}, {"prompt": "p2"}]
+             "tunedOutput": None}, {"prompt": "p2", "tunedOutput": " "}]
     text = render.format_samples(rows, 1, limit=50)
     assert text.splitlines() == ["sample 1 of 2", "  prompt:    <|user|> What is 2+2?<|end|> <|assistant|>",
                                  "  reference: 4", f"  base:      {'x' * 47}...", "  tuned:     -"]
     assert render.format_samples(rows, 5).count("sample ") == 2
+    assert render.format_samples(rows, 5).splitlines()[-1] == "  tuned:     (empty)"  # ended its turn at once
     assert render.format_samples([], 1).startswith("no samples")

@@ -15,10 +15,13 @@ storage error).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from urllib3.exceptions import HTTPError
 
 from . import fetch, render
 from .kube import CliError, Cluster, connect
@@ -173,12 +176,18 @@ COMMANDS = {"status": cmd_status, "logs": cmd_logs, "wait": cmd_wait, "plot": cm
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings; the error below says it once
     try:
         api, namespace = connect(args.kubeconfig, args.context)
         cluster = Cluster(api, args.namespace or namespace)
         return COMMANDS[args.command](cluster, args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (HTTPError, OSError) as exc:  # the API server cannot be reached (refused, TLS, DNS)
+        host = getattr(getattr(exc, "pool", None), "host", None)
+        print(f"error: cannot reach the Kubernetes API server{f' {host}' if host else ''}: "
+              f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lft_api.contract import FileDigest
 from lft_operator.builders import Owner, config_map, job
@@ -256,3 +257,19 @@ def test_samples_reads_samples_jsonl_from_the_bucket(kube, namespace, lft, s3_bu
     patch_status(kube, namespace, "smp", {"artifacts": {"samples": None}})
     none = lft("samples", "smp")
     assert none.returncode == 3 and "has no samples.jsonl" in none.stderr
+
+
+def test_an_unreachable_api_server_is_one_clear_line(tmp_path):
+    """No cluster needed: a kubeconfig whose server refuses connections (a port nobody listens on)."""
+    from tests.support.s3 import free_port
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "team"}}]}))
+    out = run_lft("status", "x", kubeconfig=str(kubeconfig), home=tmp_path, timeout=60)
+    assert out.returncode == 3
+    assert out.stderr.startswith("error: cannot reach the Kubernetes API server 127.0.0.1: MaxRetryError"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr

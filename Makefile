@@ -75,7 +75,7 @@ chart: ## Package the Helm chart (CRD included) as $(CHART_OUT)/lora-finetune-op
 	$(HELM) package charts/lora-finetune-operator -d $(CHART_OUT)
 
 lint: venv ## ruff + helm lint
-	$(VENV)/bin/ruff check api operator trainer_image tests bench
+	$(VENV)/bin/ruff check api operator trainer_image cli tests bench
 	$(HELM) lint charts/lora-finetune-operator
 
 bench: venv ## Benchmarks: trainer vs cookbook recipe, operator at 200 resources

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: apply the tiny example and follow it with kubectl until it Succeeds, then show
-# where the adapter is. Expects `make cluster-up images s3-up deploy` (make demo does them).
+# where the adapter is, and with `kubectl lft`: the eval loss before/after, one held-out sample
+# (base model vs tuned) and loss.png. Expects `make cluster-up images s3-up deploy` (make demo does them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${LFT_BIN:-/var/cache/lft/bin}
@@ -46,3 +47,19 @@ s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1")
 for o in s3.list_objects_v2(Bucket="lft", Prefix="runs/tiny-phi3/").get("Contents", []):
     print(f"  s3://lft/{o['Key']}  {o['Size']} bytes")
 PY
+
+# kubectl lft: the plugin once this package is installed (`pip install .` puts kubectl-lft next to python),
+# else the same program from this checkout. Storage: the run's endpoint and Secret, read by the CLI.
+export PATH="$PWD/.venv/bin:$PATH"
+if command -v kubectl-lft >/dev/null 2>&1; then
+  lft() { "$K" lft "$@"; }
+else
+  lft() { PYTHONPATH=api:operator:trainer_image:cli .venv/bin/python -m lft_cli "$@"; }
+fi
+echo "--- kubectl lft status tiny-phi3"
+lft status tiny-phi3 -n "$NS"
+echo "--- kubectl lft samples tiny-phi3 (a held-out prompt: the base model's completion, then the tuned one's)"
+lft samples tiny-phi3 -n "$NS"
+echo "--- kubectl lft plot tiny-phi3 (the loss curve)"
+mkdir -p _out/demo
+lft plot tiny-phi3 _out/demo/tiny-phi3-loss.png -n "$NS"

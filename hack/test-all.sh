@@ -27,7 +27,7 @@ on_cluster_failure() {
   echo "component logs: $OUT/cluster-logs.txt"; tail -n 60 "$OUT/cluster-logs.txt"
 }
 
-suite lint -- "${PY%/python}/ruff" check api operator trainer_image tests bench
+suite lint -- "${PY%/python}/ruff" check api operator trainer_image cli tests bench
 
 # Integration tests need the API server (operator, chart install, trainer status sink) and a local
 # S3 server they start themselves; API-server-only mode is enough.

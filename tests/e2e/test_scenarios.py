@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.support.cli import run_lft
 from tests.support.scenarios import (
     BUCKET,
     S3_SECRET_KEY,
@@ -23,7 +24,7 @@ from tests.support.scenarios import (
 )
 
 pytestmark = pytest.mark.e2e
-def test_happy_path(kube, s3, s3_endpoint, namespace):
+def test_happy_path(kube, s3, s3_endpoint, s3_host_endpoint, namespace, tmp_path):
     name = "tiny"
     kube.apply(finetune(namespace, name, s3_endpoint, max_steps=150), namespace)
     seen_phases, progress_seen = [], []
@@ -58,6 +59,30 @@ def test_happy_path(kube, s3, s3_endpoint, namespace):
     assert summary(s3, namespace, name)["metrics"]
     assert obj["status"]["attempts"] == 1
     assert S3_SECRET_KEY not in json.dumps(obj) + described
+    cli_on_the_finished_run(kube, namespace, name, tmp_path, s3_host_endpoint)
+
+
+def cli_on_the_finished_run(kube, namespace: str, name: str, tmp_path, host_endpoint: str) -> None:
+    """kubectl lft on the run above: the trainer pod's real log, wait, the adapter and loss.png from the bucket
+    (through the endpoint this host reaches: on kind the pods' endpoint is a cluster address)."""
+    def lft(*args: str):
+        out = run_lft(*args, "-n", namespace, kubeconfig=kube.kubeconfig, home=tmp_path, timeout=120)
+        assert out.returncode == 0, (args, out.stderr)
+        assert S3_SECRET_KEY not in out.stdout + out.stderr
+        return out.stdout
+
+    log = lft("logs", name)
+    pod = kube.pods(namespace, name)[-1]["metadata"]["name"]
+    assert log == kube.run("logs", pod, "-n", namespace, "-c", "trainer").stdout
+    assert "servability:" in log
+    assert lft("logs", name, "-f", "--tail", "1").strip() == log.strip().splitlines()[-1]  # ended: -f returns
+    assert f"{name} Succeeded (Completed)" in lft("wait", name, "--timeout", "10s")
+    assert "Eval loss:" in lft("status", name)
+    endpoint = ("--endpoint-url", host_endpoint)
+    assert "verified against the sha256 manifest" in lft("pull", name, str(tmp_path / "adapter"), *endpoint)
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    lft("plot", name, str(tmp_path / "loss.png"), *endpoint)
+    assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_pod_killed_mid_run_resumes(kube, s3, s3_endpoint, namespace):

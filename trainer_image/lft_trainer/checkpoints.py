@@ -27,7 +27,7 @@ from lft_api.contract import (
     RunIdentity,
 )
 
-from .storage import Storage, local_files, sha256_file
+from .storage import Storage, local_files, mismatches, sha256_file
 
 log = logging.getLogger("lft_trainer.checkpoints")
 
@@ -127,15 +127,7 @@ def verify_dir(local_dir: Path, manifest: dict) -> None:
     files = manifest_files(manifest)
     if files is None:
         raise CheckpointCorrupt("manifest is malformed or lists no files")
-    problems: list[str] = []
-    for f in files:
-        p = Path(local_dir) / f.name
-        if not p.is_file():
-            problems.append(f"{f.name}: missing")
-        elif p.stat().st_size != f.size:
-            problems.append(f"{f.name}: size {p.stat().st_size} != {f.size}")
-        elif sha256_file(p) != f.sha256:
-            problems.append(f"{f.name}: sha256 mismatch")
+    problems = mismatches(Path(local_dir), files)
     if problems:
         raise CheckpointCorrupt(f"{local_dir}: " + "; ".join(problems))
 

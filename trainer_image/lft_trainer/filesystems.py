@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from lft_api.spec import StorageSpec
@@ -35,12 +36,14 @@ def split_uri(uri: str) -> tuple[str, str]:
     return proto, rest.strip("/")
 
 
-def _s3_credentials() -> dict[str, Any]:
-    key = os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+def _s3_credentials(env: Mapping[str, str]) -> dict[str, Any]:
+    """Credentials from env: the process environment in the pod (envFrom the storage Secret), the Secret's
+    decoded data in the CLI (lft_cli reads it with the user's kube credentials)."""
+    key = env.get("AWS_ACCESS_KEY_ID")
+    secret = env.get("AWS_SECRET_ACCESS_KEY")
     if key and secret:
-        return {"key": key, "secret": secret, "token": os.environ.get("AWS_SESSION_TOKEN") or None}
-    if os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE") and os.environ.get("AWS_ROLE_ARN"):
+        return {"key": key, "secret": secret, "token": env.get("AWS_SESSION_TOKEN") or None}
+    if env.get("AWS_WEB_IDENTITY_TOKEN_FILE") and env.get("AWS_ROLE_ARN"):
         # IRSA / pod identity: botocore's chain reads these variables itself.
         return {}
     raise InvalidInput(
@@ -62,14 +65,15 @@ def _cache_key(spec: StorageSpec, creds: dict[str, Any]) -> tuple:
     return os.getpid(), spec.endpoint_url or "", spec.region or "", digest
 
 
-def make_filesystem(protocol: str, spec: StorageSpec):
-    """An fsspec filesystem for protocol; raises InvalidInput for missing credentials or packages."""
+def make_filesystem(protocol: str, spec: StorageSpec, env: Mapping[str, str] | None = None):
+    """An fsspec filesystem for protocol; raises InvalidInput for missing credentials or packages.
+    S3 credentials come from env (default: os.environ)."""
     import fsspec
 
     if protocol == "file":
         return fsspec.filesystem("file", auto_mkdir=True)
     if protocol == "s3":
-        creds = _s3_credentials()
+        creds = _s3_credentials(os.environ if env is None else env)
         key = _cache_key(spec, creds)
         with _S3_CACHE_LOCK:
             fs = _S3_CACHE.get(key)

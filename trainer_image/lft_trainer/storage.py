@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -46,6 +46,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def mismatches(local_dir: Path, files: list[FileDigest]) -> list[str]:
+    """What in local_dir differs from files (a manifest): '<name>: missing', size or sha256. Empty when all match."""
+    problems: list[str] = []
+    for f in files:
+        p = Path(local_dir) / f.name
+        if not p.is_file():
+            problems.append(f"{f.name}: missing")
+        elif p.stat().st_size != f.size:
+            problems.append(f"{f.name}: size {p.stat().st_size} != {f.size}")
+        elif sha256_file(p) != f.sha256:
+            problems.append(f"{f.name}: sha256 mismatch")
+    return problems
+
+
 def local_files(local_dir: Path) -> list[Path]:
     """Regular files under local_dir, sorted by relative path (deterministic upload order)."""
     return sorted((p for p in Path(local_dir).rglob("*") if p.is_file()), key=lambda p: p.relative_to(local_dir).as_posix())
@@ -57,8 +71,11 @@ def local_files(local_dir: Path) -> list[Path]:
 class Storage:
     """Files under one base URI (e.g. the run's output prefix). Paths given to methods are relative to it."""
 
-    def __init__(self, base_uri: str, spec: StorageSpec | None = None, retry: RetryPolicy | None = None):
+    def __init__(self, base_uri: str, spec: StorageSpec | None = None, retry: RetryPolicy | None = None,
+                 env: Mapping[str, str] | None = None):
+        """env: where S3 credentials are read (AWS_ACCESS_KEY_ID, ...); default the process environment."""
         self.spec = spec or StorageSpec()
+        self.env = env
         self.retry = retry or RetryPolicy.from_env()
         self.protocol, self.base_path = split_uri(base_uri)
         self.base_uri = self._to_uri(self.base_path)
@@ -90,7 +107,7 @@ class Storage:
     @property
     def fs(self):
         if self._fs is None:
-            self._fs = make_filesystem(self.protocol, self.spec)
+            self._fs = make_filesystem(self.protocol, self.spec, self.env)
         return self._fs
 
     def _where(self) -> str:

@@ -1,0 +1,126 @@
+"""The cluster as the user sees it: their kubeconfig (KUBECONFIG, current context, its namespace, like
+kubectl; in a pod, its service account), the LoRAFineTune, its trainer pods and logs, and the objects the
+operator made for the run (its ConfigMap and Job) to learn which storage Secret the trainer reads."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from lft_api import contract
+from lft_operator.builders import CONFIG_FILE, CONTAINER_NAME, NAME_LABEL, config_map_name
+
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# The keys of the storage Secret the trainer uses (envFrom): the rest of the Secret is not read.
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+class CliError(Exception):
+    """A clear reason the command cannot go on (exit 3)."""
+
+
+def _api_error(exc: ApiException, what: str) -> CliError:
+    try:
+        detail = json.loads(exc.body).get("message") or exc.reason
+    except (TypeError, ValueError, AttributeError):
+        detail = exc.reason
+    return CliError(f"{what}: {exc.status} {detail}")
+
+
+def connect(kubeconfig: str | None = None, context: str | None = None) -> tuple[client.ApiClient, str]:
+    """(an API client, the namespace of the context) from the kubeconfig kubectl would use, else in-cluster."""
+    try:
+        config.load_kube_config(config_file=kubeconfig, context=context)
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        if context:
+            active = next((c for c in contexts if c["name"] == context), active)
+        namespace = (active or {}).get("context", {}).get("namespace") or "default"
+    except (ConfigException, FileNotFoundError) as exc:
+        if kubeconfig or context or not os.path.exists(IN_CLUSTER_NAMESPACE):
+            raise CliError(f"no usable kubeconfig: {exc}") from exc
+        config.load_incluster_config()
+        with open(IN_CLUSTER_NAMESPACE) as f:
+            namespace = f.read().strip()
+    return client.ApiClient(), namespace
+
+
+@dataclass
+class Cluster:
+    api: client.ApiClient
+    namespace: str
+
+    def lft(self, name: str) -> dict[str, Any]:
+        try:
+            return client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                contract.API_GROUP, contract.API_VERSION, self.namespace, contract.PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise CliError(f'lorafinetune "{name}" not found in namespace "{self.namespace}"') from exc
+            raise _api_error(exc, f"reading lorafinetune {self.namespace}/{name}") from exc
+
+    def _read(self, kind: str, fn, name: str) -> Any | None:
+        try:
+            return fn(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _api_error(exc, f"reading {kind} {self.namespace}/{name}") from exc
+
+    # -- the trainer's pods and logs ---------------------------------------------------------
+    def current_pod(self, name: str) -> dict[str, Any] | None:
+        """The newest trainer pod of the run (the current attempt), or None."""
+        try:
+            pods = client.CoreV1Api(self.api).list_namespaced_pod(
+                self.namespace, label_selector=f"{NAME_LABEL}={name}").items
+        except ApiException as exc:
+            raise _api_error(exc, f"listing the trainer pods of {self.namespace}/{name}") from exc
+        if not pods:
+            return None
+        newest = max(pods, key=lambda p: (p.metadata.creation_timestamp, p.metadata.name))
+        return self.api.sanitize_for_serialization(newest)
+
+    def logs(self, pod: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+        """The trainer container's log as it arrives (follow) or as it is."""
+        kwargs: dict[str, Any] = {"container": CONTAINER_NAME, "follow": follow, "_preload_content": False}
+        if tail is not None:
+            kwargs["tail_lines"] = tail
+        try:
+            resp = client.CoreV1Api(self.api).read_namespaced_pod_log(pod, self.namespace, **kwargs)
+        except ApiException as exc:
+            raise _api_error(exc, f"reading the logs of pod {self.namespace}/{pod}") from exc
+        try:
+            yield from resp.stream(1024)
+        finally:
+            resp.release_conn()
+
+    # -- what the trainer reads: its config (ConfigMap) and its storage Secret (the Job's envFrom) ----
+    def trainer_config(self, name: str) -> dict[str, Any] | None:
+        """The trainer's config JSON (the operator's defaults filled in), or None once it is gone."""
+        cm = self._read("configmap", client.CoreV1Api(self.api).read_namespaced_config_map, config_map_name(name))
+        if cm is None or not (cm.data or {}).get(CONFIG_FILE):
+            return None
+        return json.loads(cm.data[CONFIG_FILE])
+
+    def job_secret_names(self, job_name: str | None) -> list[str]:
+        """The Secrets the trainer container gets its environment from (envFrom), in order."""
+        job = self._read("job", client.BatchV1Api(self.api).read_namespaced_job, job_name) if job_name else None
+        if job is None:
+            return []
+        containers = [c for c in job.spec.template.spec.containers if c.name == CONTAINER_NAME]
+        return [e.secret_ref.name for c in containers for e in c.env_from or [] if e.secret_ref is not None]
+
+    def credentials(self, secret: str) -> dict[str, str]:
+        """The storage credentials in a Secret, read with the user's own rights. Values are never printed."""
+        body = self._read("secret", client.CoreV1Api(self.api).read_namespaced_secret, secret)
+        if body is None:
+            raise CliError(f'the storage Secret "{secret}" does not exist in namespace "{self.namespace}"')
+        data = body.data or {}
+        return {k: base64.b64decode(data[k]).decode() for k in CREDENTIAL_KEYS if data.get(k)}

@@ -1,0 +1,151 @@
+"""`kubectl lft`: what status and wait print, the exit codes, durations, arguments, the sha256 check (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from lft_api.contract import FileDigest
+from lft_cli import fetch, main, render
+from lft_cli.render import EXIT_ERROR, EXIT_FAILED, EXIT_OK
+
+FULL = {
+    "metadata": {"name": "bot", "namespace": "team"},
+    "status": {
+        "phase": "Succeeded",
+        "message": "Training completed; adapter at s3://b/runs/bot/adapter.",
+        "progress": {"step": 200, "totalSteps": 200, "epoch": 2.5, "display": "200/200 (100%)", "eta": "0s"},
+        "metrics": {"loss": 1.5059, "evalLoss": 1.6677, "evalLossBefore": 7.3217, "perplexity": 5.2998,
+                    "evalLossChange": -5.654},
+        "attempts": 2, "failedAttempts": 1,
+        "adapter": {"uri": "s3://b/runs/bot/adapter", "files": [{"name": "a", "size": 1, "sha256": "x"}]},
+        "artifacts": {"adapter": "s3://b/runs/bot/adapter", "lossPlot": "s3://b/runs/bot/loss.png"},
+        "conditions": [
+            {"type": "Succeeded", "status": "True", "reason": "Completed", "message": "Training completed.",
+             "lastTransitionTime": "2026-11-30T22:35:37Z"},
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "Job created.",
+             "lastTransitionTime": "2026-11-30T22:35:01Z"},
+        ],
+    },
+}
+
+
+def test_status_shows_phase_progress_eval_before_after_artifacts_and_conditions_newest_last() -> None:
+    text = render.format_status(FULL)
+    assert "Phase:       Succeeded" in text
+    assert "Progress:    200/200 (100%), epoch 2.5, ETA 0s" in text
+    assert "Eval loss:   7.3217 before -> 1.6677 after (change -5.6540: better)" in text
+    assert "Perplexity:  5.2998" in text
+    assert "Attempts:    2 (1 failed)" in text
+    assert "s3://b/runs/bot/adapter (1 files with sha256)" in text
+    assert "  lossPlot  s3://b/runs/bot/loss.png" in text
+    conditions = text.split("Conditions (newest last):\n")[1].splitlines()
+    assert conditions[0].split() == ["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"]
+    assert conditions[1].split()[0] == "Accepted" and conditions[2].split()[0] == "Succeeded"
+    assert conditions[2].endswith("Training completed.")
+
+
+def test_status_of_a_fresh_resource_and_a_change_computed_when_missing() -> None:
+    assert "Phase:       Pending (not reconciled yet)" in render.format_status({"metadata": {"name": "x"}})
+    worse = {"metadata": {"name": "x"}, "status": {"metrics": {"evalLoss": 2.0, "evalLossBefore": 1.5}}}
+    assert "1.5 before -> 2 after (change +0.5000: not better)" in render.format_status(worse)
+    only_before = {"metadata": {"name": "x"}, "status": {"metrics": {"evalLossBefore": 3.25}}}
+    assert "Eval loss:   3.25 before -> - after" in render.format_status(only_before)
+
+
+@pytest.mark.parametrize(("phase", "code"), [("Succeeded", EXIT_OK), ("Failed", EXIT_FAILED), ("Running", None),
+                                             ("Suspended", None), ("Pending", None), (None, None)])
+def test_wait_outcome_exit_code_by_phase(phase, code) -> None:
+    obj = {"metadata": {"name": "bot"}, "status": {"phase": phase} if phase else {}}
+    outcome = render.wait_outcome(obj)
+    assert (outcome.code if outcome else None) == code
+
+
+def test_wait_outcome_says_why_it_failed_and_where_the_adapter_is() -> None:
+    failed = {"metadata": {"name": "bot"}, "status": {
+        "phase": "Failed", "message": "train.jsonl row 7: messages[1].role 'robot' is not allowed",
+        "conditions": [{"type": "Failed", "status": "True", "reason": "InvalidDataset", "message": "x"}]}}
+    assert render.wait_outcome(failed).message == \
+        "bot Failed (InvalidDataset): train.jsonl row 7: messages[1].role 'robot' is not allowed"
+    assert render.wait_outcome(FULL).message == "bot Succeeded (Completed): adapter at s3://b/runs/bot/adapter"
+
+
+def test_timeout_message_names_the_phase_progress_and_newest_condition() -> None:
+    obj = {"metadata": {"name": "bot"}, "status": {"phase": "Pending", "progress": {"display": "0/?"}, "conditions": [
+        {"type": "Accepted", "status": "True", "reason": "Accepted", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        {"type": "Running", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes: Insufficient cpu",
+         "lastTransitionTime": "2026-01-01T00:00:05Z"}]}}
+    assert render.timeout_message(obj, 90) == ("timed out after 90s waiting for bot (phase Pending, 0/?; "
+                                               "Running=False (Unschedulable): 0/1 nodes: Insufficient cpu)")
+    assert render.timeout_message({"metadata": {"name": "b"}}, 5) == \
+        "timed out after 5s waiting for b (phase not reconciled yet)"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("5m", 300), ("1h30m", 5400),
+                                               ("2m30s", 150), ("0.5s", 0.5)])
+def test_parse_duration(text, seconds) -> None:
+    assert render.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "m", "-3s", "1d"])
+def test_parse_duration_rejects(text) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        render.parse_duration(text)
+
+
+def test_kubectl_flags_before_or_after_the_subcommand() -> None:
+    parser = main.build_parser()
+    assert parser.parse_args(["-n", "a", "status", "x"]).namespace == "a"
+    assert parser.parse_args(["status", "x", "-n", "b"]).namespace == "b"
+    assert parser.parse_args(["status", "x"]).namespace is None
+    args = parser.parse_args(["wait", "x", "--timeout", "10m", "--context", "c"])
+    assert (args.timeout, args.context) == ("10m", "c")
+    assert parser.parse_args(["plot", "x"]).file is None
+
+
+def test_usage_errors_exit_3_not_2_which_is_a_wait_timeout(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main.main(["pull", "x"])  # DIR missing
+    assert exc.value.code == EXIT_ERROR
+    assert "the following arguments are required: dir" in capsys.readouterr().err
+
+
+def test_bad_timeout_is_a_clear_error(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(main, "connect", lambda *a: (None, "default"))
+    assert main.main(["wait", "x", "--timeout", "soon"]) == EXIT_ERROR
+    assert "--timeout: invalid duration 'soon'" in capsys.readouterr().err
+
+
+def _digest(name: str, data: bytes) -> FileDigest:
+    return FileDigest(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def test_verify_names_missing_resized_and_changed_files(tmp_path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "ok.json").write_bytes(b"{}")
+    (tmp_path / "sub" / "w.bin").write_bytes(b"abcd")
+    (tmp_path / "short").write_bytes(b"ab")
+    manifest = [_digest("ok.json", b"{}"), _digest("sub/w.bin", b"abce"), _digest("short", b"abc"),
+                _digest("gone", b"z")]
+    problems = fetch.verify(tmp_path, manifest)
+    assert problems == ["sub/w.bin: sha256 mismatch", "short: size 2 != 3", "gone: missing"]
+    assert fetch.verify(tmp_path, manifest[:1]) == []
+    assert fetch.unlisted(tmp_path, ["ok.json", "short", "sub/w.bin"], manifest[:1]) == ["short", "sub/w.bin"]
+
+
+def test_artifacts_fall_back_to_status_adapter() -> None:
+    assert fetch.artifacts({"adapter": {"uri": "s3://b/a"}}).adapter == "s3://b/a"
+    assert fetch.artifacts({"artifacts": {"lossPlot": "s3://b/l.png"}}).loss_plot == "s3://b/l.png"
+    assert fetch.artifacts({}).adapter is None
+
+
+def test_samples_one_line_each_and_cut() -> None:
+    rows = [{"prompt": "<|user|>\nWhat is 2+2?<|end|>\n<|assistant|>\n", "reference": "4", "baseOutput": "x" * 400,
+             "tunedOutput": None}, {"prompt": "p2", "tunedOutput": " "}]
+    text = render.format_samples(rows, 1, limit=50)
+    assert text.splitlines() == ["sample 1 of 2", "  prompt:    <|user|> What is 2+2?<|end|> <|assistant|>",
+                                 "  reference: 4", f"  base:      {'x' * 47}...", "  tuned:     -"]
+    assert render.format_samples(rows, 5).count("sample ") == 2
+    assert render.format_samples(rows, 5).splitlines()[-1] == "  tuned:     (empty)"  # ended its turn at once
+    assert render.format_samples([], 1).startswith("no samples")

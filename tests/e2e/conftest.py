@@ -36,6 +36,8 @@ E2E_NAMESPACES = {
     "test_same_output_uri_second_refused_first_succeeds": "e2e-outputinuse",
     "test_reserved_volume_name_fails_job_invalid": "e2e-jobinvalid",
     "test_pod_quota_exceeded_pending_pod_creation_failed": "e2e-quota",
+    # test_tracking.py
+    "test_mlflow_and_tensorboard_from_a_pod": "e2e-tracking",
 }
 
 

@@ -121,6 +121,41 @@ def test_mlflow_unreachable_fails_before_training(s3_bucket, tiny_model, tmp_pat
     assert not s3_bucket.keys("run/checkpoints/"), "it trained before failing"
 
 
+def test_mlflow_refusing_the_credentials_is_named(monkeypatch, fake_secret):
+    """A real HTTP server that wants other credentials: the probe sends the Secret's, gets 401, and says so."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from lft_api.spec import MlflowSpec
+    from lft_trainer.errors import InvalidInput
+    from lft_trainer.tracking import probe_mlflow
+
+    seen: list[str] = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", fake_secret)
+        env = {"MLFLOW_TRACKING_USERNAME": "lft", "MLFLOW_TRACKING_PASSWORD": fake_secret}
+        with pytest.raises(InvalidInput) as err:
+            probe_mlflow(MlflowSpec(tracking_uri=url, experiment_name="x"), env)
+    finally:
+        server.shutdown()
+    assert err.value.reason == "TrackingAccessDenied" and err.value.field == "training.mlflow.credentialsSecretRef"
+    assert "HTTP 401" in err.value.message and fake_secret not in err.value.message
+    assert seen and seen[0].startswith("Basic ")  # the Secret's username and password went to the server
+
+
 def test_wandb_offline_run_files_with_the_history(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys):
     cfg = config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url, maxSteps=STEPS, loggingSteps=LOGGING,
                  evalSteps=10, reportTo=["wandb", "tensorboard"], wandb={"project": "lft-it", "mode": "offline"})

@@ -144,8 +144,9 @@ class MlflowSpec(SpecModel):
     @field_validator("tracking_uri")
     @classmethod
     def _no_userinfo(cls, v: str) -> str:
-        if urlsplit(v).password is not None:
-            raise ValueError("must not contain credentials (user:password@): put them in credentialsSecretRef")
+        parts = urlsplit(v)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not contain credentials (user:password@ or token@): put them in credentialsSecretRef")
         return v
 
 

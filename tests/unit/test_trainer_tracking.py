@@ -45,6 +45,7 @@ def test_default_is_no_tracking_as_before():
     ({"reportTo": ["comet"]}, ["reportTo", "tensorboard", "mlflow", "wandb"]),
     ({"reportTo": ["mlflow"], "mlflow": {"trackingUri": "https://bob:hunter2@mlflow:5000"}},
      ["trackingUri", "credentialsSecretRef"]),
+    ({"reportTo": ["mlflow"], "mlflow": {"trackingUri": "https://hunter2@mlflow:5000"}}, ["trackingUri", "token@"]),
     ({"reportTo": ["wandb"], "wandb": {"project": "p", "mode": "sometimes"}}, ["mode", "offline"]),
 ])
 def test_invalid_tracking_settings_name_the_field(training, words):

@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -211,14 +212,21 @@ class Tracker:
         if "tensorboard" in self.report_to and tb_dir.is_dir():
             self._upload(tb_dir, contract.TENSORBOARD_DIR)
             found = found.merged_with(Artifacts(tensorboard=self.out.uri(contract.TENSORBOARD_DIR)))
-        wandb = self.config.training.wandb
-        if "wandb" in self.report_to and wandb is not None and wandb.mode == "offline":
-            runs = sorted((self.work / "wandb-dir" / "wandb").glob("offline-run-*"))
-            for run_dir in (r for r in runs if r.is_dir() and not r.is_symlink()):
-                self._upload(run_dir, f"{contract.WANDB_DIR}/{run_dir.name}")
-            if runs:
-                found = found.merged_with(Artifacts(wandb=self.out.uri(contract.WANDB_DIR)))
+        if "wandb" in self.report_to:
+            found = found.merged_with(self._wandb())
         return found
+
+    def _wandb(self) -> Artifacts:
+        """Online: the run's page (once transformers' callback started it); offline: the run files, uploaded."""
+        if self.config.training.wandb.mode == "online":
+            live = sys.modules.get("wandb")
+            if live is not None and live.run is not None:
+                self.links = self.links.merged_with(Artifacts(wandb=live.run.url))
+            return self.links
+        runs = sorted((self.work / "wandb-dir" / "wandb").glob("offline-run-*"))
+        for run_dir in (r for r in runs if r.is_dir() and not r.is_symlink()):
+            self._upload(run_dir, f"{contract.WANDB_DIR}/{run_dir.name}")
+        return Artifacts(wandb=self.out.uri(contract.WANDB_DIR)) if runs else Artifacts()
 
     def close(self) -> None:
         """End what is still open (an attempt that failed or was stopped); never raises."""

@@ -106,6 +106,7 @@ class MlflowServer:
         cmd = [mlflow_executable(), "server", "--host", self.host, "--port", str(self.port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                "--default-artifact-root", (self.root / "artifacts").as_uri()]
+        # A throwaway test server that pods reach at the bridge address: its Host-header/CORS guard is off.
         env = {**os.environ, "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE": "true"}
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)

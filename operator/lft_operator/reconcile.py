@@ -201,7 +201,7 @@ class Reconciler:
     async def _observe(self, body: dict[str, Any], created_job: JobView | None) -> Observation | None:
         owner = Owner.from_body(body)
         status = body.get("status") or {}
-        spec, problems = validate(body.get("spec") or {}, owner.name)
+        spec, problems = validate(body.get("spec") or {}, owner.name, self.settings)
         job = self._cached_job(owner) or (created_job if created_job and created_job.owner_uid == owner.uid else None)
         obs = Observation(
             name=owner.name,

@@ -241,6 +241,12 @@ class TrainingSpec(SpecModel):
     mlflow: Optional[MlflowSpec] = Field(default=None, description="MLflow settings, for reportTo mlflow.")
     wandb: Optional[WandbSpec] = Field(default=None, description="Weights & Biases settings, for reportTo wandb.")
 
+    def tracking_secrets(self) -> list[tuple[str, str]]:
+        """(field path under spec, Secret name) of the trackers' credentials Secrets (mounted as envFrom)."""
+        refs = [(name, getattr(self, name)) for name in ("mlflow", "wandb")]
+        return [(f"training.{name}.credentialsSecretRef", s.credentials_secret_ref.name) for name, s in refs
+                if s is not None and s.credentials_secret_ref is not None]
+
     @model_validator(mode="after")
     def _tracking_settings(self) -> "TrainingSpec":
         if len(set(self.report_to)) != len(self.report_to):

@@ -166,8 +166,7 @@ def storage_secret_name(spec: LoRAFineTuneSpec, settings: Settings) -> tuple[str
 def tracking_secrets(spec: LoRAFineTuneSpec) -> list[tuple[str, str]]:
     """(Secret name, spec field) of the experiment trackers' credentials; each must exist. Their keys become the
     trainer's environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, WANDB_API_KEY); the operator never reads them."""
-    refs = [(f"spec.training.{name}.credentialsSecretRef", getattr(spec.training, name)) for name in ("mlflow", "wandb")]
-    return [(s.credentials_secret_ref.name, field) for field, s in refs if s is not None and s.credentials_secret_ref]
+    return [(name, f"spec.{field}") for field, name in spec.training.tracking_secrets()]
 
 
 def image_pull_secrets(spec: LoRAFineTuneSpec, settings: Settings) -> list[dict[str, str]]:

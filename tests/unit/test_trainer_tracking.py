@@ -13,6 +13,7 @@ from lft_api.contract import RunIdentity
 from lft_api.resource import LoRAFineTuneSpec
 from lft_api.spec import TrainerConfig
 from lft_operator import builders
+from lft_operator.policy import Policy, violations
 from lft_operator.settings import Settings
 from lft_trainer import sft_args, tracking
 from lft_trainer.errors import InvalidInput
@@ -172,3 +173,14 @@ def test_tracking_secrets_become_env_from_by_reference():
         builders.CONFIG_FILE])
     assert config["training"]["mlflow"]["credentialsSecretRef"] == {"name": "mlflow-creds"}
     assert builders.tracking_secrets(LoRAFineTuneSpec.model_validate(BASE)) == []
+
+
+def test_the_admin_policy_governs_tracking_secrets_like_the_storage_secret():
+    spec = LoRAFineTuneSpec.model_validate({
+        **BASE, "storageSecretRef": {"name": "s3-creds"},
+        "training": {"reportTo": ["mlflow"], "mlflow": {**MLFLOW, "credentialsSecretRef": {"name": "admin-token"}}}})
+    assert violations(spec, Policy(), "lft/trainer:cpu", "s3-creds") == []  # unset: any, as for storage
+    strict = Policy(allowed_storage_secrets=("s3-creds", "mlflow-creds"))
+    assert violations(spec, strict, "lft/trainer:cpu", "s3-creds") == [
+        'spec.training.mlflow.credentialsSecretRef.name "admin-token" is not allowed '
+        "(policy.allowedStorageSecrets: s3-creds, mlflow-creds)"]

@@ -17,8 +17,9 @@ export PATH := $(BIN):$(PATH)
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-venv: ## Create .venv with the pinned dependencies (idempotent)
+venv: ## Create .venv with the pinned dependencies, and the tests' MLflow server venv (idempotent)
 	@bash hack/venv.sh
+	@bash hack/mlflow-venv.sh
 
 test: venv ## Everything: unit, integration (real API server), end to end (real cluster, images, S3)
 	bash hack/test-all.sh

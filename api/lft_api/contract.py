@@ -58,6 +58,8 @@ SUMMARY_FILE = "training_summary.json"
 METRICS_FILE = "metrics.jsonl"  # every logged step; refreshed at each checkpoint and at the end
 LOSS_PLOT_FILE = "loss.png"  # train and eval loss against steps; refreshed with metrics.jsonl
 SAMPLES_FILE = "samples.jsonl"  # held-out prompts: reference, base and tuned completions (evaluation.samples)
+TENSORBOARD_DIR = "tensorboard"  # training.reportTo tensorboard: event files, uploaded at checkpoints and the end
+WANDB_DIR = "wandb"  # training.wandb.mode offline: the W&B run directories (`wandb sync` uploads them later)
 
 
 class WireModel(BaseModel):
@@ -228,6 +230,11 @@ class Artifacts(WireModel):
     loss_plot: Optional[str] = Field(default=None, description="loss.png: train and eval loss against steps.")
     samples: Optional[str] = Field(
         default=None, description="samples.jsonl: held-out prompts with the reference, base and tuned completions."
+    )
+    tensorboard: Optional[str] = Field(default=None, description="TensorBoard event files (reportTo tensorboard).")
+    mlflow_run: Optional[str] = Field(default=None, description="The MLflow run's page (reportTo mlflow).")
+    wandb: Optional[str] = Field(
+        default=None, description="The W&B run's page (online), or its offline run files (mode offline)."
     )
 
     def merged_with(self, other: "Artifacts") -> "Artifacts":

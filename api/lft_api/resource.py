@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from .contract import AdapterRef, Artifacts, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress, WireModel
-from .spec import SpecModel, TrainerConfig
+from .spec import SecretRef, SpecModel, TrainerConfig
 
 # The Job is named "<name>-trainer" and its name is copied into the pods' `job-name` label,
 # whose values are limited to 63 characters.
@@ -53,12 +53,6 @@ class ResourcesSpec(SpecModel):
     ephemeral_storage: Quantity | None = _quantity(
         "Ephemeral storage request and limit (model download cache, checkpoints before upload), e.g. 50Gi."
     )
-
-
-class SecretRef(SpecModel):
-    """A Secret in the resource's namespace."""
-
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
 
 
 class RunPolicy(SpecModel):

@@ -14,8 +14,9 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Literal, Optional
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -158,6 +159,64 @@ class LoraSpec(SpecModel):
     )
 
 
+class SecretRef(SpecModel):
+    """A Secret in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+
+
+ReportTarget = Literal["tensorboard", "mlflow", "wandb"]
+
+
+class MlflowSpec(SpecModel):
+    """Where training.reportTo mlflow logs: the run, its parameters and every logged metric."""
+
+    tracking_uri: str = Field(
+        min_length=1,
+        description=(
+            "MLflow tracking server, e.g. http://mlflow.mlops:5000 (checked before training: the run fails at once "
+            "when it cannot be reached). Credentials never go here: see credentialsSecretRef."
+        ),
+    )
+    experiment_name: Optional[str] = Field(
+        default=None, min_length=1, description="Experiment (created when missing). Unset: MLflow's Default."
+    )
+    credentials_secret_ref: Optional[SecretRef] = Field(
+        default=None,
+        description=(
+            "Secret whose keys become the trainer's environment: MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN. Values are never read by the operator."
+        ),
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_userinfo(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not contain credentials (user:password@ or token@): put them in credentialsSecretRef")
+        return v
+
+
+class WandbSpec(SpecModel):
+    """Where training.reportTo wandb logs (Weights & Biases)."""
+
+    project: str = Field(min_length=1, description="W&B project.")
+    entity: Optional[str] = Field(default=None, min_length=1, description="W&B entity (team or user).")
+    mode: Literal["online", "offline"] = Field(
+        default="online",
+        description=(
+            "online: stream to the W&B server (needs WANDB_API_KEY from credentialsSecretRef). offline: no network; "
+            "the run's files go to <output>/wandb/ at every checkpoint and at the end (`wandb sync` uploads them later)."
+        ),
+    )
+    base_url: Optional[str] = Field(default=None, min_length=1, description="Self-hosted W&B server URL.")
+    credentials_secret_ref: Optional[SecretRef] = Field(
+        default=None,
+        description="Secret whose keys become the trainer's environment: WANDB_API_KEY. Never read by the operator.",
+    )
+
+
 class TrainingSpec(SpecModel):
     """Optimisation settings."""
 
@@ -220,10 +279,39 @@ class TrainingSpec(SpecModel):
         le=64,
         description="Training processes in the pod (DDP). The operator sets it from the pod's GPU count.",
     )
+    report_to: list[ReportTarget] = Field(
+        default_factory=list,
+        description=(
+            "Experiment tracking: tensorboard (event files under <output>/tensorboard/, uploaded at every checkpoint "
+            "and at the end), mlflow (settings in training.mlflow), wandb (settings in training.wandb). Empty: none."
+        ),
+    )
+    mlflow: Optional[MlflowSpec] = Field(default=None, description="MLflow settings, for reportTo mlflow.")
+    wandb: Optional[WandbSpec] = Field(default=None, description="Weights & Biases settings, for reportTo wandb.")
+
+    def tracking_secrets(self) -> list[tuple[str, str]]:
+        """(field path under spec, Secret name) of the trackers' credentials Secrets (mounted as envFrom)."""
+        refs = [(name, getattr(self, name)) for name in ("mlflow", "wandb")]
+        return [(f"training.{name}.credentialsSecretRef", s.credentials_secret_ref.name) for name, s in refs
+                if s is not None and s.credentials_secret_ref is not None]
+
+    @model_validator(mode="after")
+    def _tracking_settings(self) -> "TrainingSpec":
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"reportTo lists an integration twice: {self.report_to}")
+        for name in ("mlflow", "wandb"):
+            wanted, given = name in self.report_to, getattr(self, name) is not None
+            if wanted and not given:
+                raise ValueError(f"reportTo {name} needs training.{name} (its settings)")
+            if given and not wanted:
+                raise ValueError(f"training.{name} is set but reportTo does not list {name}: add it, or remove the settings")
+        return self
 
 
 # TrainingSpec fields that change speed and memory, not the trained result (left out of result_hash).
 PERFORMANCE_ONLY_FIELDS = ("performance", "fusedKernels", "compile")
+# TrainingSpec fields that say where the run is reported, not what it trains (left out of result_hash).
+TRACKING_FIELDS = ("reportTo", "mlflow", "wandb")
 
 
 class CheckpointSpec(SpecModel):
@@ -310,7 +398,7 @@ class TrainerConfig(SpecModel):
 
     def result_hash(self) -> str:
         """sha256 (16 hex digits) of the fields that determine the trained result: model, dataset, lora, training
-        (not checkpointing, output, storage or evaluation: they do not change the weights).
+        (not checkpointing, output, storage, evaluation or tracking: they do not change the weights).
 
         Recorded with the run's identity in checkpoint manifests, the summary and the adapter, so that a
         checkpoint or an adapter can be traced to the settings that made it.
@@ -320,7 +408,7 @@ class TrainerConfig(SpecModel):
         training = dict(determining["training"] or {})
         # How the run is computed is not what it computes: the performance fields are left out, and the
         # fields that became optional hash as their former defaults, so earlier runs keep their hashes.
-        for key in PERFORMANCE_ONLY_FIELDS:
+        for key in (*PERFORMANCE_ONLY_FIELDS, *TRACKING_FIELDS):
             training.pop(key, None)
         training.setdefault("batchSize", 4)
         training.setdefault("gradientCheckpointing", True)

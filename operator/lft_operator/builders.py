@@ -163,6 +163,12 @@ def storage_secret_name(spec: LoRAFineTuneSpec, settings: Settings) -> tuple[str
     return None, True
 
 
+def tracking_secrets(spec: LoRAFineTuneSpec) -> list[tuple[str, str]]:
+    """(Secret name, spec field) of the experiment trackers' credentials; each must exist. Their keys become the
+    trainer's environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, WANDB_API_KEY); the operator never reads them."""
+    return [(name, f"spec.{field}") for field, name in spec.training.tracking_secrets()]
+
+
 def image_pull_secrets(spec: LoRAFineTuneSpec, settings: Settings) -> list[dict[str, str]]:
     """The operator's default pull Secrets, then the resource's own; each name once."""
     names = dict.fromkeys([*settings.trainer_image_pull_secrets, *(ref.name for ref in spec.image_pull_secrets)])
@@ -252,6 +258,7 @@ def _volumes(owner: Owner, spec: LoRAFineTuneSpec) -> tuple[list[dict[str, Any]]
 def _container(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
     secret, optional = storage_secret_name(spec, settings)
     env_from = [{"secretRef": {"name": secret, "optional": optional}}] if secret else []
+    env_from += [{"secretRef": {"name": name, "optional": False}} for name, _ in tracking_secrets(spec)]
     mounts = _volumes(owner, spec)[1]
     return {
         "name": CONTAINER_NAME,

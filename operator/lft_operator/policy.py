@@ -20,7 +20,8 @@ Rules (Helm / JSON names):
 - allowTrustRemoteCode: whether spec.model.trustRemoteCode may be true (default false): it runs Python
   code from the model's repository in the trainer pod, with the pod's Secrets in its environment,
   which would make the image rule moot.
-- allowedStorageSecrets, allowedTolerations, allowedPriorityClasses, allowedNodeSelectors: optional
+- allowedStorageSecrets (the Secrets a pod gets whole as envFrom: spec.storageSecretRef and
+  spec.training.mlflow/wandb.credentialsSecretRef), allowedTolerations, allowedPriorityClasses, allowedNodeSelectors: optional
   allow lists; unset (null) allows anything, an empty list nothing. While allowedNodeSelectors is set,
   spec.affinity.nodeAffinity (another way to pick nodes) is refused.
 - Always (not configurable): pod annotations that set seccomp or AppArmor profiles are refused; the
@@ -229,11 +230,14 @@ def _secret_refs(
 
 
 def _storage_secret(spec: LoRAFineTuneSpec, policy: Policy) -> list[str]:
+    """The Secrets the pod gets whole as envFrom: the storage Secret and the experiment trackers' credentials."""
     allowed = policy.allowed_storage_secrets
-    ref = spec.storage_secret_ref
-    if allowed is None or ref is None or ref.name in allowed:
+    refs = [("storageSecretRef", spec.storage_secret_ref.name)] if spec.storage_secret_ref is not None else []
+    refs += spec.training.tracking_secrets()
+    if allowed is None:
         return []
-    return [f"spec.storageSecretRef.name {_q(ref.name)} is not allowed (policy.allowedStorageSecrets: {_names(allowed)})"]
+    return [f"spec.{field}.name {_q(name)} is not allowed (policy.allowedStorageSecrets: {_names(allowed)})"
+            for field, name in refs if name not in allowed]
 
 
 def _tolerations(tolerations: list[dict[str, Any]], policy: Policy) -> list[str]:

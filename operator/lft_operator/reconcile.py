@@ -379,24 +379,22 @@ class Reconciler:
 
     async def _secret_problems(self, owner: Owner, spec: Any) -> list[Problem]:
         secret, optional = builders.storage_secret_name(spec, self.settings)
-        if secret is None or optional or not self._allowed["secrets"]:
-            return []
-        try:
-            found = await self.kube.get(core_path(owner.namespace, "secrets", secret), accept=PARTIAL_METADATA)
-        except ApiError as e:
-            if e.status == 403:
-                # Without RBAC to check, the pod reports a missing Secret itself (CreateContainerConfigError).
-                logger.warning("not allowed to check storage Secrets (%s); skipping that check", e.reason)
-                self._allowed["secrets"] = False
+        wanted = [(secret, "spec.storageSecretRef", Reason.STORAGE_SECRET_NOT_FOUND)] if secret and not optional else []
+        wanted += [(name, field, Reason.TRACKING_SECRET_NOT_FOUND) for name, field in builders.tracking_secrets(spec)]
+        for secret, field, reason in wanted:
+            if not self._allowed["secrets"]:
                 return []
-            raise
-        if found is None:
-            return [
-                Problem(
-                    Reason.STORAGE_SECRET_NOT_FOUND,
-                    f"Secret {secret} (spec.storageSecretRef) not found in namespace {owner.namespace}",
-                )
-            ]
+            try:
+                found = await self.kube.get(core_path(owner.namespace, "secrets", secret), accept=PARTIAL_METADATA)
+            except ApiError as e:
+                if e.status == 403:
+                    # Without RBAC to check, the pod reports a missing Secret itself (CreateContainerConfigError).
+                    logger.warning("not allowed to check Secrets (%s); skipping that check", e.reason)
+                    self._allowed["secrets"] = False
+                    return []
+                raise
+            if found is None:
+                return [Problem(reason, f"Secret {secret} ({field}) not found in namespace {owner.namespace}")]
         return []
 
     # --- writes ---------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ E2E_NAMESPACES = {
     "test_reserved_volume_name_fails_job_invalid": "e2e-jobinvalid",
     "test_pod_quota_exceeded_pending_pod_creation_failed": "e2e-quota",
     "test_host_path_volume_refused_by_the_default_policy": "e2e-policy",
+    # test_tracking.py
+    "test_mlflow_and_tensorboard_from_a_pod": "e2e-tracking",
 }
 
 

@@ -168,6 +168,24 @@ def test_semantic_validation_sets_accepted_false_and_creates_nothing(kube, names
     kube.wait_lft(namespace, "qlora-cpu", lambda s: is_true(s, "Accepted"))
 
 
+def test_a_missing_tracking_secret_is_named_and_its_arrival_starts_the_run(kube, namespace, operator):
+    training = {"reportTo": ["mlflow"], "mlflow": {"trackingUri": "http://mlflow:5000",
+                                                   "credentialsSecretRef": {"name": "mlflow-creds"}}}
+    kube.create_lft(namespace, "tracked", spec(training=training))
+    status = kube.wait_lft(namespace, "tracked", lambda s: cond(s, "Accepted").get("status") == "False")["status"]
+    assert cond(status, "Accepted")["reason"] == Reason.TRACKING_SECRET_NOT_FOUND
+    assert "mlflow-creds (spec.training.mlflow.credentialsSecretRef)" in cond(status, "Accepted")["message"]
+    assert kube.jobs(namespace, "tracked") == []
+
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mlflow-creds"},
+              "stringData": {"MLFLOW_TRACKING_TOKEN": "tok-never-read"}}
+    kube.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
+    kube.wait_lft(namespace, "tracked", lambda s: is_true(s, "Accepted"), timeout=30)
+    (job,) = kube.jobs(namespace, "tracked")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert {"secretRef": {"name": "mlflow-creds", "optional": False}} in container["envFrom"]
+
+
 def test_suspend_checkpoints_and_resume_starts_a_new_attempt(kube, namespace, operator):
     kube.create_lft(namespace, "pausable", spec())
     pod = run_pod(kube, namespace, "pausable")

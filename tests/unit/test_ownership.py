@@ -100,10 +100,13 @@ def test_check_output_with_overwrite_deletes_the_other_runs_artifacts(tmp_path):
     out.put_json("training_summary.json", {"outcome": "succeeded"})  # an old summary, no identity
     out.put_json("adapter/adapter_config.json", {})  # an adapter without lft_run.json
     out.put_json("merged/config.json", {})
+    out.put_json("tensorboard/events.out.tfevents.1.host", {})  # reportTo tensorboard / wandb offline of run A
+    out.put_json("wandb/offline-run-1/run-1.wandb", {})
     d = check_output(cfg(out.base_uri, overwrite=True), out, B)
     assert d.action == "overwrite" and d.replaced == [A]
     assert out.list_dirs("checkpoints") == ["checkpoint-10"]
     assert not out.exists("training_summary.json") and not out.exists("adapter") and not out.exists("merged")
+    assert not out.exists("tensorboard") and not out.exists("wandb")
 
 
 # -- the resume point ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The run's history under the output URI, next to the adapter: metrics.jsonl and loss.png.
+"""The run's history under the output URI, next to the adapter: metrics.jsonl and loss.png (and, through `also`,
+the experiment trackers' files: tracking.py).
 
 Layout: <output>/metrics.jsonl (history.py) and <output>/loss.png (loss_plot.py), refreshed at every
 checkpoint save and written once more at the end, after the adapter. During training the HistoryWriter
@@ -82,8 +83,10 @@ class HistoryWriter:
 
     def __init__(self, out: Storage, local_dir: Path, title: str | None = None,
                  on_written: Callable[[Artifacts], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 also: Callable[[bool], Artifacts] | None = None):
         self.out, self.local_dir, self.title, self.on_written = out, local_dir, title, on_written
+        self.also = also  # more uploads with each refresh (final=False) and at the end (True): tracking.Tracker.sync
         self.writes = 0
         self.failures = 0
         self._error_log = RateLimiter(60.0, clock)  # a failure is logged at most once a minute
@@ -115,7 +118,10 @@ class HistoryWriter:
             log.warning("the last background refresh of metrics.jsonl is still running; writing the final one")
         rows = metrics_rows(log_history, eval_before, eval_after, last_step)
         # Its own folder: a refresh still running past the timeout writes the other one.
-        return write_history(self.out, self.local_dir / "final", rows, self.title, final=True)
+        written = write_history(self.out, self.local_dir / "final", rows, self.title, final=True)
+        if self.also is not None:
+            written.artifacts = written.artifacts.merged_with(self.also(True))
+        return written
 
     def _worker(self) -> None:
         while True:
@@ -127,6 +133,8 @@ class HistoryWriter:
                 (history, eval_before), self._pending = self._pending, None
             try:
                 written = write_history(self.out, self.local_dir, metrics_rows(history, eval_before), self.title)
+                if self.also is not None:
+                    written.artifacts = written.artifacts.merged_with(self.also(False))
                 self.writes += 1
                 if self.on_written is not None:
                     self.on_written(written.artifacts)

@@ -121,6 +121,7 @@ def check_output(config: TrainerConfig, out: Storage, me: RunIdentity) -> Owners
                 out.delete(artifact.path)
         if any(a.path == contract.ADAPTER_DIR for a in decision.foreign):
             out.delete(contract.MERGED_DIR)  # the merged model of the replaced adapter
-        for name in (contract.METRICS_FILE, contract.LOSS_PLOT_FILE):  # its history (they record no identity)
+        # Its history and its trackers' files (they record no identity): TensorBoard would draw both runs' curves.
+        for name in (contract.METRICS_FILE, contract.LOSS_PLOT_FILE, contract.TENSORBOARD_DIR, contract.WANDB_DIR):
             out.delete(name)
     return decision

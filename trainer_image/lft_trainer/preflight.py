@@ -25,7 +25,7 @@ from lft_api.contract import RunIdentity
 from lft_api.errors import format_validation_errors
 from lft_api.spec import DatasetSpec, LoraSpec, ModelSpec, StorageSpec, TrainerConfig
 
-from . import data, formats, ownership
+from . import data, formats, ownership, tracking
 from .errors import InvalidInput
 from .filesystems import split_uri
 from .ownership import OwnershipDecision
@@ -88,6 +88,7 @@ def run_checks(config: TrainerConfig, work: Path, cuda: bool, identity: RunIdent
     if config.model.attn_implementation == "flash_attention_2" and not cuda:
         raise InvalidInput(UNSUPPORTED_HARDWARE, "model.attnImplementation flash_attention_2 needs a CUDA GPU",
                            field="model.attnImplementation")
+    tracking.check(config)
     output = None
     if check_output:
         out = Storage(config.output.uri, config.storage)

@@ -23,7 +23,9 @@ T = TypeVar("T")
 
 ENV_RETRY_SECONDS = "LFT_STORAGE_RETRY_SECONDS"
 SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
-                   "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET")
+                   "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET", "HF_TOKEN",
+                   # experiment trackers (training.mlflow/wandb.credentialsSecretRef)
+                   "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "WANDB_API_KEY")
 
 
 # S3 error codes that mean "try again later" even when the HTTP status is not 5xx.

@@ -51,7 +51,7 @@ def sft_kwargs(config: TrainerConfig, output_dir: str, cuda: bool, dtype_name: s
         bf16=cuda and dtype_name == "bfloat16",
         fp16=cuda and dtype_name == "float16",
         use_cpu=not cuda,
-        report_to=[],
+        report_to=list(t.report_to),  # the environment they read: tracking.tracking_env
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,

@@ -20,7 +20,7 @@ from lft_api.conditions import Reason
 from lft_api.contract import AdapterRef, Artifacts, ExitCode, Metrics, RunIdentity, TerminationMessage
 from lft_api.spec import TrainerConfig
 
-from . import model, performance, preflight, probes, sizing, trainset
+from . import model, performance, preflight, probes, sizing, tracking, trainset
 from .adapter_card import finish_adapter
 from .artifacts import HistoryWriter
 from .distributed import Preemption, is_main, world_size
@@ -135,9 +135,13 @@ def run(config: TrainerConfig, reporter: Reporter | None = None,
     uploader = (CheckpointUploader(prep.out, config.checkpointing.keep_last, identity=prep.identity,
                                    on_uploaded=reporter.checkpoint_uploaded, on_failed=reporter.checkpoint_failed)
                 if is_main() else None)
-    history = (HistoryWriter(prep.out, prep.work / "history", prep.identity.name, reporter.artifacts_written)
+    tracker = (tracking.Tracker(config, prep.work, prep.identity, prep.out, preemption.requested.is_set)
                if is_main() else None)
+    history = (HistoryWriter(prep.out, prep.work / "history", prep.identity.name, reporter.artifacts_written,
+                             also=tracker.sync if config.training.report_to else None) if is_main() else None)
     try:
+        if tracker is not None:
+            tracker.start(prep.resume.step if prep.resume else None)
         trainer, fitted = fit_within_memory(prep, reporter, preemption, uploader, timer, history)
         if fitted.preempted is not None:
             return fitted.preempted
@@ -150,6 +154,8 @@ def run(config: TrainerConfig, reporter: Reporter | None = None,
             uploader.close(timeout=600)
         if history is not None:
             history.close(timeout=60)
+        if tracker is not None:
+            tracker.close()
 
 
 def prepare(config: TrainerConfig, reporter: Reporter, timer: Timer) -> Prepared:
@@ -157,6 +163,7 @@ def prepare(config: TrainerConfig, reporter: Reporter, timer: Timer) -> Prepared
     from transformers import set_seed
 
     work, cuda, identity = work_dir(), torch.cuda.is_available(), run_identity(config)
+    tracking.apply_env(config, work, identity)
     checks = preflight.run_checks(config, work, cuda, identity, check_output=is_main())
     log.info("pre-flight ok: %s", json.dumps(checks.dataset.summary()))
     timer.mark("preflight")
@@ -187,7 +194,7 @@ def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, upl
 
     local_ckpts = prep.work / "checkpoints"
     args = SFTConfig(**sft_kwargs(prep.config, str(local_ckpts), prep.cuda, prep.dtype_name, prep.data.eval is not None,
-                                  prep.plan))
+                                  prep.plan), run_name=tracking.run_name(prep.identity))
     control = make_control_callback(preemption, uploader, local_ckpts, history)
     peak = performance.peak_bf16_tflops(prep.hardware.gpu_name)
     meter = ThroughputMeter(prep.flops_per_token, peak * world_size() if peak else None)

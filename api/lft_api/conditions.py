@@ -32,7 +32,6 @@ class Reason:
     QUANTIZATION_NEEDS_GPU = "QuantizationNeedsGPU"
     PROCESSES_MISMATCH_GPUS = "ProcessesMismatchGPUs"
     INVALID_POD_TEMPLATE = "InvalidPodTemplate"
-    STORAGE_SECRET_NOT_FOUND = "StorageSecretNotFound"
     UNKNOWN_FIELD = "UnknownField"  # a field the schema does not know (pruned by kubectl's client only)
     OUTPUT_IN_USE = "OutputInUse"  # output.uri holds, or another resource writes, another run's artifacts
     # creating the Job and its pods

@@ -14,6 +14,7 @@ from typing import Any
 from lft_api import contract
 from lft_api.resource import JOB_SUFFIX, MUTABLE_FIELDS, LoRAFineTuneSpec
 
+from . import rbac
 from .settings import Settings
 
 NAME_LABEL = f"{contract.API_GROUP}/name"
@@ -114,7 +115,8 @@ def service_account(owner: Owner) -> dict[str, Any]:
 
 
 def trainer_role(owner: Owner) -> dict[str, Any]:
-    """May read and patch the status of this one resource: the trainer reports progress there."""
+    """May patch the status of this one resource, nothing else: the trainer reports progress there.
+    RBAC cannot limit the fields: the operator ignores and reverts the others (status/trust.py)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -124,7 +126,7 @@ def trainer_role(owner: Owner) -> dict[str, Any]:
                 "apiGroups": [contract.API_GROUP],
                 "resources": [f"{contract.PLURAL}/status"],
                 "resourceNames": [owner.name],
-                "verbs": ["get", "patch"],
+                "verbs": list(rbac.TRAINER_VERBS),
             }
         ],
     }

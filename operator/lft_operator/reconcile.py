@@ -20,7 +20,7 @@ from lft_api.conditions import Reason
 from . import builders, metrics
 from .builders import Owner
 from .events import EventPoster
-from .kube import PARTIAL_METADATA, ApiError, Kube, collection_path, core_path, group_path, object_path
+from .kube import ApiError, Kube, collection_path, core_path, group_path, object_path
 from .ownership import OutputClaim, output_conflict, uri_root
 from .settings import Settings
 from .status import (
@@ -44,7 +44,6 @@ from .workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
-SECRET_RECHECK_SECONDS = 10.0
 POD_RECHECK_SECONDS = 5.0  # while a Job has no pod: look for the Job controller's FailedCreate Events
 POD_GRACE_SECONDS = 2.0  # a Job this young has no pod yet, normally: no Event lookup before
 MAX_FORBIDDEN_BACKOFF = 60.0
@@ -111,7 +110,7 @@ class Reconciler:
         self._fingerprints: dict[tuple[str, str], str] = {}
         self._fresh: dict[tuple[str, str], dict[str, Any]] = {}  # new resources, from their watch event
         self._views: dict[str, JobView | PodView] = {}  # by uid: the last view of each Job and pod
-        self._allowed = {"secrets": True, "events": True}  # RBAC for the optional checks
+        self._allowed = {"events": True}  # RBAC for the optional checks
         self._refusals: dict[tuple[str, str], int] = {}  # status writes refused in a row, by resource
         self._forbidden: dict[tuple[str, str], int] = {}  # Job creations forbidden in a row, by resource
         # Resource body and Job a reconcile just created, for the follow-up reconcile (the watch cache
@@ -239,10 +238,6 @@ class Reconciler:
         path of a Job that no status records yet, as after a crash between the two steps."""
         key = (owner.namespace, owner.name)
         obs.problems = self._output_problems(body, spec)
-        if not obs.problems:
-            obs.problems = await self._secret_problems(owner, spec)
-            if obs.problems:
-                self.queue.add_after(key, SECRET_RECHECK_SECONDS)
         if obs.problems:
             return False
         try:
@@ -374,28 +369,6 @@ class Reconciler:
                 self.queue.add(key)
 
         asyncio.get_running_loop().call_later(delay, due)
-
-    async def _secret_problems(self, owner: Owner, spec: Any) -> list[Problem]:
-        secret, optional = builders.storage_secret_name(spec, self.settings)
-        if secret is None or optional or not self._allowed["secrets"]:
-            return []
-        try:
-            found = await self.kube.get(core_path(owner.namespace, "secrets", secret), accept=PARTIAL_METADATA)
-        except ApiError as e:
-            if e.status == 403:
-                # Without RBAC to check, the pod reports a missing Secret itself (CreateContainerConfigError).
-                logger.warning("not allowed to check storage Secrets (%s); skipping that check", e.reason)
-                self._allowed["secrets"] = False
-                return []
-            raise
-        if found is None:
-            return [
-                Problem(
-                    Reason.STORAGE_SECRET_NOT_FOUND,
-                    f"Secret {secret} (spec.storageSecretRef) not found in namespace {owner.namespace}",
-                )
-            ]
-        return []
 
     # --- writes ---------------------------------------------------------------------------------
 

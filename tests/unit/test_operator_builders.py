@@ -86,14 +86,14 @@ def test_config_keeps_the_specs_own_endpoint_and_sets_processes_from_gpus():
     assert builders.trainer_config(make_spec(resources={"gpus": 1}), SETTINGS)["training"]["numProcesses"] == 1
 
 
-def test_trainer_role_may_only_get_and_patch_this_resources_status():
+def test_trainer_role_may_only_patch_this_resources_status():
     role = builders.trainer_role(OWNER)
     assert role["rules"] == [
         {
             "apiGroups": ["finetune.dev"],
             "resources": ["lorafinetunes/status"],
             "resourceNames": ["phi3-chat"],
-            "verbs": ["get", "patch"],
+            "verbs": ["patch"],
         }
     ]
     binding = builders.role_binding(OWNER, make_spec())

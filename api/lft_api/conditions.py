@@ -69,3 +69,6 @@ class Reason:
     # the adapter of a succeeded run (the trainer's check against a serving engine; an Event only)
     SERVABLE = "Servable"
     NOT_SERVABLE = "NotServable"
+    # a status write the operator undid: its own fields written by another client, or trainer fields
+    # written under another run's UID (an Event only)
+    STATUS_REVERTED = "StatusReverted"

@@ -201,6 +201,9 @@ def _env(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> list[dict[
         {"name": contract.ENV_TERMINATION_LOG, "value": contract.DEFAULT_TERMINATION_LOG},
         {"name": "HOME", "value": HOME_DIR},
     ]
+    dirs = secret_dirs(spec, settings)
+    if dirs:
+        ours.append({"name": contract.ENV_SECRET_DIRS, "value": ":".join(dirs)})
     if settings.trainer_status_interval is not None:
         ours.append({"name": contract.ENV_STATUS_MIN_INTERVAL, "value": str(settings.trainer_status_interval)})
     reserved = {e["name"] for e in ours}
@@ -228,7 +231,33 @@ def _api_access_volume() -> dict[str, Any]:
     }
 
 
-def _volumes(owner: Owner, spec: LoRAFineTuneSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+SECRET_VALUES_VOLUME = "lft-secret-values"
+
+
+def _secret_values_volume(spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any] | None:
+    """The Secrets the trainer receives as environment (the storage Secret, secretKeyRef variables), mounted
+    for the trainer to read their values and mask them in its output, whatever the keys are called."""
+    sources: list[dict[str, Any]] = []
+    storage, optional = storage_secret_name(spec, settings)
+    if storage:
+        sources.append({"secret": {"name": storage, "optional": optional}})
+    for i, var in enumerate(spec.pod_template.env):
+        ref = (var.get("valueFrom") or {}).get("secretKeyRef") or {}
+        if ref.get("name") and ref.get("key"):
+            item = {"key": ref["key"], "path": f"env-{i}/{ref['key']}"}
+            sources.append({"secret": {"name": ref["name"], "optional": bool(ref.get("optional")), "items": [item]}})
+    return {"name": SECRET_VALUES_VOLUME, "projected": {"sources": sources}} if sources else None
+
+
+def secret_dirs(spec: LoRAFineTuneSpec, settings: Settings) -> list[str]:
+    """Where the trainer finds the values of the Secrets it receives (contract.ENV_SECRET_DIRS): the
+    operator's mount and the podTemplate's own Secret volumes."""
+    secret_volumes = {v.get("name") for v in spec.pod_template.volumes if "secret" in v}
+    user = [m["mountPath"] for m in spec.pod_template.volume_mounts if m.get("name") in secret_volumes]
+    return ([contract.SECRET_VALUES_DIR] if _secret_values_volume(spec, settings) else []) + user
+
+
+def _volumes(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The pod's volumes and the trainer's mounts: the operator's, then the podTemplate's."""
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
@@ -242,6 +271,10 @@ def _volumes(owner: Owner, spec: LoRAFineTuneSpec) -> tuple[list[dict[str, Any]]
         {"name": "home", "mountPath": HOME_DIR},
         {"name": API_ACCESS_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
     ]
+    secret_values = _secret_values_volume(spec, settings)
+    if secret_values is not None:
+        volumes.append(secret_values)
+        mounts.append({"name": SECRET_VALUES_VOLUME, "mountPath": contract.SECRET_VALUES_DIR, "readOnly": True})
     if spec.resources.gpus > 0:
         # Docker's 64 MiB /dev/shm is too small for NCCL and data loader workers.
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
@@ -254,7 +287,7 @@ def _volumes(owner: Owner, spec: LoRAFineTuneSpec) -> tuple[list[dict[str, Any]]
 def _container(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
     secret, optional = storage_secret_name(spec, settings)
     env_from = [{"secretRef": {"name": secret, "optional": optional}}] if secret else []
-    mounts = _volumes(owner, spec)[1]
+    mounts = _volumes(owner, spec, settings)[1]
     return {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.trainer_image,
@@ -276,7 +309,7 @@ def _container(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict
 
 
 def _pod_spec(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
-    volumes = _volumes(owner, spec)[0]
+    volumes = _volumes(owner, spec, settings)[0]
     container = _container(owner, spec, settings)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",

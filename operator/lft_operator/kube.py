@@ -17,12 +17,15 @@ import aiohttp
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 
+from lft_api import contract
+
 from .metrics import API_SECONDS
 
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+WRITER = {"fieldManager": contract.OPERATOR_FIELD_MANAGER}
 
 
 class ApiError(Exception):
@@ -118,14 +121,15 @@ class Kube:
         body = await self.request("GET", path, params=params)
         return (body or {}).get("items") or []
 
+    # Writes name the operator's field manager: managedFields then tell its status writes from others'.
     async def create(self, path: str, body: dict[str, Any]) -> Any:
-        return await self.request("POST", path, body=body)
+        return await self.request("POST", path, body=body, params=WRITER)
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> Any:
-        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH, params=WRITER)
 
     async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> Any:
-        return await self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
+        return await self.request("PATCH", path, body=ops, content_type=JSON_PATCH, params=WRITER)
 
 
 # Paths ---------------------------------------------------------------------------------------

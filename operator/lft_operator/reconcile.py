@@ -35,6 +35,7 @@ from .status import (
     newest_failed_create,
     now_rfc3339,
     status_json_patch,
+    trusted_status,
     wants_pod,
 )
 from .status.model import seconds_between
@@ -61,6 +62,7 @@ def resource_fingerprint(body: dict[str, Any]) -> str:
             meta.get("generation"),
             meta.get("deletionTimestamp"),
             {k: status.get(k) for k in OWNED_FIELDS},
+            status.get("trainerUid"),  # a trainer of another run reporting here: its fields are removed
             [health.get(k) for k in ("healthy", "message", "failedUploads")] if isinstance(health, dict) else None,
         ],
         sort_keys=True,
@@ -117,6 +119,9 @@ class Reconciler:
         # may lag behind; nothing in the body changed by the operator yet).
         self._deferred: dict[tuple[str, str], tuple[dict[str, Any], JobView]] = {}
         self._rechecks: set[tuple[str, str]] = set()  # resources with a pod re-check pending
+        # The owned status fields as the operator last wrote them, by resource (with its uid): what a
+        # foreign write of them is reverted to (status/trust.py).
+        self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
 
     # --- triggers -------------------------------------------------------------------------------
 
@@ -160,7 +165,7 @@ class Reconciler:
         key = (namespace, name)
         self.known.discard(key)
         self.queue.forget(key)
-        for state in (self._fingerprints, self._fresh, self._refusals, self._forbidden, self._deferred):
+        for state in (self._fingerprints, self._fresh, self._refusals, self._forbidden, self._deferred, self._written):
             state.pop(key, None)
         self.phases.set(key, None)
 
@@ -199,7 +204,9 @@ class Reconciler:
 
     async def _observe(self, body: dict[str, Any], created_job: JobView | None) -> Observation | None:
         owner = Owner.from_body(body)
-        status = body.get("status") or {}
+        uid, remembered = self._written.get((owner.namespace, owner.name), ("", None))
+        trust = trusted_status(body, remembered if uid == owner.uid else None)
+        status = trust.status
         spec, problems = validate(body.get("spec") or {}, owner.name)
         job = self._cached_job(owner) or (created_job if created_job and created_job.owner_uid == owner.uid else None)
         obs = Observation(
@@ -213,6 +220,10 @@ class Reconciler:
             pods=[],
             now=self.clock(),
             pod_creation_timeout=self.settings.pod_creation_timeout_seconds,
+            uid=owner.uid,
+            stored=body.get("status") or {},
+            stale=trust.stale,
+            foreign=trust.foreign,
         )
         if job is None and status.get("phase") not in TERMINAL_PHASES:
             if status.get("jobName"):
@@ -294,6 +305,8 @@ class Reconciler:
             return False
         # The watch event of this write needs no reconcile: this one computed it.
         self._fingerprints[key] = resource_fingerprint(written)
+        written_status = written.get("status") or {}
+        self._written[key] = (meta["uid"], {k: written_status[k] for k in OWNED_FIELDS if k in written_status})
         self._refusals.pop(key, None)
         metrics.STATUS_PATCHES.inc()
         return True

@@ -149,3 +149,33 @@ def test_operator_pod_deleted_mid_run(kube, s3, s3_endpoint, namespace):
     assert obj["status"]["attempts"] == 1
     logs = kube.run("logs", "-n", "lft-system", "deploy/lora-finetune-operator", check=False).stdout
     assert S3_SECRET_KEY not in logs
+
+
+def test_planted_secrets_reach_no_output(kube, s3, s3_endpoint, namespace):
+    """The values of the Secrets the pod receives (the storage Secret, an HF token Secret) and a presigned
+    URL in an error reach neither the status, the Events, the pod's log nor its termination message."""
+    name = "planted"
+    hf = "hf_E2EPlantedToken0123456789abcdef"
+    kube.run("create", "secret", "generic", "hf-token", "-n", namespace, f"--from-literal=token={hf}")
+    body = finetune(namespace, name, s3_endpoint)
+    spec = body["spec"]
+    spec["model"]["name"] = ("https://models.example/tiny?X-Amz-Credential=E2EPLANTEDCRED&X-Amz-Signature=E2EPLANTEDSIG"
+                             f"&k={S3_SECRET_KEY}&t={hf}")
+    spec["podTemplate"] = {"env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token",
+                                                                                       "key": "token"}}}]}
+    spec["runPolicy"] = {"backoffLimit": 0}
+    kube.apply(body, namespace)
+    obj = wait_phase(kube, namespace, name, "Failed", 180)
+    logs = kube.run("logs", "-n", namespace, "-l", f"finetune.dev/name={name}", "--tail=-1").stdout
+    outputs = {
+        "status": json.dumps(obj["status"]),
+        "events": json.dumps(kube.events(namespace, name)),
+        "log": logs,
+        "termination message": json.dumps([p.get("status") for p in kube.pods(namespace, name)]),
+        "describe": kube.run("describe", "lft", name, "-n", namespace).stdout,
+    }
+    assert "***" in outputs["status"] and "models.example" in outputs["status"], outputs["status"]
+    assert logs.strip(), "the trainer logged nothing"
+    for where, text in outputs.items():
+        for secret in (S3_SECRET_KEY, hf, "E2EPLANTEDCRED", "E2EPLANTEDSIG"):
+            assert secret not in text, f"{secret} in the {where}: {text[-1500:]}"

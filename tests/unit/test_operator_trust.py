@@ -41,3 +41,11 @@ def test_the_operators_own_writes_are_trusted_as_they_are() -> None:
     raw = {"phase": "Running", "progress": {"step": 3}, "trainerUid": "u-1"}
     t = trusted_status(body(raw, managed(OPERATOR_FIELD_MANAGER, "phase"), managed(TRAINER_FIELD_MANAGER, "progress")))
     assert t.status == raw and not t.foreign and not t.stale
+
+
+def test_a_memory_another_replica_outdated_is_not_used() -> None:
+    """After a failover and back, this replica's last write is not the newest: its memory must not win."""
+    raw = {"phase": "Succeeded", "attempts": 2, "message": "forged"}
+    b = body(raw, managed(OPERATOR_FIELD_MANAGER, "phase", "attempts"), managed(TRAINER_FIELD_MANAGER, "message"))
+    t = trusted_status(b, remembered={"phase": "Running", "attempts": 1, "message": "Attempt 1 running."})
+    assert t.status == {"phase": "Succeeded", "attempts": 2} and t.foreign == {"message": [TRAINER_FIELD_MANAGER]}

@@ -57,15 +57,15 @@ def trusted_status(body: dict[str, Any], remembered: dict[str, Any] | None = Non
     meta = body.get("metadata") or {}
     status = dict(body.get("status") or {})
     writers = status_writers(meta.get("managedFields"))
-    foreign: dict[str, list[str]] = {}
-    for key in OWNED_FIELDS:
-        others = writers.get(key, set()) - {OPERATOR_FIELD_MANAGER}
-        if key in status and others:
-            foreign[key] = sorted(others)
-            if remembered is not None and key in remembered:
-                status[key] = remembered[key]
-            else:
-                del status[key]
+    foreign = {k: sorted(writers.get(k, set()) - {OPERATOR_FIELD_MANAGER}) for k in OWNED_FIELDS if k in status}
+    foreign = {k: v for k, v in foreign.items() if v}
+    if remembered is not None and any(status.get(k) != remembered.get(k) for k in OWNED_FIELDS if k not in foreign):
+        remembered = None  # another operator replica wrote since (HA): this one's memory is out of date
+    for key in foreign:
+        if remembered is not None and key in remembered:
+            status[key] = remembered[key]
+        else:
+            del status[key]
     stale: tuple[str, ...] = ()
     present = tuple(k for k in TRAINER_OWNED_STATUS_FIELDS if k in status)
     if present and status.get(TRAINER_UID) != meta.get("uid"):

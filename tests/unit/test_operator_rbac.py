@@ -142,6 +142,31 @@ def test_the_rbac_table_lists_exactly_the_calls_in_the_code() -> None:
     assert declared - used == set(), f"rows of the RBAC table no code uses: {sorted(declared - used)}"
 
 
+def test_every_api_call_goes_through_a_method_the_scan_reads() -> None:
+    """The scan sees Kube's methods only: a new one, another HTTP or Kubernetes client, or kopf's API
+    helpers would let calls slip by. Extend the scan (KUBE_VERBS) with any of them."""
+    import inspect
+
+    from lft_operator.kube import Kube
+
+    methods = {n for n, f in inspect.getmembers(Kube, inspect.isfunction) if not n.startswith("_")}
+    assert methods - set(KUBE_VERBS) == {"close", "request"}, sorted(methods - set(KUBE_VERBS))
+    for module, source in package_sources().items():
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "request":
+                assert module == "kube", f"{module}.py:{node.lineno}: a raw request the scan cannot read"
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("kubernetes", "aiohttp"):
+                assert module == "kube", f"{module}.py imports {node.module}: API calls outside Kube"
+            if isinstance(node, ast.Import):
+                roots = {a.name.split(".")[0] for a in node.names}
+                assert not roots & {"kubernetes", "aiohttp", "requests", "httpx", "urllib3"} or module == "kube", module
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.decorator_list:
+                # kopf patches the watched object with what a handler puts in its `patch` argument.
+                params = {a.arg for a in node.args.args + node.args.kwonlyargs}
+                assert "patch" not in params, f"{module}.py:{node.lineno}: a kopf handler that patches"
+
+
 def test_only_kopf_machinery_is_declared_without_code() -> None:
     kopf_rows = {(u.group, u.resource) for u in rbac.USES + rbac.PEERING_USES if u.by != "code"}
     assert kopf_rows == {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"),

@@ -49,3 +49,10 @@ def test_a_memory_another_replica_outdated_is_not_used() -> None:
     b = body(raw, managed(OPERATOR_FIELD_MANAGER, "phase", "attempts"), managed(TRAINER_FIELD_MANAGER, "message"))
     t = trusted_status(b, remembered={"phase": "Running", "attempts": 1, "message": "Attempt 1 running."})
     assert t.status == {"phase": "Succeeded", "attempts": 2} and t.foreign == {"message": [TRAINER_FIELD_MANAGER]}
+
+
+def test_status_written_before_the_operator_named_its_field_manager_is_kept() -> None:
+    """An upgrade: the previous version's writes carry aiohttp's default manager name."""
+    raw = {"phase": "Succeeded", "attempts": 1}
+    t = trusted_status(body(raw, managed("Python", "phase", "attempts")))
+    assert t.status == raw and not t.foreign

@@ -6,6 +6,10 @@ So the operator checks what it reads:
   than the operator's (contract.OPERATOR_FIELD_MANAGER), is foreign: decisions take the operator's
   own last value (remembered from its last write) or, without one (a restart), treat it as unset,
   and the next status write puts the operator's value back.
+  Field managers are names a client gives, not identities: this keeps the trainer program (and any
+  client that does not claim the operator's name) out of the operator's fields; a trainer pod whose
+  code deliberately sends fieldManager=lft-operator is not caught (only a status the trainer cannot
+  write at all would be: progress on an object of its own).
 - The trainer's fields count only under this resource's UID (status.trainerUid, the LFT_UID the
   trainer sends with each patch). Under another UID, or none, they are ignored and removed: a pod
   of an earlier resource of the same name must not report into this one.
@@ -22,6 +26,9 @@ from lft_api.resource import TRAINER_OWNED_STATUS_FIELDS
 from .model import OWNED_FIELDS
 
 TRAINER_UID = "trainerUid"
+# The operator's writes: its field manager, and "Python" (aiohttp's User-Agent), the name the API server
+# gave the writes of operator versions that named no field manager, so that an upgrade keeps their status.
+OPERATOR_MANAGERS = frozenset({OPERATOR_FIELD_MANAGER, "Python"})
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ def trusted_status(body: dict[str, Any], remembered: dict[str, Any] | None = Non
     meta = body.get("metadata") or {}
     status = dict(body.get("status") or {})
     writers = status_writers(meta.get("managedFields"))
-    foreign = {k: sorted(writers.get(k, set()) - {OPERATOR_FIELD_MANAGER}) for k in OWNED_FIELDS if k in status}
+    foreign = {k: sorted(writers.get(k, set()) - OPERATOR_MANAGERS) for k in OWNED_FIELDS if k in status}
     foreign = {k: v for k, v in foreign.items() if v}
     if remembered is not None and any(status.get(k) != remembered.get(k) for k in OWNED_FIELDS if k not in foreign):
         remembered = None  # another operator replica wrote since (HA): this one's memory is out of date

@@ -16,6 +16,8 @@ Cases (each `python -m lft_trainer` in its own process, the same rows, the same 
   qlora-recipe  / qlora-auto: the same two with lora.quantization 4bit
   auto-sdpa     auto with attnImplementation: sdpa (what the varlen attention kernel adds)
   auto-e16      the spec's default effective batch (4 x 4 sequences): auto chooses the split
+  auto-compile  auto with compile: true (torch.compile through TRL's torch_compile)
+  auto-nodropout auto with LoRA dropout 0 (a user's choice, not the plan's: what the dropout copies cost)
   oom-backoff   effective batch 32 with LFT_GPU_MEMORY_GIB=1000: a real CUDA out-of-memory error at the
                 plan's micro-batch 32, halved until it fits, effective batch kept
 Tokens/s is the trainer's steady-state figure (optimizer steps after the first two, timed inside the
@@ -58,6 +60,9 @@ CASES = {
     "auto-sdpa": ({**AUTO_TRAINING}, {}, {"attnImplementation": "sdpa"}),
     # the spec defaults (effective batch 4 x 4): auto may take the whole batch as one micro-batch
     "auto-e16": ({"packing": True}, {}, {}),
+    "auto-compile": ({**AUTO_TRAINING, "compile": True}, {}, {}),
+    # what LoRA dropout costs: PEFT skips the dropout copy of each adapted layer's input when it is 0
+    "auto-nodropout": ({**AUTO_TRAINING}, {"dropout": 0.0}, {}),
     # back-off: the plan is told the GPU has 1000 GiB, picks micro-batch 32, runs out of memory and halves
     "oom-backoff": ({"packing": True, "gradientAccumulationSteps": 8}, {}, {}),
 }
@@ -205,7 +210,8 @@ def ratios(results: list[dict]) -> dict:
     by = {r["case"]: r.get("tokensPerSecond") for r in results}
     out = {}
     for base, fast in (("recipe", "auto"), ("qlora-recipe", "qlora-auto"), ("auto-nofused", "auto"),
-                       ("auto-sdpa", "auto"), ("recipe", "auto-e16")):
+                       ("auto-sdpa", "auto"), ("recipe", "auto-e16"),
+                       ("auto", "auto-compile"), ("auto", "auto-nodropout")):
         if by.get(base) and by.get(fast):
             out[f"{fast}/{base}"] = round(by[fast] / by[base], 2)
     return out
@@ -216,7 +222,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", default="/tmp/lft-gpu")
     ap.add_argument("--steps", type=int, default=14)
-    ap.add_argument("--cases", default="recipe,auto,qlora-recipe,qlora-auto,auto-nofused,auto-sdpa,auto-e16,oom-backoff")
+    ap.add_argument("--cases", default=None, help="default: every case (--small: recipe,auto)")
     ap.add_argument("--budget-seconds", type=float, default=420, help="start no case after this")
     ap.add_argument("--small", action="store_true", help="CPU smoke test: a 2-layer model, two cases")
     args = ap.parse_args()
@@ -237,7 +243,7 @@ def main() -> int:
     results: list[dict] = [check_varlen(small_dir)]
     model_dir = small_dir if args.small else build_model(work, PHI3_MINI)
     data = build_dataset(work, model_dir, rows=400)
-    wanted = ["recipe", "auto"] if args.small else args.cases.split(",")
+    wanted = (args.cases or ("recipe,auto" if args.small else ",".join(CASES))).split(",")
     for name in wanted:
         if time.time() - t0 > args.budget_seconds:
             print(json.dumps({"case": name, "skipped": "over --budget-seconds"}), flush=True)

@@ -33,6 +33,7 @@ class Reason:
     PROCESSES_MISMATCH_GPUS = "ProcessesMismatchGPUs"
     INVALID_POD_TEMPLATE = "InvalidPodTemplate"
     UNKNOWN_FIELD = "UnknownField"  # a field the schema does not know (pruned by kubectl's client only)
+    POLICY_VIOLATION = "PolicyViolation"  # the spec asks for what the operator's admin policy does not allow
     OUTPUT_IN_USE = "OutputInUse"  # output.uri holds, or another resource writes, another run's artifacts
     # creating the Job and its pods
     JOB_INVALID = "JobInvalid"  # the API server rejected the Job (422): final

@@ -57,6 +57,45 @@ class ModelSpec(SpecModel):
     trust_remote_code: bool = Field(
         default=False, description="Run modelling code shipped with the model. Off by default: it executes code."
     )
+    chat_template: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "The chat template that renders chat rows (and is saved with the adapter): inline Jinja, a URI/path to "
+            "a .jinja file (s3://, gs://, file://, /path), or the name of a template TRL ships (phi3, qwen2_5, "
+            "llama3...). Unset: the tokenizer's own; a tokenizer without one is refused when the dataset has chat "
+            "rows (no template is chosen silently)."
+        ),
+    )
+
+
+class ColumnsSpec(SpecModel):
+    """Where a row's fields are, when the dataset names them differently (read before the format is detected)."""
+
+    preset: Optional[Literal["sharegpt", "alpaca"]] = Field(
+        default=None,
+        description=(
+            "A documented mapping, completed by the fields set next to it. sharegpt: messages from conversations, "
+            "roleKey from, contentKey value, roles human->user, gpt->assistant (and system, tool). alpaca: "
+            "prompt from [instruction, input] (joined by a blank line, empty parts left out), completion from output."
+        ),
+    )
+    messages: Optional[str] = Field(default=None, min_length=1, description="The column holding the message list.")
+    prompt: Optional[list[str]] = Field(
+        default=None, min_length=1,
+        description="The column(s) holding the prompt; several string columns are joined by a blank line.",
+    )
+    completion: Optional[str] = Field(default=None, min_length=1, description="The column holding the completion.")
+    text: Optional[str] = Field(default=None, min_length=1, description="The column holding the text.")
+    tools: Optional[str] = Field(default=None, min_length=1, description="The column holding the tool schemas.")
+    role_key: Optional[str] = Field(default=None, min_length=1, description="The message key of the role (role).")
+    content_key: Optional[str] = Field(
+        default=None, min_length=1, description="The message key of the content (content)."
+    )
+    roles: dict[str, str] = Field(
+        default_factory=dict,
+        description="Role names to rename, e.g. {human: user, gpt: assistant}; other roles are kept as they are.",
+    )
 
 
 class DatasetSpec(SpecModel):
@@ -72,9 +111,18 @@ class DatasetSpec(SpecModel):
     format: Literal["auto", "messages", "prompt-completion", "text"] = Field(
         default="auto",
         description=(
-            "Row format. messages: {messages: [{role, content}, ...]}; prompt-completion: "
-            "{prompt, completion}; text: {text}. auto: detected from the first row's keys."
+            "Row format. messages: {messages: [{role, content, tool_calls?}, ...], tools?}; prompt-completion: "
+            "{prompt, completion} as strings or as message lists; text: {text}. auto: detected per row from its keys."
         ),
+    )
+    columns: Optional[ColumnsSpec] = Field(
+        default=None, description="Column and key names when the rows use other names (ShareGPT, Alpaca...)."
+    )
+    config: Optional[str] = Field(
+        default=None, min_length=1, description="Configuration (subset) name of a Hugging Face dataset id."
+    )
+    revision: Optional[str] = Field(
+        default=None, min_length=1, description="Git revision (branch, tag or commit) of a Hugging Face dataset id."
     )
     train_split: str = Field(default="train", description="Split used for training.")
     eval_split: Optional[str] = Field(
@@ -253,9 +301,9 @@ class TrainerConfig(SpecModel):
 
     @model_validator(mode="after")
     def _assistant_only_needs_messages(self) -> "TrainerConfig":
-        if self.training.assistant_only_loss and self.dataset.format in ("text", "prompt-completion"):
+        if self.training.assistant_only_loss and self.dataset.format == "text":
             raise ValueError(
-                "training.assistantOnlyLoss needs chat rows (dataset.format messages or auto), "
+                "training.assistantOnlyLoss needs chat rows (dataset.format messages, prompt-completion or auto), "
                 f"not {self.dataset.format}"
             )
         return self

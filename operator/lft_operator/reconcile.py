@@ -207,7 +207,7 @@ class Reconciler:
         uid, remembered = self._written.get((owner.namespace, owner.name), ("", None))
         trust = trusted_status(body, remembered if uid == owner.uid else None)
         status = trust.status
-        spec, problems = validate(body.get("spec") or {}, owner.name)
+        spec, problems = validate(body.get("spec") or {}, owner.name, self.settings)
         job = self._cached_job(owner) or (created_job if created_job and created_job.owner_uid == owner.uid else None)
         obs = Observation(
             name=owner.name,

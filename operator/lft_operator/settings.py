@@ -12,6 +12,8 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
+from .policy import Policy
+
 # The tag `make images` builds (hack/build-images.sh); the chart sets LFT_TRAINER_IMAGE.
 DEFAULT_TRAINER_IMAGE = "lft/trainer:cpu"
 
@@ -64,6 +66,8 @@ class Settings(BaseSettings):
     pod_creation_timeout_seconds: float = 600.0
     json_logs: bool = True
     log_level: str = "INFO"
+    # What a LoRAFineTune may ask for (policy.py). LFT_POLICY: JSON, e.g. {"allowedSecrets": ["hf-token"]}.
+    policy: Policy = Field(default_factory=Policy)
 
     @field_validator("namespaces", mode="before")
     @classmethod

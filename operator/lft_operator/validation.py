@@ -16,7 +16,12 @@ from lft_api.conditions import Reason
 from lft_api.errors import format_validation_errors
 from lft_api.resource import MAX_NAME_LENGTH, LoRAFineTuneSpec
 
+from . import policy
+from .builders import storage_secret_name
+from .settings import Settings
 from .status import Problem
+
+DEFAULT_SETTINGS = Settings.from_env({})
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -92,8 +97,17 @@ def semantic_problems(spec: LoRAFineTuneSpec, name: str) -> list[Problem]:
     return problems
 
 
-def validate(raw_spec: dict[str, Any], name: str) -> tuple[LoRAFineTuneSpec | None, list[Problem]]:
+def policy_problems(spec: LoRAFineTuneSpec, settings: Settings) -> list[Problem]:
+    """What the admin policy (settings.policy) refuses, one PolicyViolation per broken rule."""
+    secret, _ = storage_secret_name(spec, settings)
+    messages = policy.violations(spec, settings.policy, settings.trainer_image, secret)
+    return [Problem(Reason.POLICY_VIOLATION, message) for message in messages]
+
+
+def validate(
+    raw_spec: dict[str, Any], name: str, settings: Settings = DEFAULT_SETTINGS
+) -> tuple[LoRAFineTuneSpec | None, list[Problem]]:
     spec, problems = parse_spec(raw_spec)
     if spec is None:
         return None, problems
-    return spec, semantic_problems(spec, name)
+    return spec, semantic_problems(spec, name) + policy_problems(spec, settings)

@@ -33,10 +33,14 @@ E2E_NAMESPACES = {
     "test_node_runtime_restarted_mid_run": "e2e-noderestart",
     "test_object_store_unreachable_mid_run": "e2e-s3cut",
     "test_operator_watch_cut_then_restored": "e2e-watchcut",
+    # test_datasets.py
+    "test_function_calling_dataset_trains": "e2e-tools",
+    "test_sharegpt_file_trains": "e2e-sharegpt",
     # test_refusals.py
     "test_same_output_uri_second_refused_first_succeeds": "e2e-outputinuse",
     "test_reserved_volume_name_fails_job_invalid": "e2e-jobinvalid",
     "test_pod_quota_exceeded_pending_pod_creation_failed": "e2e-quota",
+    "test_host_path_volume_refused_by_the_default_policy": "e2e-policy",
 }
 
 

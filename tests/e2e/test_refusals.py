@@ -5,7 +5,9 @@
 (b) a podTemplate volume named like one of the operator's own ("config"): Failed with JobInvalid
     within 30 s, with a Warning event;
 (c) a namespace whose ResourceQuota allows no pods: Pending with PodCreationFailed and the quota
-    error in status.message within 30 s.
+    error in status.message within 30 s;
+(d) a hostPath volume, which the chart's default admin policy does not allow: Accepted=False,
+    PolicyViolation naming the volume and the rule within 30 s, a Warning event, nothing created.
 """
 
 from __future__ import annotations
@@ -106,3 +108,29 @@ def test_pod_quota_exceeded_pending_pod_creation_failed(kube, s3, s3_endpoint, n
     report("ResourceQuota pods: 0", status["phase"], elapsed, reason="PodCreationFailed",
            message=json.dumps(status.get("message", ""))[:160])
     assert elapsed <= QUICK, f"PodCreationFailed shown after {elapsed:.1f} s"
+
+
+def test_host_path_volume_refused_by_the_default_policy(kube, s3, s3_endpoint, namespace):
+    name = "hostpath"
+    body = finetune(namespace, name, s3_endpoint)
+    body["spec"]["podTemplate"] = {"volumes": [{"name": "host", "hostPath": {"path": "/"}}]}
+    started = time.monotonic()
+    kube.apply(body, namespace)
+
+    def refused():
+        obj = kube.lft(namespace, name)
+        return obj if condition(obj, "Accepted").get("reason") == "PolicyViolation" else None
+    obj = kube.wait_for("Accepted=False with PolicyViolation", refused, QUICK + 30, interval=0.5)
+    elapsed = time.monotonic() - started
+    accepted = condition(obj, "Accepted")
+    assert accepted["status"] == "False" and obj["status"]["phase"] == "Pending", obj["status"]
+    assert accepted["message"].startswith('spec.podTemplate.volumes[0] ("host") has kind hostPath'), accepted
+    assert "policy.allowedVolumeKinds" in accepted["message"], accepted
+    kube.wait_for("PolicyViolation event", lambda: any(
+        e["type"] == "Warning" and e["reason"] == "PolicyViolation" for e in kube.events(namespace, name)), 15)
+    for kind in ("jobs", "configmaps", "serviceaccounts", "roles", "rolebindings"):
+        made = kube.json("get", kind, "-n", namespace, "-l", f"finetune.dev/name={name}")["items"]
+        assert not made, (kind, [m["metadata"]["name"] for m in made])
+    assert not kube.pods(namespace, name)
+    report("podTemplate hostPath volume", obj["status"]["phase"], elapsed, reason="PolicyViolation")
+    assert elapsed <= QUICK, f"PolicyViolation shown after {elapsed:.1f} s"

@@ -337,7 +337,7 @@ def test_assistant_only_loss_and_prompt_completion_rows(tiny_model, tmp_path, mo
     code, _ = run_in_process(cfg, tmp_path, monkeypatch)
     assert code == 0, capsys.readouterr().out[-3000:]
     summary = json.loads((tmp_path / "out2/training_summary.json").read_text())
-    assert summary["dataset"]["format"] == "prompt-completion" and summary["steps"] == 4
+    assert summary["dataset"]["rowsPerFormat"] == {"train": {"prompt-completion:standard": 60}} and summary["steps"] == 4
     samples = [json.loads(x) for x in (tmp_path / "out2/samples.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["reference"]) for r in samples] == [(m[-2]["content"], m[-1]["content"]) for m in rows[-2:]]
     assert summary["samples"]["heldOut"] is False and summary["samples"]["maxNewTokens"] == 8

@@ -206,6 +206,68 @@ def test_image_pull_secrets_on_the_operator_pod_and_for_the_trainers() -> None:
     assert env_of(docs)["LFT_TRAINER_IMAGE_PULL_SECRETS"] == ""
 
 
+POLICY_VALUES = """
+policy:
+  allowedImages: [registry.local/ml/*]
+  allowedVolumeKinds: [emptyDir, hostPath]
+  allowedServiceAccounts: [workload-id]
+  allowedSecrets: [hf-token]
+  allowTrustRemoteCode: true
+  allowedStorageSecrets: [s3-credentials]
+  allowedTolerations: [{key: nvidia.com/gpu, effect: NoSchedule}]
+  allowedPriorityClasses: []
+  allowedNodeSelectors: {pool: [gpu-*]}
+"""
+
+
+def test_policy_values_reach_the_operator(tmp_path) -> None:
+    from lft_operator.policy import Policy, TolerationRule
+    from lft_operator.settings import Settings
+
+    def settings(*extra: str) -> Settings:
+        return Settings.from_env({k: v for k, v in env_of(render({}, *extra)).items() if v is not None})
+
+    values = tmp_path / "policy.yaml"
+    values.write_text(POLICY_VALUES)
+    assert settings("-f", str(values)).policy == Policy(
+        allowed_images=("registry.local/ml/*",),
+        allowed_volume_kinds=("emptyDir", "hostPath"),
+        allowed_service_accounts=("workload-id",),
+        allowed_secrets=("hf-token",),
+        allow_trust_remote_code=True,
+        allowed_storage_secrets=("s3-credentials",),
+        allowed_tolerations=(TolerationRule(key="nvidia.com/gpu", effect="NoSchedule"),),
+        allowed_priority_classes=(),
+        allowed_node_selectors={"pool": ("gpu-*",)},
+    )
+    # The chart's defaults are the operator's: the trainer image's repository, the five volume kinds,
+    # no other ServiceAccount or Secret, no limits on the optional lists.
+    default = settings()
+    assert default.policy == Policy()
+    assert default.policy.image_patterns(default.trainer_image) == ("lft/trainer:*", "lft/trainer@*")
+    moved = settings("--set", "trainer.image=registry.local/lft-trainer:0.1.0")
+    assert moved.policy.image_patterns(moved.trainer_image) == ("registry.local/lft-trainer:*", "registry.local/lft-trainer@*")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["policy.alowedImages={x}", "policy.allowedVolumeKinds={hostpath}", "policy.allowedTolerations[0].operator=Maybe"],
+)
+def test_values_schema_rejects_bad_policies(bad: str) -> None:
+    proc = helm("template", RELEASE, str(CHART), "--set", bad, check=False)
+    assert proc.returncode != 0 and "schema" in proc.stderr, proc.stderr
+
+
+def test_values_schema_knows_the_operators_volume_kinds() -> None:
+    import json
+
+    from lft_operator.policy import VOLUME_KINDS
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    kinds = schema["properties"]["policy"]["properties"]["allowedVolumeKinds"]["items"]["enum"]
+    assert tuple(kinds) == VOLUME_KINDS
+
+
 def test_default_images_are_the_ones_make_images_builds() -> None:
     """A plain `helm install` after `make images` finds its images: no registry publishes them."""
     from lft_operator.settings import DEFAULT_TRAINER_IMAGE

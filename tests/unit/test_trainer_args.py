@@ -78,35 +78,3 @@ def test_tiny_model_is_seeded_and_has_phi3_tokens(tmp_path):
     for special in ("<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>", "<|system|>"):
         assert tok.convert_tokens_to_ids(special) in ids or special == "<|system|>"
     assert tok.decode(ids) == text  # byte-level: lossless
-
-
-def test_datasets_from_checked_rows_and_from_a_sampled_huge_file():
-    from pathlib import Path
-
-    from lft_trainer import data, preflight
-
-    path = Path(__file__).resolve().parents[2] / "examples/data/chat_tiny.jsonl"
-    c = TrainerConfig(model={"name": "m"}, dataset={"uri": str(path), "maxSamples": 100}, output={"uri": "o"})
-    source = data.resolve(c.dataset, None, Path("/nonexistent"))
-    full = preflight.check_dataset(source, c.dataset)
-    train_ds, eval_ds = data.build_datasets(c.dataset, c.training.seed, source, full.format, full.splits)
-    assert len(eval_ds) == 24 and len(train_ds) == 100  # 5% held out, then maxSamples
-    # Only the first 50 rows were checked: the files are loaded with datasets, same split sizes.
-    sampled = preflight.check_dataset(source, c.dataset, max_rows=50)
-    assert sampled.splits["train"].sampled
-    train2, eval2 = data.build_datasets(c.dataset, c.training.seed, source, sampled.format, sampled.splits)
-    assert (len(train2), len(eval2)) == (100, 24) and train2.column_names == ["messages"]
-    assert set(eval_ds["messages"][0][0]) == {"role", "content"}
-
-
-def test_rows_longer_than_max_length_are_counted(tmp_path):
-    from transformers import AutoTokenizer
-
-    from lft_trainer import preflight, tiny_model
-
-    tok = AutoTokenizer.from_pretrained(tiny_model.build(tmp_path / "m"))
-    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
-    long = {"messages": [{"role": "user", "content": "tree " * 40}, {"role": "assistant", "content": "ok"}]}
-    assert preflight.count_too_long([short, long, long], "messages", tok, max_length=32)[:2] == (2, 3)
-    assert preflight.count_too_long([short, long], "messages", tok, max_length=4096)[:2] == (0, 2)
-    assert preflight.count_too_long([{"text": "a " * 100}], "text", tok, max_length=32)[:2] == (1, 1)

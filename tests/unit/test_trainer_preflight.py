@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -34,8 +35,8 @@ def fails(path: Path, fmt: str = "auto", **kw) -> InvalidInput:
 # --- dataset rows -----------------------------------------------------------------------------
 def test_example_dataset_passes_every_row():
     report = check(REPO / "examples/data/chat_tiny.jsonl")
-    assert report.format == "messages"
-    assert report.splits["train"].checked == 480 and len(report.splits["train"].rows) == 480
+    assert report.formats == {"messages": 480}
+    assert report.splits["train"].checked == 480 and len(data.open_rows(report.splits["train"].path)) == 480
     assert report.summary()["sampled"] is False
 
 
@@ -44,7 +45,7 @@ def test_unknown_role_names_file_row_and_field():
     bad = json.loads((REPO / "examples/data/bad_rows.jsonl").read_text().splitlines()[16])
     idx = [m["role"] for m in bad["messages"]].index("robot")
     assert err.message == (f"{REPO}/examples/data/bad_rows.jsonl row 17: messages[{idx}].role 'robot' "
-                           "is not one of system, user, assistant, tool")
+                           "is not one of system, developer, user, assistant, tool")
     assert (err.reason, err.row, err.field) == ("InvalidDataset", 17, f"messages[{idx}].role")
 
 
@@ -58,7 +59,7 @@ def test_bad_json_line(tmp_path):
 def test_missing_messages(tmp_path):
     f = write_jsonl(tmp_path / "train.jsonl", [GOOD, GOOD, {"msgs": []}])
     err = fails(f, fmt="messages")
-    assert err.message == f"{f} row 3: messages is missing (format messages needs a list of {{role, content}})"
+    assert err.message == f"{f} row 3: messages is missing (a list of {{role, content}})"
     assert err.field == "messages"
 
 
@@ -72,7 +73,7 @@ def test_empty_content(tmp_path):
 def test_content_not_a_string(tmp_path):
     row = {"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "a"}]}
     err = fails(write_jsonl(tmp_path / "train.jsonl", [row, GOOD]))
-    assert err.message.endswith("row 1: messages[0].content is a int, expected a string")
+    assert err.message.endswith("row 1: messages[0].content is a int, expected a string or a list of text parts")
 
 
 def test_no_assistant_turn(tmp_path):
@@ -82,10 +83,13 @@ def test_no_assistant_turn(tmp_path):
 
 
 def test_prompt_not_a_string(tmp_path):
-    rows = [{"prompt": "p", "completion": "c"}, {"prompt": ["p"], "completion": "c"}]
+    rows = [{"prompt": "p", "completion": "c"}, {"prompt": 3, "completion": "c"}, {"prompt": ["p"], "completion": "c"}]
     err = fails(write_jsonl(tmp_path / "pc.jsonl", rows))
-    assert err.message == f"{tmp_path}/pc.jsonl row 2: prompt is a list, expected a string"
+    assert err.message == (f"{tmp_path}/pc.jsonl row 2: prompt is a int, expected a string "
+                           "(more bad rows: 3)")
     assert err.field == "prompt"
+    err = fails(write_jsonl(tmp_path / "pc.jsonl", rows[2:]))
+    assert err.message.endswith("row 1: prompt[0] is a string, expected an object with role and content")
 
 
 def test_text_missing(tmp_path):
@@ -144,18 +148,24 @@ def test_json_array_parquet_and_split_files(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"text": "x"}, {"text": "y"}]), tmp_path / "p.parquet")
     report = check(tmp_path / "d", eval_split=None)
     assert report.splits["train"].checked == 5
-    assert check(tmp_path / "p.parquet").format == "text"
+    assert check(tmp_path / "p.parquet").formats == {"text": 2}
     (tmp_path / "d/eval.json").write_text(json.dumps([GOOD, {"messages": [{"role": "bot", "content": "x"}]}]))
     err = fails(tmp_path / "d", eval_split="eval")
-    assert err.message == f"{tmp_path}/d/eval.json row 2: messages[0].role 'bot' is not one of system, user, assistant, tool"
+    assert err.message == f"{tmp_path}/d/eval.json row 2: messages[0].role 'bot' is not one of system, developer, user, assistant, tool"
 
 
-def test_bounded_sample(tmp_path):
-    f = write_jsonl(tmp_path / "big.jsonl", [GOOD] * 50 + ["{broken"])
-    spec = DatasetSpec(uri=str(f))
-    report = preflight.check_dataset(data.resolve(spec, None, tmp_path), spec, max_rows=20)
-    assert report.splits["train"].checked == 20 and report.splits["train"].sampled
-    assert report.summary()["sampled"] is True
+def test_every_row_is_checked_and_kept_in_order(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+            for i in range(300)]
+    f = write_jsonl(tmp_path / "big.jsonl", [*rows, "{broken"])
+    assert fails(f).message == f"{f} row 301: invalid JSON: Expecting property name enclosed in double quotes at column 2"
+    f = write_jsonl(tmp_path / "big.jsonl", ["", *rows])  # a blank line: row numbers stay line numbers
+    report = check(f)
+    kept = data.open_rows(report.splits["train"].path)
+    assert kept["line"] == list(range(2, 302)) and set(kept["file"]) == {str(f)}
+    assert [json.loads(r) for r in kept["row"]] == rows
+    assert report.files == [{"file": str(f), "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+                             "bytes": f.stat().st_size}]
 
 
 # --- config, model, hardware --------------------------------------------------------------------
@@ -234,3 +244,29 @@ def test_main_missing_storage_credentials_exit_3(tmp_path, monkeypatch, capsys):
     assert main(["--config", str(cfg)]) == 3
     msg = json.loads((tmp_path / "term").read_text())
     assert msg["reason"] == "MissingCredentials" and "AWS_ACCESS_KEY_ID" in msg["message"]
+
+
+def test_hub_dataset_config_and_split_through_datasets_local_loading(tmp_path, monkeypatch):
+    """A directory laid out like a hub dataset snapshot (README configs), loaded by datasets' own loader:
+    dataset.config picks the configuration; an unknown one or an unknown split is DatasetNotFound."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "dscache"))
+    snap = tmp_path / "datasets--acme--chat/snapshots" / ("a" * 40)
+    for cfg, rows in (("default", [GOOD]), ("plain", [{"text": "t1"}, {"text": "t2"}])):
+        (snap / cfg).mkdir(parents=True)
+        write_jsonl(snap / cfg / "train.jsonl", rows)
+    (snap / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/train.jsonl\n" for c in ("default", "plain"))
+        + "---\n")
+    spec = DatasetSpec(uri=str(snap), config="plain")
+    source = data.DatasetSource(uri=spec.uri, hub_id=spec.uri)
+    rows = list(data.iter_rows(source, "train", spec))
+    assert rows == [(f"{snap} (split train)", 1, {"text": "t1"}), (f"{snap} (split train)", 2, {"text": "t2"})]
+    report = preflight.check_dataset(source, spec, tmp_path / "rows")
+    assert report.formats == {"text": 2} and report.files == []
+    assert [r[2] for r in data.iter_rows(source, "train", DatasetSpec(uri=str(snap)))] == [GOOD]
+    with pytest.raises(InvalidInput) as ei:
+        list(data.iter_rows(source, "train", DatasetSpec(uri=str(snap), config="nope")))
+    assert ei.value.reason == "DatasetNotFound" and ei.value.field == "dataset.uri"
+    assert ei.value.message.startswith(f"dataset {snap} config 'nope' split 'train': BuilderConfig 'nope' not found")
+    with pytest.raises(InvalidInput, match="split 'eval': Unknown split"):
+        list(data.iter_rows(source, "eval", spec))

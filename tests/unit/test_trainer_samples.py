@@ -30,8 +30,9 @@ class CharTokenizer:
     def decode(self, ids, **kw):
         return "".join(chr(i) for i in ids)
 
-    def apply_chat_template(self, turns, tokenize=False, add_generation_prompt=False):
-        text = "".join(f"<{t['role']}>{t['content']}" for t in turns)
+    def apply_chat_template(self, turns, tokenize=False, add_generation_prompt=False, tools=None):
+        text = "".join(f"<tool {t['function']['name']}>" for t in tools or [])
+        text += "".join(f"<{t['role']}>{t['content']}" for t in turns)
         return text + ("<assistant>" if add_generation_prompt else "")
 
 
@@ -61,19 +62,27 @@ def test_messages_prompt_is_the_turns_before_the_last_assistant_turn_with_the_ge
     row = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
                         {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
                         {"role": "assistant", "content": "A2"}]}
-    p = samples.to_prompt(row, "messages", CharTokenizer())
+    p = samples.to_prompt(row, CharTokenizer())
     assert p == samples.Prompt("<system>S<user>Q1<assistant>A1<user>Q2<assistant>", "A2", add_special_tokens=False)
     # A trailing user turn after the last answer is not part of the prompt.
     row["messages"].append({"role": "user", "content": "thanks"})
-    assert samples.to_prompt(row, "messages", CharTokenizer()).reference == "A2"
+    assert samples.to_prompt(row, CharTokenizer()).reference == "A2"
 
 
 def test_prompt_completion_and_text_rows():
-    p = samples.to_prompt({"prompt": "2+2=", "completion": "4"}, "prompt-completion", CharTokenizer())
+    p = samples.to_prompt({"prompt": "2+2=", "completion": "4"}, CharTokenizer())
     assert p == samples.Prompt("2+2=", "4", add_special_tokens=True)
-    t = samples.to_prompt({"text": "abcdefg"}, "text", CharTokenizer())
+    t = samples.to_prompt({"text": "abcdefg"}, CharTokenizer())
     assert (t.prompt, t.reference) == ("abc", "defg")
     assert samples.split_text("a", CharTokenizer()) == ("a", "")  # at least one prompt token
+
+
+def test_conversational_prompt_completion_and_tools_reach_the_prompt():
+    row = {"prompt": [{"role": "user", "content": "Q"}],
+           "completion": [{"role": "assistant", "content": "A"}],
+           "tools": [{"type": "function", "function": {"name": "f"}}]}
+    p = samples.to_prompt(row, CharTokenizer())
+    assert p == samples.Prompt("<tool f><user>Q<assistant>", "A", add_special_tokens=False)
 
 
 def test_summary_rows_are_shortened():

@@ -2,13 +2,14 @@
 Hugging Face dataset id.
 
 Rows are read here with their 1-based position (the line number for JSON Lines), so pre-flight can
-name the exact row of a bad input; pre-flight (preflight.py) decides what a good row is. The training
-datasets are built here from the rows pre-flight validated (read once); only a dataset too large for
-pre-flight to hold is read again, by the datasets library.
+name the exact row of a bad input; pre-flight (preflight.py, formats.py) decides what a good row is and
+writes the normalized rows to an Arrow file per split (RowWriter). Training reads those files, whatever
+the dataset's size: what was checked is what is trained, in the same numbering.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,7 +23,6 @@ from lft_api.spec import DatasetSpec, StorageSpec
 from .errors import InvalidInput
 from .filesystems import split_uri
 
-FORMAT_FIELDS = {"messages": ("messages",), "prompt-completion": ("prompt", "completion"), "text": ("text",)}
 DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
 DATASET_NOT_FOUND = "DatasetNotFound"
 UNREADABLE = "UnreadableDataset"
@@ -205,11 +205,11 @@ def _parquet_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
             yield n, row
 
 
-def iter_rows(source: DatasetSource, split: str) -> Iterator[tuple[str, int, Any]]:
+def iter_rows(source: DatasetSource, split: str, spec: DatasetSpec) -> Iterator[tuple[str, int, Any]]:
     """(display name, 1-based row number, row or BadRow) of every row of a split, files in order."""
     if source.is_hub:
         display = f"{source.hub_id} (split {split})"
-        for n, row in enumerate(load_hub_split(source.hub_id, split), start=1):
+        for n, row in enumerate(load_hub_split(spec, split), start=1):
             yield display, n, row
         return
     for f in source.files.get(split, []):
@@ -217,48 +217,90 @@ def iter_rows(source: DatasetSource, split: str) -> Iterator[tuple[str, int, Any
             yield f.display, n, row
 
 
-def load_hub_split(hub_id: str, split: str):
+def load_hub_split(spec: DatasetSpec, split: str):
+    """A split of a Hugging Face dataset id (dataset.config, dataset.revision; HF_TOKEN from the environment)."""
     import datasets
 
+    where = f"dataset {spec.uri}" + (f" config {spec.config!r}" if spec.config else "")
     try:
-        return datasets.load_dataset(hub_id, split=split)
+        return datasets.load_dataset(spec.uri, name=spec.config, revision=spec.revision, split=split,
+                                     token=os.environ.get("HF_TOKEN") or None)
     except (FileNotFoundError, ValueError) as exc:
-        # ValueError: unknown split; FileNotFoundError / DatasetNotFoundError: no such dataset.
-        raise InvalidInput(DATASET_NOT_FOUND, f"dataset {hub_id} split {split!r}: {str(exc).splitlines()[0][:300]}",
-                           file=hub_id, field="dataset.uri") from exc
+        # ValueError: unknown split or config; FileNotFoundError / DatasetNotFoundError: no such dataset.
+        raise InvalidInput(DATASET_NOT_FOUND, f"{where} split {split!r}: {str(exc).splitlines()[0][:300]}",
+                           file=spec.uri, field="dataset.uri") from exc
     except Exception as exc:
-        if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "GatedRepoError"):
-            raise InvalidInput(DATASET_NOT_FOUND, f"dataset {hub_id}: {str(exc).splitlines()[0][:300]}",
-                               file=hub_id, field="dataset.uri") from exc
+        if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "GatedRepoError",
+                                  "RevisionNotFoundError"):
+            raise InvalidInput(DATASET_NOT_FOUND, f"{where}: {str(exc).splitlines()[0][:300]}",
+                               file=spec.uri, field="dataset.uri") from exc
         raise
 
 
-def load_split(source: DatasetSource, split: str, fmt: str):
-    """A whole split as datasets.Dataset with the format's columns (for datasets pre-flight only sampled)."""
+def file_digests(source: DatasetSource) -> list[dict[str, Any]]:
+    """sha256 and size of every dataset file (what was read is what is recorded)."""
+    out = []
+    for files in source.files.values():
+        for f in files:
+            h = hashlib.sha256()
+            with open(f.path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+            out.append({"file": f.display, "sha256": h.hexdigest(), "bytes": f.path.stat().st_size})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the checked rows, on disk: one Arrow stream per split, read back memory-mapped
+# ---------------------------------------------------------------------------------------------
+ROW_SCHEMA_FIELDS = (("row", "string"), ("file", "string"), ("line", "int64"))
+
+
+class RowWriter:
+    """Normalized rows (JSON text) with their file and row number, written in batches: memory stays bounded."""
+
+    BATCH = 8192
+
+    def __init__(self, path: Path):
+        import pyarrow as pa
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._schema = pa.schema([(n, getattr(pa, t)()) for n, t in ROW_SCHEMA_FIELDS])
+        self._writer = pa.ipc.new_stream(str(path), self._schema)
+        self._cols: tuple[list, list, list] = ([], [], [])
+        self.count = 0
+
+    def add(self, row_json: str, file: str, line: int) -> None:
+        for col, v in zip(self._cols, (row_json, file, line), strict=False):
+            col.append(v)
+        self.count += 1
+        if len(self._cols[0]) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._cols[0]:
+            self._writer.write_batch(pa.record_batch([pa.array(c) for c in self._cols], schema=self._schema))
+            self._cols = ([], [], [])
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+
+def open_rows(path: Path):
+    """The rows a RowWriter wrote, as a memory-mapped datasets.Dataset (columns row, file, line)."""
     import datasets
 
-    if source.is_hub:
-        ds = load_hub_split(source.hub_id, split)
-    else:
-        files = source.files[split]
-        ds = datasets.load_dataset("parquet" if files[0].kind == "parquet" else "json",
-                                   data_files=[str(f.path) for f in files], split="train")
-    return ds.select_columns(list(FORMAT_FIELDS[fmt]))
+    return datasets.Dataset.from_file(str(path))
 
 
-def build_datasets(spec: DatasetSpec, seed: int, source: DatasetSource, fmt: str, splits: dict):
-    """(train, eval or None) as datasets.Dataset; splits: {name: preflight.SplitRows} (validated rows)."""
-    import datasets
-
-    def to_ds(split: str):
-        rows = splits[split]
-        return load_split(source, split, fmt) if rows.sampled else datasets.Dataset.from_list(rows.rows)
-
-    train = to_ds(spec.train_split)
-    evald = None
-    if spec.eval_split:
-        evald = to_ds(spec.eval_split)
-    elif spec.eval_fraction > 0 and len(train) >= 2:
+def split_datasets(spec: DatasetSpec, seed: int, train, evald=None):
+    """(train, eval or None): the eval split, or evalFraction of the train split held out; then maxSamples.
+    The rows keep their columns (file and line: the numbering pre-flight used)."""
+    if evald is None and not spec.eval_split and spec.eval_fraction > 0 and len(train) >= 2:
         n_eval = min(len(train) - 1, max(1, round(len(train) * spec.eval_fraction)))
         parts = train.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
         train, evald = parts["train"], parts["test"]

@@ -82,16 +82,12 @@ def _hub_error(exc: Exception, what: str, name: str) -> Exception:
 def load_tokenizer(config: TrainerConfig, model_dir: str):
     from transformers import AutoTokenizer
 
-    from .chat_templates import PHI3_CHAT_TEMPLATE
-
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, revision=config.model.revision,
                                             trust_remote_code=config.model.trust_remote_code)
     except Exception as exc:
         raise _hub_error(exc, "tokenizer of model", config.model.name) from exc
-    if not tok.chat_template:
-        log.warning("the tokenizer has no chat template: using the Phi-3 template")
-        tok.chat_template = PHI3_CHAT_TEMPLATE
+    # No template: trainset.build refuses chat rows (model.chatTemplate); none is chosen silently.
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     tok.padding_side = "right"

@@ -71,12 +71,16 @@ def split_text(text: str, tokenizer) -> tuple[str, str]:
     return tokenizer.decode(ids[:half]), tokenizer.decode(ids[half:])
 
 
-def to_prompt(row: dict, fmt: str, tokenizer) -> Prompt:
-    if fmt == "messages":
-        turns, reference = split_messages(row["messages"])
-        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+def to_prompt(row: dict, tokenizer) -> Prompt:
+    """row: a normalized row (formats.normalize); its format from its keys."""
+    if "messages" in row or isinstance(row.get("prompt"), list):
+        if "messages" in row:
+            turns, reference = split_messages(row["messages"])
+        else:
+            turns, reference = row["prompt"], split_messages(row["completion"])[1]
+        text = tokenizer.apply_chat_template(turns, tools=row.get("tools"), tokenize=False, add_generation_prompt=True)
         return Prompt(text, reference, add_special_tokens=False)
-    if fmt == "prompt-completion":
+    if "prompt" in row:
         return Prompt(row["prompt"], row["completion"], add_special_tokens=True)
     prompt, reference = split_text(row["text"], tokenizer)
     return Prompt(prompt, reference, add_special_tokens=True)
@@ -133,8 +137,8 @@ def write_samples(prep, out: Storage) -> Sampled:
     if evaluation.samples <= 0:
         return Sampled()
     started = time.monotonic()
-    rows, held_out = pick_rows(prep.eval_ds, prep.train_ds, evaluation.samples)
-    prompts = [to_prompt(r, prep.checks.dataset.format, prep.tokenizer) for r in rows]
+    rows, held_out = pick_rows(prep.data.eval_rows, prep.data.train_rows, evaluation.samples)
+    prompts = [to_prompt(json.loads(r["row"]), prep.tokenizer) for r in rows]
     done, stopped = complete_all(prep.model, prep.tokenizer, prompts, evaluation.max_new_tokens)
     seconds = round(time.monotonic() - started, 3)
     log.info("sampled %d held-out prompt(s) with the base and the tuned model in %.1f s", len(done), seconds)

@@ -29,7 +29,10 @@ def sft_kwargs(config: TrainerConfig, output_dir: str, cuda: bool, dtype_name: s
         gradient_accumulation_steps=plan.grad_accum,
         max_length=t.max_length,
         packing=t.packing,
-        assistant_only_loss=t.assistant_only_loss,
+        # The rows arrive tokenized, their labels already masked (trainset.py: assistantOnlyLoss, the completion
+        # of prompt-completion rows); TRL's own flags would look for chat rows that are no longer there.
+        assistant_only_loss=False,
+        completion_only_loss=False,
         # Checkpointing recomputes activations to save GPU memory; on CPU memory is not the limit and
         # it only costs time (about a third more compute per step).
         gradient_checkpointing=bool(plan.checkpointing and cuda),

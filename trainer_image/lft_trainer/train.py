@@ -20,7 +20,7 @@ from lft_api.conditions import Reason
 from lft_api.contract import AdapterRef, Artifacts, ExitCode, Metrics, RunIdentity, TerminationMessage
 from lft_api.spec import TrainerConfig
 
-from . import data, model, performance, preflight, probes, sizing
+from . import model, performance, preflight, probes, sizing, trainset
 from .adapter_card import finish_adapter
 from .artifacts import HistoryWriter
 from .distributed import Preemption, is_main, world_size
@@ -111,10 +111,7 @@ class Prepared:
     model_dir: str
     tokenizer: Any
     model: Any  # the PEFT model
-    train_ds: Any
-    eval_ds: Any
-    too_long: int
-    measured: int
+    data: trainset.TrainData  # the rows and their tokens, as trained
     plan: performance.Plan
     hardware: performance.Hardware
     flops_per_token: float | None
@@ -170,26 +167,17 @@ def prepare(config: TrainerConfig, reporter: Reporter, timer: Timer) -> Prepared
 
     model_dir = model.model_dir(config, work)
     tokenizer = model.load_tokenizer(config, model_dir)
-    too_long, measured, mean_tokens = _count_too_long(config, checks.dataset, tokenizer)
-    train_ds, eval_ds = data.build_datasets(config.dataset, config.training.seed, checks.source,
-                                            checks.dataset.format, checks.dataset.splits)
+    train_data = trainset.build(config, checks.dataset, tokenizer, work)  # the chat template's checks: still no model
+    log.info("dataset rendered: %s", json.dumps(train_data.summary(config.training.max_length)))
+    timer.mark("tokenize")
+    mean_tokens = train_data.mean_tokens
     dtype_name = model.resolve_dtype_name(config.model.dtype, cuda, cuda and torch.cuda.is_bf16_supported())
     plan, hw, flops = sizing.plan_performance(config, model_dir, mean_tokens, reporter)
     set_seed(config.training.seed)
     peft_model = model.with_lora(config, model.load_model(config, model_dir, cuda, dtype_name, plan))
     timer.mark("load")
     return Prepared(config, work, cuda, dtype_name, identity, checks, out, resume, model_dir, tokenizer,
-                    peft_model, train_ds, eval_ds, too_long, measured, plan, hw, flops)
-
-
-def _count_too_long(config: TrainerConfig, report: preflight.DatasetReport,
-                    tokenizer) -> tuple[int, int, float | None]:
-    rows = report.splits[config.dataset.train_split].rows
-    too_long, measured, mean = preflight.count_too_long(rows, report.format, tokenizer, config.training.max_length)
-    if too_long:
-        log.warning("%d of %d measured rows are longer than training.maxLength=%d tokens and will be truncated",
-                    too_long, measured, config.training.max_length)
-    return too_long, measured, mean
+                    peft_model, train_data, plan, hw, flops)
 
 
 def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, uploader,
@@ -198,7 +186,7 @@ def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, upl
     from trl import SFTConfig, SFTTrainer
 
     local_ckpts = prep.work / "checkpoints"
-    args = SFTConfig(**sft_kwargs(prep.config, str(local_ckpts), prep.cuda, prep.dtype_name, prep.eval_ds is not None,
+    args = SFTConfig(**sft_kwargs(prep.config, str(local_ckpts), prep.cuda, prep.dtype_name, prep.data.eval is not None,
                                   prep.plan))
     control = make_control_callback(preemption, uploader, local_ckpts, history)
     peak = performance.peak_bf16_tflops(prep.hardware.gpu_name)
@@ -209,7 +197,7 @@ def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, upl
 
     # The meter first: its on_log updates the figures that the progress callback's log event carries.
     callbacks = [make_throughput_callback(meter, measured, prep.cuda), make_callback(reporter), control]
-    trainer = SFTTrainer(model=prep.model, args=args, train_dataset=prep.train_ds, eval_dataset=prep.eval_ds,
+    trainer = SFTTrainer(model=prep.model, args=args, train_dataset=prep.data.train, eval_dataset=prep.data.eval,
                          processing_class=prep.tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # prints python dicts on stdout; our events are JSON lines
     reporter.planned(planned_steps(trainer))
@@ -257,7 +245,7 @@ def fit(prep: Prepared, trainer, control, reporter: Reporter, preemption: Preemp
     if resume is not None:
         eval_before = eval_before_from_checkpoint(resume.path)
         reporter.eval_before_restored(eval_before)
-    elif prep.eval_ds is not None and not preemption.requested.is_set():
+    elif prep.data.eval is not None and not preemption.requested.is_set():
         eval_before = trainer.evaluate()["eval_loss"]  # the callback reports it
     control.eval_loss_before = eval_before
     timer.mark("eval_before")
@@ -270,7 +258,7 @@ def fit(prep: Prepared, trainer, control, reporter: Reporter, preemption: Preemp
         return Fitted(state, preempted=_preempted(uploader, step=state.global_step, resumed_from=resumed_from,
                                                   total_steps=state.max_steps))
     eval_after = None
-    if prep.eval_ds is not None:
+    if prep.data.eval is not None:
         last = state.log_history[-1] if state.log_history else {}
         # The trainer may just have evaluated at the last step (evalSteps); don't do it twice.
         eval_after = (last["eval_loss"] if "eval_loss" in last and last.get("step") == state.global_step
@@ -344,9 +332,8 @@ def _facts(prep: Prepared, fitted: Fitted, files, adapter_uri: str, merged_uri: 
         identity=prep.identity, adapter_uri=adapter_uri, files=files, steps=state.global_step,
         total_steps=state.max_steps, epochs=state.epoch,
         tokens_seen=int(getattr(state, "num_input_tokens_seen", 0) or 0), log_history=state.log_history,
-        train_rows=len(prep.train_ds), eval_rows=len(prep.eval_ds) if prep.eval_ds is not None else 0,
-        dataset={**prep.checks.dataset.summary(), "rowsOverMaxLength": prep.too_long,
-                 "rowsMeasuredForLength": prep.measured},
+        train_rows=len(prep.data.train), eval_rows=len(prep.data.eval) if prep.data.eval is not None else 0,
+        dataset={**prep.checks.dataset.summary(), **prep.data.summary(prep.config.training.max_length)},
         trainable_parameters=trainable, total_parameters=total, device="cuda" if prep.cuda else "cpu",
         dtype=prep.dtype_name, num_processes=world_size(), merged_uri=merged_uri,
         eval_loss_before=fitted.eval_before, eval_loss_after=fitted.eval_after, train_runtime=fitted.train_runtime,

@@ -16,6 +16,8 @@ Modules, in the order data flows through them:
 - events.py      Kubernetes Events, posted in the background
 - kube.py        a small async REST client (aiohttp, credentials from the official client's loaders)
 - workqueue.py   per-resource coalescing queue with retry backoff
+- leader.py      high availability: leader election on a coordination.k8s.io/v1 Lease; only the
+                 leader reconciles (lease.py: the acquire/renew/expire decisions, pure)
 - settings.py (pydantic-settings, LFT_*), metrics.py, rbac.py (the API verbs the operator needs), main.py
 
 Design: level-triggered, like controller-runtime. Any event of a resource, its Job or its pods

@@ -11,7 +11,7 @@ from typing import Any
 from lft_api import contract
 
 from . import builders, metrics
-from .kube import ApiError, Kube, core_path
+from .kube import ApiError, Kube, NotLeader, core_path
 from .status import Event
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,15 @@ class EventPoster:
         except (TimeoutError, ApiError, OSError) as e:
             # An Event is best effort: the status already says it.
             logger.warning("could not post event %s for %s/%s: %s", event.reason, meta["namespace"], meta["name"], e)
+        except NotLeader:
+            logger.info("event %s for %s/%s not posted: not the leader", event.reason, meta["namespace"], meta["name"])
+
+    async def cancel(self) -> None:
+        """Drop the Events not posted yet (leadership lost)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
         if self._tasks:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -21,7 +22,7 @@ import kopf
 
 from lft_api import contract
 
-from . import metrics
+from . import leader, metrics
 from .builders import NAME_LABEL
 from .kube import Kube
 from .ownership import OutputClaim, uri_root
@@ -81,26 +82,42 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.config = config
     configure_kopf(settings, config)
     memo.cache = IndexCache()
-    memo.kube = Kube.from_environment(connections=max(4, config.api_workers * 2))
+    # With leader election, the reconciler's client refuses every write unless this replica leads.
+    memo.elector = leader.elector(config, Kube.from_environment(connections=2)) if config.leader_election else None
+    gate = memo.elector.is_leader if memo.elector is not None else None
+    memo.kube = Kube.from_environment(connections=max(4, config.api_workers * 2), write_gate=gate)
     memo.reconciler = Reconciler(memo.kube, config, memo.cache)
     metrics.serve(config.metrics_port)
-    # The periodic resync is the operator's own loop, which kopf's peering cannot pause: with
-    # peering (HA), a standby would keep reconciling. Only the standalone operator runs it.
-    memo.resync = None
-    if config.peering is None:
-        memo.resync = asyncio.get_running_loop().create_task(memo.reconciler.resync_forever(), name="resync")
+    # Reconcile everything now and then; adds to the queue are dropped while this replica stands by.
+    memo.resync = asyncio.get_running_loop().create_task(memo.reconciler.resync_forever(), name="resync")
+    if memo.elector is not None:
+        await memo.reconciler.queue.pause()  # a standby until it leads
+        memo.elector.start(functools.partial(lead, memo.reconciler), functools.partial(stand_by, memo.reconciler))
     logger.info(
-        "lora-finetune-operator started: namespaces=%s trainer image=%s peering=%s",
+        "lora-finetune-operator started: namespaces=%s trainer image=%s leader election=%s",
         ",".join(config.namespaces) or "all",
         config.trainer_image,
-        config.peering or "standalone",
+        f"{memo.elector.namespace}/{memo.elector.name}" if memo.elector is not None else "off",
     )
+
+
+async def lead(reconciler: Reconciler) -> None:
+    """Leadership gained: a full resync. The caches were kept warm while standing by, and what this
+    replica read then may be stale: creations are idempotent and status writes guarded (reconcile.py)."""
+    reconciler.queue.resume(list(reconciler.known))
+
+
+async def stand_by(reconciler: Reconciler) -> None:
+    """Leadership lost: in-flight reconciles and Event posts are cancelled, nothing more is queued."""
+    await asyncio.gather(reconciler.queue.pause(), reconciler.events.cancel())
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    if memo.resync is not None:
-        memo.resync.cancel()
+    memo.resync.cancel()
+    if memo.elector is not None:
+        await memo.elector.stop()  # a leader stops reconciling, then hands the Lease back
+        await memo.elector.kube.close()
     await memo.reconciler.close()
     await memo.kube.close()
 

@@ -11,6 +11,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 WRITER = {"fieldManager": contract.OPERATOR_FIELD_MANAGER}
+
+
+class NotLeader(Exception):
+    """A write refused by the client itself: this replica does not hold the leader Lease (leader.py)."""
 
 
 class ApiError(Exception):
@@ -46,8 +51,17 @@ def load_configuration() -> Configuration:
 
 
 class Kube:
-    def __init__(self, cfg: Configuration, connections: int = 32, timeout: float = 30.0):
+    def __init__(
+        self,
+        cfg: Configuration,
+        connections: int = 32,
+        timeout: float = 30.0,
+        write_gate: Callable[[], bool] | None = None,
+    ):
         self._cfg = cfg
+        # Asked before every request but GET: False refuses it (NotLeader), so nothing a replica
+        # still had in flight when it lost the leader Lease reaches the API server after that.
+        self._write_gate = write_gate
         self._base = cfg.host.rstrip("/")
         self._connections = connections
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -87,6 +101,8 @@ class Kube:
         content_type: str = "application/json",
         accept: str = "application/json",
     ) -> Any:
+        if method != "GET" and self._write_gate is not None and not self._write_gate():
+            raise NotLeader(f"{method} {path} refused: this replica is not the leader")
         headers = {"Accept": accept}
         token = self._cfg.get_api_key_with_prefix("authorization") or self._cfg.get_api_key_with_prefix("BearerToken")
         if token:
@@ -124,6 +140,9 @@ class Kube:
     # Writes name the operator's field manager: managedFields then tell its status writes from others'.
     async def create(self, path: str, body: dict[str, Any]) -> Any:
         return await self.request("POST", path, body=body, params=WRITER)
+
+    async def replace(self, path: str, body: dict[str, Any]) -> Any:
+        return await self.request("PUT", path, body=body, params=WRITER)
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> Any:
         return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH, params=WRITER)

@@ -42,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     kopf.run(
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
-        standalone=config.peering is None,
-        peering_name=config.peering,
-        priority=config.priority,
+        # No kopf peering: replicas elect a leader on a Lease (leader.py); kopf only watches.
+        standalone=True,
         liveness_endpoint=liveness,
         memo=kopf.Memo(config=config),
     )

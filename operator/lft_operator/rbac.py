@@ -6,7 +6,8 @@ Three checks keep it true (tests/unit/test_operator_rbac.py and test_chart.py):
   watches and indexes) and fails on a call the table lacks, and on a "code" row no call uses;
 - the chart's rendered Roles grant exactly these rules (nothing cluster-wide on Secrets, no
   verb the table does not list), and the per-run trainer Role only what the operator holds;
-- tests/integration/test_operator_rbac.py runs the operator with OPERATOR_RULES only.
+- tests/integration/test_operator_rbac.py runs the operator with OPERATOR_RULES (and LEASE_RULES in
+  its own namespace) only.
 
 No Secret permission at all: the storage Secret reaches the trainer pod as envFrom, resolved by
 the kubelet; a missing one shows as the pod's CreateContainerConfigError in the status. No delete
@@ -51,15 +52,14 @@ USES: tuple[Use, ...] = (
         "kopf discovers the resources it watches", by="kopf"),
 )
 
-# Only with kopf peering (LFT_PEERING_NAME set): kopf's peering objects.
-PEERING_USES: tuple[Use, ...] = (
-    Use("kopf.dev", "clusterkopfpeerings", ("get", "list", "watch", "patch"), "kopf peering (cluster-wide)",
-        by="kopf"),
-    Use("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch"), "kopf peering (per namespace)", by="kopf"),
+# Leader election (leader.py): one Lease in the operator's own namespace, through a namespaced Role
+# (never list/watch/delete): read, create, renew (PUT with the resourceVersion it read).
+LEASE_USES: tuple[Use, ...] = (
+    Use("coordination.k8s.io", "leases", ("get", "create", "update"), "leader election (leader.py)"),
 )
 
 OPERATOR_RULES: list[dict] = [u.rule() for u in USES]
-PEERING_RULES: list[dict] = [u.rule() for u in PEERING_USES]
+LEASE_RULES: list[dict] = [u.rule() for u in LEASE_USES]
 
 # What the trainer's per-run Role (builders.trainer_role) grants on its one resource: patch only. RBAC
 # cannot limit the fields; the operator ignores and reverts whatever a trainer writes outside

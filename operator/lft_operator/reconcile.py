@@ -20,7 +20,7 @@ from lft_api.conditions import Reason
 from . import builders, metrics
 from .builders import Owner
 from .events import EventPoster
-from .kube import ApiError, Kube, collection_path, core_path, group_path, object_path
+from .kube import ApiError, Kube, NotLeader, collection_path, core_path, group_path, object_path
 from .ownership import OutputClaim, output_conflict, uri_root
 from .settings import Settings
 from .status import (
@@ -181,6 +181,8 @@ class Reconciler:
         with metrics.RECONCILE_SECONDS.time():
             try:
                 await self.reconcile(namespace, name)
+            except NotLeader:
+                return  # leadership lost mid-reconcile (leader.py): no retry, the next leader resyncs
             except Exception:
                 metrics.RECONCILE_ERRORS.inc()
                 raise

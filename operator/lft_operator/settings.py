@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from .policy import Policy
@@ -48,9 +48,17 @@ class Settings(BaseSettings):
     namespaces: Annotated[tuple[str, ...], NoDecode] = ()
     metrics_port: int = 8000  # 0 disables the Prometheus endpoint
     liveness_port: int = 8080  # 0 disables the liveness endpoint
-    # kopf peering name for HA (several replicas, one active); None: standalone.
-    peering: str | None = Field(default=None, validation_alias=_env("LFT_PEERING_NAME"))
-    priority: int = 0
+    # High availability (leader.py): replicas elect one leader on a coordination.k8s.io/v1 Lease; only
+    # it reconciles. Off: this process reconciles unconditionally (one replica only).
+    leader_election: bool = True
+    leader_election_lease_name: str = "lora-finetune-operator"
+    # Empty: the operator's own namespace (OPERATOR_NAMESPACE, else its ServiceAccount's, else default).
+    leader_election_namespace: str | None = None
+    # client-go's defaults: standbys wait 15 s after the last renewal they saw; the leader steps down
+    # when it could not renew for 10 s; renewals and attempts every 2 s.
+    leader_election_lease_duration_seconds: int = Field(default=15, ge=1)
+    leader_election_renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    leader_election_retry_period_seconds: float = Field(default=2.0, gt=0)
     # Every resource is reconciled at least this often, whatever the events.
     resync_seconds: float = 60.0
     # Concurrent reconciles (and twice as many API connections).
@@ -85,6 +93,19 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _election_timing(self) -> Settings:
+        if not (
+            self.leader_election_lease_duration_seconds
+            > self.leader_election_renew_deadline_seconds
+            > self.leader_election_retry_period_seconds
+        ):
+            raise ValueError(
+                "LFT_LEADER_ELECTION_LEASE_DURATION_SECONDS > LFT_LEADER_ELECTION_RENEW_DEADLINE_SECONDS > "
+                "LFT_LEADER_ELECTION_RETRY_PERIOD_SECONDS must hold"
+            )
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -39,8 +39,11 @@ class WorkQueue:
         self._base_backoff = base_backoff
         self._max_backoff = max_backoff
         self.failures = 0
+        self.active = True  # False: adds are dropped (a standby replica, see leader.py)
 
     def add(self, key: Hashable, urgent: bool = False) -> None:
+        if not self.active:
+            return
         if urgent:
             self._urgent.add(key)
         self._dirty.add(key)
@@ -104,6 +107,19 @@ class WorkQueue:
                     self._dirty.add(key)
         finally:
             self._tasks.pop(key, None)
+
+    async def pause(self) -> None:
+        """Drop every queued key and cancel the running handlers; adds are ignored until resume()."""
+        self.active = False
+        self._dirty.clear()
+        self._urgent.clear()
+        await self.close()
+
+    def resume(self, keys: list[Hashable]) -> None:
+        """Accept adds again, starting with `keys`."""
+        self.active = True
+        for key in keys:
+            self.add(key)
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())

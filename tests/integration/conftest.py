@@ -114,10 +114,14 @@ def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
     op = Operator(
         kube.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", LFT_POD_CREATION_TIMEOUT_SECONDS="20"
     )
-    op.start()
-    warm_up(kube)
-    yield op
-    op.stop()
+    try:
+        op.start()
+        warm_up(kube)
+        yield op
+    finally:
+        # Also when the warm-up fails: a leftover operator (its lft-it-* pattern) would act on every later
+        # test session's namespaces (seen: one ran on for 10 minutes after a warm-up timeout).
+        op.stop()
 
 
 def warm_up(kube: Kube) -> None:

@@ -96,7 +96,9 @@ def test_operator_works_with_the_charts_rbac(kube: Kube, tmp_path) -> None:
             f"/api/v1/namespaces/{watched_ns}/secrets",
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"K": "v"}},
         )
-        op = Operator(kubeconfig, tmp_path / "operator.log", LFT_NAMESPACES=watched_ns)
+        # Leader election on the chart's Lease, with the chart's namespaced Role for it.
+        op = Operator(kubeconfig, tmp_path / "operator.log", LFT_NAMESPACES=watched_ns,
+                      LFT_LEADER_ELECTION_NAMESPACE=system_ns, LFT_LEADER_ELECTION_LEASE_NAME=fullname)
         op.start()
         try:
             kube.create_lft(watched_ns, "viachart", spec(storageSecretRef={"name": "s3"}))
@@ -111,6 +113,8 @@ def test_operator_works_with_the_charts_rbac(kube: Kube, tmp_path) -> None:
             reasons = {"Accepted", "JobCreated", "Succeeded"}
             wait_until(lambda: reasons <= set(kube.event_reasons(watched_ns, "viachart")), 15)
             logs = op.logs()
+            lease = kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{system_ns}/leases/{fullname}")
+            assert lease["spec"]["holderIdentity"].startswith("operator_") and "leads (Lease" in logs
             assert "403" not in logs and "orbidden" not in logs and "Not enough permissions" not in logs, logs[-2000:]
         finally:
             op.stop()

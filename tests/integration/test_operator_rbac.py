@@ -8,7 +8,7 @@ import pytest
 
 from lft_api.conditions import Reason
 from lft_api.contract import TerminationMessage
-from lft_operator.rbac import OPERATOR_RULES
+from lft_operator.rbac import LEASE_RULES, OPERATOR_RULES
 from tests.support.kube import Operator, wait_until
 from tests.support.operator import SUCCESS, run_pod, service_account_kubeconfig, spec
 
@@ -44,12 +44,26 @@ def test_operator_works_with_its_documented_rbac_only(kube, tmp_path):
                 "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
             },
         )
+        # Leader election: the Lease in the operator's own namespace, through a namespaced Role.
+        lease_role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                      "metadata": {"name": "lease"}, "rules": LEASE_RULES}
+        kube.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles", lease_role)
+        kube.create(
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "lease"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease"},
+                "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
+            },
+        )
         kubeconfig = service_account_kubeconfig(kube, ns, "operator", tmp_path / "kubeconfig")
         kube.create(
             f"/api/v1/namespaces/{ns}/secrets",
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"K": "v"}},
         )
-        op = Operator(kubeconfig, tmp_path / "operator.log", LFT_NAMESPACES=ns)
+        op = Operator(kubeconfig, tmp_path / "operator.log", LFT_NAMESPACES=ns, LFT_LEADER_ELECTION_NAMESPACE=ns)
         op.start()
         try:
             kube.create_lft(ns, "least", spec(storageSecretRef={"name": "s3"}))
@@ -62,6 +76,7 @@ def test_operator_works_with_its_documented_rbac_only(kube, tmp_path):
                 lambda: {Reason.ACCEPTED, Reason.JOB_CREATED, Reason.STARTED, "Succeeded"} <= set(kube.event_reasons(ns, "least")), 15
             )
             logs = op.logs()
+            assert "leads (Lease" in logs
             assert "403" not in logs and "Forbidden" not in logs and "forbidden" not in logs, logs[-2000:]
         finally:
             op.stop()

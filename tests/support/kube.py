@@ -279,15 +279,31 @@ def _free_port() -> int:
 
 
 class Operator:
-    """`python -m lft_operator` as a subprocess, watching only the tests' namespaces."""
+    """`python -m lft_operator` as a subprocess, watching only the tests' namespaces.
+
+    Leader election is on, as in the chart: each instance elects itself on a Lease of its own (in
+    `default`, removed on stop) unless LFT_LEADER_ELECTION_LEASE_NAME/_NAMESPACE make several share
+    one; POD_NAME (default: the log file's stem) starts its holder identity."""
 
     def __init__(self, kubeconfig: str, log_path: Path, **env: str):
         self.kubeconfig = kubeconfig
         self.log_path = log_path
-        self.extra_env = env
+        self.own_lease = "LFT_LEADER_ELECTION_LEASE_NAME" not in env
+        self.extra_env = {
+            "LFT_LEADER_ELECTION_LEASE_NAME": f"lft-it-{os.urandom(4).hex()}",
+            "LFT_LEADER_ELECTION_NAMESPACE": "default",
+            "POD_NAME": log_path.stem,
+            **env,
+        }
         self.proc: subprocess.Popen | None = None
         self.metrics_port = _free_port()
         self.liveness_port = _free_port()
+
+    @property
+    def lease_path(self) -> str:
+        env = self.extra_env
+        ns, name = env["LFT_LEADER_ELECTION_NAMESPACE"], env["LFT_LEADER_ELECTION_LEASE_NAME"]
+        return f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"
 
     def start(self) -> None:
         env = {
@@ -321,6 +337,11 @@ class Operator:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+        if self.own_lease:
+            # A Lease of its own: the next start takes a new one instead of waiting for the dead holder's
+            # to expire (test_operator_leader_election measures that wait, on a shared Lease).
+            self._drop_lease()
+            self.extra_env["LFT_LEADER_ELECTION_LEASE_NAME"] = f"lft-it-{os.urandom(4).hex()}"
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -329,6 +350,16 @@ class Operator:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._drop_lease()
+
+    def _drop_lease(self) -> None:
+        if not self.own_lease:
+            return
+        try:
+            Kube(self.kubeconfig).delete(self.lease_path)
+        except ApiError as e:  # an operator's own credentials need not delete Leases (403): left behind
+            if e.status != 403:
+                raise
 
     def restart(self) -> None:
         self.kill()

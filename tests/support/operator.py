@@ -77,3 +77,9 @@ def service_account_kubeconfig(kube: Kube, namespace: str, name: str, path: Path
     }
     path.write_text(yaml.safe_dump(config))
     return str(path)
+
+
+def lease_holder(kube: Kube, namespace: str, name: str) -> str:
+    """The Lease's holderIdentity ("" when free or missing)."""
+    lease = kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}") or {}
+    return (lease.get("spec") or {}).get("holderIdentity") or ""

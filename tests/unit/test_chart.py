@@ -80,13 +80,14 @@ def granted(rules: list[dict], group: str, resource: str) -> set[str]:
     return verbs
 
 
-HA_NAMESPACED = {"watchNamespaces": "{team-a,team-b}", "peering.enabled": "true", "replicaCount": "2"}
+HA_NAMESPACED = {"watchNamespaces": "{team-a,team-b}", "replicaCount": "3"}
+SINGLE = {"leaderElection.enabled": "false", "replicaCount": "1"}
 
 
 @pytest.mark.parametrize(
     "values",
-    [{}, HA_NAMESPACED, {"peering.enabled": "true", "metrics.serviceMonitor.enabled": "true"}],
-    ids=["defaults", "namespaced-ha", "clusterwide-peering-servicemonitor"],
+    [{}, HA_NAMESPACED, {**SINGLE, "metrics.serviceMonitor.enabled": "true"}],
+    ids=["defaults", "namespaced-ha", "single-servicemonitor"],
 )
 def test_helm_lint_strict(values: dict[str, str]) -> None:
     proc = helm("lint", str(CHART), "--strict", *set_args(values), check=False)
@@ -112,20 +113,25 @@ def test_default_render_has_the_expected_objects() -> None:
             "ClusterRole",
             "ClusterRoleBinding",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "Deployment",
+            "PodDisruptionBudget",
             "Service",
         ]
     ), kinds
-    # Off by default: HA peering and the Prometheus Operator's ServiceMonitor.
-    assert not by_kind(docs, "ServiceMonitor") and not by_kind(docs, "ClusterKopfPeering")
+    # Off by default: the Prometheus Operator's ServiceMonitor. Never kopf's peering objects or CRDs.
+    assert not by_kind(docs, "ServiceMonitor")
+    assert not [d for d in render({}, "--include-crds") if "kopf.dev" in d["apiVersion"] + d["metadata"]["name"]]
 
 
 def test_deployment_is_restricted() -> None:
     docs = render()
     deploy = one(docs, "Deployment")
     spec = deploy["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    # Leader election makes old and new pods safe side by side: a rolling update that never drops to zero.
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 1000
@@ -284,7 +290,7 @@ def test_default_images_are_the_ones_make_images_builds() -> None:
     assert container(render({"image.tag": ""}))["image"] == "lft/operator:0.1.0"
 
 
-RBAC_VARIANTS = [{}, HA_NAMESPACED, {"peering.enabled": "true", "replicaCount": "2"},
+RBAC_VARIANTS = [{}, HA_NAMESPACED, {"replicaCount": "1"},
                  {"rbac.aggregateToDefaultRoles": "false", "watchNamespaces": "{team-a}"}]
 
 
@@ -332,11 +338,9 @@ def test_rbac_is_exactly_what_the_operator_uses(values: dict[str, str]) -> None:
     assert needed == triples(rbac.OPERATOR_RULES)
     if "watchNamespaces" not in values:
         needed -= NAMESPACE_OBSERVATION
+    needed |= rbac.triples(rbac.LEASE_USES)
     assert needed <= chart, f"the operator needs, the chart lacks: {sorted(needed - chart)}"
-    peering = rbac.triples(rbac.PEERING_USES)
-    assert chart - needed <= peering, f"the chart grants, the operator does not use: {sorted(chart - needed - peering)}"
-    if "peering.enabled" not in values:
-        assert not chart & peering
+    assert chart <= needed, f"the chart grants, the operator does not use: {sorted(chart - needed)}"
 
 
 def test_operator_may_create_the_trainer_role() -> None:
@@ -377,7 +381,8 @@ def test_aggregated_user_roles() -> None:
 def test_watch_namespaces_bind_the_role_per_namespace_only() -> None:
     docs = render({"watchNamespaces": "{team-a,team-b}"})
     assert env_of(docs)["LFT_NAMESPACES"] == "team-a,team-b"
-    bindings = by_kind(docs, "RoleBinding")
+    # (The leader election Lease's RoleBinding, to a Role, is in the release namespace.)
+    bindings = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["kind"] == "ClusterRole"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     main_role = next(r for r in by_kind(docs, "ClusterRole") if any("jobs" in x["resources"] for x in r["rules"]))
     assert all(b["roleRef"]["name"] == main_role["metadata"]["name"] for b in bindings)
@@ -385,29 +390,61 @@ def test_watch_namespaces_bind_the_role_per_namespace_only() -> None:
     assert all(b["roleRef"]["name"] != main_role["metadata"]["name"] for b in by_kind(docs, "ClusterRoleBinding"))
 
 
-def test_replicas_above_one_require_peering() -> None:
-    proc = helm("template", RELEASE, str(CHART), "--set", "replicaCount=2", check=False)
-    assert proc.returncode != 0 and "peering" in proc.stderr
+def test_replicas_above_one_require_leader_election() -> None:
+    proc = helm("template", RELEASE, str(CHART), *set_args({**SINGLE, "replicaCount": "2"}), check=False)
+    assert proc.returncode != 0 and "leaderElection.enabled" in proc.stderr
+    proc = helm("template", RELEASE, str(CHART), "--set", "leaderElection.renewDeadlineSeconds=15", check=False)
+    assert proc.returncode != 0 and "leaseDurationSeconds > renewDeadlineSeconds" in proc.stderr
 
 
-def test_peering_clusterwide_and_namespaced() -> None:
-    docs = render({"peering.enabled": "true", "replicaCount": "2"})
-    peering = one(docs, "ClusterKopfPeering")
-    assert env_of(docs)["LFT_PEERING_NAME"] == peering["metadata"]["name"]
-    assert {"get", "list", "watch", "patch"} <= granted(rules_of(docs), "kopf.dev", "clusterkopfpeerings")
-    assert {c["metadata"]["name"] for c in by_kind(docs, "CustomResourceDefinition")} == {
-        "clusterkopfpeerings.kopf.dev",
-        "kopfpeerings.kopf.dev",
-    }
-    # POD_ID names the peer, so the peering object shows which pod is active.
-    (pod_id,) = [e for e in container(docs)["env"] if e["name"] == "POD_ID"]
-    assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+@pytest.mark.parametrize("values", [{}, HA_NAMESPACED], ids=["clusterwide", "namespaced-ha"])
+def test_leader_election_lease_role_is_namespaced(values: dict[str, str]) -> None:
+    """Leases: get/create/update in the release namespace only, never cluster-wide, never elsewhere."""
+    docs = render(values)
+    lease_rules = [
+        (d["kind"], d["metadata"].get("namespace"), r["verbs"])
+        for d in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+        for r in d["rules"]
+        if "leases" in r["resources"]
+    ]
+    assert lease_rules == [("Role", NAMESPACE, ["get", "create", "update"])]
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["kind"] == "Role"]
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["subjects"][0]["name"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    # Without leader election: no Lease permission at all.
+    assert not [r for r in rules_of(render(SINGLE)) if "leases" in r["resources"]]
 
-    docs = render(HA_NAMESPACED)
-    assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
-    assert {"get", "list", "watch", "patch"} <= granted(rules_of(docs), "kopf.dev", "kopfpeerings")
-    assert not granted(rules_of(docs), "kopf.dev", "clusterkopfpeerings")
-    assert "LFT_PEERING_NAME" not in env_of(render())
+
+def test_leader_election_identity_and_timing_reach_the_operator() -> None:
+    from lft_operator.settings import Settings
+
+    docs = render({"leaderElection.leaseDurationSeconds": "20", "leaderElection.renewDeadlineSeconds": "12",
+                   "leaderElection.retryPeriodSeconds": "3", "leaderElection.leaseName": "my-lease"})
+    s = Settings.from_env({k: v for k, v in env_of(docs).items() if v is not None})
+    assert s.leader_election and s.leader_election_lease_name == "my-lease"
+    assert (s.leader_election_lease_duration_seconds, s.leader_election_renew_deadline_seconds,
+            s.leader_election_retry_period_seconds) == (20, 12.0, 3.0)
+    # The holder identity starts with the pod name; the Lease lives in the pod's namespace.
+    fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container(docs)["env"] if "valueFrom" in e}
+    assert fields == {"POD_NAME": "metadata.name", "OPERATOR_NAMESPACE": "metadata.namespace"}
+    assert Settings.from_env({k: v for k, v in env_of(render(SINGLE)).items() if v}).leader_election is False
+
+
+def test_ha_defaults_pdb_and_soft_anti_affinity() -> None:
+    docs = render()
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    pod = one(docs, "Deployment")["spec"]["template"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (term,) = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == pdb["spec"]["selector"]["matchLabels"]
+    hard = one(render({"podAntiAffinity": "hard"}), "Deployment")["spec"]["template"]["spec"]["affinity"]
+    assert list(hard["podAntiAffinity"]) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+    own = one(render({"affinity.nodeAffinity.x": "y"}), "Deployment")["spec"]["template"]["spec"]["affinity"]
+    assert own == {"nodeAffinity": {"x": "y"}}
+    # One replica: no PDB (it would block every node drain), no anti-affinity needed but harmless.
+    assert not by_kind(render(SINGLE), "PodDisruptionBudget")
 
 
 def test_service_monitor_optional() -> None:
@@ -482,8 +519,6 @@ def test_operator_settings_parse_the_rendered_environment() -> None:
             "watchNamespaces": "{team-a,team-b}",
             "metrics.port": "9191",
             "liveness.port": "8181",
-            "peering.enabled": "true",
-            "peering.priority": "7",
             "replicaCount": "2",
             "resyncSeconds": "30",
             "apiWorkers": "8",
@@ -498,12 +533,11 @@ def test_operator_settings_parse_the_rendered_environment() -> None:
     assert (s.default_storage_endpoint, s.default_storage_secret) == ("http://s3.local:9000", "creds")
     assert s.namespaces == ("team-a", "team-b")
     assert (s.metrics_port, s.liveness_port) == (9191, 8181)
-    assert {p["metadata"]["name"] for p in by_kind(docs, "KopfPeering")} == {s.peering}
-    assert s.priority == 7
+    assert s.leader_election and s.leader_election_lease_name == f"{RELEASE}-lora-finetune-operator"
     assert (s.resync_seconds, s.api_workers, s.json_logs, s.log_level) == (30.0, 8, False, "DEBUG")
     assert s.pod_creation_timeout_seconds == 45
 
     defaults = Settings.from_env({k: v for k, v in env_of(render()).items() if v is not None})
-    assert defaults.namespaces == () and defaults.peering is None and defaults.json_logs is True
+    assert defaults.namespaces == () and defaults.leader_election is True and defaults.json_logs is True
     assert defaults.trainer_status_interval is None
     assert defaults.pod_creation_timeout_seconds == 600

@@ -51,15 +51,15 @@ def test_settings_from_env():
             "LFT_NAMESPACES": "a, b",
             "LFT_DEFAULT_STORAGE_ENDPOINT": "http://minio:9000",
             "LFT_METRICS_PORT": "0",
-            "LFT_PEERING_NAME": "lft",
+            "LFT_LEADER_ELECTION": "false",
             "LFT_LOG_LEVEL": "debug",
         }
     )
     assert s.trainer_image == "img:1" and s.namespaces == ("a", "b")
     assert s.default_storage_endpoint == "http://minio:9000" and s.metrics_port == 0
-    assert s.peering == "lft" and s.log_level == "DEBUG"
+    assert s.leader_election is False and s.log_level == "DEBUG"
     assert Settings.from_env({"LFT_NAMESPACES": "all"}).namespaces == ()
-    assert Settings.from_env({}).peering is None
+    assert Settings.from_env({}).leader_election is True
 
 
 def test_settings_every_env_name_and_default(monkeypatch):
@@ -69,7 +69,11 @@ def test_settings_every_env_name_and_default(monkeypatch):
         "LFT_TRAINER_IMAGE_PULL_SECRETS": "regcred,, mirror ",
         "LFT_DEFAULT_STORAGE_SECRET": "s3",
         "LFT_LIVENESS_PORT": "0",
-        "LFT_PRIORITY": "5",
+        "LFT_LEADER_ELECTION_LEASE_NAME": "l",
+        "LFT_LEADER_ELECTION_NAMESPACE": "ops",
+        "LFT_LEADER_ELECTION_LEASE_DURATION_SECONDS": "6",
+        "LFT_LEADER_ELECTION_RENEW_DEADLINE_SECONDS": "4",
+        "LFT_LEADER_ELECTION_RETRY_PERIOD_SECONDS": "0.5",
         "LFT_RESYNC_SECONDS": "2.5",
         "LFT_API_WORKERS": "3",
         "LFT_TERMINATION_GRACE_SECONDS": "30",
@@ -82,7 +86,10 @@ def test_settings_every_env_name_and_default(monkeypatch):
     s = Settings.from_env(env)
     assert (s.trainer_image, s.trainer_image_pull_policy, s.default_storage_secret) == ("i:2", "Always", "s3")
     assert s.trainer_image_pull_secrets == ("regcred", "mirror")
-    assert (s.liveness_port, s.priority, s.resync_seconds, s.api_workers) == (0, 5, 2.5, 3)
+    assert (s.liveness_port, s.resync_seconds, s.api_workers) == (0, 2.5, 3)
+    assert (s.leader_election_lease_name, s.leader_election_namespace) == ("l", "ops")
+    assert (s.leader_election_lease_duration_seconds, s.leader_election_renew_deadline_seconds,
+            s.leader_election_retry_period_seconds) == (6, 4.0, 0.5)
     assert (s.termination_grace_seconds, s.trainer_status_interval, s.watch_server_timeout) == (30, 1.5, 60)
     assert s.pod_creation_timeout_seconds == 20 and s.json_logs is False and s.namespaces == ()
     # Empty means default; the process environment is read when no mapping is given.
@@ -91,8 +98,8 @@ def test_settings_every_env_name_and_default(monkeypatch):
     assert empty.trainer_image == "lft/trainer:cpu" and empty.json_logs is True
     assert empty.trainer_image_pull_secrets == ()
     monkeypatch.setenv("LFT_NAMESPACES", "x,y")
-    monkeypatch.setenv("LFT_PEERING_NAME", "p")
-    assert (Settings().namespaces, Settings().peering) == (("x", "y"), "p")
+    monkeypatch.setenv("LFT_LEADER_ELECTION", "0")
+    assert (Settings().namespaces, Settings().leader_election) == (("x", "y"), False)
 
 
 def test_pod_view_reads_the_trainer_container():

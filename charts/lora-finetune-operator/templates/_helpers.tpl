@@ -49,8 +49,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- join "," $names }}
 {{- end }}
 
-{{- define "lft.peeringName" -}}
-{{- default (include "lft.fullname" .) .Values.peering.name }}
+{{/* The leader election Lease (in the release namespace). */}}
+{{- define "lft.leaseName" -}}
+{{- default (include "lft.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{/* Cluster-wide unless a namespace list is given. */}}

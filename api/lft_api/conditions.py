@@ -32,8 +32,6 @@ class Reason:
     QUANTIZATION_NEEDS_GPU = "QuantizationNeedsGPU"
     PROCESSES_MISMATCH_GPUS = "ProcessesMismatchGPUs"
     INVALID_POD_TEMPLATE = "InvalidPodTemplate"
-    STORAGE_SECRET_NOT_FOUND = "StorageSecretNotFound"
-    TRACKING_SECRET_NOT_FOUND = "TrackingSecretNotFound"  # training.mlflow/wandb.credentialsSecretRef
     UNKNOWN_FIELD = "UnknownField"  # a field the schema does not know (pruned by kubectl's client only)
     POLICY_VIOLATION = "PolicyViolation"  # the spec asks for what the operator's admin policy does not allow
     OUTPUT_IN_USE = "OutputInUse"  # output.uri holds, or another resource writes, another run's artifacts
@@ -72,3 +70,6 @@ class Reason:
     # the adapter of a succeeded run (the trainer's check against a serving engine; an Event only)
     SERVABLE = "Servable"
     NOT_SERVABLE = "NotServable"
+    # a status write the operator undid: its own fields written by another client, or trainer fields
+    # written under another run's UID (an Event only)
+    STATUS_REVERTED = "StatusReverted"

@@ -4,8 +4,8 @@
 - The termination message (/dev/termination-log, JSON, < 4 KiB) carries the result or the reason.
 - Environment variables carry the config path and the resource's identity.
 - The trainer patches only `status.progress`, `status.metrics`, `status.latestCheckpoint`,
-  `status.checkpointHealth`, `status.performance` and `status.artifacts`; the operator owns every other
-  status field.
+  `status.checkpointHealth`, `status.performance` and `status.artifacts`, with `status.trainerUid` (its
+  LFT_UID); the operator owns every other status field and reverts anyone else's writes of them.
 
 Pure data and pure functions: imported by both images (the operator's has no torch).
 """
@@ -43,6 +43,15 @@ ENV_RESOURCE_NAMESPACE = "LFT_NAMESPACE"
 ENV_RESOURCE_UID = "LFT_UID"
 ENV_TERMINATION_LOG = "LFT_TERMINATION_LOG"  # default /dev/termination-log
 ENV_STATUS_MIN_INTERVAL = "LFT_STATUS_MIN_INTERVAL_SECONDS"  # rate limit of status patches, default 5
+# Directories (":"-separated) holding the Secrets the pod receives, mounted for the trainer to mask every
+# value of them in its output (lft_trainer.scrubbing); the operator sets it.
+ENV_SECRET_DIRS = "LFT_SECRET_DIRS"
+SECRET_VALUES_DIR = "/var/run/lft/secret-values"
+
+# Field managers (the API server's managedFields) of the status writes: the operator tells its own
+# writes of the fields it owns from anyone else's by them (operator/lft_operator/status/trust.py).
+OPERATOR_FIELD_MANAGER = "lft-operator"
+TRAINER_FIELD_MANAGER = "lft-trainer"
 
 DEFAULT_CONFIG_PATH = "/etc/lft/config.json"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -356,7 +365,8 @@ def status_patch(
     performance: Optional[Performance] = None,
     artifacts: Optional[Artifacts] = None,
 ) -> dict[str, Any]:
-    """The merge-patch body the trainer sends to the resource's status subresource."""
+    """The merge-patch body the trainer sends to the resource's status subresource (the status client
+    adds status.trainerUid)."""
     status: dict[str, Any] = {}
     if progress is not None:
         status["progress"] = progress.to_wire()

@@ -238,12 +238,18 @@ class LoRAFineTuneStatus(WireModel):
         description="URIs of the adapter, training_summary.json, metrics.jsonl, loss.png and samples.jsonl, patched by "
         "the trainer as each is first written.",
     )
+    trainer_uid: str | None = Field(
+        default=None,
+        description="The run UID (LFT_UID) the trainer sends with every status patch; trainer fields written under "
+        "another UID (e.g. by a pod of an earlier resource of the same name) are ignored and removed by the operator.",
+    )
 
 
 # Status fields the trainer writes; the operator never sends them in its patches (except once,
-# when the run succeeded and the trainer has exited: see status.py).
+# when the run succeeded and the trainer has exited: see status.py). RBAC cannot keep a trainer to
+# them: the operator reverts what else it writes (operator/lft_operator/status/trust.py).
 TRAINER_OWNED_STATUS_FIELDS = (
-    "progress", "metrics", "latestCheckpoint", "checkpointHealth", "performance", "artifacts"
+    "progress", "metrics", "latestCheckpoint", "checkpointHealth", "performance", "artifacts", "trainerUid"
 )
 # Every other status field is the operator's (wire names, in the model's order).
 OPERATOR_OWNED_STATUS_FIELDS = tuple(

@@ -14,6 +14,7 @@ from typing import Any
 from lft_api import contract
 from lft_api.resource import JOB_SUFFIX, MUTABLE_FIELDS, LoRAFineTuneSpec
 
+from . import rbac
 from .settings import Settings
 
 NAME_LABEL = f"{contract.API_GROUP}/name"
@@ -114,7 +115,8 @@ def service_account(owner: Owner) -> dict[str, Any]:
 
 
 def trainer_role(owner: Owner) -> dict[str, Any]:
-    """May read and patch the status of this one resource: the trainer reports progress there."""
+    """May patch the status of this one resource, nothing else: the trainer reports progress there.
+    RBAC cannot limit the fields: the operator ignores and reverts the others (status/trust.py)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -124,7 +126,7 @@ def trainer_role(owner: Owner) -> dict[str, Any]:
                 "apiGroups": [contract.API_GROUP],
                 "resources": [f"{contract.PLURAL}/status"],
                 "resourceNames": [owner.name],
-                "verbs": ["get", "patch"],
+                "verbs": list(rbac.TRAINER_VERBS),
             }
         ],
     }
@@ -164,7 +166,7 @@ def storage_secret_name(spec: LoRAFineTuneSpec, settings: Settings) -> tuple[str
 
 
 def tracking_secrets(spec: LoRAFineTuneSpec) -> list[tuple[str, str]]:
-    """(Secret name, spec field) of the experiment trackers' credentials; each must exist. Their keys become the
+    """(Secret name, spec field) of the experiment trackers' credentials. Their keys become the
     trainer's environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, WANDB_API_KEY); the operator never reads them."""
     return [(name, f"spec.{field}") for field, name in spec.training.tracking_secrets()]
 
@@ -205,6 +207,9 @@ def _env(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> list[dict[
         {"name": contract.ENV_TERMINATION_LOG, "value": contract.DEFAULT_TERMINATION_LOG},
         {"name": "HOME", "value": HOME_DIR},
     ]
+    dirs = secret_dirs(spec, settings)
+    if dirs:
+        ours.append({"name": contract.ENV_SECRET_DIRS, "value": ":".join(dirs)})
     if settings.trainer_status_interval is not None:
         ours.append({"name": contract.ENV_STATUS_MIN_INTERVAL, "value": str(settings.trainer_status_interval)})
     reserved = {e["name"] for e in ours}
@@ -232,7 +237,43 @@ def _api_access_volume() -> dict[str, Any]:
     }
 
 
-def _volumes(owner: Owner, spec: LoRAFineTuneSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+SECRET_VALUES_VOLUME = "lft-secret-values"
+TRACKING_SECRETS_DIR = "/var/run/lft/tracking-secret"  # + "-<i>", one per tracker's Secret
+
+
+def _secret_values_volume(spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any] | None:
+    """The Secrets the trainer receives as environment (the storage Secret, secretKeyRef variables), mounted
+    for the trainer to read their values and mask them in its output, whatever the keys are called."""
+    sources: list[dict[str, Any]] = []
+    storage, optional = storage_secret_name(spec, settings)
+    if storage:
+        sources.append({"secret": {"name": storage, "optional": optional}})
+    for i, var in enumerate(spec.pod_template.env):
+        ref = (var.get("valueFrom") or {}).get("secretKeyRef") or {}
+        if ref.get("name") and ref.get("key"):
+            item = {"key": ref["key"], "path": f"env-{i}/{ref['key']}"}
+            sources.append({"secret": {"name": ref["name"], "optional": bool(ref.get("optional")), "items": [item]}})
+    return {"name": SECRET_VALUES_VOLUME, "projected": {"sources": sources}} if sources else None
+
+
+def _tracking_secret_volumes(spec: LoRAFineTuneSpec) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(volume, mount) per experiment tracker's Secret, for its values to be masked like the storage
+    Secret's. One volume each: their key names are unknown to the operator and may collide."""
+    return [({"name": f"lft-tracking-secret-{i}", "secret": {"secretName": name}},
+             {"name": f"lft-tracking-secret-{i}", "mountPath": f"{TRACKING_SECRETS_DIR}-{i}", "readOnly": True})
+            for i, (name, _) in enumerate(tracking_secrets(spec))]
+
+
+def secret_dirs(spec: LoRAFineTuneSpec, settings: Settings) -> list[str]:
+    """Where the trainer finds the values of the Secrets it receives (contract.ENV_SECRET_DIRS): the
+    operator's mounts and the podTemplate's own Secret volumes."""
+    secret_volumes = {v.get("name") for v in spec.pod_template.volumes if "secret" in v}
+    user = [m["mountPath"] for m in spec.pod_template.volume_mounts if m.get("name") in secret_volumes]
+    tracking = [mount["mountPath"] for _, mount in _tracking_secret_volumes(spec)]
+    return ([contract.SECRET_VALUES_DIR] if _secret_values_volume(spec, settings) else []) + tracking + user
+
+
+def _volumes(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The pod's volumes and the trainer's mounts: the operator's, then the podTemplate's."""
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
@@ -246,6 +287,13 @@ def _volumes(owner: Owner, spec: LoRAFineTuneSpec) -> tuple[list[dict[str, Any]]
         {"name": "home", "mountPath": HOME_DIR},
         {"name": API_ACCESS_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
     ]
+    secret_values = _secret_values_volume(spec, settings)
+    if secret_values is not None:
+        volumes.append(secret_values)
+        mounts.append({"name": SECRET_VALUES_VOLUME, "mountPath": contract.SECRET_VALUES_DIR, "readOnly": True})
+    for volume, mount in _tracking_secret_volumes(spec):
+        volumes.append(volume)
+        mounts.append(mount)
     if spec.resources.gpus > 0:
         # Docker's 64 MiB /dev/shm is too small for NCCL and data loader workers.
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
@@ -259,7 +307,7 @@ def _container(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict
     secret, optional = storage_secret_name(spec, settings)
     env_from = [{"secretRef": {"name": secret, "optional": optional}}] if secret else []
     env_from += [{"secretRef": {"name": name, "optional": False}} for name, _ in tracking_secrets(spec)]
-    mounts = _volumes(owner, spec)[1]
+    mounts = _volumes(owner, spec, settings)[1]
     return {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.trainer_image,
@@ -281,7 +329,7 @@ def _container(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict
 
 
 def _pod_spec(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
-    volumes = _volumes(owner, spec)[0]
+    volumes = _volumes(owner, spec, settings)[0]
     container = _container(owner, spec, settings)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",

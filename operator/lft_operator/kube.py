@@ -18,14 +18,15 @@ import aiohttp
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 
+from lft_api import contract
+
 from .metrics import API_SECONDS
 
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-# Metadata only: lets the operator check that a Secret exists without ever receiving its data.
-PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+WRITER = {"fieldManager": contract.OPERATOR_FIELD_MANAGER}
 
 
 class NotLeader(Exception):
@@ -136,17 +137,18 @@ class Kube:
         body = await self.request("GET", path, params=params)
         return (body or {}).get("items") or []
 
+    # Writes name the operator's field manager: managedFields then tell its status writes from others'.
     async def create(self, path: str, body: dict[str, Any]) -> Any:
-        return await self.request("POST", path, body=body)
+        return await self.request("POST", path, body=body, params=WRITER)
 
     async def replace(self, path: str, body: dict[str, Any]) -> Any:
-        return await self.request("PUT", path, body=body)
+        return await self.request("PUT", path, body=body, params=WRITER)
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> Any:
-        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH, params=WRITER)
 
     async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> Any:
-        return await self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
+        return await self.request("PATCH", path, body=ops, content_type=JSON_PATCH, params=WRITER)
 
 
 # Paths ---------------------------------------------------------------------------------------
@@ -163,7 +165,6 @@ def group_path(group: str, version: str, namespace: str, plural: str, name: str 
 _PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "ServiceAccount"): "serviceaccounts",
-    ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",

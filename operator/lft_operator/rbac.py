@@ -1,65 +1,72 @@
-"""The API verbs the operator uses: the least-privilege RBAC for its ServiceAccount.
+"""The API calls the operator makes: the one table its RBAC comes from.
 
-For the Helm chart (charts/lora-finetune-operator): a ClusterRole with exactly these rules
-(a Role per namespace works too when LFT_NAMESPACES lists namespaces; kopf then needs no
-cluster-scoped watches except the CRD rule marked below).
+USES lists every (API group, resource, verbs) the operator needs, with where the calls are made.
+Three checks keep it true (tests/unit/test_operator_rbac.py and test_chart.py):
+- a scan of this package's code finds every API call (Kube methods on a resource path, kopf
+  watches and indexes) and fails on a call the table lacks, and on a "code" row no call uses;
+- the chart's rendered Roles grant exactly these rules (nothing cluster-wide on Secrets, no
+  verb the table does not list), and the per-run trainer Role only what the operator holds;
+- tests/integration/test_operator_rbac.py runs the operator with OPERATOR_RULES (and LEASE_RULES in
+  its own namespace) only.
 
-    apiGroups: [finetune.dev]
-      resources: [lorafinetunes]                 verbs: [get, list, watch]
-      resources: [lorafinetunes/status]          verbs: [get, patch]
-    apiGroups: [batch]
-      resources: [jobs]                          verbs: [get, list, watch, create, patch]
-    apiGroups: [""]
-      resources: [pods]                          verbs: [get, list, watch]
-      resources: [configmaps]                    verbs: [get, create]
-      resources: [serviceaccounts]               verbs: [get, create]
-      resources: [secrets]                       verbs: [get]
-      resources: [events]                        verbs: [create, patch, list]
-      resources: [namespaces]                    verbs: [list, watch]     (kopf: namespace patterns)
-    apiGroups: [rbac.authorization.k8s.io]
-      resources: [roles, rolebindings]           verbs: [get, create]
-    apiGroups: [apiextensions.k8s.io]
-      resources: [customresourcedefinitions]     verbs: [list, watch]     (kopf: resource discovery)
-    apiGroups: [coordination.k8s.io]             (a Role in the operator's own namespace only: leader election)
-      resources: [leases]                        verbs: [get, create, update]
-
-Why each one:
-- lorafinetunes get/list/watch: kopf watches them; the reconciler reads the fresh object.
-- lorafinetunes/status get/patch: the operator merge-patches status. The operator also grants
-  get/patch on lorafinetunes/status (one resourceName) to each trainer's Role, and Kubernetes
-  only lets it grant what it holds itself (RBAC escalation check).
-- jobs create/patch: the training Job; patch sets parallelism (suspend/resume/stop), backoffLimit,
-  activeDeadlineSeconds and ttlSecondsAfterFinished (runPolicy changes).
-- pods get/list/watch: attempts, exit codes and termination messages.
-- configmaps, serviceaccounts, roles, rolebindings get/create: the per-run children; never updated
-  (spec changes after the Job exists are reported, not applied). Deletion is left to the garbage
-  collector through ownerReferences, so no delete verb anywhere.
-- secrets get: only to check that the storage Secret exists, with a metadata-only request
-  (Accept: PartialObjectMetadata): the values never reach the operator.
-- events create/patch: Kubernetes Events for every transition (kopf also posts its own).
-- events list: the Job controller's FailedCreate Events of a Job that has no pod (quota, Pod
-  Security admission, a missing ServiceAccount), with a field selector on the Job's uid.
-- leases get/create/update: leader election (leader.py) reads, creates and renews (PUT with the
-  resourceVersion it read) one Lease in the operator's namespace; never list/watch/delete.
-
-The trainer's own Role (builders.trainer_role): get/patch on lorafinetunes/status, resourceNames
-[<the resource's name>], nothing else.
+No Secret permission at all: the storage Secret reaches the trainer pod as envFrom, resolved by
+the kubelet; a missing one shows as the pod's CreateContainerConfigError in the status. No delete
+verb anywhere: the garbage collector removes children through their ownerReferences.
 """
 
-OPERATOR_RULES: list[dict] = [
-    {"apiGroups": ["finetune.dev"], "resources": ["lorafinetunes"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["finetune.dev"], "resources": ["lorafinetunes/status"], "verbs": ["get", "patch"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts"], "verbs": ["get", "create"]},
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "list"]},
-    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
-    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
-]
+from __future__ import annotations
 
-# Leader election (leader.py): one Lease, in the operator's own namespace (a namespaced Role).
-LEASE_RULES: list[dict] = [
-    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
-]
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Use:
+    group: str
+    resource: str
+    verbs: tuple[str, ...]
+    why: str
+    # "code": calls in this package (the scan finds them); "kopf": kopf's own machinery.
+    by: str = "code"
+
+    def rule(self) -> dict:
+        return {"apiGroups": [self.group], "resources": [self.resource], "verbs": list(self.verbs)}
+
+
+USES: tuple[Use, ...] = (
+    Use("finetune.dev", "lorafinetunes", ("get", "list", "watch"),
+        "kopf watches and indexes them; the reconciler reads the fresh object (reconcile.py)"),
+    Use("finetune.dev", "lorafinetunes/status", ("patch",),
+        "the operator's status writes; also what each trainer Role grants (RBAC escalation check)"),
+    Use("batch", "jobs", ("get", "list", "watch", "create", "patch"),
+        "the training Job: created once, patched for suspend/resume/stop and runPolicy changes"),
+    Use("", "pods", ("list", "watch"), "attempts, exit codes and termination messages (watch, and a list by label)"),
+    Use("", "configmaps", ("get", "create"), "the per-run trainer config, created once (get: after a 409)"),
+    Use("", "serviceaccounts", ("get", "create"), "the per-run trainer identity"),
+    Use("rbac.authorization.k8s.io", "roles", ("get", "create"), "the per-run trainer Role"),
+    Use("rbac.authorization.k8s.io", "rolebindings", ("get", "create"), "the per-run trainer RoleBinding"),
+    Use("", "events", ("create", "list"),
+        "Events for every transition (events.py); list: the Job controller's FailedCreate Events of a "
+        "Job without a pod (reconcile._pod_failure)"),
+    Use("", "namespaces", ("list", "watch"), "kopf observes the watched namespaces (namespace list only)", by="kopf"),
+    Use("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),
+        "kopf discovers the resources it watches", by="kopf"),
+)
+
+# Leader election (leader.py): one Lease in the operator's own namespace, through a namespaced Role
+# (never list/watch/delete): read, create, renew (PUT with the resourceVersion it read).
+LEASE_USES: tuple[Use, ...] = (
+    Use("coordination.k8s.io", "leases", ("get", "create", "update"), "leader election (leader.py)"),
+)
+
+OPERATOR_RULES: list[dict] = [u.rule() for u in USES]
+LEASE_RULES: list[dict] = [u.rule() for u in LEASE_USES]
+
+# What the trainer's per-run Role (builders.trainer_role) grants on its one resource: patch only. RBAC
+# cannot limit the fields; the operator ignores and reverts whatever a trainer writes outside
+# contract's trainer-owned fields, and trainer fields written under another run's UID (status/trust.py).
+TRAINER_VERBS = ("patch",)
+
+
+def triples(uses: tuple[Use, ...]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every row."""
+    return {(u.group, u.resource, v) for u in uses for v in u.verbs}

@@ -20,7 +20,7 @@ from lft_api.conditions import Reason
 from . import builders, metrics
 from .builders import Owner
 from .events import EventPoster
-from .kube import PARTIAL_METADATA, ApiError, Kube, NotLeader, collection_path, core_path, group_path, object_path
+from .kube import ApiError, Kube, NotLeader, collection_path, core_path, group_path, object_path
 from .ownership import OutputClaim, output_conflict, uri_root
 from .settings import Settings
 from .status import (
@@ -35,6 +35,7 @@ from .status import (
     newest_failed_create,
     now_rfc3339,
     status_json_patch,
+    trusted_status,
     wants_pod,
 )
 from .status.model import seconds_between
@@ -44,7 +45,6 @@ from .workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
-SECRET_RECHECK_SECONDS = 10.0
 POD_RECHECK_SECONDS = 5.0  # while a Job has no pod: look for the Job controller's FailedCreate Events
 POD_GRACE_SECONDS = 2.0  # a Job this young has no pod yet, normally: no Event lookup before
 MAX_FORBIDDEN_BACKOFF = 60.0
@@ -62,6 +62,7 @@ def resource_fingerprint(body: dict[str, Any]) -> str:
             meta.get("generation"),
             meta.get("deletionTimestamp"),
             {k: status.get(k) for k in OWNED_FIELDS},
+            status.get("trainerUid"),  # a trainer of another run reporting here: its fields are removed
             [health.get(k) for k in ("healthy", "message", "failedUploads")] if isinstance(health, dict) else None,
         ],
         sort_keys=True,
@@ -111,13 +112,16 @@ class Reconciler:
         self._fingerprints: dict[tuple[str, str], str] = {}
         self._fresh: dict[tuple[str, str], dict[str, Any]] = {}  # new resources, from their watch event
         self._views: dict[str, JobView | PodView] = {}  # by uid: the last view of each Job and pod
-        self._allowed = {"secrets": True, "events": True}  # RBAC for the optional checks
+        self._allowed = {"events": True}  # RBAC for the optional checks
         self._refusals: dict[tuple[str, str], int] = {}  # status writes refused in a row, by resource
         self._forbidden: dict[tuple[str, str], int] = {}  # Job creations forbidden in a row, by resource
         # Resource body and Job a reconcile just created, for the follow-up reconcile (the watch cache
         # may lag behind; nothing in the body changed by the operator yet).
         self._deferred: dict[tuple[str, str], tuple[dict[str, Any], JobView]] = {}
         self._rechecks: set[tuple[str, str]] = set()  # resources with a pod re-check pending
+        # The owned status fields as the operator last wrote them, by resource (with its uid): what a
+        # foreign write of them is reverted to (status/trust.py).
+        self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
 
     # --- triggers -------------------------------------------------------------------------------
 
@@ -161,7 +165,7 @@ class Reconciler:
         key = (namespace, name)
         self.known.discard(key)
         self.queue.forget(key)
-        for state in (self._fingerprints, self._fresh, self._refusals, self._forbidden, self._deferred):
+        for state in (self._fingerprints, self._fresh, self._refusals, self._forbidden, self._deferred, self._written):
             state.pop(key, None)
         self.phases.set(key, None)
 
@@ -202,7 +206,9 @@ class Reconciler:
 
     async def _observe(self, body: dict[str, Any], created_job: JobView | None) -> Observation | None:
         owner = Owner.from_body(body)
-        status = body.get("status") or {}
+        uid, remembered = self._written.get((owner.namespace, owner.name), ("", None))
+        trust = trusted_status(body, remembered if uid == owner.uid else None)
+        status = trust.status
         spec, problems = validate(body.get("spec") or {}, owner.name, self.settings)
         job = self._cached_job(owner) or (created_job if created_job and created_job.owner_uid == owner.uid else None)
         obs = Observation(
@@ -216,6 +222,10 @@ class Reconciler:
             pods=[],
             now=self.clock(),
             pod_creation_timeout=self.settings.pod_creation_timeout_seconds,
+            uid=owner.uid,
+            stored=body.get("status") or {},
+            stale=trust.stale,
+            foreign=trust.foreign,
         )
         if job is None and status.get("phase") not in TERMINAL_PHASES:
             if status.get("jobName"):
@@ -241,10 +251,6 @@ class Reconciler:
         path of a Job that no status records yet, as after a crash between the two steps."""
         key = (owner.namespace, owner.name)
         obs.problems = self._output_problems(body, spec)
-        if not obs.problems:
-            obs.problems = await self._secret_problems(owner, spec)
-            if obs.problems:
-                self.queue.add_after(key, SECRET_RECHECK_SECONDS)
         if obs.problems:
             return False
         try:
@@ -301,6 +307,8 @@ class Reconciler:
             return False
         # The watch event of this write needs no reconcile: this one computed it.
         self._fingerprints[key] = resource_fingerprint(written)
+        written_status = written.get("status") or {}
+        self._written[key] = (meta["uid"], {k: written_status[k] for k in OWNED_FIELDS if k in written_status})
         self._refusals.pop(key, None)
         metrics.STATUS_PATCHES.inc()
         return True
@@ -376,26 +384,6 @@ class Reconciler:
                 self.queue.add(key)
 
         asyncio.get_running_loop().call_later(delay, due)
-
-    async def _secret_problems(self, owner: Owner, spec: Any) -> list[Problem]:
-        secret, optional = builders.storage_secret_name(spec, self.settings)
-        wanted = [(secret, "spec.storageSecretRef", Reason.STORAGE_SECRET_NOT_FOUND)] if secret and not optional else []
-        wanted += [(name, field, Reason.TRACKING_SECRET_NOT_FOUND) for name, field in builders.tracking_secrets(spec)]
-        for secret, field, reason in wanted:
-            if not self._allowed["secrets"]:
-                return []
-            try:
-                found = await self.kube.get(core_path(owner.namespace, "secrets", secret), accept=PARTIAL_METADATA)
-            except ApiError as e:
-                if e.status == 403:
-                    # Without RBAC to check, the pod reports a missing Secret itself (CreateContainerConfigError).
-                    logger.warning("not allowed to check Secrets (%s); skipping that check", e.reason)
-                    self._allowed["secrets"] = False
-                    return []
-                raise
-            if found is None:
-                return [Problem(reason, f"Secret {secret} ({field}) not found in namespace {owner.namespace}")]
-        return []
 
     # --- writes ---------------------------------------------------------------------------------
 

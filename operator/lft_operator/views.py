@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lft_api.scrub import scrub
+
 from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, RUN_POLICY_ANNOTATION
 
 
@@ -18,6 +20,12 @@ def controller_uid(meta: dict[str, Any]) -> str | None:
         if ref.get("controller"):
             return ref.get("uid")
     return None
+
+
+def _scrubbed(text: str | None) -> str | None:
+    """Text from a pod, credentials masked by pattern: the kubelet's log tail (terminationMessagePolicy
+    FallbackToLogsOnError) may hold what a crashing process printed."""
+    return scrub(text) if text else text
 
 
 @dataclass(frozen=True)
@@ -57,14 +65,15 @@ class PodView:
                 fields.update(
                     exit_code=t.get("exitCode"),
                     term_reason=t.get("reason"),
-                    term_message=t.get("message"),
+                    term_message=_scrubbed(t.get("message")),
                     finished_at=t.get("finishedAt"),
                 )
             elif state.get("running") is not None:
                 fields["running"] = True
             elif state.get("waiting") is not None:
                 fields.update(
-                    waiting_reason=state["waiting"].get("reason"), waiting_message=state["waiting"].get("message")
+                    waiting_reason=state["waiting"].get("reason"),
+                    waiting_message=_scrubbed(state["waiting"].get("message")),
                 )
         for cond in status.get("conditions") or []:
             if (
@@ -81,7 +90,7 @@ class PodView:
             deleted=meta.get("deletionTimestamp") is not None,
             phase=status.get("phase") or "Pending",
             pod_reason=status.get("reason"),
-            pod_message=status.get("message"),
+            pod_message=_scrubbed(status.get("message")),
             **fields,
         )
 

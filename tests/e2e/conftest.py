@@ -27,6 +27,7 @@ E2E_NAMESPACES = {
     "test_bad_dataset_fails_fast_without_retries": "e2e-baddata",
     "test_delete_while_running_collects_children_keeps_checkpoints": "e2e-delete",
     "test_operator_pod_deleted_mid_run": "e2e-oprestart",
+    "test_planted_secrets_reach_no_output": "e2e-planted",
     "test_leader_pod_deleted_mid_run_standby_takes_over": "e2e-leaderloss",
     # test_faults.py
     "test_control_plane_restarted_mid_run": "e2e-cprestart",

@@ -177,6 +177,37 @@ def test_operator_pod_deleted_mid_run(kube, s3, s3_endpoint, namespace):
     assert S3_SECRET_KEY not in logs
 
 
+def test_planted_secrets_reach_no_output(kube, s3, s3_endpoint, namespace):
+    """The values of the storage Secret the pod receives (whatever their keys are called) and a presigned
+    URL in an error reach neither the status, the Events, the pod's log nor its termination message.
+    (Another Secret by secretKeyRef needs the admin policy's allowedSecrets: builders' unit test.)"""
+    name = "planted"
+    hf, other = "hf_E2EPlantedToken0123456789abcdef", "e2e-planted-other-value"
+    patch = json.dumps({"stringData": {"HF_TOKEN": hf, "SOME_SETTING": other}})
+    kube.run("patch", "secret", "s3-credentials", "-n", namespace, "-p", patch)
+    body = finetune(namespace, name, s3_endpoint)
+    spec = body["spec"]
+    spec["model"]["name"] = ("https://models.example/tiny?X-Amz-Credential=E2EPLANTEDCRED&X-Amz-Signature=E2EPLANTEDSIG"
+                             f"&k={S3_SECRET_KEY}&t={hf}&o={other}")
+    spec["runPolicy"] = {"backoffLimit": 0}
+    kube.apply(body, namespace)
+    obj = wait_phase(kube, namespace, name, "Failed", 180)
+    logs = kube.run("logs", "-n", namespace, "-l", f"finetune.dev/name={name}", "--tail=-1").stdout
+    outputs = {
+        "status": json.dumps(obj["status"]),
+        "events": json.dumps(kube.events(namespace, name)),
+        "log": logs,
+        "termination message": json.dumps([p.get("status") for p in kube.pods(namespace, name)]),
+        # From Status on: the spec above it shows the URI as the user wrote it.
+        "describe": kube.run("describe", "lft", name, "-n", namespace).stdout.split("\nStatus:", 1)[1],
+    }
+    assert "***" in outputs["status"] and "models.example" in outputs["status"], outputs["status"]
+    assert logs.strip(), "the trainer logged nothing"
+    for where, text in outputs.items():
+        for secret in (S3_SECRET_KEY, hf, other, "E2EPLANTEDCRED", "E2EPLANTEDSIG"):
+            assert secret not in text, f"{secret} in the {where}: {text[-1500:]}"
+
+
 def lease_holder_pod(kube) -> str:
     """The operator pod that holds the leader Lease (holder identity: pod name + "_" + a random suffix)."""
     lease = kube.json("get", "lease", "lora-finetune-operator", "-n", "lft-system")

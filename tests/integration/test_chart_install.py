@@ -30,6 +30,39 @@ def helm(kube: Kube, *args: str) -> str:
     return proc.stdout
 
 
+def allowed(kube: Kube, sa: tuple[str, str], namespace: str, verb: str, resource: str, group: str = "finetune.dev",
+            subresource: str = "") -> bool:
+    """A SubjectAccessReview: may ServiceAccount (namespace, name) do `verb` on `resource` in `namespace`?"""
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
+        "user": f"system:serviceaccount:{sa[0]}:{sa[1]}",
+        "groups": ["system:serviceaccounts", f"system:serviceaccounts:{sa[0]}", "system:authenticated"],
+        "resourceAttributes": {"namespace": namespace, "verb": verb, "group": group, "resource": resource,
+                               "subresource": subresource}}}
+    return bool(kube.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", review)["status"].get("allowed"))
+
+
+def _user_roles_aggregate(kube: Kube, namespace: str, operator_sa: tuple[str, str]) -> None:
+    """The chart's aggregated ClusterRoles reach the built-in edit and view roles; no Secret access for the
+    operator; nobody but the operator and the trainers writes status."""
+    for user, role in (("dev", "edit"), ("viewer", "view")):
+        kube.create(f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                    {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": user}})
+        kube.create(f"{RBAC}/namespaces/{namespace}/rolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": user, "namespace": namespace}]})
+    dev, viewer = (namespace, "dev"), (namespace, "viewer")
+    wait_until(lambda: allowed(kube, dev, namespace, "create", "lorafinetunes"), 30, what="edit aggregation")
+    wait_until(lambda: allowed(kube, viewer, namespace, "list", "lorafinetunes"), 30, what="view aggregation")
+    assert allowed(kube, dev, namespace, "delete", "lorafinetunes")
+    assert not allowed(kube, viewer, namespace, "create", "lorafinetunes")
+    for sa in (dev, viewer):
+        assert not allowed(kube, sa, namespace, "patch", "lorafinetunes", subresource="status")
+    for verb in ("get", "list", "watch"):
+        assert not allowed(kube, operator_sa, namespace, verb, "secrets", group="")
+        assert not allowed(kube, operator_sa, "kube-system", verb, "secrets", group="")
+
+
 def test_operator_works_with_the_charts_rbac(kube: Kube, tmp_path) -> None:
     suffix = uuid.uuid4().hex[:6]
     system_ns, watched_ns, release = f"lftchart-sys-{suffix}", f"lftchart-{suffix}", f"lftc{suffix}"
@@ -57,6 +90,7 @@ def test_operator_works_with_the_charts_rbac(kube: Kube, tmp_path) -> None:
         assert binding and binding["subjects"][0]["namespace"] == system_ns
         assert kube.get(f"{RBAC}/clusterrolebindings/{fullname}") is None
 
+        _user_roles_aggregate(kube, watched_ns, (system_ns, fullname))
         kubeconfig = service_account_kubeconfig(kube, system_ns, fullname, tmp_path / "kubeconfig")
         kube.create(
             f"/api/v1/namespaces/{watched_ns}/secrets",

@@ -112,10 +112,11 @@ def test_unknown_fields_are_kept_and_refused(kube, namespace, operator):
 
 def test_failing_checkpoint_uploads_set_the_condition_and_warn_once(kube, namespace, operator):
     kube.create_lft(namespace, "uploads", spec())
-    kube.wait_lft(namespace, "uploads", lambda s: is_true(s, ACCEPTED))
+    uid = kube.wait_lft(namespace, "uploads", lambda s: is_true(s, ACCEPTED))["metadata"]["uid"]
 
-    def report(**health) -> None:
-        kube.merge_patch(kube.lft_path(namespace, "uploads", "status"), {"status": {"checkpointHealth": health}})
+    def report(**health) -> None:  # as the trainer sends it: with the run's UID
+        body = {"status": {"checkpointHealth": health, "trainerUid": uid}}
+        kube.merge_patch(kube.lft_path(namespace, "uploads", "status"), body)
 
     report(healthy=False, message="AccessDenied: s3://lft-out", failedUploads=1)
     status = kube.wait_lft(

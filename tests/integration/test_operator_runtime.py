@@ -84,14 +84,15 @@ def _kubectl_rows(kube, namespace: str, *args: str) -> list[dict[str, str]]:
 def test_kubectl_get_shows_progress_loss_eta_and_wide_columns(kube, namespace, operator):
     kube.create_lft(namespace, "visible", spec())
     run_pod(kube, namespace, "visible")
-    kube.wait_lft(namespace, "visible", lambda s: s.get("phase") == "Running")
+    uid = kube.wait_lft(namespace, "visible", lambda s: s.get("phase") == "Running")["metadata"]["uid"]
 
-    # What the trainer sends (as its own ServiceAccount), rate-limited, while it trains.
+    # What the trainer sends (as its own ServiceAccount, with its run's UID), rate-limited, while it trains.
     as_trainer = {"Impersonate-User": f"system:serviceaccount:{namespace}:visible-trainer"}
     body = status_patch(
         progress=Progress.build(12, 30, epoch=0.4, eta_seconds=200),
         metrics=Metrics(loss=1.2345, learning_rate=2e-4, eval_loss_change=-0.5)
     )
+    body["status"]["trainerUid"] = uid
     kube.merge_patch(kube.lft_path(namespace, "visible", "status"), body, headers=as_trainer)
 
     (row,) = _kubectl_rows(kube, namespace)

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lft_api.contract import CheckpointRef
+from lft_api import contract
+from lft_api.conditions import Reason
+from lft_api.contract import CheckpointRef, Progress, TerminationMessage
 from lft_trainer import progress
-from tests.support.kube import Kube
-from tests.support.operator import spec
+from tests.support.kube import Kube, wait_until
+from tests.support.operator import SUCCESS, cond, run_pod, spec
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +61,41 @@ def test_status_sink_patches_progress_with_the_trainer_service_account(kube, nam
     with pytest.raises(urllib.error.HTTPError) as err:
         foreign.patch(reporter.event("log").status_body())
     assert err.value.code == 403
+
+
+def test_the_operator_reverts_trainer_writes_of_its_fields_and_of_another_run(kube, namespace, operator, tmp_path):
+    """RBAC lets a trainer patch its resource's whole status: the operator puts back what only it may
+    write (phase, conditions, adapter), and removes trainer fields sent under another run's UID."""
+    kube.create_lft(namespace, "rv", spec())
+    pod = run_pod(kube, namespace, "rv")
+    kube.wait_lft(namespace, "rv", lambda s: s.get("phase") == "Running")
+    uid = kube.lft(namespace, "rv")["metadata"]["uid"]
+    sa_dir = _service_account_dir(kube, namespace, pod["spec"]["serviceAccountName"], tmp_path / "sa")
+    server = yaml.safe_load(Path(kube.kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
+    trainer = progress.KubeStatusClient("rv", namespace, api_url=server, sa_dir=str(sa_dir), uid=uid)
+
+    trainer.patch(contract.status_patch(Progress.build(5, 30)))
+    kube.wait_lft(namespace, "rv", lambda s: (s.get("progress") or {}).get("step") == 5)
+    # The same token writes the operator's fields: accepted by the API server, reverted by the operator.
+    trainer.patch({"status": {"phase": "Succeeded", "conditions": [],
+                              "adapter": {"uri": "s3://elsewhere/adapter", "files": []}}})
+    status = kube.wait_lft(
+        namespace, "rv", lambda s: s.get("phase") == "Running" and s.get("conditions") and "adapter" not in s, 20
+    )["status"]
+    assert cond(status, "Running")["status"] == "True" and cond(status, "Succeeded")["status"] == "False"
+    assert status["progress"]["step"] == 5  # the trainer's own fields stay
+    wait_until(lambda: Reason.STATUS_REVERTED in kube.event_reasons(namespace, "rv"), 15)
+
+    # A pod of an earlier resource of the same name reports under its UID: ignored and removed.
+    earlier = progress.KubeStatusClient("rv", namespace, api_url=server, sa_dir=str(sa_dir), uid="uid-of-an-earlier-rv")
+    earlier.patch(contract.status_patch(Progress.build(29, 30)))
+    status = kube.wait_lft(namespace, "rv", lambda s: "progress" not in s and "trainerUid" not in s, 20)["status"]
+    assert status["phase"] == "Running"
+    trainer.patch(contract.status_patch(Progress.build(6, 30)))
+    kube.wait_lft(namespace, "rv", lambda s: (s.get("progress") or {}).get("step") == 6)
+
+    # The run ends as its pod says, not as anyone wrote.
+    kube.kubelet_exit(pod, 0, SUCCESS)
+    status = kube.wait_lft(namespace, "rv", lambda s: s.get("phase") == "Succeeded")["status"]
+    assert status["adapter"]["uri"] == TerminationMessage.decode(SUCCESS).adapter.uri
+    assert status["trainerUid"] == uid

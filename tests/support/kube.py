@@ -241,6 +241,12 @@ class Kube:
         }
         return self.merge_patch(self._pod_path(pod, "status"), {"status": status})
 
+    def kubelet_waiting(self, pod: dict, reason: str, message: str) -> dict:
+        """The container cannot start (e.g. CreateContainerConfigError for a missing Secret)."""
+        status = {"phase": "Pending", "containerStatuses": [
+            self._container_status(pod, {"waiting": {"reason": reason, "message": message}})]}
+        return self.merge_patch(self._pod_path(pod, "status"), {"status": status})
+
     def kubelet_exit(self, pod: dict, code: int, message: str = "", reason: str | None = None) -> dict:
         terminated = {
             "exitCode": code,

@@ -60,6 +60,15 @@ def env_of(docs: list[dict]) -> dict[str, str]:
 
 
 def rules_of(docs: list[dict]) -> list[dict]:
+    """The rules of every (Cluster)Role bound to the operator's ServiceAccount."""
+    sa = one(docs, "ServiceAccount")["metadata"]["name"]
+    bindings = by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding")
+    bound = {b["roleRef"]["name"] for b in bindings if any(s["name"] == sa for s in b["subjects"])}
+    roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+    return [r for role in roles if role["metadata"]["name"] in bound for r in role["rules"]]
+
+
+def all_rules(docs: list[dict]) -> list[dict]:
     return [r for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role") for r in role["rules"]]
 
 
@@ -99,6 +108,8 @@ def test_default_render_has_the_expected_objects() -> None:
         [
             "ServiceAccount",
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",  # the aggregated edit and view roles
             "ClusterRole",
             "ClusterRoleBinding",
             "ClusterRoleBinding",
@@ -279,18 +290,22 @@ def test_default_images_are_the_ones_make_images_builds() -> None:
     assert container(render({"image.tag": ""}))["image"] == "lft/operator:0.1.0"
 
 
-@pytest.mark.parametrize("values", [{}, HA_NAMESPACED], ids=["clusterwide", "namespaced-ha"])
+RBAC_VARIANTS = [{}, HA_NAMESPACED, {"replicaCount": "1"},
+                 {"rbac.aggregateToDefaultRoles": "false", "watchNamespaces": "{team-a}"}]
+
+
+@pytest.mark.parametrize("values", RBAC_VARIANTS, ids=["clusterwide", "namespaced-ha", "clusterwide-ha", "no-aggregation"])
 def test_rbac_is_least_privilege(values: dict[str, str]) -> None:
-    rules = rules_of(render(values))
-    for r in rules:
+    docs = render(values)
+    # Every role the chart renders, the user-facing aggregated ones included: no wildcard, no Secrets.
+    for r in all_rules(docs):
         for field in ("verbs", "resources", "apiGroups"):
             assert "*" not in r.get(field, []), f"wildcard {field} in {r}"
         assert not {"escalate", "bind", "impersonate"} & set(r["verbs"]), r
-    # Secrets: an existence check only, never list/watch (which would return every value).
-    secret_rules = [r for r in rules if "secrets" in r["resources"]]
-    assert secret_rules and all(r["verbs"] == ["get"] for r in secret_rules)
+        assert "secrets" not in r["resources"], f"Secret access: {r}"
+    rules = rules_of(docs)
     # Nothing but reads on pods; nothing on nodes or cluster-wide write access to RBAC bindings.
-    assert granted(rules, "", "pods") == {"get", "list", "watch"}
+    assert granted(rules, "", "pods") == {"list", "watch"}
     assert not granted(rules, "rbac.authorization.k8s.io", "clusterroles")
     assert not granted(rules, "rbac.authorization.k8s.io", "clusterrolebindings")
     assert not granted(rules, "", "nodes")
@@ -312,16 +327,18 @@ def triples(rules: list[dict]) -> set[tuple[str, str, str]]:
 NAMESPACE_OBSERVATION = {("", "namespaces", "list"), ("", "namespaces", "watch")}
 
 
-@pytest.mark.parametrize("values", [{}, HA_NAMESPACED], ids=["clusterwide", "namespaced-ha"])
+@pytest.mark.parametrize("values", RBAC_VARIANTS, ids=["clusterwide", "namespaced-ha", "clusterwide-ha", "no-aggregation"])
 def test_rbac_is_exactly_what_the_operator_uses(values: dict[str, str]) -> None:
+    """The chart grants the operator exactly lft_operator.rbac's table, which tests/unit/test_operator_rbac.py
+    checks against the calls in the code: a verb no code uses fails here."""
     from lft_operator import rbac
 
     chart = triples(rules_of(render(values)))
-    needed = triples(rbac.OPERATOR_RULES)
+    needed = rbac.triples(rbac.USES)
+    assert needed == triples(rbac.OPERATOR_RULES)
     if "watchNamespaces" not in values:
         needed -= NAMESPACE_OBSERVATION
-    assert needed <= chart, f"the operator needs, the chart lacks: {sorted(needed - chart)}"
-    needed |= triples(rbac.LEASE_RULES)
+    needed |= rbac.triples(rbac.LEASE_USES)
     assert needed <= chart, f"the operator needs, the chart lacks: {sorted(needed - chart)}"
     assert chart <= needed, f"the chart grants, the operator does not use: {sorted(chart - needed)}"
 
@@ -337,6 +354,28 @@ def test_operator_may_create_the_trainer_role() -> None:
             for res in rule["resources"]:
                 for v in rule["verbs"]:
                     assert (g, res, v) in chart, f"operator lacks {v} {res}.{g}, so it cannot grant it"
+
+
+def test_aggregated_user_roles() -> None:
+    """edit/admin holders may manage LoRAFineTunes in their namespace, view holders read them; none may
+    write status (only the operator and each run's trainer do). Off with rbac.aggregateToDefaultRoles=false."""
+    docs = render()
+    roles = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
+    edit, view = roles[f"{RELEASE}-lora-finetune-operator-edit"], roles[f"{RELEASE}-lora-finetune-operator-view"]
+    labels = "rbac.authorization.k8s.io/aggregate-to-"
+    assert edit["metadata"]["labels"][labels + "edit"] == "true" == edit["metadata"]["labels"][labels + "admin"]
+    assert view["metadata"]["labels"][labels + "view"] == "true"
+    assert granted(edit["rules"], "finetune.dev", "lorafinetunes") == {
+        "get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+    assert granted(view["rules"], "finetune.dev", "lorafinetunes") == {"get", "list", "watch"}
+    for role in (edit, view):
+        assert granted(role["rules"], "finetune.dev", "lorafinetunes/status") == {"get", "list", "watch"}
+        assert {g for r in role["rules"] for g in r["apiGroups"]} == {"finetune.dev"}
+    # Bound to nobody by the chart: the built-in roles pick them up through their labels.
+    bound = {b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding")}
+    assert not bound & {edit["metadata"]["name"], view["metadata"]["name"]}
+    off = render({"rbac.aggregateToDefaultRoles": "false"})
+    assert not [r for r in by_kind(off, "ClusterRole") if r["metadata"]["name"].endswith(("-edit", "-view"))]
 
 
 def test_watch_namespaces_bind_the_role_per_namespace_only() -> None:

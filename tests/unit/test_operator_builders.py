@@ -86,14 +86,14 @@ def test_config_keeps_the_specs_own_endpoint_and_sets_processes_from_gpus():
     assert builders.trainer_config(make_spec(resources={"gpus": 1}), SETTINGS)["training"]["numProcesses"] == 1
 
 
-def test_trainer_role_may_only_get_and_patch_this_resources_status():
+def test_trainer_role_may_only_patch_this_resources_status():
     role = builders.trainer_role(OWNER)
     assert role["rules"] == [
         {
             "apiGroups": ["finetune.dev"],
             "resources": ["lorafinetunes/status"],
             "resourceNames": ["phi3-chat"],
-            "verbs": ["get", "patch"],
+            "verbs": ["patch"],
         }
     ]
     binding = builders.role_binding(OWNER, make_spec())
@@ -279,3 +279,29 @@ def test_run_policy_patch_compares_with_the_applied_annotation():
 
 def test_stop_patch_ends_the_job_as_failed():
     assert builders.stop_patch() == {"spec": {"parallelism": 0, "activeDeadlineSeconds": 1}}
+
+
+def test_the_secrets_the_trainer_receives_are_mounted_for_it_to_mask_their_values():
+    spec = make_spec(
+        storageSecretRef={"name": "s3"},
+        podTemplate={
+            "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+                    {"name": "PLAIN", "value": "x"}],
+            "volumes": [{"name": "gcs", "secret": {"secretName": "gcs-key"}}, {"name": "data", "emptyDir": {}}],
+            "volumeMounts": [{"name": "gcs", "mountPath": "/var/gcs"}, {"name": "data", "mountPath": "/data"}],
+        },
+    )
+    pod = builders.job(OWNER, spec, SETTINGS)["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == builders.SECRET_VALUES_VOLUME]
+    assert volume["projected"]["sources"] == [
+        {"secret": {"name": "s3", "optional": False}},
+        {"secret": {"name": "hf", "optional": False, "items": [{"key": "token", "path": "env-0/token"}]}},
+    ]
+    container = pod["containers"][0]
+    assert {"name": builders.SECRET_VALUES_VOLUME, "mountPath": contract.SECRET_VALUES_DIR, "readOnly": True} in (
+        container["volumeMounts"])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[contract.ENV_SECRET_DIRS] == f"{contract.SECRET_VALUES_DIR}:/var/gcs"
+    # No Secret at all: nothing mounted, nothing to read.
+    bare = builders.job(OWNER, make_spec(storageSecretRef=None), SETTINGS)["spec"]["template"]["spec"]
+    assert builders.SECRET_VALUES_VOLUME not in {v["name"] for v in bare["volumes"]}

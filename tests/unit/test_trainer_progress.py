@@ -122,10 +122,11 @@ def api_server():
 
 def test_kube_status_client_patches_the_status_subresource(api_server, tmp_path):
     (tmp_path / "token").write_text("sa-token-123\n")
-    client = progress.KubeStatusClient("ft1", "team-a", api_url=api_server.url, sa_dir=str(tmp_path))
+    client = progress.KubeStatusClient("ft1", "team-a", api_url=api_server.url, sa_dir=str(tmp_path), uid="uid-7")
     client.patch(ev("eval", 3, eval_loss=1.0).status_body())
     path, headers, body = api_server.seen[0]
-    assert path == "/apis/finetune.dev/v1alpha1/namespaces/team-a/lorafinetunes/ft1/status"
+    assert path == "/apis/finetune.dev/v1alpha1/namespaces/team-a/lorafinetunes/ft1/status?fieldManager=lft-trainer"
+    assert body["status"]["trainerUid"] == "uid-7"  # the operator ignores trainer fields under another UID
     assert headers["Content-Type"] == "application/merge-patch+json"
     assert headers["Authorization"] == "Bearer sa-token-123"
     assert body["status"]["progress"]["step"] == 3 and body["status"]["metrics"]["evalLoss"] == 1.0

@@ -19,8 +19,8 @@ import sys
 from lft_api import contract
 from lft_api.contract import TerminationMessage
 
+from . import scrubbing
 from .errors import InvalidInput, StorageError
-from .retry import scrub
 
 log = logging.getLogger("lft_trainer")
 ENV_RESULT_FILE = "LFT_RESULT_FILE"  # where a launched rank 0 writes its TerminationMessage for the launcher
@@ -42,7 +42,8 @@ def write_termination(msg: TerminationMessage) -> None:
 
 def finish(msg: TerminationMessage, details: dict | None = None) -> int:
     """Write the termination message and one structured JSON line; return the exit code."""
-    msg.message = scrub(msg.message)
+    msg = TerminationMessage.model_validate(scrubbing.scrub_tree(msg.to_wire()))
+    details = scrubbing.scrub_tree(details) if details else details
     write_termination(msg)
     line = {"event": "result" if msg.outcome in ("succeeded", "preempted") else "error", **msg.to_wire()}
     if details:
@@ -69,6 +70,7 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    scrubbing.install()  # first: every later line on stdout/stderr is masked, tracebacks included
     _setup_logging()
     parser = argparse.ArgumentParser(prog="lft_trainer", description="LoRA fine-tuning trainer")
     parser.add_argument("--config", default=os.environ.get(contract.ENV_CONFIG_PATH, contract.DEFAULT_CONFIG_PATH))

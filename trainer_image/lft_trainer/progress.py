@@ -26,7 +26,7 @@ from lft_api import contract
 from lft_api.contract import Artifacts, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress
 
 from .history import eval_loss_change, perplexity
-from .retry import scrub
+from .scrubbing import scrub, scrub_tree
 
 log = logging.getLogger("lft_trainer.progress")
 
@@ -134,11 +134,14 @@ class StdoutSink:
 
 
 class KubeStatusClient:
-    """Merge-patches one LoRAFineTune's status subresource with the pod's ServiceAccount token."""
+    """Merge-patches one LoRAFineTune's status subresource with the pod's ServiceAccount token, as field
+    manager lft-trainer, each patch with the run's UID (status.trainerUid; the operator ignores trainer
+    fields under another UID), every string scrubbed of secrets."""
 
     def __init__(self, name: str, namespace: str, api_url: str | None = None, sa_dir: str = SA_DIR,
-                 timeout: float = 5.0):
+                 timeout: float = 5.0, uid: str | None = None):
         self.name, self.namespace, self.timeout, self.sa_dir = name, namespace, timeout, sa_dir
+        self.uid = uid if uid is not None else os.environ.get(contract.ENV_RESOURCE_UID)
         if api_url is None:
             api_url = os.environ.get(ENV_KUBE_API)
         if api_url is None:
@@ -154,7 +157,7 @@ class KubeStatusClient:
     @property
     def url(self) -> str:
         return (f"{self.api_url}/apis/{contract.API_GROUP}/{contract.API_VERSION}/namespaces/{self.namespace}/"
-                f"{contract.PLURAL}/{self.name}/status")
+                f"{contract.PLURAL}/{self.name}/status?fieldManager={contract.TRAINER_FIELD_MANAGER}")
 
     def _token(self) -> str | None:
         # Read each time: the kubelet rotates projected tokens.
@@ -165,6 +168,7 @@ class KubeStatusClient:
             return None
 
     def patch(self, body: dict) -> None:
+        body = scrub_tree({**body, "status": {**body.get("status", {}), **({"trainerUid": self.uid} if self.uid else {})}})
         headers = {"Content-Type": "application/merge-patch+json", "Accept": "application/json"}
         token = self._token()
         if token:

@@ -9,23 +9,19 @@ import asyncio
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 from .errors import InvalidInput, StorageError
+from .scrubbing import scrub
 
 log = logging.getLogger("lft_trainer.storage")
 
 T = TypeVar("T")
 
 ENV_RETRY_SECONDS = "LFT_STORAGE_RETRY_SECONDS"
-SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
-                   "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET", "HF_TOKEN",
-                   # experiment trackers (training.mlflow/wandb.credentialsSecretRef)
-                   "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "WANDB_API_KEY")
 
 
 # S3 error codes that mean "try again later" even when the HTTP status is not 5xx.
@@ -129,15 +125,6 @@ def is_transient(exc: BaseException) -> bool:
                         FileExistsError, InvalidInput)):
         return False
     return any(_is_connection_error(e) for e in _chain(exc))
-
-
-def scrub(text: str) -> str:
-    """Remove secret values (from the environment) and URL userinfo from a message."""
-    for var in SECRET_ENV_VARS:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return re.sub(r"(\w+://)[^/@\s:]+:[^/@\s]+@", r"\1***@", text)
 
 
 def describe(exc: BaseException) -> str:

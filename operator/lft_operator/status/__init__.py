@@ -25,7 +25,8 @@ without being deleted. Pods deleted on purpose (suspend, kubectl delete pod) are
 The status is built as the LoRAFineTuneStatus model (lft_api.resource) and written as a patch of
 the operator-owned fields that changed. Modules: model.py (Observation, Decision, the patch),
 conditions.py, attempts.py, failures.py (refused Jobs, uncreatable pods, checkpoint health),
-draft.py (the status being built), decide.py (the rules).
+draft.py (the status being built), decide.py (the rules), trust.py (what of the status as read the
+operator trusts: its own fields only as it wrote them, the trainer's only under the run's UID).
 """
 
 from .attempts import AttemptUpdate, attempt_phase, outcome, update_attempts
@@ -42,6 +43,7 @@ from .model import (
     now_rfc3339,
     status_json_patch,
 )
+from .trust import Trusted, reverted, trusted_status
 
 __all__ = [
     "OWNED_FIELDS",
@@ -64,6 +66,9 @@ __all__ = [
     "outcome",
     "set_condition",
     "status_json_patch",
+    "Trusted",
+    "reverted",
+    "trusted_status",
     "update_attempts",
     "wants_pod",
 ]

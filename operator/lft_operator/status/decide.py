@@ -177,6 +177,8 @@ def _succeeded(d: Draft, upd: AttemptUpdate) -> Decision:
         text = f"Training completed; adapter at {result.adapter.uri}."
     if result is not None:
         # The trainer has exited: its final numbers may go in without racing its own patches.
+        if d.obs.uid and (result.metrics is not None or (result.step is not None and result.total_steps)):
+            d.extra_patch["trainerUid"] = d.obs.uid
         if result.metrics is not None:
             d.extra_patch["metrics"] = result.metrics.to_wire()
         if result.step is not None and result.total_steps:

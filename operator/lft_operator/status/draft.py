@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from lft_api.conditions import FAILED, RUNNING, SUCCEEDED, SUSPENDED
+from lft_api.conditions import FAILED, RUNNING, SUCCEEDED, SUSPENDED, Reason
 
 from .conditions import Conditions
 from .model import Decision, Event, Observation, owned_patch, owned_status, owned_wire
+from .trust import reverted
 
 
 class Draft:
     def __init__(self, obs: Observation):
         self.obs = obs
-        self.stored = obs.status or {}  # as read, trainer fields included
-        self.old = owned_status(self.stored)
+        self.stored = (obs.status if obs.stored is None else obs.stored) or {}  # as read, trainer fields included
+        self.old = owned_status(obs.status)
         self.new = self.old.model_copy(deep=True)
         self.new.observed_generation = obs.generation
         self.conds = Conditions(self.old.conditions, obs.generation, obs.now)
         self.events: list[Event] = []
         self.job_patches: list[dict[str, Any]] = []
-        self.extra_patch: dict[str, Any] = {}  # trainer-owned fields, only on success
+        # Trainer-owned fields: removed when written under another UID; the final ones on success.
+        self.extra_patch: dict[str, Any] = dict.fromkeys(obs.stale)
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
@@ -47,4 +49,7 @@ class Draft:
         self.new.conditions = self.conds.items
         patch = owned_patch(self.stored, self.new)
         patch.update(self.extra_patch)
+        undone = reverted(self.obs.foreign, self.obs.stale, patch)
+        if undone:
+            self.events.insert(0, Event("Warning", Reason.STATUS_REVERTED, undone))
         return Decision(status=owned_wire(self.new), patch=patch, events=self.events, job_patches=self.job_patches)

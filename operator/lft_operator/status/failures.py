@@ -87,7 +87,7 @@ def pod_creation_timed_out(d: Draft, history: list[dict[str, Any]]) -> str | Non
 
 def checkpoint_health(d: Draft) -> None:
     """CheckpointsHealthy from status.checkpointHealth; a Warning Event when uploads start failing."""
-    raw = d.stored.get("checkpointHealth")
+    raw = d.obs.status.get("checkpointHealth")  # trusted: written under this run's UID
     if not isinstance(raw, dict):
         return
     try:

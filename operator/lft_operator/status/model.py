@@ -61,7 +61,7 @@ class PodCreationFailure:
 class Observation:
     name: str
     generation: int
-    status: dict[str, Any]  # as read: the operator's fields and the trainer's
+    status: dict[str, Any]  # as the operator may trust it (status/trust.py): its fields and the trainer's
     spec: LoRAFineTuneSpec | None
     problems: list[Problem]
     job_name: str
@@ -72,6 +72,10 @@ class Observation:
     create_error: Problem | None = None  # the API server refused the Job (JobInvalid, JobForbidden)
     pod_failure: PodCreationFailure | None = None  # looked up only while the Job has no live pod
     pod_creation_timeout: float = 600.0
+    uid: str = ""  # metadata.uid
+    stored: dict[str, Any] | None = None  # the status as read, when it differs from `status`: the patch reverts it
+    stale: tuple[str, ...] = ()  # trainer fields written under another UID: removed
+    foreign: dict[str, list[str]] = field(default_factory=dict)  # owned fields another manager wrote: reverted
 
 
 @dataclass

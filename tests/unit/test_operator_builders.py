@@ -305,3 +305,21 @@ def test_the_secrets_the_trainer_receives_are_mounted_for_it_to_mask_their_value
     # No Secret at all: nothing mounted, nothing to read.
     bare = builders.job(OWNER, make_spec(storageSecretRef=None), SETTINGS)["spec"]["template"]["spec"]
     assert builders.SECRET_VALUES_VOLUME not in {v["name"] for v in bare["volumes"]}
+
+
+def test_the_trackers_secrets_are_passed_unread_and_mounted_one_volume_each_for_masking():
+    training = {"reportTo": ["mlflow", "wandb"],
+                "mlflow": {"trackingUri": "http://mlflow:5000", "credentialsSecretRef": {"name": "mlflow-creds"}},
+                "wandb": {"project": "p", "mode": "offline", "credentialsSecretRef": {"name": "wandb-key"}}}
+    pod = builders.job(OWNER, make_spec(storageSecretRef={"name": "s3"}, training=training), SETTINGS)
+    pod = pod["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert [e["secretRef"]["name"] for e in container["envFrom"]] == ["s3", "mlflow-creds", "wandb-key"]
+    # One volume per Secret: their keys are unknown to the operator and could collide in one projection.
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert sorted(secrets.values()) == ["mlflow-creds", "wandb-key"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    paths = [mounts[name]["mountPath"] for name in secrets]
+    assert all(mounts[name]["readOnly"] for name in secrets) and len(set(paths)) == 2
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[contract.ENV_SECRET_DIRS].split(":") == [contract.SECRET_VALUES_DIR, *paths]

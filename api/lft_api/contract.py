@@ -43,6 +43,11 @@ ENV_RESOURCE_NAMESPACE = "LFT_NAMESPACE"
 ENV_RESOURCE_UID = "LFT_UID"
 ENV_TERMINATION_LOG = "LFT_TERMINATION_LOG"  # default /dev/termination-log
 ENV_STATUS_MIN_INTERVAL = "LFT_STATUS_MIN_INTERVAL_SECONDS"  # rate limit of status patches, default 5
+# Multi-node runs (training.nodes > 1): set by the operator on each pod; torchrun's static rendezvous.
+ENV_NODE_RANK = "LFT_NODE_RANK"  # this pod's node rank, 0..nodes-1 (fixed per Job)
+ENV_MASTER_ADDR = "LFT_MASTER_ADDR"  # the stable DNS name of the node-rank-0 pod
+ENV_MASTER_PORT = "LFT_MASTER_PORT"
+DEFAULT_MASTER_PORT = 29500
 
 DEFAULT_CONFIG_PATH = "/etc/lft/config.json"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -110,6 +110,10 @@ class LoraSpec(SpecModel):
     )
 
 
+MAX_NODES = 64
+MAX_PROCESSES_PER_NODE = 64
+
+
 class TrainingSpec(SpecModel):
     """Optimisation settings."""
 
@@ -166,12 +170,38 @@ class TrainingSpec(SpecModel):
     eval_steps: Optional[int] = Field(
         default=None, ge=1, description="Evaluate every N steps; unset: at the end of each epoch (and before step 1)."
     )
-    num_processes: int = Field(
+    nodes: int = Field(
         default=1,
         ge=1,
-        le=64,
-        description="Training processes in the pod (DDP). The operator sets it from the pod's GPU count.",
+        le=MAX_NODES,
+        description=(
+            "Pods the run spans (multi-node DDP, launched by torchrun with a static rendezvous). Each pod gets "
+            "spec.resources; world size = nodes x processes per pod. 1: one pod, as without this field."
+        ),
     )
+    num_processes: int | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "Training processes per pod (DDP ranks, 1 to 64). auto: one per GPU of the pod (spec.resources.gpus), "
+            "1 on CPU."
+        ),
+    )
+
+    @field_validator("num_processes")
+    @classmethod
+    def _processes_in_range(cls, n: int | str) -> int | str:
+        if n != "auto" and not 1 <= int(n) <= MAX_PROCESSES_PER_NODE:
+            raise ValueError(f"must be auto or 1 to {MAX_PROCESSES_PER_NODE}, not {n}")
+        return n
+
+    def processes_per_node(self, gpus: int) -> int:
+        """numProcesses resolved for a pod with `gpus` GPUs (auto: one per GPU, 1 on CPU)."""
+        if self.num_processes == "auto":
+            return max(gpus, 1)
+        return self.num_processes
+
+    def world_size(self, gpus: int) -> int:
+        return self.nodes * self.processes_per_node(gpus)
 
 
 # TrainingSpec fields that change speed and memory, not the trained result (left out of result_hash).
@@ -276,6 +306,10 @@ class TrainerConfig(SpecModel):
             training.pop(key, None)
         training.setdefault("batchSize", 4)
         training.setdefault("gradientCheckpointing", True)
+        if training.get("nodes") == 1:
+            training.pop("nodes")  # added later: single-pod runs keep their former hash
+        if training.get("numProcesses") == "auto":
+            training["numProcesses"] = 1  # the former default (the operator hands the trainer a number)
         determining["training"] = training
         text = json.dumps(determining, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -23,7 +23,7 @@ from lft_api.spec import TrainerConfig
 from . import data, model, performance, preflight, probes, sizing
 from .adapter_card import finish_adapter
 from .artifacts import HistoryWriter
-from .distributed import Preemption, is_main, world_size
+from .distributed import Preemption, is_main, local_world_size, world_size
 from .errors import InvalidInput
 from .ownership import ADAPTER_IDENTITY_FILE, run_identity
 from .progress import Reporter, StdoutSink, make_callback
@@ -348,7 +348,8 @@ def _facts(prep: Prepared, fitted: Fitted, files, adapter_uri: str, merged_uri: 
         dataset={**prep.checks.dataset.summary(), "rowsOverMaxLength": prep.too_long,
                  "rowsMeasuredForLength": prep.measured},
         trainable_parameters=trainable, total_parameters=total, device="cuda" if prep.cuda else "cpu",
-        dtype=prep.dtype_name, num_processes=world_size(), merged_uri=merged_uri,
+        dtype=prep.dtype_name, num_processes=world_size(), nodes=prep.config.training.nodes,
+        processes_per_node=local_world_size(), merged_uri=merged_uri,
         eval_loss_before=fitted.eval_before, eval_loss_after=fitted.eval_after, train_runtime=fitted.train_runtime,
         tokens_per_second=reporter.progress.tokens_per_second,
         resumed_from_step=resume.step if resume else None, resumed_from_uri=resume.uri if resume else None,

@@ -8,11 +8,12 @@ cluster-scoped watches except the CRD and peering rules marked below).
       resources: [lorafinetunes]                 verbs: [get, list, watch]
       resources: [lorafinetunes/status]          verbs: [get, patch]
     apiGroups: [batch]
-      resources: [jobs]                          verbs: [get, list, watch, create, patch]
+      resources: [jobs]                          verbs: [get, list, watch, create, patch, delete]
     apiGroups: [""]
       resources: [pods]                          verbs: [get, list, watch]
       resources: [configmaps]                    verbs: [get, create]
       resources: [serviceaccounts]               verbs: [get, create]
+      resources: [services]                      verbs: [get, create]     (multi-node runs)
       resources: [secrets]                       verbs: [get]
       resources: [events]                        verbs: [create, patch, list]
       resources: [namespaces]                    verbs: [list, watch]     (kopf: namespace patterns)
@@ -29,11 +30,13 @@ Why each one:
   get/patch on lorafinetunes/status (one resourceName) to each trainer's Role, and Kubernetes
   only lets it grant what it holds itself (RBAC escalation check).
 - jobs create/patch: the training Job; patch sets parallelism (suspend/resume/stop), backoffLimit,
-  activeDeadlineSeconds and ttlSecondsAfterFinished (runPolicy changes).
+  activeDeadlineSeconds and ttlSecondsAfterFinished (runPolicy changes). jobs delete: only the per-node
+  Jobs of a multi-node run, all at once when an attempt fails or the run is suspended (gang).
+- services get/create: the headless Service of a multi-node run (its pods' DNS names).
 - pods get/list/watch: attempts, exit codes and termination messages.
 - configmaps, serviceaccounts, roles, rolebindings get/create: the per-run children; never updated
-  (spec changes after the Job exists are reported, not applied). Deletion is left to the garbage
-  collector through ownerReferences, so no delete verb anywhere.
+  (spec changes after the Job exists are reported, not applied). Their deletion is left to the garbage
+  collector through ownerReferences.
 - secrets get: only to check that the storage Secret exists, with a metadata-only request
   (Accept: PartialObjectMetadata): the values never reach the operator.
 - events create/patch: Kubernetes Events for every transition (kopf also posts its own).
@@ -47,9 +50,9 @@ The trainer's own Role (builders.trainer_role): get/patch on lorafinetunes/statu
 OPERATOR_RULES: list[dict] = [
     {"apiGroups": ["finetune.dev"], "resources": ["lorafinetunes"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["finetune.dev"], "resources": ["lorafinetunes/status"], "verbs": ["get", "patch"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts"], "verbs": ["get", "create"]},
+    {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts", "services"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "list"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},

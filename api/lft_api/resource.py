@@ -227,6 +227,10 @@ class LoRAFineTuneStatus(WireModel):
     )
     failed_attempts: int = Field(default=0, description="Failed attempts that count toward runPolicy.backoffLimit.")
     attempt_history: list[Attempt] = Field(default_factory=list, description="The most recent attempts, oldest first.")
+    nodes: int | None = Field(default=None, description="Multi-node runs: the pods of an attempt (training.nodes).")
+    ready_nodes: int | None = Field(
+        default=None, description="Multi-node runs: pods of the current attempt whose trainer runs."
+    )
     progress: Progress | None = Field(default=None, description="Training progress, patched by the trainer.")
     metrics: Metrics | None = Field(default=None, description="Latest metrics, patched by the trainer.")
     latest_checkpoint: CheckpointRef | None = Field(

@@ -20,9 +20,8 @@ from lft_api.resource import LoRAFineTuneSpec
 from . import builders
 from .builders import NAME_LABEL, Owner
 from .settings import Settings
+from .views import ATTEMPT_LABEL, NODE_RANK_LABEL
 
-NODE_RANK_LABEL = f"{contract.API_GROUP}/node-rank"
-ATTEMPT_LABEL = f"{contract.API_GROUP}/attempt"
 SHM_VOLUME = "dshm"
 
 # Defaults a user may override with spec.podTemplate.env (same name: the user's value wins).

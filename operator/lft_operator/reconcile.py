@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from lft_api import contract
 from lft_api.conditions import Reason
 
-from . import builders, metrics
+from . import builders, gang_reconcile, metrics
 from .builders import Owner
 from .events import EventPoster
 from .kube import PARTIAL_METADATA, ApiError, Kube, collection_path, core_path, group_path, object_path
@@ -192,6 +192,8 @@ class Reconciler:
             return
         if body["metadata"].get("deletionTimestamp"):
             return  # the garbage collector removes the children
+        if gang_reconcile.requested(body):
+            return await gang_reconcile.reconcile_gang(self, body)  # training.nodes > 1
         obs = await self._observe(body, created_job)
         if obs is None:
             return  # the Job was just created: the follow-up reconcile decides

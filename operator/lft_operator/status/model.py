@@ -72,6 +72,7 @@ class Observation:
     create_error: Problem | None = None  # the API server refused the Job (JobInvalid, JobForbidden)
     pod_failure: PodCreationFailure | None = None  # looked up only while the Job has no live pod
     pod_creation_timeout: float = 600.0
+    jobs: list[JobView] = field(default_factory=list)  # multi-node runs: every Job of the resource
 
 
 @dataclass
@@ -80,6 +81,9 @@ class Decision:
     patch: dict[str, Any]  # merge patch of status: changed owned fields (+ final progress/metrics)
     events: list[Event] = field(default_factory=list)
     job_patches: list[dict[str, Any]] = field(default_factory=list)
+    # Multi-node runs (status/gang.py): Jobs to delete, and the attempt whose per-node Jobs to create.
+    job_deletes: list[str] = field(default_factory=list)
+    create_attempt: int | None = None
 
 
 def owned_status(raw: dict[str, Any] | None) -> LoRAFineTuneStatus:

@@ -71,6 +71,10 @@ def test_one_failed_pod_ends_the_attempt_and_deletes_every_job():
     again = decide_gang(observe(d.status, [], [failed, pod(0, 1, phase="Failed", exit_code=4, deleted=True)]))
     assert again.status["failedAttempts"] == 1 and not any(e.reason == "Retrying" for e in again.events)
     assert again.create_attempt is None
+    # The failed pod is gone, the other one still stops: the message still says why the attempt ended.
+    stopping = decide_gang(observe(d.status, [], [running(0, 1)]))
+    assert stopping.create_attempt is None and stopping.status["failedAttempts"] == 1
+    assert "Attempt 1 ended (Error (exit code 1): boom); waiting for the pods" in stopping.status["message"]
 
 
 def test_an_evicted_pod_ends_the_attempt_too():
@@ -84,7 +88,7 @@ def test_the_next_attempt_starts_only_when_every_pod_of_the_last_one_is_gone():
                      "attemptHistory": [{"attempt": 1, "pod": "x", "phase": "Failed", "counted": True}]}
     stopping = pod(0, 1, phase="Running", running=True, deleted=True)
     wait = decide_gang(observe(failed_status, [], [stopping]))
-    assert wait.create_attempt is None and "Waiting for the pods of attempt 1" in wait.status["message"]
+    assert wait.create_attempt is None and "aiting for the pods of attempt 1" in wait.status["message"]
     go = decide_gang(observe(failed_status, [], []))
     assert go.create_attempt == 2 and go.status["attempts"] == 2 and go.status["failedAttempts"] == 1
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lft_api.resource import LoRAFineTuneSpec
-from lft_operator import builders, multinode
+from lft_operator import builders, kube, multinode
 from lft_operator.settings import Settings
 
 OWNER = builders.Owner(name="big", namespace="team-a", uid="1111-2222")
@@ -67,6 +67,7 @@ def test_headless_service_selects_the_runs_pods_and_is_owned():
     assert svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"]["finetune.dev/name"] == "big"
     assert svc["metadata"]["ownerReferences"][0]["uid"] == "1111-2222"
+    assert kube.collection_path(svc) == "/api/v1/namespaces/team-a/services"  # the reconciler can create it
 
 
 def test_one_node_keeps_the_single_pod_job():

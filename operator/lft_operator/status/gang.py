@@ -168,7 +168,9 @@ def _next_attempt(d: Draft, attempt: int, jobs: list[JobView]) -> Decision:
     leftovers, older = d.obs.pods, d.obs.jobs  # no Job of this attempt is left: all of them are earlier ones
     if leftovers or older:
         names = ", ".join(sorted({p.name for p in leftovers} | {j.name for j in older}))
-        _pending(d, Reason.ATTEMPT_ENDING, f"Waiting for the pods of attempt {attempt} to stop: {truncate(names, 200)}")
+        last = next((a for a in d.new.attempt_history if a.attempt == attempt and a.phase == "Failed"), None)
+        why = f"Attempt {attempt} ended ({describe(last.to_wire())}); w" if last is not None else "W"
+        _pending(d, Reason.ATTEMPT_ENDING, f"{why}aiting for the pods of attempt {attempt} to stop: {truncate(names, 200)}")
         return _with(d.done(), deletes=_names([j for j in older if not j.deleting]))
     d.new.attempts = attempt + 1
     _record(d, attempt + 1, None, "Pending")

@@ -95,3 +95,18 @@ def test_pod_result_without_a_result_or_with_a_failed_torchrun_is_an_error(tmp_p
     assert launcher.pod_result(tmp_path, lay, code=0).outcome == "succeeded"
     failed = launcher.pod_result(tmp_path, lay, code=1)
     assert failed.outcome == "error" and "code 1" in failed.message
+
+
+def test_waiting_for_the_master_ends_at_sigterm(monkeypatch):
+    from lft_trainer.distributed import Preemption
+
+    monkeypatch.setattr(launcher.socket, "getaddrinfo", lambda *a: (_ for _ in ()).throw(OSError("no such host")))
+    monkeypatch.setattr(launcher.time, "sleep", lambda s: preemption.requested.set())  # SIGTERM while waiting
+    preemption = Preemption()
+    lay = launcher.Layout(nodes=2, per_node=1, node_rank=1, master_addr="run-node-0.run-trainer", master_port=1)
+    assert launcher._wait_for_master(lay, preemption) is False
+    clock = iter(range(0, 10**6, 400))  # 400 s per look: past the 600 s deadline on the third, no SIGTERM
+    monkeypatch.setattr(launcher.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(launcher.time, "sleep", lambda s: None)
+    with pytest.raises(RuntimeError, match="run-node-0.run-trainer did not become resolvable"):
+        launcher._wait_for_master(lay, Preemption())

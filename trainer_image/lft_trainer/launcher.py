@@ -102,11 +102,10 @@ def launch(config: TrainerConfig, config_path: str, preemption) -> TerminationMe
     results.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **_prepare(config, work, cuda, lay), train.ENV_WORK_DIR: str(work),
            ENV_RESULT_DIR: str(results), contract.ENV_CONFIG_PATH: config_path}
-    if preemption.requested.is_set():
+    if not _wait_for_master(lay, preemption):
         return TerminationMessage(outcome="preempted", reason="Preempted", message="stopped before training started")
-    _wait_for_master(lay)
     shutdown = int(os.environ.get(ENV_SHUTDOWN_TIMEOUT) or DEFAULT_SHUTDOWN_TIMEOUT)
-    code = _run_torchrun(torchrun_argv(lay, shutdown), env)
+    code = _run_torchrun(torchrun_argv(lay, shutdown), env, preemption)
     return pod_result(results, lay, code)
 
 
@@ -125,22 +124,24 @@ def _prepare(config: TrainerConfig, work: Path, cuda: bool, lay: Layout) -> dict
     return env
 
 
-def _wait_for_master(lay: Layout) -> None:
-    """A pod's DNS name resolves once its pod exists: the pods of a run start in any order."""
-    if lay.nodes == 1:
-        return
+def _wait_for_master(lay: Layout, preemption) -> bool:
+    """A pod's DNS name resolves once its pod exists: the pods of a run start in any order. False: SIGTERM
+    came first (nothing to checkpoint yet)."""
     deadline = time.monotonic() + float(os.environ.get(ENV_RENDEZVOUS_TIMEOUT) or DEFAULT_RENDEZVOUS_TIMEOUT)
-    while True:
+    while not preemption.requested.is_set():
+        if lay.nodes == 1:
+            return True
         try:
             socket.getaddrinfo(lay.master_addr, lay.master_port)
-            return
+            return True
         except OSError as exc:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the master pod {lay.master_addr} did not become resolvable: {exc}") from None
             time.sleep(1.0)
+    return False
 
 
-def _run_torchrun(argv: list[str], env: dict[str, str]) -> int:
+def _run_torchrun(argv: list[str], env: dict[str, str], preemption) -> int:
     proc = subprocess.Popen(argv, env=env)
 
     def forward(signum, frame):
@@ -148,6 +149,8 @@ def _run_torchrun(argv: list[str], env: dict[str, str]) -> int:
             proc.send_signal(signal.SIGTERM)  # torchrun forwards it to its workers
 
     signal.signal(signal.SIGTERM, forward)
+    if preemption.requested.is_set():  # SIGTERM between the start and the handler
+        forward(signal.SIGTERM, None)
     return proc.wait()
 
 

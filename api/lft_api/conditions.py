@@ -48,6 +48,7 @@ class Reason:
     TRAINER_RUNNING = "TrainerRunning"
     RETRYING = "Retrying"
     POD_DELETED = "PodDeleted"
+    ATTEMPT_ENDING = "AttemptEnding"  # multi-node: waiting for every pod of an ended attempt to stop
     IN_PROGRESS = "InProgress"
     # suspend / resume
     SUSPENDING = "Suspending"

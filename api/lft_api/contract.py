@@ -53,6 +53,12 @@ SECRET_VALUES_DIR = "/var/run/lft/secret-values"
 OPERATOR_FIELD_MANAGER = "lft-operator"
 TRAINER_FIELD_MANAGER = "lft-trainer"
 
+# Multi-node runs (training.nodes > 1): set by the operator on each pod; torchrun's static rendezvous.
+ENV_NODE_RANK = "LFT_NODE_RANK"  # this pod's node rank, 0..nodes-1 (fixed per Job)
+ENV_MASTER_ADDR = "LFT_MASTER_ADDR"  # the stable DNS name of the node-rank-0 pod
+ENV_MASTER_PORT = "LFT_MASTER_PORT"
+DEFAULT_MASTER_PORT = 29500
+
 DEFAULT_CONFIG_PATH = "/etc/lft/config.json"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_MAX_BYTES = 4096

@@ -14,7 +14,9 @@ from typing import Any, Literal
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from .contract import AdapterRef, Artifacts, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress, WireModel
-from .spec import SecretRef, SpecModel, TrainerConfig
+from .spec import TrainerConfig
+from .spec_base import SpecModel
+from .tracking_spec import SecretRef
 
 # The Job is named "<name>-trainer" and its name is copied into the pods' `job-name` label,
 # whose values are limited to 63 characters.
@@ -221,6 +223,10 @@ class LoRAFineTuneStatus(WireModel):
     )
     failed_attempts: int = Field(default=0, description="Failed attempts that count toward runPolicy.backoffLimit.")
     attempt_history: list[Attempt] = Field(default_factory=list, description="The most recent attempts, oldest first.")
+    nodes: int | None = Field(default=None, description="Multi-node runs: the pods of an attempt (training.nodes).")
+    ready_nodes: int | None = Field(
+        default=None, description="Multi-node runs: pods of the current attempt whose trainer runs."
+    )
     progress: Progress | None = Field(default=None, description="Training progress, patched by the trainer.")
     metrics: Metrics | None = Field(default=None, description="Latest metrics, patched by the trainer.")
     latest_checkpoint: CheckpointRef | None = Field(

@@ -14,25 +14,11 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Literal, Optional
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator, model_validator
 
-
-class SpecModel(BaseModel):
-    """Base of every spec model: camelCase aliases, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        validate_default=True,
-    )
-
-    def to_wire(self) -> dict:
-        """The JSON-ready dict with camelCase keys, as stored in the CR and the ConfigMap."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+from .spec_base import SpecModel
+from .tracking_spec import MlflowSpec, ReportTarget, WandbSpec
 
 
 class ModelSpec(SpecModel):
@@ -159,62 +145,8 @@ class LoraSpec(SpecModel):
     )
 
 
-class SecretRef(SpecModel):
-    """A Secret in the resource's namespace."""
-
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
-
-
-ReportTarget = Literal["tensorboard", "mlflow", "wandb"]
-
-
-class MlflowSpec(SpecModel):
-    """Where training.reportTo mlflow logs: the run, its parameters and every logged metric."""
-
-    tracking_uri: str = Field(
-        min_length=1,
-        description=(
-            "MLflow tracking server, e.g. http://mlflow.mlops:5000 (checked before training: the run fails at once "
-            "when it cannot be reached). Credentials never go here: see credentialsSecretRef."
-        ),
-    )
-    experiment_name: Optional[str] = Field(
-        default=None, min_length=1, description="Experiment (created when missing). Unset: MLflow's Default."
-    )
-    credentials_secret_ref: Optional[SecretRef] = Field(
-        default=None,
-        description=(
-            "Secret whose keys become the trainer's environment: MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN. Values are never read by the operator."
-        ),
-    )
-
-    @field_validator("tracking_uri")
-    @classmethod
-    def _no_userinfo(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not contain credentials (user:password@ or token@): put them in credentialsSecretRef")
-        return v
-
-
-class WandbSpec(SpecModel):
-    """Where training.reportTo wandb logs (Weights & Biases)."""
-
-    project: str = Field(min_length=1, description="W&B project.")
-    entity: Optional[str] = Field(default=None, min_length=1, description="W&B entity (team or user).")
-    mode: Literal["online", "offline"] = Field(
-        default="online",
-        description=(
-            "online: stream to the W&B server (needs WANDB_API_KEY from credentialsSecretRef). offline: no network; "
-            "the run's files go to <output>/wandb/ at every checkpoint and at the end (`wandb sync` uploads them later)."
-        ),
-    )
-    base_url: Optional[str] = Field(default=None, min_length=1, description="Self-hosted W&B server URL.")
-    credentials_secret_ref: Optional[SecretRef] = Field(
-        default=None,
-        description="Secret whose keys become the trainer's environment: WANDB_API_KEY. Never read by the operator.",
-    )
+MAX_NODES = 64
+MAX_PROCESSES_PER_NODE = 64
 
 
 class TrainingSpec(SpecModel):
@@ -273,11 +205,14 @@ class TrainingSpec(SpecModel):
     eval_steps: Optional[int] = Field(
         default=None, ge=1, description="Evaluate every N steps; unset: at the end of each epoch (and before step 1)."
     )
-    num_processes: int = Field(
+    nodes: int = Field(
         default=1,
         ge=1,
-        le=64,
-        description="Training processes in the pod (DDP). The operator sets it from the pod's GPU count.",
+        le=MAX_NODES,
+        description=(
+            "Pods the run spans (multi-node DDP, launched by torchrun with a static rendezvous). Each pod gets "
+            "spec.resources; world size = nodes x processes per pod. 1: one pod, as without this field."
+        ),
     )
     report_to: list[ReportTarget] = Field(
         default_factory=list,
@@ -306,6 +241,29 @@ class TrainingSpec(SpecModel):
             if given and not wanted:
                 raise ValueError(f"training.{name} is set but reportTo does not list {name}: add it, or remove the settings")
         return self
+    num_processes: int | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "Training processes per pod (DDP ranks, 1 to 64). auto: one per GPU of the pod (spec.resources.gpus), "
+            "1 on CPU."
+        ),
+    )
+
+    @field_validator("num_processes")
+    @classmethod
+    def _processes_in_range(cls, n: int | str) -> int | str:
+        if n != "auto" and not 1 <= int(n) <= MAX_PROCESSES_PER_NODE:
+            raise ValueError(f"must be auto or 1 to {MAX_PROCESSES_PER_NODE}, not {n}")
+        return n
+
+    def processes_per_node(self, gpus: int) -> int:
+        """numProcesses resolved for a pod with `gpus` GPUs (auto: one per GPU, 1 on CPU)."""
+        if self.num_processes == "auto":
+            return max(gpus, 1)
+        return self.num_processes
+
+    def world_size(self, gpus: int) -> int:
+        return self.nodes * self.processes_per_node(gpus)
 
 
 # TrainingSpec fields that change speed and memory, not the trained result (left out of result_hash).
@@ -412,6 +370,10 @@ class TrainerConfig(SpecModel):
             training.pop(key, None)
         training.setdefault("batchSize", 4)
         training.setdefault("gradientCheckpointing", True)
+        if training.get("nodes") == 1:
+            training.pop("nodes")  # added later: single-pod runs keep their former hash
+        if training.get("numProcesses") == "auto":
+            training["numProcesses"] = 1  # the former default (the operator hands the trainer a number)
         determining["training"] = training
         text = json.dumps(determining, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]

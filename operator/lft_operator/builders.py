@@ -92,8 +92,10 @@ def trainer_config(spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]
     updates: dict[str, Any] = {}
     if config.storage.endpoint_url is None and settings.default_storage_endpoint:
         updates["storage"] = config.storage.model_copy(update={"endpoint_url": settings.default_storage_endpoint})
-    if spec.resources.gpus > 1:
-        updates["training"] = config.training.model_copy(update={"num_processes": spec.resources.gpus})
+    gpus = spec.resources.gpus
+    # Resolved here (auto: one per GPU, 1 on CPU); on a multi-GPU pod always one process per GPU.
+    processes = gpus if gpus > 1 else config.training.processes_per_node(gpus)
+    updates["training"] = config.training.model_copy(update={"num_processes": processes})
     return config.model_copy(update=updates).to_wire()
 
 

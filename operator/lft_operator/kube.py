@@ -138,6 +138,9 @@ class Kube:
         return (body or {}).get("items") or []
 
     # Writes name the operator's field manager: managedFields then tell its status writes from others'.
+    async def delete(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return await self.request("DELETE", path, body=body)
+
     async def create(self, path: str, body: dict[str, Any]) -> Any:
         return await self.request("POST", path, body=body, params=WRITER)
 
@@ -165,6 +168,7 @@ def group_path(group: str, version: str, namespace: str, plural: str, name: str 
 _PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "Service"): "services",
     ("v1", "Event"): "events",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",

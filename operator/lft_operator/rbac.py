@@ -10,8 +10,9 @@ Three checks keep it true (tests/unit/test_operator_rbac.py and test_chart.py):
   its own namespace) only.
 
 No Secret permission at all: the storage Secret reaches the trainer pod as envFrom, resolved by
-the kubelet; a missing one shows as the pod's CreateContainerConfigError in the status. No delete
-verb anywhere: the garbage collector removes children through their ownerReferences.
+the kubelet; a missing one shows as the pod's CreateContainerConfigError in the status. One delete
+verb: the per-node Jobs of a multi-node run, all at once when an attempt ends (gang); every other
+child is removed by the garbage collector through its ownerReferences.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ USES: tuple[Use, ...] = (
         "kopf watches and indexes them; the reconciler reads the fresh object (reconcile.py)"),
     Use("finetune.dev", "lorafinetunes/status", ("patch",),
         "the operator's status writes; also what each trainer Role grants (RBAC escalation check)"),
-    Use("batch", "jobs", ("get", "list", "watch", "create", "patch"),
-        "the training Job: created once, patched for suspend/resume/stop and runPolicy changes"),
+    Use("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete"),
+        "the training Job: created once, patched for suspend/resume/stop and runPolicy changes; delete: "
+        "the per-node Jobs of a multi-node run when its attempt ends or it is suspended (gang_reconcile.py)"),
+    Use("", "services", ("get", "create"), "the headless Service of a multi-node run (its pods' DNS names)"),
     Use("", "pods", ("list", "watch"), "attempts, exit codes and termination messages (watch, and a list by label)"),
     Use("", "configmaps", ("get", "create"), "the per-run trainer config, created once (get: after a 409)"),
     Use("", "serviceaccounts", ("get", "create"), "the per-run trainer identity"),

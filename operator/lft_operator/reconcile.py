@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from lft_api import contract
 from lft_api.conditions import Reason
 
-from . import builders, metrics
+from . import builders, gang_reconcile, metrics
 from .builders import Owner
 from .events import EventPoster
 from .kube import ApiError, Kube, NotLeader, collection_path, core_path, group_path, object_path
@@ -198,16 +198,22 @@ class Reconciler:
             return
         if body["metadata"].get("deletionTimestamp"):
             return  # the garbage collector removes the children
+        if gang_reconcile.requested(body):
+            return await gang_reconcile.reconcile_gang(self, body)  # training.nodes > 1
         obs = await self._observe(body, created_job)
         if obs is None:
             return  # the Job was just created: the follow-up reconcile decides
         decision = decide(obs)
         await self._apply(body, decision)
 
+    def trusted(self, body: dict[str, Any], owner: Owner) -> Any:
+        """The status as the operator trusts it: its own fields as it last wrote them (status/trust.py)."""
+        uid, remembered = self._written.get((owner.namespace, owner.name), ("", None))
+        return trusted_status(body, remembered if uid == owner.uid else None)
+
     async def _observe(self, body: dict[str, Any], created_job: JobView | None) -> Observation | None:
         owner = Owner.from_body(body)
-        uid, remembered = self._written.get((owner.namespace, owner.name), ("", None))
-        trust = trusted_status(body, remembered if uid == owner.uid else None)
+        trust = self.trusted(body, owner)
         status = trust.status
         spec, problems = validate(body.get("spec") or {}, owner.name, self.settings)
         job = self._cached_job(owner) or (created_job if created_job and created_job.owner_uid == owner.uid else None)

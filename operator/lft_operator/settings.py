@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     trainer_status_interval: float | None = Field(
         default=None, validation_alias=_env("LFT_TRAINER_STATUS_INTERVAL_SECONDS")
     )
+    # Multi-node runs: the sizeLimit of the pods' /dev/shm (a memory emptyDir: NCCL's buffers, loader workers).
+    shm_size_limit: str | None = "1Gi"
     watch_server_timeout: int = 300
     # A Job that cannot create its pod (quota, Pod Security, missing ServiceAccount) this long fails.
     pod_creation_timeout_seconds: float = 600.0

@@ -73,7 +73,8 @@ def semantic_problems(spec: LoRAFineTuneSpec, name: str) -> list[Problem]:
             )
         )
     if (
-        spec.training.num_processes > 1
+        spec.training.num_processes != "auto"
+        and spec.training.num_processes > 1
         and spec.resources.gpus > 1
         and spec.training.num_processes != spec.resources.gpus
     ):

@@ -9,9 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lft_api import contract
 from lft_api.scrub import scrub
 
 from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, RUN_POLICY_ANNOTATION
+
+NODE_RANK_LABEL = f"{contract.API_GROUP}/node-rank"  # multi-node runs (multinode.py): the pod's node rank
+ATTEMPT_LABEL = f"{contract.API_GROUP}/attempt"  # and the attempt its Job belongs to
+
+
+def label_int(meta: dict[str, Any], key: str) -> int | None:
+    value = (meta.get("labels") or {}).get(key)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def controller_uid(meta: dict[str, Any]) -> str | None:
@@ -46,6 +58,8 @@ class PodView:
     pod_reason: str | None = None  # pod.status.reason, e.g. Evicted
     pod_message: str | None = None
     unschedulable: str | None = None  # the scheduler's message while the pod cannot be placed
+    node_rank: int | None = None  # multi-node runs only
+    attempt: int | None = None
 
     @property
     def terminated(self) -> bool:
@@ -91,6 +105,8 @@ class PodView:
             phase=status.get("phase") or "Pending",
             pod_reason=status.get("reason"),
             pod_message=_scrubbed(status.get("message")),
+            node_rank=label_int(meta, NODE_RANK_LABEL),
+            attempt=label_int(meta, ATTEMPT_LABEL),
             **fields,
         )
 
@@ -109,6 +125,9 @@ class JobView:
     completion_time: str | None = None
     applied_spec: str | None = None  # JSON
     run_policy: str | None = None  # JSON of the runPolicy last applied
+    node_rank: int | None = None  # multi-node runs only
+    attempt: int | None = None
+    deleting: bool = False  # deletionTimestamp set
 
     @classmethod
     def from_job(cls, body: dict[str, Any]) -> JobView:
@@ -139,4 +158,7 @@ class JobView:
             completion_time=status.get("completionTime"),
             applied_spec=annotations.get(APPLIED_SPEC_ANNOTATION),
             run_policy=annotations.get(RUN_POLICY_ANNOTATION),
+            node_rank=label_int(meta, NODE_RANK_LABEL),
+            attempt=label_int(meta, ATTEMPT_LABEL),
+            deleting=meta.get("deletionTimestamp") is not None,
         )

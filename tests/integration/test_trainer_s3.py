@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.status_api import StatusApi
-from tests.support.tools import ROOT
-from tests.support.trainer_run import DATASET, config, progress_lines, run_in_process
+from tests.support.trainer_run import DATASET, config, progress_lines, run_in_process, subprocess_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -203,17 +202,6 @@ def test_run_completes_through_a_storage_outage(s3_bucket, flaky_proxy, tiny_mod
     assert "run/training_summary.json" in keys
 
 
-def _subprocess_env(s3_server, tmp_path: Path, name: str, uid: str | None = None) -> dict:
-    env = {**os.environ, **s3_server.env(), "LFT_TERMINATION_LOG": str(tmp_path / f"{name}.term"),
-           "LFT_WORK_DIR": str(tmp_path / f"{name}-work"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "api"), str(ROOT / "trainer_image"), os.environ.get("PYTHONPATH", "")])}
-    for var in ("LFT_NAME", "LFT_NAMESPACE", "LFT_UID"):  # no identity: a run and its re-run are the same run
-        env.pop(var, None)
-    if uid:
-        env["LFT_UID"] = uid
-    return env
-
-
 def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_model, tmp_path):
     cfg = config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url, maxSteps=60, evalSteps=60,
                  loggingSteps=1)
@@ -222,7 +210,7 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
     path.write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", "lft_trainer", "--config", str(path)]
 
-    proc = subprocess.Popen(cmd, env=_subprocess_env(s3_server, tmp_path, "first", uid="uid-1"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=subprocess_env(s3_server, tmp_path, "first", uid="uid-1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     errs: list[str] = []
@@ -246,7 +234,7 @@ def test_sigterm_checkpoints_exits_4_and_resumes(s3_bucket, s3_server, tiny_mode
     # The history was refreshed at the SIGTERM checkpoint (loggingSteps 1: every step, and the eval before).
     assert [r["step"] for r in history_rows(s3_bucket)] == list(range(stopped_at + 1))
 
-    second = subprocess.run(cmd, check=False, env=_subprocess_env(s3_server, tmp_path, "second", uid="uid-1"), capture_output=True,
+    second = subprocess.run(cmd, check=False, env=subprocess_env(s3_server, tmp_path, "second", uid="uid-1"), capture_output=True,
                             text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-4000:]
     term2 = json.loads((tmp_path / "second.term").read_text())
@@ -303,7 +291,7 @@ def test_two_processes_with_gloo(s3_bucket, s3_server, tiny_model, tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     res = subprocess.run([sys.executable, "-m", "lft_trainer", "--config", str(path)], check=False,
-                         env=_subprocess_env(s3_server, tmp_path, "ddp"), capture_output=True, text=True, timeout=400)
+                         env=subprocess_env(s3_server, tmp_path, "ddp"), capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-4000:]
     summary = json.loads(s3_bucket.get_bytes("ddp/training_summary.json"))
     assert summary["numProcesses"] == 2 and summary["steps"] == 12

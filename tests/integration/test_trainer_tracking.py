@@ -126,7 +126,7 @@ def test_mlflow_refusing_the_credentials_is_named(monkeypatch, fake_secret):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from lft_api.spec import MlflowSpec
+    from lft_api.tracking_spec import MlflowSpec
     from lft_trainer.errors import InvalidInput
     from lft_trainer.tracking import probe_mlflow
 

@@ -4,6 +4,7 @@ progress lines. Shared by the trainer integration tests (the tiny_model fixture 
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -47,3 +48,15 @@ def progress_lines(text: str) -> list[dict]:
             if obj.get("event") == "progress":
                 out.append(obj)
     return out
+
+
+def subprocess_env(s3_server, tmp_path: Path, name: str, uid: str | None = None) -> dict:
+    """The environment of `python -m lft_trainer` in a subprocess: S3, its own work dir and termination log."""
+    env = {**os.environ, **s3_server.env(), "LFT_TERMINATION_LOG": str(tmp_path / f"{name}.term"),
+           "LFT_WORK_DIR": str(tmp_path / f"{name}-work"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "api"), str(ROOT / "trainer_image"), os.environ.get("PYTHONPATH", "")])}
+    for var in ("LFT_NAME", "LFT_NAMESPACE", "LFT_UID"):  # no identity: a run and its re-run are the same run
+        env.pop(var, None)
+    if uid:
+        env["LFT_UID"] = uid
+    return env

@@ -84,6 +84,11 @@ def test_config_keeps_the_specs_own_endpoint_and_sets_processes_from_gpus():
     assert config["storage"]["endpointUrl"] == "http://other:9000"
     assert config["training"]["numProcesses"] == 4
     assert builders.trainer_config(make_spec(resources={"gpus": 1}), SETTINGS)["training"]["numProcesses"] == 1
+    # auto resolved for the pod: 1 on CPU; an explicit count on CPU is kept.
+    assert builders.trainer_config(make_spec(), SETTINGS)["training"]["numProcesses"] == 1
+    two = make_spec(training={"numProcesses": 2, "nodes": 3})
+    assert builders.trainer_config(two, SETTINGS)["training"]["numProcesses"] == 2
+    assert builders.trainer_config(two, SETTINGS)["training"]["nodes"] == 3
 
 
 def test_trainer_role_may_only_patch_this_resources_status():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,7 +24,7 @@ from lft_operator.settings import Settings
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "lft_operator"
 KUBE_VERBS = {"get": "get", "list_items": "list", "create": "create", "replace": "update", "merge_patch": "patch",
-              "json_patch": "patch"}
+              "json_patch": "patch", "delete": "delete"}
 SAMPLES: dict[str, Any] = {
     "owner": builders.Owner(name="nm", namespace="ns", uid="u-1"),
     "spec": LoRAFineTuneSpec.model_validate(
@@ -35,6 +36,8 @@ SAMPLES: dict[str, Any] = {
     "key": ("ns", "nm"),
     "meta": {"namespace": "ns", "name": "nm", "uid": "u-1"},
     "self": SimpleNamespace(settings=Settings()),
+    "r": SimpleNamespace(settings=Settings()),  # the Reconciler, in gang_reconcile's functions
+    "attempt": 1,
 }
 
 
@@ -107,11 +110,27 @@ def _parameter_environments(trees, module: str, call: ast.Call) -> list[dict[str
     forwarded = [p for p in params if p in used and p not in SAMPLES]
     if not forwarded:
         return [{}]
-    envs = [{p: _evaluate(site.args[params.index(p)], site_module, {}) for p in forwarded}
-            for site_module, site in _call_sites(trees, fn.name)]
+    envs = []
+    for site_module, site in _call_sites(trees, fn.name):
+        values = [_site_values(trees, site_module, site, site.args[params.index(p)]) for p in forwarded]
+        envs += [dict(zip(forwarded, combo, strict=True)) for combo in itertools.product(*values)]
     if not envs:
         raise LookupError(f"no call site of {fn.name} to take {forwarded} from")
     return envs
+
+
+def _site_values(trees, module: str, site: ast.Call, arg: ast.expr) -> list[Any]:
+    """The values an argument takes: evaluated, or, for a loop variable (`for m in builders.jobs(...)`),
+    each item of the loop's iterable."""
+    try:
+        return [_evaluate(arg, module, {})]
+    except NameError:
+        fn = _enclosing(trees[module], site)
+        loops = [n for n in ast.walk(fn) if isinstance(n, (ast.For, ast.AsyncFor))
+                 and isinstance(arg, ast.Name) and ast.unparse(n.target) == arg.id] if fn else []
+        if not loops:
+            raise
+        return list(_evaluate(loops[0].iter, module, {}))
 
 
 def _kopf_watch(decorator: ast.expr, module: str) -> tuple[str, str] | None:

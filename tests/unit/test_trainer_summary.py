@@ -58,3 +58,10 @@ def test_summary_lists_the_artifacts_and_says_why_the_picture_is_missing():
     s = build_summary(config, facts(artifacts={"metrics": "s3://b/p/metrics.jsonl"},
                                     loss_plot_skipped="matplotlib is not installed"))
     assert "lossPlot" not in s["artifacts"] and s["lossPlotSkipped"] == "matplotlib is not installed"
+
+
+def test_summary_records_nodes_processes_per_node_and_world_size():
+    config = TrainerConfig.model_validate({"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "o"},
+                                           "training": {"nodes": 2, "numProcesses": 2}})
+    s = build_summary(config, facts(num_processes=4, nodes=2, processes_per_node=2))
+    assert (s["nodes"], s["processesPerNode"], s["worldSize"], s["numProcesses"]) == (2, 2, 4, 4)

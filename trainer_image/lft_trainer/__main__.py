@@ -5,7 +5,8 @@ termination message and exits with a contract.ExitCode:
   0 succeeded, 3 invalid input (do not retry), 4 preempted (checkpoint saved: start again), 1 error.
 stdout carries JSON lines only (progress events, then one result or error line); human logs go to stderr.
 
-With training.numProcesses N > 1 this process becomes a launcher (launcher.py).
+With more than one process (training.nodes > 1 or numProcesses > 1) this process runs the pre-flight
+and starts torchrun (launcher.py); the workers torchrun starts are `python -m lft_trainer` too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from . import scrubbing
 from .errors import InvalidInput, StorageError
 
 log = logging.getLogger("lft_trainer")
-ENV_RESULT_FILE = "LFT_RESULT_FILE"  # where a launched rank 0 writes its TerminationMessage for the launcher
 
 
 def _emit(obj: dict) -> None:
@@ -69,6 +69,12 @@ def _setup_logging() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     scrubbing.install()  # first: every later line on stdout/stderr is masked, tracebacks included
     _setup_logging()
@@ -85,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         from .preflight import load_config
 
         config = load_config(args.config)
-        if config.training.num_processes > 1 and not is_child:
-            from .launcher import launch
+        if not is_child:
+            from . import launcher
 
-            return finish(launch(config, args.config))
+            if launcher.needs_launcher(config, _gpu_count()):
+                return finish(launcher.launch(config, args.config, preemption))
         from .progress import Reporter, make_reporter
 
         reporter = make_reporter() if distributed.is_main() else Reporter([])
@@ -101,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         if is_child:
             _emit({"event": "error", "rank": distributed.rank(), **msg.to_wire()})
     if is_child:
-        if distributed.is_main():
-            from .launcher import write_rank_result
+        from .launcher import write_rank_result
 
-            write_rank_result(msg)
+        write_rank_result(msg, distributed.rank())
         return int(train.exit_code_for(msg))
     return finish(msg, details)
 

@@ -1,4 +1,4 @@
-"""The process's place in a (torchrun-style) group, and SIGTERM handling shared by every rank."""
+"""The process's place in the torchrun group (RANK, WORLD_SIZE, LOCAL_WORLD_SIZE), and SIGTERM handling shared by every rank."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def rank() -> int:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_world_size() -> int:
+    """Processes in this pod (torchrun's LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
 
 
 def is_main() -> bool:

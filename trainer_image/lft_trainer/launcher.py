@@ -1,9 +1,13 @@
-"""training.numProcesses N > 1: this process becomes the parent of N training processes.
+"""More than one training process (training.nodes > 1 or numProcesses > 1): this process starts them
+with PyTorch's own launcher, `torch.distributed.run` (torchrun), with a static rendezvous.
 
-It runs the pre-flight once (fast failure; the ranks reuse its report, so the dataset is read once per
-pod), downloads the model and the checkpoint to resume from, then starts N copies of `python -m
-lft_trainer` with torchrun-style environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT; gloo on
-CPU, NCCL on GPU), forwards SIGTERM to them, and reports rank 0's result.
+Once per pod, before any worker starts: the pre-flight (fast failure, exit 3; the workers reuse its
+report), the model download and the checkpoint to resume from. Then torchrun starts this pod's
+workers (`python -m lft_trainer`) with node rank LFT_NODE_RANK, master LFT_MASTER_ADDR (the stable DNS
+name of the node-rank-0 pod; 127.0.0.1 for one pod); gloo on CPU, NCCL on GPU. SIGTERM goes to torchrun,
+which forwards it to the workers: they agree on a step, save a checkpoint (rank 0 uploads it) and exit
+preempted. Each worker hands its result to this process through a file; the pod reports the result
+of its lowest rank (rank 0's on node 0: the adapter, the summary; the other pods exit likewise).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lft_api import contract
-from lft_api.contract import ExitCode, TerminationMessage
+from lft_api.contract import TerminationMessage
 from lft_api.spec import TrainerConfig
 
 from . import model, preflight, train
@@ -27,7 +32,54 @@ from .ownership import run_identity
 from .resume import find_resume_point
 from .storage import Storage
 
-ENV_RESULT_FILE = "LFT_RESULT_FILE"  # where a launched rank 0 writes its TerminationMessage for the launcher
+ENV_RESULT_DIR = "LFT_RESULT_DIR"  # where each launched worker writes its TerminationMessage (rank-N.json)
+ENV_RENDEZVOUS_TIMEOUT = "LFT_RENDEZVOUS_TIMEOUT_SECONDS"  # how long a pod waits for the master's DNS name
+ENV_SHUTDOWN_TIMEOUT = "LFT_SHUTDOWN_TIMEOUT_SECONDS"  # after SIGTERM, before torchrun kills its workers
+DEFAULT_RENDEZVOUS_TIMEOUT = 600
+DEFAULT_SHUTDOWN_TIMEOUT = 3600  # the pod's terminationGracePeriodSeconds bounds it anyway
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this pod's processes sit in the run."""
+
+    nodes: int
+    per_node: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.per_node
+
+
+def layout(config: TrainerConfig, gpus: int, env: dict[str, str] | os._Environ = os.environ) -> Layout:
+    """This pod's layout from the config and the environment the operator sets (pure)."""
+    nodes = config.training.nodes
+    node_rank = int(env.get(contract.ENV_NODE_RANK) or 0)
+    if not 0 <= node_rank < nodes:
+        raise InvalidInput(preflight.INVALID_CONFIG, f"{contract.ENV_NODE_RANK}={node_rank} is outside 0..{nodes - 1} "
+                           f"(training.nodes {nodes})", field="training.nodes")
+    if nodes > 1 and not env.get(contract.ENV_MASTER_ADDR):
+        raise InvalidInput(preflight.INVALID_CONFIG, f"training.nodes {nodes} needs {contract.ENV_MASTER_ADDR}, the "
+                           "node-rank-0 pod's address (the operator sets it)", field="training.nodes")
+    addr = env.get(contract.ENV_MASTER_ADDR) or "127.0.0.1"
+    port = int(env.get(contract.ENV_MASTER_PORT) or (contract.DEFAULT_MASTER_PORT if nodes > 1 else _free_port()))
+    return Layout(nodes, config.training.processes_per_node(gpus), node_rank, addr, port)
+
+
+def needs_launcher(config: TrainerConfig, gpus: int) -> bool:
+    return config.training.nodes > 1 or config.training.processes_per_node(gpus) > 1
+
+
+def torchrun_argv(lay: Layout, shutdown_timeout: int) -> list[str]:
+    """The torchrun command line of one pod (pure). No restarts: a failed attempt is retried by the operator,
+    every pod at once, from the newest checkpoint."""
+    return [sys.executable, "-m", "torch.distributed.run",
+            f"--nnodes={lay.nodes}", f"--nproc-per-node={lay.per_node}", f"--node-rank={lay.node_rank}",
+            "--rdzv-backend=static", f"--master-addr={lay.master_addr}", f"--master-port={lay.master_port}",
+            "--max-restarts=0", f"--shutdown-timeout={shutdown_timeout}", "-m", "lft_trainer"]
 
 
 def _free_port() -> int:
@@ -36,75 +88,88 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config: TrainerConfig, config_path: str) -> TerminationMessage:
+def launch(config: TrainerConfig, config_path: str, preemption) -> TerminationMessage:
     import torch
 
-    n = config.training.num_processes
     cuda = torch.cuda.is_available()
-    if cuda and torch.cuda.device_count() < n:
-        raise InvalidInput(preflight.UNSUPPORTED_HARDWARE, f"training.numProcesses {n} but this pod has "
-                           f"{torch.cuda.device_count()} GPU(s)", field="training.numProcesses")
+    gpus = torch.cuda.device_count() if cuda else 0
+    lay = layout(config, gpus)
+    if cuda and gpus < lay.per_node:
+        raise InvalidInput(preflight.UNSUPPORTED_HARDWARE, f"training.numProcesses {lay.per_node} but this pod has "
+                           f"{gpus} GPU(s)", field="training.numProcesses")
     work = train.work_dir()
-    env = {**os.environ, **_prepare(config, work, cuda), train.ENV_WORK_DIR: str(work),
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(n),
-           "LOCAL_WORLD_SIZE": str(n), ENV_RESULT_FILE: str(work / "result.json"),
-           contract.ENV_CONFIG_PATH: config_path}
-    codes = _run_ranks(env, n)
-    return _result(work / "result.json", codes)
+    results = work / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **_prepare(config, work, cuda, lay), train.ENV_WORK_DIR: str(work),
+           ENV_RESULT_DIR: str(results), contract.ENV_CONFIG_PATH: config_path}
+    if not _wait_for_master(lay, preemption):
+        return TerminationMessage(outcome="preempted", reason="Preempted", message="stopped before training started")
+    shutdown = int(os.environ.get(ENV_SHUTDOWN_TIMEOUT) or DEFAULT_SHUTDOWN_TIMEOUT)
+    code = _run_torchrun(torchrun_argv(lay, shutdown), env, preemption)
+    return pod_result(results, lay, code)
 
 
-def _prepare(config: TrainerConfig, work: Path, cuda: bool) -> dict[str, str]:
-    """Pre-flight, model download and resume point, once for all ranks; returns their environment."""
+def _prepare(config: TrainerConfig, work: Path, cuda: bool, lay: Layout) -> dict[str, str]:
+    """Pre-flight, model download and resume point, once per pod; returns the workers' environment.
+    Only node 0 checks the output (write access, ownership): its rank 0 writes there."""
     identity = run_identity(config)
-    report = preflight.run_checks(config, work / "launcher", cuda, identity, check_output=True)
+    report = preflight.run_checks(config, work / "launcher", cuda, identity, check_output=lay.node_rank == 0)
     env = preflight.save_report(report, work / "preflight-report.pickle")
-    model.model_dir(config, work)  # a remote model is downloaded once, here, not by every rank
+    model.model_dir(config, work)  # a remote model is downloaded once per pod, here, not by every rank
+    # The operator starts an attempt's pods only when every pod of the previous attempt is gone: no upload
+    # is in flight, so every pod finds the same newest complete checkpoint.
     resume = find_resume_point(config, Storage(config.output.uri, config.storage), identity, work / "resume")
     if resume is not None:
         env.update(resume.env())
     return env
 
 
-def _run_ranks(env: dict[str, str], n: int) -> dict[int, int]:
-    """Start the ranks, forward SIGTERM, and wait; one failed rank takes the others down. {rank: exit code}."""
-    procs = []
-    for r in range(n):
-        child_env = {**env, "RANK": str(r), "LOCAL_RANK": str(r)}
-        if r != 0:
-            child_env[contract.ENV_RESOURCE_NAME] = ""  # only rank 0 reports status
-        procs.append(subprocess.Popen([sys.executable, "-m", "lft_trainer"], env=child_env))
+def _wait_for_master(lay: Layout, preemption) -> bool:
+    """A pod's DNS name resolves once its pod exists: the pods of a run start in any order. False: SIGTERM
+    came first (nothing to checkpoint yet)."""
+    deadline = time.monotonic() + float(os.environ.get(ENV_RENDEZVOUS_TIMEOUT) or DEFAULT_RENDEZVOUS_TIMEOUT)
+    while not preemption.requested.is_set():
+        if lay.nodes == 1:
+            return True
+        try:
+            socket.getaddrinfo(lay.master_addr, lay.master_port)
+            return True
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the master pod {lay.master_addr} did not become resolvable: {exc}") from None
+            time.sleep(1.0)
+    return False
+
+
+def _run_torchrun(argv: list[str], env: dict[str, str], preemption) -> int:
+    proc = subprocess.Popen(argv, env=env)
 
     def forward(signum, frame):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # torchrun forwards it to its workers
 
     signal.signal(signal.SIGTERM, forward)
-    codes: dict[int, int] = {}
-    while len(codes) < n:
-        for r, p in enumerate(procs):
-            if r not in codes and p.poll() is not None:
-                codes[r] = p.returncode
-                if p.returncode not in (ExitCode.SUCCEEDED, ExitCode.PREEMPTED):
-                    # One rank died: the others would wait forever in a collective.
-                    for q in procs:
-                        if q.poll() is None:
-                            q.kill()
-        time.sleep(0.2)
-    return codes
+    if preemption.requested.is_set():  # SIGTERM between the start and the handler
+        forward(signal.SIGTERM, None)
+    return proc.wait()
 
 
-def _result(result_file: Path, codes: dict[int, int]) -> TerminationMessage:
-    if not result_file.exists():
+def pod_result(results: Path, lay: Layout, code: int) -> TerminationMessage:
+    """The result of this pod's lowest rank (on node 0: rank 0's, with the adapter), or why there is none."""
+    first = lay.node_rank * lay.per_node
+    found = results / f"rank-{first}.json"
+    if not found.exists():
         return TerminationMessage(outcome="error", reason="WorkerFailed",
-                                  message=f"training processes exited with codes {codes}")
-    msg = TerminationMessage.model_validate(json.loads(result_file.read_text()))
-    if msg.outcome == "succeeded" and any(c != 0 for c in codes.values()):
-        return TerminationMessage(outcome="error", reason="WorkerFailed", message=f"exit codes {codes}")
+                                  message=f"torchrun exited with code {code} and rank {first} left no result")
+    msg = TerminationMessage.model_validate(json.loads(found.read_text()))
+    if msg.outcome == "succeeded" and code != 0:
+        others = sorted(p.name for p in results.glob("rank-*.json"))
+        return TerminationMessage(outcome="error", reason="WorkerFailed",
+                                  message=f"torchrun exited with code {code} (results: {', '.join(others)})")
     return msg
 
 
-def write_rank_result(msg: TerminationMessage) -> None:
-    """Rank 0 hands its result to the launcher."""
-    if os.environ.get(ENV_RESULT_FILE):
-        Path(os.environ[ENV_RESULT_FILE]).write_text(json.dumps(msg.to_wire()))
+def write_rank_result(msg: TerminationMessage, rank: int) -> None:
+    """A launched worker hands its result to its pod's launcher."""
+    if os.environ.get(ENV_RESULT_DIR):
+        Path(os.environ[ENV_RESULT_DIR], f"rank-{rank}.json").write_text(json.dumps(msg.to_wire()))

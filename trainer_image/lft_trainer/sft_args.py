@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lft_api.spec import TrainerConfig
 
 from . import performance
 from .distributed import world_size
+
+ENV_DDP_TIMEOUT = "LFT_DDP_TIMEOUT_SECONDS"  # torch.distributed collectives' timeout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,4 +70,6 @@ def sft_kwargs(config: TrainerConfig, output_dir: str, cuda: bool, dtype_name: s
         kw["train_sampling_strategy"] = "group_by_length"
     if world_size() > 1 and not cuda:
         kw["ddp_backend"] = "gloo"
+    if world_size() > 1 and os.environ.get(ENV_DDP_TIMEOUT):
+        kw["ddp_timeout"] = int(os.environ[ENV_DDP_TIMEOUT])  # set by the operator on multi-node pods
     return kw

@@ -59,7 +59,9 @@ class RunFacts:
     total_parameters: int
     device: str
     dtype: str
-    num_processes: int
+    num_processes: int  # the world size (every process of every pod)
+    nodes: int = 1
+    processes_per_node: int = 1
     merged_uri: str | None = None
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
@@ -121,6 +123,9 @@ def build_summary(config: TrainerConfig, facts: RunFacts) -> dict[str, Any]:
         "device": facts.device,
         "dtype": facts.dtype,
         "numProcesses": facts.num_processes,
+        "nodes": facts.nodes,
+        "processesPerNode": facts.processes_per_node,
+        "worldSize": facts.num_processes,
         "performance": facts.performance,
         "durationsSeconds": facts.durations,
         "libraryVersions": facts.versions,

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from lft_api import contract
 from lft_api.contract import Artifacts, RunIdentity
-from lft_api.spec import MlflowSpec, TrainerConfig
+from lft_api.spec import TrainerConfig
+from lft_api.tracking_spec import MlflowSpec
 
 from .errors import InvalidInput
 from .retry import scrub

@@ -23,7 +23,7 @@ from lft_api.spec import TrainerConfig
 from . import model, performance, preflight, probes, sizing, tracking, trainset
 from .adapter_card import finish_adapter
 from .artifacts import HistoryWriter
-from .distributed import Preemption, is_main, world_size
+from .distributed import Preemption, is_main, local_world_size, world_size
 from .errors import InvalidInput
 from .ownership import ADAPTER_IDENTITY_FILE, run_identity
 from .progress import Reporter, StdoutSink, make_callback
@@ -342,7 +342,8 @@ def _facts(prep: Prepared, fitted: Fitted, files, adapter_uri: str, merged_uri: 
         train_rows=len(prep.data.train), eval_rows=len(prep.data.eval) if prep.data.eval is not None else 0,
         dataset={**prep.checks.dataset.summary(), **prep.data.summary(prep.config.training.max_length)},
         trainable_parameters=trainable, total_parameters=total, device="cuda" if prep.cuda else "cpu",
-        dtype=prep.dtype_name, num_processes=world_size(), merged_uri=merged_uri,
+        dtype=prep.dtype_name, num_processes=world_size(), nodes=prep.config.training.nodes,
+        processes_per_node=local_world_size(), merged_uri=merged_uri,
         eval_loss_before=fitted.eval_before, eval_loss_after=fitted.eval_after, train_runtime=fitted.train_runtime,
         tokens_per_second=reporter.progress.tokens_per_second,
         resumed_from_step=resume.step if resume else None, resumed_from_uri=resume.uri if resume else None,

@@ -76,6 +76,7 @@ class Observation:
     stored: dict[str, Any] | None = None  # the status as read, when it differs from `status`: the patch reverts it
     stale: tuple[str, ...] = ()  # trainer fields written under another UID: removed
     foreign: dict[str, list[str]] = field(default_factory=dict)  # owned fields another manager wrote: reverted
+    jobs: list[JobView] = field(default_factory=list)  # multi-node runs: every Job of the resource
 
 
 @dataclass
@@ -84,6 +85,9 @@ class Decision:
     patch: dict[str, Any]  # merge patch of status: changed owned fields (+ final progress/metrics)
     events: list[Event] = field(default_factory=list)
     job_patches: list[dict[str, Any]] = field(default_factory=list)
+    # Multi-node runs (status/gang.py): Jobs to delete, and the attempt whose per-node Jobs to create.
+    job_deletes: list[str] = field(default_factory=list)
+    create_attempt: int | None = None
 
 
 def owned_status(raw: dict[str, Any] | None) -> LoRAFineTuneStatus:

@@ -1,0 +1,88 @@
+"""The reconcile of a multi-node run (training.nodes > 1): observe every per-node Job and pod, decide
+(status/gang.py, pure), act (create the attempt's Jobs and the headless Service, delete an ended
+attempt's Jobs, write the status). The single-pod path (reconcile.py) is not involved.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from . import builders, metrics, multinode
+from .builders import Owner
+from .kube import ApiError, group_path
+from .status import TERMINAL_PHASES, Observation, classify_create_error
+from .status.gang import decide_gang
+from .validation import validate
+from .views import JobView, controller_uid
+
+if TYPE_CHECKING:
+    from .reconcile import Reconciler
+
+logger = logging.getLogger(__name__)
+
+
+def requested(body: dict[str, Any]) -> bool:
+    """Whether the resource asks for more than one pod (read from the raw spec: an invalid spec too)."""
+    training = (body.get("spec") or {}).get("training") or {}
+    nodes = training.get("nodes", 1) if isinstance(training, dict) else 1
+    return isinstance(nodes, int) and nodes > 1
+
+
+async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
+    owner = Owner.from_body(body)
+    trust = r.trusted(body, owner)  # trainer writes of operator fields reverted, another UID's removed
+    status = trust.status
+    spec, problems = validate(body.get("spec") or {}, owner.name, r.settings)  # the admin policy included
+    jobs = [j for j in r.cache.jobs(owner.namespace, owner.name) if j.owner_uid == owner.uid]
+    uids = {j.uid for j in jobs}
+    pods = [p for p in r.cache.pods(owner.namespace, owner.name) if p.job_uid in uids or p.attempt is not None]
+    obs = Observation(name=owner.name, generation=body["metadata"].get("generation", 1), status=status, spec=spec,
+                      problems=problems, job_name=builders.child_name(owner.name), job=None, pods=pods,
+                      now=r.clock(), jobs=jobs, uid=owner.uid, stored=body.get("status") or {},
+                      stale=trust.stale, foreign=trust.foreign)
+    if spec is not None and not problems and not status.get("attempts") and not jobs:
+        obs.problems = r._output_problems(body, spec)
+    decision = decide_gang(obs)
+    for name in decision.job_deletes:
+        await _delete_job(r, owner, name)
+    if decision.create_attempt is not None and spec is not None and status.get("phase") not in TERMINAL_PHASES:
+        try:
+            await _create_attempt(r, owner, spec, decision.create_attempt)
+        except ApiError as e:
+            error = classify_create_error(e.status, e.message)
+            if error is None:
+                raise
+            logger.warning("creating the Jobs of %s/%s refused: %s", owner.namespace, owner.name, e)
+            decision.status["message"] = decision.patch["message"] = f"{error.message} (retrying)"
+            r.queue.add_after((owner.namespace, owner.name), 10.0)
+    await r._apply(body, decision)
+
+
+async def _delete_job(r: Reconciler, owner: Owner, name: str) -> None:
+    try:
+        # Background: the Job goes now, the garbage collector deletes its pod (SIGTERM: a checkpoint).
+        await r.kube.delete(group_path("batch", "v1", owner.namespace, "jobs", name),
+                            {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+        logger.info("deleted Job %s/%s (gang: the attempt ended)", owner.namespace, name)
+    except ApiError as e:
+        if e.status != 404:
+            raise
+
+
+async def _create_attempt(r: Reconciler, owner: Owner, spec: Any, attempt: int) -> None:
+    """The ServiceAccount, the companions, the headless Service, then one Job per node (idempotent)."""
+    from .reconcile import RetryLater
+
+    if spec.pod_template.service_account_name is None:
+        await r._create(builders.service_account(owner))
+    await r._ensure_companions(owner, spec, with_service_account=False)
+    await r._create(multinode.service(owner))
+    for manifest in multinode.node_jobs(owner, spec, r.settings, attempt):
+        body, created = await r._create(manifest)
+        view = JobView.from_job(body)
+        if controller_uid(body["metadata"]) != owner.uid or view.attempt != attempt:
+            raise RetryLater(f"Job {manifest['metadata']['name']} of an earlier attempt or namesake is being deleted")
+        if created:
+            metrics.JOBS_CREATED.inc()
+            logger.info("created Job %s/%s (attempt %d)", owner.namespace, manifest["metadata"]["name"], attempt)

@@ -1,0 +1,113 @@
+"""Pure builders of a multi-node run's objects (spec.training.nodes > 1).
+
+One Job per node, each with a fixed node rank (LFT_NODE_RANK) and completions/parallelism 1,
+backoffLimit 0: a failed pod ends its Job, and the operator ends the whole attempt (status/gang.py).
+Each pod has hostname `<run>-node-<rank>` and subdomain `<run>-trainer`, the name of a headless
+Service the operator creates (owned by the resource), so every rank reaches the node-rank-0 pod at
+`<run>-node-0.<run>-trainer` (torchrun's static rendezvous master). Kubernetes 1.20 has no Indexed
+Jobs (1.21 alpha, 1.24 GA), and this works there and on current clusters alike; see the README.
+
+With nodes == 1 none of this is used: builders.job() builds the one Job, as before, and no Service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lft_api import contract
+from lft_api.resource import LoRAFineTuneSpec
+
+from . import builders
+from .builders import NAME_LABEL, Owner
+from .settings import Settings
+from .views import ATTEMPT_LABEL, NODE_RANK_LABEL
+
+SHM_VOLUME = "dshm"
+
+# Defaults a user may override with spec.podTemplate.env (same name: the user's value wins).
+COMMUNICATION_DEFAULTS: dict[str, str] = {
+    "GLOO_SOCKET_IFNAME": "eth0",  # the pod network; without it gloo may pick the address of the hostname
+    "NCCL_SOCKET_IFNAME": "eth0",
+    "NCCL_DEBUG": "WARN",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",  # a lost peer ends the collective with an error, not a hang
+    "LFT_DDP_TIMEOUT_SECONDS": "1800",  # collectives (torch.distributed init_process_group timeout)
+    "LFT_RENDEZVOUS_TIMEOUT_SECONDS": "600",  # how long a pod waits for the master's DNS name
+}
+
+
+def is_multinode(spec: LoRAFineTuneSpec) -> bool:
+    return spec.training.nodes > 1
+
+
+def service_name(name: str) -> str:
+    return builders.child_name(name)
+
+
+def node_hostname(name: str, rank: int) -> str:
+    return f"{name}-node-{rank}"
+
+
+def node_job_name(name: str, rank: int) -> str:
+    return f"{builders.child_name(name)}-node-{rank}"
+
+
+def master_address(owner: Owner) -> str:
+    return f"{node_hostname(owner.name, 0)}.{service_name(owner.name)}"
+
+
+def service(owner: Owner) -> dict[str, Any]:
+    """Headless: DNS records for the pods' hostname.subdomain, no virtual IP. publishNotReadyAddresses: a
+    pod's name resolves as soon as it has an address (the rendezvous starts before any readiness)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": builders._metadata(owner, service_name(owner.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {NAME_LABEL: owner.name, "app.kubernetes.io/component": "trainer"},
+            "ports": [{"name": "rendezvous", "port": contract.DEFAULT_MASTER_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def _env(owner: Owner, spec: LoRAFineTuneSpec, rank: int, defaults: dict[str, str],
+         env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The single-pod env `env` with the communication defaults the user did not set before it and the node's
+    rank and master after it (for duplicated names the last entry wins: those stay in force)."""
+    user = {e.get("name") for e in spec.pod_template.env}
+    fixed = {contract.ENV_NODE_RANK: str(rank), contract.ENV_MASTER_ADDR: master_address(owner),
+             contract.ENV_MASTER_PORT: str(contract.DEFAULT_MASTER_PORT)}
+    return ([{"name": k, "value": v} for k, v in defaults.items() if k not in user]
+            + [e for e in env if e.get("name") not in fixed]
+            + [{"name": k, "value": v} for k, v in fixed.items()])
+
+
+def node_job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, rank: int, attempt: int) -> dict[str, Any]:
+    """The Job of node `rank` in attempt `attempt` (from 1): the single-pod Job, changed where a node differs."""
+    job = builders.job(owner, spec, settings)
+    extra = {NODE_RANK_LABEL: str(rank), ATTEMPT_LABEL: str(attempt)}
+    job["metadata"]["name"] = node_job_name(owner.name, rank)
+    job["metadata"]["labels"].update(extra)
+    job_spec = job["spec"]
+    job_spec["parallelism"] = 1  # suspend deletes the Jobs instead
+    job_spec["backoffLimit"] = 0  # retries are the operator's: every node at once
+    template = job_spec["template"]
+    template["metadata"]["labels"].update(extra)
+    pod = template["spec"]
+    pod["hostname"] = node_hostname(owner.name, rank)
+    pod["subdomain"] = service_name(owner.name)
+    container = pod["containers"][0]
+    defaults = {**COMMUNICATION_DEFAULTS, "LFT_SHUTDOWN_TIMEOUT_SECONDS": str(settings.termination_grace_seconds)}
+    container["env"] = _env(owner, spec, rank, defaults, container["env"])
+    if not any(v["name"] == SHM_VOLUME for v in pod["volumes"]):
+        pod["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+        container["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    size = settings.shm_size_limit
+    if size:
+        next(v for v in pod["volumes"] if v["name"] == SHM_VOLUME)["emptyDir"]["sizeLimit"] = size
+    return job
+
+
+def node_jobs(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, attempt: int) -> list[dict[str, Any]]:
+    return [node_job(owner, spec, settings, rank, attempt) for rank in range(spec.training.nodes)]

@@ -1,0 +1,111 @@
+"""A multi-node run (training.nodes 2) against the real API server, Job controller and garbage collector:
+one Job per node, the headless Service, and the gang: one failed pod ends the attempt on every node.
+
+The tests play the kubelet (tests/support/kube.py) on the pods the real Job controller creates.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lft_api.contract import ExitCode
+from tests.support.kube import wait_until
+from tests.support.operator import SUCCESS, is_true, spec
+
+pytestmark = pytest.mark.integration
+
+JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
+
+
+def node_jobs(kube, ns: str, name: str) -> dict[int, dict]:
+    """{node rank: Job} of the run's live Jobs."""
+    jobs = [j for j in kube.jobs(ns, name) if not j["metadata"].get("deletionTimestamp")]
+    return {int(j["metadata"]["labels"]["finetune.dev/node-rank"]): j for j in jobs}
+
+
+def node_pods(kube, ns: str, name: str, attempt: int) -> dict[int, dict]:
+    def both():
+        pods = [p for p in kube.pods(ns, name) if p["metadata"]["labels"].get("finetune.dev/attempt") == str(attempt)]
+        by_rank = {int(p["metadata"]["labels"]["finetune.dev/node-rank"]): p for p in pods}
+        return by_rank if len(by_rank) == 2 else None
+    return wait_until(both, 60, what=f"the 2 pods of attempt {attempt}")
+
+
+def start(kube, pods: dict[int, dict]) -> None:
+    for pod in pods.values():
+        kube.kubelet_bind(pod)
+        kube.kubelet_run(pod)
+
+
+def test_two_nodes_service_jobs_gang_failure_and_resume(kube, namespace, operator):
+    created = kube.create_lft(namespace, "duo", spec(training={"maxSteps": 30, "nodes": 2}))
+    uid = created["metadata"]["uid"]
+    status = kube.wait_lft(namespace, "duo", lambda s: s.get("attempts") == 1 and is_true(s, "Accepted"))["status"]
+    assert status["nodes"] == 2
+
+    svc = wait_until(lambda: kube.get(f"/api/v1/namespaces/{namespace}/services/duo-trainer"), 20, what="Service")
+    assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["ownerReferences"][0]["uid"] == uid
+    jobs = wait_until(lambda: (j := node_jobs(kube, namespace, "duo")) and len(j) == 2 and j, 20, what="2 Jobs")
+    assert kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/duo-trainer") is None  # no single-pod Job
+    for rank, job in jobs.items():
+        pod_spec = job["spec"]["template"]["spec"]
+        assert (pod_spec["hostname"], pod_spec["subdomain"]) == (f"duo-node-{rank}", "duo-trainer")
+        env = {e["name"]: e.get("value") for e in pod_spec["containers"][0]["env"]}
+        assert env["LFT_NODE_RANK"] == str(rank) and env["LFT_MASTER_ADDR"] == "duo-node-0.duo-trainer"
+        assert job["spec"]["backoffLimit"] == 0 and job["metadata"]["ownerReferences"][0]["uid"] == uid
+
+    first = node_pods(kube, namespace, "duo", 1)
+    kube.kubelet_bind(first[0])
+    kube.kubelet_run(first[0])
+    status = kube.wait_lft(namespace, "duo", lambda s: s.get("readyNodes") == 1)["status"]
+    assert status["phase"] == "Pending" and "1/2 nodes running" in status["message"]
+    kube.kubelet_bind(first[1])
+    kube.kubelet_run(first[1])
+    kube.wait_lft(namespace, "duo", lambda s: s.get("phase") == "Running" and s.get("readyNodes") == 2)
+
+    # Node 1 fails: the whole attempt ends, both Jobs are deleted.
+    kube.kubelet_exit(first[1], 1, "RuntimeError: NCCL communicator aborted")
+    status = kube.wait_lft(namespace, "duo", lambda s: s.get("failedAttempts") == 1)["status"]
+    assert "Attempt 1 ended" in status["message"] and "NCCL communicator aborted" in status["message"]
+    wait_until(lambda: not node_jobs(kube, namespace, "duo"), 30, what="the attempt's Jobs deleted")
+    assert kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/duo-trainer-node-1") is None
+    # The garbage collector deletes the pods; node 0 (SIGTERM) saves a checkpoint and exits preempted.
+    wait_until(lambda: all(p["metadata"].get("deletionTimestamp") for p in kube.pods(namespace, "duo")
+                           if p["metadata"]["labels"].get("finetune.dev/attempt") == "1"), 30, what="pods deleted")
+    assert kube.lft(namespace, "duo")["status"]["attempts"] == 1  # no new attempt while a pod is left
+    kube.kubelet_exit(first[0], int(ExitCode.PREEMPTED), "")
+    for pod in first.values():
+        kube.kubelet_remove(pod)
+
+    # Attempt 2: every node again (each resumes from the newest checkpoint), then rank 0's result.
+    status = kube.wait_lft(namespace, "duo", lambda s: s.get("attempts") == 2)["status"]
+    assert status["failedAttempts"] == 1
+    second = node_pods(kube, namespace, "duo", 2)
+    start(kube, second)
+    kube.wait_lft(namespace, "duo", lambda s: s.get("phase") == "Running" and s.get("readyNodes") == 2)
+    kube.kubelet_exit(second[1], 0, "")
+    kube.kubelet_exit(second[0], 0, SUCCESS)
+    status = kube.wait_lft(namespace, "duo", lambda s: s.get("phase") == "Succeeded")["status"]
+    assert status["adapter"]["uri"] == "s3://lft-out/run/adapter" and status["attempts"] == 2
+    history = {a["attempt"]: a for a in status["attemptHistory"]}
+    assert history[1]["phase"] == "Failed" and history[1]["exitCode"] == 1 and history[2]["phase"] == "Succeeded"
+    assert len(node_jobs(kube, namespace, "duo")) == 2  # a success keeps its Jobs (logs)
+    wait_until(lambda: {"Retrying", "Succeeded"} <= set(kube.event_reasons(namespace, "duo")), 10)
+
+
+def test_suspend_deletes_every_node_and_resume_starts_a_new_attempt(kube, namespace, operator):
+    kube.create_lft(namespace, "pause", spec(training={"maxSteps": 30, "nodes": 2}))
+    first = node_pods(kube, namespace, "pause", 1)
+    start(kube, first)
+    kube.wait_lft(namespace, "pause", lambda s: s.get("readyNodes") == 2)
+    kube.merge_patch(kube.lft_path(namespace, "pause"), {"spec": {"suspend": True}})
+    wait_until(lambda: not node_jobs(kube, namespace, "pause"), 30, what="Jobs deleted on suspend")
+    for pod in first.values():
+        kube.kubelet_exit(pod, int(ExitCode.PREEMPTED), "")
+        kube.kubelet_remove(pod)
+    status = kube.wait_lft(namespace, "pause", lambda s: s.get("phase") == "Suspended")["status"]
+    assert status["failedAttempts"] == 0 and is_true(status, "Suspended")
+    kube.merge_patch(kube.lft_path(namespace, "pause"), {"spec": {"suspend": False}})
+    status = kube.wait_lft(namespace, "pause", lambda s: s.get("attempts") == 2)["status"]
+    assert status["failedAttempts"] == 0
+    assert len(node_pods(kube, namespace, "pause", 2)) == 2

@@ -1,0 +1,135 @@
+"""Gang semantics of a multi-node run (status/gang.py, pure): one failed pod ends the attempt on every node."""
+
+from __future__ import annotations
+
+from lft_api.contract import TerminationMessage
+from lft_api.resource import LoRAFineTuneSpec
+from lft_operator.status import Observation
+from lft_operator.status.gang import decide_gang
+from lft_operator.views import JobView, PodView
+
+NOW = "2026-12-01T00:00:00Z"
+
+
+def spec(**extra) -> LoRAFineTuneSpec:
+    return LoRAFineTuneSpec.model_validate({"model": {"name": "m"}, "dataset": {"uri": "s3://d/x.jsonl"},
+                                            "output": {"uri": "s3://o/big"}, "training": {"nodes": 2}, **extra})
+
+
+def job(rank: int, attempt: int, **kw) -> JobView:
+    return JobView(name=f"big-trainer-node-{rank}", uid=f"j{attempt}-{rank}", owner_uid="u", node_rank=rank,
+                   attempt=attempt, **kw)
+
+
+def pod(rank: int, attempt: int, **kw) -> PodView:
+    return PodView(name=f"big-trainer-node-{rank}-a{attempt}", uid=f"p{attempt}-{rank}", created=NOW,
+                   job_uid=f"j{attempt}-{rank}", node_rank=rank, attempt=attempt, **kw)
+
+
+def observe(status: dict, jobs=(), pods=(), s: LoRAFineTuneSpec | None = None, problems=()) -> Observation:
+    return Observation(name="big", generation=1, status=status, spec=s or spec(), problems=list(problems),
+                       job_name="big-trainer", job=None, pods=list(pods), now=NOW, jobs=list(jobs))
+
+
+def running(rank: int, attempt: int) -> PodView:
+    return pod(rank, attempt, phase="Running", running=True)
+
+
+def test_a_new_run_creates_the_first_attempt():
+    d = decide_gang(observe({}))
+    assert d.create_attempt == 1 and d.status["attempts"] == 1 and d.status["phase"] == "Pending"
+    assert d.status["nodes"] == 2 and d.status["attemptHistory"][0]["attempt"] == 1
+
+
+def test_running_when_every_node_runs_with_ready_nodes():
+    status = {"attempts": 1, "phase": "Pending"}
+    half = decide_gang(observe(status, [job(0, 1), job(1, 1)], [running(0, 1), pod(1, 1)]))
+    assert half.status["phase"] == "Pending" and half.status["readyNodes"] == 1 and half.create_attempt is None
+    assert "1/2 nodes running" in half.status["message"]
+    full = decide_gang(observe(status, [job(0, 1), job(1, 1)], [running(0, 1), running(1, 1)]))
+    assert full.status["phase"] == "Running" and full.status["readyNodes"] == 2 and not full.job_deletes
+    assert "Attempt 1 running on 2/2 nodes" in full.status["message"]
+
+
+def test_an_unschedulable_node_is_reported_with_the_schedulers_reason():
+    stuck = pod(1, 1, unschedulable="0/1 nodes are available: 1 Insufficient cpu.")
+    d = decide_gang(observe({"attempts": 1}, [job(0, 1), job(1, 1)], [running(0, 1), stuck]))
+    running_cond = next(c for c in d.status["conditions"] if c["type"] == "Running")
+    assert running_cond["reason"] == "Unschedulable" and "Insufficient cpu" in d.status["message"]
+    assert "node 1" in d.status["message"]
+
+
+def test_one_failed_pod_ends_the_attempt_and_deletes_every_job():
+    failed = pod(1, 1, phase="Failed", exit_code=1, term_reason="Error", term_message="boom", finished_at=NOW)
+    d = decide_gang(observe({"attempts": 1, "phase": "Running"}, [job(0, 1), job(1, 1)], [running(0, 1), failed]))
+    assert d.job_deletes == ["big-trainer-node-0", "big-trainer-node-1"] and d.create_attempt is None
+    assert d.status["failedAttempts"] == 1 and d.status["phase"] == "Pending"
+    rec = d.status["attemptHistory"][-1]
+    assert rec["phase"] == "Failed" and rec["pod"] == failed.name and rec["exitCode"] == 1
+    assert any(e.reason == "Retrying" for e in d.events)
+    # Seen again (pods still stopping): counted once, no second Event.
+    again = decide_gang(observe(d.status, [], [failed, pod(0, 1, phase="Failed", exit_code=4, deleted=True)]))
+    assert again.status["failedAttempts"] == 1 and not any(e.reason == "Retrying" for e in again.events)
+    assert again.create_attempt is None
+    # The failed pod is gone, the other one still stops: the message still says why the attempt ended.
+    stopping = decide_gang(observe(d.status, [], [running(0, 1)]))
+    assert stopping.create_attempt is None and stopping.status["failedAttempts"] == 1
+    assert "Attempt 1 ended (Error (exit code 1): boom); waiting for the pods" in stopping.status["message"]
+
+
+def test_an_evicted_pod_ends_the_attempt_too():
+    evicted = pod(0, 1, phase="Failed", pod_reason="Evicted", pod_message="The node was low on memory.")
+    d = decide_gang(observe({"attempts": 1}, [job(0, 1), job(1, 1)], [evicted, running(1, 1)]))
+    assert len(d.job_deletes) == 2 and d.status["attemptHistory"][-1]["reason"] == "Evicted"
+
+
+def test_the_next_attempt_starts_only_when_every_pod_of_the_last_one_is_gone():
+    failed_status = {"attempts": 1, "failedAttempts": 1, "phase": "Pending",
+                     "attemptHistory": [{"attempt": 1, "pod": "x", "phase": "Failed", "counted": True}]}
+    stopping = pod(0, 1, phase="Running", running=True, deleted=True)
+    wait = decide_gang(observe(failed_status, [], [stopping]))
+    assert wait.create_attempt is None and "aiting for the pods of attempt 1" in wait.status["message"]
+    go = decide_gang(observe(failed_status, [], []))
+    assert go.create_attempt == 2 and go.status["attempts"] == 2 and go.status["failedAttempts"] == 1
+
+
+def test_jobs_created_before_the_status_recorded_them_are_not_created_twice():
+    d = decide_gang(observe({"attempts": 1}, [job(0, 2)], []))  # attempt 2 half created, status says 1
+    assert d.create_attempt == 2 and d.status["attempts"] == 2
+
+
+def test_backoff_limit_and_invalid_input_are_final():
+    failed = pod(0, 2, phase="Failed", exit_code=1, finished_at=NOW)
+    status = {"attempts": 2, "failedAttempts": 1}
+    d = decide_gang(observe(status, [job(0, 2), job(1, 2)], [failed], s=spec(runPolicy={"backoffLimit": 1})))
+    assert d.status["phase"] == "Failed" and "2 failed attempts" in d.status["message"] and len(d.job_deletes) == 2
+    invalid = pod(0, 1, phase="Failed", exit_code=3, term_message=TerminationMessage(
+        outcome="invalid_input", reason="InvalidDataset", message="row 7: no messages").encode())
+    d = decide_gang(observe({"attempts": 1}, [job(0, 1), job(1, 1)], [invalid]))
+    assert d.status["phase"] == "Failed" and "row 7" in d.status["message"] and len(d.job_deletes) == 2
+
+
+def test_rank_zero_success_is_the_runs_result():
+    msg = TerminationMessage(outcome="succeeded", reason="Completed", message="ok", step=10, total_steps=10)
+    done = pod(0, 1, phase="Succeeded", exit_code=0, term_message=msg.encode())
+    d = decide_gang(observe({"attempts": 1}, [job(0, 1), job(1, 1)], [done, running(1, 1)]))
+    assert d.status["phase"] == "Succeeded" and not d.job_deletes
+    later = decide_gang(observe(d.status, [job(0, 1), job(1, 1)], [done]))
+    assert later.status["phase"] == "Succeeded" and not later.job_deletes  # Jobs of a success stay (logs)
+
+
+def test_suspend_deletes_every_job_and_is_suspended_once_no_pod_runs():
+    s = spec(suspend=True)
+    d = decide_gang(observe({"attempts": 1}, [job(0, 1), job(1, 1)], [running(0, 1), running(1, 1)], s=s))
+    assert len(d.job_deletes) == 2 and d.status["phase"] == "Running" and "Suspending" in d.status["message"]
+    gone = decide_gang(observe(d.status, [], [], s=s))
+    assert gone.status["phase"] == "Suspended" and gone.create_attempt is None
+    resumed = decide_gang(observe(gone.status, [], []))
+    assert resumed.create_attempt == 2 and any(e.reason == "Resumed" for e in resumed.events)
+
+
+def test_problems_before_the_first_attempt_create_nothing():
+    from lft_operator.status import Problem
+
+    d = decide_gang(observe({}, problems=[Problem("OutputInUse", "s3://o/big holds another run's checkpoints")]))
+    assert d.create_attempt is None and "another run" in d.status["message"]

@@ -1,0 +1,79 @@
+"""Manifests of a multi-node run (training.nodes > 1): one Job per node, a headless Service (pure builders)."""
+
+from __future__ import annotations
+
+from lft_api.resource import LoRAFineTuneSpec
+from lft_operator import builders, kube, multinode
+from lft_operator.settings import Settings
+
+OWNER = builders.Owner(name="big", namespace="team-a", uid="1111-2222")
+SETTINGS = Settings(trainer_image="lft/trainer:test")
+
+
+def spec(**training) -> LoRAFineTuneSpec:
+    return LoRAFineTuneSpec.model_validate({
+        "model": {"name": "m"}, "dataset": {"uri": "s3://d/x.jsonl"}, "output": {"uri": "s3://o/big"},
+        "training": training,
+        "podTemplate": {"env": [{"name": "NCCL_SOCKET_IFNAME", "value": "ib0"}, {"name": "LFT_NODE_RANK", "value": "7"}]},
+    })
+
+
+def env_of(job: dict) -> dict[str, str]:
+    pairs = [(e["name"], e.get("value")) for e in job["spec"]["template"]["spec"]["containers"][0]["env"]]
+    return dict(pairs)  # the last entry of a name wins, as in Kubernetes
+
+
+def test_one_job_per_node_with_a_fixed_rank_hostname_and_subdomain():
+    jobs = multinode.node_jobs(OWNER, spec(nodes=3), SETTINGS, attempt=2)
+    assert [j["metadata"]["name"] for j in jobs] == ["big-trainer-node-0", "big-trainer-node-1", "big-trainer-node-2"]
+    for rank, job in enumerate(jobs):
+        pod = job["spec"]["template"]["spec"]
+        assert (pod["hostname"], pod["subdomain"]) == (f"big-node-{rank}", "big-trainer")
+        assert job["spec"]["backoffLimit"] == 0 and job["spec"]["parallelism"] == 1 == job["spec"]["completions"]
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert labels["finetune.dev/node-rank"] == str(rank) and labels["finetune.dev/attempt"] == "2"
+        assert job["metadata"]["labels"]["finetune.dev/node-rank"] == str(rank)
+        env = env_of(job)
+        assert env["LFT_NODE_RANK"] == str(rank)  # the user's LFT_NODE_RANK never wins
+        assert env["LFT_MASTER_ADDR"] == "big-node-0.big-trainer" and env["LFT_MASTER_PORT"] == "29500"
+        assert job["metadata"]["ownerReferences"][0]["uid"] == "1111-2222"
+
+
+def test_communication_defaults_are_set_and_the_users_values_win():
+    env = env_of(multinode.node_job(OWNER, spec(nodes=2), SETTINGS, rank=1, attempt=1))
+    assert env["NCCL_SOCKET_IFNAME"] == "ib0"  # the user's
+    assert env["GLOO_SOCKET_IFNAME"] == "eth0" and env["LFT_DDP_TIMEOUT_SECONDS"] == "1800"
+    assert env["LFT_SHUTDOWN_TIMEOUT_SECONDS"] == str(SETTINGS.termination_grace_seconds)
+    assert env["LFT_CONFIG"] == "/etc/lft/config.json"  # the single-pod env is kept
+
+
+def test_dev_shm_is_a_sized_memory_volume_and_the_pod_stays_restricted():
+    job = multinode.node_job(OWNER, spec(nodes=2), SETTINGS, rank=0, attempt=1)
+    pod = job["spec"]["template"]["spec"]
+    shm = [v for v in pod["volumes"] if v["name"] == "dshm"]
+    assert shm == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"] == {"drop": ["ALL"]}
+    gpu = LoRAFineTuneSpec.model_validate({**spec(nodes=2).to_wire(), "resources": {"gpus": 2}})
+    gpu_pod = multinode.node_job(OWNER, gpu, Settings(trainer_image="x", shm_size_limit="8Gi"), 0, 1)
+    volumes = [v for v in gpu_pod["spec"]["template"]["spec"]["volumes"] if v["name"] == "dshm"]
+    assert volumes == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]  # one, sized
+
+
+def test_headless_service_selects_the_runs_pods_and_is_owned():
+    svc = multinode.service(OWNER)
+    assert svc["metadata"]["name"] == "big-trainer" and svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"]["finetune.dev/name"] == "big"
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == "1111-2222"
+    assert kube.collection_path(svc) == "/api/v1/namespaces/team-a/services"  # the reconciler can create it
+
+
+def test_one_node_keeps_the_single_pod_job():
+    one = spec()
+    assert not multinode.is_multinode(one) and multinode.is_multinode(spec(nodes=2))
+    job = builders.job(OWNER, one, SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert job["metadata"]["name"] == "big-trainer" and "hostname" not in pod and "subdomain" not in pod
+    assert not any(e["name"].startswith("LFT_MASTER") for e in pod["containers"][0]["env"])

@@ -1,7 +1,7 @@
 """Fault injection and checks for the end-to-end fault scenarios (test_faults.py).
 
 - `restart_components`: tests/cluster/restart.sh (stop cluster components or Docker, bring them back).
-- `OperatorApiCut`: drops the operator pod's traffic to the API server (iptables in the pod's network
+- `OperatorApiCut`: drops every operator replica's traffic to the API server (iptables in the pod's network
   namespace, entered through its container's PID) and restores it.
 - `FlakyProxy` (tests/support/s3.py) on the Docker bridge stands between a trainer and the S3 server.
 - `verify_adapter` / `verify_checkpoints`: download what a run left in the bucket and compare every
@@ -190,8 +190,8 @@ class OperatorApiCut:
     def __init__(self, kube: Kube, node_ip: str):
         self.kube = kube
         self.node_ip = node_ip
-        self.pid: int | None = None
-        self.pod = ""
+        self.pids: list[int] = []
+        self.pods: list[str] = []
 
     def _rules(self) -> list[list[str]]:
         out = []
@@ -200,35 +200,40 @@ class OperatorApiCut:
             out.append(["INPUT", "-p", "tcp", "-s", ip, "--sport", str(port)])
         return out
 
-    def _iptables(self, op: str, rule: list[str]) -> None:
+    def _iptables(self, pid: int, op: str, rule: list[str]) -> None:
         chain, match = rule[0], rule[1:]
-        cmd = ["nsenter", "-t", str(self.pid), "-n", "iptables", "-w", op, chain, *match,
+        cmd = ["nsenter", "-t", str(pid), "-n", "iptables", "-w", op, chain, *match,
                "-m", "comment", "--comment", self.COMMENT, "-j", "DROP"]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
 
     def find_operator(self) -> None:
+        """Every running replica: with leader election a standby would otherwise take over, and the scenario
+        is the operator as a whole cut off from the API server (HA has its own test)."""
         pods = self.kube.json("get", "pods", "-n", "lft-system", "-l", "app.kubernetes.io/name=lora-finetune-operator")
         running = [p for p in pods["items"] if p["status"].get("phase") == "Running"
                    and not p["metadata"].get("deletionTimestamp")]
-        assert len(running) == 1, [p["metadata"]["name"] for p in pods["items"]]
-        self.pod = running[0]["metadata"]["name"]
-        container_id = running[0]["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-        out = subprocess.run([docker_client(), "inspect", "-f", "{{.State.Pid}}", container_id],
-                             check=True, capture_output=True, text=True)
-        self.pid = int(out.stdout.strip())
-        assert self.pid > 0, f"operator container {container_id} has no process"
+        assert running, [p["metadata"]["name"] for p in pods["items"]]
+        self.pods, self.pids = [], []
+        for pod in running:
+            container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+            out = subprocess.run([docker_client(), "inspect", "-f", "{{.State.Pid}}", container_id],
+                                 check=True, capture_output=True, text=True)
+            pid = int(out.stdout.strip())
+            assert pid > 0, f"operator container {container_id} has no process"
+            self.pods.append(pod["metadata"]["name"])
+            self.pids.append(pid)
 
     def cut(self) -> None:
-        if self.pid is None:
+        if not self.pids:
             self.find_operator()
-        for rule in self._rules():
-            self._iptables("-I", rule)
+        for pid in self.pids:
+            for rule in self._rules():
+                self._iptables(pid, "-I", rule)
 
     def restore(self) -> None:
-        if self.pid is None:
-            return
-        for rule in self._rules():
-            try:
-                self._iptables("-D", rule)
-            except subprocess.CalledProcessError:
-                pass  # not there (never inserted, or the container is gone with its namespace)
+        for pid in self.pids:
+            for rule in self._rules():
+                try:
+                    self._iptables(pid, "-D", rule)
+                except subprocess.CalledProcessError:
+                    pass  # not there (never inserted, or the container is gone with its namespace)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.support.scenarios import finetune, summary, wait_phase
+from tests.support.scenarios import finetune, summary, wait_checkpoint, wait_phase
 
 pytestmark = pytest.mark.e2e
 
@@ -35,3 +35,21 @@ def test_two_pods_train_one_run_to_succeeded(kube, s3, s3_endpoint, namespace):
     svc = json.loads(kube.run("get", "service", f"{name}-trainer", "-n", namespace, "-o", "json").stdout)
     env = {e["name"]: e.get("value") for e in ranks["1"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["LFT_MASTER_ADDR"] == svc["spec"]["clusterIP"]
+
+
+def test_one_pod_killed_ends_the_attempt_and_every_rank_resumes(kube, s3, s3_endpoint, namespace):
+    name = "duokill"
+    res = finetune(namespace, name, s3_endpoint, max_steps=300, every_steps=20)
+    res["spec"]["training"]["nodes"] = 2
+    res["spec"]["resources"]["cpu"] = "500m"
+    kube.apply(res, namespace)
+    assert wait_checkpoint(kube, namespace, name, timeout=300) > 0
+    running = [p for p in kube.pods(namespace, name) if p["status"].get("phase") == "Running"]
+    victim = next(p for p in running if p["metadata"]["labels"].get("finetune.dev/node-rank") == "1")
+    kube.run("delete", "pod", victim["metadata"]["name"], "-n", namespace, "--wait=false")
+    obj = wait_phase(kube, namespace, name, "Succeeded", 600)
+    # Gang: the lost pod ended the whole attempt (both nodes), and the next one resumed every rank.
+    assert obj["status"]["attempts"] == 2, obj["status"].get("attemptHistory")
+    resumed = summary(s3, namespace, name).get("resumedFromStep")
+    assert resumed and resumed > 0, f"the second attempt did not resume from a checkpoint: {resumed}"
+    assert obj["status"]["progress"]["step"] == 300

@@ -77,8 +77,13 @@ async def _create_attempt(r: Reconciler, owner: Owner, spec: Any, attempt: int) 
     if spec.pod_template.service_account_name is None:
         await r._create(builders.service_account(owner))
     await r._ensure_companions(owner, spec, with_service_account=False)
-    await r._create(multinode.service(owner))
-    for manifest in multinode.node_jobs(owner, spec, r.settings, attempt):
+    service, _ = await r._create(multinode.service(owner))
+    service_ip = (service.get("spec") or {}).get("clusterIP")
+    if not service_ip or service_ip == "None":
+        # A Service left from an earlier operator version (headless): replaced by the garbage collector only
+        # with its owner, so say so rather than start ranks that cannot find their master.
+        raise RetryLater(f"Service {service['metadata']['name']} has no cluster IP: delete it to have it recreated")
+    for manifest in multinode.node_jobs(owner, spec, r.settings, attempt, service_ip):
         body, created = await r._create(manifest)
         view = JobView.from_job(body)
         if controller_uid(body["metadata"]) != owner.uid or view.attempt != attempt:

@@ -2,10 +2,13 @@
 
 One Job per node, each with a fixed node rank (LFT_NODE_RANK) and completions/parallelism 1,
 backoffLimit 0: a failed pod ends its Job, and the operator ends the whole attempt (status/gang.py).
-Each pod has hostname `<run>-node-<rank>` and subdomain `<run>-trainer`, the name of a headless
-Service the operator creates (owned by the resource), so every rank reaches the node-rank-0 pod at
-`<run>-node-0.<run>-trainer` (torchrun's static rendezvous master). Kubernetes 1.20 has no Indexed
-Jobs (1.21 alpha, 1.24 GA), and this works there and on current clusters alike; see the README.
+Each pod has hostname `<run>-node-<rank>`. The operator creates a Service `<run>-trainer` (owned by the
+resource) that selects the node-rank-0 pod; the other nodes reach torchrun's static rendezvous master
+at its cluster IP, which the operator reads back after creating it, and node 0 at 127.0.0.1 (a pod
+reaching itself through its own Service needs hairpin NAT, which not every network has). No cluster
+DNS is involved: our 1.20 test cluster has none, and kube-proxy routes a cluster IP wherever Services
+work. Kubernetes 1.20 has no Indexed Jobs (1.21 alpha, 1.24 GA); one Job per node works there and on
+current clusters alike; see the README.
 
 With nodes == 1 none of this is used: builders.job() builds the one Job, as before, and no Service.
 """
@@ -31,7 +34,7 @@ COMMUNICATION_DEFAULTS: dict[str, str] = {
     "NCCL_DEBUG": "WARN",
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",  # a lost peer ends the collective with an error, not a hang
     "LFT_DDP_TIMEOUT_SECONDS": "1800",  # collectives (torch.distributed init_process_group timeout)
-    "LFT_RENDEZVOUS_TIMEOUT_SECONDS": "600",  # how long a pod waits for the master's DNS name
+    "LFT_RENDEZVOUS_TIMEOUT_SECONDS": "600",  # how long a pod waits for the master's address to resolve
 }
 
 
@@ -51,40 +54,46 @@ def node_job_name(name: str, rank: int) -> str:
     return f"{builders.child_name(name)}-node-{rank}"
 
 
-def master_address(owner: Owner) -> str:
-    return f"{node_hostname(owner.name, 0)}.{service_name(owner.name)}"
+LOOPBACK = "127.0.0.1"
+
+
+def master_address(rank: int, service_ip: str) -> str:
+    """Where node `rank` reaches the rendezvous master: node 0 is the master (loopback), the others go
+    through the Service's cluster IP."""
+    return LOOPBACK if rank == 0 else service_ip
 
 
 def service(owner: Owner) -> dict[str, Any]:
-    """Headless: DNS records for the pods' hostname.subdomain, no virtual IP. publishNotReadyAddresses: a
-    pod's name resolves as soon as it has an address (the rendezvous starts before any readiness)."""
+    """A cluster IP in front of the node-rank-0 pod (its rendezvous port). publishNotReadyAddresses: the pod
+    is an endpoint as soon as it has an address (the rendezvous starts before any readiness)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": builders._metadata(owner, service_name(owner.name)),
         "spec": {
-            "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {NAME_LABEL: owner.name, "app.kubernetes.io/component": "trainer"},
+            "selector": {NAME_LABEL: owner.name, "app.kubernetes.io/component": "trainer", NODE_RANK_LABEL: "0"},
             "ports": [{"name": "rendezvous", "port": contract.DEFAULT_MASTER_PORT, "protocol": "TCP"}],
         },
     }
 
 
-def _env(owner: Owner, spec: LoRAFineTuneSpec, rank: int, defaults: dict[str, str],
+def _env(spec: LoRAFineTuneSpec, rank: int, master: str, defaults: dict[str, str],
          env: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The single-pod env `env` with the communication defaults the user did not set before it and the node's
     rank and master after it (for duplicated names the last entry wins: those stay in force)."""
     user = {e.get("name") for e in spec.pod_template.env}
-    fixed = {contract.ENV_NODE_RANK: str(rank), contract.ENV_MASTER_ADDR: master_address(owner),
+    fixed = {contract.ENV_NODE_RANK: str(rank), contract.ENV_MASTER_ADDR: master,
              contract.ENV_MASTER_PORT: str(contract.DEFAULT_MASTER_PORT)}
     return ([{"name": k, "value": v} for k, v in defaults.items() if k not in user]
             + [e for e in env if e.get("name") not in fixed]
             + [{"name": k, "value": v} for k, v in fixed.items()])
 
 
-def node_job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, rank: int, attempt: int) -> dict[str, Any]:
-    """The Job of node `rank` in attempt `attempt` (from 1): the single-pod Job, changed where a node differs."""
+def node_job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, rank: int, attempt: int,
+             service_ip: str) -> dict[str, Any]:
+    """The Job of node `rank` in attempt `attempt` (from 1): the single-pod Job, changed where a node differs.
+    `service_ip`: the cluster IP of service(owner)."""
     job = builders.job(owner, spec, settings)
     extra = {NODE_RANK_LABEL: str(rank), ATTEMPT_LABEL: str(attempt)}
     job["metadata"]["name"] = node_job_name(owner.name, rank)
@@ -96,10 +105,9 @@ def node_job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, rank: int
     template["metadata"]["labels"].update(extra)
     pod = template["spec"]
     pod["hostname"] = node_hostname(owner.name, rank)
-    pod["subdomain"] = service_name(owner.name)
     container = pod["containers"][0]
     defaults = {**COMMUNICATION_DEFAULTS, "LFT_SHUTDOWN_TIMEOUT_SECONDS": str(settings.termination_grace_seconds)}
-    container["env"] = _env(owner, spec, rank, defaults, container["env"])
+    container["env"] = _env(spec, rank, master_address(rank, service_ip), defaults, container["env"])
     if not any(v["name"] == SHM_VOLUME for v in pod["volumes"]):
         pod["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
         container["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
@@ -109,5 +117,6 @@ def node_job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, rank: int
     return job
 
 
-def node_jobs(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, attempt: int) -> list[dict[str, Any]]:
-    return [node_job(owner, spec, settings, rank, attempt) for rank in range(spec.training.nodes)]
+def node_jobs(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, attempt: int,
+              service_ip: str) -> list[dict[str, Any]]:
+    return [node_job(owner, spec, settings, rank, attempt, service_ip) for rank in range(spec.training.nodes)]

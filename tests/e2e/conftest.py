@@ -44,6 +44,9 @@ E2E_NAMESPACES = {
     "test_host_path_volume_refused_by_the_default_policy": "e2e-policy",
     # test_tracking.py
     "test_mlflow_and_tensorboard_from_a_pod": "e2e-tracking",
+    # test_multinode.py
+    "test_two_pods_train_one_run_to_succeeded": "e2e-multinode",
+    "test_one_pod_killed_ends_the_attempt_and_every_rank_resumes": "e2e-multikill",
 }
 
 

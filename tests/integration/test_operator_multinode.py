@@ -44,14 +44,17 @@ def test_two_nodes_service_jobs_gang_failure_and_resume(kube, namespace, operato
     assert status["nodes"] == 2
 
     svc = wait_until(lambda: kube.get(f"/api/v1/namespaces/{namespace}/services/duo-trainer"), 20, what="Service")
-    assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["ownerReferences"][0]["uid"] == uid
+    service_ip = svc["spec"]["clusterIP"]
+    assert service_ip not in ("", "None") and svc["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert svc["spec"]["selector"]["finetune.dev/node-rank"] == "0"
     jobs = wait_until(lambda: (j := node_jobs(kube, namespace, "duo")) and len(j) == 2 and j, 20, what="2 Jobs")
     assert kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/duo-trainer") is None  # no single-pod Job
     for rank, job in jobs.items():
         pod_spec = job["spec"]["template"]["spec"]
-        assert (pod_spec["hostname"], pod_spec["subdomain"]) == (f"duo-node-{rank}", "duo-trainer")
+        assert pod_spec["hostname"] == f"duo-node-{rank}"
         env = {e["name"]: e.get("value") for e in pod_spec["containers"][0]["env"]}
-        assert env["LFT_NODE_RANK"] == str(rank) and env["LFT_MASTER_ADDR"] == "duo-node-0.duo-trainer"
+        assert env["LFT_NODE_RANK"] == str(rank)
+        assert env["LFT_MASTER_ADDR"] == ("127.0.0.1" if rank == 0 else service_ip)  # the IP the API server gave
         assert job["spec"]["backoffLimit"] == 0 and job["metadata"]["ownerReferences"][0]["uid"] == uid
 
     first = node_pods(kube, namespace, "duo", 1)

@@ -1,4 +1,4 @@
-"""Manifests of a multi-node run (training.nodes > 1): one Job per node, a headless Service (pure builders)."""
+"""Manifests of a multi-node run (training.nodes > 1): one Job per node, a Service in front of node 0 (pure builders)."""
 
 from __future__ import annotations
 
@@ -23,24 +23,25 @@ def env_of(job: dict) -> dict[str, str]:
     return dict(pairs)  # the last entry of a name wins, as in Kubernetes
 
 
-def test_one_job_per_node_with_a_fixed_rank_hostname_and_subdomain():
-    jobs = multinode.node_jobs(OWNER, spec(nodes=3), SETTINGS, attempt=2)
+def test_one_job_per_node_with_a_fixed_rank_and_the_master_at_the_services_ip():
+    jobs = multinode.node_jobs(OWNER, spec(nodes=3), SETTINGS, attempt=2, service_ip="10.96.7.7")
     assert [j["metadata"]["name"] for j in jobs] == ["big-trainer-node-0", "big-trainer-node-1", "big-trainer-node-2"]
     for rank, job in enumerate(jobs):
         pod = job["spec"]["template"]["spec"]
-        assert (pod["hostname"], pod["subdomain"]) == (f"big-node-{rank}", "big-trainer")
+        assert pod["hostname"] == f"big-node-{rank}" and "subdomain" not in pod  # no cluster DNS needed
         assert job["spec"]["backoffLimit"] == 0 and job["spec"]["parallelism"] == 1 == job["spec"]["completions"]
         labels = job["spec"]["template"]["metadata"]["labels"]
         assert labels["finetune.dev/node-rank"] == str(rank) and labels["finetune.dev/attempt"] == "2"
         assert job["metadata"]["labels"]["finetune.dev/node-rank"] == str(rank)
         env = env_of(job)
         assert env["LFT_NODE_RANK"] == str(rank)  # the user's LFT_NODE_RANK never wins
-        assert env["LFT_MASTER_ADDR"] == "big-node-0.big-trainer" and env["LFT_MASTER_PORT"] == "29500"
+        # Node 0 is the master itself (loopback: no hairpin through its own Service); the others use the Service.
+        assert env["LFT_MASTER_ADDR"] == ("127.0.0.1" if rank == 0 else "10.96.7.7") and env["LFT_MASTER_PORT"] == "29500"
         assert job["metadata"]["ownerReferences"][0]["uid"] == "1111-2222"
 
 
 def test_communication_defaults_are_set_and_the_users_values_win():
-    env = env_of(multinode.node_job(OWNER, spec(nodes=2), SETTINGS, rank=1, attempt=1))
+    env = env_of(multinode.node_job(OWNER, spec(nodes=2), SETTINGS, rank=1, attempt=1, service_ip="10.0.0.1"))
     assert env["NCCL_SOCKET_IFNAME"] == "ib0"  # the user's
     assert env["GLOO_SOCKET_IFNAME"] == "eth0" and env["LFT_DDP_TIMEOUT_SECONDS"] == "1800"
     assert env["LFT_SHUTDOWN_TIMEOUT_SECONDS"] == str(SETTINGS.termination_grace_seconds)
@@ -48,7 +49,7 @@ def test_communication_defaults_are_set_and_the_users_values_win():
 
 
 def test_dev_shm_is_a_sized_memory_volume_and_the_pod_stays_restricted():
-    job = multinode.node_job(OWNER, spec(nodes=2), SETTINGS, rank=0, attempt=1)
+    job = multinode.node_job(OWNER, spec(nodes=2), SETTINGS, rank=0, attempt=1, service_ip="10.0.0.1")
     pod = job["spec"]["template"]["spec"]
     shm = [v for v in pod["volumes"] if v["name"] == "dshm"]
     assert shm == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
@@ -56,16 +57,17 @@ def test_dev_shm_is_a_sized_memory_volume_and_the_pod_stays_restricted():
     sc = pod["containers"][0]["securityContext"]
     assert sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"] == {"drop": ["ALL"]}
     gpu = LoRAFineTuneSpec.model_validate({**spec(nodes=2).to_wire(), "resources": {"gpus": 2}})
-    gpu_pod = multinode.node_job(OWNER, gpu, Settings(trainer_image="x", shm_size_limit="8Gi"), 0, 1)
+    gpu_pod = multinode.node_job(OWNER, gpu, Settings(trainer_image="x", shm_size_limit="8Gi"), 0, 1, "10.0.0.1")
     volumes = [v for v in gpu_pod["spec"]["template"]["spec"]["volumes"] if v["name"] == "dshm"]
     assert volumes == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]  # one, sized
 
 
-def test_headless_service_selects_the_runs_pods_and_is_owned():
+def test_the_service_is_a_cluster_ip_in_front_of_node_0_and_is_owned():
     svc = multinode.service(OWNER)
-    assert svc["metadata"]["name"] == "big-trainer" and svc["spec"]["clusterIP"] == "None"
+    assert svc["metadata"]["name"] == "big-trainer" and "clusterIP" not in svc["spec"]  # allocated, not headless
     assert svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"]["finetune.dev/name"] == "big"
+    assert svc["spec"]["selector"]["finetune.dev/node-rank"] == "0"  # only the rendezvous master
     assert svc["metadata"]["ownerReferences"][0]["uid"] == "1111-2222"
     assert kube.collection_path(svc) == "/api/v1/namespaces/team-a/services"  # the reconciler can create it
 

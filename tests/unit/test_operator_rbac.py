@@ -38,6 +38,7 @@ SAMPLES: dict[str, Any] = {
     "self": SimpleNamespace(settings=Settings()),
     "r": SimpleNamespace(settings=Settings()),  # the Reconciler, in gang_reconcile's functions
     "attempt": 1,
+    "service_ip": "10.96.0.10",  # a multi-node run's Service, read back after creating it
 }
 
 

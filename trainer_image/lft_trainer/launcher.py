@@ -3,8 +3,8 @@ with PyTorch's own launcher, `torch.distributed.run` (torchrun), with a static r
 
 Once per pod, before any worker starts: the pre-flight (fast failure, exit 3; the workers reuse its
 report), the model download and the checkpoint to resume from. Then torchrun starts this pod's
-workers (`python -m lft_trainer`) with node rank LFT_NODE_RANK, master LFT_MASTER_ADDR (the stable DNS
-name of the node-rank-0 pod; 127.0.0.1 for one pod); gloo on CPU, NCCL on GPU. SIGTERM goes to torchrun,
+workers (`python -m lft_trainer`) with node rank LFT_NODE_RANK, master LFT_MASTER_ADDR (the cluster IP
+of the run's Service in front of the node-rank-0 pod; 127.0.0.1 on node 0 and for one pod); gloo on CPU, NCCL on GPU. SIGTERM goes to torchrun,
 which forwards it to the workers: they agree on a step, save a checkpoint (rank 0 uploads it) and exit
 preempted. Each worker hands its result to this process through a file; the pod reports the result
 of its lowest rank (rank 0's on node 0: the adapter, the summary; the other pods exit likewise).
@@ -33,7 +33,7 @@ from .resume import find_resume_point
 from .storage import Storage
 
 ENV_RESULT_DIR = "LFT_RESULT_DIR"  # where each launched worker writes its TerminationMessage (rank-N.json)
-ENV_RENDEZVOUS_TIMEOUT = "LFT_RENDEZVOUS_TIMEOUT_SECONDS"  # how long a pod waits for the master's DNS name
+ENV_RENDEZVOUS_TIMEOUT = "LFT_RENDEZVOUS_TIMEOUT_SECONDS"  # how long a pod waits for the master's address to resolve
 ENV_SHUTDOWN_TIMEOUT = "LFT_SHUTDOWN_TIMEOUT_SECONDS"  # after SIGTERM, before torchrun kills its workers
 DEFAULT_RENDEZVOUS_TIMEOUT = 600
 DEFAULT_SHUTDOWN_TIMEOUT = 3600  # the pod's terminationGracePeriodSeconds bounds it anyway

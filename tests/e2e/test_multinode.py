@@ -1,0 +1,55 @@
+"""End-to-end: one LoRAFineTune across two pods (training.nodes: 2), on the real cluster with the CPU trainer
+image: torchrun in each pod, gloo over the pod network, the master reached at the run's Service IP (the
+local cluster has no cluster DNS). It trains to Succeeded with one adapter, written by rank 0."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.scenarios import finetune, summary, wait_checkpoint, wait_phase
+
+pytestmark = pytest.mark.e2e
+
+
+def test_two_pods_train_one_run_to_succeeded(kube, s3, s3_endpoint, namespace):
+    name = "duo"
+    res = finetune(namespace, name, s3_endpoint, max_steps=20, every_steps=10)
+    res["spec"]["training"]["nodes"] = 2
+    res["spec"]["resources"]["cpu"] = "500m"  # two trainer pods on the one 2-core node
+    kube.apply(res, namespace)
+    done = wait_phase(kube, namespace, name, "Succeeded", 600)
+    assert done["status"]["nodes"] == 2 and done["status"]["attempts"] == 1, done["status"]
+
+    s = summary(s3, namespace, name)
+    assert (s["nodes"], s["processesPerNode"], s["worldSize"]) == (2, 1, 2), {k: s.get(k) for k in ("nodes", "worldSize")}
+    assert s["steps"] == 20
+    losses = [h["loss"] for h in s.get("logHistory", []) if "loss" in h]
+    assert losses and losses[-1] < losses[0], losses
+    # Both nodes ran and ended: one Job per node, each Complete; the master was the Service's IP.
+    jobs = json.loads(kube.run("get", "jobs", "-n", namespace, "-l", f"finetune.dev/name={name}", "-o", "json").stdout)
+    ranks = {j["metadata"]["labels"]["finetune.dev/node-rank"]: j for j in jobs["items"]}
+    assert sorted(ranks) == ["0", "1"]
+    assert all(j["status"].get("succeeded") == 1 for j in ranks.values()), [j["status"] for j in ranks.values()]
+    svc = json.loads(kube.run("get", "service", f"{name}-trainer", "-n", namespace, "-o", "json").stdout)
+    env = {e["name"]: e.get("value") for e in ranks["1"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LFT_MASTER_ADDR"] == svc["spec"]["clusterIP"]
+
+
+def test_one_pod_killed_ends_the_attempt_and_every_rank_resumes(kube, s3, s3_endpoint, namespace):
+    name = "duokill"
+    res = finetune(namespace, name, s3_endpoint, max_steps=300, every_steps=20)
+    res["spec"]["training"]["nodes"] = 2
+    res["spec"]["resources"]["cpu"] = "500m"
+    kube.apply(res, namespace)
+    assert wait_checkpoint(kube, namespace, name, timeout=300) > 0
+    running = [p for p in kube.pods(namespace, name) if p["status"].get("phase") == "Running"]
+    victim = next(p for p in running if p["metadata"]["labels"].get("finetune.dev/node-rank") == "1")
+    kube.run("delete", "pod", victim["metadata"]["name"], "-n", namespace, "--wait=false")
+    obj = wait_phase(kube, namespace, name, "Succeeded", 600)
+    # Gang: the lost pod ended the whole attempt (both nodes), and the next one resumed every rank.
+    assert obj["status"]["attempts"] == 2, obj["status"].get("attemptHistory")
+    resumed = summary(s3, namespace, name).get("resumedFromStep")
+    assert resumed and resumed > 0, f"the second attempt did not resume from a checkpoint: {resumed}"
+    assert obj["status"]["progress"]["step"] == 300

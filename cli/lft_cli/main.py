@@ -119,12 +119,19 @@ def _status(cluster: Cluster, name: str) -> tuple[dict, dict]:
     return obj, obj.get("status") or {}
 
 
-def cmd_plot(cluster: Cluster, args: argparse.Namespace) -> int:
-    obj, status = _status(cluster, args.name)
-    uri = fetch.artifacts(status).loss_plot
+def _artifact(cluster: Cluster, name: str, field: str, missing: str) -> tuple[dict, dict, str]:
+    """The resource, its status and the URI of one of status.artifacts; CliError with `missing` (formatted with
+    the name and the phase) while the run has not written it."""
+    obj, status = _status(cluster, name)
+    uri = getattr(fetch.artifacts(status), field)
     if not uri:
-        raise CliError(f"{args.name} has no loss.png yet (status.artifacts.lossPlot is empty; phase "
-                       f"{status.get('phase') or 'not reconciled yet'}): it is written at each checkpoint and at the end")
+        raise CliError(missing.format(name=name, phase=status.get("phase") or "not reconciled yet"))
+    return obj, status, uri
+
+
+def cmd_plot(cluster: Cluster, args: argparse.Namespace) -> int:
+    obj, status, uri = _artifact(cluster, args.name, "loss_plot", "{name} has no loss.png yet (status.artifacts."
+                                 "lossPlot is empty; phase {phase}): it is written at each checkpoint and at the end")
     dest = Path(args.file or f"{args.name}-loss.png")
     store = fetch.run_storage(cluster, obj, args.endpoint_url)
     fetch.download_file(store, uri, dest)
@@ -133,11 +140,8 @@ def cmd_plot(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 def cmd_pull(cluster: Cluster, args: argparse.Namespace) -> int:
-    obj, status = _status(cluster, args.name)
-    uri = fetch.artifacts(status).adapter
-    if not uri:
-        raise CliError(f"{args.name} has no adapter yet (phase {status.get('phase') or 'not reconciled yet'}): "
-                       "it is uploaded when the run succeeds")
+    obj, status, uri = _artifact(cluster, args.name, "adapter",
+                                 "{name} has no adapter yet (phase {phase}): it is uploaded when the run succeeds")
     dest = Path(args.dir)
     store = fetch.run_storage(cluster, obj, args.endpoint_url)
     names = fetch.download_dir(store, uri, dest)
@@ -159,12 +163,8 @@ def cmd_pull(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 def cmd_samples(cluster: Cluster, args: argparse.Namespace) -> int:
-    obj, status = _status(cluster, args.name)
-    uri = fetch.artifacts(status).samples
-    if not uri:
-        raise CliError(f"{args.name} has no samples.jsonl (status.artifacts.samples is empty; phase "
-                       f"{status.get('phase') or 'not reconciled yet'}): written after training when "
-                       "evaluation.samples > 0")
+    obj, _, uri = _artifact(cluster, args.name, "samples", "{name} has no samples.jsonl (status.artifacts.samples "
+                            "is empty; phase {phase}): written after training when evaluation.samples > 0")
     rows = fetch.read_jsonl(fetch.run_storage(cluster, obj, args.endpoint_url), uri)
     sys.stdout.write(render.format_samples(rows, args.count))
     return EXIT_OK

@@ -188,6 +188,8 @@ class FlakyProxy:
         self._listener: socket.socket | None = None
         self._down_mode: str | None = None
         self._armed: tuple[bytes, float, str] | None = None
+        self._rejected: list[bytes] = []
+        self.rejected_requests = 0
         self._stopped = threading.Event()
         self._accept_thread: threading.Thread | None = None
         self._timers: list[threading.Timer] = []
@@ -251,6 +253,12 @@ class FlakyProxy:
         """
         with self._lock:
             self._armed = (marker, seconds, mode)
+
+    def reject_requests(self, marker: bytes) -> None:
+        """Cut every request containing `marker` (e.g. the PUTs of one checkpoint), for good, while all
+        other requests go through: a failure that does not depend on how fast the client is."""
+        with self._lock:
+            self._rejected.append(marker)
 
     def wait_outage_over(self, timeout: float = 60) -> bool:
         """Wait until an armed/started outage has happened and ended."""
@@ -367,6 +375,9 @@ class FlakyProxy:
                         if data[:4] in (b"GET ", b"PUT ", b"POST", b"HEAD", b"DELE"):
                             self.requests_seen += 1
                         if self._armed is not None and self._check_marker(window):
+                            raise EOFError
+                        if self._rejected and any(m in window for m in self._rejected):
+                            self.rejected_requests += 1
                             raise EOFError
                         tail = window[-256:]
                         conn.upstream.sendall(data)

@@ -1,6 +1,7 @@
 """End-to-end: one LoRAFineTune across two pods (training.nodes: 2), on the real cluster with the CPU trainer
 image: torchrun in each pod, gloo over the pod network, the master reached at the run's Service IP (the
-local cluster has no cluster DNS). It trains to Succeeded with one adapter, written by rank 0."""
+local cluster has no cluster DNS). It trains to Succeeded with one adapter, written by rank 0; with 2 processes
+per pod, four ranks train on four distinct shards."""
 
 from __future__ import annotations
 
@@ -35,6 +36,27 @@ def test_two_pods_train_one_run_to_succeeded(kube, s3, s3_endpoint, namespace):
     svc = json.loads(kube.run("get", "service", f"{name}-trainer", "-n", namespace, "-o", "json").stdout)
     env = {e["name"]: e.get("value") for e in ranks["1"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["LFT_MASTER_ADDR"] == svc["spec"]["clusterIP"]
+
+
+def test_two_pods_of_two_processes_train_on_four_distinct_shards(kube, s3, s3_endpoint, namespace):
+    name = "quad"
+    res = finetune(namespace, name, s3_endpoint, max_steps=20, every_steps=10)
+    res["spec"]["training"].update(nodes=2, numProcesses=2)
+    res["spec"]["resources"]["cpu"] = "500m"
+    kube.apply(res, namespace)
+    done = wait_phase(kube, namespace, name, "Succeeded", 600)
+    assert done["status"]["attempts"] == 1, done["status"]
+    s = summary(s3, namespace, name)
+    assert (s["nodes"], s["processesPerNode"], s["worldSize"], s["steps"]) == (2, 2, 4, 20)
+    losses = [h["loss"] for h in s.get("logHistory", []) if "loss" in h]
+    assert losses and losses[-1] < losses[0], losses
+    # Every rank trained on its own rows: four different shards whose union is much more than any one of them
+    # (the example file repeats rows, so a few identical rows on two ranks are expected; the same shard on
+    # every rank would make the union no larger than one shard).
+    shards = s["dataShards"]
+    assert [r["rank"] for r in shards["ranks"]] == [0, 1, 2, 3] and all(r["rows"] > 0 for r in shards["ranks"]), shards
+    assert len({r["digest"] for r in shards["ranks"]}) == 4, shards
+    assert shards["distinctRows"] > 2 * max(r["distinctRows"] for r in shards["ranks"]), shards
 
 
 def test_one_pod_killed_ends_the_attempt_and_every_rank_resumes(kube, s3, s3_endpoint, namespace):

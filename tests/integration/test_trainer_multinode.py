@@ -2,7 +2,8 @@
 environment the operator gives each pod (LFT_NODE_RANK, LFT_MASTER_ADDR on loopback), real S3 (moto), gloo.
 
 Each pod runs the pre-flight, then torchrun with a static rendezvous; rank 0 uploads. Compared with the one-pod
-run on the same data: the loss drops alike, and the two ranks see distinct rows (twice the tokens per step).
+run on the same data: the loss drops alike, and the two ranks see distinct rows (twice the tokens per step, and
+the summary's dataShards: the fingerprints of the rows each rank trained on).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.trainer_run import config, subprocess_env
+from tests.support.trainer_run import DATASET, config, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -53,11 +54,14 @@ def finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[tuple[in
 
 def test_two_pods_train_like_one_with_distinct_shards(s3_bucket, s3_server, tiny_model, tmp_path):
     common = dict(maxSteps=16, evalSteps=16, batchSize=4, loggingSteps=4)
-    one = finish(start_pods(config(tiny_model, s3_bucket.uri("one"), s3_bucket.endpoint_url, **common),
+    # The example file repeats rows (294 distinct of 480): without repeats, a row on two ranks is the sampler's.
+    unique = tmp_path / "unique.jsonl"
+    unique.write_text("".join(dict.fromkeys(DATASET.read_text().splitlines(keepends=True))))
+    one = finish(start_pods(config(tiny_model, s3_bucket.uri("one"), s3_bucket.endpoint_url, str(unique), **common),
                             s3_server, tmp_path, "one"))
     assert one[0][0] == 0, one[0][2][-3000:]
-    two = finish(start_pods(config(tiny_model, s3_bucket.uri("two"), s3_bucket.endpoint_url, nodes=2, numProcesses=1,
-                                   **common), s3_server, tmp_path, "two"))
+    two = finish(start_pods(config(tiny_model, s3_bucket.uri("two"), s3_bucket.endpoint_url, str(unique), nodes=2,
+                                   numProcesses=1, **common), s3_server, tmp_path, "two"))
     assert [code for code, _, _ in two] == [0, 0], two[0][2][-3000:] + two[1][2][-3000:]
     a = json.loads(s3_bucket.get_bytes("one/training_summary.json"))
     b = json.loads(s3_bucket.get_bytes("two/training_summary.json"))
@@ -68,9 +72,17 @@ def test_two_pods_train_like_one_with_distinct_shards(s3_bucket, s3_server, tiny
     # and with the sampler's shared seed the first 64 rows are what both see: checked through the loss below).
     ratio = b["tokensSeen"] / a["tokensSeen"]
     assert 1.7 < ratio < 2.3, (a["tokensSeen"], b["tokensSeen"])
+    # Directly: the rows each rank trained on in the first epoch (fingerprints of their tokens).
+    shards = b["dataShards"]
+    assert [r["rank"] for r in shards["ranks"]] == [0, 1] and all(r["rows"] > 0 for r in shards["ranks"]), shards
+    assert shards["ranks"][0]["digest"] != shards["ranks"][1]["digest"]
+    assert shards["rowsOnSeveralRanks"] <= 4, shards  # at most the rows repeated to even out the last batch
+    assert shards["distinctRows"] >= sum(r["distinctRows"] for r in shards["ranks"]) - 4
+    assert a["dataShards"]["rowsOnSeveralRanks"] == 0 and len(a["dataShards"]["ranks"]) == 1
     before, after_one, after_two = (a["metrics"]["evalLossBefore"], a["metrics"]["evalLossAfter"],
                                     b["metrics"]["evalLossAfter"])
-    assert b["metrics"]["evalLossBefore"] == pytest.approx(before)  # same model, same eval rows
+    # Same model, same eval rows; the mean is over other batches (per-batch means, 2 ranks): close, not equal.
+    assert b["metrics"]["evalLossBefore"] == pytest.approx(before, rel=5e-3)
     assert after_two < before and after_one < before
     assert abs(after_two - after_one) < 0.25 * (before - after_one), (before, after_one, after_two)
     # Rank 0 alone wrote the results; the other pod exited 0 with its own (non-reporting) result.

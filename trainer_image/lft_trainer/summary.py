@@ -79,6 +79,7 @@ class RunFacts:
     artifacts: dict[str, str] = field(default_factory=dict)  # contract.Artifacts: the files under the output
     loss_plot_skipped: str | None = None  # why loss.png was not drawn (e.g. matplotlib is not installed)
     samples: dict[str, Any] | None = None  # samples.py: held-out prompts, base and tuned completions
+    data_shards: dict[str, Any] | None = None  # shards.summarize: rows per rank, rows on several ranks
 
 
 def last_train_loss(history: list[dict]) -> float | None:
@@ -126,6 +127,7 @@ def build_summary(config: TrainerConfig, facts: RunFacts) -> dict[str, Any]:
         "nodes": facts.nodes,
         "processesPerNode": facts.processes_per_node,
         "worldSize": facts.num_processes,
+        "dataShards": facts.data_shards,
         "performance": facts.performance,
         "durationsSeconds": facts.durations,
         "libraryVersions": facts.versions,

@@ -20,7 +20,7 @@ from lft_api.conditions import Reason
 from lft_api.contract import AdapterRef, Artifacts, ExitCode, Metrics, RunIdentity, TerminationMessage
 from lft_api.spec import TrainerConfig
 
-from . import model, performance, preflight, probes, sizing, tracking, trainset
+from . import model, performance, preflight, probes, shards, sizing, tracking, trainset
 from .adapter_card import finish_adapter
 from .artifacts import HistoryWriter
 from .distributed import Preemption, is_main, local_world_size, world_size
@@ -124,6 +124,7 @@ class Fitted:
     eval_after: float | None = None
     train_runtime: float | None = None
     preempted: TerminationMessage | None = None
+    data_shards: dict[str, Any] | None = None  # which rows each rank trained on (shards.summarize)
 
 
 def run(config: TrainerConfig, reporter: Reporter | None = None,
@@ -145,6 +146,7 @@ def run(config: TrainerConfig, reporter: Reporter | None = None,
         trainer, fitted = fit_within_memory(prep, reporter, preemption, uploader, timer, history)
         if fitted.preempted is not None:
             return fitted.preempted
+        fitted.data_shards = shards.summarize(shards.gather(trainer.shard_recorder))  # every rank: a collective
         if not is_main():
             return TerminationMessage(outcome="succeeded", reason="Completed", step=fitted.state.global_step,
                                       total_steps=fitted.state.max_steps)
@@ -204,11 +206,27 @@ def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, upl
 
     # The meter first: its on_log updates the figures that the progress callback's log event carries.
     callbacks = [make_throughput_callback(meter, measured, prep.cuda), make_callback(reporter), control]
-    trainer = SFTTrainer(model=prep.model, args=args, train_dataset=prep.data.train, eval_dataset=prep.data.eval,
-                         processing_class=prep.tokenizer, callbacks=callbacks)
+    trainer = recording_trainer(SFTTrainer)(model=prep.model, args=args, train_dataset=prep.data.train,
+                                            eval_dataset=prep.data.eval, processing_class=prep.tokenizer,
+                                            callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # prints python dicts on stdout; our events are JSON lines
     reporter.planned(planned_steps(trainer))
     return trainer, control
+
+
+def recording_trainer(base: type) -> type:
+    """`base` (TRL's SFTTrainer) that fingerprints the rows of each micro-batch it trains on (shards.py)."""
+
+    class RecordingTrainer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.shard_recorder = shards.ShardRecorder()
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            self.shard_recorder.record(inputs, self.state.epoch)
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    return RecordingTrainer
 
 
 def fit_within_memory(prep: Prepared, reporter: Reporter, preemption: Preemption, uploader,
@@ -351,6 +369,7 @@ def _facts(prep: Prepared, fitted: Fitted, files, adapter_uri: str, merged_uri: 
         replaced_runs=output.replaced if output is not None and output.action == "overwrite" else [],
         durations={**timer.marks, "total": timer.total()}, versions=library_versions(),
         performance=reporter.performance.to_wire() if reporter.performance is not None else None,
+        data_shards=fitted.data_shards,
     )
 
 

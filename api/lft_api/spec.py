@@ -245,7 +245,9 @@ class TrainingSpec(SpecModel):
         default="auto",
         description=(
             "Training processes per pod (DDP ranks, 1 to 64). auto: one per GPU of the pod (spec.resources.gpus), "
-            "1 on CPU."
+            "1 on CPU. A pod with more than one GPU always runs one process per GPU: 1 (the default of earlier "
+            "versions, stored in existing resources) counts as auto there, and any other number must equal "
+            "spec.resources.gpus."
         ),
     )
 

@@ -89,6 +89,9 @@ def test_config_keeps_the_specs_own_endpoint_and_sets_processes_from_gpus():
     two = make_spec(training={"numProcesses": 2, "nodes": 3})
     assert builders.trainer_config(two, SETTINGS)["training"]["numProcesses"] == 2
     assert builders.trainer_config(two, SETTINGS)["training"]["nodes"] == 3
+    # 1, the stored default of earlier versions, on a 4-GPU pod: one process per GPU (as the CRD says).
+    legacy = make_spec(training={"numProcesses": 1}, resources={"gpus": 4})
+    assert builders.trainer_config(legacy, SETTINGS)["training"]["numProcesses"] == 4
 
 
 def test_trainer_role_may_only_patch_this_resources_status():

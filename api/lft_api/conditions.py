@@ -38,6 +38,7 @@ class Reason:
     # creating the Job and its pods
     JOB_INVALID = "JobInvalid"  # the API server rejected the Job (422): final
     JOB_FORBIDDEN = "JobForbidden"  # 403 (RBAC, quota on jobs): retried with backoff
+    NAME_TAKEN = "NameTaken"  # an object the run needs exists, not created for it: retried with backoff
     POD_CREATION_FAILED = "PodCreationFailed"  # the Job's FailedCreate events (quota, Pod Security, ...)
     POD_CREATION_TIMEOUT = "PodCreationTimeout"  # no pod could be created for too long: final
     # the Job and its pods

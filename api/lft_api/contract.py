@@ -60,6 +60,9 @@ ENV_MASTER_PORT = "LFT_MASTER_PORT"
 DEFAULT_MASTER_PORT = 29500
 
 DEFAULT_CONFIG_PATH = "/etc/lft/config.json"
+# Next to the config in the ConfigMap: the UID of the LoRAFineTune it was written for. The trainer refuses a
+# config written for another UID (an earlier namesake's ConfigMap still there), rather than train on it.
+CONFIG_OWNER_FILE = "owner-uid"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_MAX_BYTES = 4096
 

@@ -104,7 +104,8 @@ def config_map(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner, config_map_name(owner.name)),
-        "data": {CONFIG_FILE: json.dumps(trainer_config(spec, settings), indent=2, sort_keys=True)},
+        "data": {CONFIG_FILE: json.dumps(trainer_config(spec, settings), indent=2, sort_keys=True),
+                 contract.CONFIG_OWNER_FILE: owner.uid},
     }
 
 

@@ -50,7 +50,7 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
         try:
             await _create_attempt(r, owner, spec, decision.create_attempt)
         except ApiError as e:
-            error = classify_create_error(e.status, e.message)
+            error = classify_create_error(e.status, e.message, e.reason)
             if error is None:
                 raise
             logger.warning("creating the Jobs of %s/%s refused: %s", owner.namespace, owner.name, e)

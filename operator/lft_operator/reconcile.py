@@ -38,9 +38,9 @@ from .status import (
     trusted_status,
     wants_pod,
 )
-from .status.model import seconds_between
+from .status.model import Event, seconds_between
 from .validation import validate
-from .views import JobView, PodView, controller_uid
+from .views import JobView, PodView, controller_uid, name_holder
 from .workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -243,7 +243,14 @@ class Reconciler:
         elif job is not None and not status.get("jobName") and spec is not None:
             # A Job that no status records yet: just created (above), or an earlier reconcile created
             # it and stopped (crash, API error) before writing the status and the Job's companions.
-            await self._ensure_companions(owner, spec, with_service_account=created_job is None)
+            try:
+                await self._ensure_companions(owner, spec, with_service_account=created_job is None)
+            except ApiError as e:
+                if e.reason != Reason.NAME_TAKEN:
+                    raise
+                # The Job exists: its trainer refuses a config that is not its run's (ConfigNotThisRun), and
+                # the attempts end with that reason; the user reads why here.
+                self.events.post_in_background(body, [Event("Warning", Reason.NAME_TAKEN, e.message)])
         if obs.job is not None:
             obs.pods = await self._job_pods(owner, obs.job, status)
         if status.get("phase") not in TERMINAL_PHASES:
@@ -262,10 +269,10 @@ class Reconciler:
         try:
             job = await self._ensure_children(owner, spec)
         except ApiError as e:
-            obs.create_error = classify_create_error(e.status, e.message)
+            obs.create_error = classify_create_error(e.status, e.message, e.reason)
             if obs.create_error is None:
                 raise
-            if obs.create_error.reason == Reason.JOB_FORBIDDEN:
+            if obs.create_error.reason in (Reason.JOB_FORBIDDEN, Reason.NAME_TAKEN):
                 # Quota or RBAC may change any time: retried with backoff, reported meanwhile.
                 self._forbidden[key] = self._forbidden.get(key, 0) + 1
                 self.queue.add_after(key, min(2.0 ** self._forbidden[key], MAX_FORBIDDEN_BACKOFF))
@@ -403,6 +410,11 @@ class Reconciler:
         existing = await self.kube.get(object_path(manifest))
         if existing is None:
             raise RetryLater(f"{manifest['kind']} {manifest['metadata']['name']} exists and vanished")
+        held = name_holder(manifest["kind"], manifest["metadata"]["name"], manifest["metadata"], existing["metadata"])
+        if held is not None:
+            transient, message = held
+            # Never adopt another's object: its ServiceAccount, config or Job is not this run's.
+            raise RetryLater(message) if transient else ApiError(409, Reason.NAME_TAKEN, message)
         return existing, False
 
     async def _ensure_companions(self, owner: Owner, spec: Any, with_service_account: bool) -> None:
@@ -425,9 +437,7 @@ class Reconciler:
             # the kubelet waits for a missing ConfigMap, and the RoleBinding matters only once the
             # trainer runs.
             await self._create(builders.service_account(owner))
-        body, created = await self._create(builders.job(owner, spec, self.settings))
-        if controller_uid(body["metadata"]) != owner.uid:
-            raise RetryLater(f"Job {builders.child_name(owner.name)} belongs to an earlier namesake, being deleted")
+        body, created = await self._create(builders.job(owner, spec, self.settings))  # never another's (_create)
         if created:
             metrics.JOBS_CREATED.inc()
             logger.info("created Job %s/%s", owner.namespace, builders.child_name(owner.name))

@@ -34,6 +34,22 @@ def controller_uid(meta: dict[str, Any]) -> str | None:
     return None
 
 
+def name_holder(kind: str, name: str, wanted: dict[str, Any], existing: dict[str, Any]) -> tuple[bool, str] | None:
+    """Who holds a name the operator wants for a run's object, from both objects' metadata: None when it is
+    the run itself; else (transient, message): transient when it is an earlier LoRAFineTune of the same
+    name's object (the garbage collector removes it), not when nothing or something else owns it."""
+    wanted_uid = controller_uid(wanted)
+    if wanted_uid is None or controller_uid(existing) == wanted_uid:
+        return None
+    ref = next((r for r in existing.get("ownerReferences") or [] if r.get("controller")), None)
+    if ref is not None and ref.get("kind") == contract.KIND:
+        return True, (f"{kind} {name} belongs to an earlier LoRAFineTune of this name (UID {ref.get('uid')}), "
+                      "which is being deleted")
+    holder = f"owned by {ref.get('kind')} {ref.get('name')}" if ref is not None else "no owner"
+    return False, (f"{kind} {name} exists and was not created for this LoRAFineTune ({holder}); the operator does "
+                   "not use or change it: delete it, or give the LoRAFineTune another name")
+
+
 def _scrubbed(text: str | None) -> str | None:
     """Text from a pod, credentials masked by pattern: the kubelet's log tail (terminationMessagePolicy
     FallbackToLogsOnError) may hold what a crashing process printed."""

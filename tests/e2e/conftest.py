@@ -46,6 +46,7 @@ E2E_NAMESPACES = {
     "test_mlflow_and_tensorboard_from_a_pod": "e2e-tracking",
     # test_multinode.py
     "test_two_pods_train_one_run_to_succeeded": "e2e-multinode",
+    "test_two_pods_of_two_processes_train_on_four_distinct_shards": "e2e-multiquad",
     "test_one_pod_killed_ends_the_attempt_and_every_rank_resumes": "e2e-multikill",
 }
 

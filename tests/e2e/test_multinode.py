@@ -28,11 +28,16 @@ def test_two_pods_train_one_run_to_succeeded(kube, s3, s3_endpoint, namespace):
     assert s["steps"] == 20
     losses = [h["loss"] for h in s.get("logHistory", []) if "loss" in h]
     assert losses and losses[-1] < losses[0], losses
-    # Both nodes ran and ended: one Job per node, each Complete; the master was the Service's IP.
-    jobs = json.loads(kube.run("get", "jobs", "-n", namespace, "-l", f"finetune.dev/name={name}", "-o", "json").stdout)
-    ranks = {j["metadata"]["labels"]["finetune.dev/node-rank"]: j for j in jobs["items"]}
-    assert sorted(ranks) == ["0", "1"]
-    assert all(j["status"].get("succeeded") == 1 for j in ranks.values()), [j["status"] for j in ranks.values()]
+    # Both nodes ran and ended: one Job per node, each Complete (the run is Succeeded once rank 0 has written the
+    # result; the other node's pod may take a moment more to exit); the master was the Service's IP.
+    def both_complete() -> dict | None:
+        jobs = json.loads(kube.run("get", "jobs", "-n", namespace, "-l", f"finetune.dev/name={name}", "-o",
+                                   "json").stdout)
+        by_rank = {j["metadata"]["labels"]["finetune.dev/node-rank"]: j for j in jobs["items"]}
+        done = sorted(by_rank) == ["0", "1"] and all(j["status"].get("succeeded") == 1 for j in by_rank.values())
+        return by_rank if done else None
+
+    ranks = kube.wait_for("both node Jobs Complete", both_complete, 60)
     svc = json.loads(kube.run("get", "service", f"{name}-trainer", "-n", namespace, "-o", "json").stdout)
     env = {e["name"]: e.get("value") for e in ranks["1"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["LFT_MASTER_ADDR"] == svc["spec"]["clusterIP"]

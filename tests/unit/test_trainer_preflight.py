@@ -10,7 +10,7 @@ import pytest
 
 from lft_api.spec import DatasetSpec, LoraSpec, ModelSpec, TrainerConfig
 from lft_trainer import data, preflight
-from lft_trainer.errors import InvalidInput
+from lft_trainer.errors import ConfigNotThisRun, InvalidInput
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -185,6 +185,19 @@ def test_config_not_json(tmp_path):
     with pytest.raises(InvalidInput) as ei:
         preflight.load_config(f)
     assert ei.value.message.startswith(f"config file {f}: invalid JSON: ")
+
+
+def test_a_config_written_for_another_run_is_refused(tmp_path, monkeypatch):
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps({"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "o"}}))
+    monkeypatch.setenv("LFT_UID", "uid-new")
+    assert preflight.load_config(f).model.name == "m"  # no owner file: a config given by hand
+    (tmp_path / "owner-uid").write_text("uid-new")
+    assert preflight.load_config(f).model.name == "m"
+    (tmp_path / "owner-uid").write_text("uid-old")  # an earlier namesake's ConfigMap, still mounted
+    with pytest.raises(ConfigNotThisRun) as ei:
+        preflight.load_config(f)
+    assert "written for LoRAFineTune UID uid-old, this pod runs UID uid-new" in str(ei.value)
 
 
 def test_missing_model_dir(tmp_path):

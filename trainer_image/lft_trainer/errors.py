@@ -25,5 +25,10 @@ class InvalidInput(Exception):
         return {k: v for k, v in {"file": self.file, "row": self.row, "field": self.field}.items() if v is not None}
 
 
+class ConfigNotThisRun(Exception):
+    """The mounted config was written for another LoRAFineTune (same name, other UID): a retry may find the right
+    one once the old ConfigMap is gone; training on it would train another run's spec."""
+
+
 class StorageError(Exception):
     """Object storage failed after retries (transient outage that did not end): retryable (ExitCode.ERROR)."""

@@ -21,12 +21,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lft_api import contract
 from lft_api.contract import RunIdentity
 from lft_api.errors import format_validation_errors
 from lft_api.spec import DatasetSpec, LoraSpec, ModelSpec, StorageSpec, TrainerConfig
 
 from . import data, formats, ownership, tracking
-from .errors import InvalidInput
+from .errors import ConfigNotThisRun, InvalidInput
 from .filesystems import split_uri
 from .ownership import OwnershipDecision
 from .storage import Storage
@@ -55,6 +56,7 @@ def load_config(path: str | Path) -> TrainerConfig:
     except json.JSONDecodeError as exc:
         raise InvalidInput(INVALID_CONFIG, f"config file {p}: invalid JSON: {exc.msg} at line {exc.lineno}",
                            file=str(p), row=exc.lineno) from None
+    check_config_owner(p)
     try:
         return TrainerConfig.model_validate(raw)
     except ValidationError as exc:
@@ -62,6 +64,20 @@ def load_config(path: str | Path) -> TrainerConfig:
         loc = ".".join(str(x) for x in first.get("loc", ()))
         raise InvalidInput(INVALID_CONFIG, f"config file {p}: {format_validation_errors(exc, limit=5)}", file=str(p),
                            field=loc or None) from None
+
+
+def check_config_owner(config_path: Path) -> None:
+    """The config's ConfigMap names the run it was written for (contract.CONFIG_OWNER_FILE); this pod's run is
+    LFT_UID. Either missing (a config given by hand, an older operator): nothing to compare."""
+    try:
+        written_for = (config_path.parent / contract.CONFIG_OWNER_FILE).read_text().strip()
+    except OSError:
+        return
+    mine = os.environ.get(contract.ENV_RESOURCE_UID)
+    if written_for and mine and written_for != mine:
+        raise ConfigNotThisRun(
+            f"the mounted config {config_path} was written for LoRAFineTune UID {written_for}, this pod runs UID "
+            f"{mine}: a ConfigMap of an earlier LoRAFineTune with this name is still there; not training on it")
 
 
 # ---------------------------------------------------------------------------------------------

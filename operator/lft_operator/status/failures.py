@@ -25,12 +25,14 @@ from .draft import Draft
 from .model import PodCreationFailure, Problem, seconds_between
 
 
-def classify_create_error(status: int, message: str) -> Problem | None:
+def classify_create_error(status: int, message: str, reason: str = "") -> Problem | None:
     """What a refused create means for the run; None: a transient error (retried, not reported)."""
     if status == 422:
         return Problem(Reason.JOB_INVALID, f"The API server rejected the training Job: {truncate(message)}")
     if status == 403:
         return Problem(Reason.JOB_FORBIDDEN, f"Creating the training Job is forbidden: {truncate(message)}")
+    if status == 409 and reason == Reason.NAME_TAKEN:  # Reconciler._create: the name is another object's
+        return Problem(Reason.NAME_TAKEN, truncate(message))
     return None
 
 

@@ -107,6 +107,17 @@ def test_download_inputs_by_uri(s3_bucket, tmp_path):
         assert fh.read() == b'{"text": "hi"}\n'
 
 
+def test_a_directory_whose_object_names_leave_it_is_refused_before_writing(s3_bucket, tmp_path):
+    # A valid S3 key; downloaded as it is, it would be written two levels above the model directory.
+    s3_bucket.put_bytes("models/evil/config.json", b"{}")
+    s3_bucket.put_bytes("models/evil/../../escaped.txt", b"x")
+    spec = StorageSpec(endpoint_url=s3_bucket.endpoint_url)
+    with pytest.raises(InvalidInput) as ei:
+        download(s3_bucket.uri("models/evil"), tmp_path / "deep" / "model", spec, FAST)
+    assert ei.value.reason == "UnsafeObjectName" and "../../escaped.txt" in ei.value.message
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "deep").exists()
+
+
 # -- pre-flight access checks --------------------------------------------------------------
 def check(uri: str, endpoint: str, **kw) -> InvalidInput:
     with pytest.raises(InvalidInput) as ei:

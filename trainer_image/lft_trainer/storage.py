@@ -36,6 +36,7 @@ log = logging.getLogger("lft_trainer.storage")
 ACCESS_DENIED = "StorageAccessDenied"
 BUCKET_NOT_FOUND = "BucketNotFound"
 UNREACHABLE = "StorageUnreachable"
+UNSAFE_OBJECT_NAME = "UnsafeObjectName"  # download_dir: a name that would be written outside the directory
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -192,12 +193,17 @@ class Storage:
         return self._run(f"list {self.uri(rel)}", find)
 
     def download_dir(self, rel: str, local_dir: str | Path) -> Path:
-        """Download every file under rel/ into local_dir (created); returns local_dir."""
+        """Download every file under rel/ into local_dir (created); returns local_dir. Object names that would
+        land outside local_dir (a valid S3 key like `model/../../x`) are refused before anything is written."""
         local_dir = Path(local_dir)
-        local_dir.mkdir(parents=True, exist_ok=True)
         files = self.list_files(rel)
         if not files:
             raise FileNotFoundError(f"no files under {self.uri(rel)}")
+        outside = sorted(n for n in files if n.startswith("/") or ".." in PurePosixPath(n).parts)
+        if outside:
+            raise InvalidInput(UNSAFE_OBJECT_NAME, f"refusing to download {self.uri(rel)}: object names leave the "
+                               f"directory: {', '.join(outside[:5])}", file=self.uri(rel))
+        local_dir.mkdir(parents=True, exist_ok=True)
         for name in sorted(files):
             self.download_file(f"{rel.strip('/')}/{name}" if rel.strip("/") else name, local_dir / name)
         return local_dir

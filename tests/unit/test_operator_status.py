@@ -151,6 +151,7 @@ def test_job_created_then_running_then_succeeded():
         total_steps=30,
     )
     done_job = job_view(succeeded=1, completionTime=T3, conditions=[{"type": "Complete", "status": "True"}])
+    running_status = status
     d, status = step(observe(status=status, job=done_job, pods=[ended("p1", 0, message)], now=T3))
     assert status["phase"] == "Succeeded"
     assert status["adapter"]["uri"] == "s3://b/run/adapter"
@@ -162,6 +163,11 @@ def test_job_created_then_running_then_succeeded():
     # Final metrics and progress from the termination message (the trainer has exited).
     assert d.patch["metrics"]["evalLossBefore"] == 1.2
     assert d.patch["progress"]["display"] == "30/30 (100%)"
+    # What only the trainer's progress patches carry stays: the progress object is replaced as a whole.
+    last = {**running_status, "progress": {"step": 29, "totalSteps": 30, "epoch": 2.9, "tokensPerSecond": 812.5}}
+    d_kept, _ = step(observe(status=last, job=done_job, pods=[ended("p1", 0, message)], now=T3))
+    assert d_kept.patch["progress"]["epoch"] == 2.9 and d_kept.patch["progress"]["tokensPerSecond"] == 812.5
+    assert d_kept.patch["progress"]["step"] == 30
     # Final is final.
     d, status2 = step(observe(status=status, job=done_job, pods=[], now=T3))
     assert status2["phase"] == "Succeeded" and d.events == [] and d.patch == {}

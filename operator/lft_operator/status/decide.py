@@ -182,7 +182,7 @@ def _succeeded(d: Draft, upd: AttemptUpdate) -> Decision:
         if result.metrics is not None:
             d.extra_patch["metrics"] = result.metrics.to_wire()
         if result.step is not None and result.total_steps:
-            d.extra_patch["progress"] = Progress.build(result.step, result.total_steps, eta_seconds=0).to_wire()
+            d.extra_patch["progress"] = _final_progress(d.obs.status.get("progress") or {}, result)
     elif pod is None:
         text = "Training completed (the Job finished; its pod, with the adapter URI, was not seen)."
     decision = d.final(SUCCEEDED, Reason.COMPLETED, text)
@@ -191,6 +191,15 @@ def _succeeded(d: Draft, upd: AttemptUpdate) -> Decision:
         decision.events.append(Event("Normal" if verdict.servable else "Warning",
                                      Reason.SERVABLE if verdict.servable else Reason.NOT_SERVABLE, verdict.describe()))
     return decision
+
+
+def _final_progress(last: dict[str, Any], result: TerminationMessage) -> dict[str, Any]:
+    """The final step from the trainer's result; the epoch and throughput from its last progress patch (the
+    progress object is replaced as a whole: without them they would vanish at the end)."""
+    kept = {"epoch": last.get("epoch"), "tokens_per_second": last.get("tokensPerSecond")}
+    resumed = result.resumed_from_step if result.resumed_from_step is not None else last.get("resumedFromStep")
+    fields = {k: v for k, v in {**kept, "resumed_from_step": resumed}.items() if isinstance(v, (int, float))}
+    return Progress.build(result.step or 0, result.total_steps or 0, eta_seconds=0, **fields).to_wire()
 
 
 def _failed(d: Draft, upd: AttemptUpdate) -> Decision | None:

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from . import builders, metrics, multinode
 from .builders import Owner
 from .kube import ApiError, group_path
-from .status import TERMINAL_PHASES, Observation, classify_create_error
-from .status.gang import decide_gang
+from .status import TERMINAL_PHASES, Observation, PodCreationFailure, classify_create_error
+from .status.gang import current_attempt, decide_gang
 from .validation import validate
 from .views import JobView, controller_uid
 
@@ -40,9 +40,12 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
     obs = Observation(name=owner.name, generation=body["metadata"].get("generation", 1), status=status, spec=spec,
                       problems=problems, job_name=builders.child_name(owner.name), job=None, pods=pods,
                       now=r.clock(), jobs=jobs, uid=owner.uid, stored=body.get("status") or {},
-                      stale=trust.stale, foreign=trust.foreign)
+                      stale=trust.stale, foreign=trust.foreign,
+                      pod_creation_timeout=r.settings.pod_creation_timeout_seconds)
     if spec is not None and not problems and not status.get("attempts") and not jobs:
         obs.problems = r._output_problems(body, spec)
+    if status.get("phase") not in TERMINAL_PHASES:
+        obs.node_pod_failures = await _node_pod_failures(r, owner, obs)
     decision = decide_gang(obs)
     for name in decision.job_deletes:
         await _delete_job(r, owner, name)
@@ -57,6 +60,18 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
             decision.status["message"] = decision.patch["message"] = f"{error.message} (retrying)"
             r.queue.add_after((owner.namespace, owner.name), 10.0)
     await r._apply(body, decision)
+
+
+async def _node_pod_failures(r: Reconciler, owner: Owner, obs: Observation) -> dict[str, PodCreationFailure]:
+    """By Job uid: the FailedCreate Events of the current attempt's Jobs that have no live pod (as the
+    single-pod path looks them up, reconcile._pod_failure)."""
+    attempt, found = current_attempt(obs), {}
+    for job in obs.jobs:
+        if job.attempt == attempt and not job.deleting:
+            failure = await r._pod_failure(owner, job, [p for p in obs.pods if p.job_uid == job.uid], obs.now)
+            if failure is not None:
+                found[job.uid] = failure
+    return found
 
 
 async def _delete_job(r: Reconciler, owner: Owner, name: str) -> None:

@@ -247,7 +247,7 @@ class Reconciler:
         if obs.job is not None:
             obs.pods = await self._job_pods(owner, obs.job, status)
         if status.get("phase") not in TERMINAL_PHASES:
-            obs.pod_failure = await self._pod_failure(owner, obs)
+            obs.pod_failure = await self._pod_failure(owner, obs.job, obs.pods, obs.now)
         return obs
 
     async def _create_job(self, owner: Owner, body: dict[str, Any], spec: Any, obs: Observation) -> bool:
@@ -353,14 +353,14 @@ class Reconciler:
                                            labelSelector=f"{builders.NAME_LABEL}={owner.name}")
         return [p for p in map(PodView.from_pod, found) if p.job_uid == job.uid] or pods
 
-    async def _pod_failure(self, owner: Owner, obs: Observation) -> PodCreationFailure | None:
-        """While the Job has no pod: the Job controller's newest FailedCreate Event, re-checked
-        every few seconds (Events are not watched)."""
-        job = obs.job
-        if job is None or not wants_pod(job, obs.pods):
+    async def _pod_failure(self, owner: Owner, job: JobView | None, pods: list[PodView],
+                           now: str) -> PodCreationFailure | None:
+        """While `job` has no pod: the Job controller's newest FailedCreate Event, re-checked
+        every few seconds (Events are not watched). Multi-node runs: per node Job (gang_reconcile.py)."""
+        if job is None or not wants_pod(job, pods):
             return None
         key = (owner.namespace, owner.name)
-        age = seconds_between(job.created, obs.now)
+        age = seconds_between(job.created, now)
         if age is not None and age < POD_GRACE_SECONDS:
             self._recheck_later(key, POD_GRACE_SECONDS - age + 0.5)
             return None

@@ -10,7 +10,7 @@ import pytest
 
 from lft_api.contract import ExitCode
 from tests.support.kube import wait_until
-from tests.support.operator import SUCCESS, is_true, spec
+from tests.support.operator import SUCCESS, cond, is_true, spec
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +112,27 @@ def test_suspend_deletes_every_node_and_resume_starts_a_new_attempt(kube, namesp
     status = kube.wait_lft(namespace, "pause", lambda s: s.get("attempts") == 2)["status"]
     assert status["failedAttempts"] == 0
     assert len(node_pods(kube, namespace, "pause", 2)) == 2
+
+
+def test_a_node_whose_pod_cannot_be_created_is_reported_then_times_out(kube, namespace, operator):
+    """A ResourceQuota that admits one pod: the real Job controller creates one node's pod and posts FailedCreate
+    on the other node's Job. The run says which node and the quota's message; after the operator's pod-creation
+    timeout (20 s in these tests) it fails, PodCreationTimeout, and every Job of the attempt is deleted."""
+    kube.quota(namespace, {"pods": "1"})
+    kube.create_lft(namespace, "tight", spec(training={"maxSteps": 30, "nodes": 2}))
+    status = kube.wait_lft(namespace, "tight", lambda s: cond(s, "Running").get("reason") == "PodCreationFailed",
+                           timeout=30)["status"]
+    pods = [p for p in kube.pods(namespace, "tight") if p["metadata"]["labels"].get("finetune.dev/attempt") == "1"]
+    assert len(pods) == 1  # the quota admitted one
+    stuck = 1 - int(pods[0]["metadata"]["labels"]["finetune.dev/node-rank"])
+    assert status["phase"] == "Pending" and "exceeded quota" in status["message"]
+    assert f"node {stuck} (Job tight-trainer-node-{stuck})" in status["message"]
+    assert cond(status, "Running")["message"] == status["message"]
+    warned = wait_until(lambda: [e for e in kube.events(namespace, "tight") if e["reason"] == "PodCreationFailed"], 10)
+    assert warned[0]["type"] == "Warning" and f"node {stuck}" in warned[0]["message"]
+
+    status = kube.wait_lft(namespace, "tight", lambda s: s.get("phase") == "Failed", timeout=60)["status"]
+    assert cond(status, "Failed")["reason"] == "PodCreationTimeout" and "exceeded quota" in status["message"]
+    assert status["message"].startswith(f"Node {stuck} (Job tight-trainer-node-{stuck}): No trainer pod could be")
+    wait_until(lambda: not node_jobs(kube, namespace, "tight"), 30, what="the attempt's Jobs deleted")
+    wait_until(lambda: "PodCreationTimeout" in kube.event_reasons(namespace, "tight"), 10)

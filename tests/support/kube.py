@@ -165,6 +165,16 @@ class Kube:
             status = (self.lft(ns, name) or {}).get("status")
             raise AssertionError(f"{e}\nstatus: {json.dumps(status, indent=1)}") from None
 
+    def quota(self, ns: str, hard: dict[str, str]) -> None:
+        """A ResourceQuota `q` in `ns`, once the quota controller has computed its usage (then it is enforced)."""
+        body = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"}, "spec": {"hard": hard}}
+        self.create(f"/api/v1/namespaces/{ns}/resourcequotas", body)
+
+        def enforced() -> bool:
+            return bool((self.get(f"/api/v1/namespaces/{ns}/resourcequotas/q") or {}).get("status", {}).get("hard"))
+
+        wait_until(enforced, 30, what="ResourceQuota status")
+
     def events(self, ns: str, name: str) -> list[dict]:
         return self.items(f"/api/v1/namespaces/{ns}/events", fieldSelector=f"involvedObject.name={name}")
 

@@ -133,3 +133,50 @@ def test_problems_before_the_first_attempt_create_nothing():
 
     d = decide_gang(observe({}, problems=[Problem("OutputInUse", "s3://o/big holds another run's checkpoints")]))
     assert d.create_attempt is None and "another run" in d.status["message"]
+
+
+QUOTA = 'pods "big-trainer-node-1-x" is forbidden: exceeded quota: no-pods, requested: pods=1, used: pods=0, limited: pods=0'
+
+
+def test_a_node_whose_pod_cannot_be_created_is_reported_with_the_api_message():
+    from lft_operator.status import PodCreationFailure
+
+    jobs = [job(0, 1, created="2026-11-30T23:59:00Z"), job(1, 1, created="2026-11-30T23:59:00Z")]
+    obs = observe({"attempts": 1, "phase": "Pending"}, jobs, [running(0, 1)])
+    obs.node_pod_failures = {"j1-1": PodCreationFailure(QUOTA, "2026-11-30T23:59:30Z")}
+    d = decide_gang(obs)
+    cond = next(c for c in d.status["conditions"] if c["type"] == "Running")
+    assert d.status["phase"] == "Pending" and cond["reason"] == "PodCreationFailed"
+    assert "node 1 (Job big-trainer-node-1)" in d.status["message"] and "exceeded quota" in d.status["message"]
+    assert cond["message"] == d.status["message"]
+    warned = [e for e in d.events if e.reason == "PodCreationFailed"]
+    assert len(warned) == 1 and warned[0].type == "Warning" and "node 1" in warned[0].message
+    assert not d.job_deletes and d.create_attempt is None
+    again = observe(d.status, jobs, [running(0, 1)])
+    again.node_pod_failures = obs.node_pod_failures
+    assert not [e for e in decide_gang(again).events if e.reason == "PodCreationFailed"]  # once per transition
+    # An Event from before this attempt's Jobs (an earlier attempt's quota) is stale: not reported.
+    old = observe({"attempts": 1, "phase": "Pending"}, jobs, [running(0, 1)])
+    old.node_pod_failures = {"j1-1": PodCreationFailure(QUOTA, "2026-11-30T23:58:00Z")}
+    assert "PodCreationFailed" not in str(decide_gang(old).status["conditions"])
+
+
+def test_no_pod_created_within_the_timeout_fails_the_run_naming_the_node():
+    from lft_operator.status import PodCreationFailure
+
+    jobs = [job(0, 1, created="2026-11-30T23:50:00Z"), job(1, 1, created="2026-11-30T23:50:00Z")]
+    obs = observe({"attempts": 1, "phase": "Pending",
+                   "attemptHistory": [{"attempt": 1, "pod": "big-trainer-node-0", "phase": "Pending"}]},
+                  jobs, [running(1, 1)])
+    obs.node_pod_failures = {"j1-0": PodCreationFailure(QUOTA, "2026-11-30T23:59:50Z")}
+    obs.pod_creation_timeout = 300
+    d = decide_gang(obs)
+    assert d.status["phase"] == "Failed" and d.job_deletes == ["big-trainer-node-0", "big-trainer-node-1"]
+    failed = next(c for c in d.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PodCreationTimeout"
+    assert d.status["message"].startswith("Node 0 (Job big-trainer-node-0): No trainer pod could be created for 600 s")
+    assert "exceeded quota" in d.status["message"] and any(e.reason == "PodCreationTimeout" for e in d.events)
+    assert d.status["attemptHistory"][-1]["phase"] == "Failed"
+    # Under the timeout: still Pending.
+    obs.pod_creation_timeout = 900
+    assert decide_gang(obs).status["phase"] == "Pending"

@@ -9,7 +9,10 @@ An attempt is one Job per node (multinode.py), all labelled with the attempt num
    final; otherwise it counts toward runPolicy.backoffLimit, once per attempt.
 5. No Job of the current attempt and no pod of an earlier one left -> the next attempt's Jobs are created:
    every rank resumes from the newest complete checkpoint (no pod of the previous attempt still uploads).
-6. Otherwise Running (every node's trainer runs) or Pending with the reason of a node that does not run
+6. A node's Job whose pod the Job controller cannot create (FailedCreate Events: quota, Pod Security, ...):
+   Pending, PodCreationFailed, naming the node; after the pod-creation timeout (the single-pod path's
+   setting), Failed, PodCreationTimeout, and every Job of the attempt is deleted (status/failures.py).
+7. Otherwise Running (every node's trainer runs) or Pending with the reason of a node that does not run
    (unschedulable, image pull, ...), and status.readyNodes / status.nodes.
 """
 
@@ -25,8 +28,8 @@ from ..views import JobView, PodView
 from .attempts import _ending, attempt_phase, describe, truncate
 from .decide import TERMINAL_PHASES, _not_accepted, _spec_changes, _succeeded
 from .draft import Draft
-from .failures import checkpoint_health
-from .model import Decision, Observation
+from .failures import checkpoint_health, pod_creation_timed_out, pod_failure
+from .model import Decision, Observation, PodCreationFailure
 
 
 def current_attempt(obs: Observation) -> int:
@@ -75,7 +78,10 @@ def decide_gang(obs: Observation) -> Decision:
         return _attempt_failed(d, attempt, ended)
     if len(jobs) < nodes:
         return _next_attempt(d, attempt, jobs)
-    _in_progress(d, attempt, nodes, pods)
+    stuck = _uncreatable(d, jobs)
+    if stuck is not None and stuck[2] is not None:
+        return _creation_timed_out(d, attempt, stuck[0], stuck[2])
+    _in_progress(d, attempt, nodes, pods, stuck)
     return d.done()
 
 
@@ -206,7 +212,28 @@ def _suspend(d: Draft, attempt: int, pods: list[PodView]) -> Decision:
     return _with(d.done(), deletes=_names(_live_jobs(d.obs)))
 
 
-def _in_progress(d: Draft, attempt: int, nodes: int, pods: list[PodView]) -> None:
+def _uncreatable(d: Draft, jobs: list[JobView]) -> tuple[JobView, PodCreationFailure, str | None] | None:
+    """The first node (by rank) whose pod the Job controller cannot create: its Job, the failure, and the final
+    message once the pod-creation timeout has passed (the single-pod path's rules, per node Job)."""
+    history = [a.to_wire() for a in d.new.attempt_history]
+    for job in sorted(jobs, key=lambda j: (j.node_rank or 0, j.name)):
+        pods = [p for p in d.obs.pods if p.job_uid == job.uid]
+        failure = pod_failure(d, history, job, pods, d.obs.node_pod_failures.get(job.uid))
+        if failure is not None:
+            return job, failure, pod_creation_timed_out(d, history, job, pods, failure)
+    return None
+
+
+def _creation_timed_out(d: Draft, attempt: int, job: JobView, timed_out: str) -> Decision:
+    message = f"Node {job.node_rank} (Job {job.name}): {timed_out}"
+    _record(d, attempt, None, "Failed", reason=Reason.POD_CREATION_TIMEOUT, message=truncate(message),
+            finishTime=d.obs.now)
+    decision = d.final(FAILED, Reason.POD_CREATION_TIMEOUT, message, event_reason=Reason.POD_CREATION_TIMEOUT)
+    return _with(decision, deletes=_names(_live_jobs(d.obs)))
+
+
+def _in_progress(d: Draft, attempt: int, nodes: int, pods: list[PodView],
+                 stuck: tuple[JobView, PodCreationFailure, str | None] | None = None) -> None:
     ready = d.new.ready_nodes or 0
     if ready == nodes:
         message = f"Attempt {attempt} running on {nodes}/{nodes} nodes."
@@ -218,7 +245,15 @@ def _in_progress(d: Draft, attempt: int, nodes: int, pods: list[PodView]) -> Non
         d.conds.set(FAILED, False, Reason.IN_PROGRESS)
         d.phase("Running", message)
         return
-    reason, why = _waiting(pods)
+    if stuck is not None:
+        reason = Reason.POD_CREATION_FAILED
+        why = (f"the Job controller cannot create the trainer pod of node {stuck[0].node_rank} "
+               f"(Job {stuck[0].name}): {stuck[1].message}")
+        old = d.conds.get(RUNNING)
+        if old is None or old.reason != reason:
+            d.event("Warning", reason, f"Attempt {attempt}: {why}")
+    else:
+        reason, why = _waiting(pods)
     _pending(d, reason, f"Attempt {attempt}: {ready}/{nodes} nodes running; {why}")
 
 

@@ -22,8 +22,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def requested(body: dict[str, Any]) -> bool:
-    """Whether the resource asks for more than one pod (read from the raw spec: an invalid spec too)."""
+def requested(body: dict[str, Any], status: dict[str, Any], jobs: list[JobView]) -> bool:
+    """Whether the multi-node path runs the resource. Fixed once the run started, whatever training.nodes says
+    later (the other path would orphan the running Jobs or start a second attempt beside them; the change is
+    reported as SpecChangeIgnored instead): by its Jobs (node-rank labels or not), else by the trusted status
+    (jobName: the single-pod Job was created; nodes > 1 with attempts: a multi-node run between attempts),
+    else by the raw spec (an invalid spec too)."""
+    uid = (body.get("metadata") or {}).get("uid")
+    mine = [j for j in jobs if j.owner_uid == uid]
+    if mine:
+        return any(j.node_rank is not None for j in mine)
+    if status.get("jobName"):
+        return False
+    recorded = status.get("nodes")
+    if status.get("attempts") and isinstance(recorded, int) and recorded > 1:
+        return True
     training = (body.get("spec") or {}).get("training") or {}
     nodes = training.get("nodes", 1) if isinstance(training, dict) else 1
     return isinstance(nodes, int) and nodes > 1
@@ -51,7 +64,7 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
         await _delete_job(r, owner, name)
     if decision.create_attempt is not None and spec is not None and status.get("phase") not in TERMINAL_PHASES:
         try:
-            await _create_attempt(r, owner, spec, decision.create_attempt)
+            await _create_attempt(r, owner, spec, decision.create_attempt, decision.status.get("nodes"))
         except ApiError as e:
             error = classify_create_error(e.status, e.message)
             if error is None:
@@ -85,14 +98,16 @@ async def _delete_job(r: Reconciler, owner: Owner, name: str) -> None:
             raise
 
 
-async def _create_attempt(r: Reconciler, owner: Owner, spec: Any, attempt: int) -> None:
-    """The ServiceAccount, the companions, the headless Service, then one Job per node (idempotent)."""
+async def _create_attempt(r: Reconciler, owner: Owner, spec: Any, attempt: int, nodes: int | None) -> None:
+    """The Service (which keeps the spec the run started with: multinode.run_spec), the ServiceAccount, the
+    companions, then one Job per node of the run's `nodes` (idempotent)."""
     from .reconcile import RetryLater
 
+    service, _ = await r._create(multinode.service(owner, spec))
+    spec = multinode.run_spec(service, spec, nodes)
     if spec.pod_template.service_account_name is None:
         await r._create(builders.service_account(owner))
     await r._ensure_companions(owner, spec, with_service_account=False)
-    service, _ = await r._create(multinode.service(owner))
     service_ip = (service.get("spec") or {}).get("clusterIP")
     if not service_ip or service_ip == "None":
         # A Service left from an earlier operator version (headless): replaced by the garbage collector only

@@ -198,8 +198,9 @@ class Reconciler:
             return
         if body["metadata"].get("deletionTimestamp"):
             return  # the garbage collector removes the children
-        if gang_reconcile.requested(body):
-            return await gang_reconcile.reconcile_gang(self, body)  # training.nodes > 1
+        owner = Owner.from_body(body)
+        if gang_reconcile.requested(body, self.trusted(body, owner).status, self.cache.jobs(namespace, name)):
+            return await gang_reconcile.reconcile_gang(self, body)  # training.nodes > 1 when the run started
         obs = await self._observe(body, created_job)
         if obs is None:
             return  # the Job was just created: the follow-up reconcile decides

@@ -136,3 +136,28 @@ def test_a_node_whose_pod_cannot_be_created_is_reported_then_times_out(kube, nam
     assert status["message"].startswith(f"Node {stuck} (Job tight-trainer-node-{stuck}): No trainer pod could be")
     wait_until(lambda: not node_jobs(kube, namespace, "tight"), 30, what="the attempt's Jobs deleted")
     wait_until(lambda: "PodCreationTimeout" in kube.event_reasons(namespace, "tight"), 10)
+
+
+def test_a_changed_node_count_is_reported_and_neither_path_is_torn_down(kube, namespace, operator):
+    """training.nodes edited while a run trains: the running Jobs stay, no Job is added, SpecChangeIgnored says so."""
+    kube.create_lft(namespace, "solo", spec(training={"maxSteps": 30}))
+    pod = kube.wait_for_pod(namespace, "solo")
+    kube.kubelet_bind(pod)
+    kube.kubelet_run(pod)
+    kube.wait_lft(namespace, "solo", lambda s: s.get("phase") == "Running")
+    kube.merge_patch(kube.lft_path(namespace, "solo"), {"spec": {"training": {"nodes": 2}}})
+    status = kube.wait_lft(namespace, "solo", lambda s: is_true(s, "SpecChangeIgnored"))["status"]
+    assert "spec.training.nodes changed after Job solo-trainer was created" in cond(status, "SpecChangeIgnored")["message"]
+    assert status["phase"] == "Running" and kube.job(namespace, "solo") is not None
+    assert [j["metadata"]["name"] for j in kube.jobs(namespace, "solo")] == ["solo-trainer"]  # no node Jobs
+    assert len(kube.pods(namespace, "solo")) == 1
+
+    kube.create_lft(namespace, "duo", spec(training={"maxSteps": 30, "nodes": 2}))
+    start(kube, node_pods(kube, namespace, "duo", 1))
+    kube.wait_lft(namespace, "duo", lambda s: s.get("phase") == "Running" and s.get("readyNodes") == 2)
+    kube.merge_patch(kube.lft_path(namespace, "duo"), {"spec": {"training": {"nodes": 3}}})
+    status = kube.wait_lft(namespace, "duo", lambda s: is_true(s, "SpecChangeIgnored"))["status"]
+    assert "spec.training.nodes changed after the run started" in cond(status, "SpecChangeIgnored")["message"]
+    assert status["phase"] == "Running" and status["nodes"] == 2 and "2/2 nodes" in status["message"]
+    assert sorted(node_jobs(kube, namespace, "duo")) == [0, 1]
+    wait_until(lambda: "SpecChangeIgnored" in kube.event_reasons(namespace, "duo"), 10)

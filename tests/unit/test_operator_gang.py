@@ -180,3 +180,52 @@ def test_no_pod_created_within_the_timeout_fails_the_run_naming_the_node():
     # Under the timeout: still Pending.
     obs.pod_creation_timeout = 900
     assert decide_gang(obs).status["phase"] == "Pending"
+
+
+def annotated(rank: int, attempt: int, nodes: int, **kw) -> JobView:
+    import json
+
+    from lft_operator.builders import applied_spec
+
+    return job(rank, attempt, applied_spec=json.dumps(applied_spec(spec(training={"nodes": nodes}))), **kw)
+
+
+def test_a_changed_node_count_is_reported_and_the_running_attempt_keeps_its_nodes():
+    status = {"attempts": 1, "phase": "Running", "nodes": 2}
+    jobs = [annotated(0, 1, 2), annotated(1, 1, 2)]
+    more = decide_gang(observe(status, jobs, [running(0, 1), running(1, 1)], s=spec(training={"nodes": 3})))
+    # No third Job beside the two (its trainer would be rank 2 of a 2-node config), nothing torn down.
+    assert more.create_attempt is None and not more.job_deletes
+    assert more.status["phase"] == "Running" and more.status["nodes"] == 2 and "2/2 nodes" in more.status["message"]
+    ignored = next(c for c in more.status["conditions"] if c["type"] == "SpecChangeIgnored")
+    assert ignored["status"] == "True" and ignored["reason"] == "SpecChangedAfterStart"
+    assert ignored["message"].startswith("spec.training.nodes changed after the run started and will not be applied")
+    assert "(2 nodes)" in ignored["message"]
+    assert [e.type for e in more.events if e.reason == "SpecChangeIgnored"] == ["Warning"]
+    fewer = decide_gang(observe({**status, "nodes": 3}, [*jobs, annotated(2, 1, 3)],
+                                [running(0, 1), running(1, 1), running(2, 1)], s=spec(training={"nodes": 2})))
+    assert fewer.status["phase"] == "Running" and "3/3 nodes" in fewer.status["message"]  # not "3/2", not stuck
+    # The next attempt (after a failure) has the run's count too.
+    failed = {"attempts": 1, "failedAttempts": 1, "phase": "Pending", "nodes": 2,
+              "attemptHistory": [{"attempt": 1, "pod": "x", "phase": "Failed", "counted": True}]}
+    nxt = decide_gang(observe(failed, [], [], s=spec(training={"nodes": 3})))
+    assert nxt.create_attempt == 2 and nxt.status["nodes"] == 2
+    # Before the first attempt the spec still decides (e.g. a run refused for its output, then edited).
+    assert decide_gang(observe({"nodes": 2}, s=spec(training={"nodes": 3}))).status["nodes"] == 3
+
+
+def test_the_path_of_a_started_run_stays_whatever_training_nodes_says_later():
+    from lft_operator.gang_reconcile import requested
+
+    def body(nodes):
+        return {"metadata": {"uid": "u"}, "spec": {"training": {"nodes": nodes}}}
+
+    single = JobView(name="big-trainer", uid="j", owner_uid="u")
+    assert not requested(body(2), {"jobName": "big-trainer", "attempts": 1}, [single])  # the single Job runs on
+    assert not requested(body(2), {"jobName": "big-trainer"}, [])  # its Job not in the cache (yet, or deleted)
+    assert requested(body(1), {"attempts": 1, "nodes": 2}, [job(0, 1), job(1, 1)])  # the gang runs on
+    assert requested(body(1), {"attempts": 1, "nodes": 2}, [])  # between two attempts
+    # Nothing started: the spec decides (a namesake's Job, another uid, does not count).
+    assert requested(body(2), {}, [JobView(name="big-trainer", uid="x", owner_uid="other")])
+    assert not requested(body(1), {"nodes": 2}, []) and requested(body(2), {}, [])
+    assert not requested({"metadata": {"uid": "u"}, "spec": {"training": "bad"}}, {}, [])

@@ -37,6 +37,16 @@ def current_attempt(obs: Observation) -> int:
     return max([obs.status.get("attempts") or 0, *(j.attempt or 0 for j in obs.jobs)])
 
 
+def run_nodes(obs: Observation, attempt: int, jobs: list[JobView]) -> int:
+    """The run's node count: fixed by its first attempt (status.nodes; the trainer's config, written once, holds
+    it too), else the spec's. A count changed later is reported, not applied (it would add a rank the trainers
+    do not know, or wait for one that never comes)."""
+    recorded = obs.status.get("nodes")
+    if attempt > 0 and isinstance(recorded, int) and recorded > 1:
+        return recorded
+    return obs.spec.training.nodes if obs.spec is not None else len(jobs)
+
+
 def _live_jobs(obs: Observation) -> list[JobView]:
     return [j for j in obs.jobs if not j.deleting]
 
@@ -46,12 +56,13 @@ def decide_gang(obs: Observation) -> Decision:
     attempt = current_attempt(obs)
     jobs = [j for j in _live_jobs(obs) if j.attempt == attempt]
     pods = [p for p in obs.pods if p.attempt == attempt]
-    nodes = obs.spec.training.nodes if obs.spec is not None else len(jobs)
+    nodes = run_nodes(obs, attempt, jobs)
     d.new.nodes = nodes
     d.new.attempts = attempt
     d.new.ready_nodes = sum(1 for p in pods if attempt_phase(p) in ("Running", "Succeeded"))
     obs.job = next((j for j in jobs if j.node_rank == 0), None)
-    _spec_changes(d)
+    _spec_changes(d, "the run started and will not be applied: every attempt's Jobs are built from the spec the "
+                     f"run started with ({nodes} nodes), as is the trainer's configuration")
     checkpoint_health(d)
     if d.old.phase in TERMINAL_PHASES:
         # A failed run's ranks still waiting in a collective are stopped; a succeeded run's Jobs stay (logs).

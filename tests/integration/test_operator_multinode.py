@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from lft_api.contract import ExitCode
-from tests.support.kube import wait_until
+from tests.support.kube import kubectl_rows, wait_until
 from tests.support.operator import SUCCESS, cond, is_true, spec
 
 pytestmark = pytest.mark.integration
@@ -62,6 +62,8 @@ def test_two_nodes_service_jobs_gang_failure_and_resume(kube, namespace, operato
     kube.kubelet_run(first[0])
     status = kube.wait_lft(namespace, "duo", lambda s: s.get("readyNodes") == 1)["status"]
     assert status["phase"] == "Pending" and "1/2 nodes running" in status["message"]
+    (wide,) = kubectl_rows(kube, namespace, "-o", "wide")  # the Nodes column: ready/total, -o wide only
+    assert wide["NODES"] == "1/2" and "NODES" not in kubectl_rows(kube, namespace)[0]
     kube.kubelet_bind(first[1])
     kube.kubelet_run(first[1])
     kube.wait_lft(namespace, "duo", lambda s: s.get("phase") == "Running" and s.get("readyNodes") == 2)

@@ -45,10 +45,11 @@ def test_running_when_every_node_runs_with_ready_nodes():
     status = {"attempts": 1, "phase": "Pending"}
     half = decide_gang(observe(status, [job(0, 1), job(1, 1)], [running(0, 1), pod(1, 1)]))
     assert half.status["phase"] == "Pending" and half.status["readyNodes"] == 1 and half.create_attempt is None
+    assert half.status["nodesDisplay"] == "1/2"  # the Nodes printer column (-o wide)
     assert "1/2 nodes running" in half.status["message"]
     full = decide_gang(observe(status, [job(0, 1), job(1, 1)], [running(0, 1), running(1, 1)]))
     assert full.status["phase"] == "Running" and full.status["readyNodes"] == 2 and not full.job_deletes
-    assert "Attempt 1 running on 2/2 nodes" in full.status["message"]
+    assert "Attempt 1 running on 2/2 nodes" in full.status["message"] and full.status["nodesDisplay"] == "2/2"
 
 
 def test_an_unschedulable_node_is_reported_with_the_schedulers_reason():

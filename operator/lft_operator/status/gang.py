@@ -13,7 +13,7 @@ An attempt is one Job per node (multinode.py), all labelled with the attempt num
    Pending, PodCreationFailed, naming the node; after the pod-creation timeout (the single-pod path's
    setting), Failed, PodCreationTimeout, and every Job of the attempt is deleted (status/failures.py).
 7. Otherwise Running (every node's trainer runs) or Pending with the reason of a node that does not run
-   (unschedulable, image pull, ...), and status.readyNodes / status.nodes.
+   (unschedulable, image pull, ...), and status.readyNodes / status.nodes (and nodesDisplay, "1/2").
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def decide_gang(obs: Observation) -> Decision:
     d.new.nodes = nodes
     d.new.attempts = attempt
     d.new.ready_nodes = sum(1 for p in pods if attempt_phase(p) in ("Running", "Succeeded"))
+    d.new.nodes_display = f"{d.new.ready_nodes}/{nodes}"
     obs.job = next((j for j in jobs if j.node_rank == 0), None)
     _spec_changes(d, "the run started and will not be applied: every attempt's Jobs are built from the spec the "
                      f"run started with ({nodes} nodes), as is the trainer's configuration")

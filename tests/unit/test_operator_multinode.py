@@ -87,6 +87,7 @@ def test_every_attempt_is_built_from_the_spec_the_run_started_with():
 
     started = LoRAFineTuneSpec.model_validate({**spec(nodes=2).to_wire(), "runPolicy": {"backoffLimit": 1}})
     svc = multinode.service(OWNER, started)  # created with the first attempt; the API server returns it as is
+    assert multinode.run_spec(svc, started, nodes=2) == started  # unchanged: the Jobs are the ones the spec gives
     edited = LoRAFineTuneSpec.model_validate({**started.to_wire(), "training": {"nodes": 3, "learningRate": 0.5},
                                               "suspend": True, "runPolicy": {"backoffLimit": 4}})
     built = multinode.run_spec(svc, edited, nodes=2)

@@ -227,6 +227,10 @@ class LoRAFineTuneStatus(WireModel):
     ready_nodes: int | None = Field(
         default=None, description="Multi-node runs: pods of the current attempt whose trainer runs."
     )
+    nodes_display: str | None = Field(
+        default=None,
+        description="Multi-node runs: readyNodes/nodes (\"1/2\"), pre-formatted for the Nodes printer column.",
+    )
     progress: Progress | None = Field(default=None, description="Training progress, patched by the trainer.")
     metrics: Metrics | None = Field(default=None, description="Latest metrics, patched by the trainer.")
     latest_checkpoint: CheckpointRef | None = Field(

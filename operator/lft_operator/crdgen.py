@@ -56,6 +56,9 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
     {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts", "priority": 1},
+    # Multi-node runs: "ready/total". A column is one simple JSONPath (kubectl cannot join two fields), so the
+    # operator writes the pair pre-formatted; wide only: single-pod runs leave it empty.
+    {"name": "Nodes", "type": "string", "jsonPath": ".status.nodesDisplay", "priority": 1},
     {"name": "Adapter", "type": "string", "jsonPath": ".status.adapter.uri", "priority": 1},
 ]
 

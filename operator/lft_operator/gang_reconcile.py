@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from . import builders, metrics, multinode
 from .builders import Owner
 from .kube import ApiError, group_path
-from .status import TERMINAL_PHASES, Observation, classify_create_error
-from .status.gang import decide_gang
+from .status import TERMINAL_PHASES, Observation, PodCreationFailure, classify_create_error
+from .status.gang import current_attempt, decide_gang
 from .validation import validate
 from .views import JobView, controller_uid
 
@@ -22,8 +22,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def requested(body: dict[str, Any]) -> bool:
-    """Whether the resource asks for more than one pod (read from the raw spec: an invalid spec too)."""
+def requested(body: dict[str, Any], status: dict[str, Any], jobs: list[JobView]) -> bool:
+    """Whether the multi-node path runs the resource. Fixed once the run started, whatever training.nodes says
+    later (the other path would orphan the running Jobs or start a second attempt beside them; the change is
+    reported as SpecChangeIgnored instead): by its Jobs (node-rank labels or not), else by the trusted status
+    (jobName: the single-pod Job was created; nodes > 1 with attempts: a multi-node run between attempts),
+    else by the raw spec (an invalid spec too)."""
+    uid = (body.get("metadata") or {}).get("uid")
+    mine = [j for j in jobs if j.owner_uid == uid]
+    if mine:
+        return any(j.node_rank is not None for j in mine)
+    if status.get("jobName"):
+        return False
+    recorded = status.get("nodes")
+    if status.get("attempts") and isinstance(recorded, int) and recorded > 1:
+        return True
     training = (body.get("spec") or {}).get("training") or {}
     nodes = training.get("nodes", 1) if isinstance(training, dict) else 1
     return isinstance(nodes, int) and nodes > 1
@@ -40,15 +53,18 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
     obs = Observation(name=owner.name, generation=body["metadata"].get("generation", 1), status=status, spec=spec,
                       problems=problems, job_name=builders.child_name(owner.name), job=None, pods=pods,
                       now=r.clock(), jobs=jobs, uid=owner.uid, stored=body.get("status") or {},
-                      stale=trust.stale, foreign=trust.foreign)
+                      stale=trust.stale, foreign=trust.foreign,
+                      pod_creation_timeout=r.settings.pod_creation_timeout_seconds)
     if spec is not None and not problems and not status.get("attempts") and not jobs:
         obs.problems = r._output_problems(body, spec)
+    if status.get("phase") not in TERMINAL_PHASES:
+        obs.node_pod_failures = await _node_pod_failures(r, owner, obs)
     decision = decide_gang(obs)
     for name in decision.job_deletes:
         await _delete_job(r, owner, name)
     if decision.create_attempt is not None and spec is not None and status.get("phase") not in TERMINAL_PHASES:
         try:
-            await _create_attempt(r, owner, spec, decision.create_attempt)
+            await _create_attempt(r, owner, spec, decision.create_attempt, decision.status.get("nodes"))
         except ApiError as e:
             error = classify_create_error(e.status, e.message, e.reason)
             if error is None:
@@ -57,6 +73,18 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
             decision.status["message"] = decision.patch["message"] = f"{error.message} (retrying)"
             r.queue.add_after((owner.namespace, owner.name), 10.0)
     await r._apply(body, decision)
+
+
+async def _node_pod_failures(r: Reconciler, owner: Owner, obs: Observation) -> dict[str, PodCreationFailure]:
+    """By Job uid: the FailedCreate Events of the current attempt's Jobs that have no live pod (as the
+    single-pod path looks them up, reconcile._pod_failure)."""
+    attempt, found = current_attempt(obs), {}
+    for job in obs.jobs:
+        if job.attempt == attempt and not job.deleting:
+            failure = await r._pod_failure(owner, job, [p for p in obs.pods if p.job_uid == job.uid], obs.now)
+            if failure is not None:
+                found[job.uid] = failure
+    return found
 
 
 async def _delete_job(r: Reconciler, owner: Owner, name: str) -> None:
@@ -70,14 +98,16 @@ async def _delete_job(r: Reconciler, owner: Owner, name: str) -> None:
             raise
 
 
-async def _create_attempt(r: Reconciler, owner: Owner, spec: Any, attempt: int) -> None:
-    """The ServiceAccount, the companions, the headless Service, then one Job per node (idempotent)."""
+async def _create_attempt(r: Reconciler, owner: Owner, spec: Any, attempt: int, nodes: int | None) -> None:
+    """The Service (which keeps the spec the run started with: multinode.run_spec), the ServiceAccount, the
+    companions, then one Job per node of the run's `nodes` (idempotent)."""
     from .reconcile import RetryLater
 
+    service, _ = await r._create(multinode.service(owner, spec))
+    spec = multinode.run_spec(service, spec, nodes)
     if spec.pod_template.service_account_name is None:
         await r._create(builders.service_account(owner))
     await r._ensure_companions(owner, spec, with_service_account=False)
-    service, _ = await r._create(multinode.service(owner))
     service_ip = (service.get("spec") or {}).get("clusterIP")
     if not service_ip or service_ip == "None":
         # A Service left from an earlier operator version (headless): replaced by the garbage collector only

@@ -10,18 +10,23 @@ DNS is involved: our 1.20 test cluster has none, and kube-proxy routes a cluster
 work. Kubernetes 1.20 has no Indexed Jobs (1.21 alpha, 1.24 GA); one Job per node works there and on
 current clusters alike; see the README.
 
+Every attempt's Jobs are built from the spec the run started with (run_spec: the Service, created with the
+first attempt, keeps it in its applied-spec annotation), as the single-pod path's one Job is, and as the
+trainer's ConfigMap (written once) is: a spec changed later is reported (SpecChangeIgnored), not half applied.
+
 With nodes == 1 none of this is used: builders.job() builds the one Job, as before, and no Service.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lft_api import contract
-from lft_api.resource import LoRAFineTuneSpec
+from lft_api.resource import MUTABLE_FIELDS, LoRAFineTuneSpec
 
 from . import builders
-from .builders import NAME_LABEL, Owner
+from .builders import APPLIED_SPEC_ANNOTATION, NAME_LABEL, Owner
 from .settings import Settings
 from .views import ATTEMPT_LABEL, NODE_RANK_LABEL
 
@@ -63,19 +68,38 @@ def master_address(rank: int, service_ip: str) -> str:
     return LOOPBACK if rank == 0 else service_ip
 
 
-def service(owner: Owner) -> dict[str, Any]:
+def service(owner: Owner, spec: LoRAFineTuneSpec) -> dict[str, Any]:
     """A cluster IP in front of the node-rank-0 pod (its rendezvous port). publishNotReadyAddresses: the pod
-    is an endpoint as soon as it has an address (the rendezvous starts before any readiness)."""
+    is an endpoint as soon as it has an address (the rendezvous starts before any readiness). Created once per
+    run: it keeps the spec the run started with (run_spec)."""
+    applied = json.dumps(builders.applied_spec(spec), sort_keys=True, separators=(",", ":"))
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": builders._metadata(owner, service_name(owner.name)),
+        "metadata": builders._metadata(owner, service_name(owner.name), annotations={APPLIED_SPEC_ANNOTATION: applied}),
         "spec": {
             "publishNotReadyAddresses": True,
             "selector": {NAME_LABEL: owner.name, "app.kubernetes.io/component": "trainer", NODE_RANK_LABEL: "0"},
             "ports": [{"name": "rendezvous", "port": contract.DEFAULT_MASTER_PORT, "protocol": "TCP"}],
         },
     }
+
+
+def run_spec(service_body: dict[str, Any], spec: LoRAFineTuneSpec, nodes: int | None = None) -> LoRAFineTuneSpec:
+    """What an attempt's Jobs are built from: the spec the run started with (the Service's annotation) with the
+    current suspend and runPolicy, on the run's `nodes`. A Service without a readable annotation (made by an
+    earlier operator version): the current spec, on the run's `nodes`."""
+    raw = ((service_body.get("metadata") or {}).get("annotations") or {}).get(APPLIED_SPEC_ANNOTATION)
+    base = spec
+    if raw:
+        try:
+            mutable = {k: v for k, v in spec.to_wire().items() if k in MUTABLE_FIELDS}
+            base = LoRAFineTuneSpec.model_validate({**json.loads(raw), **mutable})
+        except ValueError:  # pydantic's ValidationError included
+            base = spec
+    if nodes is not None and nodes != base.training.nodes:
+        base = base.model_copy(update={"training": base.training.model_copy(update={"nodes": nodes})})
+    return base
 
 
 def _env(spec: LoRAFineTuneSpec, rank: int, master: str, defaults: dict[str, str],

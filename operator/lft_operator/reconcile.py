@@ -198,8 +198,9 @@ class Reconciler:
             return
         if body["metadata"].get("deletionTimestamp"):
             return  # the garbage collector removes the children
-        if gang_reconcile.requested(body):
-            return await gang_reconcile.reconcile_gang(self, body)  # training.nodes > 1
+        owner = Owner.from_body(body)
+        if gang_reconcile.requested(body, self.trusted(body, owner).status, self.cache.jobs(namespace, name)):
+            return await gang_reconcile.reconcile_gang(self, body)  # training.nodes > 1 when the run started
         obs = await self._observe(body, created_job)
         if obs is None:
             return  # the Job was just created: the follow-up reconcile decides
@@ -254,7 +255,7 @@ class Reconciler:
         if obs.job is not None:
             obs.pods = await self._job_pods(owner, obs.job, status)
         if status.get("phase") not in TERMINAL_PHASES:
-            obs.pod_failure = await self._pod_failure(owner, obs)
+            obs.pod_failure = await self._pod_failure(owner, obs.job, obs.pods, obs.now)
         return obs
 
     async def _create_job(self, owner: Owner, body: dict[str, Any], spec: Any, obs: Observation) -> bool:
@@ -360,14 +361,14 @@ class Reconciler:
                                            labelSelector=f"{builders.NAME_LABEL}={owner.name}")
         return [p for p in map(PodView.from_pod, found) if p.job_uid == job.uid] or pods
 
-    async def _pod_failure(self, owner: Owner, obs: Observation) -> PodCreationFailure | None:
-        """While the Job has no pod: the Job controller's newest FailedCreate Event, re-checked
-        every few seconds (Events are not watched)."""
-        job = obs.job
-        if job is None or not wants_pod(job, obs.pods):
+    async def _pod_failure(self, owner: Owner, job: JobView | None, pods: list[PodView],
+                           now: str) -> PodCreationFailure | None:
+        """While `job` has no pod: the Job controller's newest FailedCreate Event, re-checked
+        every few seconds (Events are not watched). Multi-node runs: per node Job (gang_reconcile.py)."""
+        if job is None or not wants_pod(job, pods):
             return None
         key = (owner.namespace, owner.name)
-        age = seconds_between(job.created, obs.now)
+        age = seconds_between(job.created, now)
         if age is not None and age < POD_GRACE_SECONDS:
             self._recheck_later(key, POD_GRACE_SECONDS - age + 0.5)
             return None

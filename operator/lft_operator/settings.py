@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Setting
 
 from .policy import Policy
 
+# A Kubernetes quantity as the chart accepts it (values.schema.json): 1Gi, 512Mi, 2G.
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+
 # The tag `make images` builds (hack/build-images.sh); the chart sets LFT_TRAINER_IMAGE.
 DEFAULT_TRAINER_IMAGE = "lft/trainer:cpu"
 
@@ -70,7 +73,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=_env("LFT_TRAINER_STATUS_INTERVAL_SECONDS")
     )
     # Multi-node runs: the sizeLimit of the pods' /dev/shm (a memory emptyDir: NCCL's buffers, loader workers).
-    shm_size_limit: str | None = "1Gi"
+    shm_size_limit: str | None = Field(default="1Gi", pattern=QUANTITY)
     watch_server_timeout: int = 300
     # A Job that cannot create its pod (quota, Pod Security, missing ServiceAccount) this long fails.
     pod_creation_timeout_seconds: float = 600.0

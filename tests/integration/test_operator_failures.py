@@ -20,16 +20,6 @@ pytestmark = pytest.mark.integration
 VISIBLE = 30  # seconds: every failure shows in status, a condition and an Event within this
 
 
-def quota(kube: Kube, ns: str, hard: dict[str, str]) -> None:
-    body = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"}, "spec": {"hard": hard}}
-    kube.create(f"/api/v1/namespaces/{ns}/resourcequotas", body)
-
-    def enforced() -> bool:  # the quota controller has computed its usage
-        return bool((kube.get(f"/api/v1/namespaces/{ns}/resourcequotas/q") or {}).get("status", {}).get("hard"))
-
-    wait_until(enforced, 30, what="ResourceQuota status")
-
-
 def events_with(kube: Kube, ns: str, name: str, reason: str) -> list[dict]:
     return [e for e in kube.events(ns, name) if e["reason"] == reason]
 
@@ -37,7 +27,7 @@ def events_with(kube: Kube, ns: str, name: str, reason: str) -> list[dict]:
 def pending_under_quota(kube: Kube, ns: str, name: str, hard: dict[str, str], reason: str) -> dict:
     """Under a quota that refuses what the run needs: Pending, Running=False `reason`, quoting the
     quota, and a Warning Event, within VISIBLE seconds. The status."""
-    quota(kube, ns, hard)
+    kube.quota(ns, hard)
     kube.create_lft(ns, name, spec())
     status = kube.wait_lft(ns, name, lambda s: cond(s, RUNNING).get("reason") == reason, timeout=VISIBLE)["status"]
     assert status["phase"] == "Pending" and "exceeded quota" in status["message"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from lft_api.contract import ExitCode
-from tests.support.kube import wait_until
-from tests.support.operator import SUCCESS, is_true, spec
+from tests.support.kube import kubectl_rows, wait_until
+from tests.support.operator import SUCCESS, cond, is_true, spec
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +62,8 @@ def test_two_nodes_service_jobs_gang_failure_and_resume(kube, namespace, operato
     kube.kubelet_run(first[0])
     status = kube.wait_lft(namespace, "duo", lambda s: s.get("readyNodes") == 1)["status"]
     assert status["phase"] == "Pending" and "1/2 nodes running" in status["message"]
+    (wide,) = kubectl_rows(kube, namespace, "-o", "wide")  # the Nodes column: ready/total, -o wide only
+    assert wide["NODES"] == "1/2" and "NODES" not in kubectl_rows(kube, namespace)[0]
     kube.kubelet_bind(first[1])
     kube.kubelet_run(first[1])
     kube.wait_lft(namespace, "duo", lambda s: s.get("phase") == "Running" and s.get("readyNodes") == 2)
@@ -112,3 +114,52 @@ def test_suspend_deletes_every_node_and_resume_starts_a_new_attempt(kube, namesp
     status = kube.wait_lft(namespace, "pause", lambda s: s.get("attempts") == 2)["status"]
     assert status["failedAttempts"] == 0
     assert len(node_pods(kube, namespace, "pause", 2)) == 2
+
+
+def test_a_node_whose_pod_cannot_be_created_is_reported_then_times_out(kube, namespace, operator):
+    """A ResourceQuota that admits one pod: the real Job controller creates one node's pod and posts FailedCreate
+    on the other node's Job. The run says which node and the quota's message; after the operator's pod-creation
+    timeout (20 s in these tests) it fails, PodCreationTimeout, and every Job of the attempt is deleted."""
+    kube.quota(namespace, {"pods": "1"})
+    kube.create_lft(namespace, "tight", spec(training={"maxSteps": 30, "nodes": 2}))
+    status = kube.wait_lft(namespace, "tight", lambda s: cond(s, "Running").get("reason") == "PodCreationFailed",
+                           timeout=30)["status"]
+    pods = [p for p in kube.pods(namespace, "tight") if p["metadata"]["labels"].get("finetune.dev/attempt") == "1"]
+    assert len(pods) == 1  # the quota admitted one
+    stuck = 1 - int(pods[0]["metadata"]["labels"]["finetune.dev/node-rank"])
+    assert status["phase"] == "Pending" and "exceeded quota" in status["message"]
+    assert f"node {stuck} (Job tight-trainer-node-{stuck})" in status["message"]
+    assert cond(status, "Running")["message"] == status["message"]
+    warned = wait_until(lambda: [e for e in kube.events(namespace, "tight") if e["reason"] == "PodCreationFailed"], 10)
+    assert warned[0]["type"] == "Warning" and f"node {stuck}" in warned[0]["message"]
+
+    status = kube.wait_lft(namespace, "tight", lambda s: s.get("phase") == "Failed", timeout=60)["status"]
+    assert cond(status, "Failed")["reason"] == "PodCreationTimeout" and "exceeded quota" in status["message"]
+    assert status["message"].startswith(f"Node {stuck} (Job tight-trainer-node-{stuck}): No trainer pod could be")
+    wait_until(lambda: not node_jobs(kube, namespace, "tight"), 30, what="the attempt's Jobs deleted")
+    wait_until(lambda: "PodCreationTimeout" in kube.event_reasons(namespace, "tight"), 10)
+
+
+def test_a_changed_node_count_is_reported_and_neither_path_is_torn_down(kube, namespace, operator):
+    """training.nodes edited while a run trains: the running Jobs stay, no Job is added, SpecChangeIgnored says so."""
+    kube.create_lft(namespace, "solo", spec(training={"maxSteps": 30}))
+    pod = kube.wait_for_pod(namespace, "solo")
+    kube.kubelet_bind(pod)
+    kube.kubelet_run(pod)
+    kube.wait_lft(namespace, "solo", lambda s: s.get("phase") == "Running")
+    kube.merge_patch(kube.lft_path(namespace, "solo"), {"spec": {"training": {"nodes": 2}}})
+    status = kube.wait_lft(namespace, "solo", lambda s: is_true(s, "SpecChangeIgnored"))["status"]
+    assert "spec.training.nodes changed after Job solo-trainer was created" in cond(status, "SpecChangeIgnored")["message"]
+    assert status["phase"] == "Running" and kube.job(namespace, "solo") is not None
+    assert [j["metadata"]["name"] for j in kube.jobs(namespace, "solo")] == ["solo-trainer"]  # no node Jobs
+    assert len(kube.pods(namespace, "solo")) == 1
+
+    kube.create_lft(namespace, "duo", spec(training={"maxSteps": 30, "nodes": 2}))
+    start(kube, node_pods(kube, namespace, "duo", 1))
+    kube.wait_lft(namespace, "duo", lambda s: s.get("phase") == "Running" and s.get("readyNodes") == 2)
+    kube.merge_patch(kube.lft_path(namespace, "duo"), {"spec": {"training": {"nodes": 3}}})
+    status = kube.wait_lft(namespace, "duo", lambda s: is_true(s, "SpecChangeIgnored"))["status"]
+    assert "spec.training.nodes changed after the run started" in cond(status, "SpecChangeIgnored")["message"]
+    assert status["phase"] == "Running" and status["nodes"] == 2 and "2/2 nodes" in status["message"]
+    assert sorted(node_jobs(kube, namespace, "duo")) == [0, 1]
+    wait_until(lambda: "SpecChangeIgnored" in kube.event_reasons(namespace, "duo"), 10)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from lft_api.contract import Metrics, Progress, TerminationMessage, status_patch
-from tests.support.kube import kubectl, wait_until
+from tests.support.kube import kubectl, kubectl_rows, wait_until
 from tests.support.operator import SUCCESS, is_true, run_pod, spec
 
 pytestmark = pytest.mark.integration
@@ -67,20 +67,6 @@ def test_no_secret_value_in_resource_children_events_or_logs(kube, namespace, op
     assert container["envFrom"] == [{"secretRef": {"name": "s3-creds", "optional": False}}]
 
 
-def _kubectl_rows(kube, namespace: str, *args: str) -> list[dict[str, str]]:
-    out = kubectl(kube, "get", "lft", "-n", namespace, *args)
-    lines = [line for line in out.splitlines() if line.strip()]
-    header = lines[0]
-    # Columns are left-aligned at the header's word starts.
-    starts = [m.start() for m in re.finditer(r"\S+", header)]
-    names = header.split()
-    rows = []
-    for line in lines[1:]:
-        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
-        rows.append(dict(zip(names, cells, strict=True)))
-    return rows
-
-
 def test_kubectl_get_shows_progress_loss_eta_and_wide_columns(kube, namespace, operator):
     kube.create_lft(namespace, "visible", spec())
     run_pod(kube, namespace, "visible")
@@ -95,17 +81,18 @@ def test_kubectl_get_shows_progress_loss_eta_and_wide_columns(kube, namespace, o
     body["status"]["trainerUid"] = uid
     kube.merge_patch(kube.lft_path(namespace, "visible", "status"), body, headers=as_trainer)
 
-    (row,) = _kubectl_rows(kube, namespace)
+    (row,) = kubectl_rows(kube, namespace)
     assert list(row) == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVALCHANGE", "ETA", "AGE"]
     assert row["NAME"] == "visible" and row["PHASE"] == "Running"
     assert row["PROGRESS"] == "12/30 (40%)"
     assert row["LOSS"] == "1.2345" and row["EVALCHANGE"] == "-0.5"
     assert row["ETA"] == "3m20s"
 
-    (wide,) = _kubectl_rows(kube, namespace, "-o", "wide")
+    (wide,) = kubectl_rows(kube, namespace, "-o", "wide")
     assert list(wide) == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVALCHANGE", "ETA", "AGE", "MODEL", "ATTEMPTS",
-                          "ADAPTER"]
+                          "NODES", "ADAPTER"]
     assert wide["MODEL"] == "/opt/lft/models/tiny-phi3" and wide["ATTEMPTS"] == "1"
+    assert wide["NODES"] == ""  # multi-node runs only (test_operator_multinode.py)
 
     # The operator keeps the trainer's fields: another reconcile (the pod ends) leaves them alone.
     kube.merge_patch(kube.lft_path(namespace, "visible"), {"spec": {"runPolicy": {"backoffLimit": 4}}})
@@ -117,7 +104,7 @@ def test_kubectl_get_shows_progress_loss_eta_and_wide_columns(kube, namespace, o
     pod = kube.pods(namespace, "visible")[0]
     kube.kubelet_exit(pod, 0, SUCCESS)
     kubectl(kube, "wait", "-n", namespace, "--for=condition=Succeeded", "lft/visible", "--timeout=30s")
-    (wide,) = _kubectl_rows(kube, namespace, "-o", "wide")
+    (wide,) = kubectl_rows(kube, namespace, "-o", "wide")
     assert wide["PHASE"] == "Succeeded" and wide["ADAPTER"] == "s3://lft-out/run/adapter"
     assert wide["PROGRESS"] == "30/30 (100%)"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -164,6 +165,16 @@ class Kube:
         except AssertionError as e:
             status = (self.lft(ns, name) or {}).get("status")
             raise AssertionError(f"{e}\nstatus: {json.dumps(status, indent=1)}") from None
+
+    def quota(self, ns: str, hard: dict[str, str]) -> None:
+        """A ResourceQuota `q` in `ns`, once the quota controller has computed its usage (then it is enforced)."""
+        body = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"}, "spec": {"hard": hard}}
+        self.create(f"/api/v1/namespaces/{ns}/resourcequotas", body)
+
+        def enforced() -> bool:
+            return bool((self.get(f"/api/v1/namespaces/{ns}/resourcequotas/q") or {}).get("status", {}).get("hard"))
+
+        wait_until(enforced, 30, what="ResourceQuota status")
 
     def events(self, ns: str, name: str) -> list[dict]:
         return self.items(f"/api/v1/namespaces/{ns}/events", fieldSelector=f"involvedObject.name={name}")
@@ -381,3 +392,18 @@ def kubectl(kube: Kube, *args: str) -> str:
     if out.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr}")
     return out.stdout
+
+
+def kubectl_rows(kube: Kube, namespace: str, *args: str) -> list[dict[str, str]]:
+    """`kubectl get lft` in `namespace` as rows of {column: cell}."""
+    out = kubectl(kube, "get", "lft", "-n", namespace, *args)
+    lines = [line for line in out.splitlines() if line.strip()]
+    header = lines[0]
+    # Columns are left-aligned at the header's word starts.
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    rows = []
+    for line in lines[1:]:
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        rows.append(dict(zip(names, cells, strict=True)))
+    return rows

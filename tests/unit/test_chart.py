@@ -197,6 +197,23 @@ def test_values_flow_into_the_operator_environment() -> None:
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
 
 
+def test_the_shm_size_limit_of_multi_node_pods_is_a_value() -> None:
+    from pydantic import ValidationError
+
+    from lft_operator.settings import Settings
+
+    default = env_of(render())["LFT_SHM_SIZE_LIMIT"]
+    assert default == "1Gi" == Settings.from_env({}).shm_size_limit  # the chart's default is the operator's
+    env = env_of(render({"multinode.shmSizeLimit": "8Gi"}))
+    assert env["LFT_SHM_SIZE_LIMIT"] == "8Gi"
+    assert Settings.from_env({"LFT_SHM_SIZE_LIMIT": env["LFT_SHM_SIZE_LIMIT"]}).shm_size_limit == "8Gi"
+    # Not a quantity: refused by the chart's schema, and by the operator at start (not by every Job's creation).
+    proc = helm("template", RELEASE, str(CHART), "--set", "multinode.shmSizeLimit=lots", check=False)
+    assert proc.returncode != 0 and "shmSizeLimit" in proc.stderr, proc.stderr
+    with pytest.raises(ValidationError, match="shm_size_limit"):
+        Settings.from_env({"LFT_SHM_SIZE_LIMIT": "lots"})
+
+
 def test_image_pull_secrets_on_the_operator_pod_and_for_the_trainers() -> None:
     from lft_operator.settings import Settings
 

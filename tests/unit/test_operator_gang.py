@@ -45,10 +45,11 @@ def test_running_when_every_node_runs_with_ready_nodes():
     status = {"attempts": 1, "phase": "Pending"}
     half = decide_gang(observe(status, [job(0, 1), job(1, 1)], [running(0, 1), pod(1, 1)]))
     assert half.status["phase"] == "Pending" and half.status["readyNodes"] == 1 and half.create_attempt is None
+    assert half.status["nodesDisplay"] == "1/2"  # the Nodes printer column (-o wide)
     assert "1/2 nodes running" in half.status["message"]
     full = decide_gang(observe(status, [job(0, 1), job(1, 1)], [running(0, 1), running(1, 1)]))
     assert full.status["phase"] == "Running" and full.status["readyNodes"] == 2 and not full.job_deletes
-    assert "Attempt 1 running on 2/2 nodes" in full.status["message"]
+    assert "Attempt 1 running on 2/2 nodes" in full.status["message"] and full.status["nodesDisplay"] == "2/2"
 
 
 def test_an_unschedulable_node_is_reported_with_the_schedulers_reason():
@@ -133,3 +134,99 @@ def test_problems_before_the_first_attempt_create_nothing():
 
     d = decide_gang(observe({}, problems=[Problem("OutputInUse", "s3://o/big holds another run's checkpoints")]))
     assert d.create_attempt is None and "another run" in d.status["message"]
+
+
+QUOTA = 'pods "big-trainer-node-1-x" is forbidden: exceeded quota: no-pods, requested: pods=1, used: pods=0, limited: pods=0'
+
+
+def test_a_node_whose_pod_cannot_be_created_is_reported_with_the_api_message():
+    from lft_operator.status import PodCreationFailure
+
+    jobs = [job(0, 1, created="2026-11-30T23:59:00Z"), job(1, 1, created="2026-11-30T23:59:00Z")]
+    obs = observe({"attempts": 1, "phase": "Pending"}, jobs, [running(0, 1)])
+    obs.node_pod_failures = {"j1-1": PodCreationFailure(QUOTA, "2026-11-30T23:59:30Z")}
+    d = decide_gang(obs)
+    cond = next(c for c in d.status["conditions"] if c["type"] == "Running")
+    assert d.status["phase"] == "Pending" and cond["reason"] == "PodCreationFailed"
+    assert "node 1 (Job big-trainer-node-1)" in d.status["message"] and "exceeded quota" in d.status["message"]
+    assert cond["message"] == d.status["message"]
+    warned = [e for e in d.events if e.reason == "PodCreationFailed"]
+    assert len(warned) == 1 and warned[0].type == "Warning" and "node 1" in warned[0].message
+    assert not d.job_deletes and d.create_attempt is None
+    again = observe(d.status, jobs, [running(0, 1)])
+    again.node_pod_failures = obs.node_pod_failures
+    assert not [e for e in decide_gang(again).events if e.reason == "PodCreationFailed"]  # once per transition
+    # An Event from before this attempt's Jobs (an earlier attempt's quota) is stale: not reported.
+    old = observe({"attempts": 1, "phase": "Pending"}, jobs, [running(0, 1)])
+    old.node_pod_failures = {"j1-1": PodCreationFailure(QUOTA, "2026-11-30T23:58:00Z")}
+    assert "PodCreationFailed" not in str(decide_gang(old).status["conditions"])
+
+
+def test_no_pod_created_within_the_timeout_fails_the_run_naming_the_node():
+    from lft_operator.status import PodCreationFailure
+
+    jobs = [job(0, 1, created="2026-11-30T23:50:00Z"), job(1, 1, created="2026-11-30T23:50:00Z")]
+    obs = observe({"attempts": 1, "phase": "Pending",
+                   "attemptHistory": [{"attempt": 1, "pod": "big-trainer-node-0", "phase": "Pending"}]},
+                  jobs, [running(1, 1)])
+    obs.node_pod_failures = {"j1-0": PodCreationFailure(QUOTA, "2026-11-30T23:59:50Z")}
+    obs.pod_creation_timeout = 300
+    d = decide_gang(obs)
+    assert d.status["phase"] == "Failed" and d.job_deletes == ["big-trainer-node-0", "big-trainer-node-1"]
+    failed = next(c for c in d.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PodCreationTimeout"
+    assert d.status["message"].startswith("Node 0 (Job big-trainer-node-0): No trainer pod could be created for 600 s")
+    assert "exceeded quota" in d.status["message"] and any(e.reason == "PodCreationTimeout" for e in d.events)
+    assert d.status["attemptHistory"][-1]["phase"] == "Failed"
+    # Under the timeout: still Pending.
+    obs.pod_creation_timeout = 900
+    assert decide_gang(obs).status["phase"] == "Pending"
+
+
+def annotated(rank: int, attempt: int, nodes: int, **kw) -> JobView:
+    import json
+
+    from lft_operator.builders import applied_spec
+
+    return job(rank, attempt, applied_spec=json.dumps(applied_spec(spec(training={"nodes": nodes}))), **kw)
+
+
+def test_a_changed_node_count_is_reported_and_the_running_attempt_keeps_its_nodes():
+    status = {"attempts": 1, "phase": "Running", "nodes": 2}
+    jobs = [annotated(0, 1, 2), annotated(1, 1, 2)]
+    more = decide_gang(observe(status, jobs, [running(0, 1), running(1, 1)], s=spec(training={"nodes": 3})))
+    # No third Job beside the two (its trainer would be rank 2 of a 2-node config), nothing torn down.
+    assert more.create_attempt is None and not more.job_deletes
+    assert more.status["phase"] == "Running" and more.status["nodes"] == 2 and "2/2 nodes" in more.status["message"]
+    ignored = next(c for c in more.status["conditions"] if c["type"] == "SpecChangeIgnored")
+    assert ignored["status"] == "True" and ignored["reason"] == "SpecChangedAfterStart"
+    assert ignored["message"].startswith("spec.training.nodes changed after the run started and will not be applied")
+    assert "(2 nodes)" in ignored["message"]
+    assert [e.type for e in more.events if e.reason == "SpecChangeIgnored"] == ["Warning"]
+    fewer = decide_gang(observe({**status, "nodes": 3}, [*jobs, annotated(2, 1, 3)],
+                                [running(0, 1), running(1, 1), running(2, 1)], s=spec(training={"nodes": 2})))
+    assert fewer.status["phase"] == "Running" and "3/3 nodes" in fewer.status["message"]  # not "3/2", not stuck
+    # The next attempt (after a failure) has the run's count too.
+    failed = {"attempts": 1, "failedAttempts": 1, "phase": "Pending", "nodes": 2,
+              "attemptHistory": [{"attempt": 1, "pod": "x", "phase": "Failed", "counted": True}]}
+    nxt = decide_gang(observe(failed, [], [], s=spec(training={"nodes": 3})))
+    assert nxt.create_attempt == 2 and nxt.status["nodes"] == 2
+    # Before the first attempt the spec still decides (e.g. a run refused for its output, then edited).
+    assert decide_gang(observe({"nodes": 2}, s=spec(training={"nodes": 3}))).status["nodes"] == 3
+
+
+def test_the_path_of_a_started_run_stays_whatever_training_nodes_says_later():
+    from lft_operator.gang_reconcile import requested
+
+    def body(nodes):
+        return {"metadata": {"uid": "u"}, "spec": {"training": {"nodes": nodes}}}
+
+    single = JobView(name="big-trainer", uid="j", owner_uid="u")
+    assert not requested(body(2), {"jobName": "big-trainer", "attempts": 1}, [single])  # the single Job runs on
+    assert not requested(body(2), {"jobName": "big-trainer"}, [])  # its Job not in the cache (yet, or deleted)
+    assert requested(body(1), {"attempts": 1, "nodes": 2}, [job(0, 1), job(1, 1)])  # the gang runs on
+    assert requested(body(1), {"attempts": 1, "nodes": 2}, [])  # between two attempts
+    # Nothing started: the spec decides (a namesake's Job, another uid, does not count).
+    assert requested(body(2), {}, [JobView(name="big-trainer", uid="x", owner_uid="other")])
+    assert not requested(body(1), {"nodes": 2}, []) and requested(body(2), {}, [])
+    assert not requested({"metadata": {"uid": "u"}, "spec": {"training": "bad"}}, {}, [])

@@ -63,7 +63,7 @@ def test_dev_shm_is_a_sized_memory_volume_and_the_pod_stays_restricted():
 
 
 def test_the_service_is_a_cluster_ip_in_front_of_node_0_and_is_owned():
-    svc = multinode.service(OWNER)
+    svc = multinode.service(OWNER, spec(nodes=2))
     assert svc["metadata"]["name"] == "big-trainer" and "clusterIP" not in svc["spec"]  # allocated, not headless
     assert svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"]["finetune.dev/name"] == "big"
@@ -79,3 +79,26 @@ def test_one_node_keeps_the_single_pod_job():
     pod = job["spec"]["template"]["spec"]
     assert job["metadata"]["name"] == "big-trainer" and "hostname" not in pod and "subdomain" not in pod
     assert not any(e["name"].startswith("LFT_MASTER") for e in pod["containers"][0]["env"])
+
+
+def test_every_attempt_is_built_from_the_spec_the_run_started_with():
+    from lft_operator.status import ignored_changes
+    from lft_operator.views import JobView
+
+    started = LoRAFineTuneSpec.model_validate({**spec(nodes=2).to_wire(), "runPolicy": {"backoffLimit": 1}})
+    svc = multinode.service(OWNER, started)  # created with the first attempt; the API server returns it as is
+    assert multinode.run_spec(svc, started, nodes=2) == started  # unchanged: the Jobs are the ones the spec gives
+    edited = LoRAFineTuneSpec.model_validate({**started.to_wire(), "training": {"nodes": 3, "learningRate": 0.5},
+                                              "suspend": True, "runPolicy": {"backoffLimit": 4}})
+    built = multinode.run_spec(svc, edited, nodes=2)
+    assert built.training.nodes == 2 and built.training.learning_rate == started.training.learning_rate
+    assert built.suspend and built.run_policy.backoff_limit == 4  # the mutable fields are the current ones
+    jobs = multinode.node_jobs(OWNER, built, SETTINGS, attempt=2, service_ip="10.0.0.1")
+    assert len(jobs) == 2
+    # The Jobs say what they were built from: the edit is reported (SpecChangeIgnored), attempt after attempt.
+    view = JobView.from_job(jobs[0])
+    assert ignored_changes(edited, view) == ["spec.training.learningRate", "spec.training.nodes"]
+    # A Service made by an earlier operator version (no annotation): the current spec, on the run's nodes.
+    old = {k: v for k, v in svc.items() if k != "metadata"}
+    fallback = multinode.run_spec(old, edited, nodes=2)
+    assert fallback.training.nodes == 2 and fallback.training.learning_rate == 0.5

@@ -278,6 +278,17 @@ def test_suspend_and_resume():
     assert status["phase"] == "Running" and status["attempts"] == 2
 
 
+def test_a_running_single_pod_run_edited_to_two_nodes_keeps_its_job_and_says_so():
+    """gang_reconcile.requested keeps a started single-pod run on this path: the edit is reported, not applied."""
+    job = job_view()
+    _, status = step(observe(job=job, pods=[running("p1")]))
+    d, status = step(observe(status=status, s=spec(training={"nodes": 2}), job=job, pods=[running("p1")]))
+    ignored = cond(status, "SpecChangeIgnored")
+    assert ignored["status"] == "True" and ignored["message"].startswith(
+        "spec.training.nodes changed after Job run-trainer was created and will not be applied")
+    assert status["phase"] == "Running" and not d.job_patches and reasons(d) == ["SpecChangeIgnored"]
+
+
 def test_pod_deleted_by_hand_is_not_a_failure():
     job = job_view()
     _, status = step(observe(job=job, pods=[running("p1")]))

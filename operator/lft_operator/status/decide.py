@@ -120,14 +120,14 @@ def ignored_changes(spec: LoRAFineTuneSpec | None, job: JobView | None) -> list[
     return changed_paths(applied, applied_spec(spec))
 
 
-def _spec_changes(d: Draft) -> None:
-    """SpecChangeIgnored: the spec differs from what the Job was built from."""
+def _spec_changes(d: Draft, after: str = "") -> None:
+    """SpecChangeIgnored: the spec differs from what the Job was built from (`after`: why, for multi-node runs)."""
     ignored = ignored_changes(d.obs.spec, d.obs.job)
     if ignored:
         # A re-created resource is another run (new uid): it does not resume this one's checkpoints.
+        after = after or f"Job {d.obs.job_name} was created and will not be applied (a Job's pod template is immutable)"
         message = (
-            f"{', '.join(ignored)} changed after Job {d.obs.job_name} was created and will not be applied "
-            "(a Job's pod template is immutable). To train with the new settings, create a new LoRAFineTune "
+            f"{', '.join(ignored)} changed after {after}. To train with the new settings, create a new LoRAFineTune "
             "with another name and output.uri; to continue from this run's training, set its output.resumeFrom "
             "to one of this run's checkpoint URIs (under <output.uri>/checkpoints/), or set output.overwrite: "
             "true to start over under the same output.uri."

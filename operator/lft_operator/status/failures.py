@@ -6,7 +6,8 @@
 - The Job exists but its pod cannot be created (the Job controller's FailedCreate Events: quota,
   Pod Security admission, a missing ServiceAccount or PriorityClass): Pending, PodCreationFailed,
   with the Event's message; after LFT_POD_CREATION_TIMEOUT_SECONDS without a pod, Failed,
-  PodCreationTimeout, and the Job is stopped.
+  PodCreationTimeout, and the Job is stopped. A multi-node run (status/gang.py) applies the same rules to
+  each node's Job, naming the node.
 - status.checkpointHealth (patched by the trainer) -> the CheckpointsHealthy condition.
 """
 
@@ -55,9 +56,8 @@ def wants_pod(job: JobView | None, pods: list[PodView]) -> bool:
     return not any(not p.terminated and not p.deleted for p in pods)
 
 
-def waiting_since(d: Draft, history: list[dict[str, Any]]) -> str:
-    """Since when the Job has wanted a pod: its creation, the last attempt's end, or the resume."""
-    job = d.obs.job
+def waiting_since(d: Draft, history: list[dict[str, Any]], job: JobView | None) -> str:
+    """Since when `job` has wanted a pod: its creation, the last attempt's end, or the resume."""
     times = [job.created if job is not None else ""] + [r.get("finishTime") or "" for r in history]
     suspended = d.conds.get(SUSPENDED)
     if suspended is not None and suspended.status == "False" and suspended.reason == Reason.RESUMED:
@@ -65,20 +65,25 @@ def waiting_since(d: Draft, history: list[dict[str, Any]]) -> str:
     return max(times)  # RFC 3339 UTC timestamps, all in one format, compare as strings
 
 
-def pod_failure(d: Draft, history: list[dict[str, Any]]) -> PodCreationFailure | None:
-    """The Job controller's current reason for not creating the pod (older Events are stale)."""
-    failure = d.obs.pod_failure
-    if failure is None or not wants_pod(d.obs.job, d.obs.pods):
+def pod_failure(d: Draft, history: list[dict[str, Any]], job: JobView | None = None,
+                pods: list[PodView] | None = None, failure: PodCreationFailure | None = None) -> PodCreationFailure | None:
+    """The Job controller's current reason for not creating the pod of `job` (default: the observed Job,
+    its pods and failure) (older Events are stale)."""
+    if job is None:
+        job, pods, failure = d.obs.job, d.obs.pods, d.obs.pod_failure
+    if failure is None or not wants_pod(job, pods or []):
         return None
-    return failure if failure.last_seen >= waiting_since(d, history) else None
+    return failure if failure.last_seen >= waiting_since(d, history, job) else None
 
 
-def pod_creation_timed_out(d: Draft, history: list[dict[str, Any]]) -> str | None:
-    """The final message when no pod could be created for longer than the timeout, else None."""
-    failure = pod_failure(d, history)
+def pod_creation_timed_out(d: Draft, history: list[dict[str, Any]], job: JobView | None = None,
+                           pods: list[PodView] | None = None, failure: PodCreationFailure | None = None) -> str | None:
+    """The final message when no pod of `job` (default: the observed Job) could be created for longer than
+    the timeout, else None."""
+    failure = pod_failure(d, history, job, pods, failure)
     if failure is None:
         return None
-    waited = seconds_between(waiting_since(d, history), d.obs.now)
+    waited = seconds_between(waiting_since(d, history, job or d.obs.job), d.obs.now)
     if waited is None or waited < d.obs.pod_creation_timeout:
         return None
     return (

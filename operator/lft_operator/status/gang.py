@@ -9,8 +9,11 @@ An attempt is one Job per node (multinode.py), all labelled with the attempt num
    final; otherwise it counts toward runPolicy.backoffLimit, once per attempt.
 5. No Job of the current attempt and no pod of an earlier one left -> the next attempt's Jobs are created:
    every rank resumes from the newest complete checkpoint (no pod of the previous attempt still uploads).
-6. Otherwise Running (every node's trainer runs) or Pending with the reason of a node that does not run
-   (unschedulable, image pull, ...), and status.readyNodes / status.nodes.
+6. A node's Job whose pod the Job controller cannot create (FailedCreate Events: quota, Pod Security, ...):
+   Pending, PodCreationFailed, naming the node; after the pod-creation timeout (the single-pod path's
+   setting), Failed, PodCreationTimeout, and every Job of the attempt is deleted (status/failures.py).
+7. Otherwise Running (every node's trainer runs) or Pending with the reason of a node that does not run
+   (unschedulable, image pull, ...), and status.readyNodes / status.nodes (and nodesDisplay, "1/2").
 """
 
 from __future__ import annotations
@@ -25,13 +28,23 @@ from ..views import JobView, PodView
 from .attempts import _ending, attempt_phase, describe, truncate
 from .decide import TERMINAL_PHASES, _not_accepted, _spec_changes, _succeeded
 from .draft import Draft
-from .failures import checkpoint_health
-from .model import Decision, Observation
+from .failures import checkpoint_health, pod_creation_timed_out, pod_failure
+from .model import Decision, Observation, PodCreationFailure
 
 
 def current_attempt(obs: Observation) -> int:
     """The newest attempt: from the status, or from Jobs created before the status recorded them."""
     return max([obs.status.get("attempts") or 0, *(j.attempt or 0 for j in obs.jobs)])
+
+
+def run_nodes(obs: Observation, attempt: int, jobs: list[JobView]) -> int:
+    """The run's node count: fixed by its first attempt (status.nodes; the trainer's config, written once, holds
+    it too), else the spec's. A count changed later is reported, not applied (it would add a rank the trainers
+    do not know, or wait for one that never comes)."""
+    recorded = obs.status.get("nodes")
+    if attempt > 0 and isinstance(recorded, int) and recorded > 1:
+        return recorded
+    return obs.spec.training.nodes if obs.spec is not None else len(jobs)
 
 
 def _live_jobs(obs: Observation) -> list[JobView]:
@@ -43,12 +56,14 @@ def decide_gang(obs: Observation) -> Decision:
     attempt = current_attempt(obs)
     jobs = [j for j in _live_jobs(obs) if j.attempt == attempt]
     pods = [p for p in obs.pods if p.attempt == attempt]
-    nodes = obs.spec.training.nodes if obs.spec is not None else len(jobs)
+    nodes = run_nodes(obs, attempt, jobs)
     d.new.nodes = nodes
     d.new.attempts = attempt
     d.new.ready_nodes = sum(1 for p in pods if attempt_phase(p) in ("Running", "Succeeded"))
+    d.new.nodes_display = f"{d.new.ready_nodes}/{nodes}"
     obs.job = next((j for j in jobs if j.node_rank == 0), None)
-    _spec_changes(d)
+    _spec_changes(d, "the run started and will not be applied: every attempt's Jobs are built from the spec the "
+                     f"run started with ({nodes} nodes), as is the trainer's configuration")
     checkpoint_health(d)
     if d.old.phase in TERMINAL_PHASES:
         # A failed run's ranks still waiting in a collective are stopped; a succeeded run's Jobs stay (logs).
@@ -75,7 +90,10 @@ def decide_gang(obs: Observation) -> Decision:
         return _attempt_failed(d, attempt, ended)
     if len(jobs) < nodes:
         return _next_attempt(d, attempt, jobs)
-    _in_progress(d, attempt, nodes, pods)
+    stuck = _uncreatable(d, jobs)
+    if stuck is not None and stuck[2] is not None:
+        return _creation_timed_out(d, attempt, stuck[0], stuck[2])
+    _in_progress(d, attempt, nodes, pods, stuck)
     return d.done()
 
 
@@ -206,7 +224,28 @@ def _suspend(d: Draft, attempt: int, pods: list[PodView]) -> Decision:
     return _with(d.done(), deletes=_names(_live_jobs(d.obs)))
 
 
-def _in_progress(d: Draft, attempt: int, nodes: int, pods: list[PodView]) -> None:
+def _uncreatable(d: Draft, jobs: list[JobView]) -> tuple[JobView, PodCreationFailure, str | None] | None:
+    """The first node (by rank) whose pod the Job controller cannot create: its Job, the failure, and the final
+    message once the pod-creation timeout has passed (the single-pod path's rules, per node Job)."""
+    history = [a.to_wire() for a in d.new.attempt_history]
+    for job in sorted(jobs, key=lambda j: (j.node_rank or 0, j.name)):
+        pods = [p for p in d.obs.pods if p.job_uid == job.uid]
+        failure = pod_failure(d, history, job, pods, d.obs.node_pod_failures.get(job.uid))
+        if failure is not None:
+            return job, failure, pod_creation_timed_out(d, history, job, pods, failure)
+    return None
+
+
+def _creation_timed_out(d: Draft, attempt: int, job: JobView, timed_out: str) -> Decision:
+    message = f"Node {job.node_rank} (Job {job.name}): {timed_out}"
+    _record(d, attempt, None, "Failed", reason=Reason.POD_CREATION_TIMEOUT, message=truncate(message),
+            finishTime=d.obs.now)
+    decision = d.final(FAILED, Reason.POD_CREATION_TIMEOUT, message, event_reason=Reason.POD_CREATION_TIMEOUT)
+    return _with(decision, deletes=_names(_live_jobs(d.obs)))
+
+
+def _in_progress(d: Draft, attempt: int, nodes: int, pods: list[PodView],
+                 stuck: tuple[JobView, PodCreationFailure, str | None] | None = None) -> None:
     ready = d.new.ready_nodes or 0
     if ready == nodes:
         message = f"Attempt {attempt} running on {nodes}/{nodes} nodes."
@@ -218,7 +257,15 @@ def _in_progress(d: Draft, attempt: int, nodes: int, pods: list[PodView]) -> Non
         d.conds.set(FAILED, False, Reason.IN_PROGRESS)
         d.phase("Running", message)
         return
-    reason, why = _waiting(pods)
+    if stuck is not None:
+        reason = Reason.POD_CREATION_FAILED
+        why = (f"the Job controller cannot create the trainer pod of node {stuck[0].node_rank} "
+               f"(Job {stuck[0].name}): {stuck[1].message}")
+        old = d.conds.get(RUNNING)
+        if old is None or old.reason != reason:
+            d.event("Warning", reason, f"Attempt {attempt}: {why}")
+    else:
+        reason, why = _waiting(pods)
     _pending(d, reason, f"Attempt {attempt}: {ready}/{nodes} nodes running; {why}")
 
 

@@ -77,6 +77,8 @@ class Observation:
     stale: tuple[str, ...] = ()  # trainer fields written under another UID: removed
     foreign: dict[str, list[str]] = field(default_factory=dict)  # owned fields another manager wrote: reverted
     jobs: list[JobView] = field(default_factory=list)  # multi-node runs: every Job of the resource
+    # Multi-node runs: by Job uid, the FailedCreate Events of each node's Job that has no live pod.
+    node_pod_failures: dict[str, PodCreationFailure] = field(default_factory=dict)
 
 
 @dataclass

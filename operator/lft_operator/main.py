@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         config = config.model_copy(update={"namespaces": tuple(args.namespace)})
     configure_logging(config)
 
-    from . import handlers, kopf_gate  # noqa: F401  (registers the kopf handlers)
+    from . import handlers, kopf_workarounds  # noqa: F401  (registers the kopf handlers)
 
-    kopf_gate.install()  # a namespace gone before its first listing must not stall the operator
+    kopf_workarounds.install()  # kopf 1.45 defects that leave the operator blind (see there)
 
     liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
     kopf.run(

@@ -4,7 +4,9 @@
   change of one of them queues a reconcile of the resource (reconcile.py).
 - Jobs and pods are kept in kopf indexes (small views, not whole objects): a reconcile reads
   them from memory, and kopf fills the indexes before any handler runs, so after an operator
-  restart the first reconcile already sees every existing Job and pod (no duplicate Job).
+  restart the first reconcile already sees every existing Job and pod (no duplicate Job). kopf
+  holds every handler until all of them have listed; kopf_workarounds.py keeps a namespace that goes away
+  before its first listing from holding them forever.
 - LoRAFineTunes are also indexed by the root of their output.uri (ownership.py): the check that
   no two runs write one output prefix reads that index, never the API server.
 - Only watch-event handlers: no finalizers on the resources (deleting one never waits for the

@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         config = config.model_copy(update={"namespaces": tuple(args.namespace)})
     configure_logging(config)
 
-    from . import handlers  # noqa: F401  (registers the kopf handlers)
+    from . import handlers, kopf_workarounds  # noqa: F401  (registers the kopf handlers)
+
+    kopf_workarounds.install()  # kopf 1.45 defects that leave the operator blind (see there)
 
     liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
     kopf.run(

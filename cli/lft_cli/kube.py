@@ -18,6 +18,8 @@ from kubernetes.config.config_exception import ConfigException
 from lft_api import contract
 from lft_operator.builders import CONFIG_FILE, CONTAINER_NAME, NAME_LABEL, config_map_name
 
+from . import render
+
 IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # The keys of the storage Secret the trainer uses (envFrom): the rest of the Secret is not read.
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -76,16 +78,13 @@ class Cluster:
 
     # -- the trainer's pods and logs ---------------------------------------------------------
     def current_pod(self, name: str) -> dict[str, Any] | None:
-        """The newest trainer pod of the run (the current attempt), or None."""
+        """The run's current trainer pod (render.current_pod), or None."""
         try:
             pods = client.CoreV1Api(self.api).list_namespaced_pod(
                 self.namespace, label_selector=f"{NAME_LABEL}={name}").items
         except ApiException as exc:
             raise _api_error(exc, f"listing the trainer pods of {self.namespace}/{name}") from exc
-        if not pods:
-            return None
-        newest = max(pods, key=lambda p: (p.metadata.creation_timestamp, p.metadata.name))
-        return self.api.sanitize_for_serialization(newest)
+        return render.current_pod([self.api.sanitize_for_serialization(p) for p in pods])
 
     def logs(self, pod: str, follow: bool, tail: int | None) -> Iterator[bytes]:
         """The trainer container's log as it arrives (follow) or as it is."""

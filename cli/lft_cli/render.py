@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lft_api.contract import Artifacts, Metrics, Progress
+from lft_operator.views import ATTEMPT_LABEL, NODE_RANK_LABEL
 
 # Exit codes of every subcommand (wait: the run's outcome).
 EXIT_OK = 0  # wait: Succeeded
@@ -15,6 +16,19 @@ EXIT_TIMEOUT = 2  # wait: --timeout passed first
 EXIT_ERROR = 3  # the command could not run: bad arguments, no such resource, API or storage error
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def current_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trainer pod `lft logs` shows: the newest attempt's, and of a multi-node attempt node 0's
+    (rank 0 logs the progress and writes the result; the other nodes' pods may be newer)."""
+    def order(pod: dict[str, Any]) -> tuple[int, bool, str, str]:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        attempt = str(labels.get(ATTEMPT_LABEL) or "0")
+        return (int(attempt) if attempt.isdigit() else 0, labels.get(NODE_RANK_LABEL, "0") == "0",
+                str(meta.get("creationTimestamp") or ""), str(meta.get("name") or ""))
+
+    return max(pods, key=order, default=None)
 
 
 def parse_duration(text: str) -> float:

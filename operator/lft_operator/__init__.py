@@ -16,6 +16,11 @@ Modules, in the order data flows through them:
 - events.py      Kubernetes Events, posted in the background
 - kube.py        a small async REST client (aiohttp, credentials from the official client's loaders)
 - workqueue.py   per-resource coalescing queue with retry backoff
+- multinode.py   a multi-node run's objects: one Job per node, the Service, the env of torchrun (pure)
+- gang_reconcile.py  the reconcile of a multi-node run: every node's Job and pod, one attempt
+                 ended on every node when any pod fails (status/gang.py decides, pure)
+- policy.py      the admin policy a podTemplate must satisfy (pure)
+- kopf_workarounds.py  two kopf 1.45 defects that left the operator blind (namespaces), patched at start
 - leader.py      high availability: leader election on a coordination.k8s.io/v1 Lease; only the
                  leader reconciles (lease.py: the acquire/renew/expire decisions, pure)
 - settings.py (pydantic-settings, LFT_*), metrics.py, rbac.py (the API verbs the operator needs), main.py
@@ -31,6 +36,13 @@ to 0 (the Job controller deletes the pod gracefully; the trainer checkpoints on 
 (invalid input) or the operator's own retry count stops the Job with parallelism 0 and a past
 activeDeadlineSeconds, so the Job ends Failed (keeping the failed pod for its logs) and its
 ttlSecondsAfterFinished still applies.
+
+Multi-node runs (training.nodes > 1) are one Job per node with a fixed node rank, not one Indexed
+Job: Kubernetes 1.20 (our local cluster) has no Indexed Jobs (1.21 alpha, 1.24 GA), and a Job per
+node works on every version. The Jobs have backoffLimit 0 and the operator, not the Job controller,
+owns retries: a failed pod of any node ends the attempt on every node (deleting its Jobs), and the
+next attempt's ranks all resume from the newest checkpoint. The rendezvous master is the cluster IP
+of the run's Service (no cluster DNS needed), and torchrun's static rendezvous does the rest.
 
 Why a hand-written client, work queue and CRD generator rather than the obvious libraries:
 - kube.py, workqueue.py: the apply -> Job latency benchmark (bench/operator_scale.py: N resources

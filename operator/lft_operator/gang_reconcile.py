@@ -1,5 +1,5 @@
 """The reconcile of a multi-node run (training.nodes > 1): observe every per-node Job and pod, decide
-(status/gang.py, pure), act (create the attempt's Jobs and the headless Service, delete an ended
+(status/gang.py, pure), act (create the attempt's Jobs and the Service, delete an ended
 attempt's Jobs, write the status). The single-pod path (reconcile.py) is not involved.
 """
 

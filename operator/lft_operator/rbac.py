@@ -41,7 +41,7 @@ USES: tuple[Use, ...] = (
     Use("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete"),
         "the training Job: created once, patched for suspend/resume/stop and runPolicy changes; delete: "
         "the per-node Jobs of a multi-node run when its attempt ends or it is suspended (gang_reconcile.py)"),
-    Use("", "services", ("get", "create"), "the headless Service of a multi-node run (its pods' DNS names)"),
+    Use("", "services", ("get", "create"), "the Service of a multi-node run (its cluster IP is the rendezvous master)"),
     Use("", "pods", ("list", "watch"), "attempts, exit codes and termination messages (watch, and a list by label)"),
     Use("", "configmaps", ("get", "create"), "the per-run trainer config, created once (get: after a 409)"),
     Use("", "serviceaccounts", ("get", "create"), "the per-run trainer identity"),

@@ -6,12 +6,14 @@ from __future__ import annotations
 import collections
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.support.cli import run_lft
 from tests.support.scenarios import (
     BUCKET,
+    EXAMPLE,
     S3_SECRET_KEY,
     condition,
     finetune,
@@ -80,9 +82,32 @@ def cli_on_the_finished_run(kube, namespace: str, name: str, tmp_path, host_endp
     assert "Eval loss:" in lft("status", name)
     endpoint = ("--endpoint-url", host_endpoint)
     assert "verified against the sha256 manifest" in lft("pull", name, str(tmp_path / "adapter"), *endpoint)
-    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    adapter_serves_on_its_base(tmp_path / "adapter", tmp_path / "base")
     lft("plot", name, str(tmp_path / "loss.png"), *endpoint)
     assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+def adapter_serves_on_its_base(adapter: Path, base: Path) -> None:
+    """The adapter the run pulled names its base as the spec gave it (the image's model directory, not
+    the pod's working copy) and loads with PEFT onto that base, changing its logits. The base is rebuilt
+    here from the seed and dataset the image's was built from (tiny_model: same inputs, same weights)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lft_trainer import tiny_model
+
+    given = EXAMPLE["spec"]["model"]["name"]
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == given
+    tiny_model.build(base)
+    ids = AutoTokenizer.from_pretrained(adapter).apply_chat_template(
+        [{"role": "user", "content": "What is the capital of Peru?"}], add_generation_prompt=True,
+        return_tensors="pt", return_dict=True)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with torch.no_grad():
+        before = model(ids).logits
+        after = PeftModel.from_pretrained(model, adapter)(ids).logits
+    assert after.shape == before.shape and (after - before).abs().max().item() > 0.1
 
 
 def test_pod_killed_mid_run_resumes(kube, s3, s3_endpoint, namespace):

@@ -1,5 +1,5 @@
 """A multi-node run (training.nodes 2) against the real API server, Job controller and garbage collector:
-one Job per node, the headless Service, and the gang: one failed pod ends the attempt on every node.
+one Job per node, the run's Service, and the gang: one failed pod ends the attempt on every node.
 
 The tests play the kubelet (tests/support/kube.py) on the pods the real Job controller creates.
 """

@@ -51,8 +51,9 @@ def test_api_imports_only_pydantic_and_the_standard_library() -> None:
 
 
 # The CLI runs on a laptop with the user's credentials: the resource's models (lft_api), the names of the objects
-# the operator creates (builders) and the trainer's storage code (one S3 client, the same retries), nothing more.
-CLI_FIRST_PARTY = {"lft_api", "lft_operator.builders", "lft_trainer.errors", "lft_trainer.retry", "lft_trainer.storage"}
+# the operator creates and labels it sets (builders, views) and the trainer's storage code (one S3 client, the same retries), nothing more.
+CLI_FIRST_PARTY = {"lft_api", "lft_operator.builders", "lft_operator.views", "lft_trainer.errors", "lft_trainer.retry",
+                   "lft_trainer.storage"}
 CLI_THIRD_PARTY = {"kubernetes", "urllib3"}  # urllib3: the kubernetes client's HTTP library (its errors)
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "kopf", "matplotlib")
 

@@ -149,3 +149,24 @@ def test_samples_one_line_each_and_cut() -> None:
     assert render.format_samples(rows, 5).count("sample ") == 2
     assert render.format_samples(rows, 5).splitlines()[-1] == "  tuned:     (empty)"  # ended its turn at once
     assert render.format_samples([], 1).startswith("no samples")
+
+
+def _pod(name: str, created: str, **labels: str) -> dict:
+    return {"metadata": {"name": name, "creationTimestamp": created, "labels": labels}}
+
+
+def test_logs_follow_the_newest_attempt_and_node_0_of_a_multi_node_run() -> None:
+    from lft_operator.views import ATTEMPT_LABEL, NODE_RANK_LABEL
+
+    assert render.current_pod([]) is None
+    # Single-pod run: the newest pod (the Job's retry).
+    single = [_pod("a", "2026-12-01T10:00:00Z"), _pod("b", "2026-12-01T10:05:00Z")]
+    assert render.current_pod(single)["metadata"]["name"] == "b"
+    # Multi-node: node 1's pod was created after node 0's, but rank 0 logs the run; attempt 2 wins over 1.
+    gang = [_pod("n0-a1", "2026-12-01T10:00:00Z", **{ATTEMPT_LABEL: "1", NODE_RANK_LABEL: "0"}),
+            _pod("n1-a1", "2026-12-01T10:00:01Z", **{ATTEMPT_LABEL: "1", NODE_RANK_LABEL: "1"})]
+    assert render.current_pod(gang)["metadata"]["name"] == "n0-a1"
+    gang.append(_pod("n1-a2", "2026-12-01T10:09:00Z", **{ATTEMPT_LABEL: "2", NODE_RANK_LABEL: "1"}))
+    assert render.current_pod(gang)["metadata"]["name"] == "n1-a2"  # node 0's pod of attempt 2 not made yet
+    gang.append(_pod("n0-a2", "2026-12-01T10:08:59Z", **{ATTEMPT_LABEL: "2", NODE_RANK_LABEL: "0"}))
+    assert render.current_pod(gang)["metadata"]["name"] == "n0-a2"

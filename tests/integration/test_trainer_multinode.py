@@ -120,3 +120,21 @@ def test_sigterm_on_every_pod_checkpoints_exits_4_and_both_resume(s3_bucket, s3_
     assert term2["resumedFromStep"] == stopped and term2["step"] == 60
     summary = json.loads(s3_bucket.get_bytes("mn/training_summary.json"))
     assert summary["resumedFromStep"] == stopped and summary["worldSize"] == 2
+
+
+def test_a_bad_row_stops_every_pod_in_its_pre_flight_before_torchrun(s3_bucket, s3_server, tiny_model, tmp_path):
+    """Each pod runs the pre-flight itself, before torchrun: a bad row ends every pod with exit 3 (invalid input,
+    final for the gang), naming the file and row, and no pod starts a worker (no rank result) or waits for one."""
+    rows = DATASET.read_text().splitlines(keepends=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(rows[:2]) + '{"messages": [{"role": "robot", "content": "beep"}]}\n' + "".join(rows[3:]))
+    procs = start_pods(config(tiny_model, s3_bucket.uri("bad"), s3_bucket.endpoint_url, str(bad), nodes=2,
+                              numProcesses=1), s3_server, tmp_path, "bad")
+    results = finish(procs, timeout=120)
+    assert [code for code, _, _ in results] == [3, 3], [r[2][-2000:] for r in results]
+    for rank in (0, 1):
+        term = json.loads((tmp_path / f"bad-{rank}.term").read_text())
+        assert term["outcome"] == "invalid_input" and term["message"].startswith(f"{bad} row 3: messages[0].role"), term
+        ran = tmp_path / f"bad-{rank}-work" / "results"
+        assert not ran.exists() or not any(ran.iterdir()), sorted(ran.iterdir())  # no worker wrote a result
+    assert not s3_bucket.keys("bad/adapter/")

@@ -127,3 +127,44 @@ def test_operator_works_with_the_charts_rbac(kube: Kube, tmp_path) -> None:
         )
         kube.delete(f"/api/v1/namespaces/{watched_ns}")
         kube.delete(f"/api/v1/namespaces/{system_ns}")
+
+
+def _kopf_peering_crd(plural: str, kind: str, scope: str) -> dict:
+    """The shape of kopf's own peering CRDs, as an earlier install (kopf's docs, or this chart before leader
+    election) left them in a cluster."""
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.kopf.dev"},
+            "spec": {"group": "kopf.dev", "scope": scope,
+                     "names": {"plural": plural, "singular": kind.lower(), "kind": kind},
+                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+def test_the_chart_installs_where_kopf_peering_crds_already_exist(kube: Kube) -> None:
+    """The chart ships no kopf CRDs: an install next to existing ones (not owned by any release) must not fail
+    with "exists and cannot be imported into the current release", and must leave them alone."""
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    made = []
+    for plural, kind, scope in (("clusterkopfpeerings", "ClusterKopfPeering", "Cluster"),
+                                ("kopfpeerings", "KopfPeering", "Namespaced")):
+        if kube.get(f"{crds}/{plural}.kopf.dev") is None:
+            kube.create(crds, _kopf_peering_crd(plural, kind, scope))
+            made.append(f"{plural}.kopf.dev")
+    suffix = uuid.uuid4().hex[:6]
+    system_ns, release = f"lftchart-kopf-{suffix}", f"lftk{suffix}"
+    try:
+        # The chart's defaults but no operator pod (on a full cluster it would run, and reconcile other tests'
+        # resources beside their own operators).
+        out = helm(kube, "install", release, str(CHART), "--namespace", system_ns, "--create-namespace",
+                   "--skip-crds", "--set", "replicaCount=0", "--wait=false")
+        assert "STATUS: deployed" in out
+        manifest = helm(kube, "get", "manifest", release, "--namespace", system_ns)
+        assert "kopf.dev" not in manifest
+        for name in ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
+            assert kube.get(f"{crds}/{name}") is not None, f"{name} was removed by the install"
+    finally:
+        subprocess.run([HELM, "--kubeconfig", kube.kubeconfig, "uninstall", release, "--namespace", system_ns],
+                       check=False, capture_output=True, timeout=120)
+        kube.delete(f"/api/v1/namespaces/{system_ns}")
+        for name in made:
+            kube.delete(f"{crds}/{name}")

@@ -6,16 +6,18 @@ per pod, four ranks train on four distinct shards."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
+from tests.support.faults import report
 from tests.support.scenarios import finetune, summary, wait_checkpoint, wait_phase
 
 pytestmark = pytest.mark.e2e
 
 
 def test_two_pods_train_one_run_to_succeeded(kube, s3, s3_endpoint, namespace):
-    name = "duo"
+    name, t0 = "duo", time.monotonic()
     res = finetune(namespace, name, s3_endpoint, max_steps=20, every_steps=10)
     res["spec"]["training"]["nodes"] = 2
     res["spec"]["resources"]["cpu"] = "500m"  # two trainer pods on the one 2-core node
@@ -41,6 +43,20 @@ def test_two_pods_train_one_run_to_succeeded(kube, s3, s3_endpoint, namespace):
     svc = json.loads(kube.run("get", "service", f"{name}-trainer", "-n", namespace, "-o", "json").stdout)
     env = {e["name"]: e.get("value") for e in ranks["1"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["LFT_MASTER_ADDR"] == svc["spec"]["clusterIP"]
+
+    # The loss drops like a one-pod run's on the same data and steps: the eval loss after training within 25%
+    # of the one-pod run's drop (two ranks see twice the rows per step, so close, not equal).
+    solo = finetune(namespace, "solo", s3_endpoint, max_steps=20, every_steps=10)
+    solo["spec"]["resources"]["cpu"] = "500m"
+    kube.apply(solo, namespace)
+    wait_phase(kube, namespace, "solo", "Succeeded", 600)
+    one = summary(s3, namespace, "solo")["metrics"]
+    before, after_one, after_two = one["evalLossBefore"], one["evalLossAfter"], s["metrics"]["evalLossAfter"]
+    assert s["metrics"]["evalLossBefore"] == pytest.approx(before, rel=5e-3)
+    assert after_one < before and abs(after_two - after_one) < 0.25 * (before - after_one), (before, after_one,
+                                                                                             after_two)
+    report("two pods vs one, same data and steps", "Succeeded", time.monotonic() - t0,
+           eval_loss_before=f"{before:.4f}", one_pod_after=f"{after_one:.4f}", two_pods_after=f"{after_two:.4f}")
 
 
 def test_two_pods_of_two_processes_train_on_four_distinct_shards(kube, s3, s3_endpoint, namespace):

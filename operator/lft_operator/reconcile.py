@@ -291,6 +291,7 @@ class Reconciler:
         namespace, name = meta["namespace"], meta["name"]
         for patch in decision.job_patches:
             await self.kube.merge_patch(job_path(namespace, builders.child_name(name)), patch)
+            logger.info("patched Job %s/%s: %s", namespace, builders.child_name(name), json.dumps(patch["spec"]))
         if decision.patch and not await self._write_status(body, decision):
             return
         self.phases.set((namespace, name), decision.status.get("phase"))

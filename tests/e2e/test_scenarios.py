@@ -24,6 +24,7 @@ from tests.support.scenarios import (
     wait_checkpoint,
     wait_phase,
 )
+from tests.support.trainer_run import logits_before_and_after
 
 pytestmark = pytest.mark.e2e
 def test_happy_path(kube, s3, s3_endpoint, s3_host_endpoint, namespace, tmp_path):
@@ -91,22 +92,12 @@ def adapter_serves_on_its_base(adapter: Path, base: Path) -> None:
     """The adapter the run pulled names its base as the spec gave it (the image's model directory, not
     the pod's working copy) and loads with PEFT onto that base, changing its logits. The base is rebuilt
     here from the seed and dataset the image's was built from (tiny_model: same inputs, same weights)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from lft_trainer import tiny_model
 
     given = EXAMPLE["spec"]["model"]["name"]
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == given
     tiny_model.build(base)
-    ids = AutoTokenizer.from_pretrained(adapter).apply_chat_template(
-        [{"role": "user", "content": "What is the capital of Peru?"}], add_generation_prompt=True,
-        return_tensors="pt", return_dict=True)["input_ids"]
-    model = AutoModelForCausalLM.from_pretrained(base)
-    with torch.no_grad():
-        before = model(ids).logits
-        after = PeftModel.from_pretrained(model, adapter)(ids).logits
+    _, before, after = logits_before_and_after(base, adapter)
     assert after.shape == before.shape and (after - before).abs().max().item() > 0.1
 
 

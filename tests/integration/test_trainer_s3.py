@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.status_api import StatusApi
-from tests.support.trainer_run import DATASET, config, progress_lines, run_in_process, subprocess_env
+from tests.support.trainer_run import (
+    DATASET,
+    config,
+    logits_before_and_after,
+    progress_lines,
+    run_in_process,
+    subprocess_env,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -79,21 +86,13 @@ def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monke
 
     # PEFT loads the adapter from what was uploaded, and it changes the logits.
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     local = tmp_path / "downloaded"
     local.mkdir()
     for f in summary["files"]:
         (local / f["name"]).write_bytes(s3_bucket.get_bytes(f"run/adapter/{f['name']}"))
-    tok = AutoTokenizer.from_pretrained(local)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of Peru?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    with torch.no_grad():
-        before = base(ids).logits
-        tuned = PeftModel.from_pretrained(base, local)
-        after = tuned(ids).logits
+    ids, before, after = logits_before_and_after(tiny_model, local)
     assert (after - before).abs().max().item() > 0.1
 
     # A servable adapter: adapter_config.json names the base as given (not the pod's copy), so PEFT's

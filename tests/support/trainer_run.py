@@ -60,3 +60,20 @@ def subprocess_env(s3_server, tmp_path: Path, name: str, uid: str | None = None)
     if uid:
         env["LFT_UID"] = uid
     return env
+
+
+def logits_before_and_after(base: Path | str, adapter: Path):
+    """A chat prompt's ids (the adapter's tokenizer), the base model's logits on it, and the logits with the adapter
+    loaded onto that base by PEFT: (ids, before, after). The adapter changes them when it trained anything."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(adapter).apply_chat_template(
+        [{"role": "user", "content": "What is the capital of Peru?"}], add_generation_prompt=True,
+        return_tensors="pt", return_dict=True)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with torch.no_grad():
+        before = model(ids).logits
+        after = PeftModel.from_pretrained(model, adapter)(ids).logits
+    return ids, before, after

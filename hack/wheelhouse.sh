@@ -53,6 +53,11 @@ CONSTRAINTS="$WORK/constraints.txt"
 GPU_CONSTRAINTS="$WORK/constraints-gpu.txt"
 : > "$CONSTRAINTS"
 : > "$GPU_CONSTRAINTS"
+if [[ -z "$TORCH_CPU_WHEEL" ]]; then
+  # Machines of the polyglot kind have no CPU wheel on disk, and PyPI serves only the CUDA build
+  # (torch + its nvidia-*/cuda-* wheels, ~3 GB). It runs on the CPU as well; the image is bigger.
+  log "no CPU torch wheel in /opt/wheels: the CPU image takes PyPI's torch (CUDA build, runs on the CPU)"
+fi
 if [[ -n "$TORCH_CPU_WHEEL" ]]; then
   ln -f "$TORCH_CPU_WHEEL" "$CACHE/" 2>/dev/null || cp -n "$TORCH_CPU_WHEEL" "$CACHE/"
   torch_ver=$(basename "$TORCH_CPU_WHEEL" | cut -d- -f2)
@@ -123,7 +128,7 @@ for item in json.load(open(sys.argv[1]))["install"]:
     print(urllib.parse.unquote(urllib.parse.urlparse(item["download_info"]["url"]).path))
 PY
 )
-  if [[ $image == trainer ]] && ! printf '%s\n' "${files[@]}" | grep -q '/torch-[^/]*+cpu-'; then
+  if [[ $image == trainer && -n "$TORCH_CPU_WHEEL" ]] && ! printf '%s\n' "${files[@]}" | grep -q '/torch-[^/]*+cpu-'; then
     log "trainer: torch is not the CPU build; refusing (would be GBs of CUDA)"; exit 1
   fi
   if [[ $image == trainer-gpu ]]; then
@@ -131,7 +136,7 @@ PY
        ! printf '%s\n' "${files[@]}" | grep -q '/nvidia_'; then
       log "trainer-gpu: torch is not the CUDA build (no nvidia-* wheels); refusing"; exit 1
     fi
-  elif printf '%s\n' "${files[@]}" | grep -q '/nvidia_'; then
+  elif [[ $image != trainer || -n "$TORCH_CPU_WHEEL" ]] && printf '%s\n' "${files[@]}" | grep -q '/nvidia_'; then
     log "$image: CUDA (nvidia-*) wheels in the set; refusing"; exit 1
   fi
 

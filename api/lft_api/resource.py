@@ -2,9 +2,8 @@
 
 The CRD's openAPIV3Schema is generated from these models (crdgen.py), the operator validates
 each resource with them, and the trainer's part of the spec is `lft_api.spec.TrainerConfig`,
-shared with the trainer image. Kubernetes core types (tolerations, affinity, env, volumes) are
-free-form objects: the API server validates them when the Job is created, and copying their
-full schemas here would add thousands of lines for no gain.
+shared with the trainer image. The Kubernetes core types a tenant sets on the pod (env, volumes,
+mounts, tolerations, affinity) are typed in pod_types.py as deep as the admin policy reads them.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from .contract import AdapterRef, Artifacts, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress, WireModel
+from .pod_types import Affinity, EnvVar, Toleration, Volume, VolumeMount
 from .spec import TrainerConfig
 from .spec_base import SpecModel
 from .tracking_spec import SecretRef
@@ -29,7 +29,6 @@ QUANTITY_PATTERN = (
 )
 Quantity = int | str
 
-FreeForm = dict[str, Any]
 
 
 def _quantity(description: str) -> Any:
@@ -87,14 +86,20 @@ class PodTemplateSpec(SpecModel):
 
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
-    env: list[FreeForm] = Field(
-        default_factory=list, description="Extra environment variables (core/v1 EnvVar). LFT_* variables are reserved."
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description=(
+            "Extra environment variables (core/v1 EnvVar): the documented names (HF_TOKEN, storage and tracker "
+            "credentials, thread counts) and those the admin allows (policy.allowedEnv); LFT_* are reserved."
+        ),
     )
-    volumes: list[FreeForm] = Field(
+    volumes: list[Volume] = Field(
         default_factory=list, description="Extra volumes (core/v1 Volume), e.g. a PVC holding the dataset."
     )
-    volume_mounts: list[FreeForm] = Field(
-        default_factory=list, description="Mounts of the extra volumes in the trainer container (core/v1 VolumeMount)."
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list,
+        description="Mounts of the extra volumes in the trainer container (core/v1 VolumeMount), under /data, /mnt, "
+        "/models, /datasets, /cache or /workspace.",
     )
     service_account_name: str | None = Field(
         default=None,
@@ -121,8 +126,10 @@ class LoRAFineTuneSpec(TrainerConfig):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the trainer pod must match.")
-    tolerations: list[FreeForm] = Field(default_factory=list, description="Pod tolerations (core/v1 Toleration).")
-    affinity: FreeForm | None = Field(default=None, description="Pod affinity (core/v1 Affinity).")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Pod tolerations (core/v1 Toleration), as the admin policy allows."
+    )
+    affinity: Affinity | None = Field(default=None, description="Pod affinity (core/v1 Affinity).")
     priority_class_name: str | None = Field(default=None, description="PriorityClass of the trainer pod.")
     storage_secret_ref: SecretRef | None = Field(
         default=None,

@@ -216,7 +216,8 @@ def _env(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> list[dict[
     if settings.trainer_status_interval is not None:
         ours.append({"name": contract.ENV_STATUS_MIN_INTERVAL, "value": str(settings.trainer_status_interval)})
     reserved = {e["name"] for e in ours}
-    user = [e for e in spec.pod_template.env if e.get("name") not in reserved]
+    # From the validated models (exact keys, nothing the policy did not see), never the raw input.
+    user = [e.to_wire() for e in spec.pod_template.env if e.name not in reserved]
     return user + ours
 
 
@@ -252,10 +253,10 @@ def _secret_values_volume(spec: LoRAFineTuneSpec, settings: Settings) -> dict[st
     if storage:
         sources.append({"secret": {"name": storage, "optional": optional}})
     for i, var in enumerate(spec.pod_template.env):
-        ref = (var.get("valueFrom") or {}).get("secretKeyRef") or {}
-        if ref.get("name") and ref.get("key"):
-            item = {"key": ref["key"], "path": f"env-{i}/{ref['key']}"}
-            sources.append({"secret": {"name": ref["name"], "optional": bool(ref.get("optional")), "items": [item]}})
+        ref = var.value_from.secret_key_ref if var.value_from else None
+        if ref is not None:
+            item = {"key": ref.key, "path": f"env-{i}/{ref.key}"}
+            sources.append({"secret": {"name": ref.name, "optional": bool(ref.optional), "items": [item]}})
     return {"name": SECRET_VALUES_VOLUME, "projected": {"sources": sources}} if sources else None
 
 
@@ -270,8 +271,8 @@ def _tracking_secret_volumes(spec: LoRAFineTuneSpec) -> list[tuple[dict[str, Any
 def secret_dirs(spec: LoRAFineTuneSpec, settings: Settings) -> list[str]:
     """Where the trainer finds the values of the Secrets it receives (contract.ENV_SECRET_DIRS): the
     operator's mounts and the podTemplate's own Secret volumes."""
-    secret_volumes = {v.get("name") for v in spec.pod_template.volumes if "secret" in v}
-    user = [m["mountPath"] for m in spec.pod_template.volume_mounts if m.get("name") in secret_volumes]
+    secret_volumes = {v.name for v in spec.pod_template.volumes if v.secret is not None}
+    user = [m.mount_path for m in spec.pod_template.volume_mounts if m.name in secret_volumes]
     tracking = [mount["mountPath"] for _, mount in _tracking_secret_volumes(spec)]
     return ([contract.SECRET_VALUES_DIR] if _secret_values_volume(spec, settings) else []) + tracking + user
 
@@ -301,8 +302,8 @@ def _volumes(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> tuple[
         # Docker's 64 MiB /dev/shm is too small for NCCL and data loader workers.
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-    volumes += spec.pod_template.volumes
-    mounts += spec.pod_template.volume_mounts
+    volumes += [v.to_wire() for v in spec.pod_template.volumes]
+    mounts += [m.to_wire() for m in spec.pod_template.volume_mounts]
     return volumes, mounts
 
 
@@ -357,9 +358,9 @@ def _pod_spec(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
-        pod_spec["tolerations"] = list(spec.tolerations)
-    if spec.affinity:
-        pod_spec["affinity"] = dict(spec.affinity)
+        pod_spec["tolerations"] = [t.to_wire() for t in spec.tolerations]
+    if spec.affinity is not None and spec.affinity.to_wire():
+        pod_spec["affinity"] = spec.affinity.to_wire()
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
     return pod_spec

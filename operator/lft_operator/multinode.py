@@ -106,7 +106,7 @@ def _env(spec: LoRAFineTuneSpec, rank: int, master: str, defaults: dict[str, str
          env: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The single-pod env `env` with the communication defaults the user did not set before it and the node's
     rank and master after it (for duplicated names the last entry wins: those stay in force)."""
-    user = {e.get("name") for e in spec.pod_template.env}
+    user = {e.name for e in spec.pod_template.env}
     fixed = {contract.ENV_NODE_RANK: str(rank), contract.ENV_MASTER_ADDR: master,
              contract.ENV_MASTER_PORT: str(contract.DEFAULT_MASTER_PORT)}
     return ([{"name": k, "value": v} for k, v in defaults.items() if k not in user]

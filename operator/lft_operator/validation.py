@@ -85,8 +85,8 @@ def semantic_problems(spec: LoRAFineTuneSpec, name: str) -> list[Problem]:
                 f"{spec.resources.gpus}: the trainer runs one process per GPU; leave numProcesses unset",
             )
         )
-    mounts = {m.get("name") for m in spec.pod_template.volume_mounts}
-    volumes = {v.get("name") for v in spec.pod_template.volumes}
+    mounts = {m.name for m in spec.pod_template.volume_mounts}
+    volumes = {v.name for v in spec.pod_template.volumes}
     missing = sorted(str(m) for m in mounts - volumes)
     if missing:
         problems.append(
@@ -101,7 +101,7 @@ def semantic_problems(spec: LoRAFineTuneSpec, name: str) -> list[Problem]:
 def policy_problems(spec: LoRAFineTuneSpec, settings: Settings) -> list[Problem]:
     """What the admin policy (settings.policy) refuses, one PolicyViolation per broken rule."""
     secret, _ = storage_secret_name(spec, settings)
-    messages = policy.violations(spec, settings.policy, settings.trainer_image, secret)
+    messages = policy.violations(spec, settings.policy, settings.trainer_image, secret, settings.default_storage_secret)
     return [Problem(Reason.POLICY_VIOLATION, message) for message in messages]
 
 

@@ -42,6 +42,10 @@ E2E_NAMESPACES = {
     "test_reserved_volume_name_fails_job_invalid": "e2e-jobinvalid",
     "test_pod_quota_exceeded_pending_pod_creation_failed": "e2e-quota",
     "test_host_path_volume_refused_by_the_default_policy": "e2e-policy",
+    # test_tenant.py
+    "test_tenant_attacks_are_refused_before_anything_is_created": "e2e-tenant",
+    "test_a_secret_in_an_output_file_fails_the_run_before_any_upload": "e2e-smuggle",
+    "test_a_refused_resource_claims_no_output_in_another_namespace": "e2e-claims",
     # test_tracking.py
     "test_mlflow_and_tensorboard_from_a_pod": "e2e-tracking",
     # test_multinode.py

@@ -301,6 +301,9 @@ class Operator:
         self.log_path = log_path
         self.own_lease = "LFT_LEADER_ELECTION_LEASE_NAME" not in env
         self.extra_env = {
+            # The chart's policy is closed: only the default storage Secret (none here). The integration tests
+            # name their storage and tracker Secrets, so they are allowed, as an admin would list them.
+            "LFT_POLICY": json.dumps({"allowedStorageSecrets": ["s3", "s3-creds", "my-s3", "absent", "mlflow-creds"]}),
             "LFT_LEADER_ELECTION_LEASE_NAME": f"lft-it-{os.urandom(4).hex()}",
             "LFT_LEADER_ELECTION_NAMESPACE": "default",
             "POD_NAME": log_path.stem,

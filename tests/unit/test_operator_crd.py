@@ -102,8 +102,13 @@ def test_bounds_defaults_and_descriptions():
     assert spec["properties"]["runPolicy"]["properties"]["backoffLimit"]["default"] == 3
     assert spec["properties"]["model"]["properties"]["revision"]["nullable"] is True
     # Free-form Kubernetes core types.
-    assert spec["properties"]["affinity"]["x-kubernetes-preserve-unknown-fields"] is True
-    assert spec["properties"]["tolerations"]["items"]["x-kubernetes-preserve-unknown-fields"] is True
+    # Core types typed as deep as the policy reads them (lft_api.pod_types); the rest stays free-form.
+    affinity = spec["properties"]["affinity"]["properties"]
+    assert affinity["nodeAffinity"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert set(spec["properties"]["tolerations"]["items"]["properties"]) == {
+        "key", "operator", "value", "effect", "tolerationSeconds"}
+    env = spec["properties"]["podTemplate"]["properties"]["env"]["items"]["properties"]
+    assert set(env["valueFrom"]["properties"]["secretKeyRef"]["properties"]) == {"name", "key", "optional"}
     assert spec["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string"}
     cpu = spec["properties"]["resources"]["properties"]["cpu"]
     assert cpu["x-kubernetes-int-or-string"] is True and "pattern" in cpu

@@ -179,8 +179,14 @@ def test_the_admin_policy_governs_tracking_secrets_like_the_storage_secret():
     spec = LoRAFineTuneSpec.model_validate({
         **BASE, "storageSecretRef": {"name": "s3-creds"},
         "training": {"reportTo": ["mlflow"], "mlflow": {**MLFLOW, "credentialsSecretRef": {"name": "admin-token"}}}})
-    assert violations(spec, Policy(), "lft/trainer:cpu", "s3-creds") == []  # unset: any, as for storage
+    # Closed by default: only the operator's storage Secret, as for spec.storageSecretRef.
+    assert [m.split(" is ")[0] for m in violations(spec, Policy(), "lft/trainer:cpu", "s3-creds", "s3-creds")] == [
+        'spec.training.mlflow.credentialsSecretRef.name "admin-token"']
     strict = Policy(allowed_storage_secrets=("s3-creds", "mlflow-creds"))
     assert violations(spec, strict, "lft/trainer:cpu", "s3-creds") == [
-        'spec.training.mlflow.credentialsSecretRef.name "admin-token" is not allowed '
-        "(policy.allowedStorageSecrets: s3-creds, mlflow-creds)"]
+        'spec.training.mlflow.credentialsSecretRef.name "admin-token" is not allowed: every key of it would become '
+        "the trainer's environment (allowed: the operator's storage Secret and policy.allowedStorageSecrets: "
+        "s3-creds, mlflow-creds)"]
+    assert violations(spec.model_copy(update={"training": spec.training.model_copy(update={
+        "mlflow": spec.training.mlflow.model_copy(update={"credentials_secret_ref": None})})}),
+        strict, "lft/trainer:cpu", "s3-creds") == []

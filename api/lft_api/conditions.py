@@ -66,6 +66,9 @@ class Reason:
     COMPLETED = "Completed"
     INVALID_INPUT = "InvalidInput"
     OUT_OF_MEMORY = "OutOfMemory"  # the trainer ran out of GPU memory; the message has the estimate and what to change
+    # a file bound for the output held a value of the pod's Secrets (raw or encoded); nothing of it was
+    # uploaded, and the run fails for good (the trainer's exit 3): a retry would write the same bytes
+    SECRET_IN_OUTPUT = "SecretInOutput"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     JOB_DELETED = "JobDeleted"
     ERROR = "Error"

@@ -48,10 +48,11 @@ class ModelSpec(SpecModel):
         default=None,
         min_length=1,
         description=(
-            "The chat template that renders chat rows (and is saved with the adapter): inline Jinja, a URI/path to "
-            "a .jinja file (s3://, gs://, file://, /path), or the name of a template TRL ships (phi3, qwen2_5, "
-            "llama3...). Unset: the tokenizer's own; a tokenizer without one is refused when the dataset has chat "
-            "rows (no template is chosen silently)."
+            "The chat template that renders chat rows (and is saved with the adapter): inline Jinja, the name of a "
+            "template TRL ships (phi3, qwen2_5, llama3...), an object-store URI of a .jinja file (s3://, gs://, "
+            "az://), or a file inside the model's own directory (/path or file://, when model.name is a local "
+            "path; symlinks and .. cannot leave it). No other file of the pod is read. Unset: the tokenizer's own; "
+            "a tokenizer without one is refused when the dataset has chat rows (no template is chosen silently)."
         ),
     )
 

@@ -3,6 +3,7 @@ wrapper, the status client, and a trainer process with planted secrets in every 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -70,6 +71,59 @@ def test_values_by_name_by_file_and_from_gcs_credentials(tmp_path) -> None:
         assert value not in s(f"x {value} y"), value
     for kept in ("my-run-name", "false-ish", "/usr/bin:/bin", "eu-central-1"):
         assert s(kept) == kept
+
+
+SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"  # '/' and '+': the URL-safe alphabet differs
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2])
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode, bytes.hex,
+                                    lambda b: b.hex().upper().encode()], ids=["b64", "b64url", "hex", "HEX"])
+def test_a_secret_encoded_inside_a_longer_blob_is_masked(shift, encode) -> None:
+    """The secret at any offset mod 3 of a blob encoded whole: what is left of the encoding cannot give
+    the secret back (its characters that depend on the secret alone are gone)."""
+    blob = b"k=" + b"x" * shift + SECRET.encode() + b";tail"
+    encoded = encode(blob)
+    encoded = encoded.decode() if isinstance(encoded, bytes) else encoded
+    out = scrubbing.Scrubber.from_environment({"AWS_SECRET_ACCESS_KEY": SECRET})(f"message: {encoded} end")
+    assert "***" in out and encoded not in out, out
+    # What is left around the mask encodes b"k=x..." and b";tail" (and a character or two of the secret).
+    left = out.removeprefix("message: ").removesuffix(" end").split("***")
+    assert len(left) == 2 and all(len(part) <= 16 for part in left), out
+
+
+def test_short_encodings_are_not_looked_for() -> None:
+    """A 6-character value's base64 at an awkward alignment is 7 characters: too short to mean anything."""
+    forms = scrubbing.secret_variants({"MY_TOKEN": "abcdef"})
+    assert "YWJjZGVm" in forms and "616263646566" in forms  # shift 0 (8 chars) and hex are kept
+    assert all(len(f) >= 6 for f in forms)
+    assert all(len(f) >= scrubbing.MIN_ENCODED for f in forms if f not in ("abcdef",))
+
+
+def test_values_and_variants_are_apart(tmp_path) -> None:
+    env = {"HF_TOKEN": "  hf-token-value\n", "LFT_NAME": "my-run-name"}
+    assert scrubbing.secret_values(env) == ["hf-token-value"]
+    variants = scrubbing.secret_variants(env)
+    # 14 bytes at offset 0: the first 18 characters of the base64 come from them alone (18 * 6 <= 14 * 8)
+    assert "hf-token-value" in variants and base64.b64encode(b"hf-token-value").decode()[:18] in variants
+    assert "hf-token-value".encode().hex() in variants
+
+
+def test_the_service_account_token_is_a_secret_value(tmp_path, monkeypatch) -> None:
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.planted-sa-token.sig0123")
+    monkeypatch.setattr(scrubbing, "SERVICE_ACCOUNT_TOKEN", str(token))
+    assert "eyJhbGciOiJSUzI1NiJ9.planted-sa-token.sig0123" in scrubbing.secret_values({})
+    out = scrubbing.Scrubber.from_environment({})("token: eyJhbGciOiJSUzI1NiJ9.planted-sa-token.sig0123")
+    assert "planted-sa-token" not in out
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.rotated-sa-token.sig4567")  # the kubelet rotates it
+    assert "rotated-sa-token" not in scrubbing.scrub("token eyJhbGciOiJSUzI1NiJ9.rotated-sa-token.sig4567")
+
+
+def test_the_token_is_read_where_the_operator_mounts_it() -> None:
+    from lft_operator import builders
+
+    assert scrubbing.SERVICE_ACCOUNT_TOKEN == f"{builders.SERVICE_ACCOUNT_DIR}/token"
 
 
 def test_the_stream_masks_a_secret_split_over_writes() -> None:

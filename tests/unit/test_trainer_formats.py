@@ -224,8 +224,8 @@ def test_no_template_and_chat_rows_is_refused_naming_the_field(tmp_path, tok):
 
 
 def test_template_from_a_file_and_inline(tmp_path, tok):
-    (tmp_path / "t.jinja").write_text(TOOL_TEMPLATE)
-    c = config(tmp_path, model={"chatTemplate": str(tmp_path / "t.jinja")})
+    (tmp_path / "t.jinja").write_text(TOOL_TEMPLATE)  # a file inside the (local) model's directory
+    c = config(tmp_path, model={"name": str(tmp_path), "chatTemplate": str(tmp_path / "t.jinja")})
     t = rendering.choose_template(c, tok, True, tmp_path)
     assert (t.text, t.source) == (TOOL_TEMPLATE, str(tmp_path / "t.jinja"))
     with pytest.raises(InvalidInput, match="model.chatTemplate 'nonsense' is neither Jinja, a URI nor a known name"):

@@ -4,6 +4,8 @@ pod's result from its workers' result files (pure parts)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -69,10 +71,43 @@ def test_launcher_only_for_more_than_one_process():
 def test_torchrun_static_rendezvous_without_restarts():
     lay = launcher.Layout(nodes=3, per_node=2, node_rank=2, master_addr="r-node-0.svc", master_port=29500)
     argv = launcher.torchrun_argv(lay, shutdown_timeout=120)
-    assert argv[:3] == [sys.executable, "-m", "torch.distributed.run"] and argv[-2:] == ["-m", "lft_trainer"]
+    assert argv[:4] == [sys.executable, "-I", "-m", "torch.distributed.run"]
+    assert argv[-6:] == ["--no-python", sys.executable, "-I", "-u", "-m", "lft_trainer"]
     for arg in ("--nnodes=3", "--nproc-per-node=2", "--node-rank=2", "--rdzv-backend=static",
                 "--master-addr=r-node-0.svc", "--master-port=29500", "--max-restarts=0", "--shutdown-timeout=120"):
         assert arg in argv
+
+
+def test_torchrun_starts_each_worker_as_isolated_python(monkeypatch):
+    """torchrun's own parser: without --no-python it would run `sys.executable -u -m lft_trainer` (no -I)."""
+    run = pytest.importorskip("torch.distributed.run")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else config_from_args sets it in this process
+    lay = launcher.Layout(nodes=2, per_node=2, node_rank=1, master_addr="m", master_port=29500)
+    argv = launcher.torchrun_argv(lay, shutdown_timeout=60)
+    args = run.parse_args(argv[argv.index("torch.distributed.run") + 1:])
+    assert args.no_python and not args.module and not args.run_path
+    _, cmd, cmd_args = run.config_from_args(args)
+    assert [cmd, *cmd_args] == [sys.executable, "-I", "-u", "-m", "lft_trainer"]
+
+
+def test_torchrun_and_its_workers_ignore_pythonpath_and_the_working_directory(tmp_path, monkeypatch):
+    """A real torchrun (one worker): code planted on PYTHONPATH or in the working directory runs in neither."""
+    pytest.importorskip("torch.distributed.run")
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    for name in ("sitecustomize", "usercustomize", "lft_probe"):
+        (planted / f"{name}.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'a').write('{name} ')\n")
+    flags = tmp_path / "flags"
+    probe = (f"import sys, os; open({str(flags)!r}, 'w').write(f'{{sys.flags.isolated}} {{os.environ[\"RANK\"]}}'); "
+             "import importlib.util as u; assert u.find_spec('lft_probe') is None")
+    monkeypatch.setattr(launcher, "WORKER", (*launcher.PYTHON, "-u", "-c", probe))
+    lay = launcher.Layout(nodes=1, per_node=1, node_rank=0, master_addr="127.0.0.1", master_port=launcher._free_port())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PET_"))}
+    env.update(PYTHONPATH=str(planted), OMP_NUM_THREADS="1")
+    proc = subprocess.run(launcher.torchrun_argv(lay, shutdown_timeout=30), env=env, cwd=planted,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert flags.read_text() == "1 0" and not (tmp_path / "ran").exists()
 
 
 def _write(results, rank, msg: TerminationMessage) -> None:

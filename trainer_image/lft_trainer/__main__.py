@@ -6,7 +6,9 @@ termination message and exits with a contract.ExitCode:
 stdout carries JSON lines only (progress events, then one result or error line); human logs go to stderr.
 
 With more than one process (training.nodes > 1 or numProcesses > 1) this process runs the pre-flight
-and starts torchrun (launcher.py); the workers torchrun starts are `python -m lft_trainer` too.
+and starts torchrun (launcher.py); the workers torchrun starts are `python -I -u -m lft_trainer` too.
+The image runs it as `python -I -u -m lft_trainer` (isolated: no PYTHON* variable, user site or working
+directory adds code; see trainer_image/Dockerfile).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ with PyTorch's own launcher, `torch.distributed.run` (torchrun), with a static r
 
 Once per pod, before any worker starts: the pre-flight (fast failure, exit 3; the workers reuse its
 report), the model download and the checkpoint to resume from. Then torchrun starts this pod's
-workers (`python -m lft_trainer`) with node rank LFT_NODE_RANK, master LFT_MASTER_ADDR (the cluster IP
-of the run's Service in front of the node-rank-0 pod; 127.0.0.1 on node 0 and for one pod); gloo on CPU, NCCL on GPU. SIGTERM goes to torchrun,
+workers (`python -I -u -m lft_trainer`, isolated like torchrun itself) with node rank LFT_NODE_RANK, master
+LFT_MASTER_ADDR (the cluster IP of the run's Service in front of the node-rank-0 pod; 127.0.0.1 on node 0
+and for one pod); gloo on CPU, NCCL on GPU. SIGTERM goes to torchrun,
 which forwards it to the workers: they agree on a step, save a checkpoint (rank 0 uploads it) and exit
 preempted. Each worker hands its result to this process through a file; the pod reports the result
 of its lowest rank (rank 0's on node 0: the adapter, the summary; the other pods exit likewise).
@@ -73,13 +74,22 @@ def needs_launcher(config: TrainerConfig, gpus: int) -> bool:
     return config.training.nodes > 1 or config.training.processes_per_node(gpus) > 1
 
 
+# Python in isolated mode (-I), as the image's ENTRYPOINT: PYTHONPATH, the other PYTHON* variables, the user's
+# site-packages and the working directory are ignored, so nothing in the pod's environment adds code. The
+# image's .pth (site-packages) still puts the code on sys.path.
+PYTHON = (sys.executable, "-I")
+# torchrun's own way to start a worker is `sys.executable -u [-m] script` (or PYTHON_EXEC's): no -I.
+# With --no-python it runs the "script" as it is: our interpreter with our flags.
+WORKER = (*PYTHON, "-u", "-m", "lft_trainer")
+
+
 def torchrun_argv(lay: Layout, shutdown_timeout: int) -> list[str]:
     """The torchrun command line of one pod (pure). No restarts: a failed attempt is retried by the operator,
-    every pod at once, from the newest checkpoint."""
-    return [sys.executable, "-m", "torch.distributed.run",
+    every pod at once, from the newest checkpoint. torchrun and its workers run isolated (PYTHON, WORKER)."""
+    return [*PYTHON, "-m", "torch.distributed.run",
             f"--nnodes={lay.nodes}", f"--nproc-per-node={lay.per_node}", f"--node-rank={lay.node_rank}",
             "--rdzv-backend=static", f"--master-addr={lay.master_addr}", f"--master-port={lay.master_port}",
-            "--max-restarts=0", f"--shutdown-timeout={shutdown_timeout}", "-m", "lft_trainer"]
+            "--max-restarts=0", f"--shutdown-timeout={shutdown_timeout}", "--no-python", *WORKER]
 
 
 def _free_port() -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ TEMPLATE_FIELD = "model.chatTemplate"
 NO_TEMPLATE = "NoChatTemplate"
 BAD_TEMPLATE = "InvalidChatTemplate"
 IGNORE = -100
+# Where a template file may come from (filesystems.split_uri's names: s3a, gcs, abfs, abfss, adl are aliases).
+# Not http(s) and friends: from the pod they reach the cloud's metadata service and in-cluster endpoints.
+TEMPLATE_STORES = ("s3", "gs", "az")
+ACCEPTED = ("inline Jinja, the name of a template TRL ships, an object-store URI (s3://, gs://, az://) or a file "
+            "inside the model's own directory (model.name a local path)")
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,33 @@ def trl_template_names() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.jinja") if not p.stem.endswith("_training"))
 
 
-def _from_spec(value: str, storage: StorageSpec | None, work: Path) -> tuple[str, str]:
-    """(template text, source) for model.chatTemplate: a TRL template name, a URI/path, or inline Jinja."""
+def _local_path(value: str) -> str | None:
+    """The absolute local path value names (a plain path or file://), else None (a hub id, another scheme)."""
+    from .data import looks_like_path
+    from .filesystems import split_uri
+
+    if not looks_like_path(value):
+        return None
+    protocol, path = split_uri(os.path.expanduser(value))
+    return path if protocol == "file" else None
+
+
+def template_file(value: str, model_name: str) -> Path:
+    """The real path of a local template file, when it lies inside the model's directory (model_name a local
+    path): resolved, so a symlink or `..` cannot step out of it. Any other pod file (the ServiceAccount
+    token, /proc/self/environ) would be read into the tokenizer and saved with the adapter: InvalidInput."""
+    path, model_dir = _local_path(value), _local_path(model_name)
+    if path is not None and model_dir is not None:
+        real, root = os.path.realpath(path), os.path.realpath(model_dir)
+        if root != "/" and real.startswith(root.rstrip("/") + "/"):
+            return Path(real)
+    raise InvalidInput(BAD_TEMPLATE, f"{TEMPLATE_FIELD} {value!r} is not allowed: give {ACCEPTED}; model.name is "
+                       f"{model_name!r}. Other files of the pod are never read", field=TEMPLATE_FIELD)
+
+
+def _from_spec(value: str, storage: StorageSpec | None, work: Path, model_name: str) -> tuple[str, str]:
+    """(template text, source) for model.chatTemplate: a TRL template name, inline Jinja, an object-store URI,
+    or a file inside the model's directory (template_file)."""
     from .data import looks_like_path
 
     if value in trl_template_names():
@@ -64,9 +95,12 @@ def _from_spec(value: str, storage: StorageSpec | None, work: Path) -> tuple[str
     from .filesystems import split_uri
     from .storage import Storage
 
+    protocol, _ = split_uri(value)
+    # Another scheme (http://, memory://...) or a file outside the model's directory: InvalidInput here.
+    local = None if protocol in TEMPLATE_STORES else template_file(value, model_name)
     try:
-        protocol, path = split_uri(value)
-        local = Path(path) if protocol == "file" else Storage(value, storage).download_file("", work / "template.jinja")
+        if local is None:
+            local = Storage(value, storage).download_file("", work / "template.jinja")
         return local.read_text(encoding="utf-8"), value
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(BAD_TEMPLATE, f"{TEMPLATE_FIELD} {value}: cannot read it ({exc})",
@@ -80,14 +114,13 @@ def choose_template(config: TrainerConfig, tokenizer, needed: bool, work: Path) 
     generated turns, or TRL has a marked variant of it; otherwise refused, naming training.assistantOnlyLoss.
     """
     if config.model.chat_template:
-        text, source = _from_spec(config.model.chat_template, config.storage, work)
+        text, source = _from_spec(config.model.chat_template, config.storage, work, config.model.name)
         tokenizer.chat_template = text
     elif tokenizer.chat_template:
         text, source = tokenizer.chat_template, "tokenizer"
     elif needed:
         raise InvalidInput(NO_TEMPLATE, f"the tokenizer of {config.model.name} has no chat template and the dataset "
-                           f"has chat rows: set {TEMPLATE_FIELD} (inline Jinja, a URI, or a named template such as "
-                           "phi3)", field=TEMPLATE_FIELD)
+                           f"has chat rows: set {TEMPLATE_FIELD} ({ACCEPTED}; e.g. phi3)", field=TEMPLATE_FIELD)
     else:
         return None
     if not isinstance(text, str):  # named variants: the default one

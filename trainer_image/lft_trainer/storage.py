@@ -10,6 +10,10 @@ reset, timeouts, HTTP 5xx, throttling) for a bounded total time (RetryPolicy; de
 LFT_STORAGE_RETRY_SECONDS), then raises errors.StorageError. Non-transient errors are not retried:
 FileNotFoundError propagates (callers use it for "absent"), anything else becomes StorageError.
 Uploads retry file by file, so files already uploaded stay uploaded through an outage.
+
+Nothing is written that holds a secret of the pod (secret_scan.py): upload_file, upload_dir and put_json, the
+only writes, search the bytes first and raise InvalidInput SecretInOutput without writing; upload_dir checks
+every file before it uploads any. open() reads only.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
@@ -26,6 +31,7 @@ from typing import Any
 from lft_api.contract import FileDigest
 from lft_api.spec import StorageSpec
 
+from . import secret_scan
 from .errors import InvalidInput, StorageError
 from .filesystems import make_filesystem, split_uri
 from .retry import DENIED_CODES, NOT_FOUND_BUCKET_CODES, RetryPolicy, T, client_error_info, describe, retry_call, scrub
@@ -127,8 +133,11 @@ class Storage:
 
     # -- operations -----------------------------------------------------------------------
     def upload_file(self, local: str | Path, rel: str) -> None:
-        """Upload one file; the remote size is checked, so a cut transfer is retried, not kept."""
+        """Upload one file, unless it holds a secret (InvalidInput SecretInOutput, nothing written); the remote
+        size is checked, so a cut transfer is retried, not kept."""
         local = Path(local)
+        if getattr(_checked, "files", {}).get(local) != _stat_key(local):
+            secret_scan.check_file(local, rel.strip("/"))
         size = local.stat().st_size
         path = self._path(rel)
 
@@ -145,16 +154,28 @@ class Storage:
 
     def upload_dir(self, local_dir: str | Path, rel: str,
                    exclude: Callable[[str], bool] | None = None) -> list[FileDigest]:
-        """Upload every file under local_dir to rel/, one by one (each retried); returns name, size, sha256."""
+        """Upload every file under local_dir to rel/, one by one (each retried); returns name, size, sha256.
+        Every file is checked for secrets first: when one holds a secret, none is uploaded."""
         local_dir = Path(local_dir)
-        digests: list[FileDigest] = []
+        forms = secret_scan.patterns()
+        chosen: list[tuple[Path, str, FileDigest]] = []
+        checked: dict[Path, tuple[int, int, int]] = {}
         for p in local_files(local_dir):
             name = p.relative_to(local_dir).as_posix()
             if exclude is not None and exclude(name):
                 continue
-            digests.append(FileDigest(name=name, size=p.stat().st_size, sha256=sha256_file(p)))
-            self.upload_file(p, f"{rel.strip('/')}/{name}" if rel.strip("/") else name)
-        return digests
+            target = f"{rel.strip('/')}/{name}" if rel.strip("/") else name
+            checked[p] = _stat_key(p)  # before the read: a file changed meanwhile is checked again
+            h = hashlib.sha256()  # in the same read as the check
+            secret_scan.check_file(p, target, forms, on_chunk=h.update)
+            chosen.append((p, target, FileDigest(name=name, size=p.stat().st_size, sha256=h.hexdigest())))
+        _checked.files = checked
+        try:
+            for p, target, _ in chosen:
+                self.upload_file(p, target)
+        finally:
+            _checked.files = {}
+        return [digest for _, _, digest in chosen]
 
     def download_file(self, rel: str, local: str | Path) -> Path:
         local = Path(local)
@@ -210,6 +231,7 @@ class Storage:
 
     def put_json(self, rel: str, obj: Any) -> None:
         data = json.dumps(obj, indent=2, sort_keys=True).encode()
+        secret_scan.check_bytes(data, rel.strip("/"))
         path = self._path(rel)
 
         def put() -> None:
@@ -259,7 +281,10 @@ class Storage:
         self._run(f"delete {self.uri(rel)}", rm)
 
     def open(self, rel: str = "", mode: str = "rb"):
-        """An open file object (for streaming reads of inputs). Opening is retried; reading is not."""
+        """An open file object (for streaming reads of inputs). Opening is retried; reading is not.
+        Reads only: a write would pass by the secret check of the uploads."""
+        if set(mode) & set("wax+"):
+            raise ValueError(f"Storage.open reads only (mode {mode!r}): write with upload_file or put_json")
         return self._run(f"open {self.uri(rel)}", lambda: self.fs.open(self._path(rel), mode))
 
     def is_dir(self, rel: str = "") -> bool:
@@ -349,6 +374,16 @@ class Storage:
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+# The files upload_dir has just checked, per thread (the checkpoint uploader and the history writer share
+# a Storage), with _stat_key: upload_file does not read them for the check a second time.
+_checked = threading.local()
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _local_write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")

@@ -317,6 +317,7 @@ def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploade
                                    out.uri(contract.ADAPTER_DIR))
     if uploader is not None:
         uploader.close()  # the last checkpoints first: a resume after this point finds them
+        uploader.raise_fatal()  # a checkpoint held a secret: so does the adapter, most likely
     files = out.upload_dir(adapter_dir, contract.ADAPTER_DIR)
     timer.mark("upload_adapter")
     merged_uri = None
@@ -423,6 +424,7 @@ def _preempted(uploader, step: int, resumed_from: int | None, total_steps: int |
     ok = True
     if uploader is not None:
         ok = uploader.flush(timeout=None)
+        uploader.raise_fatal()  # a checkpoint held a secret: fail for good, not "preempted, resume"
     last = uploader.last_uploaded if uploader is not None else None
     msg = (f"stopped by SIGTERM at step {step}; checkpoint {last.uri} uploaded" if last is not None and ok
            else f"stopped by SIGTERM at step {step}; no new checkpoint uploaded")

@@ -26,6 +26,7 @@ from .checkpoints import (
     manifest_from_digests,
     prune_checkpoints,
 )
+from .errors import InvalidInput
 from .retry import describe
 from .storage import Storage, local_files
 
@@ -62,6 +63,8 @@ class CheckpointUploader:
     For each checkpoint: any stale remote copy of the same step is removed, files are uploaded (each
     retried by Storage), the manifest is written last, retention deletes old checkpoints, then
     on_uploaded(ref) is called. A checkpoint that fails for good is logged and skipped; the next goes.
+    But an InvalidInput (a file holding a secret: secret_scan.py) ends the run: it is kept in `fatal` and
+    raised in the training thread by the next submit() and by raise_fatal(); nothing more is uploaded.
 
     The same step submitted again (SIGTERM right after a periodic save) is not re-uploaded when a
     complete remote copy with the same file names and sizes exists.
@@ -84,6 +87,7 @@ class CheckpointUploader:
         self.staging_root = staging_root
         self.uploaded: list[CheckpointRef] = []
         self.failed: list[int] = []
+        self.fatal: InvalidInput | None = None  # the first permanent failure; ends the run (raise_fatal)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
         self._cond = threading.Condition()
         self._pending = 0
@@ -102,8 +106,15 @@ class CheckpointUploader:
         with self._cond:
             return self._pending
 
+    def raise_fatal(self) -> None:
+        """Raise the permanent failure of an upload, if there was one (in the training thread)."""
+        if self.fatal is not None:
+            raise self.fatal
+
     def submit(self, local_checkpoint_dir: Path, step: int) -> None:
-        """Snapshot local_checkpoint_dir now and queue its upload (blocks while the queue is full)."""
+        """Snapshot local_checkpoint_dir now and queue its upload (blocks while the queue is full).
+        Raises the permanent failure of an earlier upload (raise_fatal)."""
+        self.raise_fatal()
         if self._closed:
             raise RuntimeError("uploader is closed")
         src = Path(local_checkpoint_dir)
@@ -156,8 +167,13 @@ class CheckpointUploader:
             snap, step, stats = item
             ok = False
             try:
-                self._upload(snap, step, stats)
-                ok = True
+                if self.fatal is None:  # after a permanent failure nothing more goes out
+                    self._upload(snap, step, stats)
+                    ok = True
+            except InvalidInput as exc:
+                log.error("checkpoint %d: %s", step, exc.message)
+                self.fatal = self.fatal or exc
+                self._notify(self.on_failed, step, exc.message)
             except Exception as exc:
                 log.exception("checkpoint %d: upload failed; it will not be resumed from", step)
                 self._notify(self.on_failed, step, describe(exc))

@@ -12,9 +12,12 @@ Secret values stay in memory: never printed, and scrubbed from any error message
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,30 +116,98 @@ def read_jsonl(store: RunStorage, uri: str) -> list[dict[str, Any]]:
         raise CliError(f"{uri} is not JSON Lines: {exc}") from exc
 
 
-def adapter_manifest(store: RunStorage, status: dict[str, Any]) -> tuple[list[FileDigest], str]:
-    """The adapter's files with their sha256, and where the list came from: training_summary.json (every
-    file), else status.adapter.files (the termination message may have shortened it)."""
+STATUS_FILES = "status.adapter.files"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The adapter's files with their size and sha256, and where the list came from."""
+
+    files: list[FileDigest]
+    source: str  # STATUS_FILES, or the URI of training_summary.json
+    trusted: bool  # from the operator's status, not from storage that whoever writes the prefix can change
+
+
+def adapter_manifest(store: RunStorage, status: dict[str, Any]) -> Manifest:
+    """status.adapter.files: the operator copies them from the successful trainer pod's termination message,
+    and reverts any other writer of status.adapter. Without them (a resource from an older operator, or a
+    result too large for the termination message), training_summary.json from the run's storage: whoever can
+    write the output prefix can rewrite it along with the adapter (trusted=False)."""
+    files = (status.get("adapter") or {}).get("files") or []
+    if files:
+        return Manifest([FileDigest.model_validate(f) for f in files], STATUS_FILES, trusted=True)
     summary_uri = (status.get("artifacts") or {}).get("summary")
     if summary_uri:
         parent, name = _split(summary_uri)
         summary = _storage_call(store, f"reading {summary_uri}", lambda: store.storage(parent).get_json(name))
-        if summary.get("files"):
-            return [FileDigest.model_validate(f) for f in summary["files"]], summary_uri
-    files = (status.get("adapter") or {}).get("files") or []
-    return [FileDigest.model_validate(f) for f in files], "status.adapter.files"
+        listed = summary.get("files") if isinstance(summary, dict) else None
+        if listed:
+            return Manifest([FileDigest.model_validate(f) for f in listed], summary_uri, trusted=False)
+    return Manifest([], summary_uri or STATUS_FILES, trusted=False)
 
 
-def verify(local_dir: Path, manifest: list[FileDigest]) -> list[str]:
-    """What does not match the manifest (missing files, other sizes or sha256): the trainer's own check of a
-    checkpoint. Empty when all match."""
-    return mismatches(local_dir, manifest)
-
-
-def unlisted(local_dir: Path, names: list[str], manifest: list[FileDigest]) -> list[str]:
-    """Downloaded files the manifest does not list (kept, reported)."""
+def verify(local_dir: Path, manifest: list[FileDigest], source: str = "the manifest") -> list[str]:
+    """What does not match the manifest: listed files missing, of another size or sha256 (the trainer's own
+    check of a checkpoint), then files under local_dir it does not list ('<name>: not in <source>'). Empty when
+    all match."""
     listed = {f.name for f in manifest}
-    present = {p.relative_to(local_dir).as_posix() for p in local_files(local_dir)}
-    return sorted(n for n in names if n not in listed and n in present)
+    extra = [n for n in (p.relative_to(local_dir).as_posix() for p in local_files(local_dir)) if n not in listed]
+    return mismatches(local_dir, manifest) + [f"{n}: not in {source}" for n in extra]
+
+
+class Mismatch(Exception):
+    """The downloaded adapter does not match its manifest; nothing was written to the destination."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def pull_adapter(store: RunStorage, uri: str, dest: Path, manifest: Manifest) -> list[str]:
+    """Every file under uri into dest, only once all of them match the manifest (the same names, sizes and
+    sha256, nothing more): downloaded into a temporary folder next to dest, checked there, then moved into dest
+    (a rename each: the same file system). On a mismatch (Mismatch) or an error, dest is left as it was: the
+    temporary folder is removed, and so are the parent folders this call created. Returns the names (relative,
+    sorted)."""
+    if dest.exists() and not dest.is_dir():
+        raise CliError(f"{dest} exists and is not a directory")
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # innermost first
+    tmp = None
+    try:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name or 'adapter'}.pull-", dir=dest.parent))
+        except OSError as exc:
+            raise CliError(f"cannot write next to {dest}: {exc}") from exc
+        download_dir(store, uri, tmp)
+        problems = verify(tmp, manifest.files, manifest.source)
+        if problems:
+            raise Mismatch(problems)
+        names = [p.relative_to(tmp).as_posix() for p in local_files(tmp)]
+        _move(tmp, names, dest)
+        created = []
+        return names
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # after a failure: only the (empty) ones this call made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _move(tmp: Path, names: list[str], dest: Path) -> None:
+    in_the_way = [n for n in names if (dest / n).is_dir() or any(
+        p.exists() and not p.is_dir() for p in (dest / n).parents if p == dest or dest in p.parents)]
+    if in_the_way:
+        raise CliError(f"{dest}: something there is in the way of {', '.join(in_the_way[:5])}; nothing was written "
+                       "(choose a new or empty DIR)")
+    for name in names:
+        target = dest / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / name, target)
+        except OSError as exc:
+            raise CliError(f"moving the verified adapter into {dest} ({name}): {exc}") from exc
 
 
 def artifacts(status: dict[str, Any]) -> Artifacts:

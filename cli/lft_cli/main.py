@@ -4,7 +4,8 @@
     kubectl lft logs NAME [-f]         the current attempt's trainer pod log
     kubectl lft wait NAME [--timeout]  exit 0 Succeeded, 1 Failed, 2 timed out (the reason is printed)
     kubectl lft plot NAME [FILE]       download loss.png
-    kubectl lft pull NAME DIR          download the adapter and check it against its sha256 manifest
+    kubectl lft pull NAME DIR          download the adapter; written to DIR only if every file matches
+                                       status.adapter.files (name, size, sha256)
     kubectl lft samples NAME           held-out prompts: reference, base model's and tuned model's output
 
 -n/--namespace, --context and --kubeconfig work as in kubectl (KUBECONFIG and the current context's
@@ -23,11 +24,22 @@ from pathlib import Path
 
 from urllib3.exceptions import HTTPError
 
+from lft_api.contract import TERMINATION_MESSAGE_MAX_BYTES
+
 from . import fetch, render
 from .kube import CliError, Cluster, connect
 from .render import EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 
 PROG = "kubectl lft"
+PULL_HELP = (
+    "Download the adapter into a temporary folder next to DIR, check it, and only then move it into DIR. Every "
+    "file is checked against status.adapter.files: the names, sizes and sha256 the trainer reported in its "
+    "termination message, which the operator copies into the status (and puts back if another client changes "
+    "them), so whoever can write the run's output prefix cannot change them. A file missing, one more file, or "
+    "another size or sha256 fails the pull (exit 1, the file named) and DIR is left as it was. Only a resource "
+    "without status.adapter.files (an older operator; a result too large for the termination message) is checked "
+    "against training_summary.json in the run's storage instead, with a warning: whoever can write the output "
+    "prefix can change that file too.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +61,7 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, parents=[_common(True)], description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="exit codes: 0 ok (wait: Succeeded), 1 wait: Failed / pull: sha256 mismatch, "
+                     epilog="exit codes: 0 ok (wait: Succeeded), 1 wait: Failed / pull: a file does not match, "
                             "2 wait: timed out, 3 could not run")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     flags = _common(False)
@@ -63,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("name")
     cmd.add_argument("--timeout", default="30m", help="give up after this long (90s, 10m, 1h; default 30m)")
     cmd.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
-    for name, what in (("plot", "download loss.png"), ("pull", "download the adapter and verify its sha256"),
+    for name, what in (("plot", "download loss.png"), ("pull", "download the adapter, verified file by file"),
                        ("samples", "held-out prompts completed by the base and the tuned model")):
-        cmd = sub.add_parser(name, parents=[flags], help=what)
+        cmd = sub.add_parser(name, parents=[flags], help=what, description=PULL_HELP if name == "pull" else None)
         cmd.add_argument("name")
         if name == "plot":
             cmd.add_argument("file", nargs="?", help="where to write it (default: NAME-loss.png)")
@@ -140,25 +152,36 @@ def cmd_plot(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 def cmd_pull(cluster: Cluster, args: argparse.Namespace) -> int:
-    obj, status, uri = _artifact(cluster, args.name, "adapter",
-                                 "{name} has no adapter yet (phase {phase}): it is uploaded when the run succeeds")
+    obj, status = _status(cluster, args.name)
+    # status.adapter is the operator's (it reverts other writers); status.artifacts is the trainer's patch.
+    uri = (status.get("adapter") or {}).get("uri") or fetch.artifacts(status).adapter
+    if not uri:
+        raise CliError(f"{args.name} has no adapter yet (phase {status.get('phase') or 'not reconciled yet'}): it is "
+                       "uploaded when the run succeeds")
     dest = Path(args.dir)
     store = fetch.run_storage(cluster, obj, args.endpoint_url)
-    names = fetch.download_dir(store, uri, dest)
-    manifest, source = fetch.adapter_manifest(store, status)
-    if not manifest:
-        raise CliError(f"downloaded {len(names)} files from {uri} to {dest}, but there is no sha256 manifest to "
-                       "check them against (neither training_summary.json nor status.adapter.files lists them)")
-    problems = fetch.verify(dest, manifest)
-    for name in fetch.unlisted(dest, names, manifest):
-        print(f"note: {name} is not in the manifest ({source}); kept, not verified", file=sys.stderr)
-    if problems:
-        print(f"{dest}: {len(problems)} of {len(manifest)} files do not match the manifest ({source}):",
-              file=sys.stderr)
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
+    manifest = fetch.adapter_manifest(store, status)
+    if not manifest.files:
+        raise CliError(f"{args.name}: no sha256 list to check the adapter at {uri} against ({fetch.STATUS_FILES} is "
+                       "empty and there is no training_summary.json listing its files); nothing was downloaded")
+    if not manifest.trusted:
+        print(f"warning: {args.name} has no {fetch.STATUS_FILES} (an operator that predates them, or a result too "
+              f"large for the trainer's termination message): the files are checked against {manifest.source}, "
+              "which is in the run's storage: whoever can write the output prefix can change it along with the "
+              "adapter, so this check finds damaged files, not tampered ones", file=sys.stderr)
+    try:
+        names = fetch.pull_adapter(store, uri, dest, manifest)
+    except fetch.Mismatch as exc:
+        print(f"error: the adapter at {uri} does not match {manifest.source} ({len(manifest.files)} files listed); "
+              f"nothing was written to {dest}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        if manifest.trusted and any(p.endswith(f": not in {fetch.STATUS_FILES}") for p in exc.problems):
+            print(f"  (the trainer's termination message holds at most {TERMINATION_MESSAGE_MAX_BYTES} bytes: an "
+                  f"adapter of more files than fit has a shortened {fetch.STATUS_FILES})", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{dest}: {len(names)} files from {uri}; {len(manifest)} verified against the sha256 manifest ({source})")
+    print(f"{dest}: {len(names)} files from {uri}; {len(manifest.files)} verified against the sha256 manifest "
+          f"({manifest.source})")
     return EXIT_OK
 
 

@@ -157,16 +157,19 @@ def test_plot_and_pull_download_real_objects_with_the_runs_secret(kube, namespac
     pulled = lft("pull", "run", str(tmp_path / "adapter"))
     assert pulled.returncode == 0, pulled.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()} == ADAPTER_FILES
-    assert f"4 files from {output}/adapter; 4 verified against the sha256 manifest ({output}/training_summary.json)" \
+    assert f"4 files from {output}/adapter; 4 verified against the sha256 manifest (status.adapter.files)" \
         in pulled.stdout
+    assert "warning" not in pulled.stderr
 
     s3_bucket.put_bytes("runs/run/adapter/adapter_model.safetensors", b"tampered")
     s3_bucket.put_bytes("runs/run/adapter/extra.txt", b"not in the manifest")
     bad = lft("pull", "run", str(tmp_path / "again"))
     assert bad.returncode == 1
-    assert "1 of 4 files do not match the manifest" in bad.stderr
+    assert f"does not match status.adapter.files (4 files listed); nothing was written to {tmp_path / 'again'}" \
+        in bad.stderr
     assert "adapter_model.safetensors: size 8 != 16384" in bad.stderr
-    assert "note: extra.txt is not in the manifest" in bad.stderr
+    assert "extra.txt: not in status.adapter.files" in bad.stderr
+    assert not (tmp_path / "again").exists()
     assert FAKE_SECRET_ACCESS_KEY not in plot.stdout + plot.stderr + pulled.stdout + pulled.stderr + bad.stderr
 
 

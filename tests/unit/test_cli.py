@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -121,7 +122,7 @@ def _digest(name: str, data: bytes) -> FileDigest:
     return FileDigest(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
-def test_verify_names_missing_resized_and_changed_files(tmp_path) -> None:
+def test_verify_names_missing_resized_changed_and_unlisted_files(tmp_path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "ok.json").write_bytes(b"{}")
     (tmp_path / "sub" / "w.bin").write_bytes(b"abcd")
@@ -130,8 +131,7 @@ def test_verify_names_missing_resized_and_changed_files(tmp_path) -> None:
                 _digest("gone", b"z")]
     problems = fetch.verify(tmp_path, manifest)
     assert problems == ["sub/w.bin: sha256 mismatch", "short: size 2 != 3", "gone: missing"]
-    assert fetch.verify(tmp_path, manifest[:1]) == []
-    assert fetch.unlisted(tmp_path, ["ok.json", "short", "sub/w.bin"], manifest[:1]) == ["short", "sub/w.bin"]
+    assert fetch.verify(tmp_path, [manifest[0], _digest("short", b"ab")], "the list") == ["sub/w.bin: not in the list"]
 
 
 def test_artifacts_fall_back_to_status_adapter() -> None:
@@ -170,3 +170,132 @@ def test_logs_follow_the_newest_attempt_and_node_0_of_a_multi_node_run() -> None
     assert render.current_pod(gang)["metadata"]["name"] == "n1-a2"  # node 0's pod of attempt 2 not made yet
     gang.append(_pod("n0-a2", "2026-12-01T10:08:59Z", **{ATTEMPT_LABEL: "2", NODE_RANK_LABEL: "0"}))
     assert render.current_pod(gang)["metadata"]["name"] == "n0-a2"
+
+
+# -- pull: the real command, a real file:// bucket, the verification itself not replaced -----------------------
+ADAPTER = {"adapter_config.json": b'{"r": 16}', "adapter_model.safetensors": bytes(range(256)) * 16,
+           "README.md": b"# LoRA adapter\n", "tokenizer/special_tokens_map.json": b"{}"}
+
+
+class _FakeCluster:
+    """What `pull` reads from Kubernetes: the resource; no ConfigMap, Job or Secret (the storage is file://)."""
+
+    def __init__(self, obj: dict) -> None:
+        self.obj = obj
+
+    def lft(self, name: str) -> dict:
+        assert name == self.obj["metadata"]["name"]
+        return self.obj
+
+    def trainer_config(self, name: str) -> None:
+        return None
+
+    def job_secret_names(self, job_name: str | None) -> list[str]:
+        return []
+
+
+def _bucket(tmp_path, files: dict[str, bytes], summary: dict[str, bytes] | None = None) -> str:
+    """The run's output prefix as the trainer leaves it: adapter/ and training_summary.json (listing `summary`)."""
+    out = tmp_path / "bucket" / "runs" / "bot"
+    for name, data in files.items():
+        (out / "adapter" / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / "adapter" / name).write_bytes(data)
+    listed = files if summary is None else summary
+    (out / "training_summary.json").write_text(json.dumps({"files": [_digest(n, d).to_wire()
+                                                                     for n, d in listed.items()]}))
+    return f"file://{out}"
+
+
+def _resource(output: str, status_files: dict[str, bytes] | None) -> dict:
+    adapter = {"uri": f"{output}/adapter"}
+    if status_files is not None:
+        adapter["files"] = [_digest(n, d).to_wire() for n, d in status_files.items()]
+    return {"metadata": {"name": "bot", "namespace": "team"}, "spec": {}, "status": {
+        "phase": "Succeeded", "adapter": adapter,
+        "artifacts": {"adapter": f"{output}/adapter", "summary": f"{output}/training_summary.json"}}}
+
+
+def _pull(monkeypatch, obj: dict, dest) -> int:
+    monkeypatch.setattr(main, "connect", lambda *a: (None, "team"))
+    monkeypatch.setattr(main, "Cluster", lambda api, namespace: _FakeCluster(obj))
+    return main.main(["pull", "bot", str(dest)])
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_pull_checks_each_file_against_status_adapter_files(tmp_path, monkeypatch, capsys) -> None:
+    output = _bucket(tmp_path, ADAPTER)
+    dest = tmp_path / "here" / "adapter"
+    assert _pull(monkeypatch, _resource(output, ADAPTER), dest) == EXIT_OK
+    out = capsys.readouterr()
+    assert _tree(dest) == ADAPTER
+    assert f"{dest}: 4 files from {output}/adapter; 4 verified against the sha256 manifest (status.adapter.files" \
+        in out.out
+    assert "warning" not in out.err
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["adapter"]  # no temporary folder left
+
+
+def test_pull_refuses_a_tampered_adapter_whose_storage_summary_was_rewritten_to_match(tmp_path, monkeypatch,
+                                                                                      capsys) -> None:
+    """Whoever can write the output prefix swaps the weights and rewrites training_summary.json to match: the
+    digests the operator recorded in status.adapter.files still tell."""
+    tampered = {**ADAPTER, "adapter_model.safetensors": bytes(reversed(ADAPTER["adapter_model.safetensors"]))}
+    output = _bucket(tmp_path, tampered)  # the summary lists the tampered digests
+    dest = tmp_path / "adapter"
+    assert _pull(monkeypatch, _resource(output, ADAPTER), dest) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "adapter_model.safetensors: sha256 mismatch" in err
+    assert "status.adapter.files" in err and f"nothing was written to {dest}" in err
+    assert not dest.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bucket"]  # no temporary folder left either
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"extra.txt": b"not in the list"}, "extra.txt: not in status.adapter.files"),
+    ({"tokenizer/added.json": b"{}"}, "tokenizer/added.json: not in status.adapter.files"),
+    ({"README.md": b"# LoRA"}, "README.md: size 6 != 15"),
+    ({"README.md": None}, "README.md: missing"),
+])
+def test_pull_refuses_an_extra_missing_or_resized_file(tmp_path, monkeypatch, capsys, change, problem) -> None:
+    files = {n: d for n, d in {**ADAPTER, **change}.items() if d is not None}
+    output = _bucket(tmp_path, files)  # the summary agrees with the bucket
+    dest = tmp_path / "adapter"
+    dest.mkdir()
+    (dest / "mine.txt").write_bytes(b"was here before")
+    assert _pull(monkeypatch, _resource(output, ADAPTER), dest) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"  {problem}\n" in err
+    assert _tree(dest) == {"mine.txt": b"was here before"}  # nothing of the adapter, what was there kept
+
+
+@pytest.mark.parametrize("status_files", [None, {}])
+def test_pull_without_status_adapter_files_falls_back_to_the_summary_with_a_warning(tmp_path, monkeypatch, capsys,
+                                                                                    status_files) -> None:
+    output = _bucket(tmp_path, ADAPTER)
+    dest = tmp_path / "adapter"
+    assert _pull(monkeypatch, _resource(output, status_files), dest) == EXIT_OK
+    out = capsys.readouterr()
+    assert _tree(dest) == ADAPTER
+    assert f"verified against the sha256 manifest ({output}/training_summary.json" in out.out
+    assert out.err.startswith("warning: bot has no status.adapter.files")
+    assert f"checked against {output}/training_summary.json" in out.err
+    assert "whoever can write" in out.err
+
+
+def test_pull_fallback_still_refuses_what_the_summary_does_not_list(tmp_path, monkeypatch, capsys) -> None:
+    output = _bucket(tmp_path, {**ADAPTER, "extra.txt": b"x"}, summary=ADAPTER)
+    dest = tmp_path / "adapter"
+    assert _pull(monkeypatch, _resource(output, None), dest) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"  extra.txt: not in {output}/training_summary.json\n" in err
+    assert not dest.exists()
+
+
+def test_pull_without_any_list_of_digests_writes_nothing(tmp_path, monkeypatch, capsys) -> None:
+    output = _bucket(tmp_path, ADAPTER, summary={})
+    dest = tmp_path / "adapter"
+    assert _pull(monkeypatch, _resource(output, None), dest) == EXIT_ERROR
+    assert "no sha256 list to check" in capsys.readouterr().err
+    assert not dest.exists()

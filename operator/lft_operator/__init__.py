@@ -7,16 +7,19 @@ Modules, in the order data flows through them:
 - handlers.py    kopf wiring: watches of LoRAFineTunes, their Jobs and pods trigger the reconciler
 - reconcile.py   one reconcile: read, validate, create children, decide, write status, post Events
 - validation.py  what the schema cannot say (unknown fields, QLoRA needs a GPU, mounts need volumes) (pure)
-- ownership.py   one live run per output prefix: OutputInUse (pure; claims come from a kopf index)
+- ownership.py   one live run per output prefix of a namespace, accepted runs first: OutputInUse
+                 (claims come from a kopf index)
 - builders.py    ConfigMap, ServiceAccount, Role, RoleBinding and Job manifests (pure)
 - status/        phase, conditions, attempts, Events and Job patches from what was observed (pure):
                  the LoRAFineTuneStatus model built by rules (decide.py), failures outside the
                  trainer (failures.py: refused Jobs, uncreatable pods, checkpoint health)
 - views.py       the few fields of Jobs and pods the status logic reads (pure)
 - events.py      Kubernetes Events, posted in the background
-- kube.py        a small async REST client (aiohttp, credentials from the official client's loaders)
+- kube.py        a small async REST client (aiohttp, credentials from the official client's loaders);
+                 every write asks for strict server-side field validation
 - workqueue.py   per-resource coalescing queue with retry backoff
-- multinode.py   a multi-node run's objects: one Job per node, the Service, the env of torchrun (pure)
+- multinode.py   a multi-node run's objects: one Job per node, the Service, its NetworkPolicy, the env of
+                 torchrun (pure)
 - gang_reconcile.py  the reconcile of a multi-node run: every node's Job and pod, one attempt
                  ended on every node when any pod fails (status/gang.py decides, pure)
 - policy.py      the admin policy a podTemplate must satisfy (pure)

@@ -1,5 +1,5 @@
 """The reconcile of a multi-node run (training.nodes > 1): observe every per-node Job and pod, decide
-(status/gang.py, pure), act (create the attempt's Jobs and the Service, delete an ended
+(status/gang.py, pure), act (create the attempt's Jobs, the Service and its NetworkPolicy, delete an ended
 attempt's Jobs, write the status). The single-pod path (reconcile.py) is not involved.
 """
 
@@ -99,11 +99,13 @@ async def _delete_job(r: Reconciler, owner: Owner, name: str) -> None:
 
 
 async def _create_attempt(r: Reconciler, owner: Owner, spec: Any, attempt: int, nodes: int | None) -> None:
-    """The Service (which keeps the spec the run started with: multinode.run_spec), the ServiceAccount, the
-    companions, then one Job per node of the run's `nodes` (idempotent)."""
+    """The Service (which keeps the spec the run started with: multinode.run_spec) and the NetworkPolicy that keeps
+    its rendezvous to the run's own pods, the ServiceAccount, the companions, then one Job per node of the run's
+    `nodes` (idempotent). The NetworkPolicy comes before any Job: no pod of the run listens unprotected."""
     from .reconcile import RetryLater
 
     service, _ = await r._create(multinode.service(owner, spec))
+    await r._create(multinode.network_policy(owner))  # a run started by an earlier version gets it here too
     spec = multinode.run_spec(service, spec, nodes)
     if spec.pod_template.service_account_name is None:
         await r._create(builders.service_account(owner))

@@ -7,8 +7,8 @@
   restart the first reconcile already sees every existing Job and pod (no duplicate Job). kopf
   holds every handler until all of them have listed; kopf_workarounds.py keeps a namespace that goes away
   before its first listing from holding them forever.
-- LoRAFineTunes are also indexed by the root of their output.uri (ownership.py): the check that
-  no two runs write one output prefix reads that index, never the API server.
+- LoRAFineTunes are also indexed by namespace and the root of their output.uri (ownership.py): the
+  check that no two runs of a namespace write one output prefix reads that index, never the API server.
 - Only watch-event handlers: no finalizers on the resources (deleting one never waits for the
   operator; the garbage collector removes the children through ownerReferences).
 """
@@ -27,7 +27,7 @@ from lft_api import contract
 from . import leader, metrics
 from .builders import NAME_LABEL
 from .kube import Kube
-from .ownership import OutputClaim, uri_root
+from .ownership import OutputClaim, Standing, uri_root
 from .reconcile import Reconciler
 from .settings import Settings
 from .views import JobView, PodView
@@ -54,8 +54,8 @@ class IndexCache:
     def pods(self, namespace: str, name: str) -> list[PodView]:
         return list(self._pods.get((namespace, name), [])) if self._pods is not None else []
 
-    def outputs(self, root: str) -> list[OutputClaim]:
-        return list(self._outputs.get(root, [])) if self._outputs is not None else []
+    def outputs(self, namespace: str, root: str) -> list[OutputClaim]:
+        return list(self._outputs.get((namespace, root), [])) if self._outputs is not None else []
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
@@ -138,8 +138,9 @@ async def lft_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: An
 
 @kopf.index(GROUP, VERSION, PLURAL)
 async def lft_outputs(body: kopf.Body, **_: Any) -> dict:
+    # By namespace: a claim never counts against, nor names to, another namespace's resources.
     claim = OutputClaim.from_body(_raw(body))
-    return {uri_root(claim.uri): claim} if claim is not None else {}
+    return {(claim.namespace, uri_root(claim.uri)): claim} if claim is not None else {}
 
 
 def _raw(body: kopf.Body) -> dict[str, Any]:
@@ -172,7 +173,7 @@ async def lft_event(
     else:
         memo.reconciler.on_resource(namespace, name, raw)
     claim = OutputClaim.from_body(raw)
-    if claim is not None and (deleted or claim.finished):
+    if claim is not None and (deleted or claim.finished or claim.standing == Standing.REFUSED):
         memo.reconciler.on_output_released(claim)
 
 

@@ -26,7 +26,15 @@ logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-WRITER = {"fieldManager": contract.OPERATOR_FIELD_MANAGER}
+# Every create, update and patch names the operator's field manager (managedFields then tell its status writes
+# from others') and asks for strict server-side field validation: a field the API server does not know, or one
+# given twice, fails the request (400 BadRequest, "strict decoding error: ...") instead of being dropped
+# silently, so the object stored is the one the operator built and the admin policy judged (parts of the pod
+# template pass through unread: lft_api.pod_types). Kubernetes 1.25+ enforce it (1.23/1.24 only behind the
+# ServerSideFieldValidation gate); older servers ignore the parameter: they decode the query into the write's
+# options by known keys only (the generated url.Values conversions of metav1.CreateOptions/PatchOptions/
+# UpdateOptions read dryRun and fieldManager and nothing else), so our 1.20 test cluster behaves as before.
+WRITER = {"fieldManager": contract.OPERATOR_FIELD_MANAGER, "fieldValidation": "Strict"}
 
 
 class NotLeader(Exception):
@@ -137,7 +145,7 @@ class Kube:
         body = await self.request("GET", path, params=params)
         return (body or {}).get("items") or []
 
-    # Writes name the operator's field manager: managedFields then tell its status writes from others'.
+    # Writes send WRITER (field manager, strict field validation); a delete has no object to validate.
     async def delete(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return await self.request("DELETE", path, body=body)
 
@@ -173,6 +181,7 @@ _PLURALS = {
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("batch/v1", "Job"): "jobs",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
 }
 
 

@@ -14,6 +14,10 @@ Every attempt's Jobs are built from the spec the run started with (run_spec: the
 first attempt, keeps it in its applied-spec annotation), as the single-pod path's one Job is, and as the
 trainer's ConfigMap (written once) is: a spec changed later is reported (SpecChangeIgnored), not half applied.
 
+The rendezvous port, and the ports gloo and NCCL open between ranks (ephemeral ones), listen on the pod network:
+a NetworkPolicy `<run>-trainer` (network_policy, created with the Service, owned the same way) admits ingress to
+the run's pods over TCP from pods of the same run in the same namespace only.
+
 With nodes == 1 none of this is used: builders.job() builds the one Job, as before, and no Service.
 """
 
@@ -81,6 +85,39 @@ def service(owner: Owner, spec: LoRAFineTuneSpec) -> dict[str, Any]:
             "publishNotReadyAddresses": True,
             "selector": {NAME_LABEL: owner.name, "app.kubernetes.io/component": "trainer", NODE_RANK_LABEL: "0"},
             "ports": [{"name": "rendezvous", "port": contract.DEFAULT_MASTER_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def run_pod_selector(name: str) -> dict[str, Any]:
+    """The pods of run `name`: every node Job's pod carries these labels (builders.labels), set by the operator
+    after the user's podTemplate.labels, so a pod of another run cannot claim them. Pods the tenant creates by
+    hand in the namespace can, but the tenant could reach its own run's pods from there anyway."""
+    return {"matchLabels": {NAME_LABEL: name, "app.kubernetes.io/component": "trainer"}}
+
+
+def network_policy(owner: Owner) -> dict[str, Any]:
+    """Ingress to the run's pods: TCP, any port (the rendezvous master's, contract.DEFAULT_MASTER_PORT, and the
+    ephemeral ports of torch.distributed's gloo and NCCL socket transports), from the run's own pods in this
+    namespace only; everything else is refused (the rendezvous takes no credentials: any pod of the cluster
+    could otherwise join it or feed the collectives). Node 0 reaches itself over loopback, which no policy
+    restricts; the other nodes reach it through the Service's cluster IP, which kube-proxy rewrites to the pod's
+    address, so the policy sees the sending pod as the source. Egress is left alone (storage, hub, trackers).
+
+    Enforcement is the network plugin's: Calico, Cilium, Antrea and the like enforce NetworkPolicies; a cluster
+    without such a plugin (kindnet before 0.20, flannel alone, our 1.20 test cluster) stores the object and does
+    nothing with it. Created once per run, as the Service is (idempotent: an existing one of this run is kept);
+    the garbage collector deletes it with the resource."""
+    peers = run_pod_selector(owner.name)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": builders._metadata(owner, service_name(owner.name)),
+        "spec": {
+            "podSelector": run_pod_selector(owner.name),
+            "policyTypes": ["Ingress"],
+            # No namespaceSelector or ipBlock: a podSelector alone means pods of this namespace.
+            "ingress": [{"from": [{"podSelector": peers}], "ports": [{"protocol": "TCP"}]}],
         },
     }
 

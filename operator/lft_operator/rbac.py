@@ -42,6 +42,9 @@ USES: tuple[Use, ...] = (
         "the training Job: created once, patched for suspend/resume/stop and runPolicy changes; delete: "
         "the per-node Jobs of a multi-node run when its attempt ends or it is suspended (gang_reconcile.py)"),
     Use("", "services", ("get", "create"), "the Service of a multi-node run (its cluster IP is the rendezvous master)"),
+    Use("networking.k8s.io", "networkpolicies", ("get", "create"),
+        "the NetworkPolicy of a multi-node run: its rendezvous and collectives admit the run's own pods only "
+        "(get: after a 409)"),
     Use("", "pods", ("list", "watch"), "attempts, exit codes and termination messages (watch, and a list by label)"),
     Use("", "configmaps", ("get", "create"), "the per-run trainer config, created once (get: after a 409)"),
     Use("", "serviceaccounts", ("get", "create"), "the per-run trainer identity"),

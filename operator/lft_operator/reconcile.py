@@ -21,7 +21,7 @@ from . import builders, gang_reconcile, metrics
 from .builders import Owner
 from .events import EventPoster
 from .kube import ApiError, Kube, NotLeader, collection_path, core_path, group_path, object_path
-from .ownership import OutputClaim, output_conflict, uri_root
+from .ownership import OutputClaim, OutputClaims
 from .settings import Settings
 from .status import (
     OWNED_FIELDS,
@@ -71,13 +71,13 @@ def resource_fingerprint(body: dict[str, Any]) -> str:
 
 
 class Cache(Protocol):
-    """The watch caches (kopf indexes): the operator's Jobs and pods by resource, output claims by root."""
+    """The watch caches (kopf indexes): the operator's Jobs and pods by resource, output claims by namespace, root."""
 
     def jobs(self, namespace: str, name: str) -> list[JobView]: ...
 
     def pods(self, namespace: str, name: str) -> list[PodView]: ...
 
-    def outputs(self, root: str) -> list[OutputClaim]: ...
+    def outputs(self, namespace: str, root: str) -> list[OutputClaim]: ...
 
 
 class RetryLater(Exception):
@@ -122,6 +122,7 @@ class Reconciler:
         # The owned status fields as the operator last wrote them, by resource (with its uid): what a
         # foreign write of them is reverted to (status/trust.py).
         self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        self.claims = OutputClaims(cache)  # who holds which output prefix
 
     # --- triggers -------------------------------------------------------------------------------
 
@@ -146,10 +147,9 @@ class Reconciler:
         self.trigger(namespace, name)
 
     def on_output_released(self, claim: OutputClaim) -> None:
-        """A resource finished or was deleted: the later ones refused for its output.uri look again."""
-        for other in self.cache.outputs(uri_root(claim.uri)):
-            if other.uid != claim.uid and not other.finished and other.order > claim.order:
-                self.trigger(other.namespace, other.name)
+        """A resource finished, was deleted or was refused: the others of its namespace waiting for a prefix look again."""
+        for other in self.claims.waiting_on(claim):
+            self.trigger(other.namespace, other.name)
 
     def on_child(self, namespace: str, name: str, uid: str, view: JobView | PodView | None) -> None:
         """A watch event of a Job or pod: reconcile when what the status logic reads changed."""
@@ -167,6 +167,7 @@ class Reconciler:
         self.queue.forget(key)
         for state in (self._fingerprints, self._fresh, self._refusals, self._forbidden, self._deferred, self._written):
             state.pop(key, None)
+        self.claims.forget(key)
         self.phases.set(key, None)
 
     async def resync_forever(self) -> None:
@@ -270,6 +271,7 @@ class Reconciler:
         try:
             job = await self._ensure_children(owner, spec)
         except ApiError as e:
+            self.claims.forget(key)  # no Job: its claim waits its turn again (by order)
             obs.create_error = classify_create_error(e.status, e.message, e.reason)
             if obs.create_error is None:
                 raise
@@ -345,10 +347,7 @@ class Reconciler:
         return JobView.from_job(body)
 
     def _output_problems(self, body: dict[str, Any], spec: Any) -> list[Problem]:
-        me = OutputClaim.from_body(body)
-        if me is None:
-            return []
-        conflict = output_conflict(me, spec.output.overwrite, self.cache.outputs(uri_root(me.uri)))
+        conflict = self.claims.check(body, spec.output.overwrite)  # None: the caller creates the Job(s) at once
         return [conflict] if conflict is not None else []
 
     async def _job_pods(self, owner: Owner, job: JobView, status: dict[str, Any]) -> list[PodView]:

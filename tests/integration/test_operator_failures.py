@@ -7,12 +7,14 @@ The test operator runs with LFT_POD_CREATION_TIMEOUT_SECONDS=20 (conftest.py).
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 
 import pytest
 
 from lft_api.conditions import ACCEPTED, CHECKPOINTS_HEALTHY, RUNNING, Reason
-from tests.support.kube import Kube, wait_until
+from tests.support.kube import NAMESPACE_PREFIX, Kube, wait_until
 from tests.support.operator import cond, is_true, spec
 
 pytestmark = pytest.mark.integration
@@ -53,6 +55,38 @@ def test_a_later_resource_on_the_same_output_prefix_is_refused_until_the_first_i
     kube.delete(kube.lft_path(namespace, "first"))
     kube.wait_lft(namespace, "second", lambda s: is_true(s, ACCEPTED))
     assert kube.job(namespace, "second") is not None
+
+
+def test_a_resource_the_policy_refused_holds_no_output_prefix(kube, namespace, operator):
+    """Created first, refused by the admin policy (a hostPath volume), it never runs: a later resource on the
+    same output.uri is accepted."""
+    uri = spec()["output"]["uri"]
+    squatter = spec(output={"uri": uri}, podTemplate={"volumes": [{"name": "host", "hostPath": {"path": "/"}}]})
+    kube.create_lft(namespace, "squatter", squatter)
+    status = kube.wait_lft(namespace, "squatter", lambda s: cond(s, ACCEPTED).get("status") == "False")["status"]
+    assert cond(status, ACCEPTED)["reason"] == Reason.POLICY_VIOLATION
+    kube.create_lft(namespace, "real", spec(output={"uri": f"{uri}/nested"}))
+    kube.wait_lft(namespace, "real", lambda s: is_true(s, ACCEPTED))
+    assert kube.job(namespace, "real") is not None and kube.jobs(namespace, "squatter") == []
+
+
+def test_output_prefixes_are_claimed_per_namespace_and_never_name_another(kube, namespace, operator):
+    """A live run in another namespace on the same output.uri neither refuses this one nor shows up in its
+    status or Events (across namespaces, the trainer's pre-flight check of the prefix's artifacts applies)."""
+    other = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
+    try:
+        uri = spec()["output"]["uri"]
+        kube.create_lft(other, "hidden-project", spec(output={"uri": uri}))
+        kube.wait_lft(other, "hidden-project", lambda s: is_true(s, ACCEPTED))
+        kube.create_lft(namespace, "mine", spec(output={"uri": uri}))
+        status = kube.wait_lft(namespace, "mine", lambda s: is_true(s, ACCEPTED))["status"]
+        assert kube.job(namespace, "mine") is not None
+        seen = json.dumps(status) + json.dumps(kube.events(namespace, "mine"))
+        assert other not in seen and "hidden-project" not in seen
+    finally:
+        kube.delete(f"/api/v1/namespaces/{other}")
+        kube.remove_pods(other)
 
 
 def test_job_rejected_by_the_api_server_fails_with_its_message(kube, namespace, operator):

@@ -1,5 +1,6 @@
 """A multi-node run (training.nodes 2) against the real API server, Job controller and garbage collector:
-one Job per node, the run's Service, and the gang: one failed pod ends the attempt on every node.
+one Job per node, the run's Service and NetworkPolicy, and the gang: one failed pod ends the attempt on every
+node.
 
 The tests play the kubelet (tests/support/kube.py) on the pods the real Job controller creates.
 """
@@ -96,6 +97,35 @@ def test_two_nodes_service_jobs_gang_failure_and_resume(kube, namespace, operato
     assert history[1]["phase"] == "Failed" and history[1]["exitCode"] == 1 and history[2]["phase"] == "Succeeded"
     assert len(node_jobs(kube, namespace, "duo")) == 2  # a success keeps its Jobs (logs)
     wait_until(lambda: {"Retrying", "Succeeded"} <= set(kube.event_reasons(namespace, "duo")), 10)
+
+
+def test_the_run_gets_a_network_policy_that_admits_only_its_own_pods(kube, namespace, operator):
+    """The NetworkPolicy is stored with the right selectors and owner. The test cluster has no network plugin
+    that enforces NetworkPolicies (neither do many others): whether traffic is refused is not checked here."""
+    created = kube.create_lft(namespace, "fence", spec(training={"maxSteps": 30, "nodes": 2}))
+    uid = created["metadata"]["uid"]
+    policy = wait_until(
+        lambda: kube.get(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/fence-trainer"), 20,
+        what="NetworkPolicy")
+    owners = policy["metadata"]["ownerReferences"]
+    assert [(o["kind"], o["name"], o["uid"], o.get("controller")) for o in owners] == [
+        ("LoRAFineTune", "fence", uid, True)]
+    svc = kube.get(f"/api/v1/namespaces/{namespace}/services/fence-trainer")
+    assert svc is not None and svc["metadata"]["ownerReferences"] == owners  # owned as the Service is
+    pol = policy["spec"]
+    assert pol["policyTypes"] == ["Ingress"]
+    selector = pol["podSelector"]
+    assert selector == {"matchLabels": {"finetune.dev/name": "fence", "app.kubernetes.io/component": "trainer"}}
+    (rule,) = pol["ingress"]
+    assert rule["from"] == [{"podSelector": selector}]  # same run, this namespace: no namespaceSelector, no ipBlock
+    assert rule["ports"] == [{"protocol": "TCP"}]  # every TCP port: rendezvous 29500 and the ranks' ephemeral ones
+    # It selects the pods the real Job controller created for both nodes, and created before any of them.
+    pods = node_pods(kube, namespace, "fence", 1)
+    for pod in pods.values():
+        labels = pod["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in selector["matchLabels"].items()), labels
+    stamped = policy["metadata"]["creationTimestamp"]
+    assert all(stamped <= j["metadata"]["creationTimestamp"] for j in node_jobs(kube, namespace, "fence").values())
 
 
 def test_suspend_deletes_every_node_and_resume_starts_a_new_attempt(kube, namespace, operator):

@@ -323,6 +323,8 @@ def test_rbac_is_least_privilege(values: dict[str, str]) -> None:
     rules = rules_of(docs)
     # Nothing but reads on pods; nothing on nodes or cluster-wide write access to RBAC bindings.
     assert granted(rules, "", "pods") == {"list", "watch"}
+    # A multi-node run's NetworkPolicy: created once (get: after a 409), never changed or deleted by the operator.
+    assert granted(rules, "networking.k8s.io", "networkpolicies") == {"get", "create"}
     assert not granted(rules, "rbac.authorization.k8s.io", "clusterroles")
     assert not granted(rules, "rbac.authorization.k8s.io", "clusterrolebindings")
     assert not granted(rules, "", "nodes")

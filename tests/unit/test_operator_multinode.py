@@ -102,3 +102,69 @@ def test_every_attempt_is_built_from_the_spec_the_run_started_with():
     old = {k: v for k, v in svc.items() if k != "metadata"}
     fallback = multinode.run_spec(old, edited, nodes=2)
     assert fallback.training.nodes == 2 and fallback.training.learning_rate == 0.5
+
+
+# -- the run's NetworkPolicy: rendezvous and collectives reachable from the run's own pods only ------------------
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """A label selector of matchLabels only (what the NetworkPolicy uses) against a pod's labels."""
+    assert set(selector) <= {"matchLabels"}, selector
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def pod_labels(owner: builders.Owner, run: LoRAFineTuneSpec) -> list[dict[str, str]]:
+    return [j["spec"]["template"]["metadata"]["labels"]
+            for j in multinode.node_jobs(owner, run, SETTINGS, attempt=1, service_ip="10.0.0.1")]
+
+
+def test_the_network_policy_selects_the_runs_pods_and_is_owned_like_the_service():
+    policy = multinode.network_policy(OWNER)
+    assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    assert policy["metadata"]["name"] == "big-trainer" and policy["metadata"]["namespace"] == "team-a"
+    assert policy["metadata"]["ownerReferences"] == multinode.service(OWNER, spec(nodes=2))["metadata"]["ownerReferences"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress (storage, hub, the other ranks) is not restricted
+    assert all(selects(policy["spec"]["podSelector"], labels) for labels in pod_labels(OWNER, spec(nodes=3)))
+    assert kube.collection_path(policy) == "/apis/networking.k8s.io/v1/namespaces/team-a/networkpolicies"
+
+
+def test_the_network_policy_admits_tcp_only_from_pods_of_the_same_run():
+    policy = multinode.network_policy(OWNER)
+    (rule,) = policy["spec"]["ingress"]
+    # Every TCP port (the rendezvous port and the ephemeral ports of gloo and NCCL), the rendezvous port included.
+    assert rule["ports"] == [{"protocol": "TCP"}]
+    for peer in rule["from"]:
+        assert set(peer) == {"podSelector"}  # no namespaceSelector or ipBlock: this namespace's pods only
+    mine = pod_labels(OWNER, spec(nodes=2))
+    assert all(any(selects(peer["podSelector"], labels) for peer in rule["from"]) for labels in mine)
+    # Another run's pods, even one whose podTemplate.labels claim this run's name, are not admitted.
+    other = builders.Owner(name="other", namespace="team-a", uid="3333")
+    forged = LoRAFineTuneSpec.model_validate({**spec(nodes=2).to_wire(),
+                                              "podTemplate": {"labels": {"finetune.dev/name": "big"}}})
+    for labels in pod_labels(other, forged) + pod_labels(other, spec(nodes=2)):
+        assert not selects(policy["spec"]["podSelector"], labels)  # not isolated by this policy: not its pod
+        assert not any(selects(peer["podSelector"], labels) for peer in rule["from"])
+
+
+def test_the_network_policy_is_created_with_the_service_before_any_job():
+    import asyncio
+    from types import SimpleNamespace
+
+    from lft_operator import gang_reconcile
+
+    created: list[dict] = []
+
+    async def create(manifest: dict) -> tuple[dict, bool]:
+        created.append(manifest)
+        if manifest["kind"] == "Service":
+            manifest = {**manifest, "spec": {**manifest["spec"], "clusterIP": "10.0.0.9"}}
+        return manifest, True
+
+    async def companions(*_args, **_kwargs) -> None:
+        return None
+
+    r = SimpleNamespace(_create=create, _ensure_companions=companions, settings=SETTINGS)
+    asyncio.run(gang_reconcile._create_attempt(r, OWNER, spec(nodes=2), 1, 2))  # type: ignore[arg-type]
+    kinds = [m["kind"] for m in created]
+    assert kinds[:2] == ["Service", "NetworkPolicy"] and kinds.count("Job") == 2
+    assert kinds.index("NetworkPolicy") < kinds.index("Job")

@@ -267,3 +267,10 @@ def test_a_call_the_scan_cannot_read_fails() -> None:
 ])
 def test_api_resource_of_paths(path: str, expected: tuple[str, str, bool]) -> None:
     assert api_resource(path) == expected
+
+
+def test_the_network_policy_of_a_multinode_run_is_created_and_read_back_only() -> None:
+    found = scan(package_sources())
+    assert {v for g, r, v in found if (g, r) == ("networking.k8s.io", "networkpolicies")} == {"create", "get"}
+    assert {v for g, r, v in rbac.triples(rbac.USES) if (g, r) == ("networking.k8s.io", "networkpolicies")} == {
+        "create", "get"}

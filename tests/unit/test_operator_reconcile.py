@@ -117,7 +117,7 @@ class NoChildren:
     def pods(self, namespace, name):
         return []
 
-    def outputs(self, root):
+    def outputs(self, namespace, root):
         return []
 
 

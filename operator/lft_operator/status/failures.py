@@ -28,7 +28,9 @@ from .model import PodCreationFailure, Problem, seconds_between
 
 def classify_create_error(status: int, message: str, reason: str = "") -> Problem | None:
     """What a refused create means for the run; None: a transient error (retried, not reported)."""
-    if status == 422:
+    if status in (400, 422):
+        # 400: a field the server does not know or got twice (writes ask for strict field validation, kube.py):
+        # the same spec fails the same way every time, as an invalid one (422) does.
         return Problem(Reason.JOB_INVALID, f"The API server rejected the training Job: {truncate(message)}")
     if status == 403:
         return Problem(Reason.JOB_FORBIDDEN, f"Creating the training Job is forbidden: {truncate(message)}")

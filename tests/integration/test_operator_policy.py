@@ -56,7 +56,7 @@ REFUSED = {
     ),
     "secret": (
         {"storageSecretRef": {"name": "s3"},
-         "podTemplate": {"env": [{"name": "DB", "valueFrom": {"secretKeyRef": {"name": "db-password", "key": "p"}}}]}},
+         "podTemplate": {"env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "db-password", "key": "p"}}}]}},
         'spec.podTemplate.env[0].valueFrom.secretKeyRef.name "db-password" is not an allowed Secret '
         '(allowed: the storage Secret "s3" and policy.allowedSecrets: hf-token)',
     ),

@@ -190,3 +190,24 @@ def test_no_secret_known_means_nothing_refused(tmp_path, monkeypatch) -> None:
     out, root = out_storage(tmp_path)
     out.upload_file(local, "f.txt")
     assert written(root) == ["f.txt"]
+
+
+def test_identities_in_a_credentials_secret_are_no_secret_values(tmp_path, monkeypatch):
+    """A tracker Secret's user name ("trainer", seen in e2e: it is also in every path of the image, e.g.
+    training_args.bin's /home/trainer) is an identity, not a credential: a file holding it uploads; the
+    password of the same Secret is still refused."""
+    secret_dir = tmp_path / "mlflow"
+    secret_dir.mkdir()
+    (secret_dir / "MLFLOW_TRACKING_USERNAME").write_text("trainer")
+    (secret_dir / "MLFLOW_TRACKING_PASSWORD").write_text("pa55word-planted")
+    (secret_dir / "AZURE_STORAGE_ACCOUNT_NAME").write_text("teamaccount")
+    monkeypatch.setenv("LFT_SECRET_DIRS", str(secret_dir))
+    store, root = out_storage(tmp_path)
+    args = tmp_path / "training_args.bin"
+    args.write_bytes(b"output_dir=/home/trainer/work account=teamaccount")
+    store.upload_file(args, "checkpoints/checkpoint-20/training_args.bin")
+    assert written(root) == ["checkpoints/checkpoint-20/training_args.bin"]
+    leak = tmp_path / "leak.txt"
+    leak.write_text("pa55word-planted")
+    with pytest.raises(InvalidInput):
+        store.upload_file(leak, "leak.txt")

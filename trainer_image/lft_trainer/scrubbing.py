@@ -40,7 +40,9 @@ _URL_SAFE = str.maketrans("+/", "-_")
 SECRET_NAME = re.compile(r"(?i)(SECRET|TOKEN|PASSW|CREDENTIAL|API_?KEY|ACCESS_KEY|ACCOUNT_KEY|STORAGE_KEY|SAS|"
                          r"CONNECTION_STRING|PRIVATE_KEY|SIGNATURE)")
 # Settings, not credentials, even where they come from a credentials Secret.
-NOT_SECRET = re.compile(r"(?i)(REGION|ENDPOINT|TOKENIZERS_PARALLELISM|^LFT_)")
+# Identities (user and account names) are not credentials either: a user name such as "trainer" is in every
+# path of the image, and the output scan (secret_scan.py) would refuse every checkpoint for it.
+NOT_SECRET = re.compile(r"(?i)(REGION|ENDPOINT|TOKENIZERS_PARALLELISM|^LFT_|USERNAME|USER_NAME|ACCOUNT_NAME)")
 JSON_SECRET_KEYS = ("private_key", "private_key_id", "client_secret", "refresh_token", "access_token")
 
 

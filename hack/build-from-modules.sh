@@ -125,7 +125,8 @@ gen_k8s_gomod() {
   mv -f "$dir/go.mod.new" "$dir/go.mod"
 }
 
-K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl)
+# K8S_CMDS="kube-apiserver kube-controller-manager" builds a subset (the oldest minor needs no node).
+read -r -a K8S_CMDS <<<"${K8S_CMDS:-kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl}"
 
 build_k8s() {
   local v=$K8S_VERSION dir=$LFT_CACHE/work/k8s-${K8S_VERSION#v} out=$LFT_CACHE/k8s/${K8S_VERSION#v}

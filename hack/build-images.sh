@@ -135,3 +135,12 @@ for t in "${TARGETS[@]}"; do
   printf '%-30s %-9s %s s\n' "$tag" "$((size / 1000000)) MB" "${TIMES[$t]}"
 done
 echo "total: $((SECONDS - total_start)) s ($MODE)"
+
+# The local cluster's kubelet runs on containerd, not Docker: copy the images there (skipped when unchanged).
+loaded=()
+for t in "${TARGETS[@]}"; do
+  case $t in trainer) loaded+=("$TRAINER_IMAGE") ;; operator) loaded+=("$OPERATOR_IMAGE") ;; esac
+done
+step=$SECONDS
+bash "$ROOT/tests/cluster/load-images.sh" "${loaded[@]}"
+log "images in the cluster's containerd ($((SECONDS - step)) s)"

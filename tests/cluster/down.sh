@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stop the local cluster started by up.sh and remove the pods' containers.
+# Stop the local cluster started by up.sh and remove the pods (sandboxes and containers).
 #   tests/cluster/down.sh [--purge]
-# --purge also wipes etcd data and kubelet state (certificates are kept).
+# --purge also wipes etcd data, kubelet and CNI state (certificates, and images in containerd, are kept).
 # Leaves dockerd (hack/docker.sh) and the cached binaries alone.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,29 +17,36 @@ for arg in "$@"; do
   esac
 done
 
-remove_pod_containers() {
-  local docker ids
-  docker=$(command -v docker || true)
-  [[ -n $docker ]] && "$docker" info >/dev/null 2>&1 || return 0
-  # dockershim names every pod container (and sandbox) k8s_<...>.
-  ids=$("$docker" ps -a --format '{{.ID}} {{.Names}}' | awk '$2 ~ /^k8s_/ {print $1}')
-  [[ -n $ids ]] || return 0
-  log "removing $(wc -w <<<"$ids") pod containers"
-  # shellcheck disable=SC2086
-  "$docker" rm -f $ids >/dev/null
+# Through the CRI, so the CNI plugin releases the pods' addresses; then any shim left (containerd was
+# killed before, say) goes too: pods outlive containerd by design.
+remove_pods() {
+  local n pid
+  if [[ -S $CONTAINERD_SOCK ]] && crictl info >/dev/null 2>&1; then
+    n=$(crictl pods -q 2>/dev/null | wc -l)
+    if ((n)); then
+      log "removing $n pods"
+      crictl rmp -fa >/dev/null 2>&1 || true
+    fi
+  fi
+  for pid in $(pgrep -f "^$CONTAINERD_BIN_DIR/containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" || true); do
+    log "killing leftover shim $pid and its container"
+    pkill -KILL -P "$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+  done
 }
 
-# Secret/token volumes are tmpfs mounts under the kubelet root.
+# Secret/token volumes are tmpfs mounts under the kubelet root; containerd's rootfs and shm mounts
+# live under its state dir.
 unmount_kubelet() {
   local m
   # The kubelet also bind-mounts its root dir onto itself: unmount deepest first.
-  findmnt -rn -o TARGET | { grep -E "^$CLUSTER_DIR/kubelet(/|$)" || true; } | sort -r |
+  findmnt -rn -o TARGET | { grep -E "^($CLUSTER_DIR/kubelet|$CONTAINERD_STATE)(/|$)" || true; } | sort -r |
     while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" || true; done
 }
 
 remove_iptables() {
-  if [[ -x $K8S_BIN_DIR/kube-proxy ]] && iptables -w -t nat -S KUBE-SERVICES >/dev/null 2>&1; then
-    "$K8S_BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  if [[ -x $(k8s_bin_dir)/kube-proxy ]] && iptables -w -t nat -S KUBE-SERVICES >/dev/null 2>&1; then
+    "$(k8s_bin_dir)/kube-proxy" --cleanup >/dev/null 2>&1 || true
   fi
   while iptables -w -t nat -S OUTPUT | grep -q -- '-j LFT-APISERVER'; do
     iptables -w -t nat -S OUTPUT | grep -- '-j LFT-APISERVER' | head -n1 |
@@ -54,16 +61,21 @@ main() {
   mkdir -p "$CLUSTER_DIR"
   exec 8>"$CLUSTER_DIR/.lock"
   flock -w 30 8 || log "WARNING: $CLUSTER_DIR/.lock busy for 30s; going on without it"
-  # Node side and controllers first (together), then the API server, then etcd.
+  # The binaries of the version that runs (up.sh records it).
+  local running
+  running=$(running_k8s_version)
+  [[ -z $running ]] || K8S_VERSION=$running
+  # Node side and controllers first (together), the pods, the runtime, then the API server, then etcd.
   stop_components kube-proxy kubelet kube-scheduler kube-controller-manager
-  remove_pod_containers
+  remove_pods
+  stop_components containerd
   stop_components kube-apiserver
   stop_components etcd
   unmount_kubelet
   remove_iptables
   if ((PURGE)); then
-    log "purging etcd data and kubelet state"
-    rm -rf "$CLUSTER_DIR/etcd" "$CLUSTER_DIR/kubelet"
+    log "purging etcd data, kubelet and CNI state"
+    rm -rf "$CLUSTER_DIR/etcd" "$CLUSTER_DIR/kubelet" "$CLUSTER_DIR/cni-ipam" "$RUN_DIR/k8s-version"
   fi
   log "cluster down"
 }

@@ -60,6 +60,7 @@ main() {
   local image port t0=$SECONDS token
   # srv_dir, srv_pid: global, the EXIT trap runs after main returns
   image=$(pick_image)
+  DOCKER=$DOCKER "$here/load-images.sh" "$image"
   token="smoke-$RANDOM$RANDOM"
   srv_dir=$(mktemp -d)
   echo "$token" >"$srv_dir/hello.txt"

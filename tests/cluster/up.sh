@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Bring up (or complete) the local single-node Kubernetes 1.20 cluster.
-#   tests/cluster/up.sh [--api-only]
-# --api-only: etcd + kube-apiserver + kube-controller-manager (no pods run).
-# Without it also kube-scheduler, kubelet (dockershim) and kube-proxy.
-# Idempotent: installs what is missing, leaves running components alone.
+# Bring up (or complete) the local single-node Kubernetes cluster (default: the newest supported, 1.37).
+#   [K8S_VERSION=1.34.4] tests/cluster/up.sh [--api-only]
+# --api-only: etcd + kube-apiserver + kube-controller-manager (no pods run); the only mode of the
+# oldest supported minor ($K8S_OLDEST_VERSION). Without it also kube-scheduler, containerd (CRI, with
+# the CNI bridge plugin), kubelet and kube-proxy.
+# Idempotent: builds what is missing (Go module proxy, cached), leaves running components alone; a
+# control plane of another Kubernetes version is stopped and its etcd data wiped first.
 # Logs go to stderr; the last stdout line is `export KUBECONFIG=...`.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,7 +19,7 @@ API_ONLY=0
 for arg in "$@"; do
   case $arg in
     --api-only) API_ONLY=1 ;;
-    -h | --help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,9p' "$0"; exit 0 ;;
     *) die "unknown argument: $arg" ;;
   esac
 done
@@ -40,7 +42,8 @@ start() {
   # does not fork and $! is the component's own pid.
   (
     close_inherited_fds # or the component would hold our lock (fd 8) forever
-    exec setsid nohup "$bin" "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null
+    # containerd finds its shim (containerd-shim-runc-v2) on PATH.
+    PATH=$CONTAINERD_BIN_DIR:$PATH exec setsid nohup "$bin" "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null
   ) &
   pid=$!
   echo "$pid" >"$(pid_file "$name")"
@@ -104,7 +107,7 @@ start_apiserver() {
   start kube-apiserver \
     --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --bind-address "$NODE_IP" --advertise-address "$NODE_IP" \
-    --secure-port "$APISERVER_PORT" --insecure-port 0 \
+    --secure-port "$APISERVER_PORT" \
     --tls-cert-file "$PKI_DIR/kube-apiserver.crt" --tls-private-key-file "$PKI_DIR/kube-apiserver.key" \
     --client-ca-file "$PKI_DIR/ca.crt" \
     --kubelet-client-certificate "$PKI_DIR/apiserver-kubelet-client.crt" \
@@ -118,8 +121,7 @@ start_apiserver() {
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode Node,RBAC \
     --enable-admission-plugins NodeRestriction \
-    --allow-privileged=true --profiling=false --event-ttl 1h --v 1 \
-    --feature-gates TTLAfterFinished=true
+    --allow-privileged=true --profiling=false --event-ttl 1h --v 1
   wait_for kube-apiserver 120 curl -fsS --cacert "$PKI_DIR/ca.crt" \
     --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz"
 }
@@ -128,19 +130,52 @@ start_controller_manager() {
   local kcfg=$CLUSTER_DIR/kube-controller-manager.kubeconfig
   start kube-controller-manager \
     --kubeconfig "$kcfg" --authentication-kubeconfig "$kcfg" --authorization-kubeconfig "$kcfg" \
-    --bind-address 127.0.0.1 --port 0 --leader-elect=false \
+    --bind-address 127.0.0.1 --leader-elect=false \
     --controllers '*' --use-service-account-credentials=true \
     --service-account-private-key-file "$PKI_DIR/sa.key" --root-ca-file "$PKI_DIR/ca.crt" \
     --cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key" \
-    --allocate-node-cidrs=false --v 1 \
-    --feature-gates TTLAfterFinished=true
+    --allocate-node-cidrs=false --v 1
 }
 
 start_scheduler() {
   local kcfg=$CLUSTER_DIR/kube-scheduler.kubeconfig
   start kube-scheduler --kubeconfig "$kcfg" \
     --authentication-kubeconfig "$kcfg" --authorization-kubeconfig "$kcfg" \
-    --bind-address 127.0.0.1 --port 0 --leader-elect=false --v 1
+    --bind-address 127.0.0.1 --leader-elect=false --v 1
+}
+
+# containerd as the CRI runtime: its own root and socket (Docker's containerd is left alone), runc through
+# the oom_score_adj wrapper of hack/docker.sh (negative values give EIO here), the CNI bridge plugin.
+start_containerd() {
+  mkdir -p "$CONTAINERD_ROOT" "$CONTAINERD_STATE" "$CNI_CONF_DIR"
+  cat >"$CNI_CONF_DIR/10-lft.conflist" <<JSON
+{"cniVersion": "1.0.0", "name": "lft", "plugins": [
+  {"type": "bridge", "bridge": "$CNI_BRIDGE", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": "$CLUSTER_DIR/cni-ipam"}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+JSON
+  cat >"$CLUSTER_DIR/containerd.toml" <<TOML
+version = 3
+root = "$CONTAINERD_ROOT"
+state = "$CONTAINERD_STATE"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = "runc"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  BinaryName = "$RUNC_WRAPPER"
+  SystemdCgroup = false
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["$CNI_BIN_DIR"]
+  conf_dir = "$CNI_CONF_DIR"
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "docker.io/$PAUSE_IMAGE"
+TOML
+  start containerd --config "$CLUSTER_DIR/containerd.toml"
+  wait_for containerd 60 crictl info
 }
 
 start_kubelet() {
@@ -155,6 +190,9 @@ healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 cgroupDriver: cgroupfs
 failSwapOn: false
+# These machines have cgroup v1 only; the kubelet refuses it by default since 1.35 (still supported, deprecated).
+failCgroupV1: false
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
 # Ready ~3s after the runtime is up instead of at the next 10s tick; full
 # status is still only posted on change or every minute.
 nodeStatusUpdateFrequency: 3s
@@ -183,7 +221,6 @@ YAML
   start kubelet --config "$CLUSTER_DIR/kubelet-config.yaml" \
     --kubeconfig "$CLUSTER_DIR/kubelet.kubeconfig" \
     --root-dir "$CLUSTER_DIR/kubelet" \
-    --container-runtime docker --pod-infra-container-image "$PAUSE_IMAGE" \
     --node-ip "$NODE_IP" --hostname-override "$NODE_NAME" --v 1
   wait_for "kubelet healthz" 60 curl -fsS http://127.0.0.1:10248/healthz
 }
@@ -220,9 +257,29 @@ node_ready() {
   [[ ${cond%% *} == True && ! ${cond#* } < ${KUBELET_STARTED:-} ]]
 }
 
-# Pods are refused until the default ServiceAccount has its token secret.
+# Pods are refused until the default ServiceAccount exists (tokens are requested per pod since 1.24).
 default_sa_ready() {
-  [[ -n "$(kc -n default get serviceaccount default -o 'jsonpath={.secrets[0].name}')" ]]
+  kc -n default get serviceaccount default -o name
+}
+
+# A control plane of another Kubernetes version (the oldest minor's API-level suite ran before, or an
+# upgrade): stop it and start afresh, since etcd data written by a newer API server is not for an older one.
+switch_version() {
+  local running
+  running=$(running_k8s_version)
+  if [[ -z $running && -d $CLUSTER_DIR/etcd ]] && ! is_running etcd; then
+    # Left by a cluster that did not record its version (Kubernetes 1.20 with etcd 3.4, before 2026-12).
+    log "etcd data of an unrecorded Kubernetes version: wiping it"
+    flock -u 8
+    "$here/down.sh" --purge
+    flock -w 1200 8 || die "another up.sh/down.sh holds $CLUSTER_DIR/.lock"
+    return 0
+  fi
+  [[ -n $running && $running != "$K8S_VERSION" ]] || return 0
+  log "the cluster runs Kubernetes $running, $K8S_VERSION wanted: stopping it and wiping its etcd data"
+  flock -u 8
+  K8S_VERSION=$running "$here/down.sh" --purge
+  flock -w 1200 8 || die "another up.sh/down.sh holds $CLUSTER_DIR/.lock"
 }
 
 main() {
@@ -231,16 +288,19 @@ main() {
   # Concurrent up.sh/down.sh calls (parallel test sessions) take turns.
   exec 8>"$CLUSTER_DIR/.lock"
   flock -w 1200 8 || die "another up.sh/down.sh holds $CLUSTER_DIR/.lock"
+  [[ $K8S_VERSION == "$K8S_OLDEST_VERSION" && $API_ONLY == 0 ]] &&
+    die "Kubernetes $K8S_OLDEST_VERSION (the oldest supported minor) runs --api-only here; the full cluster is $K8S_NEWEST_VERSION"
+  # Docker builds the images; its bridge gives the node its address.
   DOCKER=$("$repo/hack/docker.sh" | tail -n1)
   export DOCKER
-  "$here/build-k8s.sh"
-  "$here/install-tools.sh"
-  ensure_debs etcd-server openssl curl iproute2
+  ensure_debs openssl curl iproute2 iptables
   ((API_ONLY)) || ensure_debs conntrack
+  "$here/install-tools.sh"
+  "$here/build-k8s.sh" $( ((API_ONLY)) && echo --api-only)
+  switch_version
 
   NODE_IP=$(docker_bridge_ip)
   [[ -n $NODE_IP ]] || die "docker0 has no IPv4 address"
-  POD_CIDR=$(ip -4 -o addr show dev docker0 | awk '{print $4}' | head -n1)
   mkdir -p "$CLUSTER_DIR" "$RUN_DIR" "$LOG_DIR"
   # A new CA invalidates service-account tokens stored in etcd: start afresh.
   if [[ ! -f $PKI_DIR/ca.crt && -d $CLUSTER_DIR/etcd ]] && ! is_running etcd; then
@@ -252,9 +312,12 @@ main() {
 
   start_etcd
   start_apiserver
+  echo "$K8S_VERSION" >"$RUN_DIR/k8s-version"
   start_controller_manager
   if ((!API_ONLY)); then
     DOCKER=$DOCKER "$here/pause-image.sh"
+    start_containerd
+    "$here/load-images.sh" "$PAUSE_IMAGE"
     # Service traffic between pods on the same bridge must traverse iptables.
     modprobe br_netfilter 2>/dev/null || true
     [[ ! -w /proc/sys/net/bridge/bridge-nf-call-iptables ]] ||
@@ -265,7 +328,7 @@ main() {
     start_kube_proxy
     wait_for "node $NODE_NAME Ready" 120 node_ready
   fi
-  wait_for "default ServiceAccount token" 120 default_sa_ready
+  wait_for "default ServiceAccount" 120 default_sa_ready
   log "cluster up in $((SECONDS - t0))s ($( ((API_ONLY)) && echo api-only || echo full))"
   echo "export KUBECONFIG=$KUBECONFIG_PATH"
 }

@@ -1,18 +1,39 @@
 # shellcheck shell=bash
 # Shared paths and helpers for tests/cluster/*.sh (sourced, not executed).
 
-K8S_VERSION=${K8S_VERSION:-1.20.2}
+# The supported Kubernetes minors: the newest runs the full cluster (e2e), the oldest the API-level
+# integration suite. Every binary is built from the Go module proxy (hack/build-from-modules.sh).
+K8S_NEWEST_VERSION=1.37.2
+K8S_OLDEST_VERSION=1.34.4
+K8S_VERSION=${K8S_VERSION:-$K8S_NEWEST_VERSION}
+ETCD_VERSION=${ETCD_VERSION:-3.7.4}
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
+CNI_PLUGINS_VERSION=${CNI_PLUGINS_VERSION:-1.10.0}
+CRICTL_VERSION=${CRICTL_VERSION:-1.37.0}
 LFT_CACHE=${LFT_CACHE:-/var/cache/lft}
 LFT_STATE=${LFT_STATE:-/var/lib/lft}
-K8S_BIN_DIR=${K8S_BIN_DIR:-$LFT_CACHE/k8s/$K8S_VERSION}
 TOOLS_BIN_DIR=${TOOLS_BIN_DIR:-$LFT_CACHE/bin}
 CLUSTER_DIR=$LFT_STATE/cluster
+CONTAINERD_BIN_DIR=$LFT_CACHE/containerd/$CONTAINERD_VERSION
+CNI_BIN_DIR=$LFT_CACHE/cni/$CNI_PLUGINS_VERSION
+CRICTL=$LFT_CACHE/crictl/$CRICTL_VERSION/crictl
+# Images survive down.sh --purge (re-importing the 6 GB trainer image costs minutes).
+CONTAINERD_ROOT=$LFT_STATE/containerd
+CONTAINERD_STATE=/run/lft/containerd
+CONTAINERD_SOCK=$CONTAINERD_STATE/containerd.sock
+CNI_CONF_DIR=$CLUSTER_DIR/cni
+CNI_BRIDGE=lft0
+# hack/docker.sh installs it: rewrites a negative process.oomScoreAdj to 0, then execs runc.
+RUNC_WRAPPER=/usr/local/lib/lft/runc-oomfix
+POD_CIDR=10.244.0.0/24
 PKI_DIR=$CLUSTER_DIR/pki
 RUN_DIR=$CLUSTER_DIR/run
 LOG_DIR=$CLUSTER_DIR/logs
 KUBECONFIG_PATH=$CLUSTER_DIR/kubeconfig
 PAUSE_IMAGE=${PAUSE_IMAGE:-lft/pause:1}
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+# The oldest minor only runs the API-level suite: no node binaries are built for it.
+K8S_API_BINS=(kube-apiserver kube-controller-manager)
 
 log() { echo "[$(date +%H:%M:%S) ${0##*/}] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -54,14 +75,24 @@ ETCD_PEER_PORT=$((ETCD_CLIENT_PORT + 1))
 SERVICE_CIDR=10.96.0.0/12
 SERVICE_IP=10.96.0.1
 # Components in start order; down.sh stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+
+k8s_bin_dir() { echo "$LFT_CACHE/k8s/$K8S_VERSION"; }
 
 component_bin() {
   case $1 in
-    etcd) echo /usr/bin/etcd ;;
-    *) echo "$K8S_BIN_DIR/$1" ;;
+    etcd) echo "$LFT_CACHE/etcd/$ETCD_VERSION/etcd" ;;
+    containerd) echo "$CONTAINERD_BIN_DIR/containerd" ;;
+    *) echo "$(k8s_bin_dir)/$1" ;;
   esac
 }
+
+# The Kubernetes version the running control plane was started with (empty: none recorded).
+running_k8s_version() { cat "$RUN_DIR/k8s-version" 2>/dev/null || true; }
+
+crictl() { "$CRICTL" --runtime-endpoint "unix://$CONTAINERD_SOCK" --image-endpoint "unix://$CONTAINERD_SOCK" "$@"; }
+# ctr warns about cgroup v1 on every call: keep the rest of its stderr.
+ctr() { "$CONTAINERD_BIN_DIR/ctr" --address "$CONTAINERD_SOCK" --namespace k8s.io "$@" 2> >(grep -v DEPRECATION >&2); }
 
 pid_file() { echo "$RUN_DIR/$1.pid"; }
 

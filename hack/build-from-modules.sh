@@ -133,7 +133,9 @@ build_k8s() {
   if [[ ! -s $dir/go.sum ]]; then
     log "generating $dir/go.mod"
     gen_k8s_gomod "$v" "$dir"
-    local c; for c in "${K8S_CMDS[@]}"; do (cd "$dir" && g mod edit -tool="k8s.io/kubernetes/cmd/$c"); done
+    # Every command as a tool, whatever subset is built now: a later build of another one finds its go.sum lines.
+    local c; for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl; do
+      (cd "$dir" && g mod edit -tool="k8s.io/kubernetes/cmd/$c"); done
     (cd "$dir" && g mod tidy)
   fi
   # version variables printed by --version (same set as hack/lib/version.sh)

@@ -36,6 +36,9 @@ watch=()
   --set storage.endpoint="$LFT_S3_ENDPOINT" --set storage.secretName="$SECRET" \
   --set "policy.allowedStorageSecrets={mlflow-credentials}" \
   --wait --timeout 180s
+# The operator's pods pass Pod Security "restricted", as the trainer pods do: enforce it on its namespace.
+"$BIN/kubectl" label namespace "$NS" --overwrite \
+  pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/enforce-version=latest >/dev/null
 # A new image under the same tag needs a new pod: restart when the image ID changed.
 want=$(docker image inspect -f '{{.Id}}' lft/operator:dev)
 have=$("$BIN/kubectl" get pods -n "$NS" -l app.kubernetes.io/name=$RELEASE \

@@ -29,14 +29,29 @@ on_cluster_failure() {
 
 suite lint -- "${PY%/python}/ruff" check api operator trainer_image cli tests bench
 
-# Integration tests need the API server (operator, chart install, trainer status sink) and a local
-# S3 server they start themselves; API-server-only mode is enough.
+source tests/cluster/lib/common.sh  # K8S_OLDEST_VERSION, K8S_NEWEST_VERSION, LFT_CACHE
+pytest_suite unit tests/unit
+
+# The oldest supported minor: the API-level suite (operator, CRD schema and CEL rules, chart, CLI, status
+# sink) on its own kube-apiserver + etcd + kube-controller-manager, with its own kubectl.
+api_level=(tests/integration/test_operator_*.py tests/integration/test_crd_*.py tests/integration/test_chart_install.py
+           tests/integration/test_cli.py tests/integration/test_trainer_status.py)
+if suite "cluster-api-$K8S_OLDEST_VERSION" -- env K8S_VERSION="$K8S_OLDEST_VERSION" bash tests/cluster/up.sh --api-only; then
+  export LFT_KUBECTL=$LFT_CACHE/k8s/$K8S_OLDEST_VERSION/kubectl
+  pytest_suite "integration-$K8S_OLDEST_VERSION" "${api_level[@]}"
+  unset LFT_KUBECTL
+else
+  on_cluster_failure
+fi
+
+# The newest: every integration test (the operator, chart install and trainer status sink need the API
+# server; the trainer tests a local S3 server they start themselves); API-server-only mode is enough.
+# up.sh stops the oldest minor's control plane first (and wipes its etcd data).
 if suite cluster-api -- bash tests/cluster/up.sh --api-only; then
   bash hack/undeploy.sh  # the tests run their own operator processes
 else
   on_cluster_failure
 fi
-pytest_suite unit tests/unit
 pytest_suite integration tests/integration
 
 if suite cluster -- bash tests/cluster/up.sh && suite images -- bash hack/build-images.sh \

@@ -20,7 +20,7 @@ done
 # Through the CRI, so the CNI plugin releases the pods' addresses; then any shim left (containerd was
 # killed before, say) goes too: pods outlive containerd by design.
 remove_pods() {
-  local n pid
+  local n
   if [[ -S $CONTAINERD_SOCK ]] && crictl info >/dev/null 2>&1; then
     n=$(crictl pods -q 2>/dev/null | wc -l)
     if ((n)); then
@@ -28,11 +28,7 @@ remove_pods() {
       crictl rmp -fa >/dev/null 2>&1 || true
     fi
   fi
-  for pid in $(pgrep -f "^$CONTAINERD_BIN_DIR/containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" || true); do
-    log "killing leftover shim $pid and its container"
-    pkill -KILL -P "$pid" 2>/dev/null || true
-    kill -KILL "$pid" 2>/dev/null || true
-  done
+  kill_shims
 }
 
 # Secret/token volumes are tmpfs mounts under the kubelet root; containerd's rootfs and shm mounts

@@ -2,16 +2,15 @@
 # Stop components of the local cluster (or Docker) and bring them back: fault injection for the
 # end-to-end scenarios, and a quick way to restart one component by hand.
 #   tests/cluster/restart.sh [--down SECONDS] COMPONENT...
-# COMPONENT: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy docker,
-#   or the groups "control-plane" (etcd + kube-apiserver) and "node" (kubelet + docker).
-# Stops them as down.sh does (SIGTERM, SIGKILL after 20 s; docker: dockerd, whose shutdown stops
-# every container, pods included), waits SECONDS (default 0), then starts them again with
-# hack/docker.sh and tests/cluster/up.sh (full mode if the kubelet was running, else --api-only),
+# COMPONENT: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy containerd,
+#   or the groups "control-plane" (etcd + kube-apiserver) and "node" (kubelet + containerd).
+# Stops them as down.sh does (SIGTERM, SIGKILL after 20 s; containerd: its shims and every container
+# are killed too, pods included, as when a node crashes), waits SECONDS (default 0), then starts them
+# again with tests/cluster/up.sh (full mode if the kubelet was running, else --api-only),
 # which wait until they are ready. Last stdout line: `stopped=<s> down=<s> started=<s>` (seconds
 # spent stopping, down, and starting until ready).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
 # shellcheck source=tests/cluster/lib/common.sh
 source "$here/lib/common.sh"
 
@@ -23,8 +22,8 @@ while (($#)); do
     --down=*) DOWN=${1#--down=} ;;
     -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
     control-plane) names+=(etcd kube-apiserver) ;;
-    node) names+=(kubelet docker) ;;
-    docker | etcd | kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) names+=("$1") ;;
+    node) names+=(kubelet containerd) ;;
+    containerd | etcd | kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) names+=("$1") ;;
     *) die "unknown component: $1 (see --help)" ;;
   esac
   shift
@@ -34,27 +33,6 @@ done
 [[ $(id -u) -eq 0 ]] || die "must run as root"
 
 wants() { [[ " ${names[*]} " == *" $1 "* ]]; }
-
-dockerd_pid() {
-  local pid
-  pid=$(cat /var/run/docker.pid 2>/dev/null || true)
-  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
-}
-
-stop_dockerd() {
-  local pid i
-  pid=$(dockerd_pid)
-  [[ -n $pid ]] || { log "dockerd is not running"; return 0; }
-  log "stopping dockerd (pid $pid): it stops every container"
-  kill -TERM "$pid"
-  # dockerd gives containers their stop timeout (10 s) and itself 15 s by default.
-  for ((i = 0; i < 120; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.5
-  done
-  log "dockerd did not stop in 60s: killing it"
-  kill -KILL "$pid" 2>/dev/null || true
-}
 
 main() {
   local mode=(--api-only) t0 t1 t2 t3 k8s=()
@@ -71,7 +49,7 @@ main() {
     if wants "$n"; then order+=("$n"); fi
   done
   ((${#order[@]} == 0)) || stop_components "${order[@]}"
-  if wants docker; then stop_dockerd; fi
+  if wants containerd; then stop_components containerd; kill_shims; fi
   if wants kube-apiserver; then stop_components kube-apiserver; fi
   if wants etcd; then stop_components etcd; fi
   flock -u 8
@@ -80,8 +58,7 @@ main() {
 
   sleep "$DOWN"
   t2=$(date +%s.%N)
-  if wants docker; then "$repo/hack/docker.sh" >/dev/null; fi
-  if ((${#k8s[@]})) || wants docker; then "$here/up.sh" "${mode[@]}" >/dev/null; fi
+  if ((${#k8s[@]})); then "$here/up.sh" "${mode[@]}" >/dev/null; fi
   t3=$(date +%s.%N)
   log "restarted ${names[*]}"
   awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" \

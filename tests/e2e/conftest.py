@@ -55,6 +55,12 @@ E2E_NAMESPACES = {
 }
 
 
+POD_SECURITY_RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
 def _require(condition: bool, why: str) -> None:
     if condition:
         return
@@ -121,6 +127,8 @@ def namespace(kube: Kube, s3, request):
     if kube.run("get", "namespace", name, check=False).returncode == 0:  # left by an earlier run
         kube.run("delete", "namespace", name, "--timeout=180s")
     kube.run("create", "namespace", name)
+    # Every scenario's pods pass the API server's own Pod Security admission at "restricted".
+    kube.run("label", "namespace", name, *(f"{k}={v}" for k, v in POD_SECURITY_RESTRICTED.items()))
     kube.run("create", "secret", "generic", "s3-credentials", "-n", name,
              f"--from-literal=AWS_ACCESS_KEY_ID={S3_ACCESS_KEY}",
              f"--from-literal=AWS_SECRET_ACCESS_KEY={S3_SECRET_KEY}")

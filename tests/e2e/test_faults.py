@@ -2,8 +2,8 @@
 files match their sha256, however the infrastructure misbehaved in the middle of it.
 
 1. The API server and etcd stop mid-run and come back (tests/cluster/restart.sh control-plane).
-2. The node's kubelet and Docker restart mid-run: the trainer pod dies with the runtime, and a new
-   attempt resumes from the newest checkpoint.
+2. The node's kubelet and containerd restart mid-run, its containers killed (a node crash): the trainer
+   pod dies, and a new attempt resumes from the newest checkpoint.
 3. The object store is unreachable for 30 s, cut in the middle of a checkpoint upload (a proxy on the
    Docker bridge in front of the S3 server).
 4. The operator's connections to the API server go silent (packets dropped) while the run finishes;
@@ -66,19 +66,19 @@ def test_node_runtime_restarted_mid_run(kube, s3, s3_endpoint, namespace):
     name = "noderestart"
     started, step, faulted = run_to_first_checkpoint(kube, namespace, name, s3_endpoint)
     pod = next(p["metadata"]["name"] for p in kube.pods(namespace, name) if p["status"].get("phase") == "Running")
-    timings = restart_components("node")  # kubelet and dockerd: every container on the node stops
+    timings = restart_components("node")  # kubelet and containerd: every container on the node is killed
     back = time.monotonic()
     obj = wait_final(kube, namespace, name, timeout=480)
     done = time.monotonic()
     assert_succeeded(obj)
     status = obj["status"]
     history = status.get("attemptHistory") or []
-    assert status["attempts"] >= 2 and history[0]["pod"] == pod, history  # the first pod died with dockerd
+    assert status["attempts"] >= 2 and history[0]["pod"] == pod, history  # the first pod died with the runtime
     resumed = summary(s3, namespace, name).get("resumedFromStep")
     assert resumed and resumed >= step, f"the new attempt did not resume from a checkpoint: {resumed}"
     assert status["progress"]["step"] == STEPS
     files = faults.verify_adapter(s3, obj, output_prefix(namespace, name))
-    report("node runtime restart (kubelet + dockerd)", status["phase"], done - started, fault_at=faulted,
+    report("node runtime restart (kubelet + containerd)", status["phase"], done - started, fault_at=faulted,
            checkpoint_step_at_fault=step, node_stopping=timings["stopped"], node_starting=timings["started"],
            final_state_after_node_back=done - back,
            attempts=status["attempts"], first_attempt=f"{history[0].get('reason')} (exit code {history[0].get('exitCode')})", resumed_from_step=resumed,

@@ -53,6 +53,7 @@ def test_happy_path(kube, s3, s3_endpoint, s3_host_endpoint, namespace, tmp_path
     described = kube.run("describe", "lft", name, "-n", namespace).stdout
     for reason in ("JobCreated", "Started", "Succeeded"):
         assert reason in described, described
+    _pod_security_restricted_was_enforced(kube, namespace)
     obj = kube.lft(namespace, name)
     adapter = obj["status"]["adapter"]
     assert adapter["uri"] == f"s3://{BUCKET}/{output_prefix(namespace, name)}/adapter"
@@ -257,3 +258,17 @@ def test_leader_pod_deleted_mid_run_standby_takes_over(kube, s3, s3_endpoint, na
     time.sleep(3)  # Events are posted in the background after the status write
     reasons = collections.Counter(e["reason"] for e in kube.events(namespace, name))
     assert {"JobCreated", "Succeeded"} <= set(reasons) and all(n == 1 for n in reasons.values()), reasons
+
+
+def _pod_security_restricted_was_enforced(kube, namespace):
+    """The trainer pod above ran in a namespace where the API server's Pod Security admission enforces
+    "restricted" (the namespace fixture labels every scenario's namespace), and the admission is live: a pod
+    that breaks the profile is refused there."""
+    labels = kube.json("get", "namespace", namespace)["metadata"]["labels"]
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", labels
+    pods = kube.json("get", "pods", "-n", namespace, "-l", "finetune.dev/name")["items"]
+    assert pods and all(p["status"].get("phase") == "Succeeded" for p in pods), [p["status"] for p in pods]
+    rogue = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "rogue", "namespace": namespace},
+             "spec": {"containers": [{"name": "c", "image": "lft/base:bookworm", "securityContext": {"privileged": True}}]}}
+    refused = kube.run("create", "--dry-run=server", "-f", "-", check=False, stdin=json.dumps(rogue))
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr

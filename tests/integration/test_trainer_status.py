@@ -4,7 +4,6 @@ token cannot patch another resource's status."""
 
 from __future__ import annotations
 
-import base64
 import urllib.error
 from pathlib import Path
 
@@ -22,12 +21,10 @@ pytestmark = pytest.mark.integration
 
 
 def _service_account_dir(kube: Kube, namespace: str, name: str, dest: Path) -> Path:
-    """What the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount (1.20: a token Secret)."""
-
-    secret = kube.service_account_token_secret(namespace, name)
+    """What the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount: a bound token and the CA."""
     dest.mkdir(parents=True)
-    for key in ("token", "ca.crt"):
-        (dest / key).write_bytes(base64.b64decode(secret["data"][key]))
+    (dest / "token").write_text(kube.service_account_token(namespace, name))
+    (dest / "ca.crt").write_bytes(kube.cluster_ca())
     return dest
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -167,12 +166,11 @@ def restart_components(*components: str, down: float = 0) -> dict[str, float]:
     return {k: float(v) for k, v in (item.split("=") for item in last.split())}
 
 
-def docker_client() -> str:
-    """The docker client that talks to this daemon (as hack/docker.sh picks it)."""
-    for c in (shutil.which("docker"), "/usr/bin/docker"):
-        if c and os.access(c, os.X_OK) and subprocess.run([c, "info"], capture_output=True).returncode == 0:
-            return c
-    raise AssertionError("no docker client talks to the daemon")
+def container_pid(container_id: str) -> int:
+    """The host PID of a pod's container, from the cluster's containerd (tests/cluster/lib/common.sh crictl)."""
+    out = subprocess.run(["bash", "-c", f'source {REPO}/tests/cluster/lib/common.sh && crictl inspect -o json "$1"',
+                          "_", container_id], check=True, capture_output=True, text=True)
+    return int(json.loads(out.stdout)["info"]["pid"])
 
 
 class OperatorApiCut:
@@ -216,9 +214,7 @@ class OperatorApiCut:
         self.pods, self.pids = [], []
         for pod in running:
             container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-            out = subprocess.run([docker_client(), "inspect", "-f", "{{.State.Pid}}", container_id],
-                                 check=True, capture_output=True, text=True)
-            pid = int(out.stdout.strip())
+            pid = container_pid(container_id)
             assert pid > 0, f"operator container {container_id} has no process"
             self.pods.append(pod["metadata"]["name"])
             self.pids.append(pid)

@@ -106,18 +106,17 @@ class Kube:
                 return None
             raise
 
-    def service_account_token_secret(self, namespace: str, name: str, timeout: float = 30) -> dict:
-        """The ServiceAccount's token Secret (1.20 makes one per ServiceAccount), once it has a token."""
+    def service_account_token(self, namespace: str, name: str, timeout: float = 30) -> str:
+        """A bound token of the ServiceAccount (TokenRequest, what the kubelet mounts into pods), once the
+        ServiceAccount exists (the operator creates it a moment after the resource)."""
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}"
+        wait_until(lambda: self.get(path), timeout, what=f"ServiceAccount {namespace}/{name}")
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
+        return self.create(f"{path}/token", body)["status"]["token"]
 
-        def token_secret() -> dict | None:
-            sa = self.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}") or {}
-            for ref in sa.get("secrets", []):
-                secret = self.get(f"/api/v1/namespaces/{namespace}/secrets/{ref['name']}")
-                if secret and secret.get("data", {}).get("token"):
-                    return secret
-            return None
-
-        return wait_until(token_secret, timeout, what=f"ServiceAccount {namespace}/{name}'s token Secret")
+    def cluster_ca(self) -> bytes:
+        """The CA of the API server's certificate, as pods find it in ca.crt (the kube-root-ca.crt ConfigMap)."""
+        return self.get("/api/v1/namespaces/default/configmaps/kube-root-ca.crt")["data"]["ca.crt"].encode()
 
     def create(self, path: str, body: dict, **kw) -> Any:
         return self.request("POST", path, body, **kw)

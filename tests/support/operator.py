@@ -57,9 +57,8 @@ def run_pod(kube: Kube, ns: str, name: str, count: int = 1) -> dict:
 
 
 def service_account_kubeconfig(kube: Kube, namespace: str, name: str, path: Path) -> str:
-    """A kubeconfig that authenticates with the ServiceAccount's token (1.20: a token Secret)."""
-
-    secret = kube.service_account_token_secret(namespace, name)
+    """A kubeconfig that authenticates with a bound token of the ServiceAccount (TokenRequest)."""
+    token = kube.service_account_token(namespace, name)
     admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
     cluster = admin["clusters"][0]["cluster"]
     config = {
@@ -68,10 +67,10 @@ def service_account_kubeconfig(kube: Kube, namespace: str, name: str, path: Path
         "clusters": [
             {
                 "name": "c",
-                "cluster": {"server": cluster["server"], "certificate-authority-data": secret["data"]["ca.crt"]},
+                "cluster": {"server": cluster["server"], "certificate-authority-data": base64.b64encode(kube.cluster_ca()).decode()},
             }
         ],
-        "users": [{"name": "u", "user": {"token": base64.b64decode(secret["data"]["token"]).decode()}}],
+        "users": [{"name": "u", "user": {"token": token}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
         "current-context": "c",
     }

@@ -33,7 +33,7 @@ KUBECONFIG_PATH=$CLUSTER_DIR/kubeconfig
 PAUSE_IMAGE=${PAUSE_IMAGE:-lft/pause:1}
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 # The oldest minor only runs the API-level suite: no node binaries are built for it.
-K8S_API_BINS=(kube-apiserver kube-controller-manager)
+K8S_API_BINS=(kube-apiserver kube-controller-manager kubectl)
 
 log() { echo "[$(date +%H:%M:%S) ${0##*/}] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -145,4 +145,15 @@ stop_components() {
   done
   log "pids ${alive[*]} did not stop in 20s: killing"
   kill -KILL "${alive[@]}" 2>/dev/null || true
+}
+
+# Kill what containerd leaves running (shims and their containers: pods outlive containerd by design).
+# down.sh after the CRI removed the pods; restart.sh to make a runtime stop a node crash.
+kill_shims() {
+  local pid
+  for pid in $(pgrep -f "^$CONTAINERD_BIN_DIR/containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" || true); do
+    log "killing shim $pid and its containers"
+    pkill -KILL -P "$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+  done
 }

@@ -29,6 +29,7 @@ from tests.support.kube import (
     FAKE_NODE,
     LFT_API,
     NAMESPACE_PREFIX,
+    ApiError,
     Kube,
     Operator,
     wait_until,
@@ -76,8 +77,16 @@ def _install_crd(kube: Kube) -> None:
         conds = (body.get("status") or {}).get("conditions") or []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
 
+    def served() -> bool:
+        try:
+            return kube.get(f"{LFT_API}/lorafinetunes") is not None
+        except ApiError as e:  # a new CRD answers 429 "storage is (re)initializing" for a moment (1.34, 1.37)
+            if e.status == 429:
+                return False
+            raise
+
     wait_until(established, 30, what="CRD established")
-    wait_until(lambda: kube.get(f"{LFT_API}/lorafinetunes") is not None, 30, what="LoRAFineTune API served")
+    wait_until(served, 30, what="LoRAFineTune API served")
 
 
 def _ensure_fake_node(kube: Kube) -> None:

@@ -215,6 +215,23 @@ def scrape_metrics(url: str, patterns: dict[str, str]) -> dict[str, float | None
     return sums
 
 
+def scrape_labelled(url: str, name: str, labels: tuple[str, ...]) -> dict[str, float]:
+    """{"label1 label2": value} of one labelled metric of the operator's /metrics ({} when it has none)."""
+    try:
+        text = urllib.request.urlopen(url, timeout=3).read().decode()
+    except OSError:
+        return {}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}\{{([^}}]*)\}}\s+([0-9.eE+-]+)$", line)
+        if not m:
+            continue
+        values = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        key = " ".join(values.get(label, "?") for label in labels)
+        found[key] = found.get(key, 0.0) + float(m.group(2))
+    return found
+
+
 OPERATOR_COUNTERS = {
     "status_patches": r"\w*status_patch\w*_total",
     "reconciles": r"lft_reconcile_duration_seconds_count",
@@ -259,8 +276,9 @@ def ensure_crds(kubeconfig: str) -> None:
     )
 
 
-def cleanup(core: client.CoreV1Api, api: client.CustomObjectsApi, ns: str, timeout: float = 60) -> None:
-    """Delete the namespace; the operator is gone by now, so strip kopf's finalizers first."""
+def cleanup(core: client.CoreV1Api, api: client.CustomObjectsApi, ns: str, timeout: float = 180) -> None:
+    """Delete the namespace; the operator is gone by now, so strip kopf's finalizers first. Waits until it is
+    gone: the next run (--baseline) must not compete with its deletion (over 60 s for 200 resources on 1.37)."""
     try:
         items = api.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL)["items"]
     except ApiException:
@@ -278,12 +296,14 @@ def cleanup(core: client.CoreV1Api, api: client.CustomObjectsApi, ns: str, timeo
     except ApiException as e:
         if e.status != 404:
             raise
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while time.monotonic() < deadline:
         try:
             core.read_namespace(ns)
         except ApiException as e:
             if e.status == 404:
+                print(f"namespace {ns} deleted in {time.monotonic() - started:.0f} s", file=sys.stderr)
                 return
         time.sleep(1)
     print(f"warning: namespace {ns} still terminating after {timeout:.0f} s", file=sys.stderr)
@@ -298,7 +318,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--settle", type=float, default=5, help="seconds to keep counting writes after the last Job")
     ap.add_argument("--operator-log", default="_out/bench/operator.log")
     ap.add_argument("--json", help="also write the figures here")
-    ap.add_argument("--trace", help="write per-resource apply/Job times (time.monotonic, comparable across processes)")
+    ap.add_argument(
+        "--trace",
+        help="write per-resource apply/Job times (time.monotonic, comparable across processes); the baseline's to "
+        "this path + .bare",
+    )
     ap.add_argument("--keep", action="store_true", help="leave the namespace (debugging)")
     ap.add_argument(
         "--operator-path",
@@ -321,7 +345,13 @@ def start_profiler(pid: int, path: str) -> subprocess.Popen:
     return subprocess.Popen([*cmd, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run_once(args: argparse.Namespace, command: list[str], log_path: str, profile: str | None = None) -> dict:
+def run_once(
+    args: argparse.Namespace,
+    command: list[str],
+    log_path: str,
+    profile: str | None = None,
+    trace: str | None = None,
+) -> dict:
     """Start the controller (command), apply N resources at once in a fresh namespace, measure, clean up."""
     core, batch, api = client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi()
     ns = f"lft-bench-{uuid.uuid4().hex[:6]}"
@@ -343,6 +373,9 @@ def run_once(args: argparse.Namespace, command: list[str], log_path: str, profil
             [p for p in (os.environ.get("LFT_BENCH_PYTHONPATH"), args.operator_path, str(ROOT / "api")) if p]
         ),
         "LFT_NAMESPACES": ns,
+        # Its own Lease: a second bench at the same time, or a Lease left by a killed run, never keeps this
+        # operator standing by (it would create no Job at all, or only after the lease duration).
+        "LFT_LEADER_ELECTION_NAMESPACE": ns,
         "LFT_TRAINER_IMAGE": "lft/trainer:cpu",
         "LFT_TRAINER_IMAGE_PULL_POLICY": "Never",
         "LFT_DEFAULT_STORAGE_ENDPOINT": "http://127.0.0.1:9000",
@@ -396,7 +429,9 @@ def run_once(args: argparse.Namespace, command: list[str], log_path: str, profil
         rec.stop.set()
 
         latencies = [rec.job_added[n] - applied[n] for n in names if n in rec.job_added]
-        counters = scrape_metrics(f"http://127.0.0.1:{metrics_port}/metrics", OPERATOR_COUNTERS)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        counters = scrape_metrics(metrics_url, OPERATOR_COUNTERS)
+        by_request = scrape_labelled(metrics_url, "lft_api_requests_total", ("verb", "resource"))
         status_patches = counters["status_patches"]
         with rec.lock:
             changes = [rec.status_changes.get(n, 0) for n in names]
@@ -419,6 +454,10 @@ def run_once(args: argparse.Namespace, command: list[str], log_path: str, profil
             operator_api_requests_per_resource=(
                 round(counters["api_requests"] / args.n, 2) if counters["api_requests"] else None
             ),
+            operator_api_requests_per_resource_by_request={
+                k: round(v / args.n, 2) for k, v in sorted(by_request.items(), key=lambda kv: -kv[1])
+            }
+            or None,
             operator_cpu_s_until_all_jobs=round(cpu_burst, 2),
             load_average_1m=round(os.getloadavg()[0], 2),
             rss_idle_mb=round(rss_idle / 2**20, 1),
@@ -438,8 +477,8 @@ def run_once(args: argparse.Namespace, command: list[str], log_path: str, profil
         log.close()
         if not args.keep:
             cleanup(core, api, ns)
-    if args.trace:
-        Path(args.trace).write_text(json.dumps({"applied": applied, "job_added": rec.job_added}) + "\n")
+    if trace:
+        Path(trace).write_text(json.dumps({"applied": applied, "job_added": rec.job_added}) + "\n")
     return result
 
 
@@ -463,11 +502,15 @@ def main() -> int:
     report: dict = {}
     if args.baseline:
         floor = run_once(
-            args, [sys.executable, str(ROOT / "bench" / "bare_controller.py")], args.operator_log + ".bare"
+            args,
+            [sys.executable, str(ROOT / "bench" / "bare_controller.py")],
+            args.operator_log + ".bare",
+            trace=args.trace and args.trace + ".bare",
         )
         for key in (
             "operator_reconciles_per_resource",
             "operator_api_requests_per_resource",
+            "operator_api_requests_per_resource_by_request",
             "operator_status_patches_total",
             "operator_status_patches_per_resource",
             "status_changes_per_resource_mean",
@@ -478,7 +521,7 @@ def main() -> int:
         print_result(f"floor: bench/bare_controller.py (children only, no kopf/status/events), N={args.n}", floor)
         report["bare_controller"] = floor
 
-    result = run_once(args, [sys.executable, "-m", "lft_operator"], args.operator_log, args.profile)
+    result = run_once(args, [sys.executable, "-m", "lft_operator"], args.operator_log, args.profile, args.trace)
     t_all = result["all_jobs_s"]
     checks = {
         f"p50 <= {TARGET_P50_S} s": result["latency_p50_s"] is not None and result["latency_p50_s"] <= TARGET_P50_S,

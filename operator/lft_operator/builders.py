@@ -15,13 +15,22 @@ from lft_api import contract
 from lft_api.resource import JOB_SUFFIX, MUTABLE_FIELDS, LoRAFineTuneSpec
 
 from . import rbac
+from .job_policy import (  # noqa: F401  (re-exported: the Job's policies are built there)
+    CONTAINER_NAME,
+    INVALID_INPUT_RULE,
+    POD_FAILURE_POLICY_REASON,
+    RUN_POLICY_ANNOTATION,
+    _run_policy_json,
+    pod_failure_policy,
+    run_policy_patch,
+    stop_patch,
+    suspend_patch,
+)
 from .settings import Settings
 
 NAME_LABEL = f"{contract.API_GROUP}/name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 APPLIED_SPEC_ANNOTATION = f"{contract.API_GROUP}/applied-spec"
-RUN_POLICY_ANNOTATION = f"{contract.API_GROUP}/run-policy"
-CONTAINER_NAME = "trainer"
 CONFIG_DIR = "/etc/lft"
 CONFIG_FILE = "config.json"
 HOME_DIR = "/home/trainer"
@@ -224,10 +233,8 @@ def _env(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> list[dict[
 def _api_access_volume() -> dict[str, Any]:
     """A bound, expiring ServiceAccount token + the cluster CA + the namespace, where clients look.
 
-    The same volume Kubernetes >= 1.21 injects itself. Spelled out (with automount off) it also works
-    on 1.20, where the automounted token is a Secret that the token controller creates a moment
-    after the ServiceAccount: a pod created before it exists is rejected, and the Job controller
-    retries only after a 10 s+ backoff.
+    The same volume Kubernetes injects itself with automount on; spelled out (with automount off) so that
+    only the trainer container gets it, whatever the podTemplate says about automounting.
     """
     return {
         "name": API_ACCESS_VOLUME,
@@ -367,6 +374,14 @@ def _pod_spec(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[
 
 
 def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, Any]:
+    """The single-pod Job. Native Job primitives do the work:
+    - suspend: spec.suspend (the Job controller deletes the pod, whose trainer checkpoints on SIGTERM; the
+      pod of a resumed Job resumes from that checkpoint); pods ended by a suspend count as no failure;
+    - backoffLimit: runPolicy.backoffLimit, counted by the Job controller (status.failed survives the pods);
+    - podFailurePolicy: exit code 3 (invalid input) fails the Job at once (reason PodFailurePolicy), a
+      disrupted pod (eviction, preemption, drain) is replaced without counting;
+    - podReplacementPolicy Failed: the next pod starts once the last one has ended (its checkpoint is saved).
+    """
     applied = applied_spec(spec)
     pod_labels = {**spec.pod_template.labels, **labels(owner.name)}
     job_labels = labels(owner.name)
@@ -374,10 +389,12 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
     pod_spec = _pod_spec(owner, spec, settings)
     job_spec: dict[str, Any] = {
-        # Kubernetes 1.20 has no Job.spec.suspend: parallelism 0 stops the pod, 1 starts a new one.
-        "parallelism": 0 if spec.suspend else 1,
+        "suspend": bool(spec.suspend),
+        "parallelism": 1,
         "completions": 1,
         "backoffLimit": spec.run_policy.backoff_limit,
+        "podFailurePolicy": pod_failure_policy(),
+        "podReplacementPolicy": "Failed",
         "template": {
             "metadata": {"labels": pod_labels, "annotations": dict(spec.pod_template.annotations)},
             "spec": pod_spec,
@@ -402,41 +419,3 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
         | {"labels": job_labels},
         "spec": job_spec,
     }
-
-
-def _run_policy_json(spec: LoRAFineTuneSpec) -> str:
-    return json.dumps(spec.run_policy.to_wire(), sort_keys=True, separators=(",", ":"))
-
-
-def run_policy_patch(spec: LoRAFineTuneSpec, applied: str | None) -> dict[str, Any] | None:
-    """Merge patch bringing a Job in line with spec.runPolicy; None when `applied` (the Job's
-    run-policy annotation) already matches.
-
-    Compared with the annotation, not the Job's fields: an API server may drop a field (1.20 drops
-    ttlSecondsAfterFinished unless the TTLAfterFinished gate is on), which must not cause a patch loop.
-    """
-    wanted = _run_policy_json(spec)
-    if applied == wanted:
-        return None
-    policy = spec.run_policy
-    return {
-        "metadata": {"annotations": {RUN_POLICY_ANNOTATION: wanted}},
-        "spec": {
-            "backoffLimit": policy.backoff_limit,
-            "activeDeadlineSeconds": policy.active_deadline_seconds,
-            "ttlSecondsAfterFinished": policy.ttl_seconds_after_finished,
-        },
-    }
-
-
-def parallelism_patch(parallelism: int) -> dict[str, Any]:
-    return {"spec": {"parallelism": parallelism}}
-
-
-def stop_patch() -> dict[str, Any]:
-    """Stop a Job for good and let it finish as Failed, so ttlSecondsAfterFinished still applies.
-
-    parallelism 0 stops retries at once (failed pods stay, for their logs); a one-second deadline,
-    already past, makes the Job controller mark the Job Failed (DeadlineExceeded).
-    """
-    return {"spec": {"parallelism": 0, "activeDeadlineSeconds": 1}}

@@ -1,10 +1,12 @@
-"""Kubernetes Events about a LoRAFineTune, posted in the background (best effort)."""
+"""Kubernetes Events: those about a LoRAFineTune, posted in the background (best effort), and the Job
+controller's FailedCreate Events, looked up by namespace (FailedCreateEvents)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -90,3 +92,51 @@ class EventPoster:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+
+
+FAILED_CREATE_SELECTOR = "involvedObject.kind=Job,reason=FailedCreate"
+
+
+class FailedCreateEvents:
+    """The Job controller's FailedCreate Events of a namespace's Jobs, by Job uid: one list per namespace serves
+    every lookup of the next `window` seconds. In a burst of new Jobs whose pods the Job controller has not created
+    yet (kube-controller-manager creates them at its --kube-api-qps, 20/s by default), the reconciles look for
+    FailedCreate Events of most of them: one request per namespace and window instead of one per Job (each of
+    which the API server answered by scanning every Event of the namespace anyway). An Event posted after the
+    list is seen by a later look (the reconciler looks again every few seconds while a Job has no pod).
+    A failed list (403: no RBAC for Events) is raised to every lookup that shared it and not kept."""
+
+    def __init__(self, kube: Kube, window: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.kube = kube
+        self.window = window
+        self.clock = clock
+        self._lists: dict[str, tuple[float, asyncio.Task[dict[str, list[dict[str, Any]]]]]] = {}
+
+    async def of_job(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        started, task = self._lists.get(namespace, (0.0, None))
+        if task is None or self.clock() - started > self.window or _failed(task):
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(self._list(namespace), name=f"FailedCreate Events of {namespace}")
+            task.add_done_callback(_failed)
+            self._lists[namespace] = (self.clock(), task)
+            loop.call_later(self.window, self._expire, namespace, task)
+        # Shielded: a cancelled lookup (leadership lost) leaves the list to the others that wait on it.
+        return (await asyncio.shield(task)).get(job_uid, [])
+
+    async def _list(self, namespace: str) -> dict[str, list[dict[str, Any]]]:
+        items = await self.kube.list_items(core_path(namespace, "events"), fieldSelector=FAILED_CREATE_SELECTOR)
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for event in items:
+            uid = (event.get("involvedObject") or {}).get("uid")
+            if uid:
+                by_job.setdefault(uid, []).append(event)
+        return by_job
+
+    def _expire(self, namespace: str, task: asyncio.Task[Any]) -> None:
+        if self._lists.get(namespace, (0.0, None))[1] is task:
+            del self._lists[namespace]
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    """Done without a result (its exception read: asyncio never logs it as unretrieved; the lookups raise it)."""
+    return task.done() and (task.cancelled() or task.exception() is not None)

@@ -1,6 +1,8 @@
-"""The reconcile of a multi-node run (training.nodes > 1): observe every per-node Job and pod, decide
-(status/gang.py, pure), act (create the attempt's Jobs, the Service and its NetworkPolicy, delete an ended
-attempt's Jobs, write the status). The single-pod path (reconcile.py) is not involved.
+"""The reconcile of a multi-node run (training.nodes > 1): observe the attempts' Indexed Jobs and their pods,
+decide (status/gang.py, pure), act (create the Service, its NetworkPolicy and the attempt's Job; patch the Job:
+suspend, resume, stop; write the status). The Job controller stops the pods of a failed attempt; no Job is
+deleted (each keeps its pods' logs until its ttlSecondsAfterFinished). The single-pod path (reconcile.py) is
+not involved.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ logger = logging.getLogger(__name__)
 def requested(body: dict[str, Any], status: dict[str, Any], jobs: list[JobView]) -> bool:
     """Whether the multi-node path runs the resource. Fixed once the run started, whatever training.nodes says
     later (the other path would orphan the running Jobs or start a second attempt beside them; the change is
-    reported as SpecChangeIgnored instead): by its Jobs (node-rank labels or not), else by the trusted status
+    reported as SpecChangeIgnored instead): by its Jobs (attempt labels or not), else by the trusted status
     (jobName: the single-pod Job was created; nodes > 1 with attempts: a multi-node run between attempts),
     else by the raw spec (an invalid spec too)."""
     uid = (body.get("metadata") or {}).get("uid")
     mine = [j for j in jobs if j.owner_uid == uid]
     if mine:
-        return any(j.node_rank is not None for j in mine)
+        return any(j.attempt is not None for j in mine)
     if status.get("jobName"):
         return False
     recorded = status.get("nodes")
@@ -60,8 +62,10 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
     if status.get("phase") not in TERMINAL_PHASES:
         obs.node_pod_failures = await _node_pod_failures(r, owner, obs)
     decision = decide_gang(obs)
-    for name in decision.job_deletes:
-        await _delete_job(r, owner, name)
+    if decision.patch_attempt is not None:
+        for patch in decision.job_patches:  # suspend, resume, stop: the attempt's Job
+            await _patch_job(r, owner, decision.patch_attempt, patch)
+    decision.job_patches = []
     if decision.create_attempt is not None and spec is not None and status.get("phase") not in TERMINAL_PHASES:
         try:
             await _create_attempt(r, owner, spec, decision.create_attempt, decision.status.get("nodes"))
@@ -76,7 +80,7 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
 
 
 async def _node_pod_failures(r: Reconciler, owner: Owner, obs: Observation) -> dict[str, PodCreationFailure]:
-    """By Job uid: the FailedCreate Events of the current attempt's Jobs that have no live pod (as the
+    """By Job uid: the FailedCreate Events of the current attempt's Job while pods of it are missing (as the
     single-pod path looks them up, reconcile._pod_failure)."""
     attempt, found = current_attempt(obs), {}
     for job in obs.jobs:
@@ -87,21 +91,17 @@ async def _node_pod_failures(r: Reconciler, owner: Owner, obs: Observation) -> d
     return found
 
 
-async def _delete_job(r: Reconciler, owner: Owner, name: str) -> None:
-    try:
-        # Background: the Job goes now, the garbage collector deletes its pod (SIGTERM: a checkpoint).
-        await r.kube.delete(group_path("batch", "v1", owner.namespace, "jobs", name),
-                            {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
-        logger.info("deleted Job %s/%s (gang: the attempt ended)", owner.namespace, name)
-    except ApiError as e:
-        if e.status != 404:
-            raise
+async def _patch_job(r: Reconciler, owner: Owner, attempt: int, patch: dict[str, Any]) -> None:
+    await r.kube.merge_patch(group_path("batch", "v1", owner.namespace, "jobs", multinode.job_name(owner.name, attempt)),
+                             patch)
+    logger.info("patched Job %s/%s: %s", owner.namespace, multinode.job_name(owner.name, attempt), patch["spec"])
 
 
 async def _create_attempt(r: Reconciler, owner: Owner, spec: Any, attempt: int, nodes: int | None) -> None:
     """The Service (which keeps the spec the run started with: multinode.run_spec) and the NetworkPolicy that keeps
-    its rendezvous to the run's own pods, the ServiceAccount, the companions, then one Job per node of the run's
-    `nodes` (idempotent). The NetworkPolicy comes before any Job: no pod of the run listens unprotected."""
+    its rendezvous to the run's own pods, the ServiceAccount, the companions, then the attempt's Indexed Job of
+    the run's `nodes` pods (idempotent). The NetworkPolicy comes before any Job: no pod of the run listens
+    unprotected."""
     from .reconcile import RetryLater
 
     service, _ = await r._create(multinode.service(owner, spec))
@@ -115,11 +115,10 @@ async def _create_attempt(r: Reconciler, owner: Owner, spec: Any, attempt: int, 
         # A Service left from an earlier operator version (headless): replaced by the garbage collector only
         # with its owner, so say so rather than start ranks that cannot find their master.
         raise RetryLater(f"Service {service['metadata']['name']} has no cluster IP: delete it to have it recreated")
-    for manifest in multinode.node_jobs(owner, spec, r.settings, attempt, service_ip):
-        body, created = await r._create(manifest)
-        view = JobView.from_job(body)
-        if controller_uid(body["metadata"]) != owner.uid or view.attempt != attempt:
-            raise RetryLater(f"Job {manifest['metadata']['name']} of an earlier attempt or namesake is being deleted")
-        if created:
-            metrics.JOBS_CREATED.inc()
-            logger.info("created Job %s/%s (attempt %d)", owner.namespace, manifest["metadata"]["name"], attempt)
+    body, created = await r._create(multinode.job(owner, spec, r.settings, attempt=attempt, master_addr=service_ip))
+    view = JobView.from_job(body)
+    if controller_uid(body["metadata"]) != owner.uid or view.attempt != attempt:
+        raise RetryLater(f"Job {view.name} of an earlier namesake is being deleted")
+    if created:
+        metrics.JOBS_CREATED.inc()
+        logger.info("created Job %s/%s (attempt %d)", owner.namespace, view.name, attempt)

@@ -20,7 +20,7 @@ from kubernetes.client import Configuration
 
 from lft_api import contract
 
-from .metrics import API_SECONDS
+from .metrics import API_REQUESTS, API_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class Kube:
         ) as resp:
             text = await resp.text()
             API_SECONDS.labels(verb=method).observe(time.monotonic() - started)
+            API_REQUESTS.labels(verb=method, resource=path_resource(path)).inc()
             payload = json.loads(text) if text else None
             if resp.status >= 400:
                 payload = payload if isinstance(payload, dict) else {}
@@ -183,6 +184,17 @@ _PLURALS = {
     ("batch/v1", "Job"): "jobs",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
 }
+
+
+def path_resource(path: str) -> str:
+    """What a request path addresses, for the request counter: "jobs", "lorafinetunes/status", "namespaces"."""
+    parts = path.strip("/").split("/")
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]  # after /api/v1 or /apis/<group>/<version>
+    if len(rest) >= 2 and rest[0] == "namespaces":
+        rest = rest[2:] or ["namespaces"]
+    if not rest or not rest[0]:
+        return "other"
+    return rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
 
 
 def collection_path(manifest: dict[str, Any]) -> str:

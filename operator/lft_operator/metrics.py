@@ -23,6 +23,13 @@ API_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=REGISTRY,
 )
+# The same requests by what they addressed (bench/operator_scale.py prints requests per resource from it).
+API_REQUESTS = Counter(
+    "lft_api_requests_total",
+    "Kubernetes API requests by verb and resource (plural, /subresource)",
+    ["verb", "resource"],
+    registry=REGISTRY,
+)
 LEADER = Gauge("lft_leader", "1 while this replica holds the leader Lease and reconciles", registry=REGISTRY)
 EVENTS_POSTED = Counter("lft_events_total", "Kubernetes Events posted", ["type", "reason"], registry=REGISTRY)
 

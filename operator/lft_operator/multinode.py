@@ -1,24 +1,33 @@
 """Pure builders of a multi-node run's objects (spec.training.nodes > 1).
 
-One Job per node, each with a fixed node rank (LFT_NODE_RANK) and completions/parallelism 1,
-backoffLimit 0: a failed pod ends its Job, and the operator ends the whole attempt (status/gang.py).
-Each pod has hostname `<run>-node-<rank>`. The operator creates a Service `<run>-trainer` (owned by the
-resource) that selects the node-rank-0 pod; the other nodes reach torchrun's static rendezvous master
-at its cluster IP, which the operator reads back after creating it, and node 0 at 127.0.0.1 (a pod
-reaching itself through its own Service needs hairpin NAT, which not every network has). No cluster
-DNS is involved: our 1.20 test cluster has none, and kube-proxy routes a cluster IP wherever Services
-work. Kubernetes 1.20 has no Indexed Jobs (1.21 alpha, 1.24 GA); one Job per node works there and on
-current clusters alike; see the README.
+One Indexed Job per attempt (`<run>-trainer-a<attempt>`): completionMode Indexed, completions = parallelism =
+nodes; each pod's completion index is its node rank (LFT_NODE_RANK, from the downward API: the annotation
+batch.kubernetes.io/job-completion-index). backoffLimit 0: one failed pod fails the Job, whose controller then
+stops the other pods; a podFailurePolicy FailJob rule on exit code 3 (invalid input) says why (reason
+PodFailurePolicy). The operator, not the Job controller, owns the run's retries (status/gang.py): it starts the
+next attempt's Job once every pod of the failed one has stopped, and all ranks resume from the newest checkpoint
+(gang semantics: no rank restarts alone; its peers' collectives would fail anyway). Suspend is the Job's own
+spec.suspend: every pod is stopped (SIGTERM: a checkpoint) and a resumed Job starts every rank anew.
 
-Every attempt's Jobs are built from the spec the run started with (run_spec: the Service, created with the
-first attempt, keeps it in its applied-spec annotation), as the single-pod path's one Job is, and as the
-trainer's ConfigMap (written once) is: a spec changed later is reported (SpecChangeIgnored), not half applied.
+Rendezvous: the operator creates a ClusterIP Service `<run>-trainer` (owned by the resource) selecting the run's
+index-0 pod (the Job controller's label batch.kubernetes.io/job-completion-index "0" plus the run's labels; one
+attempt's pods at a time exist, gang.py waits for the old ones to stop). The other ranks reach torchrun's static
+rendezvous master at its cluster IP, which the operator reads back after creating the Service; rank 0 reaches
+itself at 127.0.0.1 (the trainer's launcher: a pod reaching itself through its own Service needs hairpin NAT,
+which not every network has). No cluster DNS is needed: the test cluster has none, and kube-proxy routes a cluster
+IP wherever Services work. Where DNS exists, `<job>-<index>.<headless Service>` names would do too (pods of an
+Indexed Job get the hostname `<job>-<index>`; a subdomain needs a headless Service), but a cluster IP works on
+every cluster, so that is what the pods get.
+
+Every attempt's Job is built from the spec the run started with (run_spec: the Service, created with the first
+attempt, keeps it in its applied-spec annotation), as the single-pod path's one Job is, and as the trainer's
+ConfigMap (written once) is: a spec changed later is reported (SpecChangeIgnored), not half applied.
 
 The rendezvous port, and the ports gloo and NCCL open between ranks (ephemeral ones), listen on the pod network:
 a NetworkPolicy `<run>-trainer` (network_policy, created with the Service, owned the same way) admits ingress to
 the run's pods over TCP from pods of the same run in the same namespace only.
 
-With nodes == 1 none of this is used: builders.job() builds the one Job, as before, and no Service.
+With nodes == 1 none of this is used: builders.job() builds the one Job, and no Service.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from lft_api.resource import MUTABLE_FIELDS, LoRAFineTuneSpec
 from . import builders
 from .builders import APPLIED_SPEC_ANNOTATION, NAME_LABEL, Owner
 from .settings import Settings
-from .views import ATTEMPT_LABEL, NODE_RANK_LABEL
+from .views import ATTEMPT_LABEL, COMPLETION_INDEX
 
 SHM_VOLUME = "dshm"
 
@@ -55,25 +64,16 @@ def service_name(name: str) -> str:
     return builders.child_name(name)
 
 
-def node_hostname(name: str, rank: int) -> str:
-    return f"{name}-node-{rank}"
-
-
-def node_job_name(name: str, rank: int) -> str:
-    return f"{builders.child_name(name)}-node-{rank}"
+def job_name(name: str, attempt: int) -> str:
+    """The Indexed Job of attempt `attempt` (from 1); its pods are `<job>-<index>-<suffix>`."""
+    return f"{builders.child_name(name)}-a{attempt}"
 
 
 LOOPBACK = "127.0.0.1"
 
 
-def master_address(rank: int, service_ip: str) -> str:
-    """Where node `rank` reaches the rendezvous master: node 0 is the master (loopback), the others go
-    through the Service's cluster IP."""
-    return LOOPBACK if rank == 0 else service_ip
-
-
 def service(owner: Owner, spec: LoRAFineTuneSpec) -> dict[str, Any]:
-    """A cluster IP in front of the node-rank-0 pod (its rendezvous port). publishNotReadyAddresses: the pod
+    """A cluster IP in front of the index-0 pod (its rendezvous port). publishNotReadyAddresses: the pod
     is an endpoint as soon as it has an address (the rendezvous starts before any readiness). Created once per
     run: it keeps the spec the run started with (run_spec)."""
     applied = json.dumps(builders.applied_spec(spec), sort_keys=True, separators=(",", ":"))
@@ -83,14 +83,14 @@ def service(owner: Owner, spec: LoRAFineTuneSpec) -> dict[str, Any]:
         "metadata": builders._metadata(owner, service_name(owner.name), annotations={APPLIED_SPEC_ANNOTATION: applied}),
         "spec": {
             "publishNotReadyAddresses": True,
-            "selector": {NAME_LABEL: owner.name, "app.kubernetes.io/component": "trainer", NODE_RANK_LABEL: "0"},
+            "selector": {NAME_LABEL: owner.name, "app.kubernetes.io/component": "trainer", COMPLETION_INDEX: "0"},
             "ports": [{"name": "rendezvous", "port": contract.DEFAULT_MASTER_PORT, "protocol": "TCP"}],
         },
     }
 
 
 def run_pod_selector(name: str) -> dict[str, Any]:
-    """The pods of run `name`: every node Job's pod carries these labels (builders.labels), set by the operator
+    """The pods of run `name`: every attempt's pods carry these labels (builders.labels), set by the operator
     after the user's podTemplate.labels, so a pod of another run cannot claim them. Pods the tenant creates by
     hand in the namespace can, but the tenant could reach its own run's pods from there anyway."""
     return {"matchLabels": {NAME_LABEL: name, "app.kubernetes.io/component": "trainer"}}
@@ -105,7 +105,7 @@ def network_policy(owner: Owner) -> dict[str, Any]:
     address, so the policy sees the sending pod as the source. Egress is left alone (storage, hub, trackers).
 
     Enforcement is the network plugin's: Calico, Cilium, Antrea and the like enforce NetworkPolicies; a cluster
-    without such a plugin (kindnet before 0.20, flannel alone, our 1.20 test cluster) stores the object and does
+    without such a plugin (kindnet before 0.20, flannel alone, our test cluster) stores the object and does
     nothing with it. Created once per run, as the Service is (idempotent: an existing one of this run is kept);
     the garbage collector deletes it with the resource."""
     peers = run_pod_selector(owner.name)
@@ -139,36 +139,48 @@ def run_spec(service_body: dict[str, Any], spec: LoRAFineTuneSpec, nodes: int | 
     return base
 
 
-def _env(spec: LoRAFineTuneSpec, rank: int, master: str, defaults: dict[str, str],
-         env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+NODE_RANK_FIELD = f"metadata.annotations['{COMPLETION_INDEX}']"
+
+
+def _env(spec: LoRAFineTuneSpec, master: str, defaults: dict[str, str], env: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The single-pod env `env` with the communication defaults the user did not set before it and the node's
-    rank and master after it (for duplicated names the last entry wins: those stay in force)."""
+    rank (the completion index) and master after it (for duplicated names the last entry wins: those stay in
+    force)."""
     user = {e.name for e in spec.pod_template.env}
-    fixed = {contract.ENV_NODE_RANK: str(rank), contract.ENV_MASTER_ADDR: master,
-             contract.ENV_MASTER_PORT: str(contract.DEFAULT_MASTER_PORT)}
+    fixed: list[dict[str, Any]] = [
+        {"name": contract.ENV_NODE_RANK, "valueFrom": {"fieldRef": {"fieldPath": NODE_RANK_FIELD}}},
+        {"name": contract.ENV_MASTER_ADDR, "value": master},
+        {"name": contract.ENV_MASTER_PORT, "value": str(contract.DEFAULT_MASTER_PORT)},
+    ]
+    names = {e["name"] for e in fixed}
     return ([{"name": k, "value": v} for k, v in defaults.items() if k not in user]
-            + [e for e in env if e.get("name") not in fixed]
-            + [{"name": k, "value": v} for k, v in fixed.items()])
+            + [e for e in env if e.get("name") not in names] + fixed)
 
 
-def node_job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, rank: int, attempt: int,
-             service_ip: str) -> dict[str, Any]:
-    """The Job of node `rank` in attempt `attempt` (from 1): the single-pod Job, changed where a node differs.
-    `service_ip`: the cluster IP of service(owner)."""
+def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, attempt: int, master_addr: str) -> dict[str, Any]:
+    """The Indexed Job of attempt `attempt` (from 1): the single-pod Job, changed where a multi-node run differs.
+    `master_addr`: the cluster IP of service(owner) (rank 0 uses loopback, see the launcher)."""
     job = builders.job(owner, spec, settings)
-    extra = {NODE_RANK_LABEL: str(rank), ATTEMPT_LABEL: str(attempt)}
-    job["metadata"]["name"] = node_job_name(owner.name, rank)
+    nodes = spec.training.nodes
+    extra = {ATTEMPT_LABEL: str(attempt)}
+    job["metadata"]["name"] = job_name(owner.name, attempt)
     job["metadata"]["labels"].update(extra)
     job_spec = job["spec"]
-    job_spec["parallelism"] = 1  # suspend deletes the Jobs instead
-    job_spec["backoffLimit"] = 0  # retries are the operator's: every node at once
+    job_spec.update(
+        completionMode="Indexed",
+        completions=nodes,
+        parallelism=nodes,
+        backoffLimit=0,  # one failed pod fails the attempt; the operator starts the next one, every rank at once
+        # Exit code 3 fails it with reason PodFailurePolicy. No Ignore rule for disrupted pods: a rank alone
+        # cannot rejoin its peers' collectives, the whole attempt restarts (gang.py does not count it).
+        podFailurePolicy={"rules": [dict(builders.INVALID_INPUT_RULE)]},
+    )
     template = job_spec["template"]
     template["metadata"]["labels"].update(extra)
     pod = template["spec"]
-    pod["hostname"] = node_hostname(owner.name, rank)
     container = pod["containers"][0]
     defaults = {**COMMUNICATION_DEFAULTS, "LFT_SHUTDOWN_TIMEOUT_SECONDS": str(settings.termination_grace_seconds)}
-    container["env"] = _env(spec, rank, master_address(rank, service_ip), defaults, container["env"])
+    container["env"] = _env(spec, master_addr, defaults, container["env"])
     if not any(v["name"] == SHM_VOLUME for v in pod["volumes"]):
         pod["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
         container["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
@@ -176,8 +188,3 @@ def node_job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, rank: int
     if size:
         next(v for v in pod["volumes"] if v["name"] == SHM_VOLUME)["emptyDir"]["sizeLimit"] = size
     return job
-
-
-def node_jobs(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, attempt: int,
-              service_ip: str) -> list[dict[str, Any]]:
-    return [node_job(owner, spec, settings, rank, attempt, service_ip) for rank in range(spec.training.nodes)]

@@ -10,9 +10,9 @@ Three checks keep it true (tests/unit/test_operator_rbac.py and test_chart.py):
   its own namespace) only.
 
 No Secret permission at all: the storage Secret reaches the trainer pod as envFrom, resolved by
-the kubelet; a missing one shows as the pod's CreateContainerConfigError in the status. One delete
-verb: the per-node Jobs of a multi-node run, all at once when an attempt ends (gang); every other
-child is removed by the garbage collector through its ownerReferences.
+the kubelet; a missing one shows as the pod's CreateContainerConfigError in the status. No delete
+verb: a Job's own policies end its pods (suspend, podFailurePolicy, backoffLimit; a multi-node attempt's
+Indexed Job fails as a whole), and the garbage collector removes every child through its ownerReferences.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ USES: tuple[Use, ...] = (
         "kopf watches and indexes them; the reconciler reads the fresh object (reconcile.py)"),
     Use("finetune.dev", "lorafinetunes/status", ("patch",),
         "the operator's status writes; also what each trainer Role grants (RBAC escalation check)"),
-    Use("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete"),
-        "the training Job: created once, patched for suspend/resume/stop and runPolicy changes; delete: "
-        "the per-node Jobs of a multi-node run when its attempt ends or it is suspended (gang_reconcile.py)"),
+    Use("batch", "jobs", ("get", "list", "watch", "create", "patch"),
+        "the training Job (a multi-node run: one Indexed Job per attempt): created, patched for spec.suspend "
+        "(suspend/resume), runPolicy changes and a stop when no pod can be created (activeDeadlineSeconds)"),
     Use("", "services", ("get", "create"), "the Service of a multi-node run (its cluster IP is the rendezvous master)"),
     Use("networking.k8s.io", "networkpolicies", ("get", "create"),
         "the NetworkPolicy of a multi-node run: its rendezvous and collectives admit the run's own pods only "

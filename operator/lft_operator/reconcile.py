@@ -364,7 +364,7 @@ class Reconciler:
     async def _pod_failure(self, owner: Owner, job: JobView | None, pods: list[PodView],
                            now: str) -> PodCreationFailure | None:
         """While `job` has no pod: the Job controller's newest FailedCreate Event, re-checked
-        every few seconds (Events are not watched). Multi-node runs: per node Job (gang_reconcile.py)."""
+        every few seconds (Events are not watched). Multi-node runs: the attempt's Job (gang_reconcile.py)."""
         if job is None or not wants_pod(job, pods):
             return None
         key = (owner.namespace, owner.name)

@@ -14,8 +14,19 @@ from lft_api.scrub import scrub
 
 from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, RUN_POLICY_ANNOTATION
 
-NODE_RANK_LABEL = f"{contract.API_GROUP}/node-rank"  # multi-node runs (multinode.py): the pod's node rank
-ATTEMPT_LABEL = f"{contract.API_GROUP}/attempt"  # and the attempt its Job belongs to
+# Multi-node runs (multinode.py): the Job controller's completion index of an Indexed Job's pod is its node
+# rank (a label since Kubernetes 1.28, an annotation always); the operator's label names the attempt.
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+NODE_RANK_LABEL = COMPLETION_INDEX  # the pod label holding a multi-node pod's rank (lft_cli reads it too)
+ATTEMPT_LABEL = f"{contract.API_GROUP}/attempt"
+
+
+def completion_index(meta: dict[str, Any]) -> int | None:
+    value = (meta.get("labels") or {}).get(COMPLETION_INDEX) or (meta.get("annotations") or {}).get(COMPLETION_INDEX)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def label_int(meta: dict[str, Any], key: str) -> int | None:
@@ -74,7 +85,9 @@ class PodView:
     pod_reason: str | None = None  # pod.status.reason, e.g. Evicted
     pod_message: str | None = None
     unschedulable: str | None = None  # the scheduler's message while the pod cannot be placed
-    node_rank: int | None = None  # multi-node runs only
+    disrupted: str | None = None  # the DisruptionTarget condition's reason (eviction, preemption, drain)
+    disrupted_message: str | None = None
+    node_rank: int | None = None  # multi-node runs only: the completion index
     attempt: int | None = None
 
     @property
@@ -112,6 +125,9 @@ class PodView:
                 and cond.get("reason") == "Unschedulable"
             ):
                 fields["unschedulable"] = cond.get("message") or "Unschedulable"
+            elif cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+                fields["disrupted"] = cond.get("reason") or "DisruptionTarget"
+                fields["disrupted_message"] = cond.get("message")
         return cls(
             name=meta.get("name", ""),
             uid=meta.get("uid", ""),
@@ -121,7 +137,7 @@ class PodView:
             phase=status.get("phase") or "Pending",
             pod_reason=status.get("reason"),
             pod_message=_scrubbed(status.get("message")),
-            node_rank=label_int(meta, NODE_RANK_LABEL),
+            node_rank=completion_index(meta) if label_int(meta, ATTEMPT_LABEL) is not None else None,
             attempt=label_int(meta, ATTEMPT_LABEL),
             **fields,
         )
@@ -134,15 +150,15 @@ class JobView:
     owner_uid: str | None = None
     created: str = ""
     parallelism: int = 1
-    suspended: bool = False  # spec.suspend (Kubernetes >= 1.21; Kueue suspends queued Jobs)
+    suspended: bool = False  # spec.suspend (the run's spec.suspend, or Kueue holding a queued Job)
     complete: bool = False
     failed_reason: str | None = None  # set when the Job has condition Failed=True
     failed_message: str | None = None
     completion_time: str | None = None
     applied_spec: str | None = None  # JSON
     run_policy: str | None = None  # JSON of the runPolicy last applied
-    node_rank: int | None = None  # multi-node runs only
-    attempt: int | None = None
+    attempt: int | None = None  # multi-node runs only: one Indexed Job per attempt
+    nodes: int = 1  # spec.completions
     deleting: bool = False  # deletionTimestamp set
 
     @classmethod
@@ -174,7 +190,7 @@ class JobView:
             completion_time=status.get("completionTime"),
             applied_spec=annotations.get(APPLIED_SPEC_ANNOTATION),
             run_policy=annotations.get(RUN_POLICY_ANNOTATION),
-            node_rank=label_int(meta, NODE_RANK_LABEL),
             attempt=label_int(meta, ATTEMPT_LABEL),
+            nodes=spec.get("completions") or 1,
             deleting=meta.get("deletionTimestamp") is not None,
         )

@@ -52,6 +52,9 @@ E2E_NAMESPACES = {
     "test_two_pods_train_one_run_to_succeeded": "e2e-multinode",
     "test_two_pods_of_two_processes_train_on_four_distinct_shards": "e2e-multiquad",
     "test_one_pod_killed_ends_the_attempt_and_every_rank_resumes": "e2e-multikill",
+    # test_job_primitives.py
+    "test_invalid_input_ends_the_job_by_its_pod_failure_policy": "e2e-policyfail",
+    "test_an_evicted_pod_costs_no_retry_and_the_run_succeeds": "e2e-evicted",
 }
 
 

@@ -154,8 +154,7 @@ def test_bad_dataset_fails_fast_without_retries(kube, s3, s3_endpoint, namespace
     events = kube.events(namespace, name)
     assert any(e["reason"] == "Failed" and "row 7" in e.get("message", "") for e in events), events
     time.sleep(5)  # no retry may follow
-    # On 1.20 the Job controller may create a replacement pod before the operator stops the Job; the
-    # operator deletes it before its trainer starts. So: exactly one pod ever ran the trainer.
+    # The Job's podFailurePolicy fails it on exit code 3: no replacement pod, exactly one ran the trainer.
     ran = [p["metadata"]["name"] for p in kube.pods(namespace, name) if trainer_started(p)]
     assert len(ran) == 1, ran
     assert kube.lft(namespace, name)["status"]["attempts"] == 1

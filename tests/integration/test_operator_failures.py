@@ -119,8 +119,10 @@ def test_pod_creation_failing_is_pending_with_the_reason_then_times_out(kube, na
     status = kube.wait_lft(namespace, "nopods", lambda s: s.get("phase") == "Failed", timeout=60)["status"]
     assert cond(status, "Failed")["reason"] == Reason.POD_CREATION_TIMEOUT and "exceeded quota" in status["message"]
     wait_until(lambda: events_with(kube, namespace, "nopods", Reason.POD_CREATION_TIMEOUT), 10)
-    # The Job is stopped.
-    wait_until(lambda: (kube.job(namespace, "nopods") or {}).get("spec", {}).get("parallelism") == 0, 10)
+    # The Job is stopped: a past activeDeadlineSeconds, and the Job controller ends it (DeadlineExceeded).
+    wait_until(lambda: (kube.job(namespace, "nopods") or {}).get("spec", {}).get("activeDeadlineSeconds") == 1, 10)
+    failed = wait_until(lambda: kube.job_condition(namespace, "nopods", "Failed"), 20, what="the Job's Failed condition")
+    assert failed["reason"] == "DeadlineExceeded"
 
 
 def test_unknown_fields_are_kept_and_refused(kube, namespace, operator):

@@ -37,8 +37,13 @@ def test_create_makes_job_and_rbac_owned_by_the_resource(kube, namespace, operat
         (ref,) = body["metadata"]["ownerReferences"]
         assert ref["uid"] == uid and ref["kind"] == "LoRAFineTune" and ref["controller"] is True, kind
     job = kube.get(children["Job"])
-    assert job["spec"]["backoffLimit"] == 2
+    assert job["spec"]["backoffLimit"] == 2 and job["spec"]["suspend"] is False
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    # The native primitives, as the API server stored them.
+    assert job["spec"]["podReplacementPolicy"] == "Failed"
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [3]
+    assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
     # The real Job controller made the pod.
     pod = kube.wait_for_pod(namespace, "basic")
     assert pod["spec"]["serviceAccountName"] == "basic-trainer"
@@ -98,6 +103,10 @@ def test_retryable_failures_until_backoff_limit(kube, namespace, operator):
     assert failed["reason"] == "StorageUnavailable"
     assert "S3 endpoint unreachable" in failed["message"]
     assert status["attempts"] == 2 and status["failedAttempts"] == 2
+    # The Job controller counted (backoffLimit 1 is the Job's) and gave the verdict.
+    assert "BackoffLimitExceeded" in failed["message"]
+    assert kube.job_condition(namespace, "flaky", "Failed")["reason"] == "BackoffLimitExceeded"
+    assert kube.job(namespace, "flaky")["status"]["failed"] == 2
     time.sleep(3)
     assert len(kube.pods(namespace, "flaky")) == 2  # no third attempt
 
@@ -113,10 +122,11 @@ def test_invalid_input_fails_at_once_without_retry(kube, namespace, operator):
     failed = cond(status, "Failed")
     assert failed["reason"] == "InvalidDataset" and "row 7" in failed["message"]
     assert status["attempts"] == 1
-    # The Job was stopped: it ends Failed (so ttlSecondsAfterFinished applies) and makes no new pod.
-    wait_until(lambda: kube.job_condition(namespace, "bad-data", "Failed"), 20, what="Job Failed condition")
+    # The Job's podFailurePolicy (FailJob on exit code 3) ended it: Failed, no retry, nothing patched.
+    job_failed = wait_until(lambda: kube.job_condition(namespace, "bad-data", "Failed"), 20, what="Job Failed")
+    assert job_failed["reason"] == "PodFailurePolicy"
     job = kube.job(namespace, "bad-data")
-    assert job["spec"]["parallelism"] == 0
+    assert job["spec"]["parallelism"] == 1 and "activeDeadlineSeconds" not in job["spec"]
     time.sleep(2)
     assert len(kube.pods(namespace, "bad-data")) == 1  # the failed pod stays, for its logs
 
@@ -198,7 +208,8 @@ def test_suspend_checkpoints_and_resume_starts_a_new_attempt(kube, namespace, op
 
     kube.merge_patch(kube.lft_path(namespace, "pausable"), {"spec": {"suspend": True}})
     kube.wait_lft(namespace, "pausable", lambda s: is_true(s, "Suspended"))
-    assert kube.job(namespace, "pausable")["spec"]["parallelism"] == 0
+    wait_until(lambda: kube.job(namespace, "pausable")["spec"].get("suspend") is True, 10, what="Job suspended")
+    assert kube.job(namespace, "pausable")["spec"]["parallelism"] == 1
     # The Job controller deletes the pod gracefully; the "kubelet" lets the trainer checkpoint and exit 4.
     deleting = wait_until(
         lambda: next((p for p in kube.pods(namespace, "pausable") if p["metadata"].get("deletionTimestamp")), None),
@@ -212,6 +223,7 @@ def test_suspend_checkpoints_and_resume_starts_a_new_attempt(kube, namespace, op
     status = kube.wait_lft(namespace, "pausable", lambda s: s.get("phase") == "Suspended")["status"]
     assert status["failedAttempts"] == 0
     assert status["attemptHistory"][0]["phase"] == "Stopped"
+    assert not kube.job(namespace, "pausable")["status"].get("failed")  # a suspended pod is no failure to the Job
     wait_until(lambda: Reason.SUSPENDED in kube.event_reasons(namespace, "pausable"), 10)
     time.sleep(2)
     assert kube.pods(namespace, "pausable") == []  # no new pod while suspended
@@ -222,7 +234,7 @@ def test_suspend_checkpoints_and_resume_starts_a_new_attempt(kube, namespace, op
         "status"
     ]
     assert not is_true(status, "Suspended")
-    assert kube.job(namespace, "pausable")["spec"]["parallelism"] == 1
+    assert kube.job(namespace, "pausable")["spec"]["suspend"] is False
     wait_until(lambda: Reason.RESUMED in kube.event_reasons(namespace, "pausable"), 10)
 
 
@@ -275,9 +287,32 @@ def test_created_suspended_starts_no_pod_until_resumed(kube, namespace, operator
     kube.create_lft(namespace, "later", spec(suspend=True))
     status = kube.wait_lft(namespace, "later", lambda s: s.get("phase") == "Suspended")["status"]
     assert is_true(status, "Accepted") and is_true(status, "Suspended")
-    assert kube.job(namespace, "later")["spec"]["parallelism"] == 0
+    assert kube.job(namespace, "later")["spec"]["suspend"] is True
     time.sleep(2)
     assert kube.pods(namespace, "later") == []
     kube.merge_patch(kube.lft_path(namespace, "later"), {"spec": {"suspend": False}})
     run_pod(kube, namespace, "later")
     kube.wait_lft(namespace, "later", lambda s: s.get("phase") == "Running" and s.get("attempts") == 1)
+
+
+def test_an_evicted_pod_costs_no_retry_and_a_new_pod_resumes(kube, namespace, operator):
+    kube.create_lft(namespace, "evicted", spec(runPolicy={"backoffLimit": 0}))
+    pod = run_pod(kube, namespace, "evicted")
+    kube.wait_lft(namespace, "evicted", lambda s: s.get("phase") == "Running")
+    meta = pod["metadata"]
+    kube.create(f"/api/v1/namespaces/{namespace}/pods/{meta['name']}/eviction",
+                {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": meta["name"], "namespace": namespace}})
+    # The API server marks the pod DisruptionTarget and deletes it; the trainer checkpoints and exits 4.
+    evicted = wait_until(lambda: next((p for p in kube.pods(namespace, "evicted")
+                                       if p["metadata"].get("deletionTimestamp")), None), 20, what="the eviction")
+    assert any(c["type"] == "DisruptionTarget" for c in evicted["status"].get("conditions") or [])
+    preempted = TerminationMessage(outcome="preempted", reason="Preempted", message="checkpoint at step 5").encode()
+    kube.kubelet_exit(evicted, ExitCode.PREEMPTED, preempted)
+    kube.kubelet_remove(evicted)
+    # backoffLimit 0, yet a new pod: the podFailurePolicy ignored the disruption.
+    run_pod(kube, namespace, "evicted")
+    status = kube.wait_lft(namespace, "evicted", lambda s: s.get("phase") == "Running" and s.get("attempts") == 2)[
+        "status"]
+    assert status["failedAttempts"] == 0 and status["attemptHistory"][0]["phase"] == "Stopped"
+    assert status["attemptHistory"][0]["reason"] == "EvictionByEvictionAPI"
+    assert not kube.job(namespace, "evicted")["status"].get("failed")

@@ -120,8 +120,11 @@ def test_job_shape():
     spec = job["spec"]
     pod = spec["template"]["spec"]
     assert job["metadata"]["name"] == "phi3-chat-trainer"
-    assert spec["parallelism"] == 1 and spec["completions"] == 1
+    assert spec["parallelism"] == 1 and spec["completions"] == 1 and spec["suspend"] is False
+    # The Job controller counts the retries: runPolicy.backoffLimit is the Job's.
     assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 3600
+    assert spec["podReplacementPolicy"] == "Failed"  # a new pod only once the last one ended (checkpoint saved)
+    assert "completionMode" not in spec
     assert "ttlSecondsAfterFinished" not in spec
     assert pod["restartPolicy"] == "Never"
     assert pod["terminationGracePeriodSeconds"] >= 60  # room for a checkpoint upload
@@ -209,8 +212,28 @@ def test_resources_gpus_and_scheduling():
     assert _container(builders.job(OWNER, make_spec(), SETTINGS))["resources"] == {}
 
 
-def test_suspended_at_creation_starts_with_no_pod():
-    assert builders.job(OWNER, make_spec(suspend=True), SETTINGS)["spec"]["parallelism"] == 0
+def test_suspended_at_creation_is_a_natively_suspended_job():
+    spec = builders.job(OWNER, make_spec(suspend=True), SETTINGS)["spec"]
+    assert spec["suspend"] is True and spec["parallelism"] == 1  # no parallelism 0 work-around
+
+
+def test_pod_failure_policy_fails_on_invalid_input_and_ignores_disruptions():
+    rules = builders.job(OWNER, make_spec(), SETTINGS)["spec"]["podFailurePolicy"]["rules"]
+    assert rules == [
+        {"action": "FailJob",
+         "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [contract.ExitCode.INVALID_INPUT]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
+    assert rules[0]["onExitCodes"]["values"] == [3]
+    assert json.loads(json.dumps(rules)) == rules  # plain JSON (no IntEnum surprises on the wire)
+    pod = builders.job(OWNER, make_spec(), SETTINGS)["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # what a podFailurePolicy requires
+    assert pod["containers"][0]["name"] == rules[0]["onExitCodes"]["containerName"]
+
+
+def test_suspend_patch_sets_the_jobs_own_suspend():
+    assert builders.suspend_patch(True) == {"spec": {"suspend": True}}
+    assert builders.suspend_patch(False) == {"spec": {"suspend": False}}
 
 
 def test_pod_template_extras():
@@ -285,8 +308,8 @@ def test_run_policy_patch_compares_with_the_applied_annotation():
     )
 
 
-def test_stop_patch_ends_the_job_as_failed():
-    assert builders.stop_patch() == {"spec": {"parallelism": 0, "activeDeadlineSeconds": 1}}
+def test_stop_patch_ends_the_job_as_failed_by_its_deadline():
+    assert builders.stop_patch() == {"spec": {"activeDeadlineSeconds": 1}}
 
 
 def test_the_secrets_the_trainer_receives_are_mounted_for_it_to_mask_their_values():

@@ -60,3 +60,21 @@ def test_a_job_refused_by_strict_field_validation_is_invalid_and_not_retried() -
     problem = classify_create_error(400, message, "BadRequest")
     assert problem is not None and problem.reason == Reason.JOB_INVALID
     assert "strict decoding error" in problem.message and "nodeAffinity.requiredDuringScheduling" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("path", "resource"),
+    [
+        ("/api/v1/namespaces/ns/configmaps", "configmaps"),
+        ("/api/v1/namespaces/ns/events", "events"),
+        ("/apis/batch/v1/namespaces/ns/jobs/j", "jobs"),
+        ("/apis/finetune.dev/v1alpha1/namespaces/ns/lorafinetunes/r/status", "lorafinetunes/status"),
+        ("/apis/coordination.k8s.io/v1/namespaces/ns/leases/l", "leases"),
+        ("/api/v1/namespaces/ns", "namespaces"),
+        ("/api/v1/namespaces", "namespaces"),
+        ("/apis/finetune.dev/v1alpha1/lorafinetunes", "lorafinetunes"),
+        ("/api", "other"),
+    ],
+)
+def test_requests_are_counted_by_the_resource_they_address(path: str, resource: str) -> None:
+    assert kube.path_resource(path) == resource

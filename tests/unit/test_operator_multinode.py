@@ -1,4 +1,5 @@
-"""Manifests of a multi-node run (training.nodes > 1): one Job per node, a Service in front of node 0 (pure builders)."""
+"""Manifests of a multi-node run (training.nodes > 1): one Indexed Job per attempt, a Service in front of index 0
+(pure builders)."""
 
 from __future__ import annotations
 
@@ -23,25 +24,40 @@ def env_of(job: dict) -> dict[str, str]:
     return dict(pairs)  # the last entry of a name wins, as in Kubernetes
 
 
-def test_one_job_per_node_with_a_fixed_rank_and_the_master_at_the_services_ip():
-    jobs = multinode.node_jobs(OWNER, spec(nodes=3), SETTINGS, attempt=2, service_ip="10.96.7.7")
-    assert [j["metadata"]["name"] for j in jobs] == ["big-trainer-node-0", "big-trainer-node-1", "big-trainer-node-2"]
-    for rank, job in enumerate(jobs):
-        pod = job["spec"]["template"]["spec"]
-        assert pod["hostname"] == f"big-node-{rank}" and "subdomain" not in pod  # no cluster DNS needed
-        assert job["spec"]["backoffLimit"] == 0 and job["spec"]["parallelism"] == 1 == job["spec"]["completions"]
-        labels = job["spec"]["template"]["metadata"]["labels"]
-        assert labels["finetune.dev/node-rank"] == str(rank) and labels["finetune.dev/attempt"] == "2"
-        assert job["metadata"]["labels"]["finetune.dev/node-rank"] == str(rank)
-        env = env_of(job)
-        assert env["LFT_NODE_RANK"] == str(rank)  # the user's LFT_NODE_RANK never wins
-        # Node 0 is the master itself (loopback: no hairpin through its own Service); the others use the Service.
-        assert env["LFT_MASTER_ADDR"] == ("127.0.0.1" if rank == 0 else "10.96.7.7") and env["LFT_MASTER_PORT"] == "29500"
-        assert job["metadata"]["ownerReferences"][0]["uid"] == "1111-2222"
+def env_entries(job: dict, name: str) -> list[dict]:
+    return [e for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == name]
+
+
+def test_one_indexed_job_per_attempt_with_the_rank_from_the_completion_index():
+    job = multinode.job(OWNER, spec(nodes=3), SETTINGS, attempt=2, master_addr="10.96.7.7")
+    js = job["spec"]
+    assert job["metadata"]["name"] == "big-trainer-a2" == multinode.job_name("big", 2)
+    assert js["completionMode"] == "Indexed" and js["completions"] == 3 == js["parallelism"]
+    assert js["backoffLimit"] == 0  # one failed pod fails the attempt; the Job controller stops the others
+    assert js["podFailurePolicy"] == {"rules": [builders.INVALID_INPUT_RULE]}  # exit 3: reason PodFailurePolicy
+    assert js["podReplacementPolicy"] == "Failed" and js["suspend"] is False
+    pod = js["template"]["spec"]
+    assert "hostname" not in pod and "subdomain" not in pod  # no cluster DNS needed
+    assert js["template"]["metadata"]["labels"]["finetune.dev/attempt"] == "2"
+    assert job["metadata"]["labels"]["finetune.dev/attempt"] == "2"
+    assert not any(k.endswith("node-rank") for k in js["template"]["metadata"]["labels"])
+    # The rank is the pod's completion index (downward API); the user's LFT_NODE_RANK never wins.
+    (rank,) = [e for e in env_entries(job, "LFT_NODE_RANK") if "valueFrom" in e]
+    assert env_entries(job, "LFT_NODE_RANK")[-1] == rank
+    assert rank["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    # One template for every rank: the Service's address (node 0 uses loopback itself: the launcher).
+    env = env_of(job)
+    assert env["LFT_MASTER_ADDR"] == "10.96.7.7" and env["LFT_MASTER_PORT"] == "29500"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "1111-2222"
+
+
+def test_a_suspended_run_builds_a_suspended_indexed_job():
+    suspended = LoRAFineTuneSpec.model_validate({**spec(nodes=2).to_wire(), "suspend": True})
+    assert multinode.job(OWNER, suspended, SETTINGS, attempt=1, master_addr="10.0.0.1")["spec"]["suspend"] is True
 
 
 def test_communication_defaults_are_set_and_the_users_values_win():
-    env = env_of(multinode.node_job(OWNER, spec(nodes=2), SETTINGS, rank=1, attempt=1, service_ip="10.0.0.1"))
+    env = env_of(multinode.job(OWNER, spec(nodes=2), SETTINGS, attempt=1, master_addr="10.0.0.1"))
     assert env["NCCL_SOCKET_IFNAME"] == "ib0"  # the user's
     assert env["GLOO_SOCKET_IFNAME"] == "eth0" and env["LFT_DDP_TIMEOUT_SECONDS"] == "1800"
     assert env["LFT_SHUTDOWN_TIMEOUT_SECONDS"] == str(SETTINGS.termination_grace_seconds)
@@ -49,7 +65,7 @@ def test_communication_defaults_are_set_and_the_users_values_win():
 
 
 def test_dev_shm_is_a_sized_memory_volume_and_the_pod_stays_restricted():
-    job = multinode.node_job(OWNER, spec(nodes=2), SETTINGS, rank=0, attempt=1, service_ip="10.0.0.1")
+    job = multinode.job(OWNER, spec(nodes=2), SETTINGS, attempt=1, master_addr="10.0.0.1")
     pod = job["spec"]["template"]["spec"]
     shm = [v for v in pod["volumes"] if v["name"] == "dshm"]
     assert shm == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
@@ -57,7 +73,7 @@ def test_dev_shm_is_a_sized_memory_volume_and_the_pod_stays_restricted():
     sc = pod["containers"][0]["securityContext"]
     assert sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"] == {"drop": ["ALL"]}
     gpu = LoRAFineTuneSpec.model_validate({**spec(nodes=2).to_wire(), "resources": {"gpus": 2}})
-    gpu_pod = multinode.node_job(OWNER, gpu, Settings(trainer_image="x", shm_size_limit="8Gi"), 0, 1, "10.0.0.1")
+    gpu_pod = multinode.job(OWNER, gpu, Settings(trainer_image="x", shm_size_limit="8Gi"), 1, "10.0.0.1")
     volumes = [v for v in gpu_pod["spec"]["template"]["spec"]["volumes"] if v["name"] == "dshm"]
     assert volumes == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]  # one, sized
 
@@ -67,7 +83,9 @@ def test_the_service_is_a_cluster_ip_in_front_of_node_0_and_is_owned():
     assert svc["metadata"]["name"] == "big-trainer" and "clusterIP" not in svc["spec"]  # allocated, not headless
     assert svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"]["finetune.dev/name"] == "big"
-    assert svc["spec"]["selector"]["finetune.dev/node-rank"] == "0"  # only the rendezvous master
+    # Only the rendezvous master: the index-0 pod (the Job controller's label) of this run.
+    assert svc["spec"]["selector"]["batch.kubernetes.io/job-completion-index"] == "0"
+    assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "trainer"
     assert svc["metadata"]["ownerReferences"][0]["uid"] == "1111-2222"
     assert kube.collection_path(svc) == "/api/v1/namespaces/team-a/services"  # the reconciler can create it
 
@@ -93,10 +111,10 @@ def test_every_attempt_is_built_from_the_spec_the_run_started_with():
     built = multinode.run_spec(svc, edited, nodes=2)
     assert built.training.nodes == 2 and built.training.learning_rate == started.training.learning_rate
     assert built.suspend and built.run_policy.backoff_limit == 4  # the mutable fields are the current ones
-    jobs = multinode.node_jobs(OWNER, built, SETTINGS, attempt=2, service_ip="10.0.0.1")
-    assert len(jobs) == 2
-    # The Jobs say what they were built from: the edit is reported (SpecChangeIgnored), attempt after attempt.
-    view = JobView.from_job(jobs[0])
+    job = multinode.job(OWNER, built, SETTINGS, attempt=2, master_addr="10.0.0.1")
+    assert job["spec"]["completions"] == 2
+    # The Job says what it was built from: the edit is reported (SpecChangeIgnored), attempt after attempt.
+    view = JobView.from_job(job)
     assert ignored_changes(edited, view) == ["spec.training.learningRate", "spec.training.nodes"]
     # A Service made by an earlier operator version (no annotation): the current spec, on the run's nodes.
     old = {k: v for k, v in svc.items() if k != "metadata"}
@@ -114,8 +132,10 @@ def selects(selector: dict, labels: dict[str, str]) -> bool:
 
 
 def pod_labels(owner: builders.Owner, run: LoRAFineTuneSpec) -> list[dict[str, str]]:
-    return [j["spec"]["template"]["metadata"]["labels"]
-            for j in multinode.node_jobs(owner, run, SETTINGS, attempt=1, service_ip="10.0.0.1")]
+    """The labels of each index's pod (the Job controller adds the completion index)."""
+    job = multinode.job(owner, run, SETTINGS, attempt=1, master_addr="10.0.0.1")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    return [{**labels, "batch.kubernetes.io/job-completion-index": str(i)} for i in range(job["spec"]["completions"])]
 
 
 def test_the_network_policy_selects_the_runs_pods_and_is_owned_like_the_service():
@@ -166,5 +186,7 @@ def test_the_network_policy_is_created_with_the_service_before_any_job():
     r = SimpleNamespace(_create=create, _ensure_companions=companions, settings=SETTINGS)
     asyncio.run(gang_reconcile._create_attempt(r, OWNER, spec(nodes=2), 1, 2))  # type: ignore[arg-type]
     kinds = [m["kind"] for m in created]
-    assert kinds[:2] == ["Service", "NetworkPolicy"] and kinds.count("Job") == 2
+    assert kinds[:2] == ["Service", "NetworkPolicy"] and kinds.count("Job") == 1
+    (job,) = [m for m in created if m["kind"] == "Job"]
+    assert job["spec"]["completions"] == 2 and env_of(job)["LFT_MASTER_ADDR"] == "10.0.0.9"
     assert kinds.index("NetworkPolicy") < kinds.index("Job")

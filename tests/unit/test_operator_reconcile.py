@@ -70,7 +70,7 @@ def test_child_events_trigger_only_on_relevant_changes():
     counted = {"metadata": {"name": "j", "uid": "j1"}, "spec": {"parallelism": 1}, "status": {"active": 1}}
     reconciler.on_child("ns", "r", "j1", JobView.from_job(counted))  # a count only
     assert len(queue.added) == 1
-    reconciler.on_child("ns", "r", "j1", JobView(name="j", uid="j1", parallelism=0))
+    reconciler.on_child("ns", "r", "j1", JobView(name="j", uid="j1", suspended=True))
     assert len(queue.added) == 2
     pod = PodView(name="p", uid="p1", created="t")
     reconciler.on_child("ns", "r", "p1", pod)

@@ -199,7 +199,7 @@ def test_second_identical_observation_changes_nothing():
     assert d.patch == {} and d.events == [] and d.job_patches == []
 
 
-def test_invalid_input_fails_at_once_and_stops_the_job():
+def test_invalid_input_fails_at_once_and_the_jobs_pod_failure_policy_ends_the_job():
     job = job_view()
     _, status = step(observe(job=job, pods=[running("p1")]))
     msg = result("invalid_input", "InvalidDataset", message="row 3: missing 'messages'")
@@ -208,8 +208,46 @@ def test_invalid_input_fails_at_once_and_stops_the_job():
     failed = cond(status, "Failed")
     assert failed["status"] == "True" and failed["reason"] == "InvalidDataset"
     assert "row 3: missing 'messages'" in failed["message"]
-    assert d.job_patches == [builders.stop_patch()]
+    assert d.job_patches == []  # FailJob (podFailurePolicy) ends the Job: nothing to stop
     assert Reason.RETRYING not in reasons(d) and reasons(d)[-1] == "Failed"
+
+
+POLICY_FAILED = [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                  "message": "Container trainer for pod ns/run-trainer-x exited with code 3 matching FailJob rule at index 0"}]
+
+
+def test_a_job_failed_by_its_pod_failure_policy_keeps_the_trainers_invalid_input_reason():
+    job = job_view()
+    _, status = step(observe(job=job, pods=[running("p1")]))
+    msg = result("invalid_input", "InvalidDataset", message="row 3: missing 'messages'")
+    failed_job = job_view(failed=1, conditions=POLICY_FAILED)
+    d, status = step(observe(status=status, job=failed_job, pods=[ended("p1", ExitCode.INVALID_INPUT, msg)], now=T2))
+    assert status["phase"] == "Failed" and cond(status, "Failed")["reason"] == "InvalidDataset"
+    assert "Invalid input, not retried" in status["message"] and "row 3" in status["message"]
+    assert status["failedAttempts"] == 1 and status["attemptHistory"][0]["exitCode"] == 3
+    assert d.job_patches == []
+
+
+def test_a_job_failed_by_its_pod_failure_policy_is_invalid_input_even_without_its_pod():
+    _, status = step(observe(job=job_view(), pods=[running("p1")]))
+    d, status = step(observe(status=status, job=job_view(failed=1, conditions=POLICY_FAILED), pods=[], now=T2))
+    assert status["phase"] == "Failed" and cond(status, "Failed")["reason"] == Reason.INVALID_INPUT
+    assert "Invalid input, not retried" in status["message"] and "exited with code 3" in status["message"]
+    assert d.job_patches == []
+
+
+def test_an_evicted_pod_costs_no_retry_as_the_jobs_pod_failure_policy_ignores_it():
+    job = job_view()
+    _, status = step(observe(job=job, pods=[running("p1")]))
+    evicted = dataclasses.replace(ended("p1", ExitCode.PREEMPTED, result("preempted", "Preempted")),
+                                  disrupted="EvictionByEvictionAPI", disrupted_message="Eviction API: evicting")
+    d, status = step(observe(status=status, job=job, pods=[evicted], now=T2))
+    assert status["phase"] == "Pending" and status["failedAttempts"] == 0
+    rec = status["attemptHistory"][0]
+    assert rec["phase"] == "Stopped" and rec["reason"] == "EvictionByEvictionAPI" and not rec.get("counted")
+    assert Reason.RETRYING not in reasons(d) and d.job_patches == []
+    d, status = step(observe(status=status, job=job, pods=[evicted, running("p2", T2)], now=T2))
+    assert status["phase"] == "Running" and status["attempts"] == 2 and status["failedAttempts"] == 0
 
 
 def test_retryable_failures_then_backoff_limit():
@@ -229,10 +267,16 @@ def test_retryable_failures_then_backoff_limit():
 
     pods = [ended("p1", ExitCode.ERROR, err), ended("p2", ExitCode.PREEMPTED, result("preempted", "Preempted"), T2)]
     d, status = step(observe(status=status, s=s, job=job, pods=pods, now=T3))
+    # The Job controller counts (backoffLimit 1 is the Job's): no verdict of the operator's, no stop patch.
+    assert status["phase"] == "Pending" and status["failedAttempts"] == 2 and d.job_patches == []
+    exceeded = job_view(s, failed=2, conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                                  "message": "Job has reached the specified backoff limit"}])
+    d, status = step(observe(status=status, s=s, job=exceeded, pods=pods, now=T3))
     assert status["phase"] == "Failed" and status["failedAttempts"] == 2
     failed = cond(status, "Failed")
-    assert failed["reason"] == "Preempted" and "backoffLimit 1" in failed["message"]
-    assert d.job_patches == [builders.stop_patch()]
+    assert failed["reason"] == "Preempted" and "BackoffLimitExceeded" in failed["message"]
+    assert "2 failed attempts" in failed["message"]
+    assert d.job_patches == []
 
 
 def test_job_failed_condition_gives_the_last_attempts_reason():
@@ -255,7 +299,7 @@ def test_suspend_and_resume():
     _, status = step(observe(job=job, pods=[running("p1")]))
     s = spec(suspend=True)
     d, status = step(observe(status=status, s=s, job=job, pods=[running("p1")], now=T1, generation=2))
-    assert d.job_patches == [builders.parallelism_patch(0)]
+    assert d.job_patches == [builders.suspend_patch(True)]  # the Job's own spec.suspend
     assert cond(status, "Suspended")["status"] == "True" and cond(status, "Suspended")["reason"] == Reason.SUSPENDING
     assert status["phase"] == "Running" and reasons(d) == [Reason.SUSPENDED]
     assert status["observedGeneration"] == 2
@@ -270,9 +314,10 @@ def test_suspend_and_resume():
     assert status["attemptHistory"][0]["phase"] == "Stopped"
     assert d.job_patches == []
 
+    assert suspended_job.suspended
     s = spec(suspend=False)
     d, status = step(observe(status=status, s=s, job=suspended_job, pods=[], now=T3, generation=3))
-    assert d.job_patches == [builders.parallelism_patch(1)]
+    assert d.job_patches == [builders.suspend_patch(False)]
     assert cond(status, "Suspended")["status"] == "False" and reasons(d) == [Reason.RESUMED]
     d, status = step(observe(status=status, s=s, job=job_view(), pods=[running("p2", T3)], now=T3, generation=3))
     assert status["phase"] == "Running" and status["attempts"] == 2
@@ -470,7 +515,7 @@ def test_pod_creation_failures_only_count_while_the_job_wants_a_pod():
     _, status = step(obs)
     assert status["phase"] == "Pending" and cond(status, "Running")["reason"] == Reason.RETRYING
     # A live pod, a suspended Job: nothing to report.
-    for job, pods in ((young_job(), [running("p2")]), (young_job(parallelism=0), []), (young_job(suspended=True), [])):
+    for job, pods in ((young_job(), [running("p2")]), (young_job(suspended=True), [])):
         obs = observe(job=job, pods=pods, now=T3)
         obs.pod_failure, obs.pod_creation_timeout = PodCreationFailure(QUOTA, T3), 10
         _, status = step(obs)
@@ -560,9 +605,9 @@ def test_an_unreadable_status_field_is_rewritten_not_fatal():
 
 def test_pod_creation_time_counts_from_the_resume_not_from_the_job():
     job = young_job()
-    _, status = step(observe(s=spec(suspend=True), job=dataclasses.replace(job, parallelism=0), now=T1))
+    _, status = step(observe(s=spec(suspend=True), job=dataclasses.replace(job, suspended=True), now=T1))
     assert status["phase"] == "Suspended"
-    _, status = step(observe(status=status, job=dataclasses.replace(job, parallelism=0), now=T2))  # resume at T2
+    _, status = step(observe(status=status, job=dataclasses.replace(job, suspended=True), now=T2))  # resume at T2
     obs = observe(status=status, job=job, now=T3)
     obs.pod_failure, obs.pod_creation_timeout = PodCreationFailure(QUOTA, T1), 30  # from before the resume
     _, status = step(obs)
@@ -571,3 +616,9 @@ def test_pod_creation_time_counts_from_the_resume_not_from_the_job():
     obs.pod_failure, obs.pod_creation_timeout = PodCreationFailure(QUOTA, T3), 90  # 60 s since the resume
     _, status = step(obs)
     assert status["phase"] == "Pending" and cond(status, "Running")["reason"] == Reason.POD_CREATION_FAILED
+
+
+def test_a_job_suspended_by_another_controller_is_left_suspended():
+    # Kueue creates queued Jobs suspended and resumes them on admission: the operator never resumes those.
+    d, status = step(observe(job=dataclasses.replace(job_view(), suspended=True), now=T1))
+    assert d.job_patches == [] and status["phase"] == "Pending" and "Kueue" in status["message"]

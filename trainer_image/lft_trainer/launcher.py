@@ -5,7 +5,7 @@ Once per pod, before any worker starts: the pre-flight (fast failure, exit 3; th
 report), the model download and the checkpoint to resume from. Then torchrun starts this pod's
 workers (`python -I -u -m lft_trainer`, isolated like torchrun itself) with node rank LFT_NODE_RANK, master
 LFT_MASTER_ADDR (the cluster IP of the run's Service in front of the node-rank-0 pod; 127.0.0.1 on node 0
-and for one pod); gloo on CPU, NCCL on GPU. SIGTERM goes to torchrun,
+and for one pod; LFT_NODE_RANK is the pod's completion index in the attempt's Indexed Job); gloo on CPU, NCCL on GPU. SIGTERM goes to torchrun,
 which forwards it to the workers: they agree on a step, save a checkpoint (rank 0 uploads it) and exit
 preempted. Each worker hands its result to this process through a file; the pod reports the result
 of its lowest rank (rank 0's on node 0: the adapter, the summary; the other pods exit likewise).
@@ -65,7 +65,9 @@ def layout(config: TrainerConfig, gpus: int, env: dict[str, str] | os._Environ =
     if nodes > 1 and not env.get(contract.ENV_MASTER_ADDR):
         raise InvalidInput(preflight.INVALID_CONFIG, f"training.nodes {nodes} needs {contract.ENV_MASTER_ADDR}, the "
                            "node-rank-0 pod's address (the operator sets it)", field="training.nodes")
-    addr = env.get(contract.ENV_MASTER_ADDR) or "127.0.0.1"
+    # Node 0 is the master: it reaches itself over loopback (through its own Service it would need hairpin NAT).
+    # One Indexed Job's pods share one environment, so the operator sets the Service's address on every node.
+    addr = "127.0.0.1" if node_rank == 0 else env.get(contract.ENV_MASTER_ADDR) or "127.0.0.1"
     port = int(env.get(contract.ENV_MASTER_PORT) or (contract.DEFAULT_MASTER_PORT if nodes > 1 else _free_port()))
     return Layout(nodes, config.training.processes_per_node(gpus), node_rank, addr, port)
 

@@ -9,18 +9,19 @@ Rules, in order:
 1. Succeeded and Failed are final.
 2. A trainer exit code 0 (or the Job's Complete condition) -> Succeeded, with the adapter and final
    metrics from the termination message.
-3. Exit code INVALID_INPUT -> Failed at once, and the Job is stopped (no retries).
-4. The Job's Failed condition (BackoffLimitExceeded, DeadlineExceeded), or more counted failures
-   than runPolicy.backoffLimit -> Failed with the last attempt's reason. The operator counts too:
-   the Job controller counts only failed pods that still exist, and its verdict comes after its
-   own retry backoff (10 s, 20 s, ...); the operator's count survives pod garbage collection.
+3. Exit code INVALID_INPUT -> Failed at once, with the trainer's reason and message (the Job's
+   podFailurePolicy fails the Job itself: condition Failed, reason PodFailurePolicy).
+4. The Job's Failed condition (BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy) -> Failed with
+   the last attempt's reason. The Job controller counts the retries (backoffLimit = runPolicy's, its
+   count in status.failed survives pod garbage collection); the operator only reports them.
 5. The Job refused by the API server (422 JobInvalid: Failed; 403 JobForbidden: Pending, retried),
    or no pod creatable for the Job (PodCreationFailed; after the timeout, Failed PodCreationTimeout).
 6. A Job that vanished before it finished -> Failed (JobDeleted).
 7. Otherwise Pending / Running / Suspended from the spec and the pods.
 
-Failures count toward backoffLimit as the Job controller counts them: a pod that ended Failed
-without being deleted. Pods deleted on purpose (suspend, kubectl delete pod) are "Stopped".
+Failures count toward backoffLimit as the Job controller counts them: a pod that ended Failed, neither
+deleted nor disrupted. Pods deleted on purpose (suspend, kubectl delete pod) and disrupted pods
+(DisruptionTarget: eviction, preemption; the Job's podFailurePolicy ignores them) are "Stopped".
 
 The status is built as the LoRAFineTuneStatus model (lft_api.resource) and written as a patch of
 the operator-owned fields that changed. Modules: model.py (Observation, Decision, the patch),

@@ -1,7 +1,10 @@
 """Attempts: one per trainer pod, folded into status.attemptHistory (pure).
 
-Failures count toward backoffLimit as the Job controller counts them: a pod that ended Failed
-without being deleted. Pods deleted on purpose (suspend, kubectl delete pod) are "Stopped".
+Failures count toward backoffLimit as the Job controller counts them (its podFailurePolicy included): a pod
+that ended Failed, neither deleted nor disrupted. Pods deleted on purpose (suspend, kubectl delete pod) and
+disrupted ones (DisruptionTarget: eviction, preemption, drain; the Job's podFailurePolicy ignores them) are
+"Stopped". The Job controller keeps the count that decides (status.failed, backoffLimit); this one is the
+status's account of it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def attempt_phase(pod: PodView) -> str:
     if pod.terminated:
         if pod.exit_code == 0 or (pod.exit_code is None and pod.phase == "Succeeded"):
             return "Succeeded"
-        return "Stopped" if pod.deleted else "Failed"
+        return "Stopped" if pod.deleted or pod.disrupted else "Failed"
     if pod.running or pod.phase == "Running":
         return "Running"
     return "Pending"
@@ -44,6 +47,8 @@ def _ending(pod: PodView) -> dict[str, Any]:
     else:
         reason = pod.term_reason or pod.pod_reason or (Reason.COMPLETED if pod.exit_code == 0 else Reason.ERROR)
         message = pod.term_message or pod.pod_message or ""
+    if pod.disrupted and attempt_phase(pod) != "Succeeded":
+        reason, message = pod.disrupted, pod.disrupted_message or message
     out = {"exitCode": pod.exit_code, "reason": reason, "message": truncate(message), "finishTime": pod.finished_at}
     return {k: v for k, v in out.items() if v not in (None, "")}
 

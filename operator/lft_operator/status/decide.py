@@ -9,7 +9,7 @@ from lft_api.conditions import ACCEPTED, FAILED, PENDING, RUNNING, SPEC_CHANGE_I
 from lft_api.contract import Progress, TerminationMessage
 from lft_api.resource import Attempt, LoRAFineTuneSpec
 
-from ..builders import applied_spec, parallelism_patch, run_policy_patch, stop_patch
+from ..builders import POD_FAILURE_POLICY_REASON, applied_spec, run_policy_patch, stop_patch, suspend_patch
 from ..views import JobView
 from .attempts import AttemptUpdate, attempt_no, describe, last_failed, outcome, truncate, update_attempts
 from .draft import Draft
@@ -147,8 +147,7 @@ def _final_state(d: Draft, upd: AttemptUpdate) -> Decision | None:
     if upd.succeeded is not None or (job is not None and job.complete):
         return _succeeded(d, upd)
     invalid = next((r for r in upd.history if outcome(r) == "invalid_input"), None)
-    if invalid is not None:
-        d.job_patches.append(stop_patch())
+    if invalid is not None:  # the Job's podFailurePolicy fails it (FailJob): nothing to stop
         text = f"Invalid input, not retried: {describe(invalid)}"
         return d.final(FAILED, invalid.get("reason") or Reason.INVALID_INPUT, text)
     failed = _failed(d, upd)
@@ -203,25 +202,21 @@ def _final_progress(last: dict[str, Any], result: TerminationMessage) -> dict[st
 
 
 def _failed(d: Draft, upd: AttemptUpdate) -> Decision | None:
-    """The Job controller's verdict, or the operator's own count of failed attempts."""
-    job, spec = d.obs.job, d.obs.spec
-    backoff_limit = spec.run_policy.backoff_limit if spec is not None else 0
+    """The Job controller's verdict (BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy), with the last
+    attempt's reason and message: the Job counts the retries (runPolicy.backoffLimit is its backoffLimit)."""
+    job = d.obs.job
     last_failure = upd.failed[-1] if upd.failed else last_failed(upd.history)
-    if job is not None and job.failed_reason is not None:
-        reason = job.failed_reason
-        text = f"Job failed ({reason}: {job.failed_message or 'no message'})"
-        if last_failure is not None:
-            reason = last_failure.get("reason") or reason
-            text += f"; last attempt: {describe(last_failure)}"
-        return d.final(FAILED, reason, text)
-    if upd.failed_attempts > backoff_limit and last_failure is not None:
-        d.job_patches.append(stop_patch())
-        text = (
-            f"{upd.failed_attempts} failed attempts (runPolicy.backoffLimit {backoff_limit}); "
-            f"last: {describe(last_failure)}"
-        )
-        return d.final(FAILED, last_failure.get("reason") or Reason.BACKOFF_LIMIT_EXCEEDED, text)
-    return None
+    if job is None or job.failed_reason is None:
+        return None
+    reason = job.failed_reason
+    text = f"Job failed ({reason}: {job.failed_message or 'no message'})"
+    if reason == POD_FAILURE_POLICY_REASON:
+        # FailJob matched exit code 3 of a pod not seen (garbage-collected): still invalid input.
+        return d.final(FAILED, Reason.INVALID_INPUT, f"Invalid input, not retried: {text}")
+    if last_failure is not None:
+        reason = last_failure.get("reason") or reason
+        text += f"; {upd.failed_attempts} failed attempts; last attempt: {describe(last_failure)}"
+    return d.final(FAILED, reason, text)
 
 
 # --- in progress ------------------------------------------------------------------------------
@@ -256,8 +251,8 @@ def _active(upd: AttemptUpdate) -> tuple[list[dict[str, Any]], list[dict[str, An
 
 def _suspending(d: Draft, upd: AttemptUpdate, job: JobView) -> None:
     active, running = _active(upd)
-    if job.parallelism != 0:
-        d.job_patches.append(parallelism_patch(0))
+    if not job.suspended:
+        d.job_patches.append(suspend_patch(True))
     if not d.conds.true(SUSPENDED):
         d.event("Normal", Reason.SUSPENDED, "Suspend requested: the trainer saves a checkpoint and stops.")
     if active:
@@ -271,8 +266,9 @@ def _suspending(d: Draft, upd: AttemptUpdate, job: JobView) -> None:
 
 def _not_suspended(d: Draft, upd: AttemptUpdate, job: JobView) -> None:
     _, running = _active(upd)
-    if job.parallelism != 1:
-        d.job_patches.append(parallelism_patch(1))
+    if job.suspended and d.conds.true(SUSPENDED):
+        # Only a suspend of the operator's is undone: a Job suspended by someone else (Kueue, queueing it) stays so.
+        d.job_patches.append(suspend_patch(False))
     if d.conds.true(SUSPENDED):
         d.event("Normal", Reason.RESUMED, "Resumed: a new attempt resumes from the newest checkpoint.")
         d.conds.set(SUSPENDED, False, Reason.RESUMED)
@@ -297,6 +293,9 @@ def _pending_reason(d: Draft, upd: AttemptUpdate) -> tuple[str, str]:
     backoff_limit = spec.run_policy.backoff_limit if spec is not None else 0
     last_failure = upd.failed[-1] if upd.failed else last_failed(upd.history)
     failure = pod_failure(d, upd.history)
+    if d.obs.job is not None and d.obs.job.suspended:
+        return Reason.POD_PENDING, ("The Job is suspended by another controller (e.g. Kueue, until it admits the "
+                                    "Job): no trainer pod until it resumes the Job.")
     if failure is not None:
         return Reason.POD_CREATION_FAILED, f"The Job controller cannot create the trainer pod: {failure.message}"
     waiting = next((p for p in pods if p.waiting_reason and not p.terminated), None)

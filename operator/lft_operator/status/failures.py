@@ -7,7 +7,7 @@
   Pod Security admission, a missing ServiceAccount or PriorityClass): Pending, PodCreationFailed,
   with the Event's message; after LFT_POD_CREATION_TIMEOUT_SECONDS without a pod, Failed,
   PodCreationTimeout, and the Job is stopped. A multi-node run (status/gang.py) applies the same rules to
-  each node's Job, naming the node.
+  its attempt's Indexed Job.
 - status.checkpointHealth (patched by the trainer) -> the CheckpointsHealthy condition.
 """
 
@@ -52,10 +52,11 @@ def newest_failed_create(events: list[dict[str, Any]]) -> PodCreationFailure | N
 
 
 def wants_pod(job: JobView | None, pods: list[PodView]) -> bool:
-    """The Job should have a pod running but has none: the case where FailedCreate Events matter."""
-    if job is None or job.complete or job.failed_reason is not None or job.parallelism < 1 or job.suspended:
+    """The Job should have more pods running than it has (one; a multi-node run's Indexed Job, one per node):
+    the case where FailedCreate Events matter."""
+    if job is None or job.complete or job.failed_reason is not None or job.suspended:
         return False
-    return not any(not p.terminated and not p.deleted for p in pods)
+    return sum(1 for p in pods if not p.terminated and not p.deleted) < job.nodes
 
 
 def waiting_since(d: Draft, history: list[dict[str, Any]], job: JobView | None) -> str:

@@ -77,7 +77,7 @@ class Observation:
     stale: tuple[str, ...] = ()  # trainer fields written under another UID: removed
     foreign: dict[str, list[str]] = field(default_factory=dict)  # owned fields another manager wrote: reverted
     jobs: list[JobView] = field(default_factory=list)  # multi-node runs: every Job of the resource
-    # Multi-node runs: by Job uid, the FailedCreate Events of each node's Job that has no live pod.
+    # Multi-node runs: by Job uid, the FailedCreate Events of the attempt's Job while pods of it are missing.
     node_pod_failures: dict[str, PodCreationFailure] = field(default_factory=dict)
 
 
@@ -87,8 +87,9 @@ class Decision:
     patch: dict[str, Any]  # merge patch of status: changed owned fields (+ final progress/metrics)
     events: list[Event] = field(default_factory=list)
     job_patches: list[dict[str, Any]] = field(default_factory=list)
-    # Multi-node runs (status/gang.py): Jobs to delete, and the attempt whose per-node Jobs to create.
-    job_deletes: list[str] = field(default_factory=list)
+    # Multi-node runs (status/gang.py): the attempt whose Indexed Job job_patches go to (else the single-pod
+    # Job), and the attempt whose Indexed Job to create.
+    patch_attempt: int | None = None
     create_attempt: int | None = None
 
 

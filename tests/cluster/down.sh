@@ -48,6 +48,7 @@ remove_iptables() {
     iptables -w -t nat -S OUTPUT | grep -- '-j LFT-APISERVER' | head -n1 |
       sed 's/^-A /-D /' | xargs iptables -w -t nat
   done
+  while iptables -w -D FORWARD -i "$CNI_BRIDGE" -o "$CNI_BRIDGE" -j ACCEPT 2>/dev/null; do :; done
   iptables -w -t nat -F LFT-APISERVER 2>/dev/null || true
   iptables -w -t nat -X LFT-APISERVER 2>/dev/null || true
 }

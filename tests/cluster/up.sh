@@ -174,6 +174,11 @@ state = "$CONTAINERD_STATE"
 [plugins.'io.containerd.cri.v1.images'.pinned_images]
   sandbox = "docker.io/$PAUSE_IMAGE"
 TOML
+  # Docker sets the FORWARD policy to DROP, and with bridge-nf-call-iptables pod-to-pod traffic on our
+  # bridge passes FORWARD: without this, only connections through a Service (marked by kube-proxy) pass,
+  # and a multi-node run's ranks hang at their first direct (gloo/NCCL) connection.
+  iptables -w -C FORWARD -i "$CNI_BRIDGE" -o "$CNI_BRIDGE" -j ACCEPT 2>/dev/null ||
+    iptables -w -I FORWARD 1 -i "$CNI_BRIDGE" -o "$CNI_BRIDGE" -j ACCEPT
   start containerd --config "$CLUSTER_DIR/containerd.toml"
   wait_for containerd 60 crictl info
 }

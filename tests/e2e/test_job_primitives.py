@@ -89,9 +89,12 @@ def test_an_evicted_pod_costs_no_retry_and_the_run_succeeds(kube, s3, s3_endpoin
     assert history[0]["pod"] == victim and history[0]["phase"] == "Stopped", history
     # The DisruptionTarget reason, once the operator saw the pod end (PodDeleted if it was gone before).
     assert history[0].get("reason") in ("EvictionByEvictionAPI", "PodDeleted"), history
-    body = job(kube, namespace, name)
+    # The status says Succeeded from the trainer's termination message; the Job controller marks the Job
+    # Complete a moment later (seen: 'active': 1 right after).
+    body = kube.wait_for(f"Job of {name} Complete", lambda: (
+        lambda b: b if b and job_condition(b, "Complete") else None)(job(kube, namespace, name)), 60)
     assert not body["status"].get("failed"), body["status"]  # the Job controller counted no failure
-    assert body["status"].get("succeeded") == 1 and job_condition(body, "Complete"), body["status"]
+    assert body["status"].get("succeeded") == 1, body["status"]
     resumed = summary(s3, namespace, name).get("resumedFromStep")
     assert resumed and resumed >= step, f"the new pod did not resume from the evicted pod's checkpoint: {resumed}"
     assert status["progress"]["step"] == 240

@@ -32,7 +32,9 @@ class Reason:
     QUANTIZATION_NEEDS_GPU = "QuantizationNeedsGPU"
     PROCESSES_MISMATCH_GPUS = "ProcessesMismatchGPUs"
     INVALID_POD_TEMPLATE = "InvalidPodTemplate"
-    UNKNOWN_FIELD = "UnknownField"  # a field the schema does not know (pruned by kubectl's client only)
+    # a field the API does not know: only where the installed CRD predates the structural schema (which refuses
+    # or prunes unknown fields at the API server), e.g. a Helm upgrade, which never upgrades CRDs
+    UNKNOWN_FIELD = "UnknownField"
     POLICY_VIOLATION = "PolicyViolation"  # the spec asks for what the operator's admin policy does not allow
     OUTPUT_IN_USE = "OutputInUse"  # output.uri holds, or another resource writes, another run's artifacts
     # creating the Job and its pods

@@ -8,8 +8,10 @@ validated models, never from the raw input: what the policy saw is what the Job 
 
 Only the parts the policy reads are typed in depth (env sources, volume sources that name Secrets,
 mounts, tolerations, which affinity is used). The inner parts of node/pod affinity and of volume
-kinds outside the default allow list are passed through as objects: the policy does not read them,
-and the API server validates them (strictly: the operator creates Jobs with fieldValidation=Strict).
+kinds outside the default allow list are passed through as objects: the policy does not read them.
+The CRD still types them in full (core_type: crdgen inlines the core/v1 type's schema from the
+Kubernetes OpenAPI, core_v1_schemas.json), so the API server validates and documents them at apply
+time, and again when the operator creates the Job (fieldValidation=Strict).
 
 Imports only pydantic: the trainer image shares this package.
 """
@@ -23,6 +25,17 @@ from pydantic import Field
 from .spec_base import SpecModel
 
 FreeForm = dict[str, Any]
+
+# json_schema_extra key naming the core/v1 type (its name in core_v1_schemas.json) of a FreeForm field; crdgen
+# replaces the field's schema with that type's structural schema.
+CORE_TYPE = "x-lft-core-v1-type"
+# core_v1_schemas.json: the core/v1 types of the Kubernetes OpenAPI the CRD inlines (crdgen --vendor-core-types).
+CORE_SCHEMAS_FILE = "core_v1_schemas.json"
+
+
+def core_type(type_name: str, description: str, **kw: Any) -> Any:
+    """An optional FreeForm field that the CRD types as the core/v1 type `type_name`."""
+    return Field(default=None, description=description, json_schema_extra={CORE_TYPE: type_name}, **kw)
 
 # Environment variable names the trainer documents for users to set (spec.podTemplate.env): credentials
 # of the model hub, object stores and experiment trackers, and tuning knobs that load no code. Every other
@@ -123,9 +136,12 @@ class ConfigMapProjection(SpecModel):
 class VolumeProjection(SpecModel):
     secret: Optional[SecretProjection] = Field(default=None, description="A Secret's keys.")
     config_map: Optional[ConfigMapProjection] = Field(default=None, description="A ConfigMap's keys.")
-    downward_api: Optional[FreeForm] = Field(default=None, alias="downwardAPI", description='Pod fields (core/v1 DownwardAPIProjection).')
-    service_account_token: Optional[FreeForm] = Field(default=None, description="A token of the pod's ServiceAccount (core/v1 ServiceAccountTokenProjection).")
-    cluster_trust_bundle: Optional[FreeForm] = Field(default=None, description="A ClusterTrustBundle's certificates (core/v1 ClusterTrustBundleProjection).")
+    downward_api: Optional[FreeForm] = core_type(
+        "DownwardAPIProjection", "Pod fields (core/v1 DownwardAPIProjection).", alias="downwardAPI")
+    service_account_token: Optional[FreeForm] = core_type(
+        "ServiceAccountTokenProjection", "A token of the pod's ServiceAccount (core/v1 ServiceAccountTokenProjection).")
+    cluster_trust_bundle: Optional[FreeForm] = core_type(
+        "ClusterTrustBundleProjection", "A ClusterTrustBundle's certificates (core/v1 ClusterTrustBundleProjection).")
 
 
 class ProjectedVolumeSource(SpecModel):
@@ -154,45 +170,44 @@ OTHER_VOLUME_KINDS = (
 VOLUME_KINDS = tuple(sorted(TYPED_VOLUME_KINDS + OTHER_VOLUME_KINDS))
 
 
-def _other_kind(**kw: Any) -> Any:
-    return Field(default=None, description="A volume source of this core/v1 kind, where policy.allowedVolumeKinds "
-                 "allows it.", **kw)
+def _other_kind(type_name: str, **kw: Any) -> Any:
+    return core_type(type_name, f"A core/v1 {type_name}, where policy.allowedVolumeKinds allows this kind.", **kw)
 
 
 class Volume(SpecModel):
     """core/v1 Volume: a name and one source (none: an emptyDir, as in Kubernetes)."""
 
-    name: str = Field(min_length=1, description='Volume name, referenced by volumeMounts.')
+    name: str = Field(min_length=1, max_length=63, description='Volume name (a DNS label), referenced by volumeMounts.')
     secret: Optional[SecretVolumeSource] = Field(default=None, description='A Secret (policy.allowedSecrets or the storage Secret).')
     config_map: Optional[ConfigMapVolumeSource] = Field(default=None, description='A ConfigMap.')
     projected: Optional[ProjectedVolumeSource] = Field(default=None, description='Several sources in one directory.')
     persistent_volume_claim: Optional[PersistentVolumeClaimVolumeSource] = Field(default=None, description='A PersistentVolumeClaim, e.g. one holding the dataset or the model.')
     empty_dir: Optional[EmptyDirVolumeSource] = Field(default=None, description="Scratch space for the pod's lifetime.")
-    aws_elastic_block_store: Optional[FreeForm] = _other_kind()
-    azure_disk: Optional[FreeForm] = _other_kind()
-    azure_file: Optional[FreeForm] = _other_kind()
-    cephfs: Optional[FreeForm] = _other_kind()
-    cinder: Optional[FreeForm] = _other_kind()
-    csi: Optional[FreeForm] = _other_kind()
-    downward_api: Optional[FreeForm] = _other_kind(alias="downwardAPI")
-    ephemeral: Optional[FreeForm] = _other_kind()
-    fc: Optional[FreeForm] = _other_kind()
-    flex_volume: Optional[FreeForm] = _other_kind()
-    flocker: Optional[FreeForm] = _other_kind()
-    gce_persistent_disk: Optional[FreeForm] = _other_kind()
-    git_repo: Optional[FreeForm] = _other_kind()
-    glusterfs: Optional[FreeForm] = _other_kind()
-    host_path: Optional[FreeForm] = _other_kind()
-    image: Optional[FreeForm] = _other_kind()
-    iscsi: Optional[FreeForm] = _other_kind()
-    nfs: Optional[FreeForm] = _other_kind()
-    photon_persistent_disk: Optional[FreeForm] = _other_kind()
-    portworx_volume: Optional[FreeForm] = _other_kind()
-    quobyte: Optional[FreeForm] = _other_kind()
-    rbd: Optional[FreeForm] = _other_kind()
-    scale_io: Optional[FreeForm] = _other_kind(alias="scaleIO")
-    storageos: Optional[FreeForm] = _other_kind()
-    vsphere_volume: Optional[FreeForm] = _other_kind()
+    aws_elastic_block_store: Optional[FreeForm] = _other_kind("AWSElasticBlockStoreVolumeSource")
+    azure_disk: Optional[FreeForm] = _other_kind("AzureDiskVolumeSource")
+    azure_file: Optional[FreeForm] = _other_kind("AzureFileVolumeSource")
+    cephfs: Optional[FreeForm] = _other_kind("CephFSVolumeSource")
+    cinder: Optional[FreeForm] = _other_kind("CinderVolumeSource")
+    csi: Optional[FreeForm] = _other_kind("CSIVolumeSource")
+    downward_api: Optional[FreeForm] = _other_kind("DownwardAPIVolumeSource", alias="downwardAPI")
+    ephemeral: Optional[FreeForm] = _other_kind("EphemeralVolumeSource")
+    fc: Optional[FreeForm] = _other_kind("FCVolumeSource")
+    flex_volume: Optional[FreeForm] = _other_kind("FlexVolumeSource")
+    flocker: Optional[FreeForm] = _other_kind("FlockerVolumeSource")
+    gce_persistent_disk: Optional[FreeForm] = _other_kind("GCEPersistentDiskVolumeSource")
+    git_repo: Optional[FreeForm] = _other_kind("GitRepoVolumeSource")
+    glusterfs: Optional[FreeForm] = _other_kind("GlusterfsVolumeSource")
+    host_path: Optional[FreeForm] = _other_kind("HostPathVolumeSource")
+    image: Optional[FreeForm] = _other_kind("ImageVolumeSource")
+    iscsi: Optional[FreeForm] = _other_kind("ISCSIVolumeSource")
+    nfs: Optional[FreeForm] = _other_kind("NFSVolumeSource")
+    photon_persistent_disk: Optional[FreeForm] = _other_kind("PhotonPersistentDiskVolumeSource")
+    portworx_volume: Optional[FreeForm] = _other_kind("PortworxVolumeSource")
+    quobyte: Optional[FreeForm] = _other_kind("QuobyteVolumeSource")
+    rbd: Optional[FreeForm] = _other_kind("RBDVolumeSource")
+    scale_io: Optional[FreeForm] = _other_kind("ScaleIOVolumeSource", alias="scaleIO")
+    storageos: Optional[FreeForm] = _other_kind("StorageOSVolumeSource")
+    vsphere_volume: Optional[FreeForm] = _other_kind("VsphereVirtualDiskVolumeSource")
 
     def kinds(self) -> list[str]:
         """The source fields set (wire names); none is an emptyDir, Kubernetes' default."""
@@ -200,7 +215,7 @@ class Volume(SpecModel):
 
 
 class VolumeMount(SpecModel):
-    name: str = Field(min_length=1, description='Name of a volume of spec.podTemplate.volumes.')
+    name: str = Field(min_length=1, max_length=63, description='Name of a volume of spec.podTemplate.volumes.')
     mount_path: str = Field(
         min_length=1, description=f"Absolute path under one of {', '.join(MOUNT_PATH_PREFIXES)} (the image's own "
         "directories are not to be covered)."
@@ -224,6 +239,7 @@ class Affinity(SpecModel):
     """core/v1 Affinity. The policy reads which kind is used (nodeAffinity picks nodes); the API server
     validates the terms."""
 
-    node_affinity: Optional[FreeForm] = Field(default=None, description='core/v1 NodeAffinity (refused while policy.allowedNodeSelectors is set).')
-    pod_affinity: Optional[FreeForm] = Field(default=None, description='core/v1 PodAffinity.')
-    pod_anti_affinity: Optional[FreeForm] = Field(default=None, description='core/v1 PodAntiAffinity.')
+    node_affinity: Optional[FreeForm] = core_type(
+        "NodeAffinity", "core/v1 NodeAffinity (refused while policy.allowedNodeSelectors is set).")
+    pod_affinity: Optional[FreeForm] = core_type("PodAffinity", "core/v1 PodAffinity.")
+    pod_anti_affinity: Optional[FreeForm] = core_type("PodAntiAffinity", "core/v1 PodAntiAffinity.")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from .contract import AdapterRef, Artifacts, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress, WireModel
 from .pod_types import Affinity, EnvVar, Toleration, Volume, VolumeMount
-from .spec import TrainerConfig
-from .spec_base import SpecModel
+from .spec import TRAINER_CONFIG_RULES, TrainerConfig
+from .spec_base import SpecModel, ratcheting_rule
 from .tracking_spec import SecretRef
 
 # The Job is named "<name>-trainer" and its name is copied into the pods' `job-name` label,
@@ -81,8 +81,22 @@ class RunPolicy(SpecModel):
     )
 
 
+# Extra volumes and mounts of the trainer pod: bounded, so that the CEL rule below fits the API server's cost budget.
+MAX_POD_VOLUMES = 64
+
+
 class PodTemplateSpec(SpecModel):
     """Extras for the trainer pod."""
+
+    # validation.semantic_problems (InvalidPodTemplate) as CEL: every mount names one of the volumes.
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+                "self.volumes.exists(v, v.name == m.name))",
+        # (No messageExpression naming the missing ones: the API server estimates any that reads these lists as over
+        # its budget, maxItems or not.)
+        "message": "every podTemplate.volumeMounts[].name must name a volume of podTemplate.volumes",
+        "fieldPath": ".volumeMounts",
+    }]})
 
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
@@ -94,10 +108,11 @@ class PodTemplateSpec(SpecModel):
         ),
     )
     volumes: list[Volume] = Field(
-        default_factory=list, description="Extra volumes (core/v1 Volume), e.g. a PVC holding the dataset."
+        default_factory=list, max_length=MAX_POD_VOLUMES,
+        description="Extra volumes (core/v1 Volume), e.g. a PVC holding the dataset.",
     )
     volume_mounts: list[VolumeMount] = Field(
-        default_factory=list,
+        default_factory=list, max_length=MAX_POD_VOLUMES,
         description="Mounts of the extra volumes in the trainer container (core/v1 VolumeMount), under /data, /mnt, "
         "/models, /datasets, /cache or /workspace.",
     )
@@ -110,8 +125,32 @@ class PodTemplateSpec(SpecModel):
     )
 
 
+# Cross-field rules of the whole spec as CEL (x-kubernetes-validations; self is the spec): TrainerConfig's, and
+# those of validation.semantic_problems that read no admin policy (QuantizationNeedsGPU, ProcessesMismatchGPUs).
+# (The spec's objects have defaults: lora, training and resources are always there when the rules run.)
+SPEC_RULES = TRAINER_CONFIG_RULES + [
+    ratcheting_rule(
+        "self.lora.quantization == 'none' || self.resources.gpus >= 1",
+        reads=("lora.quantization", "resources.gpus"),
+        messageExpression="'lora.quantization ' + self.lora.quantization + ' (QLoRA, bitsandbytes) needs a GPU: set "
+                          "resources.gpus >= 1 or lora.quantization to none'",
+        fieldPath=".lora.quantization",
+    ),
+    ratcheting_rule(
+        "type(self.training.numProcesses) == string || self.training.numProcesses <= 1 || self.resources.gpus <= 1 "
+        "|| self.training.numProcesses == self.resources.gpus",
+        reads=("training.numProcesses", "resources.gpus"),
+        message="training.numProcesses differs from resources.gpus: the trainer runs one process per GPU; leave "
+                "numProcesses unset (auto)",
+        fieldPath=".training.numProcesses",
+    ),
+]
+
+
 class LoRAFineTuneSpec(TrainerConfig):
     """A LoRA fine-tuning run: the trainer's config plus how to run the trainer pod."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_RULES})
 
     image: str | None = Field(default=None, description="Trainer image. Default: the operator's LFT_TRAINER_IMAGE.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
@@ -172,7 +211,8 @@ class Condition(WireModel):
     """A condition per the Kubernetes API conventions."""
 
     type: str = Field(
-        description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored or CheckpointsHealthy."
+        max_length=64,  # read by the CRD's immutability rules (crdgen.JOB_EXISTS): bounded for their CEL cost
+        description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored or CheckpointsHealthy.",
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason for the last transition.")
@@ -218,6 +258,7 @@ class LoRAFineTuneStatus(WireModel):
     message: str | None = Field(default=None, description="Human-readable summary of the current state.")
     conditions: list[Condition] = Field(
         default_factory=list,
+        max_length=16,
         description="Accepted, Running, Suspended, Succeeded, Failed, SpecChangeIgnored, CheckpointsHealthy.",
     )
     observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")

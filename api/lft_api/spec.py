@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from .spec_base import SpecModel
+from .spec_base import SpecModel, ratcheting_rule
 from .tracking_spec import MlflowSpec, ReportTarget, WandbSpec
 
 
@@ -150,8 +150,24 @@ MAX_NODES = 64
 MAX_PROCESSES_PER_NODE = 64
 
 
+def _tracker_rules(name: str) -> list[dict[str, str]]:
+    """training.reportTo <name> and training.<name> go together (TrainingSpec._tracking_settings)."""
+    return [
+        {"rule": f"!has(self.reportTo) || !('{name}' in self.reportTo) || has(self.{name})",
+         "message": f"training.reportTo lists {name}: set training.{name} (its settings)",
+         "fieldPath": f".{name}", "reason": "FieldValueRequired"},
+        {"rule": f"!has(self.{name}) || (has(self.reportTo) && '{name}' in self.reportTo)",
+         "message": f"training.{name} is set but training.reportTo does not list {name}: add it, or remove the settings",
+         "fieldPath": f".{name}"},
+    ]
+
+
 class TrainingSpec(SpecModel):
     """Optimisation settings."""
+
+    # CEL rules of the CRD (x-kubernetes-validations, checked by the API server): the cross-field rules of
+    # _tracking_settings; the pydantic validators stay, for resources stored before the rules existed.
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _tracker_rules("mlflow") + _tracker_rules("wandb")})
 
     epochs: float = Field(default=1.0, gt=0, description="Passes over the training set (ignored when maxSteps is set).")
     max_steps: Optional[int] = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
@@ -217,6 +233,9 @@ class TrainingSpec(SpecModel):
     )
     report_to: list[ReportTarget] = Field(
         default_factory=list,
+        max_length=3,
+        # A set: the API server refuses a duplicate ("Duplicate value"), as _tracking_settings does.
+        json_schema_extra={"x-kubernetes-list-type": "set"},
         description=(
             "Experiment tracking: tensorboard (event files under <output>/tensorboard/, uploaded at every checkpoint "
             "and at the end), mlflow (settings in training.mlflow), wandb (settings in training.wandb). Empty: none."
@@ -244,6 +263,12 @@ class TrainingSpec(SpecModel):
         return self
     num_processes: int | Literal["auto"] = Field(
         default="auto",
+        # The schema of an int-or-string cannot say "auto or 1..64": CEL does (_processes_in_range).
+        json_schema_extra={"x-kubernetes-validations": [{
+            "rule": f"type(self) == string ? self == 'auto' : (self >= 1 && self <= {MAX_PROCESSES_PER_NODE})",
+            "messageExpression": f"'training.numProcesses must be auto or 1 to {MAX_PROCESSES_PER_NODE}, not ' + "
+                                 "string(self)",
+        }]},
         description=(
             "Training processes per pod (DDP ranks, 1 to 64). auto: one per GPU of the pod (spec.resources.gpus), "
             "1 on CPU. A pod with more than one GPU always runs one process per GPU: 1 (the default of earlier "
@@ -336,8 +361,22 @@ class EvaluationSpec(SpecModel):
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Longest completion, in tokens.")
 
 
+# TrainerConfig's cross-field rules as CEL (x-kubernetes-validations on the spec; self is the spec).
+TRAINER_CONFIG_RULES = [
+    ratcheting_rule(  # _assistant_only_needs_messages
+        "!self.training.assistantOnlyLoss || self.dataset.format != 'text'",
+        reads=("training.assistantOnlyLoss", "dataset.format"),
+        message="training.assistantOnlyLoss needs chat rows: dataset.format must be messages, prompt-completion or "
+                "auto, not text",
+        fieldPath=".training.assistantOnlyLoss",
+    ),
+]
+
+
 class TrainerConfig(SpecModel):
     """Everything the trainer needs: the part of a LoRAFineTune's spec that the operator writes to the ConfigMap."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": TRAINER_CONFIG_RULES})
 
     model: ModelSpec
     dataset: DatasetSpec

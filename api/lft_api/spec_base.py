@@ -19,3 +19,17 @@ class SpecModel(BaseModel):
     def to_wire(self) -> dict:
         """The JSON-ready dict with camelCase keys, as stored in the CR and the ConfigMap."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def ratcheting_rule(rule: str, reads: tuple[str, ...], **keys: str) -> dict[str, object]:
+    """A CEL rule (x-kubernetes-validations) that, on an update, passes when none of the fields it reads changed.
+
+    The API server ratchets a rule only when the whole object it sits on is unchanged; a cross-field rule of the
+    spec would otherwise be re-checked at any change of the spec (suspend: true), and a resource stored before the
+    rule existed could not be changed at all without fixing it first. `reads`: the fields of self the rule reads.
+    """
+    unchanged = " && ".join(
+        f"has(self.{f}) == has(oldSelf.value().{f}) && (!has(self.{f}) || self.{f} == oldSelf.value().{f})"
+        for f in reads
+    )
+    return {"rule": f"(oldSelf.hasValue() && {unchanged}) || ({rule})", "optionalOldSelf": True, **keys}

@@ -24,6 +24,13 @@ class MlflowSpec(SpecModel):
 
     tracking_uri: str = Field(
         min_length=1,
+        max_length=2048,
+        # _no_userinfo as CEL: urlsplit's netloc (after "//", up to / ? #) holding an "@".
+        json_schema_extra={"x-kubernetes-validations": [{
+            "rule": "!self.matches('^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@')",
+            "message": "training.mlflow.trackingUri must not contain credentials (user:password@ or token@): put them "
+                       "in credentialsSecretRef",
+        }]},
         description=(
             "MLflow tracking server, e.g. http://mlflow.mlops:5000 (checked before training: the run fails at once "
             "when it cannot be reached). Credentials never go here: see credentialsSecretRef."

@@ -15,7 +15,7 @@ from .builders import Owner
 from .kube import ApiError, group_path
 from .status import TERMINAL_PHASES, Observation, PodCreationFailure, classify_create_error
 from .status.gang import current_attempt, decide_gang
-from .validation import validate
+from .validation import validate_resource
 from .views import JobView, controller_uid
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
     owner = Owner.from_body(body)
     trust = r.trusted(body, owner)  # trainer writes of operator fields reverted, another UID's removed
     status = trust.status
-    spec, problems = validate(body.get("spec") or {}, owner.name, r.settings)  # the admin policy included
+    spec, problems = validate_resource(body, status, r.settings)  # the admin policy included
     jobs = [j for j in r.cache.jobs(owner.namespace, owner.name) if j.owner_uid == owner.uid]
     uids = {j.uid for j in jobs}
     pods = [p for p in r.cache.pods(owner.namespace, owner.name) if p.job_uid in uids or p.attempt is not None]

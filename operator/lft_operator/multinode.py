@@ -32,11 +32,13 @@ With nodes == 1 none of this is used: builders.job() builds the one Job, and no 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 from lft_api import contract
-from lft_api.resource import MUTABLE_FIELDS, LoRAFineTuneSpec
+from lft_api.resource import JOB_SUFFIX, MUTABLE_FIELDS, LoRAFineTuneSpec
+from lft_api.spec import MAX_NODES
 
 from . import builders
 from .builders import APPLIED_SPEC_ANNOTATION, NAME_LABEL, Owner
@@ -64,9 +66,22 @@ def service_name(name: str) -> str:
     return builders.child_name(name)
 
 
+# An Indexed Job's pods get the hostname `<job>-<index>`, a DNS label (63 characters at most), and the Job's
+# name is a label value (63 too): the Job's name leaves room for the largest index.
+MAX_JOB_NAME_LENGTH = 63 - len(f"-{MAX_NODES - 1}")
+
+
 def job_name(name: str, attempt: int) -> str:
-    """The Indexed Job of attempt `attempt` (from 1); its pods are `<job>-<index>-<suffix>`."""
-    return f"{builders.child_name(name)}-a{attempt}"
+    """The Indexed Job of attempt `attempt` (from 1); its pods are `<job>-<index>-<suffix>`.
+
+    `<run>-trainer-a<attempt>`, or, where that is too long (a long resource name, many attempts), the run's name
+    cut short plus a hash of the whole name: still one name per run and attempt, the same at every reconcile.
+    """
+    full = f"{builders.child_name(name)}-a{attempt}"
+    if len(full) <= MAX_JOB_NAME_LENGTH:
+        return full
+    tail = f"-{hashlib.sha256(name.encode()).hexdigest()[:8]}{JOB_SUFFIX}-a{attempt}"
+    return name[: MAX_JOB_NAME_LENGTH - len(tail)].rstrip("-.") + tail
 
 
 LOOPBACK = "127.0.0.1"

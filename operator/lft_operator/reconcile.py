@@ -39,7 +39,7 @@ from .status import (
     wants_pod,
 )
 from .status.model import Event, seconds_between
-from .validation import validate
+from .validation import validate_resource
 from .views import JobView, PodView, controller_uid, name_holder
 from .workqueue import WorkQueue
 
@@ -217,7 +217,7 @@ class Reconciler:
         owner = Owner.from_body(body)
         trust = self.trusted(body, owner)
         status = trust.status
-        spec, problems = validate(body.get("spec") or {}, owner.name, self.settings)
+        spec, problems = validate_resource(body, status, self.settings)
         job = self._cached_job(owner) or (created_job if created_job and created_job.owner_uid == owner.uid else None)
         obs = Observation(
             name=owner.name,

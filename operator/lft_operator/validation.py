@@ -1,9 +1,16 @@
-"""Semantic validation: what the CRD schema cannot express (pure).
+"""Semantic validation: what the CRD schema cannot express, and a second line for what it does (pure).
 
-The API server already rejected what the schema can say (types, bounds, enums). It keeps
-unknown fields (the spec's schema preserves them, so that none is dropped silently whatever
-the client): they are refused here, UnknownField, with their paths. What is left makes the
-resource Accepted=False with a reason, and nothing is created until it is fixed.
+The API server already rejected what the schema can say: types, bounds, enums, unknown fields (the
+schema is structural: strict field validation refuses them, other clients get them pruned), and the
+CEL rules the models declare (QLoRA needs a GPU, numProcesses per GPU, mounts need volumes,
+assistantOnlyLoss needs chat rows, reportTo and its settings, no credentials in a tracking URI) and
+the spec's immutability once the Job exists (crdgen). Only what needs the admin policy (policy.py)
+or other objects (ownership.py) is the operator's alone.
+
+The pydantic models still validate every resource, as a second line: resources stored before the
+CRD had these rules (the API server ratchets: an unchanged invalid field is not re-checked), and an
+installed CRD older than the operator (Helm never upgrades the CRDs of a chart's crds/). UnknownField
+is reachable only there: with a current CRD the API server never stores an unknown field.
 """
 
 from __future__ import annotations
@@ -112,3 +119,22 @@ def validate(
     if spec is None:
         return None, problems
     return spec, semantic_problems(spec, name) + policy_problems(spec, settings)
+
+
+def validate_resource(
+    body: dict[str, Any], status: dict[str, Any], settings: Settings = DEFAULT_SETTINGS
+) -> tuple[LoRAFineTuneSpec | None, list[Problem]]:
+    """validate() of the resource's spec, plus: a spec refused for unknown fields stays refused until it is edited.
+
+    Once the CRD is structural (an upgrade from one that preserved unknown fields), the API server prunes the
+    unknown fields of stored objects as it reads them: the same generation then looks valid, and would train
+    with defaults in place of the fields the user mistyped. Only an edit (a new generation) is read anew.
+    """
+    spec, problems = validate(body.get("spec") or {}, body["metadata"]["name"], settings)
+    generation = body["metadata"].get("generation", 1)
+    for c in status.get("conditions") or []:
+        if (c.get("type"), c.get("status"), c.get("reason")) == ("Accepted", "False", Reason.UNKNOWN_FIELD) and (
+            c.get("observedGeneration") == generation and not any(p.reason == Reason.UNKNOWN_FIELD for p in problems)
+        ):
+            problems = [Problem(Reason.UNKNOWN_FIELD, c.get("message") or "unknown fields")] + problems
+    return spec, problems

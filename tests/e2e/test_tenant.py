@@ -89,16 +89,6 @@ ATTACKS = {
     "chat-template-token": (lambda s: s["model"].update(
         chatTemplate="file:///var/run/secrets/kubernetes.io/serviceaccount/token"),
         "PolicyViolation", 'spec.model.chatTemplate "file:///var/run/secrets/'),
-    # 3. Keys that differ only in case (the issue's reproduction, and its variations).
-    "case-secret-key-ref": (lambda s: s["podTemplate"].update(env=[{"name": "HF_TOKEN", "valueFrom": {
-        "secretKeyRef": {"Name": "s3-credentials", "name": "victim", "key": "k"}}}]),
-        "UnknownField", "unknown field spec.podTemplate.env.0.valueFrom.secretKeyRef.Name"),
-    "case-secret-volume": (lambda s: s["podTemplate"].update(
-        volumes=[{"name": "v", "secret": {"SecretName": "s3-credentials", "secretName": "victim"}}]),
-        "UnknownField", "unknown field spec.podTemplate.volumes.0.secret.SecretName"),
-    "case-node-affinity": (lambda s: s.update(affinity={"NodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchExpressions": [{"key": "x", "operator": "Exists"}]}]}}}),
-        "UnknownField", "unknown field spec.affinity.NodeAffinity"),
     # 4. The defaults are closed: another Secret as storage, a system priority class, a catch-all toleration.
     "other-secret": (lambda s: s.update(storageSecretRef={"name": "victim"}),
                      "PolicyViolation", 'spec.storageSecretRef.name "victim" is not allowed'),
@@ -109,6 +99,21 @@ ATTACKS = {
 }
 
 
+# 3. Keys that differ only in case (the issue's reproduction, and its variations): the schema is structural, so
+# kubectl's strict field validation has the API server refuse them at apply time, naming the key.
+CASE_ATTACKS = {
+    "case-secret-key-ref": (lambda s: s["podTemplate"].update(env=[{"name": "HF_TOKEN", "valueFrom": {
+        "secretKeyRef": {"Name": "s3-credentials", "name": "victim", "key": "k"}}}]),
+        'unknown field "spec.podTemplate.env[0].valueFrom.secretKeyRef.Name"'),
+    "case-secret-volume": (lambda s: s["podTemplate"].update(
+        volumes=[{"name": "v", "secret": {"SecretName": "s3-credentials", "secretName": "victim"}}]),
+        'unknown field "spec.podTemplate.volumes[0].secret.SecretName"'),
+    "case-node-affinity": (lambda s: s.update(affinity={"NodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "x", "operator": "Exists"}]}]}}}),
+        'unknown field "spec.affinity.NodeAffinity"'),
+}
+
+
 def test_tenant_attacks_are_refused_before_anything_is_created(kube, s3, s3_endpoint, namespace):
     user = tenant_role(kube, namespace)
     # The tenant cannot read the namespace's Secrets (the premise of the whole model)...
@@ -116,6 +121,14 @@ def test_tenant_attacks_are_refused_before_anything_is_created(kube, s3, s3_endp
     assert kube.run("--as", user, "auth", "can-i", "create", "lorafinetunes", "-n", namespace).stdout.strip() == "yes"
     kube.run("create", "secret", "generic", "victim", "-n", namespace, "--from-literal=k=victim-value")
     kube.run("--as", user, "create", "configmap", "evil", "-n", namespace, f"--from-literal=sitecustomize.py={SITECUSTOMIZE}")
+
+    for name, (change, message) in CASE_ATTACKS.items():
+        body = finetune(namespace, name, s3_endpoint, max_steps=20)
+        body["spec"].setdefault("podTemplate", {})
+        change(body["spec"])
+        out = kube.run("--as", user, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(body), check=False)
+        assert out.returncode != 0 and message in out.stderr, (name, out.stderr)
+        assert kube.run("get", "lft", name, "-n", namespace, check=False).returncode != 0, name
 
     started = time.monotonic()
     for name, (change, _, _) in ATTACKS.items():
@@ -131,7 +144,8 @@ def test_tenant_attacks_are_refused_before_anything_is_created(kube, s3, s3_endp
     elapsed = time.monotonic() - started
     for name in ATTACKS:
         nothing_created(kube, namespace, name)
-    report(f"tenant: {len(ATTACKS)} attacks refused", "Pending", elapsed, reason="PolicyViolation/UnknownField")
+    report(f"tenant: {len(ATTACKS) + len(CASE_ATTACKS)} attacks refused", "Pending", elapsed,
+           reason="PolicyViolation/strict field validation")
     assert elapsed <= QUICK + 30, f"refusals shown after {elapsed:.1f} s"
 
 

@@ -155,14 +155,13 @@ def test_schema_rejects_invalid_specs(kube, namespace, operator):
     assert body["spec"]["lora"]["r"] == 16 and body["spec"]["runPolicy"]["backoffLimit"] == 3
 
 
-def test_semantic_validation_sets_accepted_false_and_creates_nothing(kube, namespace, operator):
-    kube.create_lft(namespace, "qlora-cpu", spec(lora={"quantization": "4bit"}))
-    status = kube.wait_lft(namespace, "qlora-cpu", lambda s: cond(s, "Accepted").get("status") == "False")["status"]
-    assert cond(status, "Accepted")["reason"] == Reason.QUANTIZATION_NEEDS_GPU
-    assert status["phase"] == "Pending"
-    wait_until(lambda: Reason.QUANTIZATION_NEEDS_GPU in kube.event_reasons(namespace, "qlora-cpu"), 10)
-
-    assert kube.jobs(namespace, "qlora-cpu") == []
+def test_qlora_on_cpu_is_refused_at_apply_and_a_missing_secret_is_the_kubelet_s_message(kube, namespace, operator):
+    # A cross-field rule is the API server's (a CEL rule of the CRD): nothing is stored, so nothing is created.
+    with pytest.raises(ApiError) as refused:
+        kube.create_lft(namespace, "qlora-cpu", spec(lora={"quantization": "4bit"}))
+    assert refused.value.status == 422 and "needs a GPU" in refused.value.message
+    assert "spec.lora.quantization" in refused.value.message
+    assert kube.lft(namespace, "qlora-cpu") is None and kube.jobs(namespace, "qlora-cpu") == []
 
     # The operator holds no Secret permission: a missing storage Secret is the kubelet's to find, and
     # the status passes on what it says.
@@ -175,9 +174,6 @@ def test_semantic_validation_sets_accepted_false_and_creates_nothing(kube, names
         namespace, "no-secret", lambda s: cond(s, "Running").get("reason") == "CreateContainerConfigError"
     )["status"]
     assert status["phase"] == "Pending" and 'secret "s3-creds" not found' in status["message"]
-    # Fixing the spec is enough.
-    kube.merge_patch(kube.lft_path(namespace, "qlora-cpu"), {"spec": {"lora": {"quantization": "none"}}})
-    kube.wait_lft(namespace, "qlora-cpu", lambda s: is_true(s, "Accepted"))
 
 
 def test_a_tracking_secret_reaches_the_pod_unread_and_a_missing_one_is_the_kubelet_s_message(kube, namespace, operator):
@@ -238,19 +234,22 @@ def test_suspend_checkpoints_and_resume_starts_a_new_attempt(kube, namespace, op
     wait_until(lambda: Reason.RESUMED in kube.event_reasons(namespace, "pausable"), 10)
 
 
-def test_spec_change_after_start_is_reported_and_run_policy_applied(kube, namespace, operator):
+def test_spec_change_after_start_is_refused_at_apply_and_run_policy_applied(kube, namespace, operator):
     kube.create_lft(namespace, "edited", spec())
     kube.wait_lft(namespace, "edited", lambda s: is_true(s, "Accepted"))
-    kube.merge_patch(
-        kube.lft_path(namespace, "edited"), {"spec": {"lora": {"r": 64}, "runPolicy": {"backoffLimit": 7}}}
-    )
-    status = kube.wait_lft(namespace, "edited", lambda s: is_true(s, "SpecChangeIgnored"))["status"]
-    message = cond(status, "SpecChangeIgnored")["message"]
-    assert "spec.lora.r" in message and "create a new LoRAFineTune" in message
-    assert "runPolicy" not in message
+    # The CRD's immutability rule refuses the whole patch: runPolicy, which may change, is not applied either.
+    with pytest.raises(ApiError) as refused:
+        kube.merge_patch(
+            kube.lft_path(namespace, "edited"), {"spec": {"lora": {"r": 64}, "runPolicy": {"backoffLimit": 7}}}
+        )
+    assert refused.value.status == 422
+    assert "spec.lora cannot change once the training Job exists" in refused.value.message
+    assert "create a new LoRAFineTune" in refused.value.message
+    stored = kube.lft(namespace, "edited")
+    assert stored["spec"]["lora"].get("r") != 64 and stored["spec"].get("runPolicy", {}).get("backoffLimit") != 7
+    kube.merge_patch(kube.lft_path(namespace, "edited"), {"spec": {"runPolicy": {"backoffLimit": 7}}})
     wait_until(lambda: kube.job(namespace, "edited")["spec"]["backoffLimit"] == 7, 10, what="backoffLimit applied")
-    wait_until(lambda: "SpecChangeIgnored" in kube.event_reasons(namespace, "edited"), 10)
-    assert kube.job(namespace, "edited")["spec"]["template"]["metadata"]["labels"]  # the Job itself is unchanged
+    assert not is_true(kube.lft(namespace, "edited")["status"], "SpecChangeIgnored")
 
 
 def test_delete_garbage_collects_the_children(kube, namespace, operator):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from lft_api.contract import ExitCode
-from tests.support.kube import kubectl_rows, wait_until
+from tests.support.kube import ApiError, kubectl_rows, wait_until
 from tests.support.operator import SUCCESS, cond, is_true, spec
 
 pytestmark = pytest.mark.integration
@@ -198,27 +198,26 @@ def test_a_node_whose_pod_cannot_be_created_is_reported_then_times_out(kube, nam
     wait_until(lambda: "PodCreationTimeout" in kube.event_reasons(namespace, "tight"), 10)
 
 
-def test_a_changed_node_count_is_reported_and_neither_path_is_torn_down(kube, namespace, operator):
-    """training.nodes edited while a run trains: the running Jobs stay, no Job is added, SpecChangeIgnored says so."""
+def test_a_changed_node_count_is_refused_at_apply_and_neither_path_is_touched(kube, namespace, operator):
+    """training.nodes edited while a run trains: the API server refuses it (the CRD's immutability rule)."""
     kube.create_lft(namespace, "solo", spec(training={"maxSteps": 30}))
     pod = kube.wait_for_pod(namespace, "solo")
     kube.kubelet_bind(pod)
     kube.kubelet_run(pod)
     kube.wait_lft(namespace, "solo", lambda s: s.get("phase") == "Running")
-    kube.merge_patch(kube.lft_path(namespace, "solo"), {"spec": {"training": {"nodes": 2}}})
-    status = kube.wait_lft(namespace, "solo", lambda s: is_true(s, "SpecChangeIgnored"))["status"]
-    assert "spec.training.nodes changed after Job solo-trainer was created" in cond(status, "SpecChangeIgnored")["message"]
-    assert status["phase"] == "Running" and kube.job(namespace, "solo") is not None
+    with pytest.raises(ApiError) as refused:
+        kube.merge_patch(kube.lft_path(namespace, "solo"), {"spec": {"training": {"nodes": 2}}})
+    assert refused.value.status == 422 and "spec.training cannot change" in refused.value.message
     assert [j["metadata"]["name"] for j in kube.jobs(namespace, "solo")] == ["solo-trainer"]  # no Indexed Job
     assert len(kube.pods(namespace, "solo")) == 1
 
     kube.create_lft(namespace, "duo", spec(training={"maxSteps": 30, "nodes": 2}))
     start(kube, node_pods(kube, namespace, "duo", 1))
     kube.wait_lft(namespace, "duo", lambda s: s.get("phase") == "Running" and s.get("readyNodes") == 2)
-    kube.merge_patch(kube.lft_path(namespace, "duo"), {"spec": {"training": {"nodes": 3}}})
-    status = kube.wait_lft(namespace, "duo", lambda s: is_true(s, "SpecChangeIgnored"))["status"]
-    assert "spec.training.nodes changed after the run started" in cond(status, "SpecChangeIgnored")["message"]
-    assert status["phase"] == "Running" and status["nodes"] == 2 and "2/2 nodes" in status["message"]
+    with pytest.raises(ApiError) as refused:
+        kube.merge_patch(kube.lft_path(namespace, "duo"), {"spec": {"training": {"nodes": 3}}})
+    assert refused.value.status == 422 and "spec.training cannot change" in refused.value.message
+    status = kube.lft(namespace, "duo")["status"]
+    assert status["phase"] == "Running" and status["nodes"] == 2
     (job,) = attempt_jobs(kube, namespace, "duo").values()
     assert job["spec"]["completions"] == 2
-    wait_until(lambda: "SpecChangeIgnored" in kube.event_reasons(namespace, "duo"), 10)

@@ -197,8 +197,10 @@ def test_a_refused_resource_proceeds_once_its_spec_complies(kube, policed):
 
 def test_a_tenant_sees_its_case_variant_keys_refused_and_cannot_read_secrets(kube, policed):
     """As a tenant (impersonated: a user with LoRAFineTune rights in the namespace only), the issue's case
-    reproduction: secretKeyRef {Name: allowed, name: victim} is refused with the key's path, nothing is
-    created; and the tenant's Secret reads are forbidden (the premise of the model)."""
+    reproduction: secretKeyRef {Name: allowed, name: victim} is refused by the API server with the key's path
+    (strict field validation), and where the client asks for no validation the unknown spelling is pruned: the
+    policy judges what is stored (victim: refused), nothing is created; and the tenant's Secret reads are
+    forbidden (the premise of the model)."""
     ns, user = policed, "tenant-a"
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "tenant"},
             "rules": [{"apiGroups": ["finetune.dev"], "resources": ["lorafinetunes"], "verbs": ["*"]}]}
@@ -215,9 +217,14 @@ def test_a_tenant_sees_its_case_variant_keys_refused_and_cannot_read_secrets(kub
     env = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"Name": "hf-token", "name": "victim", "key": "k"}}}]
     body = {"apiVersion": "finetune.dev/v1alpha1", "kind": "LoRAFineTune", "metadata": {"name": "case"},
             "spec": spec(podTemplate={"env": env})}
-    kube.request("POST", kube.lft_path(ns), body, **as_tenant)
+    with pytest.raises(ApiError) as strict:
+        kube.request("POST", kube.lft_path(ns) + "?fieldValidation=Strict", body, **as_tenant)
+    assert strict.value.status == 400
+    assert 'unknown field "spec.podTemplate.env[0].valueFrom.secretKeyRef.Name"' in strict.value.message
+    created = kube.request("POST", kube.lft_path(ns), body, **as_tenant)
+    assert created["spec"]["podTemplate"]["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "victim", "key": "k"}
     status = kube.wait_lft(ns, "case", lambda s: cond(s, ACCEPTED).get("status") == "False", timeout=30)["status"]
     accepted = cond(status, ACCEPTED)
-    assert accepted["reason"] == Reason.UNKNOWN_FIELD, accepted
-    assert "spec.podTemplate.env.0.valueFrom.secretKeyRef.Name" in accepted["message"], accepted
+    assert accepted["reason"] == Reason.POLICY_VIOLATION, accepted
+    assert "victim" in accepted["message"], accepted
     assert children(kube, ns, "case") == dict.fromkeys(("Job", "ConfigMap", "ServiceAccount", "Role", "RoleBinding"))

@@ -76,10 +76,10 @@ def test_schema_is_structural():
         assert "$ref" not in node and "allOf" not in node and "$defs" not in node, path
         assert "title" not in node, path
         assert node.get("additionalProperties") is not False, path
-        typed = (
-            "type" in node or node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
-        )
-        assert typed, f"untyped node {path}"
+        assert "x-kubernetes-preserve-unknown-fields" not in node, f"{path} keeps unknown fields"
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"untyped node {path}"
+        if node.get("type") == "object":  # no free-form object: every field is declared (or a map of typed values)
+            assert "properties" in node or isinstance(node.get("additionalProperties"), dict), path
         if "anyOf" in node:
             assert node.get("x-kubernetes-int-or-string"), f"{path}: anyOf only for int-or-string"
         # OpenAPI v3.0: boolean exclusive bounds.
@@ -101,10 +101,17 @@ def test_bounds_defaults_and_descriptions():
     assert set(spec["required"]) == {"model", "dataset", "output"}
     assert spec["properties"]["runPolicy"]["properties"]["backoffLimit"]["default"] == 3
     assert spec["properties"]["model"]["properties"]["revision"]["nullable"] is True
-    # Free-form Kubernetes core types.
-    # Core types typed as deep as the policy reads them (lft_api.pod_types); the rest stays free-form.
+    # Core types the models pass through (lft_api.pod_types.core_type) are typed from the Kubernetes OpenAPI.
     affinity = spec["properties"]["affinity"]["properties"]
-    assert affinity["nodeAffinity"]["x-kubernetes-preserve-unknown-fields"] is True
+    node_affinity = affinity["nodeAffinity"]
+    assert node_affinity["nullable"] is True and node_affinity["description"].startswith("core/v1 NodeAffinity")
+    terms = node_affinity["properties"]["requiredDuringSchedulingIgnoredDuringExecution"]["properties"]
+    expression = terms["nodeSelectorTerms"]["items"]["properties"]["matchExpressions"]["items"]
+    assert expression["properties"]["operator"]["enum"] == ["DoesNotExist", "Exists", "Gt", "In", "Lt", "NotIn"]
+    volume = spec["properties"]["podTemplate"]["properties"]["volumes"]["items"]["properties"]
+    assert set(volume["nfs"]["properties"]) == {"path", "readOnly", "server"}
+    claim_meta = volume["ephemeral"]["properties"]["volumeClaimTemplate"]["properties"]["metadata"]
+    assert set(claim_meta["properties"]) == {"labels", "annotations"}  # "no other fields are allowed" there
     assert set(spec["properties"]["tolerations"]["items"]["properties"]) == {
         "key", "operator", "value", "effect", "tolerationSeconds"}
     env = spec["properties"]["podTemplate"]["properties"]["env"]["items"]["properties"]
@@ -141,13 +148,13 @@ def test_every_spec_field_is_in_the_schema():
         assert (field.alias or name) in spec
 
 
-def test_spec_objects_keep_unknown_fields_and_status_prunes_them():
-    """Unknown spec fields reach the operator (which refuses them, UnknownField) whatever the client."""
+def test_no_object_keeps_unknown_fields():
+    """Structural all the way down: the API server refuses (strict field validation) or prunes an unknown field
+    anywhere, so `spec.lora.rnak` never reaches the operator, and OpenAPI v2 and v3 list every field."""
+    text = crdgen.render()
+    assert "x-kubernetes-preserve-unknown-fields" not in text
     spec = _schema()["properties"]["spec"]
-    typed = [(path, node) for path, node in _walk(spec, "spec") if node.get("type") == "object" and "properties" in node]
-    assert {"spec", "spec.lora", "spec.training", "spec.output", "spec.runPolicy", "spec.podTemplate"} <= {
-        p for p, _ in typed
-    }
-    assert all(node.get("x-kubernetes-preserve-unknown-fields") is True for _, node in typed)
-    assert spec["properties"]["lora"]["properties"]["r"]["type"] == "integer"  # known fields stay typed
-    assert "x-kubernetes-preserve-unknown-fields" not in _schema()["properties"]["status"]
+    typed = {p for p, node in _walk(spec, "spec") if node.get("type") == "object" and "properties" in node}
+    assert {"spec", "spec.lora", "spec.training", "spec.output", "spec.runPolicy", "spec.podTemplate",
+            "spec.affinity.nodeAffinity", "spec.podTemplate.volumes[].csi"} <= typed
+    assert spec["properties"]["lora"]["properties"]["r"]["type"] == "integer"

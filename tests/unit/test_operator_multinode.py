@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from lft_api.resource import LoRAFineTuneSpec
+import re
+
+from lft_api.resource import MAX_NAME_LENGTH, LoRAFineTuneSpec
+from lft_api.spec import MAX_NODES
 from lft_operator import builders, kube, multinode
 from lft_operator.settings import Settings
 
@@ -26,6 +29,19 @@ def env_of(job: dict) -> dict[str, str]:
 
 def env_entries(job: dict, name: str) -> list[dict]:
     return [e for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == name]
+
+
+def test_a_long_name_still_gives_every_pod_a_valid_hostname():
+    # The longest resource name the CRD allows, the largest index, many attempts: `<job>-<index>` is a DNS label.
+    longest = "r" * MAX_NAME_LENGTH
+    for attempt in (1, 9, 12345):
+        name = multinode.job_name(longest, attempt)
+        hostname = f"{name}-{MAX_NODES - 1}"
+        assert len(hostname) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", hostname), hostname
+        assert name.endswith(f"-trainer-a{attempt}")
+    assert multinode.job_name(longest, 2) != multinode.job_name(longest[:-1] + "s", 2)  # two runs, two Jobs
+    assert multinode.job_name(longest, 2) == multinode.job_name(longest, 2)  # the same at every reconcile
+    assert multinode.job_name("big", 12) == "big-trainer-a12"  # short names as before
 
 
 def test_one_indexed_job_per_attempt_with_the_rank_from_the_completion_index():

@@ -6,7 +6,7 @@ import asyncio
 
 from lft_api.conditions import Reason
 from lft_operator.settings import Settings
-from lft_operator.validation import validate
+from lft_operator.validation import validate, validate_resource
 from lft_operator.views import JobView, PodView
 from lft_operator.workqueue import WorkQueue
 
@@ -31,6 +31,22 @@ def test_cross_field_rules_of_the_shared_model():
     spec, problems = validate(raw, "run")
     assert spec is None and problems[0].reason == Reason.INVALID_SPEC
     assert "assistantOnlyLoss" in problems[0].message
+
+
+def test_a_spec_refused_for_unknown_fields_stays_refused_after_the_server_prunes_them():
+    # An upgrade to the structural CRD: the stored spec's typo (lora.rank) is pruned as it is read, so the same
+    # generation reads as valid. It must not train with defaults: only an edit (a new generation) is read anew.
+    refused = {"type": "Accepted", "status": "False", "reason": Reason.UNKNOWN_FIELD,
+               "message": "unknown field spec.lora.rank", "observedGeneration": 4}
+    body = {"metadata": {"name": "run", "generation": 4}, "spec": BASE}
+    spec, problems = validate_resource(body, {"conditions": [refused]})
+    assert [(p.reason, p.message) for p in problems] == [(Reason.UNKNOWN_FIELD, "unknown field spec.lora.rank")]
+    edited = {**body, "metadata": {"name": "run", "generation": 5}}
+    assert validate_resource(edited, {"conditions": [refused]})[1] == []
+    assert validate_resource(body, {"conditions": [{**refused, "reason": Reason.POLICY_VIOLATION}]})[1] == []
+    # Still unknown to the models (an old CRD): reported once, by the models.
+    typo = {**body, "spec": {**BASE, "lora": {"rank": 8}}}
+    assert [p.reason for p in validate_resource(typo, {"conditions": [refused]})[1]] == [Reason.UNKNOWN_FIELD]
 
 
 def test_unknown_field_is_reported_without_values():

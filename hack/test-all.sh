@@ -35,9 +35,8 @@ pytest_suite unit tests/unit
 # The oldest supported minor: the API-level suite (operator, CRD schema and CEL rules, chart, CLI, status
 # sink) on its own kube-apiserver + etcd + kube-controller-manager, with its own kubectl.
 shopt -s nullglob  # a pattern that matches no file adds nothing (pytest refuses a missing path)
-# test_cli.py is left out: 9 of its 10 tests fail on 1.34.4 (not yet understood; they pass on 1.37.2).
 api_level=(tests/integration/test_operator_*.py tests/integration/test_crd_*.py tests/integration/test_chart_install.py
-           tests/integration/test_trainer_status.py)
+           tests/integration/test_cli.py tests/integration/test_trainer_status.py)
 shopt -u nullglob
 if suite "cluster-api-$K8S_OLDEST_VERSION" -- env K8S_VERSION="$K8S_OLDEST_VERSION" bash tests/cluster/up.sh --api-only; then
   export LFT_KUBECTL=$LFT_CACHE/k8s/$K8S_OLDEST_VERSION/kubectl

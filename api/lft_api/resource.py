@@ -71,8 +71,8 @@ class RunPolicy(SpecModel):
     active_deadline_seconds: int | None = Field(
         default=None,
         ge=1,
-        description="Fail the run when the Job has existed this long (counts while suspended: Kubernetes 1.20 Jobs "
-        "have no suspend).",
+        description="Fail the run when its Job has been active this long (the Job's activeDeadlineSeconds: "
+        "Kubernetes stops and resets the timer while the Job is suspended).",
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
@@ -224,7 +224,7 @@ class Condition(WireModel):
 
     @model_serializer(mode="wrap")
     def _omit_empty_message(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # The 1.20 API server rejects "" in items of this list-map as null: an empty message is omitted.
+        # An empty message is omitted: some API servers (1.20 was one) read "" in a list-map item as null.
         data = handler(self)
         if data.get("message") == "":
             del data["message"]

@@ -303,7 +303,7 @@ def _without_defaults(node: Any) -> Any:
 
 
 def _with_conditions_list_map(status: dict[str, Any]) -> dict[str, Any]:
-    # Conditions are a map keyed by type (API conventions); list-map is accepted by 1.20.
+    # Conditions are a map keyed by type (API conventions): server-side apply merges them by type.
     conditions = status["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]

@@ -30,10 +30,7 @@ JSON_PATCH = "application/json-patch+json"
 # from others') and asks for strict server-side field validation: a field the API server does not know, or one
 # given twice, fails the request (400 BadRequest, "strict decoding error: ...") instead of being dropped
 # silently, so the object stored is the one the operator built and the admin policy judged (parts of the pod
-# template pass through unread: lft_api.pod_types). Kubernetes 1.25+ enforce it (1.23/1.24 only behind the
-# ServerSideFieldValidation gate); older servers ignore the parameter: they decode the query into the write's
-# options by known keys only (the generated url.Values conversions of metav1.CreateOptions/PatchOptions/
-# UpdateOptions read dryRun and fieldManager and nothing else), so our 1.20 test cluster behaves as before.
+# template pass through unread: lft_api.pod_types). Every supported version (1.34+) enforces it.
 WRITER = {"fieldManager": contract.OPERATOR_FIELD_MANAGER, "fieldValidation": "Strict"}
 
 

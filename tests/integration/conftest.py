@@ -32,6 +32,7 @@ from tests.support.kube import (
     ApiError,
     Kube,
     Operator,
+    fresh_namespace,
     wait_until,
 )
 from tests.support.trainer_run import DATASET
@@ -102,11 +103,8 @@ def _ensure_fake_node(kube: Kube) -> None:
 
 @pytest.fixture
 def namespace(kube: Kube) -> Iterator[str]:
-    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
-    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield name
-    kube.delete(f"/api/v1/namespaces/{name}")
-    kube.remove_pods(name)
+    with fresh_namespace(kube) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

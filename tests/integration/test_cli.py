@@ -21,7 +21,7 @@ from lft_api.contract import FileDigest
 from lft_operator.builders import Owner, config_map, job
 from lft_operator.settings import Settings
 from tests.support.cli import clean_env, install_cli, run_lft
-from tests.support.kube import KUBECTL, Kube
+from tests.support.kube import KUBECTL, Kube, fresh_namespace
 from tests.support.operator import spec as base_spec
 from tests.support.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
 
@@ -43,6 +43,14 @@ def _cond(type_: str, status: str, reason: str, message: str, at: str) -> dict:
 
 def patch_status(kube: Kube, ns: str, name: str, status: dict) -> None:
     kube.merge_patch(kube.lft_path(ns, name, "status"), {"status": status})
+
+
+@pytest.fixture
+def namespace(kube: Kube):
+    """Outside the session operator's namespaces (it runs when an operator test ran first, as on the oldest
+    minor's suite): here the tests write the status themselves, and an operator would overwrite it."""
+    with fresh_namespace(kube, prefix="lft-cli-") as name:
+        yield name
 
 
 @pytest.fixture

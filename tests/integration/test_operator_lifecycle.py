@@ -274,8 +274,7 @@ def test_ttl_after_finished_keeps_the_resource_and_its_status(kube, namespace, o
     kube.kubelet_exit(pod, 0, SUCCESS)
     kube.wait_lft(namespace, "short-lived", lambda s: s.get("phase") == "Succeeded")
     job = kube.job(namespace, "short-lived")
-    if job is not None and job["spec"].get("ttlSecondsAfterFinished") is None:
-        pytest.skip("this API server drops ttlSecondsAfterFinished (1.20: alpha, feature gate TTLAfterFinished)")
+    assert job is None or job["spec"]["ttlSecondsAfterFinished"] == 1
     wait_until(lambda: kube.job(namespace, "short-lived") is None, 30, what="Job deleted by its TTL")
     time.sleep(2)
     status = kube.lft(namespace, "short-lived")["status"]

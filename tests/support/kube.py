@@ -12,6 +12,7 @@ Fixtures using them: tests/integration/conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,7 +21,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -409,3 +411,15 @@ def kubectl_rows(kube: Kube, namespace: str, *args: str) -> list[dict[str, str]]
         cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
         rows.append(dict(zip(names, cells, strict=True)))
     return rows
+
+
+@contextlib.contextmanager
+def fresh_namespace(kube: Kube, prefix: str = NAMESPACE_PREFIX) -> Iterator[str]:
+    """A new namespace, deleted afterwards. The session's operator watches NAMESPACE_PREFIX* only."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        kube.delete(f"/api/v1/namespaces/{name}")
+        kube.remove_pods(name)

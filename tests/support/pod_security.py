@@ -1,8 +1,10 @@
 """The Pod Security Standards' "restricted" profile (baseline included), as a check of a pod template.
 
 Written from https://kubernetes.io/docs/concepts/security/pod-security-standards/ (the controls of
-v1.28+). The local cluster is Kubernetes 1.20, which has no PodSecurity admission, so the tests
-check what the operator builds with this instead. Returns the violations, one line each.
+v1.28+). A unit-level mirror of the real Pod Security admission, for tests without an API server (the
+policy's allowed volume kinds, every builder's variant); tests/integration/test_operator_pod_security.py
+ties it to the admission itself: what it passes, the API server admits under enforced "restricted".
+Returns the violations, one line each.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def recording_client() -> tuple[Kube, list[tuple[str, str, dict]]]:
 def test_every_create_update_and_patch_asks_for_strict_field_validation(write: str) -> None:
     """An unknown or duplicate field the API server would drop silently (a typo in a pass-through part of
     the pod template, a field an older server does not know) fails the request instead: what the policy
-    judged is what is stored. Servers before 1.25 (our 1.20 test cluster) ignore the parameter."""
+    judged is what is stored."""
     client, sent = recording_client()
     body = [] if write == "json_patch" else {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
     asyncio.run(getattr(client, write)("/api/v1/namespaces/ns/configmaps", body))

@@ -12,7 +12,7 @@ export KUBECONFIG ?= /var/lib/lft/cluster/kubeconfig
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help venv test test-unit test-integration e2e demo kind-e2e images images-gpu cluster-up cluster-api cluster-down \
-        s3-up s3-down deploy undeploy lint crds chart bench
+        s3-up s3-down kueue-up kueue-down deploy undeploy lint crds chart bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -54,6 +54,12 @@ cluster-api: ## Start (or reuse) API-server-only mode (etcd + kube-apiserver + k
 
 cluster-down: s3-down ## Stop the local cluster and leave no processes behind
 	bash tests/cluster/down.sh
+
+kueue-up: venv cluster-up ## Install Kueue 0.17.0 (CRDs, webhooks; built from the Go module proxy) and start it on the host
+	bash tests/cluster/kueue-up.sh
+
+kueue-down: ## Stop Kueue and remove its webhook configurations (its CRDs and objects stay)
+	bash tests/cluster/kueue-down.sh
 
 s3-up: venv ## Start the S3 server the pods use (moto on the Docker bridge) and create the bucket
 	bash hack/s3.sh start

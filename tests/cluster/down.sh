@@ -62,6 +62,8 @@ main() {
   local running
   running=$(running_k8s_version)
   [[ -z $running ]] || K8S_VERSION=$running
+  # Kueue (kueue-up.sh) first, while the API server can still drop its webhook configurations.
+  if [[ -f $RUN_DIR/kueue.pid ]]; then bash "$here/kueue-down.sh" || log "WARNING: kueue-down.sh failed"; fi
   # Node side and controllers first (together), the pods, the runtime, then the API server, then etcd.
   stop_components kube-proxy kubelet kube-scheduler kube-controller-manager
   remove_pods

@@ -58,6 +58,13 @@ class Reason:
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     NOT_SUSPENDED = "NotSuspended"
+    # Kueue (spec.queueName, or the namespace's default LocalQueue): the run's Workload not admitted yet (Running=False,
+    # Pending, with Kueue's own message), evicted for a higher-priority Workload (Suspended=True, Suspended until
+    # Kueue admits it again: it resumes from the newest checkpoint), or deactivated by Kueue or an admin
+    # (spec.active false not set by the operator: e.g. Kueue's requeuing limit or maximum execution time)
+    QUEUED = "Queued"
+    PREEMPTED = "Preempted"
+    DEACTIVATED = "Deactivated"
     # spec changes after the Job exists
     SPEC_CHANGED_AFTER_START = "SpecChangedAfterStart"
     SPEC_MATCHES_JOB = "SpecMatchesJob"

@@ -182,7 +182,8 @@ class LoRAFineTuneSpec(TrainerConfig):
     queue_name: str | None = Field(
         default=None,
         max_length=63,
-        description="Kueue LocalQueue: copied to the Job's kueue.x-k8s.io/queue-name label.",
+        description="Kueue LocalQueue: copied to the Job's kueue.x-k8s.io/queue-name label; with the operator's Kueue "
+        "integration on (LFT_KUEUE), the Job is created suspended and Kueue starts it when it admits the run.",
     )
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     suspend: bool = Field(
@@ -205,6 +206,19 @@ MUTABLE_FIELDS = ("suspend", "runPolicy")
 
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class QueueStatus(WireModel):
+    """Where Kueue holds the run (the operator's Kueue integration, LFT_KUEUE): from the Job's Workload."""
+
+    name: str = Field(description="The LocalQueue (spec.queueName, or the namespace's default that Kueue set).")
+    state: Literal["Queued", "Admitted", "Preempted", "Deactivated", "Finished"] = Field(
+        description="Queued (waiting for quota), Admitted, Preempted (evicted, requeued), Deactivated, Finished."
+    )
+    cluster_queue: str | None = Field(default=None, description="The ClusterQueue that admitted the Workload.")
+    workload: str | None = Field(default=None, description="The Kueue Workload of the run's current Job.")
+    message: str | None = Field(default=None, description="Kueue's own message (e.g. insufficient quota).")
+    display: str | None = Field(default=None, description="state (LocalQueue), for the Queue printer column.")
 
 
 class Condition(WireModel):
@@ -271,6 +285,7 @@ class LoRAFineTuneStatus(WireModel):
     )
     failed_attempts: int = Field(default=0, description="Failed attempts that count toward runPolicy.backoffLimit.")
     attempt_history: list[Attempt] = Field(default_factory=list, description="The most recent attempts, oldest first.")
+    queue: QueueStatus | None = Field(default=None, description="Kueue: the run's queue and Workload state.")
     nodes: int | None = Field(default=None, description="Multi-node runs: the pods of an attempt (training.nodes).")
     ready_nodes: int | None = Field(
         default=None, description="Multi-node runs: pods of the current attempt whose trainer runs."

@@ -30,6 +30,7 @@ from .settings import Settings
 
 NAME_LABEL = f"{contract.API_GROUP}/name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # a WorkloadPriorityClass, from spec.podTemplate.labels
 APPLIED_SPEC_ANNOTATION = f"{contract.API_GROUP}/applied-spec"
 CONFIG_DIR = "/etc/lft"
 CONFIG_FILE = "config.json"
@@ -387,9 +388,12 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
     job_labels = labels(owner.name)
     if spec.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    if KUEUE_PRIORITY_LABEL in spec.pod_template.labels:  # Kueue reads a WorkloadPriorityClass off the Job
+        job_labels[KUEUE_PRIORITY_LABEL] = spec.pod_template.labels[KUEUE_PRIORITY_LABEL]
     pod_spec = _pod_spec(owner, spec, settings)
     job_spec: dict[str, Any] = {
-        "suspend": bool(spec.suspend),
+        # Under Kueue, suspended until Kueue admits it (and Kueue's, not the operator's, to unsuspend).
+        "suspend": bool(spec.suspend or (settings.kueue and spec.queue_name)),
         "parallelism": 1,
         "completions": 1,
         "backoffLimit": spec.run_policy.backoff_limit,

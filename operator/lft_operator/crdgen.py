@@ -74,6 +74,7 @@ PRINTER_COLUMNS = [
     # operator writes the pair pre-formatted; wide only: single-pod runs leave it empty.
     {"name": "Nodes", "type": "string", "jsonPath": ".status.nodesDisplay", "priority": 1},
     {"name": "Adapter", "type": "string", "jsonPath": ".status.adapter.uri", "priority": 1},
+    {"name": "Queue", "type": "string", "jsonPath": ".status.queue.display", "priority": 1},
 ]
 
 

@@ -55,7 +55,7 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
     obs = Observation(name=owner.name, generation=body["metadata"].get("generation", 1), status=status, spec=spec,
                       problems=problems, job_name=builders.child_name(owner.name), job=None, pods=pods,
                       now=r.clock(), jobs=jobs, uid=owner.uid, stored=body.get("status") or {},
-                      stale=trust.stale, foreign=trust.foreign,
+                      stale=trust.stale, foreign=trust.foreign, kueue=r.settings.kueue,
                       pod_creation_timeout=r.settings.pod_creation_timeout_seconds)
     if spec is not None and not problems and not status.get("attempts") and not jobs:
         obs.problems = r._output_problems(body, spec)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from typing import Any
@@ -44,12 +45,19 @@ class IndexCache:
         self._jobs: Any = None
         self._pods: Any = None
         self._outputs: Any = None
+        self._workloads: Any = None  # Kueue's Workloads by Job uid (kueue_handlers.py; only with settings.kueue)
 
     def bind(self, jobs: Any, pods: Any, outputs: Any) -> None:
         self._jobs, self._pods, self._outputs = jobs, pods, outputs
 
+    def bind_workloads(self, workloads: Any) -> None:
+        self._workloads = workloads
+
     def jobs(self, namespace: str, name: str) -> list[JobView]:
-        return list(self._jobs.get((namespace, name), [])) if self._jobs is not None else []
+        views = list(self._jobs.get((namespace, name), [])) if self._jobs is not None else []
+        if self._workloads is None:
+            return views
+        return [dataclasses.replace(v, workload=next(iter(self._workloads.get(v.uid, [])), None)) for v in views]
 
     def pods(self, namespace: str, name: str) -> list[PodView]:
         return list(self._pods.get((namespace, name), [])) if self._pods is not None else []

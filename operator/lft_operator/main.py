@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config)
 
     from . import handlers, kopf_workarounds  # noqa: F401  (registers the kopf handlers)
+    if config.kueue:
+        from . import kueue_handlers  # noqa: F401  (Workload watch: the kind exists and RBAC allows it)
 
     kopf_workarounds.install()  # kopf 1.45 defects that leave the operator blind (see there)
 

@@ -58,6 +58,13 @@ USES: tuple[Use, ...] = (
         "kopf discovers the resources it watches", by="kopf"),
 )
 
+# The Kueue integration (settings.kueue; the chart's kueue.enabled adds these rules to the operator's role only then).
+KUEUE_USES: tuple[Use, ...] = (
+    Use("kueue.x-k8s.io", "workloads", ("list", "watch", "patch"),
+        "the Workload of each queued Job: its conditions fill the status (kueue_handlers.py index); patch: "
+        "spec.active for spec.suspend under Kueue (kueue.patch_workloads)"),
+)
+
 # Leader election (leader.py): one Lease in the operator's own namespace, through a namespaced Role
 # (never list/watch/delete): read, create, renew (PUT with the resourceVersion it read).
 LEASE_USES: tuple[Use, ...] = (
@@ -66,6 +73,7 @@ LEASE_USES: tuple[Use, ...] = (
 
 OPERATOR_RULES: list[dict] = [u.rule() for u in USES]
 LEASE_RULES: list[dict] = [u.rule() for u in LEASE_USES]
+KUEUE_RULES: list[dict] = [u.rule() for u in KUEUE_USES]
 
 # What the trainer's per-run Role (builders.trainer_role) grants on its one resource: patch only. RBAC
 # cannot limit the fields; the operator ignores and reverts whatever a trainer writes outside

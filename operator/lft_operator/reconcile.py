@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from lft_api import contract
 from lft_api.conditions import Reason
 
-from . import builders, gang_reconcile, metrics
+from . import builders, gang_reconcile, kueue, metrics
 from .builders import Owner
 from .events import EventPoster
 from .kube import ApiError, Kube, NotLeader, collection_path, core_path, group_path, object_path
@@ -40,7 +40,7 @@ from .status import (
 )
 from .status.model import Event, seconds_between
 from .validation import validate_resource
-from .views import JobView, PodView, controller_uid, name_holder
+from .views import JobView, PodView, WorkloadView, controller_uid, name_holder
 from .workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,7 @@ MAX_FORBIDDEN_BACKOFF = 60.0
 
 
 def resource_fingerprint(body: dict[str, Any]) -> str:
-    """What a reconcile depends on: the trainer's progress patches leave it unchanged, its
-    checkpoint health does not (the CheckpointsHealthy condition)."""
+    """What a reconcile depends on: the trainer's checkpoint health (CheckpointsHealthy), not its progress."""
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
     health = status.get("checkpointHealth")
@@ -111,7 +110,7 @@ class Reconciler:
         self.known: set[tuple[str, str]] = set()
         self._fingerprints: dict[tuple[str, str], str] = {}
         self._fresh: dict[tuple[str, str], dict[str, Any]] = {}  # new resources, from their watch event
-        self._views: dict[str, JobView | PodView] = {}  # by uid: the last view of each Job and pod
+        self._views: dict[str, JobView | PodView | WorkloadView] = {}  # by uid: the last view of each child
         self._allowed = {"events": True}  # RBAC for the optional checks
         self._refusals: dict[tuple[str, str], int] = {}  # status writes refused in a row, by resource
         self._forbidden: dict[tuple[str, str], int] = {}  # Job creations forbidden in a row, by resource
@@ -151,7 +150,7 @@ class Reconciler:
         for other in self.claims.waiting_on(claim):
             self.trigger(other.namespace, other.name)
 
-    def on_child(self, namespace: str, name: str, uid: str, view: JobView | PodView | None) -> None:
+    def on_child(self, namespace: str, name: str, uid: str, view: JobView | PodView | WorkloadView | None) -> None:
         """A watch event of a Job or pod: reconcile when what the status logic reads changed."""
         if view is None:
             self._views.pop(uid, None)
@@ -230,7 +229,7 @@ class Reconciler:
             pods=[],
             now=self.clock(),
             pod_creation_timeout=self.settings.pod_creation_timeout_seconds,
-            uid=owner.uid,
+            uid=owner.uid, kueue=self.settings.kueue,  # the Job's Workload: from the cache (handlers.IndexCache)
             stored=body.get("status") or {},
             stale=trust.stale,
             foreign=trust.foreign,
@@ -294,6 +293,7 @@ class Reconciler:
         for patch in decision.job_patches:
             await self.kube.merge_patch(job_path(namespace, builders.child_name(name)), patch)
             logger.info("patched Job %s/%s: %s", namespace, builders.child_name(name), json.dumps(patch["spec"]))
+        await kueue.patch_workloads(self.kube, namespace, decision.workload_patches)  # Kueue: spec.active
         if decision.patch and not await self._write_status(body, decision):
             return
         self.phases.set((namespace, name), decision.status.get("phase"))

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     pod_creation_timeout_seconds: float = 600.0
     json_logs: bool = True
     log_level: str = "INFO"
+    # Kueue integration (status/queue.py; the chart's kueue.enabled): Workloads are watched (the kind must exist
+    # and the operator may read and patch them), a Job with a queue is created suspended for Kueue to start, and
+    # suspend/resume under Kueue go through the Workload's spec.active. Off: queueName is only the Job's label.
+    kueue: bool = False
     # What a LoRAFineTune may ask for (policy.py). LFT_POLICY: JSON, e.g. {"allowedSecrets": ["hf-token"]}.
     policy: Policy = Field(default_factory=Policy)
 

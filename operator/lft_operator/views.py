@@ -12,7 +12,7 @@ from typing import Any
 from lft_api import contract
 from lft_api.scrub import scrub
 
-from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, RUN_POLICY_ANNOTATION
+from .builders import APPLIED_SPEC_ANNOTATION, CONTAINER_NAME, KUEUE_QUEUE_LABEL, RUN_POLICY_ANNOTATION
 
 # Multi-node runs (multinode.py): the Job controller's completion index of an Indexed Job's pod is its node
 # rank (a label since Kubernetes 1.28, an annotation always); the operator's label names the attempt.
@@ -160,6 +160,10 @@ class JobView:
     attempt: int | None = None  # multi-node runs only: one Indexed Job per attempt
     nodes: int = 1  # spec.completions
     deleting: bool = False  # deletionTimestamp set
+    # Kueue: the kueue.x-k8s.io/queue-name label as the Job has it (the operator's from spec.queueName, or the one
+    # Kueue's webhook set from the namespace's default LocalQueue), and the Job's Workload (the watch cache's).
+    queue_name: str | None = None
+    workload: WorkloadView | None = None
 
     @classmethod
     def from_job(cls, body: dict[str, Any]) -> JobView:
@@ -193,4 +197,73 @@ class JobView:
             attempt=label_int(meta, ATTEMPT_LABEL),
             nodes=spec.get("completions") or 1,
             deleting=meta.get("deletionTimestamp") is not None,
+            queue_name=(meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL) or None,
+        )
+
+
+# Kueue's label on the Workload it makes for a Job (v0.17.0: jobframework sets it to the Job's uid; the Workload
+# is also controlled by the Job through an ownerReference).
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+
+@dataclass(frozen=True)
+class KueueCondition:
+    status: str  # True | False | Unknown
+    reason: str = ""
+    message: str = ""
+    since: str = ""  # lastTransitionTime
+
+    @property
+    def true(self) -> bool:
+        return self.status == "True"
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """What the status reads of a kueue.x-k8s.io/v1beta2 Workload: its conditions (QuotaReserved, Admitted,
+    Evicted, Preempted, Requeued, Finished; apis/kueue/v1beta2/workload_types.go), spec.active, the queue."""
+
+    name: str
+    uid: str
+    job_uid: str | None = None
+    queue_name: str | None = None  # spec.queueName: the LocalQueue
+    active: bool = True  # spec.active (default true); false: deactivated, evicted with reason Deactivated
+    cluster_queue: str | None = None  # status.admission.clusterQueue, while admitted
+    conditions: tuple[tuple[str, KueueCondition], ...] = ()
+
+    def condition(self, type_: str) -> KueueCondition | None:
+        return next((c for t, c in self.conditions if t == type_), None)
+
+    def is_true(self, type_: str) -> bool:
+        found = self.condition(type_)
+        return found is not None and found.true
+
+    @property
+    def admitted_at(self) -> str:
+        """When Kueue last admitted it ("" while not admitted): its Job wants pods from then on."""
+        found = self.condition("Admitted")
+        return found.since if found is not None and found.true else ""
+
+    @classmethod
+    def from_workload(cls, body: dict[str, Any]) -> WorkloadView:
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        job_uid = (meta.get("labels") or {}).get(KUEUE_JOB_UID_LABEL)
+        if not job_uid:
+            job_uid = next((r.get("uid") for r in meta.get("ownerReferences") or []
+                            if r.get("controller") and r.get("kind") == "Job"), None)
+        conditions = tuple(
+            (c.get("type", ""), KueueCondition(c.get("status", "Unknown"), c.get("reason") or "",
+                                               _scrubbed(c.get("message")) or "", c.get("lastTransitionTime") or ""))
+            for c in status.get("conditions") or [] if isinstance(c, dict)
+        )
+        return cls(
+            name=meta.get("name", ""),
+            uid=meta.get("uid", ""),
+            job_uid=job_uid,
+            queue_name=spec.get("queueName") or None,
+            active=spec.get("active") is not False,
+            cluster_queue=(status.get("admission") or {}).get("clusterQueue") or None,
+            conditions=conditions,
         )

@@ -60,7 +60,9 @@ def test_printer_columns():
         "ETA",
         "Age",
     ]
-    assert {n for n, c in cols.items() if c.get("priority") == 1} == {"Model", "Attempts", "Nodes", "Adapter"}
+    assert {n for n, c in cols.items() if c.get("priority") == 1} == {"Model", "Attempts", "Nodes", "Adapter", "Queue"}
+    # Kueue: "Queued (team-a)", "Preempted (team-a)"..., written pre-formatted by the operator (status/queue.py).
+    assert cols["Queue"] == {"name": "Queue", "type": "string", "jsonPath": ".status.queue.display", "priority": 1}
     # Multi-node runs: ready/total, written pre-formatted by the operator (one JSONPath cannot join two fields).
     assert cols["Nodes"] == {"name": "Nodes", "type": "string", "jsonPath": ".status.nodesDisplay", "priority": 1}
     assert cols["Progress"]["jsonPath"] == ".status.progress.display"

@@ -181,7 +181,7 @@ def package_sources() -> dict[str, str]:
 
 def test_the_rbac_table_lists_exactly_the_calls_in_the_code() -> None:
     used = scan(package_sources())
-    declared = rbac.triples(tuple(u for u in rbac.USES + rbac.LEASE_USES if u.by == "code"))
+    declared = rbac.triples(tuple(u for u in rbac.USES + rbac.LEASE_USES + rbac.KUEUE_USES if u.by == "code"))
     assert used - declared == set(), f"API calls the RBAC table (lft_operator.rbac.USES) lacks: {sorted(used - declared)}"
     assert declared - used == set(), f"rows of the RBAC table no code uses: {sorted(declared - used)}"
 
@@ -213,6 +213,13 @@ def test_every_api_call_goes_through_a_method_the_scan_reads() -> None:
                 # kopf patches the watched object with what a handler puts in its `patch` argument.
                 params = {a.arg for a in node.args.args + node.args.kwonlyargs}
                 assert "patch" not in params, f"{module}.py:{node.lineno}: a kopf handler that patches"
+
+
+def test_kueue_rows_are_read_and_patch_workloads_only() -> None:
+    """The Kueue integration's rows (granted only with the chart's kueue.enabled): the operator reads Workloads and
+    patches spec.active; it creates, updates and deletes nothing of Kueue's."""
+    assert rbac.triples(rbac.KUEUE_USES) == {("kueue.x-k8s.io", "workloads", v) for v in ("list", "watch", "patch")}
+    assert not rbac.triples(rbac.KUEUE_USES) & rbac.triples(rbac.USES)
 
 
 def test_only_kopf_machinery_is_declared_without_code() -> None:

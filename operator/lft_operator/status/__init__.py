@@ -17,7 +17,8 @@ Rules, in order:
 5. The Job refused by the API server (422 JobInvalid: Failed; 403 JobForbidden: Pending, retried),
    or no pod creatable for the Job (PodCreationFailed; after the timeout, Failed PodCreationTimeout).
 6. A Job that vanished before it finished -> Failed (JobDeleted).
-7. Otherwise Pending / Running / Suspended from the spec and the pods.
+7. Otherwise Pending / Running / Suspended from the spec and the pods; under Kueue (queue.py) from its Workload
+   too (Queued, Preempted, Deactivated), and suspend/resume through the Workload's spec.active.
 
 Failures count toward backoffLimit as the Job controller counts them: a pod that ended Failed, neither
 deleted nor disrupted. Pods deleted on purpose (suspend, kubectl delete pod) and disrupted pods

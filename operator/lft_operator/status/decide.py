@@ -11,6 +11,7 @@ from lft_api.resource import Attempt, LoRAFineTuneSpec
 
 from ..builders import POD_FAILURE_POLICY_REASON, applied_spec, run_policy_patch, stop_patch, suspend_patch
 from ..views import JobView
+from . import queue
 from .attempts import AttemptUpdate, attempt_no, describe, last_failed, outcome, truncate, update_attempts
 from .draft import Draft
 from .failures import checkpoint_health, pod_creation_timed_out, pod_failure
@@ -251,8 +252,8 @@ def _active(upd: AttemptUpdate) -> tuple[list[dict[str, Any]], list[dict[str, An
 
 def _suspending(d: Draft, upd: AttemptUpdate, job: JobView) -> None:
     active, running = _active(upd)
-    if not job.suspended:
-        d.job_patches.append(suspend_patch(True))
+    queue.request_suspend(d, job)  # the Job's suspend, or under Kueue its Workload's spec.active
+    queue.note_queue(d, job, suspending=True)
     if not d.conds.true(SUSPENDED):
         d.event("Normal", Reason.SUSPENDED, "Suspend requested: the trainer saves a checkpoint and stops.")
     if active:
@@ -266,9 +267,14 @@ def _suspending(d: Draft, upd: AttemptUpdate, job: JobView) -> None:
 
 def _not_suspended(d: Draft, upd: AttemptUpdate, job: JobView) -> None:
     _, running = _active(upd)
-    if job.suspended and d.conds.true(SUSPENDED):
+    if queue.resuming(d, job):  # under Kueue: its Workload set active again, the status stays Suspended till then
+        return
+    if job.suspended and d.conds.true(SUSPENDED) and not queue.under_kueue(d, job):
         # Only a suspend of the operator's is undone: a Job suspended by someone else (Kueue, queueing it) stays so.
         d.job_patches.append(suspend_patch(False))
+    held = queue.note_queue(d, job)  # status.queue; Kueue's hold: Queued, Preempted, Deactivated
+    if held is not None and held.state != queue.QUEUED_STATE:
+        return queue.report(d, held, bool(running))
     if d.conds.true(SUSPENDED):
         d.event("Normal", Reason.RESUMED, "Resumed: a new attempt resumes from the newest checkpoint.")
         d.conds.set(SUSPENDED, False, Reason.RESUMED)
@@ -280,6 +286,8 @@ def _not_suspended(d: Draft, upd: AttemptUpdate, job: JobView) -> None:
         d.conds.set(RUNNING, True, Reason.TRAINER_RUNNING, message)
         d.phase("Running", message)
         return
+    if held is not None:
+        return queue.report(d, held, False)
     reason, message = _pending_reason(d, upd)
     old = d.conds.get(RUNNING)
     if reason == Reason.POD_CREATION_FAILED and (old is None or old.reason != reason):

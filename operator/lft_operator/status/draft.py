@@ -21,6 +21,7 @@ class Draft:
         self.conds = Conditions(self.old.conditions, obs.generation, obs.now)
         self.events: list[Event] = []
         self.job_patches: list[dict[str, Any]] = []
+        self.workload_patches: list[tuple[str, dict[str, Any]]] = []  # Kueue: (Workload name, merge patch)
         # Trainer-owned fields: removed when written under another UID; the final ones on success.
         self.extra_patch: dict[str, Any] = dict.fromkeys(obs.stale)
 
@@ -52,4 +53,5 @@ class Draft:
         undone = reverted(self.obs.foreign, self.obs.stale, patch)
         if undone:
             self.events.insert(0, Event("Warning", Reason.STATUS_REVERTED, undone))
-        return Decision(status=owned_wire(self.new), patch=patch, events=self.events, job_patches=self.job_patches)
+        return Decision(status=owned_wire(self.new), patch=patch, events=self.events, job_patches=self.job_patches,
+                        workload_patches=self.workload_patches)

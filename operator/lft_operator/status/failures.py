@@ -65,6 +65,8 @@ def waiting_since(d: Draft, history: list[dict[str, Any]], job: JobView | None) 
     suspended = d.conds.get(SUSPENDED)
     if suspended is not None and suspended.status == "False" and suspended.reason == Reason.RESUMED:
         times.append(suspended.last_transition_time)
+    if job is not None and job.workload is not None:  # Kueue: queued for hours is no pod-creation failure
+        times.append(job.workload.admitted_at)
     return max(times)  # RFC 3339 UTC timestamps, all in one format, compare as strings
 
 

@@ -12,7 +12,9 @@ the node ranks. Gang rules, in order:
    rank resumes from the newest complete checkpoint (no pod of the previous attempt still uploads).
 4. No Job of the current attempt (the first, or a creation that did not finish) -> the attempt's Job is created.
 5. Suspend: the Job's spec.suspend (the Job controller stops every pod: a checkpoint each; suspended pods count
-   as no failure); Suspended once no pod runs. Resume: spec.suspend false again, every rank starts anew.
+   as no failure); Suspended once no pod runs. Resume: spec.suspend false again, every rank starts anew. Under
+   Kueue (status/queue.py) through the attempt's Workload (one for the Indexed Job: every node admitted or none),
+   and Kueue's hold reads Queued (Pending) or Preempted/Deactivated (Suspended).
 6. The Job's pods cannot all be created (FailedCreate Events: quota, Pod Security, ...): Pending,
    PodCreationFailed; after the pod-creation timeout (the single-pod path's setting), Failed, PodCreationTimeout,
    and the Job is stopped (status/failures.py).
@@ -30,6 +32,7 @@ from lft_api.resource import Attempt
 
 from ..builders import stop_patch, suspend_patch
 from ..views import JobView, PodView
+from . import queue
 from .attempts import _ending, attempt_phase, describe, truncate
 from .decide import TERMINAL_PHASES, _not_accepted, _spec_changes, _succeeded
 from .draft import Draft
@@ -94,7 +97,15 @@ def decide_gang(obs: Observation) -> Decision:
         return _next_attempt(d, attempt)
     if obs.spec is not None and obs.spec.suspend:
         return _suspend(d, attempt, job)
-    resume = job.suspended and d.conds.true(SUSPENDED)  # only the operator's suspend (not Kueue's) is undone
+    if queue.resuming(d, job):  # under Kueue: the Workload set active again, the status stays Suspended till then
+        return _with(d)
+    # Only the operator's suspend (not Kueue's) is undone; under Kueue through the Workload (above).
+    resume = job.suspended and d.conds.true(SUSPENDED) and not queue.under_kueue(d, job)
+    held = queue.note_queue(d, job)  # one Workload for the attempt's Indexed Job: all nodes admitted, or none
+    if held is not None and held.state != queue.QUEUED_STATE:
+        queue.report(d, held, any(p.running for p in pods))
+        _record(d, attempt, None, "Pending")
+        return _with(d)
     if d.conds.true(SUSPENDED):
         d.event("Normal", Reason.RESUMED, "Resumed: every node resumes from the newest checkpoint.")
         d.conds.set(SUSPENDED, False, Reason.RESUMED)
@@ -102,6 +113,9 @@ def decide_gang(obs: Observation) -> Decision:
         d.conds.set(SUSPENDED, False, Reason.NOT_SUSPENDED)
     if resume:
         d.job_patches.append(suspend_patch(False))
+    if held is not None and not d.new.ready_nodes:
+        queue.report(d, held, False)
+        return _with(d)
     stuck = _uncreatable(d, job)
     if stuck is not None and stuck[1] is not None:
         return _creation_timed_out(d, attempt, job, stuck[1])
@@ -223,8 +237,8 @@ def _pending(d: Draft, reason: str, message: str) -> None:
 
 def _suspend(d: Draft, attempt: int, job: JobView) -> Decision:
     live = [p for p in d.obs.pods if not p.terminated]
-    if not job.suspended:
-        d.job_patches.append(suspend_patch(True))
+    queue.request_suspend(d, job)  # the Job's suspend, or under Kueue its Workload's spec.active
+    queue.note_queue(d, job, suspending=True)
     if not d.conds.true(SUSPENDED):
         d.event("Normal", Reason.SUSPENDED, "Suspend requested: every node saves a checkpoint and stops.")
     d.conds.set(SUCCEEDED, False, Reason.IN_PROGRESS)

@@ -79,6 +79,7 @@ class Observation:
     jobs: list[JobView] = field(default_factory=list)  # multi-node runs: every Job of the resource
     # Multi-node runs: by Job uid, the FailedCreate Events of the attempt's Job while pods of it are missing.
     node_pod_failures: dict[str, PodCreationFailure] = field(default_factory=dict)
+    kueue: bool = False  # the Kueue integration is on (settings.kueue): status/queue.py applies to queued Jobs
 
 
 @dataclass
@@ -91,6 +92,8 @@ class Decision:
     # Job), and the attempt whose Indexed Job to create.
     patch_attempt: int | None = None
     create_attempt: int | None = None
+    # Kueue (status/queue.py): merge patches of the run's Workload (spec.active), by Workload name.
+    workload_patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def owned_status(raw: dict[str, Any] | None) -> LoRAFineTuneStatus:

@@ -308,10 +308,12 @@ def test_default_images_are_the_ones_make_images_builds() -> None:
 
 
 RBAC_VARIANTS = [{}, HA_NAMESPACED, {"replicaCount": "1"},
-                 {"rbac.aggregateToDefaultRoles": "false", "watchNamespaces": "{team-a}"}]
+                 {"rbac.aggregateToDefaultRoles": "false", "watchNamespaces": "{team-a}"},
+                 {"kueue.enabled": "true"}, {"kueue.enabled": "true", "watchNamespaces": "{team-a}"}]
+RBAC_IDS = ["clusterwide", "namespaced-ha", "clusterwide-ha", "no-aggregation", "kueue", "kueue-namespaced"]
 
 
-@pytest.mark.parametrize("values", RBAC_VARIANTS, ids=["clusterwide", "namespaced-ha", "clusterwide-ha", "no-aggregation"])
+@pytest.mark.parametrize("values", RBAC_VARIANTS, ids=RBAC_IDS)
 def test_rbac_is_least_privilege(values: dict[str, str]) -> None:
     docs = render(values)
     # Every role the chart renders, the user-facing aggregated ones included: no wildcard, no Secrets.
@@ -346,7 +348,7 @@ def triples(rules: list[dict]) -> set[tuple[str, str, str]]:
 NAMESPACE_OBSERVATION = {("", "namespaces", "list"), ("", "namespaces", "watch")}
 
 
-@pytest.mark.parametrize("values", RBAC_VARIANTS, ids=["clusterwide", "namespaced-ha", "clusterwide-ha", "no-aggregation"])
+@pytest.mark.parametrize("values", RBAC_VARIANTS, ids=RBAC_IDS)
 def test_rbac_is_exactly_what_the_operator_uses(values: dict[str, str]) -> None:
     """The chart grants the operator exactly lft_operator.rbac's table, which tests/unit/test_operator_rbac.py
     checks against the calls in the code: a verb no code uses fails here."""
@@ -358,8 +360,24 @@ def test_rbac_is_exactly_what_the_operator_uses(values: dict[str, str]) -> None:
     if "watchNamespaces" not in values:
         needed -= NAMESPACE_OBSERVATION
     needed |= rbac.triples(rbac.LEASE_USES)
+    if values.get("kueue.enabled") == "true":  # the Kueue integration's rows, only when it is on
+        needed |= rbac.triples(rbac.KUEUE_USES)
     assert needed <= chart, f"the operator needs, the chart lacks: {sorted(needed - chart)}"
     assert chart <= needed, f"the chart grants, the operator does not use: {sorted(chart - needed)}"
+
+
+def test_kueue_integration_is_off_by_default_and_adds_its_env_and_workload_rules() -> None:
+    off = render()
+    assert env_of(off)["LFT_KUEUE"] == "false"
+    assert not granted(rules_of(off), "kueue.x-k8s.io", "workloads")
+    for values in ({"kueue.enabled": "true"}, {"kueue.enabled": "true", "watchNamespaces": "{team-a,team-b}"}):
+        on = render(values)
+        assert env_of(on)["LFT_KUEUE"] == "true"
+        # Read the Workloads of queued Jobs, patch spec.active (suspend under Kueue); never create or delete them.
+        assert granted(rules_of(on), "kueue.x-k8s.io", "workloads") == {"list", "watch", "patch"}
+        assert not {g for r in rules_of(on) for g in r["apiGroups"] if g.startswith("kueue")} - {"kueue.x-k8s.io"}
+    proc = helm("template", RELEASE, str(CHART), "--set", "kueue.enabled=yes-please", check=False)
+    assert proc.returncode != 0  # values.schema.json: a boolean
 
 
 def test_operator_may_create_the_trainer_role() -> None:

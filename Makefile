@@ -55,7 +55,7 @@ cluster-api: ## Start (or reuse) API-server-only mode (etcd + kube-apiserver + k
 cluster-down: s3-down ## Stop the local cluster and leave no processes behind
 	bash tests/cluster/down.sh
 
-kueue-up: venv cluster-up ## Install Kueue 0.17.0 (CRDs, webhooks; built from the Go module proxy) and start it on the host
+kueue-up: venv cluster-up ## Install Kueue 0.17.0 and start it on the host (then: LFT_KUEUE=1 make deploy; docs/kueue.md)
 	bash tests/cluster/kueue-up.sh
 
 kueue-down: ## Stop Kueue and remove its webhook configurations (its CRDs and objects stay)

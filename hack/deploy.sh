@@ -27,11 +27,14 @@ fi
 # LFT_WATCH_NAMESPACES=a,b limits the operator to those namespaces (default: all).
 watch=()
 [ -n "${LFT_WATCH_NAMESPACES:-}" ] && watch=(--set "watchNamespaces={$LFT_WATCH_NAMESPACES}")
+# LFT_KUEUE=1: the operator's Kueue integration (Kueue installed: tests/cluster/kueue-up.sh); else off.
+kueue=(--set kueue.enabled=false)
+[ "${LFT_KUEUE:-0}" = 1 ] && kueue=(--set kueue.enabled=true)
 # The chart's default policy is closed; it allows one more credentials Secret here, the MLflow one of the
 # e2e tracking scenario (tests/e2e/test_tracking.py).
 # The chart's default images are the ones `make images` builds (lft/operator:dev, lft/trainer:cpu);
 # pull policy Never: with no registry, a missing image fails at once (ErrImageNeverPull).
-"$BIN/helm" upgrade --install "$RELEASE" charts/lora-finetune-operator -n "$NS" --create-namespace "${watch[@]}" \
+"$BIN/helm" upgrade --install "$RELEASE" charts/lora-finetune-operator -n "$NS" --create-namespace "${watch[@]}" "${kueue[@]}" \
   --set image.pullPolicy=Never --set trainer.pullPolicy=Never \
   --set storage.endpoint="$LFT_S3_ENDPOINT" --set storage.secretName="$SECRET" \
   --set "policy.allowedStorageSecrets={mlflow-credentials}" \

@@ -151,6 +151,15 @@ def test_admitted_runs_as_today_and_the_admission_time_restarts_the_pod_creation
     assert waiting_since(Draft(observe(job=late, now=T3)), [], late) == T1  # queued T0..T1 is no pod-creation wait
 
 
+def test_a_finished_run_reads_finished_in_its_queue():
+    job = kjob(suspended=False, wl=workload(*ADMITTED, cluster_queue="cq"))
+    _, status = step(observe(job=job, pods=[running("p1", T1)], now=T1))
+    done = dataclasses.replace(job, complete=True)
+    _, status = step(observe(status=status, job=done, pods=[ended("p1", 0)], now=T2))
+    assert status["phase"] == "Succeeded" and status["queue"]["state"] == "Finished"
+    assert status["queue"]["display"] == "Finished (team-a)" and status["queue"]["clusterQueue"] == "cq"
+
+
 def test_preempted_by_kueue_reads_suspended_then_resumes_when_admitted_again():
     admitted = kjob(suspended=False, wl=workload(*ADMITTED, cluster_queue="cq"))
     _, status = step(observe(job=admitted, pods=[running("p1", T1)], now=T1))

@@ -49,6 +49,7 @@ def decide(obs: Observation) -> Decision:
     for rec in upd.started:
         d.event("Normal", Reason.STARTED, f"Attempt {attempt_no(upd, rec)} started (pod {rec['pod']}).")
 
+    queue.note_queue(d, job)  # status.queue (Kueue); Finished once the run is (Draft.final)
     final = _final_state(d, upd)
     if final is not None:
         return final

@@ -41,6 +41,9 @@ class Draft:
         if self.conds.true(SUSPENDED):
             self.conds.set(SUSPENDED, False, phase)
         self.phase(phase, message)
+        if self.new.queue is not None:  # Kueue: the run is over, whatever its Workload says yet
+            self.new.queue = self.new.queue.model_copy(update={"state": "Finished", "message": None,
+                                                               "display": f"Finished ({self.new.queue.name})"})
         job = self.obs.job
         self.new.completion_time = (job.completion_time if job is not None else None) or self.obs.now
         self.event("Normal" if succeeded else "Warning", event_reason or phase, message)

@@ -97,6 +97,10 @@ def format_status(obj: dict[str, Any]) -> str:
         lines.append(f"Eval loss:   {evals}")
     if metrics.perplexity is not None:
         lines.append(f"Perplexity:  {_num(metrics.perplexity)} (exp of the final eval loss)")
+    if isinstance(queue := status.get("queue"), dict) and queue.get("name"):  # Kueue
+        where = f", ClusterQueue {queue['clusterQueue']}" if queue.get("clusterQueue") else ""
+        lines.append(f"Queue:       {queue.get('state')} in LocalQueue {queue['name']}{where}"
+                     + (f" (Workload {queue['workload']})" if queue.get("workload") else ""))
     if status.get("attempts"):
         lines.append(f"Attempts:    {status['attempts']} ({status.get('failedAttempts', 0)} failed)")
     if status.get("adapter"):

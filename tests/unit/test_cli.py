@@ -47,6 +47,16 @@ def test_status_shows_phase_progress_eval_before_after_artifacts_and_conditions_
     assert conditions[2].endswith("Training completed.")
 
 
+def test_status_shows_the_kueue_queue() -> None:
+    queued = {"metadata": {"name": "x"}, "status": {"phase": "Pending", "queue": {
+        "name": "team-a", "state": "Queued", "workload": "job-x-trainer-1a2b3", "display": "Queued (team-a)"}}}
+    assert "Queue:       Queued in LocalQueue team-a (Workload job-x-trainer-1a2b3)" in render.format_status(queued)
+    admitted = {"metadata": {"name": "x"}, "status": {"queue": {"name": "team-a", "state": "Admitted",
+                                                                "clusterQueue": "gpus"}}}
+    assert "Queue:       Admitted in LocalQueue team-a, ClusterQueue gpus" in render.format_status(admitted)
+    assert "Queue:" not in render.format_status(FULL)
+
+
 def test_status_of_a_fresh_resource_and_a_change_computed_when_missing() -> None:
     assert "Phase:       Pending (not reconciled yet)" in render.format_status({"metadata": {"name": "x"}})
     worse = {"metadata": {"name": "x"}, "status": {"metrics": {"evalLoss": 2.0, "evalLossBefore": 1.5}}}

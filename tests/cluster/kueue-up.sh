@@ -75,10 +75,12 @@ else
   log "starting Kueue $KUEUE_VERSION (log: $KUEUE_LOG)"
   (
     close_inherited_fds
-    exec setsid "$KUEUE_BIN" --config="$KUEUE_CONFIG" --kubeconfig="$KUEUE_KUBECONFIG" \
+    # No job control: the background job is no process-group leader, setsid does not fork, $! is Kueue.
+    exec setsid nohup "$KUEUE_BIN" --config="$KUEUE_CONFIG" --kubeconfig="$KUEUE_KUBECONFIG" \
       --visibility-server-port="$KUEUE_VISIBILITY_PORT" --zap-log-level=2 </dev/null >>"$KUEUE_LOG" 2>&1
   ) &
   echo $! >"$KUEUE_PID_FILE"
+  sleep 0.5  # until setsid and nohup have exec'd Kueue (kueue_pid checks the binary)
 fi
 
 log "waiting for Kueue's webhook server and readiness (up to ${KUEUE_WAIT_SECONDS}s)"

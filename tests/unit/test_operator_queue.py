@@ -205,6 +205,7 @@ def test_the_users_suspend_goes_through_the_workload_never_the_job():
     assert d.workload_patches == [] and d.job_patches == []
     assert cond(status, "Suspended")["reason"] == Reason.RESUMED and cond(status, "Running")["reason"] == Reason.QUEUED
     assert status["phase"] == "Pending"
+    assert "back in the queue after its deactivation" in status["message"], status["message"]
 
 
 def test_a_workload_deactivated_by_someone_else_stays_so():
@@ -261,3 +262,67 @@ def test_a_preempted_multi_node_run_is_suspended_and_its_suspend_goes_through_th
     d = decide_gang(gang_observe({"attempts": 1, "phase": "Running"},
                                  gang_job(workload(*ADMITTED, cluster_queue="cq"), suspended=False), running_pods, s))
     assert d.job_patches == [] and d.workload_patches == [("job-run-trainer-3f2a1", kueue.active_patch(False))]
+
+
+# --- the glue: the index cache and the reconciler's Workload patch ------------------------------------
+
+
+def test_the_index_cache_hands_each_job_its_workload():
+    from lft_operator.handlers import IndexCache
+
+    cache = IndexCache()
+    job = kjob(wl=None)
+    cache.bind({("ns", "run"): [job]}, {}, {})
+    assert cache.jobs("ns", "run")[0].workload is None  # no Workload watch (integration off, or none seen yet)
+    wl = workload(PENDING_QUOTA)
+    cache.bind_workloads({"job-uid": [wl], "other-job": [workload(job_uid="other-job")]})
+    assert cache.jobs("ns", "run")[0].workload == wl
+
+
+def test_the_reconciler_patches_the_workload_for_the_users_suspend():
+    import asyncio
+
+    from lft_operator.reconcile import Reconciler
+
+    job = kjob(suspended=False, wl=workload(*ADMITTED, cluster_queue="cq"))
+    pod = PodView(name="run-trainer-x", uid="p1", created=T0, job_uid="job-uid", phase="Running", running=True)
+
+    class Cache:
+        def jobs(self, namespace, name):
+            return [dataclasses.replace(job, owner_uid="uid-1")]
+
+        def pods(self, namespace, name):
+            return [pod]
+
+        def outputs(self, namespace, root):
+            return []
+
+    class Kube:
+        def __init__(self) -> None:
+            self.merge_patches: list = []
+
+        async def merge_patch(self, path, patch):
+            self.merge_patches.append((path, patch))
+            return {}
+
+        async def json_patch(self, path, ops):
+            return {"metadata": {"uid": "uid-1"}, "status": {}}
+
+    kube = Kube()
+
+    async def run() -> None:
+        reconciler = Reconciler(kube=kube, settings=Settings(metrics_port=0, kueue=True), cache=Cache())  # type: ignore[arg-type]
+        reconciler._fresh[("ns", "run")] = {
+            "metadata": {"name": "run", "namespace": "ns", "uid": "uid-1", "generation": 2, "resourceVersion": "7"},
+            "spec": {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/run"},
+                     "queueName": "team-a", "suspend": True},
+            "status": {"phase": "Running", "jobName": "run-trainer", "observedGeneration": 1},
+        }
+        await reconciler.reconcile("ns", "run")
+        await reconciler.close()
+
+    asyncio.run(run())
+    workload_patches = [(p, b) for p, b in kube.merge_patches if "/workloads/" in p]
+    assert workload_patches == [("/apis/kueue.x-k8s.io/v1beta2/namespaces/ns/workloads/job-run-trainer-3f2a1",
+                                 {"spec": {"active": False}})]
+    assert not [b for p, b in kube.merge_patches if "/jobs/" in p and "suspend" in b.get("spec", {})]

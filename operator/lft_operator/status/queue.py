@@ -35,6 +35,7 @@ from .draft import Draft
 # Workload condition types and Evicted reasons (Kueue v0.17.0, apis/kueue/v1beta2).
 QUOTA_RESERVED, ADMITTED, EVICTED, PREEMPTED, FINISHED = "QuotaReserved", "Admitted", "Evicted", "Preempted", "Finished"
 EVICTED_BY_PREEMPTION = "Preempted"  # WorkloadEvictedByPreemption
+EVICTED_BY_DEACTIVATION = "Deactivated"  # WorkloadDeactivated: spec.active false
 # status.queue.state
 QUEUED_STATE, ADMITTED_STATE, PREEMPTED_STATE, DEACTIVATED_STATE, FINISHED_STATE = (
     "Queued", "Admitted", "Preempted", "Deactivated", "Finished")
@@ -90,7 +91,9 @@ def hold(job: JobView) -> Hold | None:
                     "the run resumes from the newest checkpoint once it is active again.")
     if wl.is_true(ADMITTED) and evicted is None:
         return None
-    if evicted is not None:
+    if evicted is not None and evicted.reason == EVICTED_BY_DEACTIVATION:  # active again (e.g. the run resumed)
+        why = "back in the queue after its deactivation" + (f"; {says}" if says and "deactivated" not in says else "")
+    elif evicted is not None:
         why = f"evicted by Kueue ({evicted.reason}: {truncate(evicted.message, 300)}), requeued" + (
             f"; {says}" if says else "")
     elif wl.is_true(QUOTA_RESERVED):

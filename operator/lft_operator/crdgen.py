@@ -70,8 +70,7 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
     {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts", "priority": 1},
-    # Multi-node runs: "ready/total". A column is one simple JSONPath (kubectl cannot join two fields), so the
-    # operator writes the pair pre-formatted; wide only: single-pod runs leave it empty.
+    # Multi-node runs "ready/total", Kueue "Queued (team-a)": one JSONPath per column, so pre-formatted; wide only.
     {"name": "Nodes", "type": "string", "jsonPath": ".status.nodesDisplay", "priority": 1},
     {"name": "Adapter", "type": "string", "jsonPath": ".status.adapter.uri", "priority": 1},
     {"name": "Queue", "type": "string", "jsonPath": ".status.queue.display", "priority": 1},

@@ -112,7 +112,7 @@ def _rules(node: dict[str, Any]) -> list[str]:
     for rule in node.get("x-kubernetes-validations", []):
         message = rule.get("message") or f"computed: `{rule.get('messageExpression', '')}`"
         where = rule.get("fieldPath", "")
-        lines.append(f"- {f'`{where}`: ' if where else ''}{_cell(message)}")
+        lines.append(f"- {f'`{where}`: ' if where else ''}{message}")
     return lines
 
 
@@ -129,9 +129,11 @@ def _table(path: str, obj: dict[str, Any], vendored: set[str], out: list[str], n
             anchor = _anchor(child_path + suffix)
             field = f"[`{name}`](#{anchor})" + (" (required)" if name in required else "")
             nested.append((child_path + suffix, sub))
+        description = child.get("description", "")
+        if sub is None:  # a leaf's own CEL rules; an object's are listed under its table
+            description += "".join(f" Rule: {line[2:]}" for line in _rules(child))
         rows.append(
-            f"| {field} | {_cell(_type(child, vendored))} | {_cell(_default(child))} | "
-            f"{_cell(child.get('description', ''))} |"
+            f"| {field} | {_cell(_type(child, vendored))} | {_cell(_default(child))} | {_cell(description)} |"
         )
     out.append(f"### {path}\n")
     description = obj.get("description")
@@ -141,7 +143,7 @@ def _table(path: str, obj: dict[str, Any], vendored: set[str], out: list[str], n
     rules = _rules(obj)
     if rules:
         out.append("Rules (CEL, checked by the API server at apply time):\n")
-        out.append("\n".join(rules) + "\n")
+        out.append("\n".join(_cell(rule) for rule in rules) + "\n")
 
 
 def _anchor(heading: str) -> str:

@@ -73,8 +73,9 @@ deploy: ## Install/upgrade the operator with the Helm chart into the local clust
 undeploy: ## Remove the operator installed by deploy (integration tests run their own)
 	bash hack/undeploy.sh
 
-crds: venv ## Regenerate crds/ and the chart's CRDs from the pydantic spec
+crds: venv ## Regenerate crds/, the chart's CRDs and docs/api.md from the pydantic spec
 	$(PY) -m lft_operator.crdgen --write
+	$(PY) -m lft_operator.apidocs --write
 
 CHART_OUT ?= _out/chart
 chart: ## Package the Helm chart (CRD included) as $(CHART_OUT)/lora-finetune-operator-<version>.tgz

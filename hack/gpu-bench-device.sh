@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run on the lent GPU machine (no registry there): install the carried wheels (.whl/, see README's GPU
+# Run on the lent GPU machine (no registry there): install the carried wheels (.whl/, see docs/performance.md's GPU
 # section) next to the machine's own CUDA torch, then run bench/gpu_phi3.py with the given cases.
 #   bash hack/gpu-bench-device.sh CASES BUDGET_SECONDS
 set -euo pipefail

@@ -30,6 +30,8 @@ on_cluster_failure() {
 suite lint -- "${PY%/python}/ruff" check api operator trainer_image cli tests bench
 
 source tests/cluster/lib/common.sh  # K8S_OLDEST_VERSION, K8S_NEWEST_VERSION, LFT_CACHE
+# The chart tests need helm (LFT_REQUIRE_TOOLS): on a fresh machine nothing has installed it yet.
+suite tools -- bash tests/cluster/install-tools.sh helm
 pytest_suite unit tests/unit
 
 # The oldest supported minor: the API-level suite (operator, CRD schema and CEL rules, chart, CLI, status

@@ -1,7 +1,7 @@
 """Condition types and reasons of a LoRAFineTune, as named constants.
 
 Every reason a user can read in `kubectl describe` (conditions and Events) is named here, so the
-operator, the trainer and the tests use one spelling, and the README's table has one source.
+operator, the trainer and the tests use one spelling, and the reasons table of docs/status.md has one source.
 """
 
 from __future__ import annotations

@@ -228,7 +228,8 @@ class Performance(WireModel):
     compiled: Optional[bool] = None
     oom_backoffs: int = Field(default=0, description="Times the micro-batch was halved after running out of memory.")
     choices: list[str] = Field(default_factory=list, description="Why each setting was chosen.")
-    flops_per_token: Optional[float] = Field(default=None, description="Model FLOPs per trained token (see README).")
+    flops_per_token: Optional[float] = Field(
+        default=None, description="Model FLOPs per trained token (see docs/performance.md).")
     tokens_per_second: Optional[float] = None
     tflops: Optional[float] = Field(default=None, description="Achieved model TFLOP/s.")
     mfu_percent: Optional[float] = Field(

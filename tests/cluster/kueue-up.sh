@@ -54,6 +54,11 @@ if [[ ! -f $KUEUE_CERT_DIR/tls.crt || ! -f $KUEUE_CERT_DIR/tls.key || ! -f $KUEU
       -set_serial "0x$(openssl rand -hex 12)" -extfile "$ext" -out "$KUEUE_CERT_DIR/tls.crt" 2>/dev/null
   rm -f "$ext"
 fi
+# Without internal cert management Kueue 0.17.0 reads its metrics server's certificate from a fixed path
+# (cmd/kueue/main.go: /etc/kueue/metrics/certs) and exits when it is missing: the same serving certificate.
+install -d -m 0755 "$KUEUE_METRICS_CERT_DIR"
+install -m 0644 "$KUEUE_CERT_DIR/tls.crt" "$KUEUE_METRICS_CERT_DIR/tls.crt"
+install -m 0600 "$KUEUE_CERT_DIR/tls.key" "$KUEUE_METRICS_CERT_DIR/tls.key"
 ca_bundle=$(base64 -w0 <"$KUEUE_CERT_DIR/ca.crt")
 url=https://127.0.0.1:$KUEUE_WEBHOOK_PORT
 
@@ -77,7 +82,8 @@ else
     close_inherited_fds
     # No job control: the background job is no process-group leader, setsid does not fork, $! is Kueue.
     exec setsid nohup "$KUEUE_BIN" --config="$KUEUE_CONFIG" --kubeconfig="$KUEUE_KUBECONFIG" \
-      --visibility-server-port="$KUEUE_VISIBILITY_PORT" --zap-log-level=2 </dev/null >>"$KUEUE_LOG" 2>&1
+      --visibility-server-port="$KUEUE_VISIBILITY_PORT" --feature-gates=VisibilityOnDemand=false \
+      --zap-log-level=2 </dev/null >>"$KUEUE_LOG" 2>&1
   ) &
   echo $! >"$KUEUE_PID_FILE"
   sleep 0.5  # until setsid and nohup have exec'd Kueue (kueue_pid checks the binary)

@@ -7,6 +7,7 @@ KUEUE_BIN=$LFT_CACHE/kueue/$KUEUE_VERSION/kueue
 KUEUE_MODULE=$LFT_CACHE/gomod/sigs.k8s.io/kueue@v$KUEUE_VERSION
 KUEUE_DIR=$CLUSTER_DIR/kueue
 KUEUE_CERT_DIR=$KUEUE_DIR/certs
+KUEUE_METRICS_CERT_DIR=/etc/kueue/metrics/certs  # fixed in Kueue 0.17.0 (cmd/kueue/main.go)
 KUEUE_CONFIG=$KUEUE_DIR/config.yaml
 KUEUE_KUBECONFIG=${KUEUE_KUBECONFIG:-$KUBECONFIG_PATH}  # cluster-admin
 KUEUE_PID_FILE=$RUN_DIR/kueue.pid

@@ -154,7 +154,8 @@ def test_higher_priority_preempts_lower_which_resumes_from_its_checkpoint(kube, 
     low, high = queues.priority("lft-e2e-low", 100), queues.priority("lft-e2e-high", 1000)
     kube.apply(run(namespace, "low", s3_endpoint, local, steps=400, every=20, priority=low), namespace)
     wait_checkpoint(kube, namespace, "low", timeout=300)
-    kube.apply(run(namespace, "high", s3_endpoint, local, steps=40, priority=high), namespace)
+    # Long enough that the low run is still waiting when it is checked (40 steps ended before its pod did).
+    kube.apply(run(namespace, "high", s3_endpoint, local, steps=300, priority=high), namespace)
 
     def preempted():
         obj = kube.lft(namespace, "low")
@@ -167,8 +168,10 @@ def test_higher_priority_preempts_lower_which_resumes_from_its_checkpoint(kube, 
     kube.wait_for("low's trainer pod gone", lambda: not [
         p for p in kube.pods(namespace, "low") if p["status"].get("phase") in ("Pending", "Running")
         and not p["metadata"].get("deletionTimestamp")], 180)
-    assert kube.lft(namespace, "low")["status"]["phase"] == "Suspended"
-    assert kube.lft(namespace, "low")["status"]["queue"]["state"] == "Preempted"
+    # The operator sees the pod gone a moment after the API server does (its watch).
+    obj = kube.wait_for("low Suspended", lambda: (lambda o: o if o["status"]["phase"] == "Suspended" else None)(
+        kube.lft(namespace, "low")), 30)
+    assert obj["status"]["queue"]["state"] == "Preempted"
 
     wait_phase(kube, namespace, "high", "Succeeded", 300)
     done = wait_phase(kube, namespace, "low", "Succeeded", 600)

@@ -207,7 +207,7 @@ class TrainingSpec(SpecModel):
         description=(
             "auto: on a GPU, size the micro-batch and gradient checkpointing from the memory estimate, use "
             "fused kernels and a variable-length attention kernel for packed rows when available, and halve the "
-            "micro-batch on an out-of-memory error in the first step (keeping the effective batch). Explicit "
+            "micro-batch on an out-of-memory error within the first 10 steps (keeping the effective batch). Explicit "
             "fields always win; every choice is written to status.performance and the summary. off: the fields "
             "as given, defaults for the unset ones."
         ),

@@ -21,7 +21,8 @@ every cluster, so that is what the pods get.
 
 Every attempt's Job is built from the spec the run started with (run_spec: the Service, created with the first
 attempt, keeps it in its applied-spec annotation), as the single-pod path's one Job is, and as the trainer's
-ConfigMap (written once) is: a spec changed later is reported (SpecChangeIgnored), not half applied.
+ConfigMap (written once) is: the CRD refuses a spec change after the start at apply time; one that got in
+under an older CRD is reported (SpecChangeIgnored), not half applied.
 
 The rendezvous port, and the ports gloo and NCCL open between ranks (ephemeral ones), listen on the pod network:
 a NetworkPolicy `<run>-trainer` (network_policy, created with the Service, owned the same way) admits ingress to

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from lft_api.resource import LoRAFineTuneSpec
 from lft_operator import builders, multinode
 from lft_operator.settings import Settings
 from tests.support.kube import ApiError, Kube
+from tests.support.operator import make_spec
 from tests.support.pod_security import restricted_violations
 
 pytestmark = pytest.mark.integration
@@ -29,17 +29,6 @@ ENFORCE = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
-
-
-def _spec(**overrides: Any) -> LoRAFineTuneSpec:
-    raw = {
-        "model": {"name": "/opt/lft/models/tiny-phi3"},
-        "dataset": {"uri": "s3://data/chat.jsonl"},
-        "output": {"uri": "s3://out/phi3-chat"},
-        "storageSecretRef": {"name": "s3-creds"},
-    }
-    raw.update(overrides)
-    return LoRAFineTuneSpec.model_validate(raw)
 
 
 def _pod(job: dict[str, Any], namespace: str) -> dict[str, Any]:
@@ -71,12 +60,12 @@ def restricted(kube: Kube, namespace: str) -> str:
 
 def _single(namespace: str) -> dict[str, Any]:
     owner = builders.Owner(name="psa", namespace=namespace, uid="1111-2222")
-    return _pod(builders.job(owner, _spec(), SETTINGS), namespace)
+    return _pod(builders.job(owner, make_spec(), SETTINGS), namespace)
 
 
 def _multinode(namespace: str) -> dict[str, Any]:
     owner = builders.Owner(name="psa-multi", namespace=namespace, uid="1111-2222")
-    spec = _spec(training={"nodes": 2})
+    spec = make_spec(training={"nodes": 2})
     return _pod(multinode.job(owner, spec, SETTINGS, attempt=1, master_addr="10.96.0.10"), namespace)
 
 

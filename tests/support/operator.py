@@ -10,7 +10,20 @@ from pathlib import Path
 import yaml
 
 from lft_api.contract import AdapterRef, FileDigest, Metrics, TerminationMessage
+from lft_api.resource import LoRAFineTuneSpec
 from tests.support.kube import FAKE_NODE, Kube
+
+
+def make_spec(**overrides) -> LoRAFineTuneSpec:
+    """A parsed spec for the pure builders (unit tests, and the Pod Security tests that send what they build)."""
+    raw = {
+        "model": {"name": "/opt/lft/models/tiny-phi3"},
+        "dataset": {"uri": "s3://data/chat.jsonl"},
+        "output": {"uri": "s3://out/phi3-chat"},
+        "storageSecretRef": {"name": "s3-creds"},
+    }
+    raw.update(overrides)
+    return LoRAFineTuneSpec.model_validate(raw)
 
 
 def spec(**overrides) -> dict:

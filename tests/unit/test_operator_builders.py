@@ -11,20 +11,10 @@ from lft_api.resource import LoRAFineTuneSpec
 from lft_api.spec import TrainerConfig
 from lft_operator import builders
 from lft_operator.settings import Settings
+from tests.support.operator import make_spec
 
 OWNER = builders.Owner(name="phi3-chat", namespace="team-a", uid="1111-2222")
 SETTINGS = Settings(trainer_image="lft/trainer:test", default_storage_endpoint="http://minio.storage:9000")
-
-
-def make_spec(**overrides) -> LoRAFineTuneSpec:
-    raw = {
-        "model": {"name": "/opt/lft/models/tiny-phi3"},
-        "dataset": {"uri": "s3://data/chat.jsonl"},
-        "output": {"uri": "s3://out/phi3-chat"},
-        "storageSecretRef": {"name": "s3-creds"},
-    }
-    raw.update(overrides)
-    return LoRAFineTuneSpec.model_validate(raw)
 
 
 def _container(job: dict) -> dict:

@@ -13,6 +13,9 @@ after the other e2e scenarios (which ignore it); without Kueue it skips, or fail
    the queue label; the operator reads it back).
 
 Each run asks for half a CPU and 2Gi (the node has 2 cores); the ClusterQueues count cpu and memory.
+
+The scenarios print the latencies a user meets ("kueue timing: ..."), from the API server's own timestamps (one
+second resolution): apply to Queued, apply to admission, quota freed to admission, and preemption to running again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 
 import pytest
 
@@ -117,6 +121,38 @@ def queued(kube, namespace: str, name: str, timeout: float = 90) -> dict:
     return kube.wait_for(f"{name} Queued", check, timeout)
 
 
+def at(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def since(start: str, end: str) -> float:
+    return (at(end) - at(start)).total_seconds()
+
+
+def workload_of(kube, namespace: str, name: str) -> dict:
+    """The run's Workload: Kueue's, owned by the run's Job."""
+    for wl in workloads(kube, namespace):
+        if any(o["name"].startswith(f"{name}-trainer") for o in wl["metadata"].get("ownerReferences", [])):
+            return wl
+    raise AssertionError(f"no Workload of {name} in {namespace}")
+
+
+def first_event(kube, namespace: str, name: str, reason: str) -> str:
+    stamps = [e.get("firstTimestamp") or e["eventTime"] for e in kube.events(namespace, name) if e["reason"] == reason]
+    assert stamps, f"no {reason} event for {name}"
+    return min(stamps, key=at)
+
+
+@pytest.fixture
+def timing(capsys, request) -> Callable[..., None]:
+    """Print a measured latency (or count) into the test log, past pytest's capture."""
+    def report(what: str, value: float, unit: str = "s") -> None:
+        assert value >= 0, (what, value)
+        with capsys.disabled():
+            print(f"\nkueue timing [{request.node.name}]: {what}: {value:.0f} {unit}", flush=True)
+    return report
+
+
 def started_pods(kube, namespace: str, name: str) -> list[str]:
     return [p["metadata"]["name"] for p in kube.pods(namespace, name)]
 
@@ -125,7 +161,7 @@ def workloads(kube, namespace: str) -> list[dict]:
     return kube.json("get", "workloads.v1beta2.kueue.x-k8s.io", "-n", namespace)["items"]
 
 
-def test_second_run_queued_on_quota_then_both_succeed(kube, s3, s3_endpoint, namespace, queues):
+def test_second_run_queued_on_quota_then_both_succeed(kube, s3, s3_endpoint, namespace, queues, timing):
     local = queues(cluster_queue("lft-e2e-one"))
     kube.apply(run(namespace, "first", s3_endpoint, local, steps=120), namespace)
     wait_phase(kube, namespace, "first", "Running", 180)
@@ -148,8 +184,17 @@ def test_second_run_queued_on_quota_then_both_succeed(kube, s3, s3_endpoint, nam
     assert second["status"]["attempts"] == 1 and second["status"]["queue"]["state"] in ("Admitted", "Finished")
     assert "Queued" in {e["reason"] for e in kube.events(namespace, "second")}
 
+    created = {n: o["metadata"]["creationTimestamp"] for n, o in (("first", first), ("second", second))}
+    admitted = {n: condition(workload_of(kube, namespace, n), "Admitted")["lastTransitionTime"] for n in created}
+    timing("apply to admission, quota free", since(created["first"], admitted["first"]))
+    timing("apply to Queued in the status, quota taken", since(created["second"], first_event(
+        kube, namespace, "second", "Queued")))
+    timing("quota freed (first run complete) to admission of the queued run",
+           since(first["status"]["completionTime"], admitted["second"]))
 
-def test_higher_priority_preempts_lower_which_resumes_from_its_checkpoint(kube, s3, s3_endpoint, namespace, queues):
+
+def test_higher_priority_preempts_lower_which_resumes_from_its_checkpoint(kube, s3, s3_endpoint, namespace, queues,
+                                                                         timing):
     local = queues(cluster_queue("lft-e2e-prio", preemption=True))
     low, high = queues.priority("lft-e2e-low", 100), queues.priority("lft-e2e-high", 1000)
     kube.apply(run(namespace, "low", s3_endpoint, local, steps=400, every=20, priority=low), namespace)
@@ -164,6 +209,7 @@ def test_higher_priority_preempts_lower_which_resumes_from_its_checkpoint(kube, 
 
     obj = kube.wait_for("low Preempted", preempted, 180)
     at_preemption = obj["status"].get("latestCheckpoint", {}).get("step", 0)
+    step_at_preemption = obj["status"].get("progress", {}).get("step", 0)
     assert "Preempted by Kueue" in condition(obj, "Suspended")["message"], condition(obj, "Suspended")
     kube.wait_for("low's trainer pod gone", lambda: not [
         p for p in kube.pods(namespace, "low") if p["status"].get("phase") in ("Pending", "Running")
@@ -173,7 +219,9 @@ def test_higher_priority_preempts_lower_which_resumes_from_its_checkpoint(kube, 
         kube.lft(namespace, "low")), 30)
     assert obj["status"]["queue"]["state"] == "Preempted"
 
-    wait_phase(kube, namespace, "high", "Succeeded", 300)
+    high_done = wait_phase(kube, namespace, "high", "Succeeded", 300)
+    low_again = kube.wait_for("low Running again", lambda: (lambda o: o if condition(o, "Running").get(
+        "reason") == "TrainerRunning" else None)(kube.lft(namespace, "low")), 300)
     done = wait_phase(kube, namespace, "low", "Succeeded", 600)
     assert done["status"]["progress"]["step"] == 400
     resumed = summary(s3, namespace, "low").get("resumedFromStep")
@@ -182,6 +230,17 @@ def test_higher_priority_preempts_lower_which_resumes_from_its_checkpoint(kube, 
     reasons = {e["reason"] for e in kube.events(namespace, "low")}
     assert {"Preempted", "Resumed"} <= reasons, reasons
     assert done["status"]["failedAttempts"] == 0, done["status"].get("attemptHistory")  # preemption is no failure
+
+    high_created = kube.lft(namespace, "high")["metadata"]["creationTimestamp"]
+    readmitted = condition(workload_of(kube, namespace, "low"), "Admitted")["lastTransitionTime"]
+    timing("high-priority apply to Preempted in the low run's status", since(high_created, first_event(
+        kube, namespace, "low", "Preempted")))
+    timing("quota freed (high run complete) to readmission of the low run",
+           since(high_done["status"]["completionTime"], readmitted))
+    timing("readmission to the low run's trainer running again",
+           since(readmitted, condition(low_again, "Running")["lastTransitionTime"]))
+    timing(f"steps lost to preemption (step {step_at_preemption}, resumed from {resumed})",
+           max(step_at_preemption - resumed, 0), "steps")
 
 
 def test_two_node_run_under_quota_for_one_pod_stays_wholly_queued(kube, s3, s3_endpoint, namespace, queues):

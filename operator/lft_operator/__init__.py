@@ -5,15 +5,19 @@ Modules, in the order data flows through them:
 - lft_api        (not here: api/lft_api, shared with the trainer) spec, status, contract, conditions
 - crdgen.py      the CRD, generated from lft_api.resource (`python -m lft_operator.crdgen --write|--check`)
 - handlers.py    kopf wiring: watches of LoRAFineTunes, their Jobs and pods trigger the reconciler
-- reconcile.py   one reconcile: read, validate, create children, decide, write status, post Events
+- reconcile.py   the Reconciler: triggers into the work queue; the reconcile of a single-pod run (read,
+                 validate, create the Job, decide); build_reconciler wires its queue and Event poster
+- children.py    what both run paths act through (RunChildren): create or adopt a child and its companions,
+                 FailedCreate lookups, output claims, the trusted status, apply a decision (patches, Events)
 - validation.py  what the schema cannot say (unknown fields, QLoRA needs a GPU, mounts need volumes) (pure)
 - ownership.py   one live run per output prefix of a namespace, accepted runs first: OutputInUse
                  (claims come from a kopf index)
 - builders.py    ConfigMap, ServiceAccount, Role, RoleBinding and Job manifests (pure); job_policy.py the
                  Job's podFailurePolicy and its suspend, stop and runPolicy patches (pure)
 - status/        phase, conditions, attempts, Events and Job patches from what was observed (pure):
-                 the LoRAFineTuneStatus model built by rules (decide.py), failures outside the
-                 trainer (failures.py: refused Jobs, uncreatable pods, checkpoint health)
+                 the LoRAFineTuneStatus model built by rules (decide.py: single-pod, gang.py: multi-node,
+                 rules.py: what both apply), failures outside the trainer (failures.py: refused Jobs,
+                 uncreatable pods, checkpoint health), Kueue's hold (queue.py)
 - views.py       the few fields of Jobs and pods the status logic reads (pure)
 - events.py      Kubernetes Events, posted in the background
 - kube.py        a small async REST client (aiohttp, credentials from the official client's loaders);
@@ -21,8 +25,9 @@ Modules, in the order data flows through them:
 - workqueue.py   per-resource coalescing queue with retry backoff
 - multinode.py   a multi-node run's objects: one Indexed Job per attempt, the Service, its NetworkPolicy,
                  the env of torchrun (pure)
-- gang_reconcile.py  the reconcile of a multi-node run: the attempt's Job and pods, the next attempt
-                 once the Job controller ended a failed one (status/gang.py decides, pure)
+- gang_reconcile.py  the reconcile of a multi-node run, reconcile.py's peer over children.py: the attempt's
+                 Job and pods, the next attempt once the Job controller ended a failed one (status/gang.py)
+- kueue.py, kueue_handlers.py  Kueue's Workloads: watched into the cache, spec.active patched
 - policy.py      the admin policy a podTemplate must satisfy (pure)
 - kopf_workarounds.py  two kopf 1.45 defects that left the operator blind (namespaces), patched at start
 - leader.py      high availability: leader election on a coordination.k8s.io/v1 Lease; only the

@@ -20,8 +20,8 @@ from .job_policy import (  # noqa: F401  (re-exported: the Job's policies are bu
     INVALID_INPUT_RULE,
     POD_FAILURE_POLICY_REASON,
     RUN_POLICY_ANNOTATION,
-    _run_policy_json,
     pod_failure_policy,
+    run_policy_json,
     run_policy_patch,
     stop_patch,
     suspend_patch,
@@ -86,7 +86,7 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
     }
 
 
-def _metadata(owner: Owner, name: str, **extra: Any) -> dict[str, Any]:
+def child_metadata(owner: Owner, name: str, **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": owner.namespace,
@@ -113,7 +113,7 @@ def config_map(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(owner, config_map_name(owner.name)),
+        "metadata": child_metadata(owner, config_map_name(owner.name)),
         "data": {CONFIG_FILE: json.dumps(trainer_config(spec, settings), indent=2, sort_keys=True),
                  contract.CONFIG_OWNER_FILE: owner.uid},
     }
@@ -123,7 +123,7 @@ def service_account(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _metadata(owner, child_name(owner.name)),
+        "metadata": child_metadata(owner, child_name(owner.name)),
     }
 
 
@@ -133,7 +133,7 @@ def trainer_role(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _metadata(owner, child_name(owner.name)),
+        "metadata": child_metadata(owner, child_name(owner.name)),
         "rules": [
             {
                 "apiGroups": [contract.API_GROUP],
@@ -153,7 +153,7 @@ def role_binding(owner: Owner, spec: LoRAFineTuneSpec) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _metadata(owner, child_name(owner.name)),
+        "metadata": child_metadata(owner, child_name(owner.name)),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": child_name(owner.name)},
         "subjects": [
             {"kind": "ServiceAccount", "name": effective_service_account(owner, spec), "namespace": owner.namespace}
@@ -412,12 +412,12 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings) -> dict[str, A
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(
+        "metadata": child_metadata(
             owner,
             child_name(owner.name),
             annotations={
                 APPLIED_SPEC_ANNOTATION: json.dumps(applied, sort_keys=True, separators=(",", ":")),
-                RUN_POLICY_ANNOTATION: _run_policy_json(spec),
+                RUN_POLICY_ANNOTATION: run_policy_json(spec),
             },
         )
         | {"labels": job_labels},

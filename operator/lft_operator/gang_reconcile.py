@@ -1,25 +1,25 @@
 """The reconcile of a multi-node run (training.nodes > 1): observe the attempts' Indexed Jobs and their pods,
 decide (status/gang.py, pure), act (create the Service, its NetworkPolicy and the attempt's Job; patch the Job:
 suspend, resume, stop; write the status). The Job controller stops the pods of a failed attempt; no Job is
-deleted (each keeps its pods' logs until its ttlSecondsAfterFinished). The single-pod path (reconcile.py) is
-not involved.
+deleted (each keeps its pods' logs until its ttlSecondsAfterFinished). The single-pod path (reconcile.py) is its
+peer: both act through RunChildren (children.py).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from lft_api.resource import LoRAFineTuneSpec
 
 from . import builders, metrics, multinode
 from .builders import Owner
+from .children import RetryLater, RunChildren
 from .kube import ApiError, group_path
 from .status import TERMINAL_PHASES, Observation, PodCreationFailure, classify_create_error
 from .status.gang import current_attempt, decide_gang
 from .validation import validate_resource
 from .views import JobView, controller_uid
-
-if TYPE_CHECKING:
-    from .reconcile import Reconciler
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def requested(body: dict[str, Any], status: dict[str, Any], jobs: list[JobView])
     return isinstance(nodes, int) and nodes > 1
 
 
-async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
+async def reconcile_gang(r: RunChildren, body: dict[str, Any]) -> None:
     owner = Owner.from_body(body)
     trust = r.trusted(body, owner)  # trainer writes of operator fields reverted, another UID's removed
     status = trust.status
@@ -58,7 +58,7 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
                       stale=trust.stale, foreign=trust.foreign, kueue=r.settings.kueue,
                       pod_creation_timeout=r.settings.pod_creation_timeout_seconds)
     if spec is not None and not problems and not status.get("attempts") and not jobs:
-        obs.problems = r._output_problems(body, spec)
+        obs.problems = r.output_problems(body, spec)
     if status.get("phase") not in TERMINAL_PHASES:
         obs.node_pod_failures = await _node_pod_failures(r, owner, obs)
     decision = decide_gang(obs)
@@ -76,46 +76,44 @@ async def reconcile_gang(r: Reconciler, body: dict[str, Any]) -> None:
             logger.warning("creating the Jobs of %s/%s refused: %s", owner.namespace, owner.name, e)
             decision.status["message"] = decision.patch["message"] = f"{error.message} (retrying)"
             r.queue.add_after((owner.namespace, owner.name), 10.0)
-    await r._apply(body, decision)
+    await r.apply(body, decision)
 
 
-async def _node_pod_failures(r: Reconciler, owner: Owner, obs: Observation) -> dict[str, PodCreationFailure]:
+async def _node_pod_failures(r: RunChildren, owner: Owner, obs: Observation) -> dict[str, PodCreationFailure]:
     """By Job uid: the FailedCreate Events of the current attempt's Job while pods of it are missing (as the
-    single-pod path looks them up, reconcile._pod_failure)."""
+    single-pod path looks them up, RunChildren.pod_failure)."""
     attempt, found = current_attempt(obs), {}
     for job in obs.jobs:
         if job.attempt == attempt and not job.deleting:
-            failure = await r._pod_failure(owner, job, [p for p in obs.pods if p.job_uid == job.uid], obs.now)
+            failure = await r.pod_failure(owner, job, [p for p in obs.pods if p.job_uid == job.uid], obs.now)
             if failure is not None:
                 found[job.uid] = failure
     return found
 
 
-async def _patch_job(r: Reconciler, owner: Owner, attempt: int, patch: dict[str, Any]) -> None:
+async def _patch_job(r: RunChildren, owner: Owner, attempt: int, patch: dict[str, Any]) -> None:
     await r.kube.merge_patch(group_path("batch", "v1", owner.namespace, "jobs", multinode.job_name(owner.name, attempt)),
                              patch)
     logger.info("patched Job %s/%s: %s", owner.namespace, multinode.job_name(owner.name, attempt), patch["spec"])
 
 
-async def _create_attempt(r: Reconciler, owner: Owner, spec: Any, attempt: int, nodes: int | None) -> None:
+async def _create_attempt(r: RunChildren, owner: Owner, spec: LoRAFineTuneSpec, attempt: int, nodes: int | None) -> None:
     """The Service (which keeps the spec the run started with: multinode.run_spec) and the NetworkPolicy that keeps
     its rendezvous to the run's own pods, the ServiceAccount, the companions, then the attempt's Indexed Job of
     the run's `nodes` pods (idempotent). The NetworkPolicy comes before any Job: no pod of the run listens
     unprotected."""
-    from .reconcile import RetryLater
-
-    service, _ = await r._create(multinode.service(owner, spec))
-    await r._create(multinode.network_policy(owner))  # a run started by an earlier version gets it here too
+    service, _ = await r.create_or_adopt(multinode.service(owner, spec))
+    await r.create_or_adopt(multinode.network_policy(owner))  # a run started by an earlier version gets it here too
     spec = multinode.run_spec(service, spec, nodes)
     if spec.pod_template.service_account_name is None:
-        await r._create(builders.service_account(owner))
-    await r._ensure_companions(owner, spec, with_service_account=False)
+        await r.create_or_adopt(builders.service_account(owner))
+    await r.ensure_companions(owner, spec, with_service_account=False)
     service_ip = (service.get("spec") or {}).get("clusterIP")
     if not service_ip or service_ip == "None":
         # A Service left from an earlier operator version (headless): replaced by the garbage collector only
         # with its owner, so say so rather than start ranks that cannot find their master.
         raise RetryLater(f"Service {service['metadata']['name']} has no cluster IP: delete it to have it recreated")
-    body, created = await r._create(multinode.job(owner, spec, r.settings, attempt=attempt, master_addr=service_ip))
+    body, created = await r.create_or_adopt(multinode.job(owner, spec, r.settings, attempt=attempt, master_addr=service_ip))
     view = JobView.from_job(body)
     if controller_uid(body["metadata"]) != owner.uid or view.attempt != attempt:
         raise RetryLater(f"Job {view.name} of an earlier namesake is being deleted")

@@ -29,7 +29,7 @@ from . import leader, metrics
 from .builders import NAME_LABEL
 from .kube import Kube
 from .ownership import OutputClaim, Standing, uri_root
-from .reconcile import Reconciler
+from .reconcile import Reconciler, build_reconciler
 from .settings import Settings
 from .views import JobView, PodView
 
@@ -96,7 +96,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.elector = leader.elector(config, Kube.from_environment(connections=2)) if config.leader_election else None
     gate = memo.elector.is_leader if memo.elector is not None else None
     memo.kube = Kube.from_environment(connections=max(4, config.api_workers * 2), write_gate=gate)
-    memo.reconciler = Reconciler(memo.kube, config, memo.cache)
+    memo.reconciler = build_reconciler(memo.kube, config, memo.cache)
     metrics.serve(config.metrics_port)
     # Reconcile everything now and then; adds to the queue are dropped while this replica stands by.
     memo.resync = asyncio.get_running_loop().create_task(memo.reconciler.resync_forever(), name="resync")
@@ -136,22 +136,22 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # hop per watch event that cost about 20% of the operator's CPU in bench/operator_scale.py.
 @kopf.index("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT})
 async def lft_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels[NAME_LABEL]): JobView.from_job(_raw(body))}
+    return {(namespace, labels[NAME_LABEL]): JobView.from_job(raw_body(body))}
 
 
 @kopf.index("v1", "pods", labels={NAME_LABEL: kopf.PRESENT})
 async def lft_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels[NAME_LABEL]): PodView.from_pod(_raw(body))}
+    return {(namespace, labels[NAME_LABEL]): PodView.from_pod(raw_body(body))}
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
 async def lft_outputs(body: kopf.Body, **_: Any) -> dict:
     # By namespace: a claim never counts against, nor names to, another namespace's resources.
-    claim = OutputClaim.from_body(_raw(body))
+    claim = OutputClaim.from_body(raw_body(body))
     return {(claim.namespace, uri_root(claim.uri)): claim} if claim is not None else {}
 
 
-def _raw(body: kopf.Body) -> dict[str, Any]:
+def raw_body(body: kopf.Body) -> dict[str, Any]:
     """The object as a plain dict (kopf's views are read-only proxies)."""
     raw = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body.metadata)}
     for key in ("spec", "status"):
@@ -174,7 +174,7 @@ async def lft_event(
     **_: Any,
 ) -> None:
     memo.cache.bind(lft_jobs, lft_pods, lft_outputs)
-    raw = _raw(body)
+    raw = raw_body(body)
     deleted = event.get("type") == "DELETED"
     if deleted:
         memo.reconciler.forget(namespace, name)
@@ -198,7 +198,7 @@ async def job_event(
     **_: Any,
 ) -> None:
     memo.cache.bind(lft_jobs, lft_pods, lft_outputs)
-    view = None if event.get("type") == "DELETED" else JobView.from_job(_raw(body))
+    view = None if event.get("type") == "DELETED" else JobView.from_job(raw_body(body))
     memo.reconciler.on_child(namespace, labels[NAME_LABEL], body.metadata.uid, view)
 
 
@@ -215,5 +215,5 @@ async def pod_event(
     **_: Any,
 ) -> None:
     memo.cache.bind(lft_jobs, lft_pods, lft_outputs)
-    view = None if event.get("type") == "DELETED" else PodView.from_pod(_raw(body))
+    view = None if event.get("type") == "DELETED" else PodView.from_pod(raw_body(body))
     memo.reconciler.on_child(namespace, labels[NAME_LABEL], body.metadata.uid, view)

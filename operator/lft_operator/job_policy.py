@@ -31,7 +31,7 @@ def pod_failure_policy() -> dict[str, Any]:
     return {"rules": [dict(INVALID_INPUT_RULE), dict(DISRUPTION_RULE)]}
 
 
-def _run_policy_json(spec: LoRAFineTuneSpec) -> str:
+def run_policy_json(spec: LoRAFineTuneSpec) -> str:
     return json.dumps(spec.run_policy.to_wire(), sort_keys=True, separators=(",", ":"))
 
 
@@ -42,7 +42,7 @@ def run_policy_patch(spec: LoRAFineTuneSpec, applied: str | None) -> dict[str, A
     Compared with the annotation, not the Job's fields: what the API server defaults or drops must not
     cause a patch loop.
     """
-    wanted = _run_policy_json(spec)
+    wanted = run_policy_json(spec)
     if applied == wanted:
         return None
     policy = spec.run_policy

@@ -11,13 +11,13 @@ import kopf
 
 from . import kueue
 from .builders import NAME_LABEL
-from .handlers import _raw
+from .handlers import raw_body
 from .views import WorkloadView
 
 
 @kopf.index(kueue.GROUP, kueue.VERSION, kueue.PLURAL)
 async def lft_workloads(body: kopf.Body, **_: Any) -> dict:
-    view = WorkloadView.from_workload(_raw(body))
+    view = WorkloadView.from_workload(raw_body(body))
     return {view.job_uid: view} if view.job_uid else {}
 
 
@@ -31,7 +31,7 @@ async def lft_job_owners(namespace: str, labels: kopf.Labels, body: kopf.Body, *
 async def workload_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, lft_workloads: Any,
                          lft_job_owners: Any, **_: Any) -> None:
     memo.cache.bind_workloads(lft_workloads)
-    view = WorkloadView.from_workload(_raw(body))
+    view = WorkloadView.from_workload(raw_body(body))
     if not view.job_uid:
         return
     for namespace, name in lft_job_owners.get(view.job_uid, []):

@@ -96,7 +96,7 @@ def service(owner: Owner, spec: LoRAFineTuneSpec) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": builders._metadata(owner, service_name(owner.name), annotations={APPLIED_SPEC_ANNOTATION: applied}),
+        "metadata": builders.child_metadata(owner, service_name(owner.name), annotations={APPLIED_SPEC_ANNOTATION: applied}),
         "spec": {
             "publishNotReadyAddresses": True,
             "selector": {NAME_LABEL: owner.name, "app.kubernetes.io/component": "trainer", COMPLETION_INDEX: "0"},
@@ -128,7 +128,7 @@ def network_policy(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": builders._metadata(owner, service_name(owner.name)),
+        "metadata": builders.child_metadata(owner, service_name(owner.name)),
         "spec": {
             "podSelector": run_pod_selector(owner.name),
             "policyTypes": ["Ingress"],

@@ -1,7 +1,7 @@
 """A run never adopts an object it did not create: names the operator wants for a run's ServiceAccount,
 ConfigMap or Job that another object holds, on a real API server (with the garbage collector).
 
-Before: `Reconciler._create` took whatever answered to the name on a 409, so a ServiceAccount someone
+Before: `Reconciler._create` (now `RunChildren.create_or_adopt`) took whatever answered to the name on a 409, so a ServiceAccount someone
 made ahead of the run (bound to any Role) ran the trainer, and a recreated LoRAFineTune's ConfigMap could be
 the deleted namesake's, trained on or garbage-collected under the new run.
 """

@@ -199,7 +199,7 @@ def test_the_network_policy_is_created_with_the_service_before_any_job():
     async def companions(*_args, **_kwargs) -> None:
         return None
 
-    r = SimpleNamespace(_create=create, _ensure_companions=companions, settings=SETTINGS)
+    r = SimpleNamespace(create_or_adopt=create, ensure_companions=companions, settings=SETTINGS)
     asyncio.run(gang_reconcile._create_attempt(r, OWNER, spec(nodes=2), 1, 2))  # type: ignore[arg-type]
     kinds = [m["kind"] for m in created]
     assert kinds[:2] == ["Service", "NetworkPolicy"] and kinds.count("Job") == 1

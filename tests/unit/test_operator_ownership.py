@@ -13,10 +13,10 @@ from lft_api.resource import LoRAFineTuneSpec
 from lft_operator import handlers
 from lft_operator.ownership import OutputClaim, Standing, normalize_uri, output_conflict, overlaps, uri_root
 from lft_operator.reconcile import Reconciler, resource_fingerprint
-from lft_operator.settings import Settings
 from lft_operator.status import newest_failed_create
 from lft_operator.validation import validate
 from lft_operator.views import JobView
+from tests.support.reconciler import make_reconciler
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
 BASE = {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/p"}}
@@ -128,10 +128,7 @@ class Claims:
 
 
 def reconciler_on(cache: Claims) -> tuple[Reconciler, list]:
-    async def build() -> Reconciler:
-        return Reconciler(kube=None, settings=Settings(metrics_port=0), cache=cache)  # type: ignore[arg-type]
-
-    reconciler = asyncio.run(build())
+    reconciler, _, _ = make_reconciler(cache=cache)
     triggered: list = []
     reconciler.trigger = lambda ns, name: triggered.append((ns, name))  # type: ignore[method-assign]
     return reconciler, triggered
@@ -236,27 +233,27 @@ def test_a_resource_with_a_job_or_one_just_being_created_holds_its_prefix():
     started = claim("started", "s3://b/p", T1)
     job = JobView(name="started-trainer", uid="j", owner_uid=started.uid)
     reconciler, _ = reconciler_on(Claims([early, started], {("ns", "started"): [job]}))
-    problems = reconciler._output_problems(body_of(early), OUT)
+    problems = reconciler.children.output_problems(body_of(early), OUT)
     assert [p.reason for p in problems] == [Reason.OUTPUT_IN_USE] and "ns/started" in problems[0].message
     # Two checks in a row (concurrent reconciles): the one that passed holds the prefix before any watch event.
     reconciler, _ = reconciler_on(Claims([early, started]))
-    assert reconciler._output_problems(body_of(started), OUT) == []
-    assert [p.reason for p in reconciler._output_problems(body_of(early), OUT)] == [Reason.OUTPUT_IN_USE]
+    assert reconciler.children.output_problems(body_of(started), OUT) == []
+    assert [p.reason for p in reconciler.children.output_problems(body_of(early), OUT)] == [Reason.OUTPUT_IN_USE]
     reconciler.forget("ns", "started")
-    assert reconciler._output_problems(body_of(early), OUT) == []
+    assert reconciler.children.output_problems(body_of(early), OUT) == []
 
 
 def test_one_pending_pod_recheck_per_resource():
     added: list = []
 
     async def run() -> None:
-        reconciler = Reconciler(kube=None, settings=Settings(metrics_port=0), cache=None)  # type: ignore[arg-type]
-        reconciler.queue.add = lambda key, urgent=False: added.append(key)  # type: ignore[method-assign]
-        reconciler.known.add(("ns", "r"))
+        reconciler, queue, _ = make_reconciler()
+        queue.added = added
+        reconciler.memory.known.add(("ns", "r"))
         for _ in range(3):
-            reconciler._recheck_later(("ns", "r"), 0.01)
+            reconciler.children.recheck_later(("ns", "r"), 0.01)
         await asyncio.sleep(0.05)
-        reconciler._recheck_later(("ns", "r"), 0.01)  # due again once the last one ran
+        reconciler.children.recheck_later(("ns", "r"), 0.01)  # due again once the last one ran
         await asyncio.sleep(0.05)
 
     asyncio.run(run())

@@ -16,6 +16,7 @@ from lft_operator.status.draft import Draft
 from lft_operator.status.failures import waiting_since
 from lft_operator.status.gang import decide_gang
 from lft_operator.views import JobView, PodView, WorkloadView
+from tests.support.reconciler import make_reconciler
 from tests.unit.test_operator_status import OWNER, T0, T1, T2, T3, cond, ended, reasons, running, spec
 
 KUEUE = Settings(kueue=True)
@@ -282,7 +283,6 @@ def test_the_index_cache_hands_each_job_its_workload():
 def test_the_reconciler_patches_the_workload_for_the_users_suspend():
     import asyncio
 
-    from lft_operator.reconcile import Reconciler
 
     job = kjob(suspended=False, wl=workload(*ADMITTED, cluster_queue="cq"))
     pod = PodView(name="run-trainer-x", uid="p1", created=T0, job_uid="job-uid", phase="Running", running=True)
@@ -311,8 +311,8 @@ def test_the_reconciler_patches_the_workload_for_the_users_suspend():
     kube = Kube()
 
     async def run() -> None:
-        reconciler = Reconciler(kube=kube, settings=Settings(metrics_port=0, kueue=True), cache=Cache())  # type: ignore[arg-type]
-        reconciler._fresh[("ns", "run")] = {
+        reconciler, _, _ = make_reconciler(kube=kube, cache=Cache(), kueue=True)
+        reconciler.memory.fresh[("ns", "run")] = {
             "metadata": {"name": "run", "namespace": "ns", "uid": "uid-1", "generation": 2, "resourceVersion": "7"},
             "spec": {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/run"},
                      "queueName": "team-a", "suspend": True},

@@ -3,7 +3,7 @@ API call and what it touches, and the table must list exactly those (the kopf ro
 
 The scan reads each call of a Kube method (get, list_items, create, merge_patch, json_patch) and evaluates
 its path argument with sample values (an Owner, a spec, Settings; a parameter of the enclosing function
-takes the arguments of that function's call sites, e.g. _create(builders.job(...))), and reads kopf's
+takes the arguments of that function's call sites, e.g. create_or_adopt(builders.job(...))), and reads kopf's
 watch decorators (kopf.index, kopf.on.*). A call it cannot evaluate fails the test: new code cannot slip by.
 """
 
@@ -256,7 +256,7 @@ async def on_lease(**_):
 
 def test_the_scan_finds_planted_calls() -> None:
     """The scan is what makes the table honest: it sees a Secret read, a forwarded manifest, a watch."""
-    found = scan({"reconcile": PLANTED})
+    found = scan({"children": PLANTED})
     assert found == {("", "secrets", "get"), ("", "configmaps", "create"), ("", "pods", "list"),
                      ("coordination.k8s.io", "leases", "list"), ("coordination.k8s.io", "leases", "watch")}
 

@@ -5,31 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from lft_operator.reconcile import Reconciler, resource_fingerprint
-from lft_operator.settings import Settings
 from lft_operator.views import JobView, PodView
+from tests.support.reconciler import RecordingQueue
+from tests.support.reconciler import make_reconciler as make_reconciler_with
 
 
-class RecordingQueue:
-    def __init__(self) -> None:
-        self.added: list = []
-        self.urgent: list = []
-
-    def add(self, key, urgent: bool = False) -> None:
-        self.added.append(key)
-        if urgent:
-            self.urgent.append(key)
-
-    def forget(self, key) -> None:
-        pass
-
-
-def make_reconciler() -> tuple[Reconciler, RecordingQueue]:
-    async def build() -> Reconciler:
-        return Reconciler(kube=None, settings=Settings(metrics_port=0), cache=None)  # type: ignore[arg-type]
-
-    reconciler = asyncio.run(build())
-    queue = RecordingQueue()
-    reconciler.queue = queue  # type: ignore[assignment]
+def make_reconciler(**kw) -> tuple[Reconciler, RecordingQueue]:
+    reconciler, queue, _ = make_reconciler_with(**kw)
     return reconciler, queue
 
 
@@ -50,7 +32,7 @@ def test_trainer_progress_patches_trigger_nothing():
 def test_the_echo_of_the_operators_own_write_is_skipped():
     reconciler, queue = make_reconciler()
     written = body(phase="Pending", observedGeneration=1)
-    reconciler._fingerprints[("ns", "r")] = resource_fingerprint(written)  # as after a status patch
+    reconciler.memory.fingerprints[("ns", "r")] = resource_fingerprint(written)  # as after a status patch
     reconciler.on_resource("ns", "r", written)
     assert queue.added == []
 
@@ -58,9 +40,9 @@ def test_the_echo_of_the_operators_own_write_is_skipped():
 def test_new_resources_are_used_as_read_from_the_watch():
     reconciler, _ = make_reconciler()
     reconciler.on_resource("ns", "new", body())
-    assert ("ns", "new") in reconciler._fresh
+    assert ("ns", "new") in reconciler.memory.fresh
     reconciler.on_resource("ns", "old", body(observedGeneration=1, phase="Running"))
-    assert ("ns", "old") not in reconciler._fresh
+    assert ("ns", "old") not in reconciler.memory.fresh
 
 
 def test_child_events_trigger_only_on_relevant_changes():
@@ -126,15 +108,15 @@ def reconcile_refused(status: int, message: str) -> tuple[dict, list]:
     retries: list = []
 
     async def run() -> None:
-        reconciler = Reconciler(kube=kube, settings=Settings(metrics_port=0), cache=NoChildren())  # type: ignore[arg-type]
-        reconciler.queue.add_after = lambda key, delay: retries.append(delay)  # type: ignore[method-assign]
+        reconciler, queue = make_reconciler(kube=kube, cache=NoChildren())
         resource = {
             "metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 1},
             "spec": {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/r"}},
         }
-        reconciler._fresh[("ns", "r")] = resource
+        reconciler.memory.fresh[("ns", "r")] = resource
         await reconciler.reconcile("ns", "r")  # does not raise: the refusal is reported, not retried blindly
         await reconciler.close()
+        retries.extend(delay for _, delay in queue.delayed)
 
     asyncio.run(run())
     (ops,) = kube.status_patches
@@ -187,8 +169,8 @@ def test_a_complete_job_whose_pod_end_was_not_seen_yet_reads_the_pod_for_the_ada
     kube = PodListingKube([pod])
 
     async def run() -> None:
-        reconciler = Reconciler(kube=kube, settings=Settings(metrics_port=0), cache=CompletedJobCache())  # type: ignore[arg-type]
-        reconciler._fresh[("ns", "r")] = {
+        reconciler, _ = make_reconciler(kube=kube, cache=CompletedJobCache())
+        reconciler.memory.fresh[("ns", "r")] = {
             "metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 1, "resourceVersion": "7"},
             "spec": {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/r"}},
             "status": {"phase": "Running", "jobName": "r-trainer", "observedGeneration": 1},

@@ -27,13 +27,16 @@ deleted nor disrupted. Pods deleted on purpose (suspend, kubectl delete pod) and
 The status is built as the LoRAFineTuneStatus model (lft_api.resource) and written as a patch of
 the operator-owned fields that changed. Modules: model.py (Observation, Decision, the patch),
 conditions.py, attempts.py, failures.py (refused Jobs, uncreatable pods, checkpoint health),
-draft.py (the status being built), decide.py (the rules), trust.py (what of the status as read the
+draft.py (the status being built), decide.py (the rules of a single-pod run), gang.py (of a multi-node
+run), rules.py (the rules both apply), trust.py (what of the status as read the
 operator trusts: its own fields only as it wrote them, the trainer's only under the run's UID).
 """
 
+from lft_api.conditions import TERMINAL_PHASES
+
 from .attempts import AttemptUpdate, attempt_phase, outcome, update_attempts
 from .conditions import Conditions, get_condition, set_condition
-from .decide import TERMINAL_PHASES, changed_paths, decide, ignored_changes
+from .decide import decide
 from .failures import classify_create_error, newest_failed_create, wants_pod
 from .model import (
     OWNED_FIELDS,
@@ -45,6 +48,7 @@ from .model import (
     now_rfc3339,
     status_json_patch,
 )
+from .rules import changed_paths, ignored_changes
 from .trust import Trusted, reverted, trusted_status
 
 __all__ = [

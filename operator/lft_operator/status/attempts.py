@@ -39,7 +39,7 @@ def attempt_phase(pod: PodView) -> str:
     return "Pending"
 
 
-def _ending(pod: PodView) -> dict[str, Any]:
+def pod_ending(pod: PodView) -> dict[str, Any]:
     """exitCode, reason and message of a finished pod: the trainer's termination message first."""
     parsed = TerminationMessage.decode(pod.term_message)
     if parsed is not None:
@@ -113,7 +113,7 @@ def update_attempts(
             rec["phase"] = "Running"
             update.started.append(rec)
             continue
-        rec.update(phase=new_phase, **_ending(pod))
+        rec.update(phase=new_phase, **pod_ending(pod))
         rec.setdefault("finishTime", now)
         if new_phase == "Failed":
             rec["counted"] = True

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from lft_api.conditions import ACCEPTED, FAILED, PENDING, RUNNING, SPEC_CHANGE_IGNORED, SUCCEEDED, SUSPENDED, Reason
-from lft_api.contract import Progress, TerminationMessage
-from lft_api.resource import Attempt, LoRAFineTuneSpec
+from lft_api.conditions import ACCEPTED, FAILED, PENDING, RUNNING, SUCCEEDED, SUSPENDED, TERMINAL_PHASES, Reason
+from lft_api.resource import Attempt
 
-from ..builders import POD_FAILURE_POLICY_REASON, applied_spec, run_policy_patch, stop_patch, suspend_patch
+from ..builders import POD_FAILURE_POLICY_REASON, run_policy_patch, stop_patch, suspend_patch
 from ..views import JobView
-from . import queue
+from . import queue, rules
 from .attempts import AttemptUpdate, attempt_no, describe, last_failed, outcome, truncate, update_attempts
 from .draft import Draft
 from .failures import checkpoint_health, pod_creation_timed_out, pod_failure
-from .model import Decision, Event, Observation
-
-TERMINAL_PHASES = (SUCCEEDED, FAILED)
+from .model import Decision, Observation
 
 
 def decide(obs: Observation) -> Decision:
     d = Draft(obs)
     job = obs.job
     upd = _attempts(d)
-    _spec_changes(d)
+    rules.spec_changes(d)
     checkpoint_health(d)
     if d.old.phase in TERMINAL_PHASES:
         return d.done()
@@ -32,7 +28,7 @@ def decide(obs: Observation) -> Decision:
     # Not accepted yet: nothing exists.
     if job is None and not obs.job_lost:
         if obs.problems:
-            _not_accepted(d)
+            rules.not_accepted(d)
         elif obs.create_error is not None:
             return _job_refused(d)
         else:
@@ -72,17 +68,6 @@ def _attempts(d: Draft) -> AttemptUpdate:
     return upd
 
 
-def _not_accepted(d: Draft) -> None:
-    problems = d.obs.problems
-    reason = problems[0].reason
-    message = "; ".join(p.message for p in problems)
-    if not d.conds.unchanged(ACCEPTED, "False", message):
-        d.event("Warning", reason, message)
-    d.conds.set(ACCEPTED, False, reason, message)
-    d.conds.set(RUNNING, False, Reason.NOT_ACCEPTED)
-    d.phase(PENDING, f"Not accepted: {message}")
-
-
 def _job_refused(d: Draft) -> Decision:
     """The API server refused the Job: invalid (final) or forbidden (retried by the reconciler)."""
     error = d.obs.create_error
@@ -99,55 +84,13 @@ def _job_refused(d: Draft) -> Decision:
     return d.done()
 
 
-# --- spec changes -----------------------------------------------------------------------------
-
-
-def changed_paths(old: Any, new: Any, prefix: str = "spec") -> list[str]:
-    """Field paths that differ between two JSON values (dicts are walked, lists compared whole)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            out += changed_paths(old.get(key), new.get(key), f"{prefix}.{key}")
-        return out
-    return [] if old == new else [prefix]
-
-
-def ignored_changes(spec: LoRAFineTuneSpec | None, job: JobView | None) -> list[str]:
-    if spec is None or job is None or not job.applied_spec:
-        return []
-    try:
-        applied = json.loads(job.applied_spec)
-    except ValueError:
-        return []
-    return changed_paths(applied, applied_spec(spec))
-
-
-def _spec_changes(d: Draft, after: str = "") -> None:
-    """SpecChangeIgnored: the spec differs from what the Job was built from (`after`: why, for multi-node runs)."""
-    ignored = ignored_changes(d.obs.spec, d.obs.job)
-    if ignored:
-        # A re-created resource is another run (new uid): it does not resume this one's checkpoints.
-        after = after or f"Job {d.obs.job_name} was created and will not be applied (a Job's pod template is immutable)"
-        message = (
-            f"{', '.join(ignored)} changed after {after}. To train with the new settings, create a new LoRAFineTune "
-            "with another name and output.uri; to continue from this run's training, set its output.resumeFrom "
-            "to one of this run's checkpoint URIs (under <output.uri>/checkpoints/), or set output.overwrite: "
-            "true to start over under the same output.uri."
-        )
-        if not d.conds.unchanged(SPEC_CHANGE_IGNORED, "True", message):
-            d.event("Warning", SPEC_CHANGE_IGNORED, message)
-        d.conds.set(SPEC_CHANGE_IGNORED, True, Reason.SPEC_CHANGED_AFTER_START, message)
-    elif d.conds.get(SPEC_CHANGE_IGNORED) is not None:
-        d.conds.set(SPEC_CHANGE_IGNORED, False, Reason.SPEC_MATCHES_JOB, "The spec matches the running Job.")
-
-
 # --- final states -----------------------------------------------------------------------------
 
 
 def _final_state(d: Draft, upd: AttemptUpdate) -> Decision | None:
     job = d.obs.job
     if upd.succeeded is not None or (job is not None and job.complete):
-        return _succeeded(d, upd)
+        return rules.succeeded(d, upd.succeeded[1] if upd.succeeded is not None else None)
     invalid = next((r for r in upd.history if outcome(r) == "invalid_input"), None)
     if invalid is not None:  # the Job's podFailurePolicy fails it (FailJob): nothing to stop
         text = f"Invalid input, not retried: {describe(invalid)}"
@@ -167,40 +110,6 @@ def _final_state(d: Draft, upd: AttemptUpdate) -> Decision | None:
         )
         return d.final(FAILED, Reason.JOB_DELETED, text)
     return None
-
-
-def _succeeded(d: Draft, upd: AttemptUpdate) -> Decision:
-    pod = upd.succeeded[1] if upd.succeeded is not None else None
-    result = TerminationMessage.decode(pod.term_message) if pod is not None else None
-    text = "Training completed."
-    if result is not None and result.adapter is not None:
-        d.new.adapter = result.adapter
-        text = f"Training completed; adapter at {result.adapter.uri}."
-    if result is not None:
-        # The trainer has exited: its final numbers may go in without racing its own patches.
-        if d.obs.uid and (result.metrics is not None or (result.step is not None and result.total_steps)):
-            d.extra_patch["trainerUid"] = d.obs.uid
-        if result.metrics is not None:
-            d.extra_patch["metrics"] = result.metrics.to_wire()
-        if result.step is not None and result.total_steps:
-            d.extra_patch["progress"] = _final_progress(d.obs.status.get("progress") or {}, result)
-    elif pod is None:
-        text = "Training completed (the Job finished; its pod, with the adapter URI, was not seen)."
-    decision = d.final(SUCCEEDED, Reason.COMPLETED, text)
-    verdict = result.servability if result is not None else None
-    if verdict is not None:  # after Succeeded: can a serving engine load the adapter as it is
-        decision.events.append(Event("Normal" if verdict.servable else "Warning",
-                                     Reason.SERVABLE if verdict.servable else Reason.NOT_SERVABLE, verdict.describe()))
-    return decision
-
-
-def _final_progress(last: dict[str, Any], result: TerminationMessage) -> dict[str, Any]:
-    """The final step from the trainer's result; the epoch and throughput from its last progress patch (the
-    progress object is replaced as a whole: without them they would vanish at the end)."""
-    kept = {"epoch": last.get("epoch"), "tokens_per_second": last.get("tokensPerSecond")}
-    resumed = result.resumed_from_step if result.resumed_from_step is not None else last.get("resumedFromStep")
-    fields = {k: v for k, v in {**kept, "resumed_from_step": resumed}.items() if isinstance(v, (int, float))}
-    return Progress.build(result.step or 0, result.total_steps or 0, eta_seconds=0, **fields).to_wire()
 
 
 def _failed(d: Draft, upd: AttemptUpdate) -> Decision | None:

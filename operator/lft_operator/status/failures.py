@@ -34,7 +34,7 @@ def classify_create_error(status: int, message: str, reason: str = "") -> Proble
         return Problem(Reason.JOB_INVALID, f"The API server rejected the training Job: {truncate(message)}")
     if status == 403:
         return Problem(Reason.JOB_FORBIDDEN, f"Creating the training Job is forbidden: {truncate(message)}")
-    if status == 409 and reason == Reason.NAME_TAKEN:  # Reconciler._create: the name is another object's
+    if status == 409 and reason == Reason.NAME_TAKEN:  # RunChildren.create_or_adopt: the name is another object's
         return Problem(Reason.NAME_TAKEN, truncate(message))
     return None
 

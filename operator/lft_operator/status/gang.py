@@ -27,17 +27,17 @@ from __future__ import annotations
 from typing import Any
 
 from lft_api import contract
-from lft_api.conditions import ACCEPTED, FAILED, PENDING, RUNNING, SUCCEEDED, SUSPENDED, Reason
+from lft_api.conditions import ACCEPTED, FAILED, PENDING, RUNNING, SUCCEEDED, SUSPENDED, TERMINAL_PHASES, Reason
 from lft_api.resource import Attempt
 
 from ..builders import stop_patch, suspend_patch
 from ..views import JobView, PodView
 from . import queue
-from .attempts import _ending, attempt_phase, describe, truncate
-from .decide import TERMINAL_PHASES, _not_accepted, _spec_changes, _succeeded
+from .attempts import attempt_phase, describe, pod_ending, truncate
 from .draft import Draft
 from .failures import checkpoint_health, pod_creation_timed_out, pod_failure
 from .model import Decision, Observation, PodCreationFailure
+from .rules import not_accepted, spec_changes, succeeded
 
 
 def current_attempt(obs: Observation) -> int:
@@ -72,7 +72,7 @@ def decide_gang(obs: Observation) -> Decision:
     d.new.ready_nodes = sum(1 for p in pods if attempt_phase(p) in ("Running", "Succeeded"))
     d.new.nodes_display = f"{d.new.ready_nodes}/{nodes}"
     obs.job = job
-    _spec_changes(d, "the run started and will not be applied: every attempt's Job is built from the spec the "
+    spec_changes(d, "the run started and will not be applied: every attempt's Job is built from the spec the "
                      f"run started with ({nodes} nodes), as is the trainer's configuration")
     checkpoint_health(d)
     if d.old.phase in TERMINAL_PHASES:
@@ -81,7 +81,7 @@ def decide_gang(obs: Observation) -> Decision:
         ours = d.old.phase == FAILED and failed is not None and failed.reason == Reason.POD_CREATION_TIMEOUT
         return _with(d, stop=ours and job is not None and not job.complete and job.failed_reason is None)
     if attempt == 0 and obs.problems:
-        _not_accepted(d)
+        not_accepted(d)
         return d.done()
     if not d.conds.true(ACCEPTED):
         d.event("Normal", Reason.ACCEPTED, f"Spec accepted; one Indexed Job of {nodes} pods per attempt.")
@@ -89,7 +89,7 @@ def decide_gang(obs: Observation) -> Decision:
     rank0 = next((p for p in pods if p.node_rank == 0 and p.exit_code == 0), None)
     if rank0 is not None or (job is not None and job.complete):
         _record(d, attempt, rank0, "Succeeded")
-        return _succeeded(d, _Succeeded(rank0))
+        return succeeded(d, rank0)
     ended = _attempt_failure(job, pods)
     if ended is not None:
         return _attempt_failed(d, attempt, job, pods, ended)
@@ -121,13 +121,6 @@ def decide_gang(obs: Observation) -> Decision:
         return _creation_timed_out(d, attempt, job, stuck[1])
     _in_progress(d, attempt, nodes, pods, job, stuck[0] if stuck is not None else None)
     return _with(d)
-
-
-class _Succeeded:
-    """What decide._succeeded reads of an attempt update: the record and the pod with the result."""
-
-    def __init__(self, pod: PodView | None):
-        self.succeeded = ({}, pod) if pod is not None else None
 
 
 def _with(d: Draft, create: int | None = None, stop: bool = False) -> Decision:
@@ -166,7 +159,7 @@ def _attempt_failure(job: JobView | None, pods: list[PodView]) -> dict[str, Any]
                     key=lambda p: (p.deleted, p.finished_at or "", p.name))
     if failed:
         pod = failed[0]
-        return {"pod": pod.name, "node": pod.node_rank, "disrupted": bool(pod.disrupted), **_ending(pod)}
+        return {"pod": pod.name, "node": pod.node_rank, "disrupted": bool(pod.disrupted), **pod_ending(pod)}
     if job is not None and job_failed:
         return {"pod": job.name, "node": None, "reason": job.failed_reason,
                 "message": truncate(job.failed_message or "")}

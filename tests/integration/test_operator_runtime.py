@@ -90,9 +90,10 @@ def test_kubectl_get_shows_progress_loss_eta_and_wide_columns(kube, namespace, o
 
     (wide,) = kubectl_rows(kube, namespace, "-o", "wide")
     assert list(wide) == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVALCHANGE", "ETA", "AGE", "MODEL", "ATTEMPTS",
-                          "NODES", "ADAPTER"]
+                          "NODES", "ADAPTER", "QUEUE"]
     assert wide["MODEL"] == "/opt/lft/models/tiny-phi3" and wide["ATTEMPTS"] == "1"
     assert wide["NODES"] == ""  # multi-node runs only (test_operator_multinode.py)
+    assert wide["QUEUE"] == ""  # runs under Kueue only (tests/e2e/test_kueue.py)
 
     # The operator keeps the trainer's fields: another reconcile (the pod ends) leaves them alone.
     kube.merge_patch(kube.lft_path(namespace, "visible"), {"spec": {"runPolicy": {"backoffLimit": 4}}})

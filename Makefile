@@ -12,7 +12,7 @@ export KUBECONFIG ?= /var/lib/lft/cluster/kubeconfig
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help venv test test-unit test-integration e2e demo kind-e2e images images-gpu cluster-up cluster-api cluster-down \
-        s3-up s3-down kueue-up kueue-down deploy undeploy lint crds chart bench
+        s3-up s3-down kueue-up kueue-down registry-up registry-down deploy undeploy lint crds chart release bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -78,6 +78,15 @@ crds: venv ## Regenerate crds/, the chart's CRDs and docs/api.md from the pydant
 	$(PY) -m lft_operator.apidocs --write
 
 CHART_OUT ?= _out/chart
+registry-up: ## Start a local OCI registry on 127.0.0.1:5000 (distribution v3, built from the Go module proxy)
+	bash hack/registry.sh start
+
+registry-down: ## Stop the local OCI registry (its data stays under /var/lib/lft/registry)
+	bash hack/registry.sh stop
+
+release: ## Push the images and the chart (OCI) to REGISTRY as VERSION (after make images; docs/install.md)
+	bash hack/release.sh
+
 chart: ## Package the Helm chart (CRD included) as $(CHART_OUT)/lora-finetune-operator-<version>.tgz
 	$(HELM) lint charts/lora-finetune-operator
 	$(HELM) package charts/lora-finetune-operator -d $(CHART_OUT)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# build-k8s.sh - build Kubernetes (+ etcd, containerd, CNI plugins, crictl, kind, kueue)
+# build-k8s.sh - build Kubernetes (+ etcd, containerd, CNI plugins, crictl, kind, kueue, registry, oras, actionlint, krew)
 # from the Go module proxy only (no git clone, no release tarballs).
 #
 # Usage:  build-k8s.sh [component ...]
-#   components: k8s etcd containerd cni crictl kind kueue   (default: k8s etcd)
+#   components: k8s etcd containerd cni crictl kind kueue registry oras actionlint krew   (default: k8s etcd)
 #   "all" = every component.
 #
 # Idempotent: a binary that already exists is skipped (delete it to rebuild).
@@ -19,12 +19,17 @@
 #   $LFT_CACHE/crictl/<ver>/        crictl
 #   $LFT_CACHE/kind/<ver>/          kind
 #   $LFT_CACHE/kueue/<ver>/         kueue (the controller manager)
+#   $LFT_CACHE/registry/<ver>/      registry (github.com/distribution/distribution: an OCI registry)
+#   $LFT_CACHE/oras/<ver>/          oras (the OCI artifact CLI)
+#   $LFT_CACHE/actionlint/<ver>/    actionlint (GitHub Actions workflow linter)
+#   $LFT_CACHE/krew/<ver>/          krew, validate-krew-manifest (the kubectl plugin manager, its manifest check)
 # (<ver> is written without the leading "v", e.g. k8s/1.37.2, like the existing k8s/1.20.2.)
 #
 # Env knobs (defaults in brackets):
 #   LFT_CACHE [/var/cache/lft]  K8S_VERSION [v1.37.2]  ETCD_VERSION [v3.7.4]
 #   CONTAINERD_VERSION [v2.4.2] CNI_PLUGINS_VERSION [v1.10.0] CRICTL_VERSION [v1.37.0]
-#   KIND_VERSION [v0.33.0]      KUEUE_VERSION [v0.17.0]
+#   KIND_VERSION [v0.33.0]      KUEUE_VERSION [v0.17.0]     REGISTRY_VERSION [v3.1.2]
+#   ORAS_VERSION [v1.3.6]       ACTIONLINT_VERSION [v1.7.12] KREW_VERSION [v0.4.3]
 #   GO [/usr/local/go/bin/go]   LFT_NICE ["nice -n 19"]  GOMAXPROCS [1]  GOFLAGS [-p=1]
 #   GOTOOLCHAIN [auto]: if a go.mod needs a newer Go than $GO, the go command fetches
 #       golang.org/toolchain@v0.0.1-goX.Y.Z.linux-amd64 from the module proxy into GOMODCACHE.
@@ -39,6 +44,10 @@ CNI_PLUGINS_VERSION=${CNI_PLUGINS_VERSION:-v1.10.0}
 CRICTL_VERSION=${CRICTL_VERSION:-v1.37.0}
 KIND_VERSION=${KIND_VERSION:-v0.33.0}
 KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
+REGISTRY_VERSION=${REGISTRY_VERSION:-v3.1.2}
+ORAS_VERSION=${ORAS_VERSION:-v1.3.6}
+ACTIONLINT_VERSION=${ACTIONLINT_VERSION:-v1.7.12}
+KREW_VERSION=${KREW_VERSION:-v0.4.3}
 GO=${GO:-/usr/local/go/bin/go}
 read -r -a NICE <<<"${LFT_NICE-nice -n 19}"
 
@@ -221,12 +230,34 @@ build_kueue() {
     "sigs.k8s.io/kueue/cmd/kueue@$v"
 }
 
+build_registry() {
+  local v=$REGISTRY_VERSION m=github.com/distribution/distribution/v3
+  install_mod "$LFT_CACHE/registry/${v#v}" "-s -w -X $m/version.version=$v" "" "$m/cmd/registry@$v"
+}
+
+build_oras() {
+  local v=$ORAS_VERSION
+  install_mod "$LFT_CACHE/oras/${v#v}" "-s -w -X oras.land/oras/internal/version.Version=${v#v}" "" "oras.land/oras/cmd/oras@$v"
+}
+
+build_krew() {
+  local v=$KREW_VERSION
+  install_mod "$LFT_CACHE/krew/${v#v}" "-s -w -X sigs.k8s.io/krew/internal/version.gitTag=$v" "" \
+    "sigs.k8s.io/krew/cmd/krew@$v" "sigs.k8s.io/krew/cmd/validate-krew-manifest@$v"
+}
+
+build_actionlint() {
+  local v=$ACTIONLINT_VERSION
+  install_mod "$LFT_CACHE/actionlint/${v#v}" "-s -w -X github.com/rhysd/actionlint.version=$v" "" \
+    "github.com/rhysd/actionlint/cmd/actionlint@$v"
+}
+
 comps=("$@")
 ((${#comps[@]})) || comps=(k8s etcd)
-[[ ${comps[0]} == all ]] && comps=(k8s etcd containerd cni crictl kind kueue)
+[[ ${comps[0]} == all ]] && comps=(k8s etcd containerd cni crictl kind kueue registry oras actionlint krew)
 for c in "${comps[@]}"; do
   case $c in
-    k8s|etcd|containerd|cni|crictl|kind|kueue) "build_$c" ;;
+    k8s|etcd|containerd|cni|crictl|kind|kueue|registry|oras|actionlint|krew) "build_$c" ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

@@ -16,7 +16,8 @@
 # Idempotent and quick the second time: the base image and wheels are cached outside the
 # clone (/var/cache/lft), and docker's layer cache keeps torch unless requirements change.
 # Prints each image's size and build time. Full build logs: $LFT_STATE/logs/build-*.log.
-#   env: LFT_TRAINER_IMAGE, LFT_OPERATOR_IMAGE (tags), DOCKER (client), LFT_STATE (/var/lib/lft)
+#   env: LFT_TRAINER_IMAGE, LFT_OPERATOR_IMAGE (tags), DOCKER (client), LFT_STATE (/var/lib/lft),
+#        LFT_LOAD_IMAGES (1: copy them into the local cluster's containerd; 0: not)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -137,6 +138,8 @@ done
 echo "total: $((SECONDS - total_start)) s ($MODE)"
 
 # The local cluster's kubelet runs on containerd, not Docker: copy the images there (skipped when unchanged).
+# LFT_LOAD_IMAGES=0: not copied (the end-to-end suite pulls them from the registry `make release` pushed to).
+[[ ${LFT_LOAD_IMAGES:-1} == 0 ]] && { log "images not loaded into the cluster (LFT_LOAD_IMAGES=0)"; exit 0; }
 loaded=()
 for t in "${TARGETS[@]}"; do
   case $t in trainer) loaded+=("$TRAINER_IMAGE") ;; operator) loaded+=("$OPERATOR_IMAGE") ;; esac

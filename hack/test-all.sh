@@ -34,19 +34,21 @@ suite lint -- "${PY%/python}/ruff" check api operator trainer_image cli tests be
 # bound) instead of following them (~8 min saved); warm, both are no-ops. Docker is started first, once,
 # so that the cluster's own hack/docker.sh call finds it running.
 bash hack/docker.sh >/dev/null
-nice -n 10 bash hack/build-images.sh >"$OUT/images.log" 2>&1 &
+nice -n 10 env LFT_LOAD_IMAGES=0 bash hack/build-images.sh >"$OUT/images.log" 2>&1 &
 images_pid=$!
-images_built() {  # the background build's log, then build-images.sh again: cached, it only loads the
-  local rc=0      # images into the cluster's containerd, which was not running in the background
+images_built() {  # the background build's log; the images are not loaded into the cluster: the end-to-end
+  local rc=0      # suite installs the release from the local registry, whose images the kubelet pulls
   wait "$images_pid" || rc=$?
   cat "$OUT/images.log"
-  ((rc == 0)) && bash hack/build-images.sh
+  return "$rc"
 }
 
 source tests/cluster/lib/common.sh  # K8S_OLDEST_VERSION, K8S_NEWEST_VERSION, LFT_CACHE
 # The chart tests need helm (LFT_REQUIRE_TOOLS): on a fresh machine nothing has installed it yet.
 suite tools -- bash tests/cluster/install-tools.sh helm
-pytest_suite unit tests/unit
+# The workflow and krew plugin tests need Go tools built in the background below: they run after it.
+go_tool_tests=(tests/unit/test_workflows.py tests/unit/test_krew_plugin.py)
+pytest_suite unit tests/unit "${go_tool_tests[@]/#/--ignore=}"
 
 # The oldest supported minor: the API-level suite (operator, CRD schema and CEL rules, chart, CLI, status
 # sink) on its own kube-apiserver + etcd + kube-controller-manager, with its own kubectl.
@@ -70,21 +72,30 @@ if suite cluster-api -- bash tests/cluster/up.sh --api-only; then
 else
   on_cluster_failure
 fi
-# Kueue's Go build (cold ~5 min of CPU, a no-op once cached) overlaps the integration suite, niced; kueue-up
-# waits for it below.
-nice -n 10 bash hack/build-from-modules.sh kueue >"$OUT/kueue-build.log" 2>&1 &
-kueue_build_pid=$!
+# The Go builds the later suites need (cold ~10 min of CPU, no-ops once cached) overlap the integration suite,
+# niced: Kueue, the OCI registry, actionlint and krew. The suites that use them wait for it (go_tools_built).
+nice -n 10 bash hack/build-from-modules.sh kueue registry actionlint krew >"$OUT/go-tools-build.log" 2>&1 &
+go_tools_pid=$!
+go_tools_built() { local rc=0; wait "$go_tools_pid" || rc=$?; tail -n 5 "$OUT/go-tools-build.log"; return "$rc"; }
 pytest_suite integration tests/integration
+suite go-tools -- go_tools_built && pytest_suite unit-go-tools "${go_tool_tests[@]}"
 
+# The end-to-end suite installs as a user does: `make release` pushes the images and the chart to the local
+# OCI registry (hack/registry.sh), and `helm install oci://...` (hack/deploy.sh with LFT_CHART) deploys it;
+# the kubelet pulls the images. A new version per run: a tag is never reused for other content.
+version=$(sed -n 's/^version: //p' charts/lora-finetune-operator/Chart.yaml)-ci.$(date -u +%Y%m%d%H%M%S)
+eval "$(bash hack/registry.sh env)"
+export LFT_CHART=oci://$LFT_REGISTRY/charts/lora-finetune-operator LFT_CHART_VERSION=$version LFT_REQUIRE_RELEASE=1
 if suite cluster -- bash tests/cluster/up.sh && suite images -- images_built \
+   && suite registry -- bash hack/registry.sh start \
+   && suite release -- env REGISTRY="$LFT_REGISTRY" VERSION="$version" RELEASE_OUT="$OUT/release" bash hack/release.sh \
    && suite s3 -- bash hack/s3.sh start && suite deploy -- bash hack/deploy.sh; then
   pytest_suite e2e tests/e2e --ignore=tests/e2e/test_kueue.py
   [[ " ${failed[*]} " == *" e2e "* ]] && on_cluster_failure
   # Kueue (tests/e2e/test_kueue.py), its own suites: Kueue 0.17.0 as a host process (cached build), the operator
   # redeployed with its integration on. A Kueue that does not start fails kueue-up only; kueue-down removes its
   # webhooks and stops it (its CRDs stay), and the operator goes back to its default.
-  kueue_built() { local rc=0; wait "$kueue_build_pid" || rc=$?; tail -n 5 "$OUT/kueue-build.log"; return "$rc"; }
-  if suite kueue-build -- kueue_built && suite kueue-up -- bash tests/cluster/kueue-up.sh && suite deploy-kueue -- env LFT_KUEUE=1 bash hack/deploy.sh; then
+  if suite kueue-up -- bash tests/cluster/kueue-up.sh && suite deploy-kueue -- env LFT_KUEUE=1 bash hack/deploy.sh; then
     export LFT_REQUIRE_KUEUE=1
     pytest_suite e2e-kueue tests/e2e/test_kueue.py
     unset LFT_REQUIRE_KUEUE

@@ -20,7 +20,7 @@ cost fits the API server's budget. Everything here needs Kubernetes >= 1.30 (CEL
 reason and fieldPath, optional transition rules); the project supports 1.34 to 1.37.
 
     python -m lft_operator.crdgen            # print the CRD
-    python -m lft_operator.crdgen --write    # write crds/ and the chart's crds/
+    python -m lft_operator.crdgen --write    # write crds/ and the chart's files/crds/
     python -m lft_operator.crdgen --check    # exit 1 when a written file is stale
     python -m lft_operator.crdgen --vendor-core-types openapi.json
         # re-extract lft_api/core_v1_schemas.json from `kubectl get --raw /openapi/v3/api/v1` of the oldest
@@ -57,7 +57,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE_SCHEMAS_PATH = Path(lft_api.__file__).resolve().parent / CORE_SCHEMAS_FILE
 OUTPUT_PATHS = (
     REPO_ROOT / "crds" / CRD_FILE,
-    REPO_ROOT / "charts" / "lora-finetune-operator" / "crds" / CRD_FILE,
+    REPO_ROOT / "charts" / "lora-finetune-operator" / "files" / "crds" / CRD_FILE,
 )
 
 PRINTER_COLUMNS = [

@@ -173,7 +173,15 @@ state = "$CONTAINERD_STATE"
   conf_dir = "$CNI_CONF_DIR"
 [plugins.'io.containerd.cri.v1.images'.pinned_images]
   sandbox = "docker.io/$PAUSE_IMAGE"
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = "$CLUSTER_DIR/certs.d"
 TOML
+  # The local OCI registry of `make release` (hack/registry.sh, loopback, plain HTTP): the kubelet pulls the
+  # released images from it as from any registry. No other registry is configured (none is reachable here).
+  local reg=127.0.0.1:${LFT_REGISTRY_PORT:-5000}
+  mkdir -p "$CLUSTER_DIR/certs.d/$reg"
+  printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$reg" "$reg" \
+    >"$CLUSTER_DIR/certs.d/$reg/hosts.toml"
   # Docker sets the FORWARD policy to DROP, and with bridge-nf-call-iptables pod-to-pod traffic on our
   # bridge passes FORWARD: without this, only connections through a Service (marked by kube-proxy) pass,
   # and a multi-node run's ranks hang at their first direct (gloo/NCCL) connection.

@@ -7,10 +7,12 @@ Deployment is scaled to 0: api-only mode runs no containers).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
 
 import pytest
+import yaml
 
 from lft_api.contract import TerminationMessage
 from lft_operator import builders
@@ -76,7 +78,8 @@ def test_operator_works_with_the_charts_rbac(kube: Kube, tmp_path) -> None:
             "--namespace",
             system_ns,
             "--create-namespace",
-            "--skip-crds",  # the session fixture installed the CRD already
+            "--set",
+            "crds.install=false",  # the session fixture installed the CRD already: the admin-managed mode
             "--set",
             "replicaCount=0",
             "--set",
@@ -156,7 +159,7 @@ def test_the_chart_installs_where_kopf_peering_crds_already_exist(kube: Kube) ->
         # The chart's defaults but no operator pod (on a full cluster it would run, and reconcile other tests'
         # resources beside their own operators).
         out = helm(kube, "install", release, str(CHART), "--namespace", system_ns, "--create-namespace",
-                   "--skip-crds", "--set", "replicaCount=0", "--wait=false")
+                   "--set", "crds.install=false", "--set", "replicaCount=0", "--wait=false")
         assert "STATUS: deployed" in out
         manifest = helm(kube, "get", "manifest", release, "--namespace", system_ns)
         assert "kopf.dev" not in manifest
@@ -168,3 +171,47 @@ def test_the_chart_installs_where_kopf_peering_crds_already_exist(kube: Kube) ->
         kube.delete(f"/api/v1/namespaces/{system_ns}")
         for name in made:
             kube.delete(f"{crds}/{name}")
+
+
+CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/lorafinetunes.finetune.dev"
+
+
+def test_the_release_upgrades_its_crd_and_uninstall_keeps_it(kube: Kube, tmp_path) -> None:
+    """The CRD is part of the release (templates/crd.yaml): an install takes over the CRD already there (as after
+    an install of a chart version that shipped it in crds/), an upgrade brings the CRD to the chart's version (here
+    from an older one without the Queue column), and uninstall leaves the CRD and the resources in place (keep)."""
+    suffix = uuid.uuid4().hex[:6]
+    system_ns, user_ns, release = f"lftcrd-sys-{suffix}", f"lftcrd-{suffix}", f"lftcrd{suffix}"
+    older = tmp_path / "older"
+    shutil.copytree(CHART, older)
+    crd_file = next((older / "files" / "crds").glob("*.yaml"))
+    old_crd = yaml.safe_load(crd_file.read_text())
+    for version in old_crd["spec"]["versions"]:
+        version["additionalPrinterColumns"] = [c for c in version["additionalPrinterColumns"] if c["name"] != "Queue"]
+    crd_file.write_text(yaml.safe_dump(old_crd))
+
+    def columns() -> list[str]:
+        return [c["name"] for c in kube.get(CRD)["spec"]["versions"][0]["additionalPrinterColumns"]]
+
+    common = ("--namespace", system_ns, "--set", "replicaCount=0", "--wait=false")
+    try:
+        helm(kube, "install", release, str(older), "--create-namespace", "--take-ownership", *common)
+        meta = kube.get(CRD)["metadata"]
+        assert meta["annotations"]["meta.helm.sh/release-name"] == release, meta
+        assert meta["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert "Queue" not in columns()
+
+        helm(kube, "upgrade", release, str(CHART), *common)
+        assert "Queue" in columns()  # the upgrade brought the CRD to the chart's version
+
+        kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": user_ns}})
+        kube.create_lft(user_ns, "survivor", spec())
+        helm(kube, "uninstall", release, "--namespace", system_ns)
+        assert kube.get(CRD) is not None  # helm.sh/resource-policy: keep
+        assert kube.lft(user_ns, "survivor") is not None
+    finally:
+        subprocess.run([HELM, "--kubeconfig", kube.kubeconfig, "uninstall", release, "--namespace", system_ns],
+                       check=False, capture_output=True, timeout=120)
+        kube.delete(f"/api/v1/namespaces/{user_ns}")
+        kube.delete(f"/api/v1/namespaces/{system_ns}")

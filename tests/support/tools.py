@@ -1,4 +1,5 @@
-"""Paths of the chart and the helm binary, shared by the chart's unit and integration tests."""
+"""Paths of the chart and of the tools the tests run: helm (the chart's unit and integration tests), and the
+Go tools hack/build-from-modules.sh builds into $LFT_CACHE (krew, actionlint)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,12 @@ def find_helm() -> str | None:
 
 
 HELM = find_helm()
+
+
+CACHE = Path(os.environ.get("LFT_CACHE", "/var/cache/lft"))
+
+
+def go_tool(component: str, version: str, binary: str) -> Path | None:
+    """A binary of hack/build-from-modules.sh COMPONENT (cached under $LFT_CACHE/COMPONENT/VERSION), if built."""
+    path = CACHE / component / version / binary
+    return path if os.access(path, os.X_OK) else None

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import tarfile
+import tomllib
 from typing import Any
 
 import pytest
@@ -98,7 +99,9 @@ def test_helm_lint_strict(values: dict[str, str]) -> None:
 def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["name"] == "lora-finetune-operator"
-    assert chart["appVersion"] == "0.1.0"
+    # One version: the chart's, its appVersion (the operator image tag when image.tag is empty) and the package's.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert chart["version"] == chart["appVersion"] == project == "0.2.0"
 
 
 def test_default_render_has_the_expected_objects() -> None:
@@ -106,6 +109,7 @@ def test_default_render_has_the_expected_objects() -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         [
+            "CustomResourceDefinition",  # part of the release (templates/crd.yaml)
             "ServiceAccount",
             "ClusterRole",
             "ClusterRole",
@@ -122,7 +126,7 @@ def test_default_render_has_the_expected_objects() -> None:
     ), kinds
     # Off by default: the Prometheus Operator's ServiceMonitor. Never kopf's peering objects or CRDs.
     assert not by_kind(docs, "ServiceMonitor")
-    assert not [d for d in render({}, "--include-crds") if "kopf.dev" in d["apiVersion"] + d["metadata"]["name"]]
+    assert not [d for d in render() if "kopf.dev" in d["apiVersion"] + d["metadata"]["name"]]
 
 
 def test_deployment_is_restricted() -> None:
@@ -304,7 +308,7 @@ def test_default_images_are_the_ones_make_images_builds() -> None:
     assert (container(docs)["image"], env_of(docs)["LFT_TRAINER_IMAGE"]) == (operator, trainer)
     assert DEFAULT_TRAINER_IMAGE == trainer == "lft/trainer:cpu"
     # An empty tag still means the chart's appVersion.
-    assert container(render({"image.tag": ""}))["image"] == "lft/operator:0.1.0"
+    assert container(render({"image.tag": ""}))["image"] == "lft/operator:0.2.0"
 
 
 RBAC_VARIANTS = [{}, HA_NAMESPACED, {"replicaCount": "1"},
@@ -492,17 +496,20 @@ def test_service_monitor_optional() -> None:
     assert sm["spec"]["selector"]["matchLabels"].items() <= one(docs, "Service")["metadata"]["labels"].items()
 
 
-def test_chart_crds_are_the_generated_ones() -> None:
-    chart_crds = sorted((CHART / "crds").glob("*.yaml"))
-    if not chart_crds:
-        pytest.skip("charts/lora-finetune-operator/crds/ not generated yet (make crds)")
-    docs = render({}, "--include-crds")
-    names = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
-    assert "lorafinetunes.finetune.dev" in names
-    root = {p.name: p.read_text() for p in (ROOT / "crds").glob("*.yaml")}
-    for path in chart_crds:
-        if path.name in root:
-            assert path.read_text() == root[path.name], f"{path.name}: chart copy differs from crds/"
+def test_the_release_installs_the_generated_crd_and_keeps_it_on_uninstall() -> None:
+    """templates/crd.yaml renders files/crds/ (the generator's output, the same as crds/) with the release's labels
+    and helm.sh/resource-policy: keep; crds.install=false renders none, crds.keep=false drops the annotation."""
+    generated = ROOT / "crds" / "finetune.dev_lorafinetunes.yaml"
+    assert (CHART / "files" / "crds" / generated.name).read_text() == generated.read_text()
+    assert not (CHART / "crds").exists()  # Helm would install it once and never upgrade it
+    crd = one(render(), "CustomResourceDefinition")
+    want = yaml.safe_load(generated.read_text())
+    assert crd["spec"] == want["spec"] and crd["metadata"]["name"] == want["metadata"]["name"]
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert not by_kind(render({"crds.install": "false"}), "CustomResourceDefinition")
+    unkept = one(render({"crds.keep": "false"}), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in (unkept["metadata"].get("annotations") or {})
 
 
 def test_make_chart_packages_the_chart(tmp_path) -> None:
@@ -516,12 +523,12 @@ def test_make_chart_packages_the_chart(tmp_path) -> None:
     archive = out / f"{CHART.name}-{version}.tgz"
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
-        crd = tar.extractfile(f"{CHART.name}/crds/finetune.dev_lorafinetunes.yaml").read().decode()
-    expected = {"Chart.yaml", "values.yaml", "values.schema.json", "crds/finetune.dev_lorafinetunes.yaml"}
+        crd = tar.extractfile(f"{CHART.name}/files/crds/finetune.dev_lorafinetunes.yaml").read().decode()
+    expected = {"Chart.yaml", "values.yaml", "values.schema.json", "files/crds/finetune.dev_lorafinetunes.yaml"}
     expected |= {f"templates/{t.name}" for t in (CHART / "templates").iterdir()}
     assert {f"{CHART.name}/{name}" for name in expected} <= names, sorted(names)
-    assert crd == (CHART / "crds" / "finetune.dev_lorafinetunes.yaml").read_text()
-    proc = helm("template", RELEASE, str(archive), "--namespace", NAMESPACE, "--include-crds")
+    assert crd == (ROOT / "crds" / "finetune.dev_lorafinetunes.yaml").read_text()
+    proc = helm("template", RELEASE, str(archive), "--namespace", NAMESPACE)
     kinds = {doc["kind"] for doc in yaml.safe_load_all(proc.stdout) if doc}
     assert {"CustomResourceDefinition", "Deployment", "ServiceAccount"} <= kinds
 

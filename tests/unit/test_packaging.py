@@ -32,6 +32,7 @@ def _build_wheel(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(REPO / "pyproject.toml", src)
+    shutil.copy(REPO / "LICENSE", src)
     for root in SOURCES.values():
         shutil.copytree(REPO / root, src / root, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
     out = tmp_path / "dist"
@@ -46,6 +47,7 @@ def test_the_wheel_holds_every_module_and_imports_them_from_a_fresh_venv(tmp_pat
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = sorted(_source_files() - names)
     assert not missing, f"left out of the wheel: {missing}"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "no LICENSE in the wheel"
 
     # A fresh venv with the wheel installed by pip; the third-party packages come from the test venv's
     # site-packages through a .pth file, the project's own modules only from the wheel.

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from urllib3.exceptions import HTTPError
 
@@ -43,12 +44,12 @@ PULL_HELP = (
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse exits 2 by default: 2 is wait's timeout here
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 by default: 2 is wait's timeout here
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _common(defaults: bool) -> argparse.ArgumentParser:
+def _common(defaults: bool) -> _Parser:
     """The kubectl-like flags, accepted before or after the subcommand."""
     p = _Parser(add_help=False)
     keep = None if defaults else argparse.SUPPRESS

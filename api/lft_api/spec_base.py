@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonDict, JsonValue
@@ -21,7 +23,7 @@ class SpecModel(BaseModel):
         validate_default=True,
     )
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict with camelCase keys, as stored in the CR and the ConfigMap."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 

@@ -91,8 +91,9 @@ chart: ## Package the Helm chart (CRD included) as $(CHART_OUT)/lora-finetune-op
 	$(HELM) lint charts/lora-finetune-operator
 	$(HELM) package charts/lora-finetune-operator -d $(CHART_OUT)
 
-lint: venv ## ruff + helm lint
+lint: venv ## ruff + mypy (api, operator, cli) + helm lint
 	$(VENV)/bin/ruff check api operator trainer_image cli tests bench
+	$(VENV)/bin/mypy
 	$(HELM) lint charts/lora-finetune-operator
 
 bench: venv ## Benchmarks: trainer vs cookbook recipe, operator at 200 resources

@@ -28,6 +28,7 @@ on_cluster_failure() {
 }
 
 suite lint -- "${PY%/python}/ruff" check api operator trainer_image cli tests bench
+suite mypy -- "${PY%/python}/mypy"  # lft_api, lft_operator, lft_cli: [tool.mypy] in pyproject.toml
 
 # The images build in the background (niced) from here until the end-to-end stage needs them: on a cold
 # machine their wheel downloads, debootstrap and layer writes overlap the Go builds of Kubernetes (CPU

@@ -13,6 +13,7 @@ Pure data and pure functions: imported by both images (the operator's has no tor
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, Literal, Optional
 
@@ -83,7 +84,7 @@ WANDB_DIR = "wandb"  # training.wandb.mode offline: the W&B run directories (`wa
 class WireModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
@@ -333,11 +334,11 @@ class TerminationMessage(WireModel):
             return None
 
 
-def _dump(data: dict) -> str:
+def _dump(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
-def _fits(data: dict) -> bool:
+def _fits(data: dict[str, Any]) -> bool:
     return len(_dump(data).encode()) <= TERMINATION_MESSAGE_MAX_BYTES
 
 
@@ -345,7 +346,7 @@ def _truncated(text: str, keep: int) -> str:
     return text if keep >= len(text) else text[:keep] + " [truncated]"
 
 
-def _largest_fitting(upper: int, value_for: Any, data: dict, key: str) -> int:
+def _largest_fitting(upper: int, value_for: Callable[[int], object], data: dict[str, Any], key: str) -> int:
     """The largest n in [0, upper] for which data with data[key] = value_for(n) fits (0 when none does)."""
     lo, hi = 0, upper
     while lo < hi:

@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field, SerializerFunctionWrapHandler, model_ser
 from .contract import AdapterRef, Artifacts, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress, WireModel
 from .pod_types import Affinity, EnvVar, Toleration, Volume, VolumeMount
 from .spec import TRAINER_CONFIG_RULES, TrainerConfig
-from .spec_base import SpecModel, ratcheting_rule
+from .spec_base import CelRules, SpecModel, ratcheting_rule
 from .tracking_spec import SecretRef
 
 # The Job is named "<name>-trainer" and its name is copied into the pods' `job-name` label,
@@ -128,7 +128,7 @@ class PodTemplateSpec(SpecModel):
 # Cross-field rules of the whole spec as CEL (x-kubernetes-validations; self is the spec): TrainerConfig's, and
 # those of validation.semantic_problems that read no admin policy (QuantizationNeedsGPU, ProcessesMismatchGPUs).
 # (The spec's objects have defaults: lora, training and resources are always there when the rules run.)
-SPEC_RULES = TRAINER_CONFIG_RULES + [
+SPEC_RULES: CelRules = TRAINER_CONFIG_RULES + [
     ratcheting_rule(
         "self.lora.quantization == 'none' || self.resources.gpus >= 1",
         reads=("lora.quantization", "resources.gpus"),

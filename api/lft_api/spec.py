@@ -17,7 +17,7 @@ from typing import Literal, Optional
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from .spec_base import SpecModel, ratcheting_rule
+from .spec_base import CelRules, SpecModel, ratcheting_rule
 from .tracking_spec import MlflowSpec, ReportTarget, WandbSpec
 
 
@@ -150,7 +150,7 @@ MAX_NODES = 64
 MAX_PROCESSES_PER_NODE = 64
 
 
-def _tracker_rules(name: str) -> list[dict[str, str]]:
+def _tracker_rules(name: str) -> CelRules:
     """training.reportTo <name> and training.<name> go together (TrainingSpec._tracking_settings)."""
     return [
         {"rule": f"!has(self.reportTo) || !('{name}' in self.reportTo) || has(self.{name})",
@@ -362,7 +362,7 @@ class EvaluationSpec(SpecModel):
 
 
 # TrainerConfig's cross-field rules as CEL (x-kubernetes-validations on the spec; self is the spec).
-TRAINER_CONFIG_RULES = [
+TRAINER_CONFIG_RULES: CelRules = [
     ratcheting_rule(  # _assistant_only_needs_messages
         "!self.training.assistantOnlyLoss || self.dataset.format != 'text'",
         reads=("training.assistantOnlyLoss", "dataset.format"),

@@ -18,10 +18,10 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lft_api.contract import Artifacts, FileDigest
 from lft_api.spec import StorageSpec
@@ -30,6 +30,8 @@ from lft_trainer.retry import RetryPolicy
 from lft_trainer.storage import Storage, local_files, mismatches
 
 from .kube import CREDENTIAL_KEYS, CliError, Cluster
+
+T = TypeVar("T")
 
 # A command line gives up sooner than the trainer (120 s): a wrong endpoint should say so in seconds.
 CLI_RETRY = RetryPolicy(total_seconds=20, initial_delay=0.5, max_delay=4.0, check_seconds=10)
@@ -82,7 +84,7 @@ def _split(uri: str) -> tuple[str, str]:
     return parent, name
 
 
-def _storage_call(store: RunStorage, what: str, fn):
+def _storage_call(store: RunStorage, what: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except FileNotFoundError as exc:

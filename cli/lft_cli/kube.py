@@ -7,18 +7,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from urllib3 import HTTPResponse
 
 from lft_api import contract
 from lft_operator.builders import CONFIG_FILE, CONTAINER_NAME, NAME_LABEL, config_map_name
 
 from . import render
+
+T = TypeVar("T")
 
 IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # The keys of the storage Secret the trainer uses (envFrom): the rest of the Secret is not read.
@@ -31,7 +34,7 @@ class CliError(Exception):
 
 def _api_error(exc: ApiException, what: str) -> CliError:
     try:
-        detail = json.loads(exc.body).get("message") or exc.reason
+        detail = (json.loads(exc.body).get("message") if exc.body else None) or exc.reason
     except (TypeError, ValueError, AttributeError):
         detail = exc.reason
     return CliError(f"{what}: {exc.status} {detail}")
@@ -61,14 +64,15 @@ class Cluster:
 
     def lft(self, name: str) -> dict[str, Any]:
         try:
-            return client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            obj = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
                 contract.API_GROUP, contract.API_VERSION, self.namespace, contract.PLURAL, name)
+            return cast("dict[str, Any]", obj)  # the decoded JSON object; the client annotates it `object`
         except ApiException as exc:
             if exc.status == 404:
                 raise CliError(f'lorafinetune "{name}" not found in namespace "{self.namespace}"') from exc
             raise _api_error(exc, f"reading lorafinetune {self.namespace}/{name}") from exc
 
-    def _read(self, kind: str, fn, name: str) -> Any | None:
+    def _read(self, kind: str, fn: Callable[[str, str], T], name: str) -> T | None:
         try:
             return fn(name, self.namespace)
         except ApiException as exc:
@@ -92,7 +96,8 @@ class Cluster:
         if tail is not None:
             kwargs["tail_lines"] = tail
         try:
-            resp = client.CoreV1Api(self.api).read_namespaced_pod_log(pod, self.namespace, **kwargs)
+            # _preload_content=False: the undecoded HTTP response, not the str the client's annotation says.
+            resp = cast(HTTPResponse, client.CoreV1Api(self.api).read_namespaced_pod_log(pod, self.namespace, **kwargs))
         except ApiException as exc:
             raise _api_error(exc, f"reading the logs of pod {self.namespace}/{pod}") from exc
         try:
@@ -104,17 +109,19 @@ class Cluster:
     def trainer_config(self, name: str) -> dict[str, Any] | None:
         """The trainer's config JSON (the operator's defaults filled in), or None once it is gone."""
         cm = self._read("configmap", client.CoreV1Api(self.api).read_namespaced_config_map, config_map_name(name))
-        if cm is None or not (cm.data or {}).get(CONFIG_FILE):
+        data = (cm.data if cm is not None else None) or {}
+        if not data.get(CONFIG_FILE):
             return None
-        return json.loads(cm.data[CONFIG_FILE])
+        return json.loads(data[CONFIG_FILE])
 
     def job_secret_names(self, job_name: str | None) -> list[str]:
         """The Secrets the trainer container gets its environment from (envFrom), in order."""
         job = self._read("job", client.BatchV1Api(self.api).read_namespaced_job, job_name) if job_name else None
         if job is None:
             return []
-        containers = [c for c in job.spec.template.spec.containers if c.name == CONTAINER_NAME]
-        return [e.secret_ref.name for c in containers for e in c.env_from or [] if e.secret_ref is not None]
+        pod_spec = job.spec.template.spec if job.spec is not None else None
+        containers = [c for c in (pod_spec.containers if pod_spec is not None else []) if c.name == CONTAINER_NAME]
+        return [e.secret_ref.name for c in containers for e in c.env_from or [] if e.secret_ref is not None and e.secret_ref.name]
 
     def credentials(self, secret: str) -> dict[str, str]:
         """The storage credentials in a Secret, read with the user's own rights. Values are never printed."""

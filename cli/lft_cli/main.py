@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from urllib3.exceptions import HTTPError
 
@@ -43,12 +44,12 @@ PULL_HELP = (
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse exits 2 by default: 2 is wait's timeout here
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 by default: 2 is wait's timeout here
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _common(defaults: bool) -> argparse.ArgumentParser:
+def _common(defaults: bool) -> _Parser:
     """The kubectl-like flags, accepted before or after the subcommand."""
     p = _Parser(add_help=False)
     keep = None if defaults else argparse.SUPPRESS
@@ -126,12 +127,12 @@ def cmd_wait(cluster: Cluster, args: argparse.Namespace, clock: Callable[[], flo
         time.sleep(min(args.interval, left))
 
 
-def _status(cluster: Cluster, name: str) -> tuple[dict, dict]:
+def _status(cluster: Cluster, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     obj = cluster.lft(name)
     return obj, obj.get("status") or {}
 
 
-def _artifact(cluster: Cluster, name: str, field: str, missing: str) -> tuple[dict, dict, str]:
+def _artifact(cluster: Cluster, name: str, field: str, missing: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     """The resource, its status and the URI of one of status.artifacts; CliError with `missing` (formatted with
     the name and the phase) while the run has not written it."""
     obj, status = _status(cluster, name)

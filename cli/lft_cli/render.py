@@ -61,7 +61,7 @@ def _eval_line(metrics: Metrics) -> str | None:
     if metrics.eval_loss_before is None and metrics.eval_loss is None:
         return None
     change = metrics.eval_loss_change
-    if change is None and None not in (metrics.eval_loss, metrics.eval_loss_before):
+    if change is None and metrics.eval_loss is not None and metrics.eval_loss_before is not None:
         change = round(metrics.eval_loss - metrics.eval_loss_before, 4)
     verdict = "" if change is None else f" (change {change:+.4f}: {'better' if change < 0 else 'not better'})"
     return f"{_num(metrics.eval_loss_before)} before -> {_num(metrics.eval_loss)} after{verdict}"

@@ -116,7 +116,8 @@ def _rules(node: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _table(path: str, obj: dict[str, Any], vendored: set[str], out: list[str], nested: list) -> None:
+def _table(path: str, obj: dict[str, Any], vendored: set[str], out: list[str],
+           nested: list[tuple[str, dict[str, Any]]]) -> None:
     """One object's table; its object-valued fields go to `nested`, for their own tables."""
     required = set(obj.get("required", []))
     rows = ["| field | type | default | description |", "| --- | --- | --- | --- |"]

@@ -31,26 +31,34 @@ from .kube import Kube
 from .ownership import OutputClaim, Standing, uri_root
 from .reconcile import Reconciler, build_reconciler
 from .settings import Settings
-from .views import JobView, PodView
+from .views import JobView, PodView, WorkloadView
 
 logger = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = contract.API_GROUP, contract.API_VERSION, contract.PLURAL
 
 
+# kopf's indexes (the @kopf.index functions below; kueue_handlers.py): each key to the values indexed under it.
+JobIndex = kopf.Index[tuple[str, str], JobView]  # by (namespace, LoRAFineTune name)
+PodIndex = kopf.Index[tuple[str, str], PodView]  # by (namespace, LoRAFineTune name)
+OutputIndex = kopf.Index[tuple[str, str], OutputClaim]  # by (namespace, root of output.uri)
+WorkloadIndex = kopf.Index[str, WorkloadView]  # by Job uid
+JobOwnerIndex = kopf.Index[str, tuple[str, str]]  # (namespace, LoRAFineTune name) by Job uid
+
+
 class IndexCache:
     """The reconciler's view of kopf's live indexes."""
 
     def __init__(self) -> None:
-        self._jobs: Any = None
-        self._pods: Any = None
-        self._outputs: Any = None
-        self._workloads: Any = None  # Kueue's Workloads by Job uid (kueue_handlers.py; only with settings.kueue)
+        self._jobs: JobIndex | None = None
+        self._pods: PodIndex | None = None
+        self._outputs: OutputIndex | None = None
+        self._workloads: WorkloadIndex | None = None  # Kueue's Workloads by Job uid (kueue_handlers.py; only with settings.kueue)
 
-    def bind(self, jobs: Any, pods: Any, outputs: Any) -> None:
+    def bind(self, jobs: JobIndex | None, pods: PodIndex | None, outputs: OutputIndex | None) -> None:
         self._jobs, self._pods, self._outputs = jobs, pods, outputs
 
-    def bind_workloads(self, workloads: Any) -> None:
+    def bind_workloads(self, workloads: WorkloadIndex | None) -> None:
         self._workloads = workloads
 
     def jobs(self, namespace: str, name: str) -> list[JobView]:
@@ -135,20 +143,27 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # Index functions are coroutines (pure and quick): kopf runs plain functions in a thread pool, a thread
 # hop per watch event that cost about 20% of the operator's CPU in bench/operator_scale.py.
 @kopf.index("batch", "v1", "jobs", labels={NAME_LABEL: kopf.PRESENT})
-async def lft_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels[NAME_LABEL]): JobView.from_job(raw_body(body))}
+async def lft_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobView]:
+    return {(namespaced(namespace), labels[NAME_LABEL]): JobView.from_job(raw_body(body))}
 
 
 @kopf.index("v1", "pods", labels={NAME_LABEL: kopf.PRESENT})
-async def lft_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels[NAME_LABEL]): PodView.from_pod(raw_body(body))}
+async def lft_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodView]:
+    return {(namespaced(namespace), labels[NAME_LABEL]): PodView.from_pod(raw_body(body))}
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-async def lft_outputs(body: kopf.Body, **_: Any) -> dict:
+async def lft_outputs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], OutputClaim]:
     # By namespace: a claim never counts against, nor names to, another namespace's resources.
     claim = OutputClaim.from_body(raw_body(body))
     return {(claim.namespace, uri_root(claim.uri)): claim} if claim is not None else {}
+
+
+def namespaced(namespace: str | None) -> str:
+    """kopf passes `namespace` as optional (a cluster-scoped object has none): every object watched here has one."""
+    if namespace is None:
+        raise kopf.PermanentError("a namespaced object without a namespace")
+    return namespace
 
 
 def raw_body(body: kopf.Body) -> dict[str, Any]:
@@ -165,15 +180,16 @@ def raw_body(body: kopf.Body) -> dict[str, Any]:
 async def lft_event(
     event: kopf.RawEvent,
     body: kopf.Body,
-    namespace: str,
+    namespace: str | None,
     name: str,
     memo: kopf.Memo,
-    lft_jobs: Any,
-    lft_pods: Any,
-    lft_outputs: Any,
+    lft_jobs: JobIndex | None = None,  # kopf passes every index by name; the defaults are for its handler
+    lft_pods: PodIndex | None = None,  # type (WatchingFn), which declares no such argument
+    lft_outputs: OutputIndex | None = None,
     **_: Any,
 ) -> None:
     memo.cache.bind(lft_jobs, lft_pods, lft_outputs)
+    namespace = namespaced(namespace)
     raw = raw_body(body)
     deleted = event.get("type") == "DELETED"
     if deleted:
@@ -189,31 +205,31 @@ async def lft_event(
 async def job_event(
     event: kopf.RawEvent,
     body: kopf.Body,
-    namespace: str,
+    namespace: str | None,
     labels: kopf.Labels,
     memo: kopf.Memo,
-    lft_jobs: Any,
-    lft_pods: Any,
-    lft_outputs: Any,
+    lft_jobs: JobIndex | None = None,  # as in lft_event
+    lft_pods: PodIndex | None = None,
+    lft_outputs: OutputIndex | None = None,
     **_: Any,
 ) -> None:
     memo.cache.bind(lft_jobs, lft_pods, lft_outputs)
     view = None if event.get("type") == "DELETED" else JobView.from_job(raw_body(body))
-    memo.reconciler.on_child(namespace, labels[NAME_LABEL], body.metadata.uid, view)
+    memo.reconciler.on_child(namespaced(namespace), labels[NAME_LABEL], body.metadata.uid, view)
 
 
 @kopf.on.event("v1", "pods", labels={NAME_LABEL: kopf.PRESENT})
 async def pod_event(
     event: kopf.RawEvent,
     body: kopf.Body,
-    namespace: str,
+    namespace: str | None,
     labels: kopf.Labels,
     memo: kopf.Memo,
-    lft_jobs: Any,
-    lft_pods: Any,
-    lft_outputs: Any,
+    lft_jobs: JobIndex | None = None,  # as in lft_event
+    lft_pods: PodIndex | None = None,
+    lft_outputs: OutputIndex | None = None,
     **_: Any,
 ) -> None:
     memo.cache.bind(lft_jobs, lft_pods, lft_outputs)
     view = None if event.get("type") == "DELETED" else PodView.from_pod(raw_body(body))
-    memo.reconciler.on_child(namespace, labels[NAME_LABEL], body.metadata.uid, view)
+    memo.reconciler.on_child(namespaced(namespace), labels[NAME_LABEL], body.metadata.uid, view)

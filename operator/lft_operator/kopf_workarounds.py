@@ -40,7 +40,7 @@ from kopf._core.reactor import observation, queueing
 logger = logging.getLogger(__name__)
 
 PATCHED = "_lft_workaround"
-_drops: set[asyncio.Task] = set()  # toggle drops scheduled by ending tasks (kept referenced)
+_drops: set[asyncio.Task[Any]] = set()  # toggle drops scheduled by ending tasks (kept referenced)
 
 
 def _still_holding(toggles: Any, toggle: Any) -> bool:

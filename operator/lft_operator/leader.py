@@ -20,7 +20,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +36,20 @@ logger = logging.getLogger(__name__)
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-def identity(env: dict[str, str] | None = None) -> str:
+def identity(env: Mapping[str, str] | None = None) -> str:
     """The pod's name (downward API: POD_NAME) and a random suffix: a restarted container is a new candidate."""
-    env = os.environ if env is None else env
-    pod = env.get("POD_NAME") or env.get("HOSTNAME") or "lft-operator"
+    environ = os.environ if env is None else env
+    pod = environ.get("POD_NAME") or environ.get("HOSTNAME") or "lft-operator"
     return f"{pod}_{uuid.uuid4().hex[:8]}"
 
 
-def lease_namespace(config: Settings, env: dict[str, str] | None = None) -> str:
+def lease_namespace(config: Settings, env: Mapping[str, str] | None = None) -> str:
     """Where the Lease lives: the setting, else the operator's own namespace."""
-    env = os.environ if env is None else env
+    environ = os.environ if env is None else env
     if config.leader_election_namespace:
         return config.leader_election_namespace
-    if env.get("OPERATOR_NAMESPACE"):
-        return env["OPERATOR_NAMESPACE"]
+    if environ.get("OPERATOR_NAMESPACE"):
+        return environ["OPERATOR_NAMESPACE"]
     if SERVICE_ACCOUNT_NAMESPACE.exists():
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
     return "default"

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from lft_api.conditions import ACCEPTED, TERMINAL_PHASES, Reason
 
 from .status import Problem, trusted_status
+from .views import JobView
 
 
 def normalize_uri(uri: str) -> str:
@@ -156,6 +157,13 @@ def output_conflict(me: OutputClaim, overwrite: bool, claims: Iterable[OutputCla
     )
 
 
+class ClaimIndexes(Protocol):
+    """What OutputClaims reads of the watch caches (handlers.IndexCache; reconcile.Cache)."""
+
+    def jobs(self, namespace: str, name: str) -> list[JobView]: ...
+
+    def outputs(self, namespace: str, root: str) -> list[OutputClaim]: ...
+
 
 class OutputClaims:
     """The claims as the reconciler sees them: the kopf index's (`cache.outputs(namespace, root)`), with the
@@ -172,7 +180,7 @@ class OutputClaims:
     another resource looks). A refused claim is not upgraded by a Job: the operator never creates one for it,
     so such a Job is not its."""
 
-    def __init__(self, cache: Any) -> None:
+    def __init__(self, cache: ClaimIndexes) -> None:
         self.cache = cache
         self._let_through: dict[tuple[str, str], str] = {}  # uid by (namespace, name)
 

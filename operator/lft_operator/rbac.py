@@ -29,7 +29,7 @@ class Use:
     # "code": calls in this package (the scan finds them); "kopf": kopf's own machinery.
     by: str = "code"
 
-    def rule(self) -> dict:
+    def rule(self) -> dict[str, list[str]]:
         return {"apiGroups": [self.group], "resources": [self.resource], "verbs": list(self.verbs)}
 
 
@@ -71,9 +71,9 @@ LEASE_USES: tuple[Use, ...] = (
     Use("coordination.k8s.io", "leases", ("get", "create", "update"), "leader election (leader.py)"),
 )
 
-OPERATOR_RULES: list[dict] = [u.rule() for u in USES]
-LEASE_RULES: list[dict] = [u.rule() for u in LEASE_USES]
-KUEUE_RULES: list[dict] = [u.rule() for u in KUEUE_USES]
+OPERATOR_RULES: list[dict[str, list[str]]] = [u.rule() for u in USES]
+LEASE_RULES: list[dict[str, list[str]]] = [u.rule() for u in LEASE_USES]
+KUEUE_RULES: list[dict[str, list[str]]] = [u.rule() for u in KUEUE_USES]
 
 # What the trainer's per-run Role (builders.trainer_role) grants on its one resource: patch only. RBAC
 # cannot limit the fields; the operator ignores and reverts whatever a trainer writes outside

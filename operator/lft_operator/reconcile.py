@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, cast
 
 from lft_api.conditions import Reason
 from lft_api.resource import LoRAFineTuneSpec
@@ -134,7 +134,7 @@ class Reconciler:
                 self.queue.add((namespace, name))
 
     async def run(self, key: Hashable) -> None:
-        namespace, name = key  # type: ignore[misc]
+        namespace, name = cast(tuple[str, str], key)  # the queue's keys are (namespace, name): trigger()
         with metrics.RECONCILE_SECONDS.time():
             try:
                 await self.reconcile(namespace, name)

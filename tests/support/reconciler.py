@@ -38,6 +38,9 @@ class RecordingEvents:
     def post_in_background(self, body: dict, events: list) -> None:
         self.posted += [(body["metadata"]["name"], e) for e in events]
 
+    async def cancel(self) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 

@@ -10,7 +10,7 @@ status's account of it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from lft_api import contract
 from lft_api.conditions import Reason
@@ -20,6 +20,12 @@ from ..views import PodView
 
 MAX_FINISHED_HISTORY = 10  # attempts kept in status once their pods are gone
 MAX_MESSAGE = 512
+
+
+@overload
+def truncate(text: str, limit: int = ...) -> str: ...
+@overload
+def truncate(text: None, limit: int = ...) -> None: ...
 
 
 def truncate(text: str | None, limit: int = MAX_MESSAGE) -> str | None:

@@ -10,13 +10,13 @@ from urllib.parse import quote
 
 import pytest
 
+from lft_api import contract
 from lft_api.conditions import Reason
 from lft_api.contract import ExitCode
 from lft_trainer import scrubbing, secret_scan
 from lft_trainer.__main__ import _failure
 from lft_trainer.errors import InvalidInput
 from lft_trainer.storage import Storage, sha256_file
-from lft_trainer.train import exit_code_for
 from lft_trainer.uploader import CheckpointUploader
 
 SECRET = "s3cr3t/Planted+Value-0123456789"  # '/' and '+': percent-encoding and URL-safe base64 differ
@@ -157,7 +157,7 @@ def test_storage_open_cannot_write_around_the_check(tmp_path) -> None:
 def test_the_failure_is_permanent_exit_3() -> None:
     msg, details = _failure(secret_scan.secret_in_output("adapter/tokenizer_config.json"))
     assert (msg.outcome, msg.reason) == ("invalid_input", "SecretInOutput")
-    assert exit_code_for(msg) == ExitCode.INVALID_INPUT == 3 and details == {"file": "adapter/tokenizer_config.json"}
+    assert contract.exit_code_for(msg.outcome) == ExitCode.INVALID_INPUT == 3 and details == {"file": "adapter/tokenizer_config.json"}
 
 
 def test_a_checkpoint_holding_a_secret_is_not_uploaded_and_ends_the_run(tmp_path) -> None:

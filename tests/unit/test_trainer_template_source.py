@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from lft_api.conditions import Reason
 from lft_api.spec import TrainerConfig
 from lft_trainer import rendering
 from lft_trainer.errors import InvalidInput
@@ -32,7 +33,7 @@ def refused(model: str, template: str, work: Path) -> InvalidInput:
     with pytest.raises(InvalidInput) as ei:
         choose(model, template, work)
     exc = ei.value
-    assert exc.reason == rendering.BAD_TEMPLATE and exc.field == "model.chatTemplate"
+    assert exc.reason == Reason.INVALID_CHAT_TEMPLATE and exc.field == "model.chatTemplate"
     assert f"model.chatTemplate {template!r} is not allowed: give inline Jinja" in exc.message
     assert "object-store URI (s3://, gs://, az://)" in exc.message and "model's own directory" in exc.message
     return exc

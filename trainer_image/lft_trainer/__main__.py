@@ -20,6 +20,7 @@ import os
 import sys
 
 from lft_api import contract
+from lft_api.conditions import Reason
 from lft_api.contract import TerminationMessage
 
 from . import scrubbing
@@ -51,16 +52,14 @@ def finish(msg: TerminationMessage, details: dict | None = None) -> int:
     if details:
         line.update(details)
     _emit(line)
-    from .train import exit_code_for
-
-    return int(exit_code_for(msg))
+    return int(contract.exit_code_for(msg.outcome))
 
 
 def _failure(exc: BaseException) -> tuple[TerminationMessage, dict | None]:
     if isinstance(exc, InvalidInput):
         return TerminationMessage(outcome="invalid_input", reason=exc.reason, message=exc.message), exc.details()
     if isinstance(exc, StorageError):
-        return TerminationMessage(outcome="error", reason="StorageError", message=str(exc)), None
+        return TerminationMessage(outcome="error", reason=Reason.STORAGE_ERROR, message=str(exc)), None
     return TerminationMessage(outcome="error", reason=type(exc).__name__, message=f"{type(exc).__name__}: {exc}"), None
 
 
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         from .launcher import write_rank_result
 
         write_rank_result(msg, distributed.rank())
-        return int(train.exit_code_for(msg))
+        return int(contract.exit_code_for(msg.outcome))
     return finish(msg, details)
 
 if __name__ == "__main__":

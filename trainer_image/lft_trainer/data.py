@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lft_api.conditions import Reason
 from lft_api.spec import DatasetSpec, StorageSpec
 
 from .errors import InvalidInput
 from .filesystems import split_uri
 
 DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
-DATASET_NOT_FOUND = "DatasetNotFound"
-UNREADABLE = "UnreadableDataset"
-INVALID = "InvalidDataset"
 
 
 class BadRow:
@@ -88,7 +86,7 @@ def resolve(spec: DatasetSpec, storage_spec: StorageSpec | None, cache_dir: Path
     if protocol == "file":
         local = Path(path)
         if not local.exists():
-            raise InvalidInput(DATASET_NOT_FOUND, f"dataset {uri} does not exist", file=uri, field="dataset.uri")
+            raise InvalidInput(Reason.DATASET_NOT_FOUND, f"dataset {uri} does not exist", file=uri, field="dataset.uri")
         local_files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
         pairs = [(p, uri if local.is_file() else f"{uri.rstrip('/')}/{p.relative_to(local).as_posix()}")
                  for p in local_files]
@@ -100,7 +98,7 @@ def resolve(spec: DatasetSpec, storage_spec: StorageSpec | None, cache_dir: Path
             if not is_dir and not remote.exists():
                 raise FileNotFoundError(uri)
         except FileNotFoundError:
-            raise InvalidInput(DATASET_NOT_FOUND, f"dataset {uri} does not exist", file=uri, field="dataset.uri") from None
+            raise InvalidInput(Reason.DATASET_NOT_FOUND, f"dataset {uri} does not exist", file=uri, field="dataset.uri") from None
         dest = cache_dir / "dataset"
         if is_dir:
             names = [n for n in names if _kind(n)]
@@ -111,9 +109,9 @@ def resolve(spec: DatasetSpec, storage_spec: StorageSpec | None, cache_dir: Path
     data = [(p, d) for p, d in pairs if _kind(p.name)]
     if not data:
         if len(pairs) == 1:
-            raise InvalidInput(UNREADABLE, f"dataset {uri}: unsupported file type "
+            raise InvalidInput(Reason.UNREADABLE_DATASET, f"dataset {uri}: unsupported file type "
                                f"(expected {', '.join(sorted(DATA_SUFFIXES))})", file=uri, field="dataset.uri")
-        raise InvalidInput(DATASET_NOT_FOUND, f"dataset {uri}: no .jsonl, .json or .parquet files found",
+        raise InvalidInput(Reason.DATASET_NOT_FOUND, f"dataset {uri}: no .jsonl, .json or .parquet files found",
                            file=uri, field="dataset.uri")
     splits = [spec.train_split] + ([spec.eval_split] if spec.eval_split else [])
     by_split: dict[str, list[DataFile]] = {}
@@ -121,7 +119,7 @@ def resolve(spec: DatasetSpec, storage_spec: StorageSpec | None, cache_dir: Path
         split = _split_of(p.name, splits) if len(data) > 1 else None
         by_split.setdefault(split or spec.train_split, []).append(DataFile(p, display, _kind(p.name)))
     if len(data) > 1 and spec.train_split not in by_split:
-        raise InvalidInput(DATASET_NOT_FOUND, f"dataset {uri}: no file for split {spec.train_split!r}",
+        raise InvalidInput(Reason.DATASET_NOT_FOUND, f"dataset {uri}: no file for split {spec.train_split!r}",
                            file=uri, field="dataset.trainSplit")
     return DatasetSource(uri=uri, files=by_split)
 
@@ -139,7 +137,7 @@ def iter_file_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
         else:
             yield from _jsonl_rows(f)
     except OSError as exc:
-        raise InvalidInput(UNREADABLE, f"{f.display}: cannot read the file ({exc.strerror or exc})", file=f.display) from None
+        raise InvalidInput(Reason.UNREADABLE_DATASET, f"{f.display}: cannot read the file ({exc.strerror or exc})", file=f.display) from None
 
 
 def _jsonl_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
@@ -160,7 +158,7 @@ def _jsonl_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
             except json.JSONDecodeError as exc:
                 yield lineno, BadRow(f"invalid JSON: {exc.msg} at column {exc.colno}")
     if not any_row:
-        raise InvalidInput(INVALID, f"{f.display}: the file is empty (no rows)", file=f.display)
+        raise InvalidInput(Reason.INVALID_DATASET, f"{f.display}: the file is empty (no rows)", file=f.display)
 
 
 def _json_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
@@ -168,24 +166,24 @@ def _json_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(UNREADABLE, f"{f.display}: not valid UTF-8 (byte {exc.start})", file=f.display) from None
+        raise InvalidInput(Reason.UNREADABLE_DATASET, f"{f.display}: not valid UTF-8 (byte {exc.start})", file=f.display) from None
     if not text.strip():
-        raise InvalidInput(INVALID, f"{f.display}: the file is empty (no rows)", file=f.display)
+        raise InvalidInput(Reason.INVALID_DATASET, f"{f.display}: the file is empty (no rows)", file=f.display)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # JSON Lines in a .json file (as datasets' json loader accepts)
             yield from _jsonl_rows(DataFile(f.path, f.display, "jsonl"))
             return
-        raise InvalidInput(INVALID, f"{f.display}: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        raise InvalidInput(Reason.INVALID_DATASET, f"{f.display}: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                            file=f.display, row=exc.lineno) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]} / {"rows": [...]}
     if not isinstance(data, list):
-        raise InvalidInput(INVALID, f"{f.display}: expected a JSON array of rows (or JSON Lines), "
+        raise InvalidInput(Reason.INVALID_DATASET, f"{f.display}: expected a JSON array of rows (or JSON Lines), "
                            f"got {type(data).__name__}", file=f.display)
     if not data:
-        raise InvalidInput(INVALID, f"{f.display}: the file is empty (no rows)", file=f.display)
+        raise InvalidInput(Reason.INVALID_DATASET, f"{f.display}: the file is empty (no rows)", file=f.display)
     yield from enumerate(data, start=1)
 
 
@@ -195,9 +193,9 @@ def _parquet_rows(f: DataFile) -> Iterator[tuple[int, Any]]:
     try:
         pf = pq.ParquetFile(f.path)
     except Exception as exc:  # ArrowInvalid and friends: the bytes are not Parquet
-        raise InvalidInput(UNREADABLE, f"{f.display}: not a readable Parquet file ({exc})", file=f.display) from None
+        raise InvalidInput(Reason.UNREADABLE_DATASET, f"{f.display}: not a readable Parquet file ({exc})", file=f.display) from None
     if pf.metadata.num_rows == 0:
-        raise InvalidInput(INVALID, f"{f.display}: the file is empty (no rows)", file=f.display)
+        raise InvalidInput(Reason.INVALID_DATASET, f"{f.display}: the file is empty (no rows)", file=f.display)
     n = 0
     for batch in pf.iter_batches(batch_size=4096):
         for row in batch.to_pylist():
@@ -227,12 +225,12 @@ def load_hub_split(spec: DatasetSpec, split: str):
                                      token=os.environ.get("HF_TOKEN") or None)
     except (FileNotFoundError, ValueError) as exc:
         # ValueError: unknown split or config; FileNotFoundError / DatasetNotFoundError: no such dataset.
-        raise InvalidInput(DATASET_NOT_FOUND, f"{where} split {split!r}: {str(exc).splitlines()[0][:300]}",
+        raise InvalidInput(Reason.DATASET_NOT_FOUND, f"{where} split {split!r}: {str(exc).splitlines()[0][:300]}",
                            file=spec.uri, field="dataset.uri") from exc
     except Exception as exc:
         if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "GatedRepoError",
                                   "RevisionNotFoundError"):
-            raise InvalidInput(DATASET_NOT_FOUND, f"{where}: {str(exc).splitlines()[0][:300]}",
+            raise InvalidInput(Reason.DATASET_NOT_FOUND, f"{where}: {str(exc).splitlines()[0][:300]}",
                                file=spec.uri, field="dataset.uri") from exc
         raise
 

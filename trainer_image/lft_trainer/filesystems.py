@@ -10,12 +10,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from lft_api.conditions import Reason
 from lft_api.spec import StorageSpec
 
 from .errors import InvalidInput
-
-MISSING_CREDENTIALS = "MissingCredentials"
-UNSUPPORTED = "UnsupportedStorage"
 
 _PROTOCOL_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "adl": "az"}
 _PROTOCOL_PACKAGES = {"gs": "gcsfs", "az": "adlfs"}
@@ -47,7 +45,7 @@ def _s3_credentials(env: Mapping[str, str]) -> dict[str, Any]:
         # IRSA / pod identity: botocore's chain reads these variables itself.
         return {}
     raise InvalidInput(
-        MISSING_CREDENTIALS,
+        Reason.MISSING_CREDENTIALS,
         "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the trainer's environment "
         "(e.g. from the Secret named in the LoRAFineTune's storage settings)",
     )
@@ -84,9 +82,9 @@ def make_filesystem(protocol: str, spec: StorageSpec, env: Mapping[str, str] | N
         return fsspec.filesystem(protocol)
     except ImportError as exc:
         pkg = _PROTOCOL_PACKAGES.get(protocol, f"the fsspec backend for {protocol}://")
-        raise InvalidInput(UNSUPPORTED, f"{protocol}:// storage needs {pkg}, which is not installed in this image") from exc
+        raise InvalidInput(Reason.UNSUPPORTED_STORAGE, f"{protocol}:// storage needs {pkg}, which is not installed in this image") from exc
     except ValueError as exc:
-        raise InvalidInput(UNSUPPORTED, f"unsupported storage protocol {protocol}://") from exc
+        raise InvalidInput(Reason.UNSUPPORTED_STORAGE, f"unsupported storage protocol {protocol}://") from exc
 
 
 def _make_s3(spec: StorageSpec, creds: dict[str, Any]):

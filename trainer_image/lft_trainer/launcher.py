@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lft_api import contract
+from lft_api.conditions import Reason
 from lft_api.contract import TerminationMessage
 from lft_api.spec import TrainerConfig
 
@@ -60,10 +61,10 @@ def layout(config: TrainerConfig, gpus: int, env: dict[str, str] | os._Environ =
     nodes = config.training.nodes
     node_rank = int(env.get(contract.ENV_NODE_RANK) or 0)
     if not 0 <= node_rank < nodes:
-        raise InvalidInput(preflight.INVALID_CONFIG, f"{contract.ENV_NODE_RANK}={node_rank} is outside 0..{nodes - 1} "
+        raise InvalidInput(Reason.INVALID_CONFIG, f"{contract.ENV_NODE_RANK}={node_rank} is outside 0..{nodes - 1} "
                            f"(training.nodes {nodes})", field="training.nodes")
     if nodes > 1 and not env.get(contract.ENV_MASTER_ADDR):
-        raise InvalidInput(preflight.INVALID_CONFIG, f"training.nodes {nodes} needs {contract.ENV_MASTER_ADDR}, the "
+        raise InvalidInput(Reason.INVALID_CONFIG, f"training.nodes {nodes} needs {contract.ENV_MASTER_ADDR}, the "
                            "node-rank-0 pod's address (the operator sets it)", field="training.nodes")
     # Node 0 is the master: it reaches itself over loopback (through its own Service it would need hairpin NAT).
     # One Indexed Job's pods share one environment, so the operator sets the Service's address on every node.
@@ -107,7 +108,7 @@ def launch(config: TrainerConfig, config_path: str, preemption) -> TerminationMe
     gpus = torch.cuda.device_count() if cuda else 0
     lay = layout(config, gpus)
     if cuda and gpus < lay.per_node:
-        raise InvalidInput(preflight.UNSUPPORTED_HARDWARE, f"training.numProcesses {lay.per_node} but this pod has "
+        raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, f"training.numProcesses {lay.per_node} but this pod has "
                            f"{gpus} GPU(s)", field="training.numProcesses")
     work = train.work_dir()
     results = work / "results"
@@ -115,7 +116,7 @@ def launch(config: TrainerConfig, config_path: str, preemption) -> TerminationMe
     env = {**os.environ, **_prepare(config, work, cuda, lay), train.ENV_WORK_DIR: str(work),
            ENV_RESULT_DIR: str(results), contract.ENV_CONFIG_PATH: config_path}
     if not _wait_for_master(lay, preemption):
-        return TerminationMessage(outcome="preempted", reason="Preempted", message="stopped before training started")
+        return TerminationMessage(outcome="preempted", reason=Reason.PREEMPTED, message="stopped before training started")
     shutdown = int(os.environ.get(ENV_SHUTDOWN_TIMEOUT) or DEFAULT_SHUTDOWN_TIMEOUT)
     code = _run_torchrun(torchrun_argv(lay, shutdown), env, preemption)
     return pod_result(results, lay, code)
@@ -171,12 +172,12 @@ def pod_result(results: Path, lay: Layout, code: int) -> TerminationMessage:
     first = lay.node_rank * lay.per_node
     found = results / f"rank-{first}.json"
     if not found.exists():
-        return TerminationMessage(outcome="error", reason="WorkerFailed",
+        return TerminationMessage(outcome="error", reason=Reason.WORKER_FAILED,
                                   message=f"torchrun exited with code {code} and rank {first} left no result")
     msg = TerminationMessage.model_validate(json.loads(found.read_text()))
     if msg.outcome == "succeeded" and code != 0:
         others = sorted(p.name for p in results.glob("rank-*.json"))
-        return TerminationMessage(outcome="error", reason="WorkerFailed",
+        return TerminationMessage(outcome="error", reason=Reason.WORKER_FAILED,
                                   message=f"torchrun exited with code {code} (results: {', '.join(others)})")
     return msg
 

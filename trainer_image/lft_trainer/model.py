@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lft_api import contract
+from lft_api.conditions import Reason
 from lft_api.spec import TrainerConfig
 
 from .attention import ATTENTION_NAME
@@ -19,7 +20,6 @@ from .attention import register as register_varlen_attention
 from .data import looks_like_path
 from .errors import InvalidInput
 from .filesystems import split_uri
-from .preflight import MODEL_NOT_FOUND
 from .storage import Storage
 
 log = logging.getLogger("lft_trainer.train")
@@ -74,7 +74,7 @@ def _hub_error(exc: Exception, what: str, name: str) -> Exception:
     if any(type(e).__name__ in kinds for e in chain if e is not None) or (
         isinstance(exc, OSError) and "is not a local folder and is not a valid model identifier" in str(exc)
     ):
-        return InvalidInput(MODEL_NOT_FOUND, f"{what} {name}: {str(exc).splitlines()[0][:300]}",
+        return InvalidInput(Reason.MODEL_NOT_FOUND, f"{what} {name}: {str(exc).splitlines()[0][:300]}",
                             file=name, field="model.name")
     return exc
 

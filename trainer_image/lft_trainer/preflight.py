@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lft_api import contract
+from lft_api.conditions import Reason
 from lft_api.contract import RunIdentity
 from lft_api.errors import format_validation_errors
 from lft_api.spec import DatasetSpec, LoraSpec, ModelSpec, StorageSpec, TrainerConfig
@@ -37,9 +38,6 @@ log = logging.getLogger("lft_trainer.preflight")
 MAX_REPORTED_ERRORS = 5
 
 ENV_REPORT_FILE = "LFT_PREFLIGHT_REPORT"  # set by the DDP launcher for its ranks
-INVALID_CONFIG = "InvalidConfig"
-MODEL_NOT_FOUND = "ModelNotFound"
-UNSUPPORTED_HARDWARE = "UnsupportedHardware"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,11 +48,11 @@ def load_config(path: str | Path) -> TrainerConfig:
     try:
         raw = json.loads(p.read_text())
     except FileNotFoundError:
-        raise InvalidInput(INVALID_CONFIG, f"config file {p} does not exist", file=str(p)) from None
+        raise InvalidInput(Reason.INVALID_CONFIG, f"config file {p} does not exist", file=str(p)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(INVALID_CONFIG, f"config file {p}: cannot read it ({exc})", file=str(p)) from None
+        raise InvalidInput(Reason.INVALID_CONFIG, f"config file {p}: cannot read it ({exc})", file=str(p)) from None
     except json.JSONDecodeError as exc:
-        raise InvalidInput(INVALID_CONFIG, f"config file {p}: invalid JSON: {exc.msg} at line {exc.lineno}",
+        raise InvalidInput(Reason.INVALID_CONFIG, f"config file {p}: invalid JSON: {exc.msg} at line {exc.lineno}",
                            file=str(p), row=exc.lineno) from None
     check_config_owner(p)
     try:
@@ -62,7 +60,7 @@ def load_config(path: str | Path) -> TrainerConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ()))
-        raise InvalidInput(INVALID_CONFIG, f"config file {p}: {format_validation_errors(exc, limit=5)}", file=str(p),
+        raise InvalidInput(Reason.INVALID_CONFIG, f"config file {p}: {format_validation_errors(exc, limit=5)}", file=str(p),
                            field=loc or None) from None
 
 
@@ -102,7 +100,7 @@ def run_checks(config: TrainerConfig, work: Path, cuda: bool, identity: RunIdent
             return pickle.load(f)  # written by this pod's launcher (save_report), in its work dir
     check_quantization(config.lora, cuda)
     if config.model.attn_implementation == "flash_attention_2" and not cuda:
-        raise InvalidInput(UNSUPPORTED_HARDWARE, "model.attnImplementation flash_attention_2 needs a CUDA GPU",
+        raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, "model.attnImplementation flash_attention_2 needs a CUDA GPU",
                            field="model.attnImplementation")
     tracking.check(config)
     output = None
@@ -130,7 +128,7 @@ def check_quantization(lora: LoraSpec, cuda_available: bool) -> None:
         return
     if not cuda_available:
         raise InvalidInput(
-            UNSUPPORTED_HARDWARE,
+            Reason.UNSUPPORTED_HARDWARE,
             f"lora.quantization {lora.quantization!r} (QLoRA, bitsandbytes) needs a CUDA GPU, and this pod has none: "
             "set lora.quantization to none or request a GPU",
             field="lora.quantization",
@@ -138,7 +136,7 @@ def check_quantization(lora: LoraSpec, cuda_available: bool) -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise InvalidInput(UNSUPPORTED_HARDWARE, f"lora.quantization {lora.quantization!r} needs the bitsandbytes "
+        raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, f"lora.quantization {lora.quantization!r} needs the bitsandbytes "
                            "package, which this trainer image lacks", field="lora.quantization") from None
 
 
@@ -150,15 +148,15 @@ def check_model(model: ModelSpec, storage_spec: StorageSpec | None) -> None:
     if protocol == "file":
         p = Path(path)
         if not p.is_dir():
-            raise InvalidInput(MODEL_NOT_FOUND, f"model {model.name}: directory does not exist", file=model.name,
+            raise InvalidInput(Reason.MODEL_NOT_FOUND, f"model {model.name}: directory does not exist", file=model.name,
                                field="model.name")
         if not (p / "config.json").is_file():
-            raise InvalidInput(MODEL_NOT_FOUND, f"model {model.name}: no config.json in the directory "
+            raise InvalidInput(Reason.MODEL_NOT_FOUND, f"model {model.name}: no config.json in the directory "
                                "(not a Hugging Face model directory)", file=model.name, field="model.name")
         return
     remote = Storage(model.name, storage_spec)
     if not remote.exists("config.json"):
-        raise InvalidInput(MODEL_NOT_FOUND, f"model {model.name}: no config.json under that URI", file=model.name,
+        raise InvalidInput(Reason.MODEL_NOT_FOUND, f"model {model.name}: no config.json under that URI", file=model.name,
                            field="model.name")
 
 
@@ -255,9 +253,9 @@ def check_rows(rows: Iterable[tuple[str, int, Any]], fmt: str, split: str, out: 
         writer.close()
     if errors:
         msg, display, n, fld = _error_message(errors)
-        raise InvalidInput(data.INVALID, msg, file=display, row=n, field=fld)
+        raise InvalidInput(Reason.INVALID_DATASET, msg, file=display, row=n, field=fld)
     if result.checked == 0:
-        raise InvalidInput(data.INVALID, f"dataset split {split!r} has no rows", field="dataset")
+        raise InvalidInput(Reason.INVALID_DATASET, f"dataset split {split!r} has no rows", field="dataset")
     return result
 
 
@@ -268,12 +266,12 @@ def check_dataset(source: data.DatasetSource, spec: DatasetSpec, out_dir: Path |
     result: dict[str, SplitRows] = {}
     for split in splits:
         if not source.is_hub and split not in source.files:
-            raise InvalidInput(data.DATASET_NOT_FOUND, f"dataset {source.uri}: no file for split {split!r}",
+            raise InvalidInput(Reason.DATASET_NOT_FOUND, f"dataset {source.uri}: no file for split {split!r}",
                                file=source.uri, field="dataset.evalSplit" if split != spec.train_split else "dataset.trainSplit")
         result[split] = check_rows(data.iter_rows(source, split, spec), spec.format, split,
                                    out_dir / f"rows-{len(result)}.arrow", mapping)
     train = result[spec.train_split]
     if not spec.eval_split and spec.eval_fraction > 0 and train.checked < 2:
-        raise InvalidInput(data.INVALID, f"dataset {source.uri}: {train.checked} row(s) cannot be split into train "
+        raise InvalidInput(Reason.INVALID_DATASET, f"dataset {source.uri}: {train.checked} row(s) cannot be split into train "
                            "and eval (set dataset.evalFraction to 0 or add rows)", file=source.uri, field="dataset")
     return DatasetReport(uri=source.uri, splits=result, files=data.file_digests(source))

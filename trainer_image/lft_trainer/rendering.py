@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lft_api.conditions import Reason
 from lft_api.spec import StorageSpec, TrainerConfig
 
 from .errors import InvalidInput
 from .formats import RowError, is_conversational
 
 TEMPLATE_FIELD = "model.chatTemplate"
-NO_TEMPLATE = "NoChatTemplate"
-BAD_TEMPLATE = "InvalidChatTemplate"
 IGNORE = -100
 # Where a template file may come from (filesystems.split_uri's names: s3a, gcs, abfs, abfss, adl are aliases).
 # Not http(s) and friends: from the pod they reach the cloud's metadata service and in-cluster endpoints.
@@ -74,7 +73,7 @@ def template_file(value: str, model_name: str) -> Path:
         real, root = os.path.realpath(path), os.path.realpath(model_dir)
         if root != "/" and real.startswith(root.rstrip("/") + "/"):
             return Path(real)
-    raise InvalidInput(BAD_TEMPLATE, f"{TEMPLATE_FIELD} {value!r} is not allowed: give {ACCEPTED}; model.name is "
+    raise InvalidInput(Reason.INVALID_CHAT_TEMPLATE, f"{TEMPLATE_FIELD} {value!r} is not allowed: give {ACCEPTED}; model.name is "
                        f"{model_name!r}. Other files of the pod are never read", field=TEMPLATE_FIELD)
 
 
@@ -90,7 +89,7 @@ def _from_spec(value: str, storage: StorageSpec | None, work: Path, model_name: 
     if "{{" in value or "{%" in value:
         return value, "inline"
     if not looks_like_path(value):
-        raise InvalidInput(BAD_TEMPLATE, f"{TEMPLATE_FIELD} {value!r} is neither Jinja, a URI nor a known name "
+        raise InvalidInput(Reason.INVALID_CHAT_TEMPLATE, f"{TEMPLATE_FIELD} {value!r} is neither Jinja, a URI nor a known name "
                            f"({', '.join(trl_template_names())})", field=TEMPLATE_FIELD)
     from .filesystems import split_uri
     from .storage import Storage
@@ -103,7 +102,7 @@ def _from_spec(value: str, storage: StorageSpec | None, work: Path, model_name: 
             local = Storage(value, storage).download_file("", work / "template.jinja")
         return local.read_text(encoding="utf-8"), value
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(BAD_TEMPLATE, f"{TEMPLATE_FIELD} {value}: cannot read it ({exc})",
+        raise InvalidInput(Reason.INVALID_CHAT_TEMPLATE, f"{TEMPLATE_FIELD} {value}: cannot read it ({exc})",
                            field=TEMPLATE_FIELD, file=value) from None
 
 
@@ -119,7 +118,7 @@ def choose_template(config: TrainerConfig, tokenizer, needed: bool, work: Path) 
     elif tokenizer.chat_template:
         text, source = tokenizer.chat_template, "tokenizer"
     elif needed:
-        raise InvalidInput(NO_TEMPLATE, f"the tokenizer of {config.model.name} has no chat template and the dataset "
+        raise InvalidInput(Reason.NO_CHAT_TEMPLATE, f"the tokenizer of {config.model.name} has no chat template and the dataset "
                            f"has chat rows: set {TEMPLATE_FIELD} ({ACCEPTED}; e.g. phi3)", field=TEMPLATE_FIELD)
     else:
         return None
@@ -141,7 +140,7 @@ def _training_variant(tokenizer, text: str) -> str:
     except ValueError:
         variant = None
     if not variant:
-        raise InvalidInput(BAD_TEMPLATE, "training.assistantOnlyLoss needs a chat template that marks the assistant's "
+        raise InvalidInput(Reason.INVALID_CHAT_TEMPLATE, "training.assistantOnlyLoss needs a chat template that marks the assistant's "
                            "turns with {% generation %} ... {% endgeneration %}, and this one does not (nor is it one "
                            f"TRL has a marked variant of): set {TEMPLATE_FIELD} to such a template or turn "
                            "training.assistantOnlyLoss off", field="training.assistantOnlyLoss")

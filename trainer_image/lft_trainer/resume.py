@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lft_api.conditions import Reason
 from lft_api.contract import CHECKPOINT_MANIFEST, CheckpointRef, RunIdentity
 from lft_api.spec import TrainerConfig
 
@@ -24,7 +25,6 @@ log = logging.getLogger("lft_trainer.resume")
 ENV_RESUME_DIR = "LFT_RESUME_DIR"  # set by the DDP launcher: it downloaded the checkpoint for its ranks
 ENV_RESUME_STEP = "LFT_RESUME_STEP"
 ENV_RESUME_URI = "LFT_RESUME_URI"
-INVALID_RESUME = "InvalidResumeFrom"
 
 
 @dataclass
@@ -64,7 +64,7 @@ def find_resume_point(config: TrainerConfig, out: Storage, me: RunIdentity, loca
 def download_resume_from(uri: str, at: Storage, local_dir: Path) -> ResumePoint:
     """The checkpoint output.resumeFrom names, downloaded and verified; InvalidInput saying why it is unusable."""
     def invalid(why: str) -> InvalidInput:
-        return InvalidInput(INVALID_RESUME, f"output.resumeFrom {uri}: {why}", field="output.resumeFrom", file=uri)
+        return InvalidInput(Reason.INVALID_RESUME_FROM, f"output.resumeFrom {uri}: {why}", field="output.resumeFrom", file=uri)
 
     try:
         manifest = at.get_json(CHECKPOINT_MANIFEST)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from lft_api.conditions import Reason
 from lft_api.spec import TrainerConfig
 
 from . import performance, probes
@@ -22,7 +23,7 @@ def plan_performance(config: TrainerConfig, model_dir: str, mean_tokens: float |
     shape = probes.probe_shape(model_dir, config.model.revision, config.model.trust_remote_code)
     hw = probes.probe_hardware(shape.model_type if shape else "")
     if config.training.fused_kernels and hw.cuda and not hw.fused_kernels_available:
-        raise InvalidInput("InvalidConfig", "training.fusedKernels is true, but liger-kernel is not installed in the "
+        raise InvalidInput(Reason.INVALID_CONFIG, "training.fusedKernels is true, but liger-kernel is not installed in the "
                            f"trainer image or does not support model type {shape.model_type if shape else 'unknown'!r}"
                            ": use the GPU image, or leave fusedKernels unset", field="training.fusedKernels")
     plan = performance.make_plan(config.training, config.lora, config.model.attn_implementation, hw, shape)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lft_api.conditions import Reason
 from lft_api.contract import FileDigest
 from lft_api.spec import StorageSpec
 
@@ -38,11 +39,6 @@ from .retry import DENIED_CODES, NOT_FOUND_BUCKET_CODES, RetryPolicy, T, client_
 
 log = logging.getLogger("lft_trainer.storage")
 
-# Reasons of the InvalidInput raised by check_access (credential and protocol reasons: filesystems.py).
-ACCESS_DENIED = "StorageAccessDenied"
-BUCKET_NOT_FOUND = "BucketNotFound"
-UNREACHABLE = "StorageUnreachable"
-UNSAFE_OBJECT_NAME = "UnsafeObjectName"  # download_dir: a name that would be written outside the directory
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -222,7 +218,7 @@ class Storage:
             raise FileNotFoundError(f"no files under {self.uri(rel)}")
         outside = sorted(n for n in files if n.startswith("/") or ".." in PurePosixPath(n).parts)
         if outside:
-            raise InvalidInput(UNSAFE_OBJECT_NAME, f"refusing to download {self.uri(rel)}: object names leave the "
+            raise InvalidInput(Reason.UNSAFE_OBJECT_NAME, f"refusing to download {self.uri(rel)}: object names leave the "
                                f"directory: {', '.join(outside[:5])}", file=self.uri(rel))
         local_dir.mkdir(parents=True, exist_ok=True)
         for name in sorted(files):
@@ -316,7 +312,7 @@ class Storage:
             # Unreachable after the retry budget: retryable (exit 1), not invalid input. A MinIO
             # restarting while the pod starts must not fail the run for good; the operator retries
             # up to runPolicy.backoffLimit with this message.
-            raise StorageError(f"{UNREACHABLE}: cannot reach object storage at {where}: {exc}") from exc
+            raise StorageError(f"{Reason.STORAGE_UNREACHABLE}: cannot reach object storage at {where}: {exc}") from exc
         except Exception as exc:
             raise self._access_error(exc, where) from exc
 
@@ -324,20 +320,20 @@ class Storage:
         info = client_error_info(exc)
         status, code = info if info else (0, "")
         if code in NOT_FOUND_BUCKET_CODES or (status == 404 and self.protocol == "s3"):
-            return InvalidInput(BUCKET_NOT_FOUND, f"bucket {self.bucket!r} does not exist at {where}")
+            return InvalidInput(Reason.BUCKET_NOT_FOUND, f"bucket {self.bucket!r} does not exist at {where}")
         if status in (401, 403) or code in DENIED_CODES or isinstance(exc, PermissionError):
             hint = {"InvalidAccessKeyId": "the access key id is not known to the server",
                     "SignatureDoesNotMatch": "the secret access key does not match the access key id",
                     "ExpiredToken": "the session token has expired"}.get(code, "access denied")
-            return InvalidInput(ACCESS_DENIED, f"access to {where} refused: {hint} ({describe(exc)})")
+            return InvalidInput(Reason.STORAGE_ACCESS_DENIED, f"access to {where} refused: {hint} ({describe(exc)})")
         if isinstance(exc, FileNotFoundError):  # e.g. a local volume that is not mounted
-            return InvalidInput(BUCKET_NOT_FOUND, f"{where}: not found ({describe(exc)})")
-        return InvalidInput(UNREACHABLE, f"cannot use object storage at {where}: {describe(exc)}")
+            return InvalidInput(Reason.BUCKET_NOT_FOUND, f"{where}: not found ({describe(exc)})")
+        return InvalidInput(Reason.STORAGE_UNREACHABLE, f"cannot use object storage at {where}: {describe(exc)}")
 
     def _check_s3(self, write: bool, budget: float) -> None:
         bucket, _, prefix = self.base_path.partition("/")
         if not bucket:
-            raise InvalidInput(BUCKET_NOT_FOUND, f"no bucket in {self.base_uri}")
+            raise InvalidInput(Reason.BUCKET_NOT_FOUND, f"no bucket in {self.base_uri}")
         # ListObjectsV2 on the prefix: works with prefix-scoped IAM policies, unlike HeadBucket.
         try:
             retry_call(lambda: self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1),

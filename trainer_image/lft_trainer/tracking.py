@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from lft_api import contract
+from lft_api.conditions import Reason
 from lft_api.contract import Artifacts, RunIdentity
 from lft_api.spec import TrainerConfig
 from lft_api.tracking_spec import MlflowSpec
@@ -38,10 +39,6 @@ from .storage import Storage
 
 log = logging.getLogger("lft_trainer.tracking")
 
-TRACKING_UNAVAILABLE = "TrackingUnavailable"  # a requested integration's package is not in the image
-TRACKING_UNREACHABLE = "TrackingUnreachable"  # the MLflow server does not answer
-TRACKING_ACCESS_DENIED = "TrackingAccessDenied"  # the MLflow server refuses the credentials
-MISSING_CREDENTIALS = "MissingCredentials"
 # Any one of these importable makes the integration work (transformers' is_*_available).
 PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
 PROBE_TIMEOUT = 5.0
@@ -101,13 +98,13 @@ def check(config: TrainerConfig, env: Mapping[str, str] | None = None,
     for name in t.report_to:
         if not any(installed(p) for p in PACKAGES[name]):
             raise InvalidInput(
-                TRACKING_UNAVAILABLE,
+                Reason.TRACKING_UNAVAILABLE,
                 f"training.reportTo {name}: the Python package {' or '.join(PACKAGES[name])} is not installed in the "
                 f"trainer image; use an image that has it (the project's lft/trainer images do) or remove {name} "
                 "from training.reportTo", field="training.reportTo")
     if "wandb" in t.report_to and t.wandb is not None and t.wandb.mode == "online" and not env.get("WANDB_API_KEY"):
         raise InvalidInput(
-            MISSING_CREDENTIALS,
+            Reason.MISSING_CREDENTIALS,
             "training.wandb.mode online needs WANDB_API_KEY in the trainer's environment: name a Secret holding it "
             "in training.wandb.credentialsSecretRef, or set training.wandb.mode offline",
             field="training.wandb.credentialsSecretRef")
@@ -144,7 +141,7 @@ def probe_mlflow(spec: MlflowSpec, env: Mapping[str, str], sleep: Callable[[floa
                 return
             if exc.code in (401, 403):
                 raise InvalidInput(
-                    TRACKING_ACCESS_DENIED,
+                    Reason.TRACKING_ACCESS_DENIED,
                     f"{where}: the server refused the credentials (HTTP {exc.code}); check the Secret named in "
                     "training.mlflow.credentialsSecretRef (MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN)",
                     field="training.mlflow.credentialsSecretRef") from None
@@ -153,7 +150,7 @@ def probe_mlflow(spec: MlflowSpec, env: Mapping[str, str], sleep: Callable[[floa
             error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
         if attempt < PROBE_ATTEMPTS:
             sleep(2.0 * attempt)
-    raise InvalidInput(TRACKING_UNREACHABLE, scrub(f"{where} cannot be reached from the trainer pod: {error}"),
+    raise InvalidInput(Reason.TRACKING_UNREACHABLE, scrub(f"{where} cannot be reached from the trainer pod: {error}"),
                        field="training.mlflow.trackingUri")
 
 

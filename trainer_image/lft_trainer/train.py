@@ -17,7 +17,7 @@ from typing import Any
 
 from lft_api import contract
 from lft_api.conditions import Reason
-from lft_api.contract import AdapterRef, Artifacts, ExitCode, Metrics, RunIdentity, TerminationMessage
+from lft_api.contract import AdapterRef, Artifacts, Metrics, RunIdentity, TerminationMessage
 from lft_api.spec import TrainerConfig
 
 from . import model, performance, preflight, probes, shards, sizing, tracking, trainset
@@ -148,7 +148,7 @@ def run(config: TrainerConfig, reporter: Reporter | None = None,
             return fitted.preempted
         fitted.data_shards = shards.summarize(shards.gather(trainer.shard_recorder))  # every rank: a collective
         if not is_main():
-            return TerminationMessage(outcome="succeeded", reason="Completed", step=fitted.state.global_step,
+            return TerminationMessage(outcome="succeeded", reason=Reason.COMPLETED, step=fitted.state.global_step,
                                       total_steps=fitted.state.max_steps)
         return publish(prep, trainer, fitted, reporter, uploader, timer, history)
     finally:
@@ -342,7 +342,7 @@ def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploade
     metrics = Metrics.model_validate({**reporter.metrics.model_dump(), "loss": last_train_loss(facts.log_history),
                                       "eval_loss_before": fitted.eval_before})  # validated: 4 decimals
     return TerminationMessage(
-        outcome="succeeded", reason="Completed",
+        outcome="succeeded", reason=Reason.COMPLETED,
         message=f"trained {state.global_step} steps; eval loss {_fmt(fitted.eval_before)} -> {_fmt(fitted.eval_after)}",
         adapter=AdapterRef(uri=facts.adapter_uri, files=files), metrics=metrics, step=state.global_step,
         total_steps=state.max_steps, resumed_from_step=facts.resumed_from_step, servability=verdict,
@@ -429,10 +429,6 @@ def _preempted(uploader, step: int, resumed_from: int | None, total_steps: int |
     msg = (f"stopped by SIGTERM at step {step}; checkpoint {last.uri} uploaded" if last is not None and ok
            else f"stopped by SIGTERM at step {step}; no new checkpoint uploaded")
     log.warning(msg)  # the uploader's callback already reported the checkpoint (a forced status patch)
-    return TerminationMessage(outcome="preempted", reason="Preempted", message=msg, step=step,
+    return TerminationMessage(outcome="preempted", reason=Reason.PREEMPTED, message=msg, step=step,
                               total_steps=total_steps, resumed_from_step=resumed_from)
 
-
-def exit_code_for(msg: TerminationMessage) -> int:
-    return {"succeeded": ExitCode.SUCCEEDED, "invalid_input": ExitCode.INVALID_INPUT,
-            "preempted": ExitCode.PREEMPTED}.get(msg.outcome, ExitCode.ERROR)

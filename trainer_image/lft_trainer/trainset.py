@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lft_api.conditions import Reason
 from lft_api.spec import TrainerConfig
 
 from . import data, formats, rendering
@@ -60,7 +61,7 @@ def _encoder(tokenizer, template, assistant_only: bool, max_length: int, mapping
             except formats.RowError as exc:
                 fld = formats.user_field(exc.field, mapping)
                 reason = exc.reason.replace(exc.field, fld) if exc.field and fld else exc.reason
-                raise InvalidInput(data.INVALID, f"{file} row {line}: {reason}", file=file, row=line,
+                raise InvalidInput(Reason.INVALID_DATASET, f"{file} row {line}: {reason}", file=file, row=line,
                                    field=fld) from None
             out["length"].append(len(ids))
             out["input_ids"].append(ids[:max_length])
@@ -82,7 +83,7 @@ def tokenize(rows, tokenizer, template, config: TrainerConfig, cache: Path) -> t
     stats = TokenStats(rows=len(out), truncated=int((lengths > t.max_length).sum()), dropped=int((~keep).sum()),
                        lengths=length_stats(lengths))
     if stats.dropped == stats.rows:
-        raise InvalidInput(data.INVALID, f"no row has a trained token within training.maxLength={t.max_length} "
+        raise InvalidInput(Reason.INVALID_DATASET, f"no row has a trained token within training.maxLength={t.max_length} "
                            f"(token lengths {stats.lengths}): raise training.maxLength", field="training.maxLength")
     if stats.dropped:
         out = out.filter(lambda b: b, input_columns=["keep"], batched=False,

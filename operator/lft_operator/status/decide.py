@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lft_api.conditions import ACCEPTED, FAILED, PENDING, RUNNING, SPEC_CHANGE_IGNORED, SUCCEEDED, SUSPENDED, Reason
+from lft_api.conditions import (
+    ACCEPTED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SPEC_CHANGE_IGNORED,
+    SUCCEEDED,
+    SUSPENDED,
+    TERMINAL_PHASES,
+    Reason,
+)
 from lft_api.contract import Progress, TerminationMessage
 from lft_api.resource import Attempt, LoRAFineTuneSpec
 
@@ -15,8 +25,6 @@ from .attempts import AttemptUpdate, attempt_no, describe, last_failed, outcome,
 from .draft import Draft
 from .failures import checkpoint_health, pod_creation_timed_out, pod_failure
 from .model import Decision, Event, Observation
-
-TERMINAL_PHASES = (SUCCEEDED, FAILED)
 
 
 def decide(obs: Observation) -> Decision:

@@ -26,7 +26,7 @@ from lft_api.contract import TerminationMessage
 from . import scrubbing
 from .errors import InvalidInput, StorageError
 
-log = logging.getLogger("lft_trainer")
+log = logging.getLogger("lft_trainer")  # not __name__: run as `python -m lft_trainer`, that is "__main__"
 
 
 def _emit(obj: dict) -> None:

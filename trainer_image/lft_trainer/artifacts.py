@@ -28,7 +28,7 @@ from .progress import RateLimiter
 from .retry import describe
 from .storage import Storage
 
-log = logging.getLogger("lft_trainer.artifacts")
+log = logging.getLogger(__name__)
 
 _unavailable_logged = False
 

@@ -18,7 +18,7 @@ import itertools
 import logging
 from typing import Any
 
-log = logging.getLogger("lft_trainer.attention")
+log = logging.getLogger(__name__)
 
 ATTENTION_NAME = "lft_varlen"
 

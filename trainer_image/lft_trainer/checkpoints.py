@@ -29,7 +29,7 @@ from lft_api.contract import (
 
 from .storage import Storage, local_files, mismatches, sha256_file
 
-log = logging.getLogger("lft_trainer.checkpoints")
+log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 _STEP_RE = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")

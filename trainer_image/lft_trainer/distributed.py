@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 
-log = logging.getLogger("lft_trainer.train")
+log = logging.getLogger(__name__)
 
 
 def rank() -> int:

@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class Mapping:
+class ColumnMapping:
     """The effective column mapping (a preset completed by the fields set next to it)."""
 
     messages: str = "messages"
@@ -49,12 +49,12 @@ class Mapping:
         return self == PLAIN
 
 
-PLAIN = Mapping()  # the canonical names
+PLAIN = ColumnMapping()  # the canonical names
 
 
-def mapping_of(columns: ColumnsSpec | None) -> Mapping:
+def mapping_of(columns: ColumnsSpec | None) -> ColumnMapping:
     if columns is None:
-        return Mapping()
+        return ColumnMapping()
     merged: dict[str, Any] = dict(PRESETS.get(columns.preset or "", {}))
     for key in ("messages", "prompt", "completion", "text", "tools", "role_key", "content_key"):
         value = getattr(columns, key)
@@ -63,7 +63,7 @@ def mapping_of(columns: ColumnsSpec | None) -> Mapping:
     merged["roles"] = {**merged.get("roles", {}), **columns.roles}
     if "prompt" in merged:
         merged["prompt"] = tuple(merged["prompt"])
-    return Mapping(**merged)
+    return ColumnMapping(**merged)
 
 
 def type_name(v: Any) -> str:
@@ -82,7 +82,7 @@ class RowError(Exception):
 # ---------------------------------------------------------------------------------------------
 # detection
 # ---------------------------------------------------------------------------------------------
-def detect_format(row: Any, m: Mapping = PLAIN) -> str | None:
+def detect_format(row: Any, m: ColumnMapping = PLAIN) -> str | None:
     if not isinstance(row, dict):
         return None
     if m.messages in row:
@@ -94,7 +94,7 @@ def detect_format(row: Any, m: Mapping = PLAIN) -> str | None:
     return None
 
 
-def expected_keys(m: Mapping) -> str:
+def expected_keys(m: ColumnMapping) -> str:
     return f"{m.messages}, {'+'.join(m.prompt)}+{m.completion} or {m.text}"
 
 
@@ -147,7 +147,7 @@ def _tool_calls(v: Any, f: str) -> list:
     return v
 
 
-def _message(raw: Any, f: str, m: Mapping) -> dict:
+def _message(raw: Any, f: str, m: ColumnMapping) -> dict:
     if not isinstance(raw, dict):
         raise RowError(f, f"{f} is a {type_name(raw)}, expected an object with {m.role_key} and {m.content_key}")
     role = raw.get(m.role_key)
@@ -176,7 +176,7 @@ def _message(raw: Any, f: str, m: Mapping) -> dict:
     return out
 
 
-def _messages(v: Any, f: str, m: Mapping) -> list[dict]:
+def _messages(v: Any, f: str, m: ColumnMapping) -> list[dict]:
     if v is None:
         raise RowError(f, f"{f} is missing (a list of {{{m.role_key}, {m.content_key}}})")
     if not isinstance(v, list):
@@ -186,7 +186,7 @@ def _messages(v: Any, f: str, m: Mapping) -> list[dict]:
     return [_message(x, f"{f}[{i}]", m) for i, x in enumerate(v)]
 
 
-def _tools(row: dict, m: Mapping) -> list | None:
+def _tools(row: dict, m: ColumnMapping) -> list | None:
     v = row.get(m.tools)
     if v is None:
         return None
@@ -206,7 +206,7 @@ def _no_assistant(msgs: list[dict], f: str) -> None:
         raise RowError(f, f"{f} has no assistant turn (roles: {roles}): nothing to learn from")
 
 
-def _prompt(row: dict, m: Mapping) -> str | list[dict]:
+def _prompt(row: dict, m: ColumnMapping) -> str | list[dict]:
     if len(m.prompt) == 1:
         v = row.get(m.prompt[0])
         return _messages(v, m.prompt[0], m) if isinstance(v, list) else _string(row, m.prompt[0])
@@ -222,7 +222,7 @@ def _prompt(row: dict, m: Mapping) -> str | list[dict]:
     return PROMPT_JOIN.join(parts)
 
 
-def _prompt_completion(row: dict, m: Mapping) -> dict:
+def _prompt_completion(row: dict, m: ColumnMapping) -> dict:
     prompt = _prompt(row, m)
     c = m.completion
     if isinstance(prompt, list):
@@ -240,7 +240,7 @@ def _prompt_completion(row: dict, m: Mapping) -> dict:
     return {"prompt": prompt, "completion": _string(row, c)}
 
 
-def normalize(row: Any, fmt: str, m: Mapping = PLAIN) -> dict:
+def normalize(row: Any, fmt: str, m: ColumnMapping = PLAIN) -> dict:
     """The normalized row (canonical keys) or RowError naming the user's field and the reason."""
     if not isinstance(row, dict):
         raise RowError(None, f"row is a {type_name(row)}, expected a JSON object")
@@ -258,7 +258,7 @@ def is_conversational(row: dict) -> bool:
     return "messages" in row or isinstance(row.get("prompt"), list)
 
 
-def user_field(fld: str | None, m: Mapping) -> str | None:
+def user_field(fld: str | None, m: ColumnMapping) -> str | None:
     """A field named with the canonical keys, in the user's column names (dataset.columns)."""
     if not fld or m.identity:
         return fld

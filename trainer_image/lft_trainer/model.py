@@ -22,7 +22,7 @@ from .errors import InvalidInput
 from .filesystems import split_uri
 from .storage import Storage
 
-log = logging.getLogger("lft_trainer.train")
+log = logging.getLogger(__name__)
 
 
 def resolve_dtype_name(requested: str, cuda: bool, bf16_ok: bool) -> str:

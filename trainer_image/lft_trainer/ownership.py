@@ -22,7 +22,7 @@ from .checkpoints import checkpoint_rel, delete_checkpoint, identity_of, is_own,
 from .errors import InvalidInput
 from .storage import Storage
 
-log = logging.getLogger("lft_trainer.ownership")
+log = logging.getLogger(__name__)
 
 ADAPTER_IDENTITY_FILE = "lft_run.json"  # adapter/lft_run.json: the RunIdentity of the run that trained it
 

@@ -33,7 +33,7 @@ from .filesystems import split_uri
 from .ownership import OwnershipDecision
 from .storage import Storage
 
-log = logging.getLogger("lft_trainer.preflight")
+log = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 5
 
@@ -218,7 +218,7 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # 
 
 
 def check_rows(rows: Iterable[tuple[str, int, Any]], fmt: str, split: str, out: Path,
-               mapping: formats.Mapping = formats.PLAIN) -> SplitRows:
+               mapping: formats.ColumnMapping = formats.PLAIN) -> SplitRows:
     """Check and normalize every row (display, number, row), writing the good ones to `out`; auto: the format of
     each row from its keys. Raises InvalidInput naming the first bad row (and how many more were seen, up to a few).
     """

@@ -3,9 +3,12 @@ out-of-memory errors and what to tell the user about them; the status.performanc
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from .performance import GIB, MAX_OOM_BACKOFFS, OOM_RESTART_STEPS, Hardware, ModelShape, Plan, shape_from_model
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 ENV_GPU_MEMORY_GIB = "LFT_GPU_MEMORY_GIB"  # memory the plan may fill (a shared GPU); default: all of it
@@ -80,9 +83,7 @@ def probe_shape(model_dir: str, revision: Optional[str], trust_remote_code: bool
             model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
         return shape_from_model(model)
     except Exception as exc:  # an estimate is a help, not a requirement
-        import logging
-
-        logging.getLogger("lft_trainer.performance").warning("no memory estimate: %s", str(exc)[:300])
+        log.warning("no memory estimate: %s", str(exc)[:300])
         return None
 
 

@@ -28,7 +28,7 @@ from lft_api.contract import Artifacts, CheckpointHealth, CheckpointRef, Metrics
 from .history import eval_loss_change, perplexity
 from .scrubbing import scrub, scrub_tree
 
-log = logging.getLogger("lft_trainer.progress")
+log = logging.getLogger(__name__)
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_MIN_INTERVAL = 5.0

@@ -20,7 +20,7 @@ from .distributed import world_size
 from .errors import InvalidInput
 from .storage import Storage
 
-log = logging.getLogger("lft_trainer.resume")
+log = logging.getLogger(__name__)
 
 ENV_RESUME_DIR = "LFT_RESUME_DIR"  # set by the DDP launcher: it downloaded the checkpoint for its ranks
 ENV_RESUME_STEP = "LFT_RESUME_STEP"

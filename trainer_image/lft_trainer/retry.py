@@ -17,7 +17,7 @@ from typing import TypeVar
 from .errors import InvalidInput, StorageError
 from .scrubbing import scrub
 
-log = logging.getLogger("lft_trainer.storage")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

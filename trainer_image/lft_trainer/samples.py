@@ -27,7 +27,7 @@ from lft_api.contract import Artifacts
 from .retry import describe
 from .storage import Storage
 
-log = logging.getLogger("lft_trainer.samples")
+log = logging.getLogger(__name__)
 
 BUDGET_SECONDS = 600.0  # all the generations of a run; prompts left after it are not sampled
 SUMMARY_TEXT_CHARS = 500  # each text in the summary's copy of the rows is cut to this length

@@ -14,7 +14,7 @@ from .distributed import is_main
 from .errors import InvalidInput
 from .progress import Reporter
 
-log = logging.getLogger("lft_trainer.train")
+log = logging.getLogger(__name__)
 
 
 def plan_performance(config: TrainerConfig, model_dir: str, mean_tokens: float | None,

@@ -37,7 +37,7 @@ from .errors import InvalidInput, StorageError
 from .filesystems import make_filesystem, split_uri
 from .retry import DENIED_CODES, NOT_FOUND_BUCKET_CODES, RetryPolicy, T, client_error_info, describe, retry_call, scrub
 
-log = logging.getLogger("lft_trainer.storage")
+log = logging.getLogger(__name__)
 
 
 

@@ -37,7 +37,7 @@ from .errors import InvalidInput
 from .retry import scrub
 from .storage import Storage
 
-log = logging.getLogger("lft_trainer.tracking")
+log = logging.getLogger(__name__)
 
 # Any one of these importable makes the integration work (transformers' is_*_available).
 PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard"), "mlflow": ("mlflow",), "wandb": ("wandb",)}

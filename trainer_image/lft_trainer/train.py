@@ -35,7 +35,7 @@ from .summary import RunFacts, Timer, build_summary, last_train_loss, library_ve
 from .throughput import ThroughputMeter, make_throughput_callback
 from .uploader import CheckpointUploader
 
-log = logging.getLogger("lft_trainer.train")
+log = logging.getLogger(__name__)
 
 ENV_WORK_DIR = "LFT_WORK_DIR"
 

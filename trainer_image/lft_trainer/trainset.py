@@ -52,7 +52,7 @@ def length_stats(lengths) -> dict[str, float]:
             "mean": round(float(a.mean()), 2)}
 
 
-def _encoder(tokenizer, template, assistant_only: bool, max_length: int, mapping: formats.Mapping):
+def _encoder(tokenizer, template, assistant_only: bool, max_length: int, mapping: formats.ColumnMapping):
     def encode_batch(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "keep": []}
         for row_json, file, line in zip(batch["row"], batch["file"], batch["line"], strict=True):

@@ -30,7 +30,7 @@ from .errors import InvalidInput
 from .retry import describe
 from .storage import Storage, local_files
 
-log = logging.getLogger("lft_trainer.checkpoints")
+log = logging.getLogger(__name__)
 
 STAGING_DIRNAME = ".lft-upload-staging"  # not matched by the HF Trainer's checkpoint-* globs
 

@@ -112,8 +112,8 @@ def run_ours(model_dir: Path, data_dir: Path, work: Path, epochs: float) -> dict
     from lft_api.spec import TrainerConfig
     from lft_trainer import train
     from lft_trainer.progress import Reporter
+    from lft_trainer.settings import Settings
 
-    os.environ[train.ENV_WORK_DIR] = str(work / "ours-work")
     out = work / "ours-out"
     config = TrainerConfig.model_validate({
         "model": {"name": str(model_dir)},
@@ -121,7 +121,7 @@ def run_ours(model_dir: Path, data_dir: Path, work: Path, epochs: float) -> dict
         "training": {"epochs": epochs},
         "output": {"uri": f"file://{out}"},
     })
-    msg = train.run(config, reporter=Reporter([]))
+    msg = train.run(config, reporter=Reporter([]), settings=Settings(work_dir=str(work / "ours-work")))
     assert msg.outcome == "succeeded", msg
     summary = json.loads((out / "training_summary.json").read_text())
     runtime = summary["metrics"]["trainRuntimeSeconds"]

@@ -24,7 +24,7 @@ GIB = 1024**3
 def pretend_gpu(monkeypatch):
     """The plan sees a 1000 GiB GPU (auto sizes the micro-batch); training still runs on the CPU."""
     monkeypatch.setattr(probes, "probe_hardware",
-                        lambda model_type: performance.Hardware(True, "NVIDIA H200", 1000 * GIB))
+                        lambda model_type, gpu_memory_gib=None: performance.Hardware(True, "NVIDIA H200", 1000 * GIB))
 
 
 def oom_above(monkeypatch, limit: int, at_step: int = 0) -> list[int]:

@@ -14,6 +14,7 @@ from lft_api.contract import TerminationMessage
 from lft_api.spec import TrainerConfig, TrainingSpec
 from lft_trainer import launcher
 from lft_trainer.errors import InvalidInput
+from lft_trainer.settings import Settings
 
 
 def cfg(**training) -> TrainerConfig:
@@ -44,19 +45,19 @@ def test_one_node_keeps_its_former_result_hash_and_more_nodes_change_it():
 
 def test_layout_from_the_operators_environment():
     env = {"LFT_NODE_RANK": "1", "LFT_MASTER_ADDR": "run-node-0.run-workers", "LFT_MASTER_PORT": "29511"}
-    lay = launcher.layout(cfg(nodes=2, numProcesses=2), gpus=0, env=env)
+    lay = launcher.layout(cfg(nodes=2, numProcesses=2), gpus=0, settings=Settings.from_environ(env))
     assert (lay.nodes, lay.per_node, lay.node_rank, lay.world_size) == (2, 2, 1, 4)
     assert (lay.master_addr, lay.master_port) == ("run-node-0.run-workers", 29511)
-    one = launcher.layout(cfg(numProcesses=2), gpus=0, env={})
+    one = launcher.layout(cfg(numProcesses=2), gpus=0, settings=Settings.from_environ({}))
     assert one.master_addr == "127.0.0.1" and one.node_rank == 0 and one.master_port > 0
 
 
 def test_layout_refuses_a_rank_outside_the_nodes_and_a_missing_master():
     with pytest.raises(InvalidInput) as err:
-        launcher.layout(cfg(nodes=2), gpus=0, env={"LFT_NODE_RANK": "2", "LFT_MASTER_ADDR": "m"})
+        launcher.layout(cfg(nodes=2), gpus=0, settings=Settings.from_environ({"LFT_NODE_RANK": "2", "LFT_MASTER_ADDR": "m"}))
     assert err.value.reason == "InvalidConfig" and "0..1" in err.value.message
     with pytest.raises(InvalidInput) as err:
-        launcher.layout(cfg(nodes=2), gpus=0, env={"LFT_NODE_RANK": "1"})
+        launcher.layout(cfg(nodes=2), gpus=0, settings=Settings.from_environ({"LFT_NODE_RANK": "1"}))
     assert "LFT_MASTER_ADDR" in err.value.message
 
 
@@ -139,9 +140,9 @@ def test_waiting_for_the_master_ends_at_sigterm(monkeypatch):
     monkeypatch.setattr(launcher.time, "sleep", lambda s: preemption.requested.set())  # SIGTERM while waiting
     preemption = Preemption()
     lay = launcher.Layout(nodes=2, per_node=1, node_rank=1, master_addr="run-node-0.run-trainer", master_port=1)
-    assert launcher._wait_for_master(lay, preemption) is False
+    assert launcher._wait_for_master(lay, preemption, 600) is False
     clock = iter(range(0, 10**6, 400))  # 400 s per look: past the 600 s deadline on the third, no SIGTERM
     monkeypatch.setattr(launcher.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(launcher.time, "sleep", lambda s: None)
     with pytest.raises(RuntimeError, match="run-node-0.run-trainer did not become resolvable"):
-        launcher._wait_for_master(lay, Preemption())
+        launcher._wait_for_master(lay, Preemption(), 600)

@@ -177,7 +177,7 @@ def test_fused_kernels_asked_for_but_not_installed_is_refused_before_loading(mon
     from lft_trainer.errors import InvalidInput
 
     monkeypatch.setattr(probes, "probe_shape", lambda *a: PHI3)
-    monkeypatch.setattr(probes, "probe_hardware", lambda model_type: hw(80, fused=False))
+    monkeypatch.setattr(probes, "probe_hardware", lambda model_type, gpu_memory_gib=None: hw(80, fused=False))
     cfg = config(fusedKernels=True)
     with pytest.raises(InvalidInput) as err:
         sizing.plan_performance(cfg, "unused", None, progress.Reporter([]))

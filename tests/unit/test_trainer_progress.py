@@ -9,6 +9,7 @@ import pytest
 
 from lft_api.contract import CheckpointRef, Metrics, Progress
 from lft_trainer import progress
+from lft_trainer.settings import Settings
 from tests.support.clock import Clock
 from tests.support.status_api import StatusApi
 
@@ -28,11 +29,11 @@ def test_rate_limiter_with_injected_clock():
 
 def test_min_interval_from_env(monkeypatch):
     monkeypatch.delenv("LFT_STATUS_MIN_INTERVAL_SECONDS", raising=False)
-    assert progress.min_interval_from_env() == 5.0
+    assert Settings.from_environ().status_min_interval == 5.0
     monkeypatch.setenv("LFT_STATUS_MIN_INTERVAL_SECONDS", "0.5")
-    assert progress.min_interval_from_env() == 0.5
+    assert Settings.from_environ().status_min_interval == 0.5
     monkeypatch.setenv("LFT_STATUS_MIN_INTERVAL_SECONDS", "soon")
-    assert progress.min_interval_from_env() == 5.0
+    assert Settings.from_environ().status_min_interval == 5.0
 
 
 def ev(kind: str, step: int, checkpoint: CheckpointRef | None = None, eta_seconds: int | None = None,

@@ -32,13 +32,8 @@ from . import model, preflight, train
 from .errors import InvalidInput
 from .ownership import run_identity
 from .resume import find_resume_point
+from .settings import ENV_RESULT_DIR, ENV_WORK_DIR, Settings
 from .storage import Storage
-
-ENV_RESULT_DIR = "LFT_RESULT_DIR"  # where each launched worker writes its TerminationMessage (rank-N.json)
-ENV_RENDEZVOUS_TIMEOUT = "LFT_RENDEZVOUS_TIMEOUT_SECONDS"  # how long a pod waits for the master's address to resolve
-ENV_SHUTDOWN_TIMEOUT = "LFT_SHUTDOWN_TIMEOUT_SECONDS"  # after SIGTERM, before torchrun kills its workers
-DEFAULT_RENDEZVOUS_TIMEOUT = 600
-DEFAULT_SHUTDOWN_TIMEOUT = 3600  # the pod's terminationGracePeriodSeconds bounds it anyway
 
 
 @dataclass(frozen=True)
@@ -56,20 +51,20 @@ class Layout:
         return self.nodes * self.per_node
 
 
-def layout(config: TrainerConfig, gpus: int, env: dict[str, str] | os._Environ = os.environ) -> Layout:
-    """This pod's layout from the config and the environment the operator sets (pure)."""
+def layout(config: TrainerConfig, gpus: int, settings: Settings) -> Layout:
+    """This pod's layout from the config and the settings the operator sets (pure)."""
     nodes = config.training.nodes
-    node_rank = int(env.get(contract.ENV_NODE_RANK) or 0)
+    node_rank = settings.node_rank
     if not 0 <= node_rank < nodes:
         raise InvalidInput(Reason.INVALID_CONFIG, f"{contract.ENV_NODE_RANK}={node_rank} is outside 0..{nodes - 1} "
                            f"(training.nodes {nodes})", field="training.nodes")
-    if nodes > 1 and not env.get(contract.ENV_MASTER_ADDR):
+    if nodes > 1 and not settings.master_addr:
         raise InvalidInput(Reason.INVALID_CONFIG, f"training.nodes {nodes} needs {contract.ENV_MASTER_ADDR}, the "
                            "node-rank-0 pod's address (the operator sets it)", field="training.nodes")
     # Node 0 is the master: it reaches itself over loopback (through its own Service it would need hairpin NAT).
     # One Indexed Job's pods share one environment, so the operator sets the Service's address on every node.
-    addr = "127.0.0.1" if node_rank == 0 else env.get(contract.ENV_MASTER_ADDR) or "127.0.0.1"
-    port = int(env.get(contract.ENV_MASTER_PORT) or (contract.DEFAULT_MASTER_PORT if nodes > 1 else _free_port()))
+    addr = "127.0.0.1" if node_rank == 0 else settings.master_addr or "127.0.0.1"
+    port = settings.master_port or (contract.DEFAULT_MASTER_PORT if nodes > 1 else _free_port())
     return Layout(nodes, config.training.processes_per_node(gpus), node_rank, addr, port)
 
 
@@ -101,46 +96,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config: TrainerConfig, config_path: str, preemption) -> TerminationMessage:
+def launch(config: TrainerConfig, config_path: str, preemption, settings: Settings) -> TerminationMessage:
     import torch
 
     cuda = torch.cuda.is_available()
     gpus = torch.cuda.device_count() if cuda else 0
-    lay = layout(config, gpus)
+    lay = layout(config, gpus, settings)
     if cuda and gpus < lay.per_node:
         raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, f"training.numProcesses {lay.per_node} but this pod has "
                            f"{gpus} GPU(s)", field="training.numProcesses")
-    work = train.work_dir()
+    work = train.work_dir(settings)
     results = work / "results"
     results.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **_prepare(config, work, cuda, lay), train.ENV_WORK_DIR: str(work),
+    # The workers' environment: the pod's, with what they take from this process (they read it as their Settings).
+    env = {**os.environ, **_prepare(config, work, cuda, lay, settings), ENV_WORK_DIR: str(work),
            ENV_RESULT_DIR: str(results), contract.ENV_CONFIG_PATH: config_path}
-    if not _wait_for_master(lay, preemption):
+    if not _wait_for_master(lay, preemption, settings.rendezvous_timeout):
         return TerminationMessage(outcome="preempted", reason=Reason.PREEMPTED, message="stopped before training started")
-    shutdown = int(os.environ.get(ENV_SHUTDOWN_TIMEOUT) or DEFAULT_SHUTDOWN_TIMEOUT)
-    code = _run_torchrun(torchrun_argv(lay, shutdown), env, preemption)
+    code = _run_torchrun(torchrun_argv(lay, settings.shutdown_timeout), env, preemption)
     return pod_result(results, lay, code)
 
 
-def _prepare(config: TrainerConfig, work: Path, cuda: bool, lay: Layout) -> dict[str, str]:
+def _prepare(config: TrainerConfig, work: Path, cuda: bool, lay: Layout, settings: Settings) -> dict[str, str]:
     """Pre-flight, model download and resume point, once per pod; returns the workers' environment.
     Only node 0 checks the output (write access, ownership): its rank 0 writes there."""
     identity = run_identity(config)
-    report = preflight.run_checks(config, work / "launcher", cuda, identity, check_output=lay.node_rank == 0)
+    report = preflight.run_checks(config, work / "launcher", cuda, identity, check_output=lay.node_rank == 0,
+                                 settings=settings)
     env = preflight.save_report(report, work / "preflight-report.pickle")
     model.model_dir(config, work)  # a remote model is downloaded once per pod, here, not by every rank
     # The operator starts an attempt's pods only when every pod of the previous attempt is gone: no upload
     # is in flight, so every pod finds the same newest complete checkpoint.
-    resume = find_resume_point(config, Storage(config.output.uri, config.storage), identity, work / "resume")
+    resume = find_resume_point(config, Storage(config.output.uri, config.storage), identity, work / "resume", settings)
     if resume is not None:
         env.update(resume.env())
     return env
 
 
-def _wait_for_master(lay: Layout, preemption) -> bool:
+def _wait_for_master(lay: Layout, preemption, timeout: float) -> bool:
     """A pod's DNS name resolves once its pod exists: the pods of a run start in any order. False: SIGTERM
     came first (nothing to checkpoint yet)."""
-    deadline = time.monotonic() + float(os.environ.get(ENV_RENDEZVOUS_TIMEOUT) or DEFAULT_RENDEZVOUS_TIMEOUT)
+    deadline = time.monotonic() + timeout
     while not preemption.requested.is_set():
         if lay.nodes == 1:
             return True
@@ -182,7 +178,7 @@ def pod_result(results: Path, lay: Layout, code: int) -> TerminationMessage:
     return msg
 
 
-def write_rank_result(msg: TerminationMessage, rank: int) -> None:
+def write_rank_result(msg: TerminationMessage, rank: int, settings: Settings) -> None:
     """A launched worker hands its result to its pod's launcher."""
-    if os.environ.get(ENV_RESULT_DIR):
-        Path(os.environ[ENV_RESULT_DIR], f"rank-{rank}.json").write_text(json.dumps(msg.to_wire()))
+    if settings.result_dir:
+        Path(settings.result_dir, f"rank-{rank}.json").write_text(json.dumps(msg.to_wire()))

@@ -94,7 +94,7 @@ def load_tokenizer(config: TrainerConfig, model_dir: str):
     return tok
 
 
-def load_model(config: TrainerConfig, model_dir: str, cuda: bool, dtype_name: str, plan):
+def load_model(config: TrainerConfig, model_dir: str, cuda: bool, dtype_name: str, plan, local_rank: int = 0):
     """plan: performance.Plan (the attention kernel; gradient checkpointing for k-bit preparation)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -114,7 +114,7 @@ def load_model(config: TrainerConfig, model_dir: str, cuda: bool, dtype_name: st
                                bnb_4bit_compute_dtype=torch.bfloat16)
             if q == "4bit" else BitsAndBytesConfig(load_in_8bit=True)
         )
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+        kwargs["device_map"] = {"": local_rank}
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except Exception as exc:

@@ -31,19 +31,19 @@ from . import data, formats, ownership, tracking
 from .errors import ConfigNotThisRun, InvalidInput
 from .filesystems import split_uri
 from .ownership import OwnershipDecision
+from .settings import ENV_REPORT_FILE, Settings
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 5
 
-ENV_REPORT_FILE = "LFT_PREFLIGHT_REPORT"  # set by the DDP launcher for its ranks
 
 
 # ---------------------------------------------------------------------------------------------
 # config
 # ---------------------------------------------------------------------------------------------
-def load_config(path: str | Path) -> TrainerConfig:
+def load_config(path: str | Path, settings: Settings | None = None) -> TrainerConfig:
     p = Path(path)
     try:
         raw = json.loads(p.read_text())
@@ -54,7 +54,7 @@ def load_config(path: str | Path) -> TrainerConfig:
     except json.JSONDecodeError as exc:
         raise InvalidInput(Reason.INVALID_CONFIG, f"config file {p}: invalid JSON: {exc.msg} at line {exc.lineno}",
                            file=str(p), row=exc.lineno) from None
-    check_config_owner(p)
+    check_config_owner(p, (settings or Settings.from_environ()).uid)
     try:
         return TrainerConfig.model_validate(raw)
     except ValidationError as exc:
@@ -64,14 +64,13 @@ def load_config(path: str | Path) -> TrainerConfig:
                            field=loc or None) from None
 
 
-def check_config_owner(config_path: Path) -> None:
+def check_config_owner(config_path: Path, mine: str | None) -> None:
     """The config's ConfigMap names the run it was written for (contract.CONFIG_OWNER_FILE); this pod's run is
     LFT_UID. Either missing (a config given by hand, an older operator): nothing to compare."""
     try:
         written_for = (config_path.parent / contract.CONFIG_OWNER_FILE).read_text().strip()
     except OSError:
         return
-    mine = os.environ.get(contract.ENV_RESOURCE_UID)
     if written_for and mine and written_for != mine:
         raise ConfigNotThisRun(
             f"the mounted config {config_path} was written for LoRAFineTune UID {written_for}, this pod runs UID "
@@ -91,10 +90,10 @@ class PreflightReport:
 
 
 def run_checks(config: TrainerConfig, work: Path, cuda: bool, identity: RunIdentity,
-               check_output: bool) -> PreflightReport:
+               check_output: bool, settings: Settings | None = None) -> PreflightReport:
     """Everything before the model loads. A rank started by the launcher reuses the launcher's report:
     the dataset is read once per pod."""
-    saved = os.environ.get(ENV_REPORT_FILE)
+    saved = (settings or Settings.from_environ()).preflight_report
     if saved:
         with open(saved, "rb") as f:
             return pickle.load(f)  # written by this pod's launcher (save_report), in its work dir

@@ -11,12 +11,11 @@ from .performance import GIB, MAX_OOM_BACKOFFS, OOM_RESTART_STEPS, Hardware, Mod
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
-ENV_GPU_MEMORY_GIB = "LFT_GPU_MEMORY_GIB"  # memory the plan may fill (a shared GPU); default: all of it
 
 
-def probe_hardware(model_type: str) -> Hardware:
+def probe_hardware(model_type: str, gpu_memory_gib: float | None = None) -> Hardware:
+    """The GPU (and what it supports for model_type); gpu_memory_gib (settings): the memory the plan may fill."""
     import importlib.util
-    import os
 
     import torch
 
@@ -28,10 +27,8 @@ def probe_hardware(model_type: str) -> Hardware:
     varlen = ("flash_attention_2" if importlib.util.find_spec("flash_attn") is not None
               else "varlen" if cuda_varlen_kernel() is not None else None)
     memory = int(props.total_memory)
-    try:
-        memory = int(float(os.environ[ENV_GPU_MEMORY_GIB]) * GIB)
-    except (KeyError, ValueError):
-        pass
+    if gpu_memory_gib is not None:
+        memory = int(gpu_memory_gib * GIB)
     return Hardware(True, props.name, memory, _liger_supports(model_type), varlen)
 
 

@@ -27,12 +27,11 @@ from lft_api.contract import Artifacts, CheckpointHealth, CheckpointRef, Metrics
 
 from .history import eval_loss_change, perplexity
 from .scrubbing import scrub, scrub_tree
+from .settings import DEFAULT_MIN_INTERVAL, Settings
 
 log = logging.getLogger(__name__)
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-DEFAULT_MIN_INTERVAL = 5.0
-ENV_KUBE_API = "LFT_KUBE_API_URL"  # override of the in-cluster API server URL (tests, out-of-cluster runs)
 
 
 @dataclass(frozen=True)
@@ -115,14 +114,6 @@ class RateLimiter:
         return False
 
 
-def min_interval_from_env() -> float:
-    raw = os.environ.get(contract.ENV_STATUS_MIN_INTERVAL)
-    try:
-        return max(0.0, float(raw)) if raw else DEFAULT_MIN_INTERVAL
-    except ValueError:
-        return DEFAULT_MIN_INTERVAL
-
-
 class StdoutSink:
     def __init__(self, stream=None):
         self.stream = stream
@@ -139,13 +130,14 @@ class KubeStatusClient:
     fields under another UID), every string scrubbed of secrets."""
 
     def __init__(self, name: str, namespace: str, api_url: str | None = None, sa_dir: str = SA_DIR,
-                 timeout: float = 5.0, uid: str | None = None):
+                 timeout: float = 5.0, uid: str | None = None, settings: Settings | None = None):
+        settings = settings or Settings.from_environ()
         self.name, self.namespace, self.timeout, self.sa_dir = name, namespace, timeout, sa_dir
-        self.uid = uid if uid is not None else os.environ.get(contract.ENV_RESOURCE_UID)
+        self.uid = uid if uid is not None else settings.uid
         if api_url is None:
-            api_url = os.environ.get(ENV_KUBE_API)
+            api_url = settings.kube_api_url
         if api_url is None:
-            host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+            host, port = settings.kubernetes_service_host, settings.kubernetes_service_port
             if not host:
                 raise RuntimeError("not in a cluster: KUBERNETES_SERVICE_HOST is unset")
             host = f"[{host}]" if ":" in host else host
@@ -346,15 +338,17 @@ class Reporter:
                 log.warning("progress sink %s failed: %s", type(sink).__name__, exc)
 
 
-def make_reporter(name: str | None = None, namespace: str | None = None, stream=None) -> Reporter:
+def make_reporter(name: str | None = None, namespace: str | None = None, stream=None,
+                  settings: Settings | None = None) -> Reporter:
     """stdout always; the status sink when the operator passed the resource's name and namespace."""
+    settings = settings or Settings.from_environ()
     sinks: list[Sink] = [StdoutSink(stream)]
-    name = name if name is not None else os.environ.get(contract.ENV_RESOURCE_NAME)
-    namespace = namespace if namespace is not None else os.environ.get(contract.ENV_RESOURCE_NAMESPACE)
+    name = name if name is not None else settings.name
+    namespace = namespace if namespace is not None else settings.namespace
     if name and namespace:
         try:
-            client = KubeStatusClient(name, namespace)
-            sinks.append(StatusSink(client.patch, min_interval_from_env()))
+            client = KubeStatusClient(name, namespace, settings=settings)
+            sinks.append(StatusSink(client.patch, settings.status_min_interval))
         except Exception as exc:
             log.warning("status reporting disabled: %s", exc)
     return Reporter(sinks)

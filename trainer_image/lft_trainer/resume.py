@@ -7,7 +7,6 @@ Another run's checkpoints are never picked up silently: only through output.resu
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +17,11 @@ from lft_api.spec import TrainerConfig
 from .checkpoints import CheckpointCorrupt, download_checkpoint_at, download_latest_checkpoint, identity_of, parse_step
 from .distributed import world_size
 from .errors import InvalidInput
+from .settings import ENV_RESUME_DIR, ENV_RESUME_STEP, ENV_RESUME_URI, Settings
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
-ENV_RESUME_DIR = "LFT_RESUME_DIR"  # set by the DDP launcher: it downloaded the checkpoint for its ranks
-ENV_RESUME_STEP = "LFT_RESUME_STEP"
-ENV_RESUME_URI = "LFT_RESUME_URI"
 
 
 @dataclass
@@ -39,15 +36,16 @@ class ResumePoint:
         return {ENV_RESUME_DIR: str(self.path), ENV_RESUME_STEP: str(self.step), ENV_RESUME_URI: self.uri}
 
 
-def find_resume_point(config: TrainerConfig, out: Storage, me: RunIdentity, local_dir: Path) -> ResumePoint | None:
+def find_resume_point(config: TrainerConfig, out: Storage, me: RunIdentity, local_dir: Path,
+                      settings: Settings | None = None) -> ResumePoint | None:
     """Where this run continues from (see the module docstring); downloads and verifies the checkpoint.
 
-    A rank started by the launcher gets the launcher's decision from the environment. Raises InvalidInput
+    A rank started by the launcher gets the launcher's decision from its settings. Raises InvalidInput
     (field output.resumeFrom) when output.resumeFrom is needed and is not a usable checkpoint.
     """
-    if os.environ.get(ENV_RESUME_DIR):
-        return ResumePoint(step=int(os.environ.get(ENV_RESUME_STEP, "0")), path=Path(os.environ[ENV_RESUME_DIR]),
-                           uri=os.environ.get(ENV_RESUME_URI, ""))
+    settings = settings or Settings.from_environ()
+    if settings.resume_dir:
+        return ResumePoint(step=settings.resume_step, path=Path(settings.resume_dir), uri=settings.resume_uri)
     if world_size() > 1:
         return None  # a rank: the launcher found nothing to resume from
     found = download_latest_checkpoint(out, local_dir, owner=me)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from lft_api.spec import TrainerConfig
@@ -10,12 +9,10 @@ from lft_api.spec import TrainerConfig
 from . import performance
 from .distributed import world_size
 
-ENV_DDP_TIMEOUT = "LFT_DDP_TIMEOUT_SECONDS"  # torch.distributed collectives' timeout
-
 
 # ---------------------------------------------------------------------------------------------
 def sft_kwargs(config: TrainerConfig, output_dir: str, cuda: bool, dtype_name: str, has_eval: bool,
-               plan: performance.Plan | None = None) -> dict[str, Any]:
+               plan: performance.Plan | None = None, ddp_timeout: int | None = None) -> dict[str, Any]:
     """SFTConfig arguments from the spec and the performance plan. Pure, unit-tested."""
     t = config.training
     if plan is None:
@@ -70,6 +67,6 @@ def sft_kwargs(config: TrainerConfig, output_dir: str, cuda: bool, dtype_name: s
         kw["train_sampling_strategy"] = "group_by_length"
     if world_size() > 1 and not cuda:
         kw["ddp_backend"] = "gloo"
-    if world_size() > 1 and os.environ.get(ENV_DDP_TIMEOUT):
-        kw["ddp_timeout"] = int(os.environ[ENV_DDP_TIMEOUT])  # set by the operator on multi-node pods
+    if world_size() > 1 and ddp_timeout:
+        kw["ddp_timeout"] = ddp_timeout  # settings.ddp_timeout: set by the operator on multi-node pods
     return kw

@@ -18,10 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def plan_performance(config: TrainerConfig, model_dir: str, mean_tokens: float | None,
-                     reporter: Reporter) -> tuple[performance.Plan, performance.Hardware, float | None]:
+                     reporter: Reporter, gpu_memory_gib: float | None = None,
+                     ) -> tuple[performance.Plan, performance.Hardware, float | None]:
     """The memory estimate and the plan, before the weights load; reported in status.performance."""
     shape = probes.probe_shape(model_dir, config.model.revision, config.model.trust_remote_code)
-    hw = probes.probe_hardware(shape.model_type if shape else "")
+    hw = probes.probe_hardware(shape.model_type if shape else "", gpu_memory_gib)
     if config.training.fused_kernels and hw.cuda and not hw.fused_kernels_available:
         raise InvalidInput(Reason.INVALID_CONFIG, "training.fusedKernels is true, but liger-kernel is not installed in the "
                            f"trainer image or does not support model type {shape.model_type if shape else 'unknown'!r}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from .ownership import ADAPTER_IDENTITY_FILE, run_identity
 from .progress import Reporter, StdoutSink, make_callback
 from .resume import ResumePoint, find_resume_point
 from .samples import write_samples
+from .settings import Settings
 from .sft_args import sft_kwargs
 from .storage import Storage
 from .summary import RunFacts, Timer, build_summary, last_train_loss, library_versions
@@ -36,8 +36,6 @@ from .throughput import ThroughputMeter, make_throughput_callback
 from .uploader import CheckpointUploader
 
 log = logging.getLogger(__name__)
-
-ENV_WORK_DIR = "LFT_WORK_DIR"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +113,7 @@ class Prepared:
     plan: performance.Plan
     hardware: performance.Hardware
     flops_per_token: float | None
+    settings: Settings
 
 
 @dataclass
@@ -128,11 +127,11 @@ class Fitted:
 
 
 def run(config: TrainerConfig, reporter: Reporter | None = None,
-        preemption: Preemption | None = None) -> TerminationMessage:
+        preemption: Preemption | None = None, settings: Settings | None = None) -> TerminationMessage:
     timer = Timer()
     preemption = preemption or Preemption()
     reporter = reporter if reporter is not None else Reporter([StdoutSink()])
-    prep = prepare(config, reporter, timer)
+    prep = prepare(config, reporter, timer, settings or Settings.from_environ())
     uploader = (CheckpointUploader(prep.out, config.checkpointing.keep_last, identity=prep.identity,
                                    on_uploaded=reporter.checkpoint_uploaded, on_failed=reporter.checkpoint_failed)
                 if is_main() else None)
@@ -160,33 +159,34 @@ def run(config: TrainerConfig, reporter: Reporter | None = None,
             tracker.close()
 
 
-def prepare(config: TrainerConfig, reporter: Reporter, timer: Timer) -> Prepared:
+def prepare(config: TrainerConfig, reporter: Reporter, timer: Timer, settings: Settings) -> Prepared:
     import torch
     from transformers import set_seed
 
-    work, cuda, identity = work_dir(), torch.cuda.is_available(), run_identity(config)
+    work, cuda, identity = work_dir(settings), torch.cuda.is_available(), run_identity(config)
     tracking.apply_env(config, work, identity)
-    checks = preflight.run_checks(config, work, cuda, identity, check_output=is_main())
+    checks = preflight.run_checks(config, work, cuda, identity, check_output=is_main(), settings=settings)
     log.info("pre-flight ok: %s", json.dumps(checks.dataset.summary()))
     timer.mark("preflight")
     out = Storage(config.output.uri, config.storage)
-    resume = find_resume_point(config, out, identity, work / "resume")
+    resume = find_resume_point(config, out, identity, work / "resume", settings)
     reporter.resumed(resume.step if resume else None)
     timer.mark("resume_download")
 
     model_dir = model.model_dir(config, work)
     tokenizer = model.load_tokenizer(config, model_dir)
-    train_data = trainset.build(config, checks.dataset, tokenizer, work)  # the chat template's checks: still no model
+    train_data = trainset.build(config, checks.dataset, tokenizer, work, settings.rank)  # the chat template's checks
     log.info("dataset rendered: %s", json.dumps(train_data.summary(config.training.max_length)))
     timer.mark("tokenize")
     mean_tokens = train_data.mean_tokens
     dtype_name = model.resolve_dtype_name(config.model.dtype, cuda, cuda and torch.cuda.is_bf16_supported())
-    plan, hw, flops = sizing.plan_performance(config, model_dir, mean_tokens, reporter)
+    plan, hw, flops = sizing.plan_performance(config, model_dir, mean_tokens, reporter, settings.gpu_memory_gib)
     set_seed(config.training.seed)
-    peft_model = model.with_lora(config, model.load_model(config, model_dir, cuda, dtype_name, plan))
+    peft_model = model.with_lora(config, model.load_model(config, model_dir, cuda, dtype_name, plan,
+                                                          settings.local_rank or 0))
     timer.mark("load")
     return Prepared(config, work, cuda, dtype_name, identity, checks, out, resume, model_dir, tokenizer,
-                    peft_model, train_data, plan, hw, flops)
+                    peft_model, train_data, plan, hw, flops, settings)
 
 
 def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, uploader,
@@ -196,7 +196,7 @@ def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, upl
 
     local_ckpts = prep.work / "checkpoints"
     args = SFTConfig(**sft_kwargs(prep.config, str(local_ckpts), prep.cuda, prep.dtype_name, prep.data.eval is not None,
-                                  prep.plan), run_name=tracking.run_name(prep.identity))
+                                  prep.plan, prep.settings.ddp_timeout), run_name=tracking.run_name(prep.identity))
     control = make_control_callback(preemption, uploader, local_ckpts, history)
     peak = performance.peak_bf16_tflops(prep.hardware.gpu_name)
     meter = ThroughputMeter(prep.flops_per_token, peak * world_size() if peak else None)
@@ -374,8 +374,8 @@ def _facts(prep: Prepared, fitted: Fitted, files, adapter_uri: str, merged_uri: 
     )
 
 
-def work_dir() -> Path:
-    raw = os.environ.get(ENV_WORK_DIR)
+def work_dir(settings: Settings) -> Path:
+    raw = settings.work_dir
     if raw:
         p = Path(raw)
         p.mkdir(parents=True, exist_ok=True)

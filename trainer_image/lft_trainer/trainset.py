@@ -10,7 +10,6 @@ whose trained tokens all lie past maxLength) and the token lengths (min, median,
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,10 +119,10 @@ class TrainData:
         return self.stats["train"].lengths.get("mean")
 
 
-def build(config: TrainerConfig, report, tokenizer, work: Path) -> TrainData:
+def build(config: TrainerConfig, report, tokenizer, work: Path, rank: int = 0) -> TrainData:
     """report: preflight.DatasetReport. Chooses the chat template (refusing as rendering.choose_template says)."""
     template = rendering.choose_template(config, tokenizer, report.has_chat_rows, work)
-    folder = work / f"tokens-rank{os.environ.get('RANK', '0')}"
+    folder = work / f"tokens-rank{rank}"
     tokenized, stats = {}, {}
     for i, (name, split) in enumerate(report.splits.items()):
         tokenized[name], stats[name] = tokenize(data.open_rows(split.path), tokenizer, template, config,

@@ -357,50 +357,64 @@ def make_reporter(name: str | None = None, namespace: str | None = None, stream=
 # ---------------------------------------------------------------------------------------------
 # the TrainerCallback (imports transformers lazily: this module is also used without torch)
 # ---------------------------------------------------------------------------------------------
+def as_trainer_callback(cls: type) -> type:
+    """cls with transformers' TrainerCallback as its base (the no-op events it does not define), composed at first
+    use: the callback classes are written at module level, and importing their modules needs no transformers."""
+    if cls not in _COMPOSED:
+        from transformers import TrainerCallback
+
+        _COMPOSED[cls] = type(cls.__name__, (cls, TrainerCallback), {"__doc__": cls.__doc__})
+    return _COMPOSED[cls]
+
+
+_COMPOSED: dict[type, type] = {}
+
+
+class ProgressCallback:
+    """Trainer logs -> progress events (rank 0 only). Tokens/s counts non-padding tokens since this
+    process started training (a resumed run does not count the steps it skipped). A TrainerCallback through
+    as_trainer_callback (make_callback)."""
+
+    def __init__(self, reporter: Reporter, clock: Callable[[], float] = time.monotonic):
+        self.reporter, self.clock = reporter, clock
+        self._t0: float | None = None
+        self._step0 = 0
+        self._tokens0 = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t0 = self.clock()
+        self._step0 = state.global_step
+        self._tokens0 = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        self.reporter.advanced(state.global_step, state.max_steps, state.epoch)
+
+    def _advance(self, state) -> None:
+        rate = eta = None
+        if self._t0 is not None:
+            elapsed = self.clock() - self._t0
+            done = state.global_step - self._step0
+            tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0
+            if elapsed > 0 and tokens > 0:
+                rate = tokens / elapsed
+            if done > 0 and elapsed > 0:
+                eta = int(round(max(0, state.max_steps - state.global_step) * elapsed / done))
+        self.reporter.advanced(state.global_step, state.max_steps, state.epoch, rate, eta)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self._advance(state)
+        grad_norm = logs.get("grad_norm")
+        self.reporter.step_logged(_float(logs.get("loss")), _float(logs.get("learning_rate")), _float(grad_norm))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics:
+            return
+        self._advance(state)
+        self.reporter.evaluated(float(metrics["eval_loss"]))
+
+
 def make_callback(reporter: Reporter, clock: Callable[[], float] = time.monotonic):
-    from transformers import TrainerCallback
-
-    class ProgressCallback(TrainerCallback):
-        """Trainer logs -> progress events (rank 0 only). Tokens/s counts non-padding tokens since this
-        process started training (a resumed run does not count the steps it skipped)."""
-
-        def __init__(self):
-            self._t0: float | None = None
-            self._step0 = 0
-            self._tokens0 = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._t0 = clock()
-            self._step0 = state.global_step
-            self._tokens0 = int(getattr(state, "num_input_tokens_seen", 0) or 0)
-            reporter.advanced(state.global_step, state.max_steps, state.epoch)
-
-        def _advance(self, state) -> None:
-            rate = eta = None
-            if self._t0 is not None:
-                elapsed = clock() - self._t0
-                done = state.global_step - self._step0
-                tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0
-                if elapsed > 0 and tokens > 0:
-                    rate = tokens / elapsed
-                if done > 0 and elapsed > 0:
-                    eta = int(round(max(0, state.max_steps - state.global_step) * elapsed / done))
-            reporter.advanced(state.global_step, state.max_steps, state.epoch, rate, eta)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
-                return
-            self._advance(state)
-            grad_norm = logs.get("grad_norm")
-            reporter.step_logged(_float(logs.get("loss")), _float(logs.get("learning_rate")), _float(grad_norm))
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics:
-                return
-            self._advance(state)
-            reporter.evaluated(float(metrics["eval_loss"]))
-
-    return ProgressCallback()
+    return as_trainer_callback(ProgressCallback)(reporter, clock)
 
 
 def _float(v: Any) -> float | None:

@@ -44,44 +44,50 @@ class ThroughputMeter:
         return 100.0 * achieved / self.peak_tflops if achieved and self.peak_tflops else None
 
 
-def make_throughput_callback(meter: ThroughputMeter, on_measured: Callable[[ThroughputMeter, Optional[float]], None],
-                             cuda: bool, clock: Callable[[], float] = time.perf_counter):
-    """A TrainerCallback that times each optimizer step; on_measured(meter, peak GiB) runs before each log."""
-    from transformers import TrainerCallback
+class ThroughputCallback:
+    """Times each optimizer step; on_measured(meter, peak GiB) runs before each log. A TrainerCallback through
+    progress.as_trainer_callback (make_throughput_callback)."""
 
-    def sync() -> None:
-        if cuda:  # the step's kernels have run, not only been queued
+    def __init__(self, meter: ThroughputMeter, on_measured: Callable[[ThroughputMeter, Optional[float]], None],
+                 cuda: bool, clock: Callable[[], float] = time.perf_counter):
+        self.meter, self.on_measured, self.cuda, self.clock = meter, on_measured, cuda, clock
+        self._t0: Optional[float] = None
+        self._tokens0 = 0
+
+    def _sync(self) -> None:
+        if self.cuda:  # the step's kernels have run, not only been queued
             import torch
 
             torch.cuda.synchronize()
 
-    def peak_gib() -> Optional[float]:
-        if not cuda:
+    def _peak_gib(self) -> Optional[float]:
+        if not self.cuda:
             return None
         import torch
 
         return torch.cuda.max_memory_reserved() / 1024**3
 
-    class ThroughputCallback(TrainerCallback):
-        def __init__(self):
-            self._t0: Optional[float] = None
-            self._tokens0 = 0
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._sync()
+        self._t0 = self.clock()
+        self._tokens0 = int(getattr(state, "num_input_tokens_seen", 0) or 0)
 
-        def on_step_begin(self, args, state, control, **kwargs):
-            sync()
-            self._t0 = clock()
-            self._tokens0 = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t0 is None:
+            return
+        self._sync()
+        tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0
+        self.meter.add_step(self.clock() - self._t0, tokens)
+        self._t0 = None
 
-        def on_step_end(self, args, state, control, **kwargs):
-            if self._t0 is None:
-                return
-            sync()
-            tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0
-            meter.add_step(clock() - self._t0, tokens)
-            self._t0 = None
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            self.on_measured(self.meter, self._peak_gib())
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero:
-                on_measured(meter, peak_gib())
 
-    return ThroughputCallback()
+def make_throughput_callback(meter: ThroughputMeter, on_measured: Callable[[ThroughputMeter, Optional[float]], None],
+                             cuda: bool, clock: Callable[[], float] = time.perf_counter):
+    """A TrainerCallback that times each optimizer step; on_measured(meter, peak GiB) runs before each log."""
+    from .progress import as_trainer_callback
+
+    return as_trainer_callback(ThroughputCallback)(meter, on_measured, cuda, clock)

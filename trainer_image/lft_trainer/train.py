@@ -25,7 +25,7 @@ from .artifacts import HistoryWriter
 from .distributed import Preemption, is_main, local_world_size, world_size
 from .errors import InvalidInput
 from .ownership import ADAPTER_IDENTITY_FILE, run_identity
-from .progress import Reporter, StdoutSink, make_callback
+from .progress import Reporter, StdoutSink, as_trainer_callback, make_callback
 from .resume import ResumePoint, find_resume_point
 from .samples import write_samples
 from .settings import Settings
@@ -44,51 +44,64 @@ log = logging.getLogger(__name__)
 RUN_STATE_FILE = "lft_run_state.json"  # our additions to a checkpoint (the eval loss before step 1)
 
 
+class ControlCallback:
+    """Stops at SIGTERM with a checkpoint; hands every saved checkpoint to the uploader and refreshes
+    metrics.jsonl/loss.png (both in background threads, rank 0). A TrainerCallback through
+    progress.as_trainer_callback (make_control_callback)."""
+
+    def __init__(self, preemption: Preemption, uploader, local_ckpt_root: Path, history: HistoryWriter | None = None):
+        self.preemption, self.uploader, self.local_ckpt_root, self.history = preemption, uploader, local_ckpt_root, history
+        self.preempted_at_step: int | None = None
+        self.eval_loss_before: float | None = None  # set by fit() once known
+
+    def _stop_requested(self) -> bool:
+        flag = self.preemption.requested.is_set()
+        if world_size() > 1:
+            # Every rank must stop at the same step, or the collectives of the save deadlock.
+            import torch
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                t = torch.tensor([1.0 if flag else 0.0], device="cuda" if torch.cuda.is_available() else "cpu")
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                flag = bool(t.item() > 0)
+        return flag
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._stop_requested():
+            control.should_save = True
+            control.should_training_stop = True
+            control.should_evaluate = False
+            self.preempted_at_step = state.global_step
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.uploader is not None and state.is_world_process_zero:
+            ckpt = self.local_ckpt_root / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                # train() starts a fresh log history, so the step-0 eval is not in trainer_state.json.
+                (ckpt / RUN_STATE_FILE).write_text(json.dumps({"evalLossBefore": self.eval_loss_before}))
+                self.uploader.submit(ckpt, state.global_step)
+        if self.history is not None and state.is_world_process_zero:
+            self.history.refresh(state.log_history, self.eval_loss_before)
+
+
 def make_control_callback(preemption: Preemption, uploader, local_ckpt_root: Path,
-                          history: HistoryWriter | None = None):
-    from transformers import TrainerCallback
+                          history: HistoryWriter | None = None) -> ControlCallback:
+    return as_trainer_callback(ControlCallback)(preemption, uploader, local_ckpt_root, history)
 
-    class ControlCallback(TrainerCallback):
-        """Stops at SIGTERM with a checkpoint; hands every saved checkpoint to the uploader and refreshes
-        metrics.jsonl/loss.png (both in background threads, rank 0)."""
 
-        def __init__(self):
-            self.preempted_at_step: int | None = None
-            self.eval_loss_before: float | None = None  # set by fit() once known
+class ShardRecording:
+    """Mixed into TRL's SFTTrainer (recording_trainer): fingerprints the rows of each micro-batch it trains on
+    (shards.py)."""
 
-        def _stop_requested(self) -> bool:
-            flag = preemption.requested.is_set()
-            if world_size() > 1:
-                # Every rank must stop at the same step, or the collectives of the save deadlock.
-                import torch
-                import torch.distributed as dist
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shard_recorder = shards.ShardRecorder()
 
-                if dist.is_available() and dist.is_initialized():
-                    t = torch.tensor([1.0 if flag else 0.0],
-                                     device="cuda" if torch.cuda.is_available() else "cpu")
-                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                    flag = bool(t.item() > 0)
-            return flag
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self._stop_requested():
-                control.should_save = True
-                control.should_training_stop = True
-                control.should_evaluate = False
-                self.preempted_at_step = state.global_step
-            return control
-
-        def on_save(self, args, state, control, **kwargs):
-            if uploader is not None and state.is_world_process_zero:
-                ckpt = local_ckpt_root / f"checkpoint-{state.global_step}"
-                if ckpt.is_dir():
-                    # train() starts a fresh log history, so the step-0 eval is not in trainer_state.json.
-                    (ckpt / RUN_STATE_FILE).write_text(json.dumps({"evalLossBefore": self.eval_loss_before}))
-                    uploader.submit(ckpt, state.global_step)
-            if history is not None and state.is_world_process_zero:
-                history.refresh(state.log_history, self.eval_loss_before)
-
-    return ControlCallback()
+    def training_step(self, model, inputs, *args, **kwargs):
+        self.shard_recorder.record(inputs, self.state.epoch)
+        return super().training_step(model, inputs, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +129,17 @@ class Prepared:
     settings: Settings
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """The run's collaborators, made once by run() and handed to each stage (make_trainer, fit, publish)."""
+
+    reporter: Reporter
+    preemption: Preemption
+    timer: Timer
+    uploader: CheckpointUploader | None  # rank 0 only
+    history: HistoryWriter | None  # rank 0 only
+
+
 @dataclass
 class Fitted:
     state: Any  # the HF TrainerState at the end
@@ -139,17 +163,18 @@ def run(config: TrainerConfig, reporter: Reporter | None = None,
                if is_main() else None)
     history = (HistoryWriter(prep.out, prep.work / "history", prep.identity.name, reporter.artifacts_written,
                              also=tracker.sync if config.training.report_to else None) if is_main() else None)
+    ctx = RunContext(reporter, preemption, timer, uploader, history)
     try:
         if tracker is not None:
             tracker.start(prep.resume.step if prep.resume else None)
-        trainer, fitted = fit_within_memory(prep, reporter, preemption, uploader, timer, history)
+        trainer, fitted = fit_within_memory(prep, ctx)
         if fitted.preempted is not None:
             return fitted.preempted
         fitted.data_shards = shards.summarize(shards.gather(trainer.shard_recorder))  # every rank: a collective
         if not is_main():
             return TerminationMessage(outcome="succeeded", reason=Reason.COMPLETED, step=fitted.state.global_step,
                                       total_steps=fitted.state.max_steps)
-        return publish(prep, trainer, fitted, reporter, uploader, timer, history)
+        return publish(prep, trainer, fitted, ctx)
     finally:
         if uploader is not None:
             uploader.close(timeout=600)
@@ -189,48 +214,36 @@ def prepare(config: TrainerConfig, reporter: Reporter, timer: Timer, settings: S
                     peft_model, train_data, plan, hw, flops, settings)
 
 
-def make_trainer(prep: Prepared, reporter: Reporter, preemption: Preemption, uploader,
-                 history: HistoryWriter | None = None):
+def make_trainer(prep: Prepared, ctx: RunContext):
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     local_ckpts = prep.work / "checkpoints"
     args = SFTConfig(**sft_kwargs(prep.config, str(local_ckpts), prep.cuda, prep.dtype_name, prep.data.eval is not None,
                                   prep.plan, prep.settings.ddp_timeout), run_name=tracking.run_name(prep.identity))
-    control = make_control_callback(preemption, uploader, local_ckpts, history)
+    control = make_control_callback(ctx.preemption, ctx.uploader, local_ckpts, ctx.history)
     peak = performance.peak_bf16_tflops(prep.hardware.gpu_name)
     meter = ThroughputMeter(prep.flops_per_token, peak * world_size() if peak else None)
 
     def measured(m: ThroughputMeter, peak_gib: float | None) -> None:
-        reporter.throughput_measured(m.tokens_per_second, m.tflops, m.mfu_percent, peak_gib)
+        ctx.reporter.throughput_measured(m.tokens_per_second, m.tflops, m.mfu_percent, peak_gib)
 
     # The meter first: its on_log updates the figures that the progress callback's log event carries.
-    callbacks = [make_throughput_callback(meter, measured, prep.cuda), make_callback(reporter), control]
+    callbacks = [make_throughput_callback(meter, measured, prep.cuda), make_callback(ctx.reporter), control]
     trainer = recording_trainer(SFTTrainer)(model=prep.model, args=args, train_dataset=prep.data.train,
                                             eval_dataset=prep.data.eval, processing_class=prep.tokenizer,
                                             callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # prints python dicts on stdout; our events are JSON lines
-    reporter.planned(planned_steps(trainer))
+    ctx.reporter.planned(planned_steps(trainer))
     return trainer, control
 
 
 def recording_trainer(base: type) -> type:
-    """`base` (TRL's SFTTrainer) that fingerprints the rows of each micro-batch it trains on (shards.py)."""
-
-    class RecordingTrainer(base):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.shard_recorder = shards.ShardRecorder()
-
-        def training_step(self, model, inputs, *args, **kwargs):
-            self.shard_recorder.record(inputs, self.state.epoch)
-            return super().training_step(model, inputs, *args, **kwargs)
-
-    return RecordingTrainer
+    """`base` (TRL's SFTTrainer) with ShardRecording."""
+    return type("RecordingTrainer", (ShardRecording, base), {})
 
 
-def fit_within_memory(prep: Prepared, reporter: Reporter, preemption: Preemption, uploader,
-                      timer: Timer, history: HistoryWriter | None = None) -> tuple[Any, Fitted]:
+def fit_within_memory(prep: Prepared, ctx: RunContext) -> tuple[Any, Fitted]:
     """fit(); when CUDA runs out of memory within this attempt's first OOM_RESTART_STEPS optimizer steps,
     performance auto starts the attempt again with the next smaller micro-batch of the same effective batch
     (Plan.halved), from the same weights; otherwise, or when that is used up, the run ends with reason
@@ -238,10 +251,10 @@ def fit_within_memory(prep: Prepared, reporter: Reporter, preemption: Preemption
     initial = sizing.trainable_snapshot(prep.model)
     start_step = prep.resume.step if prep.resume else 0
     while True:
-        trainer, control = make_trainer(prep, reporter, preemption, uploader, history)
-        timer.mark("setup")
+        trainer, control = make_trainer(prep, ctx)
+        ctx.timer.mark("setup")
         try:
-            return trainer, fit(prep, trainer, control, reporter, preemption, uploader, timer)
+            return trainer, fit(prep, trainer, control, ctx)
         except Exception as exc:
             if not probes.is_out_of_memory(exc):
                 raise
@@ -259,11 +272,11 @@ def fit_within_memory(prep: Prepared, reporter: Reporter, preemption: Preemption
         sizing.restore_trainable(prep.model, initial, prep.config.training.seed)  # a resume also reloads its checkpoint
         prep.plan = smaller
         if is_main():
-            reporter.performance_planned(probes.status_block(smaller, prep.hardware, prep.flops_per_token))
+            ctx.reporter.performance_planned(probes.status_block(smaller, prep.hardware, prep.flops_per_token))
 
 
-def fit(prep: Prepared, trainer, control, reporter: Reporter, preemption: Preemption, uploader,
-        timer: Timer) -> Fitted:
+def fit(prep: Prepared, trainer, control, ctx: RunContext) -> Fitted:
+    reporter, preemption, uploader, timer = ctx.reporter, ctx.preemption, ctx.uploader, ctx.timer
     resume = prep.resume
     resumed_from = resume.step if resume else None
     eval_before = None
@@ -305,10 +318,10 @@ def _train_or_finish(trainer, resume: ResumePoint | None, total_steps: int) -> f
     return result.metrics.get("train_runtime")
 
 
-def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploader, timer: Timer,
-            history: HistoryWriter) -> TerminationMessage:
+def publish(prep: Prepared, trainer, fitted: Fitted, ctx: RunContext) -> TerminationMessage:
     """Adapter, merged model, history and summary to the output; a failed upload raises StorageError (exit 1)."""
     config, out, state = prep.config, prep.out, fitted.state
+    reporter, uploader, timer, history = ctx.reporter, ctx.uploader, ctx.timer, ctx.history
     adapter_dir = prep.work / contract.ADAPTER_DIR
     trainer.save_model(str(adapter_dir))
     (adapter_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: not part of the deliverable
@@ -329,7 +342,7 @@ def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploade
     timer.mark("history")
     sampled = write_samples(prep, out)
     timer.mark("samples")
-    facts = _facts(prep, fitted, files, out.uri(contract.ADAPTER_DIR), merged_uri, reporter, timer)
+    facts = _facts(prep, fitted, ctx, files, merged_uri)
     facts.servability, facts.how_to_load, facts.loss_plot_skipped = verdict.to_wire(), load, written.plot_skipped
     facts.samples = sampled.summary
     artifacts = written.artifacts.merged_with(sampled.artifacts).merged_with(Artifacts(
@@ -349,13 +362,12 @@ def publish(prep: Prepared, trainer, fitted: Fitted, reporter: Reporter, uploade
     )
 
 
-def _facts(prep: Prepared, fitted: Fitted, files, adapter_uri: str, merged_uri: str | None, reporter: Reporter,
-           timer: Timer) -> RunFacts:
-    state, resume = fitted.state, prep.resume
+def _facts(prep: Prepared, fitted: Fitted, ctx: RunContext, files, merged_uri: str | None) -> RunFacts:
+    state, resume, reporter = fitted.state, prep.resume, ctx.reporter
     trainable, total = prep.model.get_nb_trainable_parameters()
     output = prep.checks.output
     return RunFacts(
-        identity=prep.identity, adapter_uri=adapter_uri, files=files, steps=state.global_step,
+        identity=prep.identity, adapter_uri=prep.out.uri(contract.ADAPTER_DIR), files=files, steps=state.global_step,
         total_steps=state.max_steps, epochs=state.epoch,
         tokens_seen=int(getattr(state, "num_input_tokens_seen", 0) or 0), log_history=state.log_history,
         train_rows=len(prep.data.train), eval_rows=len(prep.data.eval) if prep.data.eval is not None else 0,
@@ -368,7 +380,7 @@ def _facts(prep: Prepared, fitted: Fitted, files, adapter_uri: str, merged_uri: 
         resumed_from_step=resume.step if resume else None, resumed_from_uri=resume.uri if resume else None,
         resumed_from_run=resume.adopted_from if resume else None,
         replaced_runs=output.replaced if output is not None and output.action == "overwrite" else [],
-        durations={**timer.marks, "total": timer.total()}, versions=library_versions(),
+        durations={**ctx.timer.marks, "total": ctx.timer.total()}, versions=library_versions(),
         performance=reporter.performance.to_wire() if reporter.performance is not None else None,
         data_shards=fitted.data_shards,
     )

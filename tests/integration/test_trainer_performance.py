@@ -14,7 +14,9 @@ import json
 import pytest
 import torch
 
-from lft_trainer import attention, performance, probes, train
+from lft_trainer.performance import attention, probes
+from lft_trainer.performance import plan as performance
+from lft_trainer.run import train
 from tests.support.trainer_run import config, run_in_process
 
 GIB = 1024**3

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from lft_api.contract import CHECKPOINT_MANIFEST, CheckpointRef, RunIdentity
-from lft_trainer.checkpoints import (
+from lft_trainer.storage.checkpoints import (
     CheckpointCorrupt,
     build_manifest,
     checkpoint_rel,
@@ -28,8 +28,8 @@ from lft_trainer.checkpoints import (
     select_deletions,
     verify_dir,
 )
-from lft_trainer.storage import Storage
-from lft_trainer.uploader import CheckpointUploader
+from lft_trainer.storage.store import Storage
+from lft_trainer.storage.uploader import CheckpointUploader
 
 
 def fake_checkpoint(path, step: int, size: int = 4096):

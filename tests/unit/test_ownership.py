@@ -9,11 +9,11 @@ import pytest
 
 from lft_api.contract import CHECKPOINT_MANIFEST, RunIdentity
 from lft_api.spec import TrainerConfig
-from lft_trainer.checkpoints import checkpoint_rel, file_digests, manifest_from_digests
 from lft_trainer.errors import InvalidInput
-from lft_trainer.ownership import Artifact, check_output, decide_ownership, inspect_output, run_identity
-from lft_trainer.resume import find_resume_point
-from lft_trainer.storage import Storage
+from lft_trainer.run.resume import find_resume_point
+from lft_trainer.storage.checkpoints import checkpoint_rel, file_digests, manifest_from_digests
+from lft_trainer.storage.ownership import Artifact, check_output, decide_ownership, inspect_output, run_identity
+from lft_trainer.storage.store import Storage
 
 A = RunIdentity(namespace="team", name="ft-a", uid="uid-a", spec_hash="h1")
 B = RunIdentity(namespace="team", name="ft-b", uid="uid-b", spec_hash="h1")
@@ -152,7 +152,7 @@ def test_an_unusable_resume_from_is_invalid_input_naming_the_field(tmp_path, dam
 
 
 def test_preflight_refuses_another_runs_output_before_reading_the_model_or_dataset(tmp_path):
-    from lft_trainer import preflight
+    from lft_trainer.run import preflight
 
     out = Storage(str(tmp_path / "out"))
     out.put_json("training_summary.json", {"runIdentity": A.to_wire()})

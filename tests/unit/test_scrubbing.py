@@ -1,4 +1,4 @@
-"""Secret scrubbing: the patterns (lft_api.scrub), the trainer's values (lft_trainer.scrubbing), the stream
+"""Secret scrubbing: the patterns (lft_api.scrub), the trainer's values (lft_trainer.security.scrubbing), the stream
 wrapper, the status client, and a trainer process with planted secrets in every output."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from lft_api.scrub import scrub as pattern_scrub
-from lft_trainer import progress, scrubbing
+from lft_trainer.reporting import progress
+from lft_trainer.security import scrubbing
 from tests.support.status_api import StatusApi
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +151,7 @@ def test_status_client_scrubs_every_string(monkeypatch, tmp_path) -> None:
 
 
 CRASH = f"""
-from lft_trainer import scrubbing
+from lft_trainer.security import scrubbing
 scrubbing.install()
 print("env value:", __import__("os").environ["HF_TOKEN"], flush=True)
 raise RuntimeError("download failed: {PRESIGNED} with " + __import__("os").environ["STORAGE_PASS"])

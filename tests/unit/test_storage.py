@@ -10,9 +10,9 @@ import pytest
 
 from lft_api.spec import StorageSpec
 from lft_trainer.errors import InvalidInput, StorageError
-from lft_trainer.filesystems import split_uri
-from lft_trainer.retry import RetryPolicy, client_error_info, is_transient, retry_call, scrub
-from lft_trainer.storage import Storage, download, sha256_file
+from lft_trainer.storage.filesystems import split_uri
+from lft_trainer.storage.retry import RetryPolicy, client_error_info, is_transient, retry_call, scrub
+from lft_trainer.storage.store import Storage, download, sha256_file
 
 
 def client_error(code: str, status: int) -> bce.ClientError:

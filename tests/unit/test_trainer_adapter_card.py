@@ -9,8 +9,14 @@ import pytest
 
 from lft_api.contract import RunIdentity, Servability, TerminationMessage
 from lft_api.spec import TrainerConfig
-from lft_trainer import servability
-from lft_trainer.adapter_card import finish_adapter, how_to_load, model_card, servable_adapter_config, vllm_command
+from lft_trainer.adapter import servability
+from lft_trainer.adapter.adapter_card import (
+    finish_adapter,
+    how_to_load,
+    model_card,
+    servable_adapter_config,
+    vllm_command,
+)
 
 ME = RunIdentity(namespace="team", name="ft-b", uid="uid-b", spec_hash="h1")
 PHI3 = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from lft_api.spec import TrainerConfig
-from lft_trainer import model, sft_args, train
+from lft_trainer.model import loading as model
+from lft_trainer.run import sft_args, train
 
 
 def cfg(**training) -> TrainerConfig:
@@ -61,7 +62,7 @@ def test_eval_before_is_read_back_from_a_checkpoint(tmp_path):
 def test_tiny_model_is_seeded_and_has_phi3_tokens(tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
-    from lft_trainer import tiny_model
+    from lft_trainer.model import tiny_model
 
     a = tiny_model.build(tmp_path / "a")
     b = tiny_model.build(tmp_path / "b")

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from lft_api.spec import ColumnsSpec, DatasetSpec, TrainerConfig
-from lft_trainer import data, formats, preflight, rendering, trainset
-from lft_trainer.chat_templates import PHI3_CHAT_TEMPLATE
+from lft_trainer.data import formats, rendering, trainset
+from lft_trainer.data import sources as data
+from lft_trainer.data.chat_templates import PHI3_CHAT_TEMPLATE
 from lft_trainer.errors import InvalidInput
+from lft_trainer.run import preflight
 
 # A small tool-aware template with generation markers (readable token sequences).
 TOOL_TEMPLATE = (
@@ -41,7 +43,7 @@ EXPECTED_IDS = [1, 203, 75, 73, 88, 67, 91, 73, 267, 265, 86, 4, 203, 2, 203, 59
 def tok(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from lft_trainer import tiny_model
+    from lft_trainer.model import tiny_model
 
     return AutoTokenizer.from_pretrained(tiny_model.build(tmp_path_factory.mktemp("tiny")))
 

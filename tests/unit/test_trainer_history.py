@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from lft_api.contract import Artifacts, status_patch
-from lft_trainer import artifacts, history, loss_plot, progress
-from lft_trainer.storage import Storage
+from lft_trainer.reporting import artifacts, history, loss_plot, progress
+from lft_trainer.storage.store import Storage
 
 # What the HF Trainer logs (loggingSteps 2, evalSteps 4, then the train() summary entry and a final evaluate()).
 LOG_HISTORY = [

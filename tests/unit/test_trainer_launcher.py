@@ -12,8 +12,8 @@ import pytest
 
 from lft_api.contract import TerminationMessage
 from lft_api.spec import TrainerConfig, TrainingSpec
-from lft_trainer import launcher
 from lft_trainer.errors import InvalidInput
+from lft_trainer.run import launcher
 from lft_trainer.settings import Settings
 
 
@@ -134,7 +134,7 @@ def test_pod_result_without_a_result_or_with_a_failed_torchrun_is_an_error(tmp_p
 
 
 def test_waiting_for_the_master_ends_at_sigterm(monkeypatch):
-    from lft_trainer.distributed import Preemption
+    from lft_trainer.run.distributed import Preemption
 
     monkeypatch.setattr(launcher.socket, "getaddrinfo", lambda *a: (_ for _ in ()).throw(OSError("no such host")))
     monkeypatch.setattr(launcher.time, "sleep", lambda s: preemption.requested.set())  # SIGTERM while waiting

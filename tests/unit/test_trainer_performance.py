@@ -37,8 +37,11 @@ import torch
 
 from lft_api.contract import Performance
 from lft_api.spec import LoraSpec, TrainerConfig, TrainingSpec
-from lft_trainer import performance, probes, progress, sft_args, throughput
-from lft_trainer.performance import GIB, Hardware, decoder_shape, estimate_memory, make_plan
+from lft_trainer.performance import plan as performance
+from lft_trainer.performance import probes, throughput
+from lft_trainer.performance.plan import GIB, Hardware, decoder_shape, estimate_memory, make_plan
+from lft_trainer.reporting import progress
+from lft_trainer.run import sft_args
 from tests.support.clock import Clock
 
 PHI3_MINI_CONFIG = dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
@@ -173,8 +176,8 @@ def test_performance_off_says_when_the_estimate_does_not_fit():
 
 
 def test_fused_kernels_asked_for_but_not_installed_is_refused_before_loading(monkeypatch):
-    from lft_trainer import sizing
     from lft_trainer.errors import InvalidInput
+    from lft_trainer.performance import sizing
 
     monkeypatch.setattr(probes, "probe_shape", lambda *a: PHI3)
     monkeypatch.setattr(probes, "probe_hardware", lambda model_type, gpu_memory_gib=None: hw(80, fused=False))

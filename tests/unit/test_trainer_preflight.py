@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from lft_api.spec import DatasetSpec, LoraSpec, ModelSpec, TrainerConfig
-from lft_trainer import data, preflight
+from lft_trainer.data import sources as data
 from lft_trainer.errors import ConfigNotThisRun, InvalidInput
+from lft_trainer.run import preflight
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

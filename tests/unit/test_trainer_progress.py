@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lft_api.contract import CheckpointRef, Metrics, Progress
-from lft_trainer import progress
+from lft_trainer.reporting import progress
 from lft_trainer.settings import Settings
 from tests.support.clock import Clock
 from tests.support.status_api import StatusApi

@@ -14,8 +14,9 @@ from pydantic import ValidationError
 from lft_api.contract import Artifacts, Metrics
 from lft_api.resource import LoRAFineTuneSpec
 from lft_api.spec import TrainerConfig
-from lft_trainer import history, progress, samples
-from lft_trainer.summary import RunFacts, build_summary
+from lft_trainer.adapter import samples
+from lft_trainer.reporting import history, progress
+from lft_trainer.reporting.summary import RunFacts, build_summary
 from tests.unit.test_trainer_summary import facts
 
 MINIMAL = {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "o"}}

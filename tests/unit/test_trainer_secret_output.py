@@ -13,11 +13,11 @@ import pytest
 from lft_api import contract
 from lft_api.conditions import Reason
 from lft_api.contract import ExitCode
-from lft_trainer import scrubbing, secret_scan
 from lft_trainer.__main__ import _failure
 from lft_trainer.errors import InvalidInput
-from lft_trainer.storage import Storage, sha256_file
-from lft_trainer.uploader import CheckpointUploader
+from lft_trainer.security import scrubbing, secret_scan
+from lft_trainer.storage.store import Storage, sha256_file
+from lft_trainer.storage.uploader import CheckpointUploader
 
 SECRET = "s3cr3t/Planted+Value-0123456789"  # '/' and '+': percent-encoding and URL-safe base64 differ
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.planted-service-account-token.c2lnbmF0dXJl"

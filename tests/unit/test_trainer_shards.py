@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lft_trainer.shards import ShardRecorder, batch_rows, row_fingerprint, summarize
+from lft_trainer.data.shards import ShardRecorder, batch_rows, row_fingerprint, summarize
 
 
 def test_padded_batch_rows_are_the_unmasked_tokens():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lft_api.contract import FileDigest, RunIdentity
 from lft_api.spec import TrainerConfig
-from lft_trainer.summary import RunFacts, build_summary, last_train_loss
+from lft_trainer.reporting.summary import RunFacts, build_summary, last_train_loss
 
 ME = RunIdentity(namespace="team", name="ft-b", uid="uid-b", spec_hash="h1")
 OLD = RunIdentity(namespace="team", name="ft-a", uid="uid-a", spec_hash="h0")

@@ -11,7 +11,7 @@ import pytest
 
 from lft_api.conditions import Reason
 from lft_api.spec import TrainerConfig
-from lft_trainer import rendering
+from lft_trainer.data import rendering
 from lft_trainer.errors import InvalidInput
 
 TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
@@ -105,7 +105,7 @@ def test_only_object_stores_among_schemes(tmp_path, model_dir, template) -> None
 @pytest.mark.parametrize("template", ["s3://bucket/tpl.jinja", "s3a://bucket/tpl.jinja", "gs://b/tpl.jinja",
                                       "gcs://b/tpl.jinja", "az://c/tpl.jinja", "abfs://c/tpl.jinja"])
 def test_object_store_uris_are_downloaded(tmp_path, monkeypatch, template) -> None:
-    from lft_trainer.storage import Storage
+    from lft_trainer.storage.store import Storage
 
     fetched: list[str] = []
 

@@ -15,9 +15,10 @@ from lft_api.spec import TrainerConfig
 from lft_operator import builders
 from lft_operator.policy import Policy, violations
 from lft_operator.settings import Settings
-from lft_trainer import sft_args, tracking
 from lft_trainer.errors import InvalidInput
-from lft_trainer.retry import scrub
+from lft_trainer.reporting import tracking
+from lft_trainer.run import sft_args
+from lft_trainer.storage.retry import scrub
 
 BASE = {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/r"}}
 MLFLOW = {"trackingUri": "http://mlflow.mlops:5000", "experimentName": "phi3"}

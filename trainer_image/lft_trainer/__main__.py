@@ -23,8 +23,8 @@ from lft_api import contract
 from lft_api.conditions import Reason
 from lft_api.contract import TerminationMessage
 
-from . import scrubbing
 from .errors import InvalidInput, StorageError
+from .security import scrubbing
 from .settings import Settings
 
 log = logging.getLogger("lft_trainer")  # not __name__: run as `python -m lft_trainer`, that is "__main__"
@@ -85,21 +85,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=settings.config_path)
     args = parser.parse_args(argv)
 
-    from . import distributed, train
+    from .run import distributed, train
 
     preemption = distributed.Preemption()
     preemption.install()  # from the start: a SIGTERM while loading still exits PREEMPTED, not killed mid-write
     is_child = settings.is_worker
     try:
-        from .preflight import load_config
+        from .run.preflight import load_config
 
         config = load_config(args.config, settings)
         if not is_child:
-            from . import launcher
+            from .run import launcher
 
             if launcher.needs_launcher(config, _gpu_count()):
                 return finish(launcher.launch(config, args.config, preemption, settings), settings=settings)
-        from .progress import Reporter, make_reporter
+        from .reporting.progress import Reporter, make_reporter
 
         reporter = make_reporter(settings=settings) if distributed.is_main() else Reporter([])
         msg = train.run(config, reporter=reporter, preemption=preemption, settings=settings)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_child:
             _emit({"event": "error", "rank": distributed.rank(), **msg.to_wire()})
     if is_child:
-        from .launcher import write_rank_result
+        from .run.launcher import write_rank_result
 
         write_rank_result(msg, distributed.rank(), settings)
         return int(contract.exit_code_for(msg.outcome))

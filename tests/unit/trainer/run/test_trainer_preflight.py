@@ -13,7 +13,7 @@ from lft_trainer.data import sources as data
 from lft_trainer.errors import ConfigNotThisRun, InvalidInput
 from lft_trainer.run import preflight
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 
 

@@ -17,7 +17,7 @@ from lft_api.spec import TrainerConfig
 from lft_trainer.adapter import samples
 from lft_trainer.reporting import history, progress
 from lft_trainer.reporting.summary import RunFacts, build_summary
-from tests.unit.test_trainer_summary import facts
+from tests.unit.trainer.reporting.test_trainer_summary import facts
 
 MINIMAL = {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "o"}}
 

@@ -18,7 +18,7 @@ from lft_trainer.reporting import progress
 from lft_trainer.security import scrubbing
 from tests.support.status_api import StatusApi
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 PRESIGNED = ("https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDPLANTED%2F2026"
              "&X-Amz-Security-Token=SESSPLANTED&X-Amz-Signature=SIGPLANTED0123&X-Amz-Expires=60")
 

@@ -21,7 +21,7 @@ Cases (each `python -m lft_trainer` in its own process, the same rows, the same 
   oom-backoff   effective batch 32 with LFT_GPU_MEMORY_GIB=1000: a real CUDA out-of-memory error at the
                 plan's micro-batch 32, halved until it fits, effective batch kept
 Tokens/s is the trainer's steady-state figure (optimizer steps after the first two, timed inside the
-steps); MFU = model FLOPs/token x tokens/s / the GPU's dense bf16 peak (formula: lft_trainer.performance).
+steps); MFU = model FLOPs/token x tokens/s / the GPU's dense bf16 peak (formula: lft_trainer.performance.plan).
 Peak memory: torch's peak reserved memory (trainer) and nvidia-smi's peak for the process (here).
 Before the cases, a correctness check: the varlen attention kernel on a packed batch gives the same loss
 as the rows padded (on the GPU, bf16).
@@ -83,7 +83,7 @@ def build_model(work: Path, shape: dict) -> Path:
     if (path / "config.json").exists():
         return path
     tiny = work / "tiny"
-    subprocess.run([sys.executable, "-m", "lft_trainer.tiny_model", "--output", str(tiny)], check=True,
+    subprocess.run([sys.executable, "-m", "lft_trainer.model.tiny_model", "--output", str(tiny)], check=True,
                    env={**os.environ, "PYTHONPATH": pythonpath()}, capture_output=True)
     cfg = Phi3Config(rope_theta=10000.0, bos_token_id=1, eos_token_id=2, pad_token_id=0, **shape)
     torch.manual_seed(0)
@@ -125,7 +125,7 @@ def check_varlen(model_dir_small: Path) -> dict:
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from lft_trainer import attention
+    from lft_trainer.performance import attention
 
     name = attention.register()
     cuda = torch.cuda.is_available()

@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per process")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from lft_trainer import tiny_model
+    from lft_trainer.model import tiny_model
 
     with tempfile.TemporaryDirectory(prefix="lft-bench-mn-") as d:
         tmp = Path(d)

@@ -58,7 +58,8 @@ import json, resource, sys, time
 from pathlib import Path
 t0 = time.monotonic()
 from lft_api.spec import DatasetSpec
-from lft_trainer import data, preflight
+from lft_trainer.data import sources as data
+from lft_trainer.run import preflight
 imported = time.monotonic() - t0
 if sys.argv[1] == "import-only":
     print(json.dumps({"rssMiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/trainer_vs_cookbook.py [--epochs 3] [--repeats 1] [--json out.json]
 
-(a) ours: `lft_trainer.train.run` with a config that sets only the model, dataset and output (every
+(a) ours: `lft_trainer.run.train.run` with a config that sets only the model, dataset and output (every
     training/LoRA setting is the spec default), plus `--epochs` for both sides.
 (b) cookbook: microsoft/Phi-3-mini-4k-instruct's sample_finetune.py training_config/peft_config, adapted
     only where current TRL/transformers renamed arguments: max_seq_length -> SFTConfig.max_length,
@@ -110,10 +110,10 @@ def common_eval_loss(model_dir: Path, adapter_dir: Path, eval_file: Path) -> flo
 
 def run_ours(model_dir: Path, data_dir: Path, work: Path, epochs: float) -> dict:
     from lft_api.spec import TrainerConfig
-    from lft_trainer import train
-    from lft_trainer.progress import Reporter
+    from lft_trainer.reporting.progress import Reporter
+    from lft_trainer.run import train
+    from lft_trainer.settings import Settings
 
-    os.environ[train.ENV_WORK_DIR] = str(work / "ours-work")
     out = work / "ours-out"
     config = TrainerConfig.model_validate({
         "model": {"name": str(model_dir)},
@@ -121,7 +121,7 @@ def run_ours(model_dir: Path, data_dir: Path, work: Path, epochs: float) -> dict
         "training": {"epochs": epochs},
         "output": {"uri": f"file://{out}"},
     })
-    msg = train.run(config, reporter=Reporter([]))
+    msg = train.run(config, reporter=Reporter([]), settings=Settings(work_dir=str(work / "ours-work")))
     assert msg.outcome == "succeeded", msg
     summary = json.loads((out / "training_summary.json").read_text())
     runtime = summary["metrics"]["trainRuntimeSeconds"]
@@ -240,7 +240,7 @@ def main() -> None:
         child(args)
         return
 
-    from lft_trainer import tiny_model
+    from lft_trainer.model import tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="lft-bench-"))
     model_dir = tiny_model.build(work / "tiny", DATASET)

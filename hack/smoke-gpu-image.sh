@@ -28,7 +28,7 @@ print(f"torch {torch.__version__} cuda {torch.version.cuda} cudnn {torch.backend
 import accelerate, bitsandbytes, datasets, peft, transformers, triton, trl
 import liger_kernel.transformers
 from liger_kernel.transformers import AutoLigerKernelForCausalLM
-import lft_trainer.train
+import lft_trainer.run.train
 
 for dist in ("transformers", "peft", "trl", "datasets", "accelerate", "triton", "bitsandbytes", "liger-kernel"):
     print(f"{dist} {md.version(dist)}")

@@ -87,3 +87,29 @@ class Reason:
     # a status write the operator undid: its own fields written by another client, or trainer fields
     # written under another run's UID (an Event only)
     STATUS_REVERTED = "StatusReverted"
+    # the trainer's endings (the termination message's reason; the operator quotes it in the Failed condition
+    # or in the attempt's record). Bad input (exit 3, never retried): the pre-flight's and the run's checks
+    INVALID_CONFIG = "InvalidConfig"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    UNSUPPORTED_HARDWARE = "UnsupportedHardware"
+    DATASET_NOT_FOUND = "DatasetNotFound"
+    UNREADABLE_DATASET = "UnreadableDataset"
+    INVALID_DATASET = "InvalidDataset"
+    NO_CHAT_TEMPLATE = "NoChatTemplate"
+    INVALID_CHAT_TEMPLATE = "InvalidChatTemplate"
+    INVALID_RESUME_FROM = "InvalidResumeFrom"
+    MISSING_CREDENTIALS = "MissingCredentials"  # storage or tracking credentials absent from the pod
+    UNSUPPORTED_STORAGE = "UnsupportedStorage"
+    STORAGE_ACCESS_DENIED = "StorageAccessDenied"
+    BUCKET_NOT_FOUND = "BucketNotFound"
+    STORAGE_UNREACHABLE = "StorageUnreachable"
+    UNSAFE_OBJECT_NAME = "UnsafeObjectName"  # an object name that would be written outside the directory
+    TRACKING_UNAVAILABLE = "TrackingUnavailable"  # a requested integration's package is not in the image
+    TRACKING_UNREACHABLE = "TrackingUnreachable"  # the MLflow server does not answer
+    TRACKING_ACCESS_DENIED = "TrackingAccessDenied"  # the MLflow server refuses the credentials
+    # retryable (exit 1): storage failed after retries; a torchrun worker failed (multi-process runs). Any other
+    # exception ends the attempt with its class name as the reason (lft_trainer.__main__)
+    STORAGE_ERROR = "StorageError"
+    WORKER_FAILED = "WorkerFailed"
+    # SIGTERM (pod deleted, node preempted, suspend): the trainer saved a checkpoint and stopped (exit 4); the
+    # same reason as Kueue's preemption (declared above)

@@ -358,13 +358,24 @@ def _largest_fitting(upper: int, value_for: Callable[[int], object], data: dict[
     return lo
 
 
+# The one mapping between a run's outcome and the trainer's exit code: the trainer exits with exit_code_for(outcome),
+# the operator reads the outcome back from the exit code (a code not listed, e.g. a crash's, is an error).
+EXIT_CODES: dict[Outcome, ExitCode] = {
+    "succeeded": ExitCode.SUCCEEDED,
+    "invalid_input": ExitCode.INVALID_INPUT,
+    "preempted": ExitCode.PREEMPTED,
+    "error": ExitCode.ERROR,
+}
+
+
+def exit_code_for(outcome: Outcome) -> ExitCode:
+    return EXIT_CODES.get(outcome, ExitCode.ERROR)
+
+
 def outcome_for_exit_code(code: Optional[int]) -> Outcome:
-    if code == ExitCode.SUCCEEDED:
-        return "succeeded"
-    if code == ExitCode.INVALID_INPUT:
-        return "invalid_input"
-    if code == ExitCode.PREEMPTED:
-        return "preempted"
+    for outcome, exit_code in EXIT_CODES.items():
+        if code == exit_code:
+            return outcome
     return "error"
 
 

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 from lft_api.contract import Artifacts, FileDigest
 from lft_api.spec import StorageSpec
 from lft_trainer.errors import InvalidInput, StorageError
-from lft_trainer.retry import RetryPolicy
-from lft_trainer.storage import Storage, local_files, mismatches
+from lft_trainer.storage.retry import RetryPolicy
+from lft_trainer.storage.store import Storage, local_files, mismatches
 
 from .kube import CREDENTIAL_KEYS, CliError, Cluster
 

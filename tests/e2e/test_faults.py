@@ -109,7 +109,7 @@ def test_object_store_unreachable_mid_run(kube, s3, s3_endpoint, bridge_ip, name
     assert status["attempts"] == 1, status.get("attemptHistory")  # retried inside the attempt: nothing lost
     assert status["progress"]["step"] == STEPS
     logs = kube.run("logs", "-n", namespace, "-l", f"finetune.dev/name={name}", "--tail=-1", check=False).stdout
-    retries = sum(1 for line in logs.splitlines() if "lft_trainer.storage" in line and "; retry " in line)
+    retries = sum(1 for line in logs.splitlines() if "storage: " in line and "; retry " in line)
     assert retries > 0, "the trainer logged no storage retry: the cut did not hit its traffic"
     files = faults.verify_adapter(s3, obj, prefix)
     steps = faults.verify_checkpoints(s3, prefix)

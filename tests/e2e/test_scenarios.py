@@ -93,7 +93,7 @@ def adapter_serves_on_its_base(adapter: Path, base: Path) -> None:
     """The adapter the run pulled names its base as the spec gave it (the image's model directory, not
     the pod's working copy) and loads with PEFT onto that base, changing its logits. The base is rebuilt
     here from the seed and dataset the image's was built from (tiny_model: same inputs, same weights)."""
-    from lft_trainer import tiny_model
+    from lft_trainer.model import tiny_model
 
     given = EXAMPLE["spec"]["model"]["name"]
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == given

@@ -110,7 +110,7 @@ def namespace(kube: Kube) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random Phi-3 model and tokenizer, built offline (seconds)."""
-    from lft_trainer import tiny_model as tiny
+    from lft_trainer.model import tiny_model as tiny
 
     return tiny.build(tmp_path_factory.mktemp("tiny") / "model", DATASET)
 

@@ -16,14 +16,14 @@ import pytest
 
 from lft_api.contract import CHECKPOINT_MANIFEST
 from lft_api.spec import StorageSpec
-from lft_trainer.checkpoints import (
+from lft_trainer.errors import InvalidInput, StorageError
+from lft_trainer.storage.checkpoints import (
     build_manifest,
     download_checkpoint,
     find_latest_complete_checkpoint,
 )
-from lft_trainer.errors import InvalidInput, StorageError
-from lft_trainer.storage import RetryPolicy, Storage, download
-from lft_trainer.uploader import CheckpointUploader
+from lft_trainer.storage.store import RetryPolicy, Storage, download
+from lft_trainer.storage.uploader import CheckpointUploader
 from tests.support.s3 import free_port
 
 pytestmark = pytest.mark.integration

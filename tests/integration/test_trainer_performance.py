@@ -14,7 +14,9 @@ import json
 import pytest
 import torch
 
-from lft_trainer import attention, performance, probes, train
+from lft_trainer.performance import attention, probes
+from lft_trainer.performance import plan as performance
+from lft_trainer.run import train
 from tests.support.trainer_run import config, run_in_process
 
 GIB = 1024**3
@@ -24,7 +26,7 @@ GIB = 1024**3
 def pretend_gpu(monkeypatch):
     """The plan sees a 1000 GiB GPU (auto sizes the micro-batch); training still runs on the CPU."""
     monkeypatch.setattr(probes, "probe_hardware",
-                        lambda model_type: performance.Hardware(True, "NVIDIA H200", 1000 * GIB))
+                        lambda model_type, gpu_memory_gib=None: performance.Hardware(True, "NVIDIA H200", 1000 * GIB))
 
 
 def oom_above(monkeypatch, limit: int, at_step: int = 0) -> list[int]:

@@ -34,7 +34,7 @@ from tests.support.trainer_run import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_train_to_s3_and_load_the_adapter(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys, caplog):
-    caplog.set_level("INFO", logger="lft_trainer.train")
+    caplog.set_level("INFO", logger="lft_trainer")
     s3_bucket.put_bytes("data/train.jsonl", DATASET.read_bytes())  # the dataset comes from the bucket too
     cfg = config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url, dataset=s3_bucket.uri("data/train.jsonl"))
     cfg["output"]["mergeAdapter"] = True

@@ -13,7 +13,7 @@ import yaml
 from lft_api import contract
 from lft_api.conditions import Reason
 from lft_api.contract import CheckpointRef, Progress, TerminationMessage
-from lft_trainer import progress
+from lft_trainer.reporting import progress
 from tests.support.kube import Kube, wait_until
 from tests.support.operator import SUCCESS, cond, run_pod, spec
 

@@ -110,7 +110,7 @@ def test_mlflow_unreachable_fails_before_training(s3_bucket, tiny_model, tmp_pat
     cfg = config(tiny_model, s3_bucket.uri("run"), s3_bucket.endpoint_url, reportTo=["mlflow"],
                  mlflow={"trackingUri": url})
     isolate_tracking_env(monkeypatch)
-    monkeypatch.setattr("lft_trainer.tracking.PROBE_ATTEMPTS", 1)
+    monkeypatch.setattr("lft_trainer.reporting.tracking.PROBE_ATTEMPTS", 1)
     code, term = run_in_process(cfg, tmp_path, monkeypatch)
     out = capsys.readouterr().out
     assert code == 3, out[-3000:]
@@ -128,7 +128,7 @@ def test_mlflow_refusing_the_credentials_is_named(monkeypatch, fake_secret):
 
     from lft_api.tracking_spec import MlflowSpec
     from lft_trainer.errors import InvalidInput
-    from lft_trainer.tracking import probe_mlflow
+    from lft_trainer.reporting.tracking import probe_mlflow
 
     seen: list[str] = []
 

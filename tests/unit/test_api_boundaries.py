@@ -20,7 +20,7 @@ STDLIB_AND_PYDANTIC = {"__future__", "json", "enum", "typing", "pathlib", "hashl
 def imported_modules(package_dir: Path, depth: int | None = None) -> dict[str, set[str]]:
     """{module imported (its first `depth` dotted parts): {files importing it}} for every module of a package."""
     found: dict[str, set[str]] = {}
-    for path in sorted(package_dir.glob("*.py")):
+    for path in sorted(package_dir.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -52,8 +52,8 @@ def test_api_imports_only_pydantic_and_the_standard_library() -> None:
 
 # The CLI runs on a laptop with the user's credentials: the resource's models (lft_api), the names of the objects
 # the operator creates and labels it sets (builders, views) and the trainer's storage code (one S3 client, the same retries), nothing more.
-CLI_FIRST_PARTY = {"lft_api", "lft_operator.builders", "lft_operator.views", "lft_trainer.errors", "lft_trainer.retry",
-                   "lft_trainer.storage"}
+CLI_FIRST_PARTY = {"lft_api", "lft_operator.builders", "lft_operator.views", "lft_trainer.errors", "lft_trainer.storage.retry",
+                   "lft_trainer.storage.store"}
 CLI_THIRD_PARTY = {"kubernetes", "urllib3"}  # urllib3: the kubernetes client's HTTP library (its errors)
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "kopf", "matplotlib")
 

@@ -13,8 +13,8 @@ import yaml
 from lft_api import contract
 from lft_api.contract import RunIdentity
 from lft_api.resource import LoRAFineTuneSpec
-from lft_trainer import servability
-from lft_trainer.adapter_card import servable_adapter_config, vllm_command
+from lft_trainer.adapter import servability
+from lft_trainer.adapter.adapter_card import servable_adapter_config, vllm_command
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "serving"
 PHI3_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # what PEFT saves for all-linear on Phi-3

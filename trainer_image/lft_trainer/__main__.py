@@ -20,12 +20,14 @@ import os
 import sys
 
 from lft_api import contract
+from lft_api.conditions import Reason
 from lft_api.contract import TerminationMessage
 
-from . import scrubbing
 from .errors import InvalidInput, StorageError
+from .security import scrubbing
+from .settings import Settings
 
-log = logging.getLogger("lft_trainer")
+log = logging.getLogger("lft_trainer")  # not __name__: run as `python -m lft_trainer`, that is "__main__"
 
 
 def _emit(obj: dict) -> None:
@@ -33,8 +35,8 @@ def _emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
-def write_termination(msg: TerminationMessage) -> None:
-    path = os.environ.get(contract.ENV_TERMINATION_LOG, contract.DEFAULT_TERMINATION_LOG)
+def write_termination(msg: TerminationMessage, settings: Settings | None = None) -> None:
+    path = (settings or Settings.from_environ()).termination_log
     try:
         with open(path, "w") as f:
             f.write(msg.encode())
@@ -42,25 +44,23 @@ def write_termination(msg: TerminationMessage) -> None:
         log.warning("cannot write the termination message to %s: %s", path, exc)
 
 
-def finish(msg: TerminationMessage, details: dict | None = None) -> int:
+def finish(msg: TerminationMessage, details: dict | None = None, settings: Settings | None = None) -> int:
     """Write the termination message and one structured JSON line; return the exit code."""
     msg = TerminationMessage.model_validate(scrubbing.scrub_tree(msg.to_wire()))
     details = scrubbing.scrub_tree(details) if details else details
-    write_termination(msg)
+    write_termination(msg, settings)
     line = {"event": "result" if msg.outcome in ("succeeded", "preempted") else "error", **msg.to_wire()}
     if details:
         line.update(details)
     _emit(line)
-    from .train import exit_code_for
-
-    return int(exit_code_for(msg))
+    return int(contract.exit_code_for(msg.outcome))
 
 
 def _failure(exc: BaseException) -> tuple[TerminationMessage, dict | None]:
     if isinstance(exc, InvalidInput):
         return TerminationMessage(outcome="invalid_input", reason=exc.reason, message=exc.message), exc.details()
     if isinstance(exc, StorageError):
-        return TerminationMessage(outcome="error", reason="StorageError", message=str(exc)), None
+        return TerminationMessage(outcome="error", reason=Reason.STORAGE_ERROR, message=str(exc)), None
     return TerminationMessage(outcome="error", reason=type(exc).__name__, message=f"{type(exc).__name__}: {exc}"), None
 
 
@@ -81,27 +81,28 @@ def main(argv: list[str] | None = None) -> int:
     scrubbing.install()  # first: every later line on stdout/stderr is masked, tracebacks included
     _setup_logging()
     parser = argparse.ArgumentParser(prog="lft_trainer", description="LoRA fine-tuning trainer")
-    parser.add_argument("--config", default=os.environ.get(contract.ENV_CONFIG_PATH, contract.DEFAULT_CONFIG_PATH))
+    settings = Settings.from_environ()  # the one read of the trainer's settings; passed down from here
+    parser.add_argument("--config", default=settings.config_path)
     args = parser.parse_args(argv)
 
-    from . import distributed, train
+    from .run import distributed, train
 
     preemption = distributed.Preemption()
     preemption.install()  # from the start: a SIGTERM while loading still exits PREEMPTED, not killed mid-write
-    is_child = "LOCAL_RANK" in os.environ
+    is_child = settings.is_worker
     try:
-        from .preflight import load_config
+        from .run.preflight import load_config
 
-        config = load_config(args.config)
+        config = load_config(args.config, settings)
         if not is_child:
-            from . import launcher
+            from .run import launcher
 
             if launcher.needs_launcher(config, _gpu_count()):
-                return finish(launcher.launch(config, args.config, preemption))
-        from .progress import Reporter, make_reporter
+                return finish(launcher.launch(config, args.config, preemption, settings), settings=settings)
+        from .reporting.progress import Reporter, make_reporter
 
-        reporter = make_reporter() if distributed.is_main() else Reporter([])
-        msg = train.run(config, reporter=reporter, preemption=preemption)
+        reporter = make_reporter(settings=settings) if distributed.is_main() else Reporter([])
+        msg = train.run(config, reporter=reporter, preemption=preemption, settings=settings)
         details = None
     except Exception as exc:  # every failure ends with a reason, never a bare traceback only
         if not isinstance(exc, InvalidInput):
@@ -110,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         if is_child:
             _emit({"event": "error", "rank": distributed.rank(), **msg.to_wire()})
     if is_child:
-        from .launcher import write_rank_result
+        from .run.launcher import write_rank_result
 
-        write_rank_result(msg, distributed.rank())
-        return int(train.exit_code_for(msg))
-    return finish(msg, details)
+        write_rank_result(msg, distributed.rank(), settings)
+        return int(contract.exit_code_for(msg.outcome))
+    return finish(msg, details, settings)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,6 +2,8 @@
 
 - spec.py       the trainer's configuration models (TrainerConfig): the part of a LoRAFineTune's spec
                 that the trainer reads from its config file
+- training_spec.py  TrainingSpec (spec.training, re-exported by spec.py): the optimisation settings, the
+                optimizer names, their CEL rules
 - resource.py   the whole resource: LoRAFineTuneSpec (TrainerConfig + how to run the pod) and
                 LoRAFineTuneStatus; the CRD's schema is generated from these (lft_operator.crdgen)
 - contract.py   operator <-> trainer: exit codes, termination message, progress/metrics/checkpoint/

@@ -30,6 +30,7 @@ class Reason:
     INVALID_SPEC = "InvalidSpec"
     NAME_TOO_LONG = "NameTooLong"
     QUANTIZATION_NEEDS_GPU = "QuantizationNeedsGPU"
+    OPTIMIZER_NEEDS_GPU = "OptimizerNeedsGPU"  # training.optimizer is a bitsandbytes one and no GPU is requested
     PROCESSES_MISMATCH_GPUS = "ProcessesMismatchGPUs"
     INVALID_POD_TEMPLATE = "InvalidPodTemplate"
     # a field the API does not know: only where the installed CRD predates the structural schema (which refuses

@@ -8,13 +8,14 @@ mounts, tolerations, affinity) are typed in pod_types.py as deep as the admin po
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from .contract import AdapterRef, Artifacts, CheckpointHealth, CheckpointRef, Metrics, Performance, Progress, WireModel
 from .pod_types import Affinity, EnvVar, Toleration, Volume, VolumeMount
-from .spec import TRAINER_CONFIG_RULES, TrainerConfig
+from .spec import BNB_OPTIMIZERS, TRAINER_CONFIG_RULES, TrainerConfig
 from .spec_base import CelRules, SpecModel, ratcheting_rule
 from .tracking_spec import SecretRef
 
@@ -126,7 +127,8 @@ class PodTemplateSpec(SpecModel):
 
 
 # Cross-field rules of the whole spec as CEL (x-kubernetes-validations; self is the spec): TrainerConfig's, and
-# those of validation.semantic_problems that read no admin policy (QuantizationNeedsGPU, ProcessesMismatchGPUs).
+# those of validation.semantic_problems that read no admin policy (QuantizationNeedsGPU, OptimizerNeedsGPU,
+# ProcessesMismatchGPUs).
 # (The spec's objects have defaults: lora, training and resources are always there when the rules run.)
 SPEC_RULES: CelRules = TRAINER_CONFIG_RULES + [
     ratcheting_rule(
@@ -135,6 +137,14 @@ SPEC_RULES: CelRules = TRAINER_CONFIG_RULES + [
         messageExpression="'lora.quantization ' + self.lora.quantization + ' (QLoRA, bitsandbytes) needs a GPU: set "
                           "resources.gpus >= 1 or lora.quantization to none'",
         fieldPath=".lora.quantization",
+    ),
+    ratcheting_rule(
+        "!has(self.training.optimizer) || !(self.training.optimizer in " + json.dumps(list(BNB_OPTIMIZERS)).replace('"', "'")
+        + ") || self.resources.gpus >= 1",
+        reads=("training.optimizer", "resources.gpus"),
+        messageExpression="'training.optimizer ' + self.training.optimizer + ' (bitsandbytes) needs a GPU: set "
+                          "resources.gpus >= 1 or another optimizer (adamw_torch...)'",
+        fieldPath=".training.optimizer",
     ),
     ratcheting_rule(
         "type(self.training.numProcesses) == string || self.training.numProcesses <= 1 || self.resources.gpus <= 1 "

@@ -15,10 +15,18 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from .spec_base import CelRules, SpecModel, ratcheting_rule
-from .tracking_spec import MlflowSpec, ReportTarget, WandbSpec
+from .training_spec import (  # noqa: F401 (re-exported: spec.py is where the models are imported from)
+    BNB_OPTIMIZERS,
+    DEFAULT_WARMUP_RATIO,
+    MAX_NODES,
+    MAX_PROCESSES_PER_NODE,
+    TORCH_OPTIMIZERS,
+    Optimizer,
+    TrainingSpec,
+)
 
 
 class ModelSpec(SpecModel):
@@ -144,154 +152,19 @@ class LoraSpec(SpecModel):
         default="none",
         description="Quantize the frozen base model. 4bit is QLoRA (NF4, double quantization, bf16 compute). GPU only.",
     )
-
-
-MAX_NODES = 64
-MAX_PROCESSES_PER_NODE = 64
-
-
-def _tracker_rules(name: str) -> CelRules:
-    """training.reportTo <name> and training.<name> go together (TrainingSpec._tracking_settings)."""
-    return [
-        {"rule": f"!has(self.reportTo) || !('{name}' in self.reportTo) || has(self.{name})",
-         "message": f"training.reportTo lists {name}: set training.{name} (its settings)",
-         "fieldPath": f".{name}", "reason": "FieldValueRequired"},
-        {"rule": f"!has(self.{name}) || (has(self.reportTo) && '{name}' in self.reportTo)",
-         "message": f"training.{name} is set but training.reportTo does not list {name}: add it, or remove the settings",
-         "fieldPath": f".{name}"},
-    ]
-
-
-class TrainingSpec(SpecModel):
-    """Optimisation settings."""
-
-    # CEL rules of the CRD (x-kubernetes-validations, checked by the API server): the cross-field rules of
-    # _tracking_settings; the pydantic validators stay, for resources stored before the rules existed.
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _tracker_rules("mlflow") + _tracker_rules("wandb")})
-
-    epochs: float = Field(default=1.0, gt=0, description="Passes over the training set (ignored when maxSteps is set).")
-    max_steps: Optional[int] = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
-    # 2e-4 is the usual LoRA rate (QLoRA paper, PEFT examples): the cookbook's 5e-6 is a full fine-tuning
-    # rate and barely moves a rank-16 adapter, whose B matrix starts at zero.
-    learning_rate: float = Field(default=2e-4, gt=0, le=1.0, description="Peak learning rate.")
-    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        default="cosine", description="Learning-rate schedule after warmup."
+    rslora: bool = Field(
+        default=False,
+        description="Rank-stabilized LoRA (PEFT use_rslora): scale the update by alpha / sqrt(r) instead of alpha / r.",
     )
-    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
-    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
-    batch_size: Optional[int] = Field(
-        default=None, ge=1, le=4096,
+    init: Literal["default", "gaussian"] = Field(
+        default="default",
         description=(
-            "Per-device micro-batch size. Unset: 4, or under performance auto on a GPU the largest split of "
-            "the effective batch (4 x gradientAccumulationSteps) that the memory estimate says fits."
+            "Initialisation of the LoRA matrices (PEFT init_lora_weights). default: A Kaiming-uniform, B zero "
+            "(PEFT's True); gaussian: A Gaussian scaled by the rank, B zero. Not offered: pissa, olora and loftq, "
+            "which rewrite the base model's weights, so that the adapter alone no longer fits the published base "
+            "model (it would need PEFT's conversion to a rank-2r adapter), and loftq also quantizes the base."
         ),
     )
-    gradient_accumulation_steps: int = Field(
-        default=4, ge=1,
-        description="Micro-batches per optimizer step (performance auto may re-split an unset batchSize, keeping the product).",
-    )
-    max_length: int = Field(default=2048, ge=16, le=1048576, description="Maximum tokens per training sequence.")
-    packing: bool = Field(default=False, description="Pack several short samples into one sequence.")
-    assistant_only_loss: bool = Field(
-        default=False, description="Compute the loss on assistant turns only (messages format)."
-    )
-    gradient_checkpointing: Optional[bool] = Field(
-        default=None,
-        description=(
-            "Recompute activations in the backward pass: less GPU memory, about a third more compute. Unset: "
-            "on only when the memory estimate needs it (performance auto), on when performance is off. Never on CPU."
-        ),
-    )
-    performance: Literal["auto", "off"] = Field(
-        default="auto",
-        description=(
-            "auto: on a GPU, size the micro-batch and gradient checkpointing from the memory estimate, use "
-            "fused kernels and a variable-length attention kernel for packed rows when available, and halve the "
-            "micro-batch on an out-of-memory error within the first 10 steps (keeping the effective batch). Explicit "
-            "fields always win; every choice is written to status.performance and the summary. off: the fields "
-            "as given, defaults for the unset ones."
-        ),
-    )
-    fused_kernels: Optional[bool] = Field(
-        default=None,
-        description="Liger kernels (RMSNorm, RoPE, SwiGLU) on GPU. Unset: on under performance auto when installed.",
-    )
-    compile: bool = Field(default=False, description="torch.compile the model (GPU; compiling takes minutes).")
-    seed: int = Field(default=42, description="Seed for data shuffling, the eval split and LoRA initialisation.")
-    logging_steps: int = Field(default=10, ge=1, description="Report loss and progress every N steps.")
-    eval_steps: Optional[int] = Field(
-        default=None, ge=1, description="Evaluate every N steps; unset: at the end of each epoch (and before step 1)."
-    )
-    nodes: int = Field(
-        default=1,
-        ge=1,
-        le=MAX_NODES,
-        description=(
-            "Pods the run spans (multi-node DDP, launched by torchrun with a static rendezvous). Each pod gets "
-            "spec.resources; world size = nodes x processes per pod. 1: one pod, as without this field."
-        ),
-    )
-    report_to: list[ReportTarget] = Field(
-        default_factory=list,
-        max_length=3,
-        # A set: the API server refuses a duplicate ("Duplicate value"), as _tracking_settings does.
-        json_schema_extra={"x-kubernetes-list-type": "set"},
-        description=(
-            "Experiment tracking: tensorboard (event files under <output>/tensorboard/, uploaded at every checkpoint "
-            "and at the end), mlflow (settings in training.mlflow), wandb (settings in training.wandb). Empty: none."
-        ),
-    )
-    mlflow: Optional[MlflowSpec] = Field(default=None, description="MLflow settings, for reportTo mlflow.")
-    wandb: Optional[WandbSpec] = Field(default=None, description="Weights & Biases settings, for reportTo wandb.")
-
-    def tracking_secrets(self) -> list[tuple[str, str]]:
-        """(field path under spec, Secret name) of the trackers' credentials Secrets (mounted as envFrom)."""
-        refs = [(name, getattr(self, name)) for name in ("mlflow", "wandb")]
-        return [(f"training.{name}.credentialsSecretRef", s.credentials_secret_ref.name) for name, s in refs
-                if s is not None and s.credentials_secret_ref is not None]
-
-    @model_validator(mode="after")
-    def _tracking_settings(self) -> "TrainingSpec":
-        if len(set(self.report_to)) != len(self.report_to):
-            raise ValueError(f"reportTo lists an integration twice: {self.report_to}")
-        for name in ("mlflow", "wandb"):
-            wanted, given = name in self.report_to, getattr(self, name) is not None
-            if wanted and not given:
-                raise ValueError(f"reportTo {name} needs training.{name} (its settings)")
-            if given and not wanted:
-                raise ValueError(f"training.{name} is set but reportTo does not list {name}: add it, or remove the settings")
-        return self
-    num_processes: int | Literal["auto"] = Field(
-        default="auto",
-        # The schema of an int-or-string cannot say "auto or 1..64": CEL does (_processes_in_range).
-        json_schema_extra={"x-kubernetes-validations": [{
-            "rule": f"type(self) == string ? self == 'auto' : (self >= 1 && self <= {MAX_PROCESSES_PER_NODE})",
-            "messageExpression": f"'training.numProcesses must be auto or 1 to {MAX_PROCESSES_PER_NODE}, not ' + "
-                                 "string(self)",
-        }]},
-        description=(
-            "Training processes per pod (DDP ranks, 1 to 64). auto: one per GPU of the pod (spec.resources.gpus), "
-            "1 on CPU. A pod with more than one GPU always runs one process per GPU: 1 (the default of earlier "
-            "versions, stored in existing resources) counts as auto there, and any other number must equal "
-            "spec.resources.gpus."
-        ),
-    )
-
-    @field_validator("num_processes")
-    @classmethod
-    def _processes_in_range(cls, n: int | str) -> int | str:
-        if n != "auto" and not 1 <= int(n) <= MAX_PROCESSES_PER_NODE:
-            raise ValueError(f"must be auto or 1 to {MAX_PROCESSES_PER_NODE}, not {n}")
-        return n
-
-    def processes_per_node(self, gpus: int) -> int:
-        """numProcesses resolved for a pod with `gpus` GPUs (auto: one per GPU, 1 on CPU)."""
-        if self.num_processes == "auto":
-            return max(gpus, 1)
-        return self.num_processes
-
-    def world_size(self, gpus: int) -> int:
-        return self.nodes * self.processes_per_node(gpus)
 
 
 # TrainingSpec fields that change speed and memory, not the trained result (left out of result_hash).
@@ -411,6 +284,13 @@ class TrainerConfig(SpecModel):
         for key in (*PERFORMANCE_ONLY_FIELDS, *TRACKING_FIELDS):
             training.pop(key, None)
         training.setdefault("batchSize", 4)
+        if "warmupSteps" not in training:
+            training.setdefault("warmupRatio", DEFAULT_WARMUP_RATIO)
+        lora = dict(determining["lora"] or {})
+        for key, default in (("rslora", False), ("init", "default")):
+            if lora.get(key) == default:
+                lora.pop(key)  # added later at their defaults: earlier runs keep their hashes
+        determining["lora"] = lora
         training.setdefault("gradientCheckpointing", True)
         if training.get("nodes") == 1:
             training.pop("nodes")  # added later: single-pod runs keep their former hash

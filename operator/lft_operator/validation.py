@@ -2,7 +2,7 @@
 
 The API server already rejected what the schema can say: types, bounds, enums, unknown fields (the
 schema is structural: strict field validation refuses them, other clients get them pruned), and the
-CEL rules the models declare (QLoRA needs a GPU, numProcesses per GPU, mounts need volumes,
+CEL rules the models declare (QLoRA and the bitsandbytes optimizers need a GPU, numProcesses per GPU, mounts need volumes,
 assistantOnlyLoss needs chat rows, reportTo and its settings, no credentials in a tracking URI) and
 the spec's immutability once the Job exists (crdgen). Only what needs the admin policy (policy.py)
 or other objects (ownership.py) is the operator's alone.
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from lft_api.conditions import Reason
 from lft_api.errors import format_validation_errors
 from lft_api.resource import MAX_NAME_LENGTH, LoRAFineTuneSpec
+from lft_api.spec import BNB_OPTIMIZERS
 
 from . import policy
 from .builders import storage_secret_name
@@ -77,6 +78,14 @@ def semantic_problems(spec: LoRAFineTuneSpec, name: str) -> list[Problem]:
                 Reason.QUANTIZATION_NEEDS_GPU,
                 f"spec.lora.quantization {spec.lora.quantization} (QLoRA, bitsandbytes) needs a GPU: "
                 "set spec.resources.gpus >= 1 or spec.lora.quantization to none",
+            )
+        )
+    if spec.training.optimizer in BNB_OPTIMIZERS and spec.resources.gpus < 1:
+        problems.append(
+            Problem(
+                Reason.OPTIMIZER_NEEDS_GPU,
+                f"spec.training.optimizer {spec.training.optimizer} (bitsandbytes) needs a GPU: "
+                "set spec.resources.gpus >= 1 or another optimizer (adamw_torch...)",
             )
         )
     if (

@@ -43,7 +43,8 @@ def _all_rules(node: dict, path: str = ""):
 
 def test_cross_field_rules_of_the_spec():
     by_field = {r["fieldPath"]: r for r in _rules(_spec())}
-    assert set(by_field) == {".training.assistantOnlyLoss", ".lora.quantization", ".training.numProcesses"}
+    assert set(by_field) == {".training.assistantOnlyLoss", ".lora.quantization", ".training.numProcesses",
+                             ".training.optimizer"}
     assert "self.dataset.format != 'text'" in by_field[".training.assistantOnlyLoss"]["rule"]
     assert "self.resources.gpus >= 1" in by_field[".lora.quantization"]["rule"]
     assert "self.training.numProcesses == self.resources.gpus" in by_field[".training.numProcesses"]["rule"]
@@ -116,6 +117,10 @@ def test_ratcheting_rule():
 
 @pytest.mark.parametrize("overrides", [
     {"lora": {"quantization": "4bit"}},
+    {"training": {"optimizer": "paged_adamw_8bit"}},
+    {"training": {"warmupSteps": 3, "warmupRatio": 0.1}},
+    {"training": {"minLearningRate": 1e-5, "scheduler": "linear"}},
+    {"training": {"minLearningRate": 1e-3, "learningRate": 1e-4}},
     {"dataset": {"uri": "d", "format": "text"}, "training": {"assistantOnlyLoss": True}},
     {"training": {"reportTo": ["mlflow"]}},
     {"training": {"reportTo": ["wandb", "wandb"], "wandb": {"project": "p"}}},

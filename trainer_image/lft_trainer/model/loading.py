@@ -39,8 +39,14 @@ def lora_kwargs(config: TrainerConfig) -> dict[str, Any]:
     targets: Any = lora.target_modules
     if targets == ["all-linear"]:
         targets = "all-linear"
-    return dict(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                bias=lora.bias, use_dora=lora.use_dora, task_type="CAUSAL_LM")
+    kw: dict[str, Any] = dict(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                              bias=lora.bias, use_dora=lora.use_dora, task_type="CAUSAL_LM")
+    # The knobs at their defaults are not passed: PEFT's own defaults apply, as before they existed.
+    if lora.rslora:
+        kw["use_rslora"] = True
+    if lora.init != "default":
+        kw["init_lora_weights"] = lora.init
+    return kw
 
 
 def with_lora(config: TrainerConfig, base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,40 @@ def library_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+# What the summary's `resolved` block reports of the SFTConfig and LoraConfig the run used (every field the spec
+# sets or can set, with TRL's, transformers' and PEFT's defaults filled in).
+RESOLVED_SFT_KEYS = (
+    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "max_grad_norm",
+    "weight_decay", "neftune_noise_alpha", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "num_train_epochs", "max_steps", "max_length", "packing", "seed", "gradient_checkpointing", "bf16", "fp16",
+    "eval_strategy", "eval_steps", "save_steps", "logging_steps",
+)
+RESOLVED_LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_dora", "use_rslora",
+                      "init_lora_weights", "task_type")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value: enums by value, sets sorted, tuples as lists, anything else unknown as its str."""
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def resolved_config(sft_config: Any, lora_config: Any) -> dict[str, Any]:
+    """The summary's `resolved` block: the values of the SFTConfig (TrainingArguments) and the PEFT LoraConfig
+    that the run trained with, read from the objects themselves."""
+    return {"sftConfig": {k: _plain(getattr(sft_config, k, None)) for k in RESOLVED_SFT_KEYS},
+            "loraConfig": {k: _plain(getattr(lora_config, k, None)) for k in RESOLVED_LORA_KEYS}}
 
 
 @dataclass
@@ -80,6 +115,7 @@ class RunFacts:
     loss_plot_skipped: str | None = None  # why loss.png was not drawn (e.g. matplotlib is not installed)
     samples: dict[str, Any] | None = None  # samples.py: held-out prompts, base and tuned completions
     data_shards: dict[str, Any] | None = None  # shards.summarize: rows per rank, rows on several ranks
+    resolved: dict[str, Any] | None = None  # resolved_config: the SFTConfig and LoraConfig values the run used
 
 
 def last_train_loss(history: list[dict]) -> float | None:
@@ -129,6 +165,7 @@ def build_summary(config: TrainerConfig, facts: RunFacts) -> dict[str, Any]:
         "worldSize": facts.num_processes,
         "dataShards": facts.data_shards,
         "performance": facts.performance,
+        "resolved": facts.resolved,
         "durationsSeconds": facts.durations,
         "libraryVersions": facts.versions,
         "files": [f.to_wire() for f in facts.files],

@@ -1,7 +1,7 @@
 """Pre-flight: everything that can be checked before the model is loaded, so that a bad input ends
 the run in seconds with a message that names the file, the row, the field and the reason.
 
-Checks: the config file (pydantic), quantization vs. hardware, the output storage (credentials, bucket,
+Checks: the config file (pydantic), quantization and the optimizer vs. hardware, the output storage (credentials, bucket,
 write access) and who owns its artifacts (ownership.py), the model's location, and every dataset row, whatever
 the size (formats.py: pure row checks). The rows that pass are written to disk and are what training reads;
 the chat template's checks follow once the tokenizer is loaded (rendering.py), still before the model.
@@ -25,7 +25,7 @@ from lft_api import contract
 from lft_api.conditions import Reason
 from lft_api.contract import RunIdentity
 from lft_api.errors import format_validation_errors
-from lft_api.spec import DatasetSpec, LoraSpec, ModelSpec, StorageSpec, TrainerConfig
+from lft_api.spec import BNB_OPTIMIZERS, DatasetSpec, LoraSpec, ModelSpec, StorageSpec, TrainerConfig, TrainingSpec
 
 from ..data import formats
 from ..data import sources as data
@@ -101,6 +101,7 @@ def run_checks(config: TrainerConfig, work: Path, cuda: bool, identity: RunIdent
         with open(saved, "rb") as f:
             return pickle.load(f)  # written by this pod's launcher (save_report), in its work dir
     check_quantization(config.lora, cuda)
+    check_optimizer(config.training, cuda)
     if config.model.attn_implementation == "flash_attention_2" and not cuda:
         raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, "model.attnImplementation flash_attention_2 needs a CUDA GPU",
                            field="model.attnImplementation")
@@ -140,6 +141,23 @@ def check_quantization(lora: LoraSpec, cuda_available: bool) -> None:
     except ImportError:
         raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, f"lora.quantization {lora.quantization!r} needs the bitsandbytes "
                            "package, which this trainer image lacks", field="lora.quantization") from None
+
+
+def check_optimizer(training: TrainingSpec, cuda_available: bool) -> None:
+    if training.optimizer not in BNB_OPTIMIZERS:
+        return
+    if not cuda_available:
+        raise InvalidInput(
+            Reason.UNSUPPORTED_HARDWARE,
+            f"training.optimizer {training.optimizer!r} (bitsandbytes) needs a CUDA GPU, and this pod has none: "
+            "request a GPU or choose another optimizer (adamw_torch...)",
+            field="training.optimizer",
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, f"training.optimizer {training.optimizer!r} needs the "
+                           "bitsandbytes package, which this trainer image lacks", field="training.optimizer") from None
 
 
 def check_model(model: ModelSpec, storage_spec: StorageSpec | None) -> None:

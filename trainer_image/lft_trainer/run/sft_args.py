@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lft_api.spec import TrainerConfig
+from lft_api.spec import TrainerConfig, TrainingSpec
 
 from ..performance import plan as performance
 from .distributed import world_size
@@ -22,7 +22,7 @@ def sft_kwargs(config: TrainerConfig, output_dir: str, cuda: bool, dtype_name: s
         output_dir=output_dir,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.scheduler,
-        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps in this transformers
+        warmup_steps=t.resolved_warmup(),  # a float < 1 is a ratio of the total steps in this transformers
         weight_decay=t.weight_decay,
         per_device_train_batch_size=plan.micro_batch,
         per_device_eval_batch_size=plan.micro_batch,
@@ -59,6 +59,7 @@ def sft_kwargs(config: TrainerConfig, output_dir: str, cuda: bool, dtype_name: s
         save_only_model=False,  # optimizer, scheduler and RNG state: resume exactly
         remove_unused_columns=True,
     )
+    kw.update(knob_kwargs(t))
     if t.max_steps:
         kw["max_steps"] = t.max_steps
     else:
@@ -69,4 +70,20 @@ def sft_kwargs(config: TrainerConfig, output_dir: str, cuda: bool, dtype_name: s
         kw["ddp_backend"] = "gloo"
     if world_size() > 1 and ddp_timeout:
         kw["ddp_timeout"] = ddp_timeout  # settings.ddp_timeout: set by the operator on multi-node pods
+    return kw
+
+
+def knob_kwargs(t: TrainingSpec) -> dict[str, Any]:
+    """The fine-tuning knobs that are set (issue #23). Those left unset are not passed: TRL's and transformers'
+    own defaults apply, as before the knobs existed."""
+    kw: dict[str, Any] = {}
+    if t.optimizer is not None:
+        kw["optim"] = t.optimizer
+    if t.max_grad_norm is not None:
+        kw["max_grad_norm"] = t.max_grad_norm
+    if t.min_learning_rate is not None:  # cosine only (TrainingSpec._schedule)
+        kw["lr_scheduler_type"] = "cosine_with_min_lr"
+        kw["lr_scheduler_kwargs"] = {"min_lr": t.min_learning_rate}
+    if t.neftune_noise_alpha is not None:
+        kw["neftune_noise_alpha"] = t.neftune_noise_alpha
     return kw

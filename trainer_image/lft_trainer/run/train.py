@@ -30,7 +30,7 @@ from ..performance.throughput import ThroughputMeter, make_throughput_callback
 from ..reporting import tracking
 from ..reporting.artifacts import HistoryWriter
 from ..reporting.progress import Reporter, StdoutSink, make_callback
-from ..reporting.summary import RunFacts, Timer, build_summary, last_train_loss, library_versions
+from ..reporting.summary import RunFacts, Timer, build_summary, last_train_loss, library_versions, resolved_config
 from ..settings import Settings
 from ..storage.ownership import ADAPTER_IDENTITY_FILE, run_identity
 from ..storage.store import Storage
@@ -280,6 +280,7 @@ def publish(prep: Prepared, trainer, fitted: Fitted, ctx: RunContext) -> Termina
     facts = _facts(prep, fitted, ctx, files, merged_uri)
     facts.servability, facts.how_to_load, facts.loss_plot_skipped = verdict.to_wire(), load, written.plot_skipped
     facts.samples = sampled.summary
+    facts.resolved = resolved_config(trainer.args, prep.model.peft_config["default"])
     artifacts = written.artifacts.merged_with(sampled.artifacts).merged_with(Artifacts(
         adapter=facts.adapter_uri, merged=merged_uri, summary=out.uri(contract.SUMMARY_FILE)))
     facts.artifacts = artifacts.to_wire()

@@ -65,3 +65,23 @@ def test_summary_records_nodes_processes_per_node_and_world_size():
                                            "training": {"nodes": 2, "numProcesses": 2}})
     s = build_summary(config, facts(num_processes=4, nodes=2, processes_per_node=2))
     assert (s["nodes"], s["processesPerNode"], s["worldSize"], s["numProcesses"]) == (2, 2, 4, 4)
+
+
+def test_summary_records_the_resolved_sft_and_lora_config():
+    import enum
+    from types import SimpleNamespace
+
+    from lft_trainer.reporting.summary import RESOLVED_LORA_KEYS, RESOLVED_SFT_KEYS, resolved_config
+
+    class Optim(enum.Enum):
+        SGD = "sgd"
+
+    args = SimpleNamespace(optim=Optim.SGD, lr_scheduler_kwargs={"min_lr": 1e-5}, max_grad_norm=0.5)
+    lora = SimpleNamespace(r=8, use_rslora=True, target_modules={"q_proj", "k_proj"}, init_lora_weights="gaussian")
+    r = resolved_config(args, lora)
+    assert set(r["sftConfig"]) == set(RESOLVED_SFT_KEYS) and set(r["loraConfig"]) == set(RESOLVED_LORA_KEYS)
+    assert r["sftConfig"]["optim"] == "sgd" and r["sftConfig"]["lr_scheduler_kwargs"] == {"min_lr": 1e-5}
+    assert r["loraConfig"]["target_modules"] == ["k_proj", "q_proj"] and r["loraConfig"]["use_rslora"] is True
+    config = TrainerConfig.model_validate({"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "o"}})
+    assert build_summary(config, facts(resolved=r))["resolved"] == r
+    assert build_summary(config, facts())["resolved"] is None

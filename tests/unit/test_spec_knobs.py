@@ -1,0 +1,94 @@
+"""The fine-tuning knobs in the API (issue #23): typed fields, their refusals in pydantic, as CEL rules of the CRD,
+and by the operator; a resource without them keeps its hash. Their wiring to TRL/PEFT:
+tests/unit/trainer/run/test_trainer_knobs.py."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from lft_api.spec import BNB_OPTIMIZERS, LoraSpec, TrainerConfig, TrainingSpec
+from lft_operator import crdgen
+from lft_operator.validation import validate
+
+BASE = {"model": {"name": "m"}, "dataset": {"uri": "d"}, "output": {"uri": "s3://b/p"}}
+
+
+def _spec_schema() -> dict:
+    return crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def test_defaults_are_unset_and_leave_the_wire_and_the_hash_as_before():
+    t, lora = TrainingSpec(), LoraSpec()
+    assert (t.optimizer, t.max_grad_norm, t.warmup_steps, t.warmup_ratio, t.min_learning_rate,
+            t.neftune_noise_alpha) == (None,) * 6
+    assert t.resolved_warmup() == 0.03 and lora.rslora is False and lora.init == "default"
+    wire = TrainerConfig.model_validate(BASE).to_wire()
+    assert not {"optimizer", "maxGradNorm", "warmupSteps", "minLearningRate", "neftuneNoiseAlpha"} & set(wire["training"])
+    plain = TrainerConfig.model_validate(BASE).result_hash()
+    assert TrainerConfig.model_validate({**BASE, "training": {"warmupRatio": 0.03}}).result_hash() == plain
+    assert TrainerConfig.model_validate({**BASE, "lora": {"rslora": False, "init": "default"}}).result_hash() == plain
+    for changed in ({"training": {"optimizer": "sgd"}}, {"training": {"warmupSteps": 5}},
+                    {"training": {"maxGradNorm": 0.5}}, {"training": {"minLearningRate": 1e-5}},
+                    {"training": {"neftuneNoiseAlpha": 5}}, {"lora": {"rslora": True}}, {"lora": {"init": "gaussian"}}):
+        assert TrainerConfig.model_validate({**BASE, **changed}).result_hash() != plain, changed
+
+
+@pytest.mark.parametrize("training,message", [
+    ({"warmupSteps": 10, "warmupRatio": 0.1}, "warmupSteps and warmupRatio are exclusive"),
+    ({"minLearningRate": 1e-5, "scheduler": "linear"}, "needs scheduler cosine, not linear"),
+    ({"minLearningRate": 2e-4}, "must be below learningRate"),
+    ({"optimizer": "adamw_xla"}, "optimizer"),
+    ({"optimizer": "galore_adamw"}, "optimizer"),  # needs a package the trainer image lacks
+    ({"maxGradNorm": -1}, "maxGradNorm"),
+    ({"warmupSteps": -1}, "warmupSteps"),
+    ({"neftuneNoiseAlpha": 0}, "neftuneNoiseAlpha"),
+])
+def test_pydantic_refuses(training, message):
+    with pytest.raises(ValidationError, match=message):
+        TrainingSpec.model_validate(training)
+
+
+@pytest.mark.parametrize("lora", [{"init": "pissa"}, {"init": "loftq"}, {"init": "olora"}, {"rslora": "x"}])
+def test_lora_knobs_refuse_what_is_not_offered(lora):
+    with pytest.raises(ValidationError):
+        LoraSpec.model_validate(lora)
+
+
+def test_the_crd_types_and_describes_each_knob():
+    spec = _spec_schema()
+    training, lora = spec["properties"]["training"]["properties"], spec["properties"]["lora"]["properties"]
+    assert set(BNB_OPTIMIZERS) < set(training["optimizer"]["enum"]) and "default" not in training["optimizer"]
+    assert training["maxGradNorm"]["type"] == "number" and training["maxGradNorm"]["minimum"] == 0
+    assert training["warmupSteps"]["type"] == "integer" and "default" not in training["warmupRatio"]
+    assert training["neftuneNoiseAlpha"]["type"] == "number"
+    assert lora["rslora"] == {"type": "boolean", "default": False, "description": lora["rslora"]["description"]}
+    assert lora["init"]["enum"] == ["default", "gaussian"] and "pissa" in lora["init"]["description"]
+    for node in (training["optimizer"], training["maxGradNorm"], training["warmupSteps"], training["minLearningRate"],
+                 training["neftuneNoiseAlpha"], lora["rslora"], lora["init"]):
+        assert node["description"]
+
+
+def test_the_crd_refuses_the_cross_field_cases_with_cel():
+    spec = _spec_schema()
+    training_rules = {r["rule"]: r for r in spec["properties"]["training"]["x-kubernetes-validations"]}
+    assert "!has(self.warmupSteps) || !has(self.warmupRatio)" in training_rules
+    assert any("self.minLearningRate < self.learningRate" in r for r in training_rules)
+    assert any("self.scheduler == 'cosine'" in r for r in training_rules)
+    (optimizer,) = [r for r in spec["x-kubernetes-validations"] if r["fieldPath"] == ".training.optimizer"]
+    assert "self.resources.gpus >= 1" in optimizer["rule"] and "'paged_adamw_8bit'" in optimizer["rule"]
+    assert optimizer["optionalOldSelf"] is True  # ratchets, as the QLoRA rule does
+
+
+@pytest.mark.parametrize("name", BNB_OPTIMIZERS)
+def test_the_operator_refuses_a_bitsandbytes_optimizer_without_a_gpu(name):
+    _, problems = validate({**BASE, "training": {"optimizer": name}}, "run")
+    assert [p.reason for p in problems] == ["OptimizerNeedsGPU"]
+    assert f"spec.training.optimizer {name} (bitsandbytes) needs a GPU" in problems[0].message
+    _, problems = validate({**BASE, "training": {"optimizer": name}, "resources": {"gpus": 1}}, "run")
+    assert problems == []
+
+
+def test_the_operator_accepts_the_torch_optimizers_on_cpu():
+    for name in ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd"):
+        assert validate({**BASE, "training": {"optimizer": name}}, "run")[1] == []

@@ -16,7 +16,9 @@ suite() {  # suite NAME -- command...
   local name=$1; shift 2
   local s=$SECONDS
   echo "=== $name: $*"
-  if "$@"; then echo "=== $name: ok ($((SECONDS - s)) s)"; else echo "=== $name: FAILED ($((SECONDS - s)) s)"; failed+=("$name"); fi
+  if "$@"; then echo "=== $name: ok ($((SECONDS - s)) s)"; return 0; fi
+  echo "=== $name: FAILED ($((SECONDS - s)) s)"; failed+=("$name")
+  return 1  # `suite a && suite b`: b needs a
 }
 pytest_suite() {  # pytest_suite NAME paths/args...
   local name=$1; shift

@@ -67,6 +67,11 @@ log "applying Kueue's CRDs from $config/crd/bases"
 manifests crds "$config/crd/bases" --url "$url" --ca-bundle "$ca_bundle" |
   kc apply --server-side --force-conflicts --field-manager=lft-kueue-up -f - >/dev/null
 kc create namespace kueue-system --dry-run=client -o yaml | kc apply -f - >/dev/null
+# Served before Kueue starts: on a fresh cluster it exits at once otherwise ("no matches for kind Workload",
+# its indexes are set up from discovery).
+for crd in workloads localqueues clusterqueues resourceflavors workloadpriorityclasses cohorts; do
+  kc wait --for=condition=Established --timeout=60s "crd/$crd.kueue.x-k8s.io" >/dev/null
+done
 
 # 3. Kueue's Configuration.
 manifests config --webhook-port "$KUEUE_WEBHOOK_PORT" --cert-dir "$KUEUE_CERT_DIR" \
@@ -106,9 +111,6 @@ log "applying Kueue's webhook configurations ($url; Job webhooks for namespaces 
 manifests webhooks "$config/webhook/manifests.yaml" --url "$url" --ca-bundle "$ca_bundle" \
   --namespace-label "$KUEUE_NAMESPACE_LABEL" | kc apply --server-side --force-conflicts --field-manager=lft-kueue-up -f - >/dev/null
 
-for crd in workloads localqueues clusterqueues resourceflavors workloadpriorityclasses cohorts; do
-  kc wait --for=condition=Established --timeout=60s "crd/$crd.kueue.x-k8s.io" >/dev/null
-done
 # The webhook answers through the API server: a dry-run ResourceFlavor goes through mutate and validate.
 for ((i = 0; i < 30; i++)); do
   if printf '%s\n' "apiVersion: kueue.x-k8s.io/v1beta2" "kind: ResourceFlavor" "metadata: {name: lft-kueue-probe}" |

@@ -101,6 +101,24 @@ def test_the_credentials_secret_is_governed_like_the_trackers():
     assert _config({"repository": "r.io/x"}).credential_secrets() == []
 
 
+def test_the_operator_passes_the_credentials_secret_by_reference_and_the_policy_governs_it():
+    from lft_api.resource import LoRAFineTuneSpec
+    from lft_operator import builders
+    from lft_operator.policy import Policy, violations
+    from lft_operator.settings import Settings
+
+    spec = LoRAFineTuneSpec.model_validate({**BASE, "output": {"uri": "s3://b/p", "push": {"oci": {
+        "repository": "r.io/x", "credentialsSecretRef": {"name": "reg-creds"}}}}})
+    job = builders.job(builders.Owner("ft", "team-a", "u-1"), spec, Settings())
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert {"secretRef": {"name": "reg-creds", "optional": False}} in container["envFrom"]
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert any(v.get("secret", {}).get("secretName") == "reg-creds" for v in volumes)  # its values are masked
+    found = violations(spec, Policy(), "lft/trainer:cpu", "s3-creds", "s3-creds")
+    assert [m.split(" is ")[0] for m in found] == ['spec.output.push.oci.credentialsSecretRef.name "reg-creds"']
+    assert violations(spec, Policy(allowed_storage_secrets=["reg-creds"]), "lft/trainer:cpu", "s3-creds", "s3-creds") == []
+
+
 def test_the_crd_checks_the_repository_and_plain_http():
     from lft_operator import crdgen
 

@@ -49,8 +49,8 @@ images_built() {  # the background build's log; the images are not loaded into t
 source tests/cluster/lib/common.sh  # K8S_OLDEST_VERSION, K8S_NEWEST_VERSION, LFT_CACHE
 # The chart tests need helm (LFT_REQUIRE_TOOLS): on a fresh machine nothing has installed it yet.
 suite tools -- bash tests/cluster/install-tools.sh helm
-# The workflow and krew plugin tests need Go tools built in the background below: they run after it.
-go_tool_tests=(tests/unit/test_workflows.py tests/unit/test_krew_plugin.py)
+# The workflow, krew plugin and OCI push tests need Go tools built in the background below: they run after it.
+go_tool_tests=(tests/unit/test_workflows.py tests/unit/test_krew_plugin.py tests/integration/test_adapter_oci.py)
 pytest_suite unit tests/unit "${go_tool_tests[@]/#/--ignore=}"
 
 # The oldest supported minor: the API-level suite (operator, CRD schema and CEL rules, chart, CLI, status
@@ -76,11 +76,11 @@ else
   on_cluster_failure
 fi
 # The Go builds the later suites need (cold ~10 min of CPU, no-ops once cached) overlap the integration suite,
-# niced: Kueue, the OCI registry, actionlint and krew. The suites that use them wait for it (go_tools_built).
-nice -n 10 bash hack/build-from-modules.sh kueue registry actionlint krew >"$OUT/go-tools-build.log" 2>&1 &
+# niced: Kueue, the OCI registry, oras, actionlint and krew. The suites that use them wait for it (go_tools_built).
+nice -n 10 bash hack/build-from-modules.sh kueue registry oras actionlint krew >"$OUT/go-tools-build.log" 2>&1 &
 go_tools_pid=$!
 go_tools_built() { local rc=0; wait "$go_tools_pid" || rc=$?; tail -n 5 "$OUT/go-tools-build.log"; return "$rc"; }
-pytest_suite integration tests/integration
+pytest_suite integration tests/integration "${go_tool_tests[@]/#/--ignore=}"
 suite go-tools -- go_tools_built && pytest_suite unit-go-tools "${go_tool_tests[@]}"
 
 # The end-to-end suite installs as a user does: `make release` pushes the images and the chart to the local

@@ -79,6 +79,9 @@ class Reason:
     # a file bound for the output held a value of the pod's Secrets (raw or encoded); nothing of it was
     # uploaded, and the run fails for good (the trainer's exit 3): a retry would write the same bytes
     SECRET_IN_OUTPUT = "SecretInOutput"
+    # output.push.oci: the registry refused the adapter (auth, permissions, a bad name); the adapter under
+    # output.uri and the summary are written first, and the run fails for good (the trainer's exit 3)
+    OCI_PUSH_FAILED = "OciPushFailed"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     JOB_DELETED = "JobDeleted"
     ERROR = "Error"

@@ -161,11 +161,23 @@ class CheckpointRef(WireModel):
     uri: str
 
 
+class OciArtifactRef(WireModel):
+    """Where output.push.oci pushed the adapter: the tag pushed and the manifest's digest."""
+
+    reference: str = Field(description="repository:tag as pushed, e.g. registry.example.com/team/adapter:run-1.")
+    digest: str = Field(description="sha256 of the manifest: pull repository@digest for exactly this adapter.")
+
+    def pinned(self) -> str:
+        """repository@digest."""
+        return f"{self.reference.rsplit(':', 1)[0]}@{self.digest}"
+
+
 class AdapterRef(WireModel):
     """status.adapter, set by the operator from the termination message."""
 
     uri: str
     files: list[FileDigest] = Field(default_factory=list)
+    oci: Optional[OciArtifactRef] = Field(default=None, description="The OCI artifact, with output.push.oci.")
 
 
 class RunIdentity(WireModel):

@@ -17,6 +17,7 @@ from typing import Literal, Optional
 
 from pydantic import ConfigDict, Field, model_validator
 
+from .oci_spec import PushSpec
 from .spec_base import CelRules, SpecModel, ratcheting_rule
 from .training_spec import (  # noqa: F401 (re-exported: spec.py is where the models are imported from)
     BNB_OPTIMIZERS,
@@ -205,6 +206,13 @@ class OutputSpec(SpecModel):
             "even one another run wrote. Without it, a run resumes only from its own checkpoints."
         ),
     )
+    push: Optional[PushSpec] = Field(
+        default=None,
+        description=(
+            "Also push the adapter, once uploaded to uri, to an OCI registry (status.adapter.oci: the reference "
+            "with its digest). A push that fails fails the run; the adapter under uri stays."
+        ),
+    )
 
 
 class StorageSpec(SpecModel):
@@ -259,6 +267,15 @@ class TrainerConfig(SpecModel):
     output: OutputSpec
     storage: StorageSpec = Field(default_factory=StorageSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    def credential_secrets(self) -> list[tuple[str, str]]:
+        """(field path under spec, Secret name) of the Secrets whose keys become the trainer's environment
+        (envFrom) besides the storage Secret: the trackers' and the OCI registry's credentials."""
+        refs = self.training.tracking_secrets()
+        oci = self.output.push.oci if self.output.push is not None else None
+        if oci is not None and oci.credentials_secret_ref is not None:
+            refs.append(("output.push.oci.credentialsSecretRef", oci.credentials_secret_ref.name))
+        return refs
 
     @model_validator(mode="after")
     def _assistant_only_needs_messages(self) -> "TrainerConfig":

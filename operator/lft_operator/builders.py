@@ -179,9 +179,10 @@ def storage_secret_name(spec: LoRAFineTuneSpec, settings: Settings) -> tuple[str
 
 
 def tracking_secrets(spec: LoRAFineTuneSpec) -> list[tuple[str, str]]:
-    """(Secret name, spec field) of the experiment trackers' credentials. Their keys become the
-    trainer's environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, WANDB_API_KEY); the operator never reads them."""
-    return [(name, f"spec.{field}") for field, name in spec.training.tracking_secrets()]
+    """(Secret name, spec field) of the experiment trackers' and the OCI registry's credentials. Their keys become
+    the trainer's environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, WANDB_API_KEY, LFT_OCI_USERNAME/PASSWORD);
+    the operator never reads them."""
+    return [(name, f"spec.{field}") for field, name in spec.credential_secrets()]
 
 
 def image_pull_secrets(spec: LoRAFineTuneSpec, settings: Settings) -> list[dict[str, str]]:

@@ -27,7 +27,8 @@ Rules (Helm / JSON names):
   generated per-run ServiceAccount).
 - allowedSecrets: Secrets a pod may read besides the storage Secret, in env (valueFrom.secretKeyRef),
   secret volumes and projected secret sources (default none).
-- allowedStorageSecrets: Secrets spec.storageSecretRef and spec.training.mlflow/wandb.credentialsSecretRef
+- allowedStorageSecrets: Secrets spec.storageSecretRef, spec.training.mlflow/wandb.credentialsSecretRef and
+  spec.output.push.oci.credentialsSecretRef
   may name (every key becomes the pod's environment), besides the operator's storage Secret (Helm
   storage.secretName). Default none besides it.
 - allowedTolerations, allowedPriorityClasses: default none.
@@ -298,7 +299,7 @@ def _storage_secret(spec: LoRAFineTuneSpec, policy: Policy, default_storage_secr
     """The Secrets the pod gets whole as envFrom: the storage Secret and the experiment trackers' credentials."""
     allowed = (*([default_storage_secret] if default_storage_secret else []), *policy.allowed_storage_secrets)
     refs = [("storageSecretRef", spec.storage_secret_ref.name)] if spec.storage_secret_ref is not None else []
-    refs += spec.training.tracking_secrets()
+    refs += spec.credential_secrets()
     return [
         f"spec.{field}.name {_q(name)} is not allowed: every key of it would become the trainer's environment "
         f"(allowed: the operator's storage Secret and policy.allowedStorageSecrets: {_names(allowed)})"

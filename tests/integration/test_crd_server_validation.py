@@ -77,9 +77,14 @@ def test_kubectl_apply_refuses_an_unknown_field_naming_it(kube: Kube, namespace:
          "every podTemplate.volumeMounts[].name must name a volume of podTemplate.volumes"),
         ({"training": {"reportTo": ["mlflow"], "mlflow": {"trackingUri": "http://user:pw@mlflow:5000"}}},
          "spec.training.mlflow.trackingUri", "must not contain credentials"),
+        ({"output": {"uri": "s3://lft-out/oci-repo", "push": {"oci": {"repository": "team/Adapters:v1"}}}},
+         "spec.output.push.oci.repository", "must be host[:port]/path with lowercase path components"),
+        ({"output": {"uri": "s3://lft-out/oci-http", "push": {"oci": {"repository": "registry.example.com/a",
+                                                                     "plainHttp": True}}}},
+         "spec.output.push.oci.plainHttp", "plainHttp is only for a registry on loopback"),
     ],
     ids=["qlora-needs-gpu", "assistant-only-needs-chat", "mlflow-settings", "processes-per-gpu", "processes-auto",
-         "mounts-need-volumes", "no-credentials-in-uri"],
+         "mounts-need-volumes", "no-credentials-in-uri", "oci-repository", "oci-plain-http"],
 )
 def test_cel_rules_refuse_at_apply_time(kube: Kube, namespace: str, overrides: dict, path: str, message: str) -> None:
     out = _apply(kube, namespace, _manifest("rule", **overrides))

@@ -6,7 +6,15 @@ import dataclasses
 import json
 
 from lft_api.conditions import CHECKPOINTS_HEALTHY, Reason
-from lft_api.contract import AdapterRef, ExitCode, FileDigest, Metrics, Servability, TerminationMessage
+from lft_api.contract import (
+    AdapterRef,
+    ExitCode,
+    FileDigest,
+    Metrics,
+    OciArtifactRef,
+    Servability,
+    TerminationMessage,
+)
 from lft_api.resource import TRAINER_OWNED_STATUS_FIELDS, LoRAFineTuneSpec, LoRAFineTuneStatus
 from lft_operator import builders
 from lft_operator.settings import Settings
@@ -189,6 +197,17 @@ def test_succeeded_run_says_whether_vllm_can_serve_the_adapter():
             assert (d.events[-1].type, d.events[-1].message) == (type_, text)
         d, _ = step(observe(status=status, job=done_job, pods=[ended("p1", 0, message)], now=T3))
         assert d.events == []  # posted once, with the transition
+
+
+def test_succeeded_run_with_an_oci_push_has_the_pinned_reference_in_status():
+    done_job = job_view(succeeded=1, completionTime=T3, conditions=[{"type": "Complete", "status": "True"}])
+    oci = OciArtifactRef(reference="registry.example.com/team/adapter:run", digest="sha256:" + "c" * 64)
+    message = result("succeeded", "Completed", adapter=AdapterRef(uri="s3://b/run/adapter", oci=oci))
+    _, status = step(observe(job=done_job, pods=[ended("p1", 0, message)], now=T3))
+    assert status["adapter"]["oci"] == {"reference": oci.reference, "digest": oci.digest}
+    assert cond(status, "Succeeded")["message"] == (
+        f"Training completed; adapter at s3://b/run/adapter and registry.example.com/team/adapter@{oci.digest}.")
+    LoRAFineTuneStatus.model_validate(status)  # the CRD's status schema has the field
 
 
 def test_second_identical_observation_changes_nothing():

@@ -75,7 +75,8 @@ def succeeded(d: Draft, pod: PodView | None) -> Decision:
     text = "Training completed."
     if result is not None and result.adapter is not None:
         d.new.adapter = result.adapter
-        text = f"Training completed; adapter at {result.adapter.uri}."
+        oci = result.adapter.oci
+        text = f"Training completed; adapter at {result.adapter.uri}" + (f" and {oci.pinned()}." if oci else ".")
     if result is not None:
         # The trainer has exited: its final numbers may go in without racing its own patches.
         if d.obs.uid and (result.metrics is not None or (result.step is not None and result.total_steps)):

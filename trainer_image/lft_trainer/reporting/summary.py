@@ -98,6 +98,7 @@ class RunFacts:
     nodes: int = 1
     processes_per_node: int = 1
     merged_uri: str | None = None
+    oci: dict[str, Any] | None = None  # output.push.oci: {reference, digest} or {reference, error}
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
     train_runtime: float | None = None
@@ -134,6 +135,7 @@ def build_summary(config: TrainerConfig, facts: RunFacts) -> dict[str, Any]:
         "outcome": "succeeded",
         "adapterUri": facts.adapter_uri,
         "mergedUri": facts.merged_uri,
+        **({"oci": facts.oci} if facts.oci is not None else {}),
         "servability": facts.servability,
         "howToLoad": facts.how_to_load,
         "artifacts": facts.artifacts,

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lft_api import contract
 from lft_api.conditions import Reason
-from lft_api.contract import AdapterRef, Artifacts, Metrics, RunIdentity, TerminationMessage
+from lft_api.contract import AdapterRef, Artifacts, Metrics, OciArtifactRef, RunIdentity, TerminationMessage
 from lft_api.spec import TrainerConfig
 
 from ..adapter.adapter_card import finish_adapter
 from ..adapter.samples import write_samples
 from ..data import shards, trainset
-from ..errors import InvalidInput
+from ..errors import InvalidInput, StorageError
 from ..model import loading as model
 from ..performance import plan as performance
 from ..performance import probes, sizing
@@ -32,6 +34,7 @@ from ..reporting.artifacts import HistoryWriter
 from ..reporting.progress import Reporter, StdoutSink, make_callback
 from ..reporting.summary import RunFacts, Timer, build_summary, last_train_loss, library_versions, resolved_config
 from ..settings import Settings
+from ..storage import oci
 from ..storage.ownership import ADAPTER_IDENTITY_FILE, run_identity
 from ..storage.store import Storage
 from ..storage.uploader import CheckpointUploader
@@ -268,6 +271,7 @@ def publish(prep: Prepared, trainer, fitted: Fitted, ctx: RunContext) -> Termina
         uploader.raise_fatal()  # a checkpoint held a secret: so does the adapter, most likely
     files = out.upload_dir(adapter_dir, contract.ADAPTER_DIR)
     timer.mark("upload_adapter")
+    pushed, push_failed = push_oci(prep, adapter_dir)  # a failure is raised once everything else is written
     merged_uri = None
     if config.output.merge_adapter:
         merged_uri = model.merge_and_upload(config, trainer.model, prep.tokenizer, prep.model_dir, prep.work, out,
@@ -281,21 +285,48 @@ def publish(prep: Prepared, trainer, fitted: Fitted, ctx: RunContext) -> Termina
     facts.servability, facts.how_to_load, facts.loss_plot_skipped = verdict.to_wire(), load, written.plot_skipped
     facts.samples = sampled.summary
     facts.resolved = resolved_config(trainer.args, prep.model.peft_config["default"])
+    facts.oci = pushed.to_wire() if pushed is not None else _push_error(config, prep, push_failed)
     artifacts = written.artifacts.merged_with(sampled.artifacts).merged_with(Artifacts(
         adapter=facts.adapter_uri, merged=merged_uri, summary=out.uri(contract.SUMMARY_FILE)))
     facts.artifacts = artifacts.to_wire()
     out.put_json(contract.SUMMARY_FILE, build_summary(config, facts))
     log.info("servability: %s", verdict.describe())
     reporter.artifacts_written(artifacts)
+    if push_failed is not None:
+        raise push_failed
     reporter.finished(state.global_step, fitted.eval_after, fitted.eval_before)
     metrics = Metrics.model_validate({**reporter.metrics.model_dump(), "loss": last_train_loss(facts.log_history),
                                       "eval_loss_before": fitted.eval_before})  # validated: 4 decimals
     return TerminationMessage(
         outcome="succeeded", reason=Reason.COMPLETED,
         message=f"trained {state.global_step} steps; eval loss {_fmt(fitted.eval_before)} -> {_fmt(fitted.eval_after)}",
-        adapter=AdapterRef(uri=facts.adapter_uri, files=files), metrics=metrics, step=state.global_step,
+        adapter=AdapterRef(uri=facts.adapter_uri, files=files, oci=pushed), metrics=metrics, step=state.global_step,
         total_steps=state.max_steps, resumed_from_step=facts.resumed_from_step, servability=verdict,
     )
+
+
+def push_oci(prep: Prepared, adapter_dir: Path) -> tuple[OciArtifactRef | None, InvalidInput | StorageError | None]:
+    """output.push.oci: the adapter's files to the registry, or the error (InvalidInput OciPushFailed, or
+    StorageError when the registry did not answer within the retry budget), told with where the adapter is."""
+    push = prep.config.output.push
+    if push is None:
+        return None, None
+    adapter_uri = prep.out.uri(contract.ADAPTER_DIR)
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    annotations = oci.adapter_annotations(prep.config, prep.identity, adapter_uri, created)
+    try:
+        return oci.push_adapter(adapter_dir, push.oci, prep.identity.name, annotations, os.environ), None
+    except InvalidInput as exc:
+        return None, InvalidInput(exc.reason, f"{exc.message}; the adapter is at {adapter_uri}", field=exc.field)
+    except StorageError as exc:
+        return None, StorageError(f"pushing the adapter to {push.oci.reference(prep.identity.name)}: {exc}; "
+                                  f"the adapter is at {adapter_uri}")
+
+
+def _push_error(config: TrainerConfig, prep: Prepared, failed: Exception | None) -> dict[str, str] | None:
+    if failed is None or config.output.push is None:
+        return None
+    return {"reference": config.output.push.oci.reference(prep.identity.name), "error": str(failed)}
 
 
 def _facts(prep: Prepared, fitted: Fitted, ctx: RunContext, files, merged_uri: str | None) -> RunFacts:

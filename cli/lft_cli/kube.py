@@ -29,12 +29,20 @@ class CliError(Exception):
     """A clear reason the command cannot go on (exit 3)."""
 
 
-def _api_error(exc: ApiException, what: str) -> CliError:
+class NotFound(CliError):
+    """The LoRAFineTune does not exist (404)."""
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own message (the Status body's), else the HTTP reason."""
     try:
-        detail = json.loads(exc.body).get("message") or exc.reason
+        return json.loads(exc.body).get("message") or exc.reason
     except (TypeError, ValueError, AttributeError):
-        detail = exc.reason
-    return CliError(f"{what}: {exc.status} {detail}")
+        return exc.reason
+
+
+def _api_error(exc: ApiException, what: str) -> CliError:
+    return CliError(f"{what}: {exc.status} {api_message(exc)}")
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> tuple[client.ApiClient, str]:
@@ -65,7 +73,7 @@ class Cluster:
                 contract.API_GROUP, contract.API_VERSION, self.namespace, contract.PLURAL, name)
         except ApiException as exc:
             if exc.status == 404:
-                raise CliError(f'lorafinetune "{name}" not found in namespace "{self.namespace}"') from exc
+                raise NotFound(f'lorafinetune "{name}" not found in namespace "{self.namespace}"') from exc
             raise _api_error(exc, f"reading lorafinetune {self.namespace}/{name}") from exc
 
     def _read(self, kind: str, fn, name: str) -> Any | None:
@@ -85,6 +93,15 @@ class Cluster:
         except ApiException as exc:
             raise _api_error(exc, f"listing the trainer pods of {self.namespace}/{name}") from exc
         return render.current_pod([self.api.sanitize_for_serialization(p) for p in pods])
+
+    def log_pod(self, name: str) -> str:
+        """The name of the pod whose log `logs` shows (current_pod); CliError saying why when there is none."""
+        pod = self.current_pod(name)
+        if pod is None:
+            phase = ((self.lft(name).get("status") or {}).get("phase")) or "not reconciled yet"
+            raise CliError(f"{name} has no trainer pod (phase {phase}): not started yet, or its Job's pods "
+                           "were removed (runPolicy.ttlSecondsAfterFinished)")
+        return pod["metadata"]["name"]
 
     def logs(self, pod: str, follow: bool, tail: int | None) -> Iterator[bytes]:
         """The trainer container's log as it arrives (follow) or as it is."""

@@ -46,9 +46,12 @@ def _api_error(exc: ApiException, what: str) -> CliError:
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> tuple[client.ApiClient, str]:
-    """(an API client, the namespace of the context) from the kubeconfig kubectl would use, else in-cluster."""
+    """(an API client, the namespace of the context) from the kubeconfig kubectl would use, else in-cluster.
+    The client has a configuration of its own: the kubernetes package's default one is left as it was (a notebook
+    may hold two clients of two contexts, and its own kubernetes clients)."""
+    configuration = client.Configuration()
     try:
-        config.load_kube_config(config_file=kubeconfig, context=context)
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
         contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
         if context:
             active = next((c for c in contexts if c["name"] == context), active)
@@ -56,10 +59,10 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> tuple[
     except (ConfigException, FileNotFoundError) as exc:
         if kubeconfig or context or not os.path.exists(IN_CLUSTER_NAMESPACE):
             raise CliError(f"no usable kubeconfig: {exc}") from exc
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=configuration)
         with open(IN_CLUSTER_NAMESPACE) as f:
             namespace = f.read().strip()
-    return client.ApiClient(), namespace
+    return client.ApiClient(configuration), namespace
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -102,7 +103,7 @@ class FineTune:
     def uid(self) -> str | None:
         return self.raw["metadata"].get("uid")
 
-    @property
+    @cached_property
     def spec(self) -> LoRAFineTuneSpec:
         try:
             return LoRAFineTuneSpec.model_validate(self.raw.get("spec") or {})
@@ -110,7 +111,7 @@ class FineTune:
             raise LftError(f"the spec of {self.namespace}/{self.name} does not parse with this client's models (a "
                            f"newer CRD?): {format_validation_errors(exc, prefix='spec')}") from None
 
-    @property
+    @cached_property
     def status(self) -> LoRAFineTuneStatus:
         """The typed status (empty before the operator's first reconcile: phase None)."""
         try:
@@ -162,6 +163,10 @@ class FineTune:
     def describe(self) -> str:
         """What `kubectl lft status` prints: phase, progress, eval loss before/after, artifacts, conditions."""
         return render.format_status(self.raw)
+
+    def __hash__(self) -> int:  # equal FineTunes (the same raw object) hash alike; raw itself is a dict
+        meta = self.raw["metadata"]
+        return hash((meta.get("namespace"), meta["name"], meta.get("resourceVersion")))
 
     def __repr__(self) -> str:
         progress = (self.raw.get("status") or {}).get("progress") or {}

@@ -120,6 +120,7 @@ def test_status_is_typed_by_the_apis_model() -> None:
     assert ft.spec.training.epochs == 1
     assert repr(ft) == "FineTune('bot', namespace='team', phase='Succeeded', progress='200/200 (100%)')"
     assert "Eval loss:   7.3217 before -> 1.6677 after" in ft.describe()
+    assert ft == FineTune(RUN) and len({ft, FineTune(RUN)}) == 1 and ft.status is ft.status  # parsed once
 
 
 def test_a_new_resource_has_no_status_yet() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -211,7 +212,7 @@ class Client:
         left = WATCH_SECONDS if deadline is None else min(WATCH_SECONDS, deadline - time.monotonic())
         if left <= 0:
             return
-        seconds = max(1, int(left))
+        seconds = max(1, math.ceil(left))
         stream = watch.Watch().stream(
             self._objects.list_namespaced_custom_object, contract.API_GROUP, contract.API_VERSION, cluster.namespace,
             contract.PLURAL, field_selector=f"metadata.name={name}",

@@ -58,7 +58,8 @@ def test_create_get_list_delete(kube, namespace, client):
     ft = client.create("bot", base_spec(), labels={"team": "a"})
     assert isinstance(ft, FineTune) and (ft.name, ft.namespace, ft.labels) == ("bot", namespace, {"team": "a"})
     stored = kube.lft(namespace, "bot")
-    assert stored["spec"]["model"] == base_spec()["model"] and stored["spec"]["lora"]["r"] == 16  # the CRD's default
+    assert stored["spec"]["model"]["name"] == base_spec()["model"]["name"]
+    assert stored["spec"]["lora"]["r"] == 16  # the CRD's default: only the fields set were sent
     client.create("other", base_spec())
     assert [f.name for f in client.list()] == ["bot", "other"]
     assert [f.name for f in client.list(labels={"team": "a"})] == ["bot"]

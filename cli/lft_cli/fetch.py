@@ -61,7 +61,14 @@ def storage_spec(cluster: Cluster, obj: dict[str, Any], endpoint_url: str | None
     return spec.model_copy(update={"endpoint_url": endpoint_url}) if endpoint_url else spec
 
 
-def run_storage(cluster: Cluster, obj: dict[str, Any], endpoint_url: str | None = None) -> RunStorage:
+def note_on_stderr(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def run_storage(cluster: Cluster, obj: dict[str, Any], endpoint_url: str | None = None,
+                note: Callable[[str], None] = note_on_stderr) -> RunStorage:
+    """Where and with which credentials the trainer reads the run's storage (see the module's docstring).
+    note(text): told when the credentials fall back to the process environment (the CLI prints it)."""
     spec = storage_spec(cluster, obj, endpoint_url)
     ref = (obj.get("spec") or {}).get("storageSecretRef") or {}
     names = [ref["name"]] if ref.get("name") else cluster.job_secret_names((obj.get("status") or {}).get("jobName"))
@@ -70,7 +77,7 @@ def run_storage(cluster: Cluster, obj: dict[str, Any], endpoint_url: str | None 
             creds = cluster.credentials(name)
         except CliError as exc:
             if os.environ.get("AWS_ACCESS_KEY_ID"):
-                print(f"note: {exc}; using the AWS_* credentials of your environment", file=sys.stderr)
+                note(f"{exc}; using the AWS_* credentials of your environment")
                 return RunStorage(spec, os.environ, "your environment")
             raise CliError(f"{exc} (the trainer's storage credentials; or set AWS_ACCESS_KEY_ID and "
                            "AWS_SECRET_ACCESS_KEY in your environment)") from exc
@@ -146,6 +153,34 @@ def adapter_manifest(store: RunStorage, status: dict[str, Any]) -> Manifest:
         if listed:
             return Manifest([FileDigest.model_validate(f) for f in listed], summary_uri, trusted=False)
     return Manifest([], summary_uri or STATUS_FILES, trusted=False)
+
+
+def adapter_uri(name: str, status: dict[str, Any]) -> str:
+    """Where the adapter is: status.adapter is the operator's (it reverts other writers); status.artifacts is the
+    trainer's patch. CliError while the run has none."""
+    uri = (status.get("adapter") or {}).get("uri") or artifacts(status).adapter
+    if not uri:
+        raise CliError(f"{name} has no adapter yet (phase {status.get('phase') or 'not reconciled yet'}): it is "
+                       "uploaded when the run succeeds")
+    return uri
+
+
+def pull_manifest(name: str, uri: str, store: RunStorage, status: dict[str, Any]) -> Manifest:
+    """The manifest to check the adapter at uri against (adapter_manifest); CliError when there is nothing to check
+    it against (then nothing is downloaded)."""
+    manifest = adapter_manifest(store, status)
+    if not manifest.files:
+        raise CliError(f"{name}: no sha256 list to check the adapter at {uri} against ({STATUS_FILES} is "
+                       "empty and there is no training_summary.json listing its files); nothing was downloaded")
+    return manifest
+
+
+def untrusted_warning(name: str, manifest: Manifest) -> str:
+    """What to tell the user when the manifest came from storage rather than the operator's status."""
+    return (f"{name} has no {STATUS_FILES} (an operator that predates them, or a result too large for the "
+            f"trainer's termination message): the files are checked against {manifest.source}, which is in the "
+            "run's storage: whoever can write the output prefix can change it along with the adapter, so this check "
+            "finds damaged files, not tampered ones")
 
 
 def verify(local_dir: Path, manifest: list[FileDigest], source: str = "the manifest") -> list[str]:

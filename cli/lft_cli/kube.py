@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -32,18 +32,29 @@ class CliError(Exception):
     """A clear reason the command cannot go on (exit 3)."""
 
 
-def _api_error(exc: ApiException, what: str) -> CliError:
+class NotFound(CliError):
+    """The LoRAFineTune does not exist (404)."""
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own message (the Status body's), else the HTTP reason."""
     try:
-        detail = (json.loads(exc.body).get("message") if exc.body else None) or exc.reason
+        return (json.loads(exc.body).get("message") if exc.body else None) or exc.reason
     except (TypeError, ValueError, AttributeError):
-        detail = exc.reason
-    return CliError(f"{what}: {exc.status} {detail}")
+        return exc.reason
+
+
+def _api_error(exc: ApiException, what: str) -> CliError:
+    return CliError(f"{what}: {exc.status} {api_message(exc)}")
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> tuple[client.ApiClient, str]:
-    """(an API client, the namespace of the context) from the kubeconfig kubectl would use, else in-cluster."""
+    """(an API client, the namespace of the context) from the kubeconfig kubectl would use, else in-cluster.
+    The client has a configuration of its own: the kubernetes package's default one is left as it was (a notebook
+    may hold two clients of two contexts, and its own kubernetes clients)."""
+    configuration = client.Configuration()
     try:
-        config.load_kube_config(config_file=kubeconfig, context=context)
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
         contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
         if context:
             active = next((c for c in contexts if c["name"] == context), active)
@@ -51,10 +62,10 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> tuple[
     except (ConfigException, FileNotFoundError) as exc:
         if kubeconfig or context or not os.path.exists(IN_CLUSTER_NAMESPACE):
             raise CliError(f"no usable kubeconfig: {exc}") from exc
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=configuration)
         with open(IN_CLUSTER_NAMESPACE) as f:
             namespace = f.read().strip()
-    return client.ApiClient(), namespace
+    return client.ApiClient(configuration), namespace
 
 
 @dataclass
@@ -69,7 +80,7 @@ class Cluster:
             return cast("dict[str, Any]", obj)  # the decoded JSON object; the client annotates it `object`
         except ApiException as exc:
             if exc.status == 404:
-                raise CliError(f'lorafinetune "{name}" not found in namespace "{self.namespace}"') from exc
+                raise NotFound(f'lorafinetune "{name}" not found in namespace "{self.namespace}"') from exc
             raise _api_error(exc, f"reading lorafinetune {self.namespace}/{name}") from exc
 
     def _read(self, kind: str, fn: Callable[[str, str], T], name: str) -> T | None:
@@ -90,7 +101,16 @@ class Cluster:
             raise _api_error(exc, f"listing the trainer pods of {self.namespace}/{name}") from exc
         return render.current_pod([self.api.sanitize_for_serialization(p) for p in pods])
 
-    def logs(self, pod: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+    def log_pod(self, name: str) -> str:
+        """The name of the pod whose log `logs` shows (current_pod); CliError saying why when there is none."""
+        pod = self.current_pod(name)
+        if pod is None:
+            phase = ((self.lft(name).get("status") or {}).get("phase")) or "not reconciled yet"
+            raise CliError(f"{name} has no trainer pod (phase {phase}): not started yet, or its Job's pods "
+                           "were removed (runPolicy.ttlSecondsAfterFinished)")
+        return pod["metadata"]["name"]
+
+    def logs(self, pod: str, follow: bool, tail: int | None) -> Generator[bytes, None, None]:
         """The trainer container's log as it arrives (follow) or as it is."""
         kwargs: dict[str, Any] = {"container": CONTAINER_NAME, "follow": follow, "_preload_content": False}
         if tail is not None:

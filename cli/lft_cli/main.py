@@ -96,13 +96,8 @@ def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(cluster: Cluster, args: argparse.Namespace) -> int:
-    pod = cluster.current_pod(args.name)
-    if pod is None:
-        phase = ((cluster.lft(args.name).get("status") or {}).get("phase")) or "not reconciled yet"
-        raise CliError(f"{args.name} has no trainer pod (phase {phase}): not started yet, or its Job's pods "
-                       "were removed (runPolicy.ttlSecondsAfterFinished)")
     out = sys.stdout.buffer
-    for chunk in cluster.logs(pod["metadata"]["name"], args.follow, args.tail):
+    for chunk in cluster.logs(cluster.log_pod(args.name), args.follow, args.tail):
         out.write(chunk)
         out.flush()
     return EXIT_OK
@@ -154,22 +149,12 @@ def cmd_plot(cluster: Cluster, args: argparse.Namespace) -> int:
 
 def cmd_pull(cluster: Cluster, args: argparse.Namespace) -> int:
     obj, status = _status(cluster, args.name)
-    # status.adapter is the operator's (it reverts other writers); status.artifacts is the trainer's patch.
-    uri = (status.get("adapter") or {}).get("uri") or fetch.artifacts(status).adapter
-    if not uri:
-        raise CliError(f"{args.name} has no adapter yet (phase {status.get('phase') or 'not reconciled yet'}): it is "
-                       "uploaded when the run succeeds")
+    uri = fetch.adapter_uri(args.name, status)
     dest = Path(args.dir)
     store = fetch.run_storage(cluster, obj, args.endpoint_url)
-    manifest = fetch.adapter_manifest(store, status)
-    if not manifest.files:
-        raise CliError(f"{args.name}: no sha256 list to check the adapter at {uri} against ({fetch.STATUS_FILES} is "
-                       "empty and there is no training_summary.json listing its files); nothing was downloaded")
+    manifest = fetch.pull_manifest(args.name, uri, store, status)
     if not manifest.trusted:
-        print(f"warning: {args.name} has no {fetch.STATUS_FILES} (an operator that predates them, or a result too "
-              f"large for the trainer's termination message): the files are checked against {manifest.source}, "
-              "which is in the run's storage: whoever can write the output prefix can change it along with the "
-              "adapter, so this check finds damaged files, not tampered ones", file=sys.stderr)
+        print(f"warning: {fetch.untrusted_warning(args.name, manifest)}", file=sys.stderr)
     try:
         names = fetch.pull_adapter(store, uri, dest, manifest)
     except fetch.Mismatch as exc:

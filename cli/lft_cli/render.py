@@ -44,7 +44,8 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}".rstrip("0").rstrip(".")
 
 
-def _progress_line(progress: Progress) -> str:
+def progress_line(progress: Progress) -> str:
+    """'120/300 (40%), epoch 1.2, ETA 3m20s, 2100 tokens/s' (what is known of it)."""
     parts = [progress.display or f"{progress.step}/{progress.total_steps}"]
     if progress.epoch is not None:
         parts.append(f"epoch {progress.epoch:g}")
@@ -89,7 +90,7 @@ def format_status(obj: dict[str, Any]) -> str:
     if status.get("message"):
         lines.append(f"Message:     {status['message']}")
     if status.get("progress"):
-        lines.append(f"Progress:    {_progress_line(Progress.model_validate(status['progress']))}")
+        lines.append(f"Progress:    {progress_line(Progress.model_validate(status['progress']))}")
     metrics = Metrics.model_validate(status.get("metrics") or {})
     if metrics.loss is not None:
         lines.append(f"Train loss:  {_num(metrics.loss)} (last logged)")
@@ -133,11 +134,15 @@ def wait_outcome(obj: dict[str, Any]) -> Outcome | None:
         cond = _condition(status, "Succeeded")
         return Outcome(EXIT_OK, f"{name} Succeeded ({cond.get('reason', 'Completed')}): adapter at {adapter}")
     if phase == "Failed":
-        cond = _condition(status, "Failed")
-        reason = cond.get("reason") or "Failed"
-        message = status.get("message") or cond.get("message") or ""
+        reason, message = failure(status)
         return Outcome(EXIT_FAILED, f"{name} Failed ({reason}): {message}".rstrip(": "))
     return None
+
+
+def failure(status: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) of a Failed run: the Failed condition's reason, the status message (else the condition's)."""
+    cond = _condition(status, "Failed")
+    return cond.get("reason") or "Failed", status.get("message") or cond.get("message") or ""
 
 
 def timeout_message(obj: dict[str, Any], seconds: float) -> str:

@@ -1,5 +1,6 @@
 """The house drawn from its imports: operator/ and trainer_image/ side by side on api/, no arrow between them;
-cli/ (kubectl lft) on top, borrowing only the operator's object names and the trainer's storage code."""
+cli/ (kubectl lft) on top, borrowing only the operator's object names and the trainer's storage code; the Python
+client (lft_client) on top of the CLI's code, borrowing nothing else."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = {"lft_api": REPO / "api" / "lft_api", "lft_operator": REPO / "operator" / "lft_operator",
-            "lft_trainer": REPO / "trainer_image" / "lft_trainer", "lft_cli": REPO / "cli" / "lft_cli"}
+            "lft_trainer": REPO / "trainer_image" / "lft_trainer", "lft_cli": REPO / "cli" / "lft_cli",
+            "lft_client": REPO / "cli" / "lft_client"}
 STDLIB_AND_PYDANTIC = {"__future__", "json", "enum", "typing", "pathlib", "hashlib", "re", "pydantic",
                        "collections", "dataclasses", "datetime", "fnmatch", "posixpath", "urllib"}
 
@@ -71,6 +73,26 @@ def test_cli_program_loads_no_training_or_operator_runtime() -> None:
     """`kubectl lft` starts without torch, transformers or kopf (the modules it reuses import them lazily)."""
     code = (f"import sys; import lft_cli.main, lft_cli.fetch, lft_cli.kube; "
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    paths = ":".join(str(REPO / p) for p in ("api", "operator", "trainer_image", "cli"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": paths},
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+# The Python client (lft_client) reuses the CLI's code for the connection, the resource, logs and storage: it borrows
+# nothing from the operator or the trainer that lft_cli does not already wrap. tqdm is optional (imported lazily).
+CLIENT_THIRD_PARTY = {"kubernetes", "pydantic", "tqdm"}
+
+
+def test_client_builds_on_the_cli_and_the_api_only() -> None:
+    modules = imported_modules(PACKAGES["lft_client"])
+    roots = {m.split(".")[0] for m in modules}
+    assert roots - set(sys.stdlib_module_names) - {"lft_api", "lft_cli", "lft_client"} <= CLIENT_THIRD_PARTY, sorted(roots)
+    assert not {m for m in modules if m.startswith(("lft_operator", "lft_trainer"))}
+
+
+def test_client_loads_no_training_or_operator_runtime() -> None:
+    code = f"import sys; import lft_client; print(sorted(m for m in {HEAVY + ('tqdm',)!r} if m in sys.modules))"
     paths = ":".join(str(REPO / p) for p in ("api", "operator", "trainer_image", "cli"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": paths},
                          check=True)

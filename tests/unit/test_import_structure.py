@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"lft_api": ROOT / "api", "lft_operator": ROOT / "operator", "lft_trainer": ROOT / "trainer_image",
-            "lft_cli": ROOT / "cli"}
+            "lft_cli": ROOT / "cli", "lft_client": ROOT / "cli"}
 
 
 def modules() -> dict[str, Path]:

@@ -14,11 +14,12 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = {"lft_api": "api", "lft_trainer": "trainer_image", "lft_operator": "operator", "lft_cli": "cli"}
+SOURCES = {"lft_api": "api", "lft_trainer": "trainer_image", "lft_operator": "operator", "lft_cli": "cli",
+           "lft_client": "cli"}
 
 
 def _source_files() -> set[str]:
-    """Every file of the four packages as a wheel names it (lft_operator/status/gang.py), caches left out."""
+    """Every file of the five packages as a wheel names it (lft_operator/status/gang.py), caches left out."""
     files = set()
     for package, root in SOURCES.items():
         for path in (REPO / root / package).rglob("*"):
@@ -33,7 +34,7 @@ def _build_wheel(tmp_path: Path) -> Path:
     src.mkdir()
     shutil.copy(REPO / "pyproject.toml", src)
     shutil.copy(REPO / "LICENSE", src)
-    for root in SOURCES.values():
+    for root in sorted(set(SOURCES.values())):
         shutil.copytree(REPO / root, src / root, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
     out = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),

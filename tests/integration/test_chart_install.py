@@ -195,7 +195,10 @@ def test_the_release_upgrades_its_crd_and_uninstall_keeps_it(kube: Kube, tmp_pat
 
     common = ("--namespace", system_ns, "--set", "replicaCount=0", "--wait=false")
     try:
-        helm(kube, "install", release, str(older), "--create-namespace", "--take-ownership", *common)
+        # As from 0.1.0, whose CRD another field manager wrote (here the session fixture, with other printer
+        # columns): --take-ownership adopts it, --force-conflicts lets the chart's fields win.
+        helm(kube, "install", release, str(older), "--create-namespace", "--take-ownership", "--force-conflicts",
+             *common)
         meta = kube.get(CRD)["metadata"]
         assert meta["annotations"]["meta.helm.sh/release-name"] == release, meta
         assert meta["annotations"]["helm.sh/resource-policy"] == "keep"

@@ -237,7 +237,7 @@ def test_higher_priority_preempts_lower_which_resumes_from_its_checkpoint(kube, 
         kube, namespace, "low", "Preempted")))
     timing("quota freed (high run complete) to readmission of the low run",
            since(high_done["status"]["completionTime"], readmitted))
-    timing("readmission to the low run's trainer running again",
+    timing("readmission to the low run's new trainer pod (Running=True: its pod exists)",
            since(readmitted, condition(low_again, "Running")["lastTransitionTime"]))
     timing(f"steps lost to preemption (step {step_at_preemption}, resumed from {resumed})",
            max(step_at_preemption - resumed, 0), "steps")

@@ -88,6 +88,10 @@ class Reason:
     # the adapter of a succeeded run (the trainer's check against a serving engine; an Event only)
     SERVABLE = "Servable"
     NOT_SERVABLE = "NotServable"
+    # training.mlflow.registeredModelName: the adapter of a succeeded run registered in the MLflow model
+    # registry, or why not (an Event only: the run and its adapter under output.uri stand either way)
+    MODEL_REGISTERED = "ModelRegistered"
+    MODEL_REGISTRATION_FAILED = "ModelRegistrationFailed"
     # a status write the operator undid: its own fields written by another client, or trainer fields
     # written under another run's UID (an Event only)
     STATUS_REVERTED = "StatusReverted"

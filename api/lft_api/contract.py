@@ -289,6 +289,20 @@ class Servability(WireModel):
         return f"{self.engine} cannot serve the adapter: {'; '.join(self.reasons)}"
 
 
+class ModelRegistration(WireModel):
+    """training.mlflow.registeredModelName: the MLflow model version made from the adapter, or why none was."""
+
+    name: str = Field(description="The registered model.")
+    source: Optional[str] = Field(default=None, description="runs:/<run id>/adapter: the run's copy of the adapter.")
+    version: Optional[str] = Field(default=None, description="The new version; unset when registration failed.")
+    error: Optional[str] = Field(default=None, description="Why registration failed (the run still succeeded).")
+
+    def describe(self) -> str:
+        if self.error is None:
+            return f"The adapter is version {self.version} of the MLflow registered model {self.name} ({self.source})."
+        return f"The adapter was not registered as MLflow model {self.name}: {self.error}"
+
+
 Outcome = Literal["succeeded", "invalid_input", "preempted", "error"]
 
 
@@ -304,6 +318,7 @@ class TerminationMessage(WireModel):
     total_steps: Optional[int] = None
     resumed_from_step: Optional[int] = None
     servability: Optional[Servability] = None
+    model_registration: Optional[ModelRegistration] = None
 
     def encode(self) -> str:
         """JSON of at most TERMINATION_MESSAGE_MAX_BYTES bytes (the kubelet's limit), always valid JSON.

@@ -46,6 +46,21 @@ class MlflowSpec(SpecModel):
             "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN. Values are never read by the operator."
         ),
     )
+    registered_model_name: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        # MLflow refuses names with "/" or ":", and blank ones.
+        pattern=r"^[^/:]*[^/:\s][^/:]*$",
+        description=(
+            "Register the adapter in the MLflow model registry under this name (created when missing): after "
+            "the final adapter is saved, its files are logged to the run as the artifact adapter/ and a new model "
+            "version is made from runs:/<run id>/adapter, tagged base_model (model.name) and base_model_revision; "
+            "the run holds its metrics. A failed registration does not fail the run: a ModelRegistrationFailed "
+            "Warning Event says why (ModelRegistered, Normal, names the version). Unset: no registration, and the "
+            "adapter is not copied to the tracking server. No '/' or ':' (MLflow's rule)."
+        ),
+    )
 
     @field_validator("tracking_uri")
     @classmethod

@@ -103,6 +103,49 @@ def test_mlflow_run_params_and_loss_history(s3_bucket, tiny_model, tmp_path, mon
         server.stop()
 
 
+def test_mlflow_registers_the_adapter_as_a_model_version(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys):
+    """training.mlflow.registeredModelName: each run's adapter becomes the next version of the registered model,
+    made from the run's own copy of the adapter (runs:/<run id>/adapter), tagged with the base model; the run
+    holds the metrics. The second run finds the registered model there and adds version 2."""
+    server = MlflowServer(tmp_path / "mlflow").start()
+    try:
+        made = []
+        for n, name in enumerate(["ft-registry", "ft-registry-2"], start=1):
+            cfg = config(tiny_model, s3_bucket.uri(name), s3_bucket.endpoint_url, maxSteps=10, loggingSteps=5,
+                         evalSteps=10, reportTo=["mlflow"],
+                         mlflow={"trackingUri": server.url, "experimentName": "lft-it-registry",
+                                 "registeredModelName": "lft-it-adapter"})
+            cfg["evaluation"] = {"samples": 0}
+            monkeypatch.setenv("LFT_NAME", name)
+            monkeypatch.setenv("LFT_NAMESPACE", "team")
+            isolate_tracking_env(monkeypatch)
+            (tmp_path / name).mkdir()
+            code, term = run_in_process(cfg, tmp_path / name, monkeypatch)
+            out = capsys.readouterr().out
+            assert code == 0, out[-3000:]
+            (run,) = [r for r in server.runs("lft-it-registry") if r["info"]["run_name"] == f"team/{name}"]
+            run_id = run["info"]["run_id"]
+            assert term["modelRegistration"] == {"name": "lft-it-adapter", "source": f"runs:/{run_id}/adapter",
+                                                 "version": str(n)}, term
+            made.append(run_id)
+        versions = server.api("model-versions/search", filter="name='lft-it-adapter'")["model_versions"]
+        by_version = {v["version"]: v for v in versions}
+        assert sorted(by_version) == ["1", "2"], versions
+        for version, run_id in zip(["1", "2"], made, strict=True):
+            v = by_version[version]
+            assert v["source"] == f"runs:/{run_id}/adapter" and v["run_id"] == run_id
+            assert v["status"] == "READY"
+            tags = {t["key"]: t["value"] for t in v.get("tags", [])}
+            assert tags["base_model"] == str(tiny_model) and tags["lft.namespace"] == "team"
+            # the run the version points to has the metrics and the adapter's files
+            assert len(server.metric_history(run_id, "loss")) >= 2
+            assert set(server.metric_history(run_id, "eval_loss")) >= {0, 10}
+            files = {f["path"] for f in server.api("artifacts/list", run_id=run_id, path="adapter").get("files", [])}
+            assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= files, files
+    finally:
+        server.stop()
+
+
 def test_mlflow_unreachable_fails_before_training(s3_bucket, tiny_model, tmp_path, monkeypatch, capsys):
     from tests.support.s3 import free_port
 

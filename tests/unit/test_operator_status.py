@@ -11,6 +11,7 @@ from lft_api.contract import (
     ExitCode,
     FileDigest,
     Metrics,
+    ModelRegistration,
     OciArtifactRef,
     Servability,
     TerminationMessage,
@@ -197,6 +198,24 @@ def test_succeeded_run_says_whether_vllm_can_serve_the_adapter():
             assert (d.events[-1].type, d.events[-1].message) == (type_, text)
         d, _ = step(observe(status=status, job=done_job, pods=[ended("p1", 0, message)], now=T3))
         assert d.events == []  # posted once, with the transition
+
+
+def test_succeeded_run_says_whether_the_adapter_was_registered_in_mlflow():
+    done_job = job_view(succeeded=1, completionTime=T3, conditions=[{"type": "Complete", "status": "True"}])
+    ok = ModelRegistration(name="support-bot", source="runs:/r1/adapter", version="3")
+    failed = ModelRegistration(name="support-bot", source="runs:/r1/adapter", error="RestException: PERMISSION_DENIED")
+    cases = [(ok, "Normal", Reason.MODEL_REGISTERED,
+              "The adapter is version 3 of the MLflow registered model support-bot (runs:/r1/adapter)."),
+             (failed, "Warning", Reason.MODEL_REGISTRATION_FAILED,
+              "The adapter was not registered as MLflow model support-bot: RestException: PERMISSION_DENIED")]
+    for registration, type_, reason, text in cases:
+        message = result("succeeded", "Completed", adapter=AdapterRef(uri="s3://b/run/adapter"),
+                         model_registration=registration)
+        d, status = step(observe(job=done_job, pods=[ended("p1", 0, message)], now=T3))
+        assert status["phase"] == "Succeeded"  # a failed registration leaves the run's result as it is
+        assert status["adapter"]["uri"] == "s3://b/run/adapter"
+        assert reasons(d)[-2:] == ["Succeeded", reason]
+        assert (d.events[-1].type, d.events[-1].message) == (type_, text)
 
 
 def test_succeeded_run_with_an_oci_push_has_the_pinned_reference_in_status():

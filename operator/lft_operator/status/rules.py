@@ -92,6 +92,11 @@ def succeeded(d: Draft, pod: PodView | None) -> Decision:
     if verdict is not None:  # after Succeeded: can a serving engine load the adapter as it is
         decision.events.append(Event("Normal" if verdict.servable else "Warning",
                                      Reason.SERVABLE if verdict.servable else Reason.NOT_SERVABLE, verdict.describe()))
+    registration = result.model_registration if result is not None else None
+    if registration is not None:  # training.mlflow.registeredModelName: a failure leaves the run Succeeded
+        failed = registration.error is not None
+        decision.events.append(Event("Warning" if failed else "Normal", Reason.MODEL_REGISTRATION_FAILED if failed
+                                     else Reason.MODEL_REGISTERED, registration.describe()))
     return decision
 
 

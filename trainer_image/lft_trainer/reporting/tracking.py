@@ -29,13 +29,14 @@ from pathlib import Path
 
 from lft_api import contract
 from lft_api.conditions import Reason
-from lft_api.contract import Artifacts, RunIdentity
+from lft_api.contract import Artifacts, ModelRegistration, RunIdentity
 from lft_api.spec import TrainerConfig
 from lft_api.tracking_spec import MlflowSpec
 
 from ..errors import InvalidInput
 from ..storage.retry import scrub
 from ..storage.store import Storage
+from . import model_registry
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class Tracker:
         self.report_to = list(config.training.report_to)
         self.links = Artifacts()
         self._mlflow_open = False
+        self.mlflow_run_id: str | None = None
         self._uploaded: dict[str, int] = {}  # remote path -> size uploaded (event and run files only grow)
 
     def start(self, resumed_from: int | None) -> None:
@@ -197,6 +199,7 @@ class Tracker:
             mlflow.set_experiment(spec.experiment_name)
         run = mlflow.start_run(run_name=run_name(self.identity), tags=run_tags(self.identity, resumed_from))
         self._mlflow_open = True
+        self.mlflow_run_id = run.info.run_id
         link = _ui_link(spec.tracking_uri, run.info.experiment_id, run.info.run_id)
         self.links = self.links.merged_with(Artifacts(mlflow_run=link))
         log.info("MLflow run %s started (%s)", run.info.run_id, link or scrub(spec.tracking_uri))
@@ -225,6 +228,17 @@ class Tracker:
         for run_dir in (r for r in runs if r.is_dir() and not r.is_symlink()):
             self._upload(run_dir, f"{contract.WANDB_DIR}/{run_dir.name}")
         return Artifacts(wandb=self.out.uri(contract.WANDB_DIR)) if runs else Artifacts()
+
+    def register_adapter(self, adapter_dir: Path) -> ModelRegistration | None:
+        """training.mlflow.registeredModelName: the adapter to the MLflow model registry, after the run ended
+        (model_registry); None when not asked for. Never raises."""
+        request = model_registry.registration_request(self.config, self.identity, self.mlflow_run_id)
+        if request is None:
+            return None
+        from mlflow.tracking import MlflowClient
+
+        return model_registry.register(MlflowClient(tracking_uri=self.config.training.mlflow.tracking_uri), request,
+                                       adapter_dir)
 
     def close(self) -> None:
         """End what is still open (an attempt that failed or was stopped); never raises."""

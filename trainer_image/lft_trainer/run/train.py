@@ -81,6 +81,7 @@ class RunContext:
     timer: Timer
     uploader: CheckpointUploader | None  # rank 0 only
     history: HistoryWriter | None  # rank 0 only
+    tracker: tracking.Tracker | None = None  # rank 0 only
 
 
 @dataclass
@@ -106,7 +107,7 @@ def run(config: TrainerConfig, reporter: Reporter | None = None,
                if is_main() else None)
     history = (HistoryWriter(prep.out, prep.work / "history", prep.identity.name, reporter.artifacts_written,
                              also=tracker.sync if config.training.report_to else None) if is_main() else None)
-    ctx = RunContext(reporter, preemption, timer, uploader, history)
+    ctx = RunContext(reporter, preemption, timer, uploader, history, tracker)
     try:
         if tracker is not None:
             tracker.start(prep.resume.step if prep.resume else None)
@@ -279,6 +280,7 @@ def publish(prep: Prepared, trainer, fitted: Fitted, ctx: RunContext) -> Termina
         timer.mark("merge")
     written = history.finish(state.log_history, fitted.eval_before, fitted.eval_after, state.global_step)
     timer.mark("history")
+    registered = ctx.tracker.register_adapter(adapter_dir) if ctx.tracker is not None else None  # the run ended
     sampled = write_samples(prep, out)
     timer.mark("samples")
     facts = _facts(prep, fitted, ctx, files, merged_uri)
@@ -302,6 +304,7 @@ def publish(prep: Prepared, trainer, fitted: Fitted, ctx: RunContext) -> Termina
         message=f"trained {state.global_step} steps; eval loss {_fmt(fitted.eval_before)} -> {_fmt(fitted.eval_after)}",
         adapter=AdapterRef(uri=facts.adapter_uri, files=files, oci=pushed), metrics=metrics, step=state.global_step,
         total_steps=state.max_steps, resumed_from_step=facts.resumed_from_step, servability=verdict,
+        model_registration=registered,
     )
 
 

@@ -321,13 +321,13 @@ TRAINER_CONFIG_RULES: CelRules = [
                 "auto, not text",
         fieldPath=".training.assistantOnlyLoss",
     ),
-    ratcheting_rule(  # _assistant_only_needs_messages, for the sources of a mixture
-        "!self.training.assistantOnlyLoss || !has(self.dataset.mixture) || "
-        "self.dataset.mixture.all(s, !has(s.format) || s.format != 'text')",
-        reads=("training.assistantOnlyLoss", "dataset.mixture"),
-        message="training.assistantOnlyLoss needs chat rows: no dataset.mixture[].format may be text",
-        fieldPath=".dataset.mixture",
-    ),
+    # _assistant_only_needs_messages, for the sources of a mixture. Not ratcheting: no resource stored before the
+    # rule has a mixture (it came with it), and comparing the mixture with oldSelf's (unbounded strings, 16 items)
+    # would cost more than the API server's budget for one rule.
+    {"rule": "!self.training.assistantOnlyLoss || !has(self.dataset.mixture) || "
+             "self.dataset.mixture.all(s, !has(s.format) || s.format != 'text')",
+     "message": "training.assistantOnlyLoss needs chat rows: no dataset.mixture[].format may be text",
+     "fieldPath": ".dataset.mixture"},
 ]
 
 

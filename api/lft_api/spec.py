@@ -186,7 +186,9 @@ class DatasetSpec(SpecModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetSpec":
-        if (self.uri is None) == (self.mixture is None):
+        if self.uri is None and self.mixture is None:
+            raise ValueError("dataset.uri or dataset.mixture is required: set exactly one")
+        if self.uri is not None and self.mixture is not None:
             raise ValueError("dataset.uri and dataset.mixture are exclusive: set exactly one")
         return self
 

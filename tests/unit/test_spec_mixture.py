@@ -32,7 +32,7 @@ def test_unset_mixture_leaves_the_wire_and_the_hash_as_before():
 
 @pytest.mark.parametrize("dataset,message", [
     ({"uri": "d", "mixture": MIX}, "dataset.uri and dataset.mixture are exclusive: set exactly one"),
-    ({}, "dataset.uri and dataset.mixture are exclusive: set exactly one"),
+    ({}, "dataset.uri or dataset.mixture is required: set exactly one"),
     ({"mixture": []}, "at least 1 item"),
     ({"mixture": [{"uri": "a", "weight": 1}] * 17}, "at most 16 items"),
     ({"mixture": [{"uri": "a", "weight": 0}]}, "greater than 0"),

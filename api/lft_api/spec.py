@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -95,17 +95,68 @@ class ColumnsSpec(SpecModel):
     )
 
 
-class DatasetSpec(SpecModel):
-    """The chat-instruction dataset."""
+DatasetFormat = Literal["auto", "messages", "prompt-completion", "text"]
+MAX_MIXTURE_SOURCES = 16
+# What a dataset URI is, for dataset.uri and every dataset.mixture[].uri alike (one definition: a check added here
+# applies to both).
+DatasetUri = Annotated[str, Field(min_length=1)]
+DATASET_URI_DOC = (
+    "JSON Lines / JSON / Parquet file or directory as a URI or path (s3://bucket/train.jsonl, "
+    "file:///data/train.jsonl, /data/train.parquet), or a Hugging Face dataset id."
+)
 
-    uri: str = Field(
-        min_length=1,
+
+class MixtureSource(SpecModel):
+    """One source of dataset.mixture: read, column-mapped and checked on its own, then sampled by its weight."""
+
+    uri: DatasetUri = Field(description=DATASET_URI_DOC)
+    weight: float = Field(
+        gt=0, allow_inf_nan=False,
         description=(
-            "JSON Lines / JSON / Parquet file or directory as a URI or path (s3://bucket/train.jsonl, "
-            "file:///data/train.jsonl, /data/train.parquet), or a Hugging Face dataset id."
+            "Relative weight: this source's share of the training examples is weight / (sum of the weights), "
+            "e.g. 3 and 1 give 75% and 25%."
         ),
     )
-    format: Literal["auto", "messages", "prompt-completion", "text"] = Field(
+    format: Optional[DatasetFormat] = Field(default=None, description="Row format of this source. Unset: dataset.format.")
+    columns: Optional[ColumnsSpec] = Field(
+        default=None, description="Column and key names of this source's rows. Unset: dataset.columns."
+    )
+    config: Optional[str] = Field(
+        default=None, min_length=1, description="Configuration of a Hugging Face dataset id. Unset: dataset.config."
+    )
+    revision: Optional[str] = Field(
+        default=None, min_length=1, description="Revision of a Hugging Face dataset id. Unset: dataset.revision."
+    )
+
+
+_DATASET_RULES: CelRules = [
+    {"rule": "has(self.uri) != has(self.mixture)",
+     "message": "dataset.uri and dataset.mixture are exclusive: set exactly one", "fieldPath": ".mixture"},
+]
+
+
+class DatasetSpec(SpecModel):
+    """The chat-instruction dataset: one source (uri) or several sampled by weight (mixture)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _DATASET_RULES})
+
+    uri: Optional[DatasetUri] = Field(default=None, description=DATASET_URI_DOC + " Exclusive with mixture.")
+    mixture: Optional[list[MixtureSource]] = Field(
+        default=None, min_length=1, max_length=MAX_MIXTURE_SOURCES,
+        description=(
+            "Several sources instead of uri (1 to 16): {uri, weight, format?, columns?, config?, revision?}; what "
+            "a source leaves unset is the dataset's own (format, columns, config, revision; the splits, "
+            "evalFraction and maxSamples are always the dataset's). Pre-flight reads and checks every source on "
+            "its own (an error names dataset.mixture[i], from 0, its uri and the row). evalFraction is held out of "
+            "each source (evalSplit: each source's eval split), then the training set is drawn from what is left: "
+            "as many examples as the sources have rows together (at most maxSamples), each source's share "
+            "weight / (sum of the weights) of them, a source with fewer rows than its share repeated (every row as "
+            "often, give or take one), one with more sampled without repetition, and the whole shuffled, all "
+            "with training.seed: every process, node and resumed attempt trains on the same examples in the same "
+            "order. The summary records per source its rows, rows held out, examples used and weight."
+        ),
+    )
+    format: DatasetFormat = Field(
         default="auto",
         description=(
             "Row format. messages: {messages: [{role, content, tool_calls?}, ...], tools?}; prompt-completion: "
@@ -129,8 +180,29 @@ class DatasetSpec(SpecModel):
         default=0.05, ge=0.0, lt=0.5, description="Fraction of the train split held out for evaluation (0 disables)."
     )
     max_samples: Optional[int] = Field(
-        default=None, ge=1, description="Use at most this many training rows (after shuffling with the seed)."
+        default=None, ge=1,
+        description="Use at most this many training rows (after shuffling with the seed); with mixture: examples.",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetSpec":
+        if self.uri is None and self.mixture is None:
+            raise ValueError("dataset.uri or dataset.mixture is required: set exactly one")
+        if self.uri is not None and self.mixture is not None:
+            raise ValueError("dataset.uri and dataset.mixture are exclusive: set exactly one")
+        return self
+
+    def sources(self) -> list["DatasetSpec"]:
+        """Each source as a single-source spec: this one (uri), or each mixture item completed by the dataset's
+        format, columns, config and revision, with the dataset's splits and evalFraction (no maxSamples: it
+        bounds the mixture)."""
+        if self.mixture is None:
+            return [self]
+        return [self.model_copy(update={
+            "uri": s.uri, "mixture": None, "max_samples": None,
+            "format": s.format or self.format, "columns": s.columns if s.columns is not None else self.columns,
+            "config": s.config or self.config, "revision": s.revision or self.revision,
+        }) for s in self.mixture]
 
 
 class LoraSpec(SpecModel):
@@ -251,6 +323,13 @@ TRAINER_CONFIG_RULES: CelRules = [
                 "auto, not text",
         fieldPath=".training.assistantOnlyLoss",
     ),
+    # _assistant_only_needs_messages, for the sources of a mixture. Not ratcheting: no resource stored before the
+    # rule has a mixture (it came with it), and comparing the mixture with oldSelf's (unbounded strings, 16 items)
+    # would cost more than the API server's budget for one rule.
+    {"rule": "!self.training.assistantOnlyLoss || !has(self.dataset.mixture) || "
+             "self.dataset.mixture.all(s, !has(s.format) || s.format != 'text')",
+     "message": "training.assistantOnlyLoss needs chat rows: no dataset.mixture[].format may be text",
+     "fieldPath": ".dataset.mixture"},
 ]
 
 
@@ -284,6 +363,9 @@ class TrainerConfig(SpecModel):
                 "training.assistantOnlyLoss needs chat rows (dataset.format messages, prompt-completion or auto), "
                 f"not {self.dataset.format}"
             )
+        texts = [i for i, s in enumerate(self.dataset.mixture or []) if s.format == "text"]
+        if self.training.assistant_only_loss and texts:
+            raise ValueError(f"training.assistantOnlyLoss needs chat rows, not dataset.mixture[{texts[0]}].format text")
         return self
 
     def result_hash(self) -> str:

@@ -67,6 +67,10 @@ def test_kubectl_apply_refuses_an_unknown_field_naming_it(kube: Kube, namespace:
          "lora.quantization 4bit (QLoRA, bitsandbytes) needs a GPU"),
         ({"dataset": {"uri": "d", "format": "text"}, "training": {"assistantOnlyLoss": True}},
          "spec.training.assistantOnlyLoss", "training.assistantOnlyLoss needs chat rows"),
+        ({"dataset": {"uri": "d", "mixture": [{"uri": "e", "weight": 1}]}}, "spec.dataset.mixture",
+         "dataset.uri and dataset.mixture are exclusive: set exactly one"),
+        ({"dataset": {"mixture": [{"uri": "d", "weight": 1, "format": "text"}]}, "training": {"assistantOnlyLoss": True}},
+         "spec.dataset.mixture", "no dataset.mixture[].format may be text"),
         ({"training": {"reportTo": ["mlflow"]}}, "spec.training.mlflow",
          "training.reportTo lists mlflow: set training.mlflow"),
         ({"training": {"numProcesses": 4}, "resources": {"gpus": 2}}, "spec.training.numProcesses",
@@ -83,7 +87,8 @@ def test_kubectl_apply_refuses_an_unknown_field_naming_it(kube: Kube, namespace:
                                                                      "plainHttp": True}}}},
          "spec.output.push.oci.plainHttp", "plainHttp is only for a registry on loopback"),
     ],
-    ids=["qlora-needs-gpu", "assistant-only-needs-chat", "mlflow-settings", "processes-per-gpu", "processes-auto",
+    ids=["qlora-needs-gpu", "assistant-only-needs-chat", "dataset-uri-or-mixture", "mixture-assistant-only",
+         "mlflow-settings", "processes-per-gpu", "processes-auto",
          "mounts-need-volumes", "no-credentials-in-uri", "oci-repository", "oci-plain-http"],
 )
 def test_cel_rules_refuse_at_apply_time(kube: Kube, namespace: str, overrides: dict, path: str, message: str) -> None:

@@ -61,7 +61,7 @@ def test_the_examples_round_trip_unchanged(path: str) -> None:
 @pytest.mark.parametrize(("change", "field", "why"), [
     ({"training": {"epochs": -1}}, "spec.training.epochs", "greater than 0"),
     ({"lora": {"rnak": 4}}, "spec.lora.rnak", "Extra inputs are not permitted"),
-    ({"dataset": {}}, "spec.dataset.uri", "Field required"),
+    ({"dataset": {}}, "spec.dataset", "dataset.uri or dataset.mixture is required"),
     ({"tolerations": [{"key": "a", "operator": "Bogus"}]}, "spec.tolerations.0.operator", "'Exists' or 'Equal'"),
 ])
 def test_an_invalid_dict_is_refused_naming_the_field(change: dict, field: str, why: str) -> None:

@@ -44,11 +44,15 @@ def _all_rules(node: dict, path: str = ""):
 def test_cross_field_rules_of_the_spec():
     by_field = {r["fieldPath"]: r for r in _rules(_spec())}
     assert set(by_field) == {".training.assistantOnlyLoss", ".lora.quantization", ".training.numProcesses",
-                             ".training.optimizer"}
+                             ".training.optimizer", ".dataset.mixture"}
+    assert "self.dataset.mixture.all(s, !has(s.format) || s.format != 'text')" in by_field[".dataset.mixture"]["rule"]
     assert "self.dataset.format != 'text'" in by_field[".training.assistantOnlyLoss"]["rule"]
     assert "self.resources.gpus >= 1" in by_field[".lora.quantization"]["rule"]
     assert "self.training.numProcesses == self.resources.gpus" in by_field[".training.numProcesses"]["rule"]
-    for rule in by_field.values():  # they ratchet on the fields they read (see test_ratcheting_rule)
+    for path, rule in by_field.items():  # they ratchet on the fields they read (see test_ratcheting_rule)
+        if path == ".dataset.mixture":  # but this one: it came with the field (no stored resource has one)
+            assert "oldSelf" not in rule["rule"] and "optionalOldSelf" not in rule
+            continue
         assert rule["optionalOldSelf"] is True and rule["rule"].startswith("(oldSelf.hasValue() && ")
 
 
@@ -122,6 +126,8 @@ def test_ratcheting_rule():
     {"training": {"minLearningRate": 1e-5, "scheduler": "linear"}},
     {"training": {"minLearningRate": 1e-3, "learningRate": 1e-4}},
     {"dataset": {"uri": "d", "format": "text"}, "training": {"assistantOnlyLoss": True}},
+    {"dataset": {"mixture": [{"uri": "d", "weight": 1, "format": "text"}]}, "training": {"assistantOnlyLoss": True}},
+    {"dataset": {"uri": "d", "mixture": [{"uri": "e", "weight": 1}]}},
     {"training": {"reportTo": ["mlflow"]}},
     {"training": {"reportTo": ["wandb", "wandb"], "wandb": {"project": "p"}}},
     {"training": {"wandb": {"project": "p"}}},

@@ -5,5 +5,6 @@
   rendering.py       the chat template and the rows rendered to token ids and labels
   chat_templates.py  the tiny model's chat template (no imports: the CPU image's model stage copies it alone)
   trainset.py        the train and eval datasets as TRL gets them, tokenized once per rank
+  mixture.py         dataset.mixture: the sources' errors named, the training set drawn from them by weight
   shards.py          which rows each rank trained on (distinct shards in a multi-process run)
 """

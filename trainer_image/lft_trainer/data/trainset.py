@@ -18,7 +18,7 @@ from lft_api.conditions import Reason
 from lft_api.spec import TrainerConfig
 
 from ..errors import InvalidInput
-from . import formats, rendering
+from . import formats, mixture, rendering
 from . import sources as data
 
 
@@ -52,16 +52,19 @@ def length_stats(lengths) -> dict[str, float]:
             "mean": round(float(a.mean()), 2)}
 
 
-def _encoder(tokenizer, template, assistant_only: bool, max_length: int, mapping: formats.ColumnMapping):
+def _encoder(tokenizer, template, assistant_only: bool, max_length: int, sources: list[tuple[str, formats.ColumnMapping]]):
+    """sources: (message prefix, column mapping) per source; a row's source is its SOURCE_COLUMN (else the first)."""
     def encode_batch(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "keep": []}
-        for row_json, file, line in zip(batch["row"], batch["file"], batch["line"], strict=True):
+        of_source = batch.get(mixture.SOURCE_COLUMN) or [0] * len(batch["row"])
+        for row_json, file, line, src in zip(batch["row"], batch["file"], batch["line"], of_source, strict=True):
             try:
                 ids, labels = rendering.encode(json.loads(row_json), tokenizer, template, assistant_only)
             except formats.RowError as exc:
+                prefix, mapping = sources[src]
                 fld = formats.user_field(exc.field, mapping)
                 reason = exc.reason.replace(exc.field, fld) if exc.field and fld else exc.reason
-                raise InvalidInput(Reason.INVALID_DATASET, f"{file} row {line}: {reason}", file=file, row=line,
+                raise InvalidInput(Reason.INVALID_DATASET, f"{prefix}{file} row {line}: {reason}", file=file, row=line,
                                    field=fld) from None
             out["length"].append(len(ids))
             out["input_ids"].append(ids[:max_length])
@@ -72,10 +75,19 @@ def _encoder(tokenizer, template, assistant_only: bool, max_length: int, mapping
     return encode_batch
 
 
+def source_names(config: TrainerConfig) -> list[tuple[str, formats.ColumnMapping]]:
+    """(message prefix, column mapping) of each source: the dataset's, or each of dataset.mixture's."""
+    spec = config.dataset
+    if spec.mixture is None:
+        return [("", formats.mapping_of(spec.columns))]
+    return [(f"{mixture.label(i, item.uri)}: ", formats.mapping_of(one.columns))
+            for i, (item, one) in enumerate(zip(spec.mixture, spec.sources(), strict=True))]
+
+
 def tokenize(rows, tokenizer, template, config: TrainerConfig, cache: Path) -> tuple[Any, TokenStats]:
     """(dataset of input_ids and labels, what happened to the rows)."""
     t = config.training
-    fn = _encoder(tokenizer, template, t.assistant_only_loss, t.max_length, formats.mapping_of(config.dataset.columns))
+    fn = _encoder(tokenizer, template, t.assistant_only_loss, t.max_length, source_names(config))
     cache.parent.mkdir(parents=True, exist_ok=True)
     out = rows.map(fn, batched=True, batch_size=256, cache_file_name=str(cache), load_from_cache_file=False)
     lengths = out.data.column("length").to_numpy()
@@ -100,6 +112,7 @@ class TrainData:
     eval_rows: Any
     template: rendering.ChatTemplate | None
     stats: dict[str, TokenStats]  # per split file, every row (before the evalFraction hold-out and maxSamples)
+    mixture: list[dict[str, Any]] | None = None  # dataset.mixture: per source, what pre-flight found and what trains
 
     @property
     def train(self):
@@ -113,6 +126,8 @@ class TrainData:
         out: dict[str, Any] = {k: v.to_wire(max_length) for k, v in self.stats.items()}
         if self.template is not None:
             out["chatTemplate"] = self.template.describe()
+        if self.mixture is not None:
+            out["mixture"] = self.mixture
         return out
 
     @property
@@ -124,11 +139,33 @@ def build(config: TrainerConfig, report, tokenizer, work: Path, rank: int = 0) -
     """report: preflight.DatasetReport. Chooses the chat template (refusing as rendering.choose_template says)."""
     template = rendering.choose_template(config, tokenizer, report.has_chat_rows, work)
     folder = work / f"tokens-rank{rank}"
-    tokenized, stats = {}, {}
-    for i, (name, split) in enumerate(report.splits.items()):
-        tokenized[name], stats[name] = tokenize(data.open_rows(split.path), tokenizer, template, config,
-                                                folder / f"split-{i}.arrow")
     spec = config.dataset
+    tokenized, stats = {}, {}
+    for i, (name, paths) in enumerate(report.row_files().items()):
+        rows = data.open_rows(paths[0]) if spec.mixture is None else mixture.open_rows(paths)
+        tokenized[name], stats[name] = tokenize(rows, tokenizer, template, config, folder / f"split-{i}.arrow")
+    if spec.mixture is not None:
+        return _mixed(config, report, tokenized, template, stats)
     train, evald = data.split_datasets(spec, config.training.seed, tokenized[spec.train_split],
                                        tokenized.get(spec.eval_split) if spec.eval_split else None)
     return TrainData(train, evald, template, stats)
+
+
+def _mixed(config: TrainerConfig, report, tokenized: dict[str, Any], template, stats: dict[str, TokenStats]) -> TrainData:
+    """The training set drawn from the sources by weight, the eval rows held out of each (data.mixture.plan)."""
+    spec, mix = config.dataset, config.dataset.mixture or []
+    rows = tokenized[spec.train_split]
+    of_source = rows.with_format("numpy")[mixture.SOURCE_COLUMN]
+    plan = mixture.plan(of_source, [s.weight for s in mix], config.training.seed,
+                        0.0 if spec.eval_split else spec.eval_fraction, spec.max_samples)
+    for i, facts in enumerate(plan.sources):
+        if facts["rows"] == 0:
+            raise InvalidInput(Reason.INVALID_DATASET, f"{mixture.label(i, mix[i].uri)}: no row has a trained token "
+                               f"within training.maxLength={config.training.max_length}: raise training.maxLength",
+                               field="training.maxLength")
+    evald = tokenized.get(spec.eval_split) if spec.eval_split else None
+    if plan.eval is not None:
+        evald = rows.select(plan.eval)
+    checked = report.summary()["mixture"]
+    return TrainData(rows.select(plan.train), evald, template, stats,
+                     [{**checked[i], **facts} for i, facts in enumerate(plan.sources)])

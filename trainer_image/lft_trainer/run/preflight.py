@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +28,11 @@ from lft_api.contract import RunIdentity
 from lft_api.errors import format_validation_errors
 from lft_api.spec import BNB_OPTIMIZERS, DatasetSpec, LoraSpec, ModelSpec, StorageSpec, TrainerConfig, TrainingSpec
 
-from ..data import formats
+from ..data import formats, mixture
 from ..data import sources as data
 from ..errors import ConfigNotThisRun, InvalidInput
 from ..reporting import tracking
+from ..security.scrubbing import scrub
 from ..settings import ENV_REPORT_FILE, Settings
 from ..storage import ownership
 from ..storage.filesystems import split_uri
@@ -87,7 +89,7 @@ def check_config_owner(config_path: Path, mine: str | None) -> None:
 class PreflightReport:
     """What pre-flight checked and found: the dataset (rows validated and kept) and the output's owner."""
 
-    source: data.DatasetSource
+    sources: list[data.DatasetSource]  # dataset.uri's, or each of dataset.mixture's
     dataset: DatasetReport
     output: OwnershipDecision | None  # None: not checked by this process (a rank: its launcher did)
 
@@ -112,8 +114,7 @@ def run_checks(config: TrainerConfig, work: Path, cuda: bool, identity: RunIdent
         out.check_access(write=True)
         output = ownership.check_output(config, out, identity)
     check_model(config.model, config.storage)
-    source = data.resolve(config.dataset, config.storage, work)
-    return PreflightReport(source, check_dataset(source, config.dataset, work / "rows"), output)
+    return PreflightReport(*check_sources(config.dataset, config.storage, work), output)
 
 
 def save_report(report: PreflightReport, path: Path) -> dict[str, str]:
@@ -193,23 +194,43 @@ class SplitRows:
 
 @dataclass
 class DatasetReport:
-    uri: str
+    uri: str | None  # None: a mixture
     splits: dict[str, SplitRows]
     files: list[dict[str, Any]] = field(default_factory=list)  # sha256 and size of each file
+    parts: list[DatasetReport] = field(default_factory=list)  # dataset.mixture: each source's, in order
+    weights: list[float] = field(default_factory=list)
 
     @property
     def formats(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for s in self.splits.values():
+        for s in [*self.splits.values(), *(s for p in self.parts for s in p.splits.values())]:
             for k, v in s.formats.items():
                 out[k] = out.get(k, 0) + v
         return out
+
+    def row_files(self) -> dict[str, list[Path]]:
+        """The checked rows of each split: one file, or one per source of a mixture (in order)."""
+        if not self.parts:
+            return {k: [s.path] for k, s in self.splits.items()}
+        return {k: [p.splits[k].path for p in self.parts] for k in self.parts[0].splits}
 
     @property
     def has_chat_rows(self) -> bool:
         return bool(self.formats.get("messages") or self.formats.get("prompt-completion:conversational"))
 
     def summary(self) -> dict:
+        if self.parts:
+            parts, splits = [p.summary() for p in self.parts], list(self.parts[0].splits)
+            return {
+                "rowsChecked": {k: sum(s["rowsChecked"][k] for s in parts) for k in splits},
+                "rowsPerFormat": {k: dict(sum((Counter(s["rowsPerFormat"][k]) for s in parts), Counter()))
+                                  for k in splits},
+                "files": [f for s in parts for f in s["files"]],
+                "sampled": False,
+                "mixture": [{"index": i, "uri": scrub(s["uri"]), "weight": w, "rowsChecked": s["rowsChecked"],
+                             "rowsPerFormat": s["rowsPerFormat"]}
+                            for i, (s, w) in enumerate(zip(parts, self.weights, strict=True))],
+            }
         return {
             "uri": self.uri,
             "rowsChecked": {k: s.checked for k, s in self.splits.items()},
@@ -295,3 +316,19 @@ def check_dataset(source: data.DatasetSource, spec: DatasetSpec, out_dir: Path |
         raise InvalidInput(Reason.INVALID_DATASET, f"dataset {source.uri}: {train.checked} row(s) cannot be split into train "
                            "and eval (set dataset.evalFraction to 0 or add rows)", file=source.uri, field="dataset")
     return DatasetReport(uri=source.uri, splits=result, files=data.file_digests(source))
+
+
+def check_sources(spec: DatasetSpec, storage_spec: StorageSpec | None,
+                  work: Path) -> tuple[list[data.DatasetSource], DatasetReport]:
+    """dataset.uri, or each source of dataset.mixture read and checked on its own (an error names the source)."""
+    if spec.mixture is None:
+        source = data.resolve(spec, storage_spec, work)
+        return [source], check_dataset(source, spec, work / "rows")
+    sources, parts = [], []
+    for i, (item, one) in enumerate(zip(spec.mixture, spec.sources(), strict=True)):
+        try:
+            sources.append(data.resolve(one, storage_spec, work / f"source-{i}"))
+            parts.append(check_dataset(sources[-1], one, work / "rows" / f"source-{i}"))
+        except InvalidInput as exc:
+            raise mixture.restated(exc, i, item) from None
+    return sources, DatasetReport(uri=None, splits={}, parts=parts, weights=[s.weight for s in spec.mixture])

@@ -151,7 +151,7 @@ build_k8s() {
     local c; for c in $K8S_TOOLS; do
       (cd "$dir" && g mod edit -tool="k8s.io/kubernetes/cmd/$c"); done
     (cd "$dir" && g mod tidy)
-  elif ! grep -q 'k8s.io/kubernetes/cmd/kubeadm' "$dir/go.mod"; then
+  elif [[ " ${K8S_CMDS[*]} " == *" kubeadm "* ]] && ! grep -q 'k8s.io/kubernetes/cmd/kubeadm' "$dir/go.mod"; then
     # A wrapper module generated before kubeadm was a tool (kind node images need it): add it.
     (cd "$dir" && g mod edit -tool=k8s.io/kubernetes/cmd/kubeadm && g mod tidy)
   fi

@@ -11,7 +11,7 @@ HELM    := $(BIN)/helm
 export KUBECONFIG ?= /var/lib/lft/cluster/kubeconfig
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv test test-unit test-integration e2e demo kind-e2e images images-gpu cluster-up cluster-api cluster-down \
+.PHONY: help venv test test-unit test-integration e2e demo kind-e2e kind-node-image kind-up kind-down images images-gpu cluster-up cluster-api cluster-down \
         s3-up s3-down kueue-up kueue-down registry-up registry-down deploy undeploy lint crds chart release bench
 
 help: ## List the targets
@@ -38,6 +38,17 @@ demo: venv cluster-up images s3-up deploy ## The main job: apply the tiny exampl
 
 kind-e2e: venv ## Same e2e on kind (needs docker + kind + network): kind cluster, MinIO, kind load, helm
 	bash hack/kind-e2e.sh
+
+kind-node-image: ## Build the kind node image offline (lft/kind-node:v1.37.2, cached; docs/kind.md)
+	bash hack/docker.sh >/dev/null
+	bash hack/base-image.sh
+	bash hack/kind/node-image.sh
+
+kind-up: kind-node-image ## A kind cluster (1 control plane, 2 workers) on the offline node image
+	bash hack/kind/up.sh
+
+kind-down: ## Delete the kind cluster of kind-up
+	bash hack/kind/down.sh
 
 images: venv ## Build the operator image and the CPU tiny-model trainer image
 	bash hack/build-images.sh

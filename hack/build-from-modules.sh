@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# build-k8s.sh - build Kubernetes (+ etcd, containerd, CNI plugins, crictl, kind, kueue, registry, oras, actionlint, krew)
+# build-k8s.sh - build Kubernetes (+ etcd, containerd, CNI plugins, crictl, kind, coredns, kueue, registry, oras, actionlint, krew)
 # from the Go module proxy only (no git clone, no release tarballs).
 #
 # Usage:  build-k8s.sh [component ...]
-#   components: k8s etcd containerd cni crictl kind kueue registry oras actionlint krew   (default: k8s etcd)
+#   components: k8s etcd containerd cni crictl kind coredns kueue registry oras actionlint krew   (default: k8s etcd)
 #   "all" = every component.
 #
 # Idempotent: a binary that already exists is skipped (delete it to rebuild).
@@ -18,6 +18,7 @@
 #   $LFT_CACHE/cni/<ver>/           bridge host-local loopback portmap
 #   $LFT_CACHE/crictl/<ver>/        crictl
 #   $LFT_CACHE/kind/<ver>/          kind
+#   $LFT_CACHE/coredns/<ver>/       coredns (the cluster DNS of a kind node image, hack/kind/node-image.sh)
 #   $LFT_CACHE/kueue/<ver>/         kueue (the controller manager)
 #   $LFT_CACHE/registry/<ver>/      registry (github.com/distribution/distribution: an OCI registry)
 #   $LFT_CACHE/oras/<ver>/          oras (the OCI artifact CLI)
@@ -29,6 +30,7 @@
 #   LFT_CACHE [/var/cache/lft]  K8S_VERSION [v1.37.2]  ETCD_VERSION [v3.7.4]
 #   CONTAINERD_VERSION [v2.4.2] CNI_PLUGINS_VERSION [v1.10.0] CRICTL_VERSION [v1.37.0]
 #   KIND_VERSION [v0.33.0]      KUEUE_VERSION [v0.17.0]     REGISTRY_VERSION [v3.1.2]
+#   COREDNS_VERSION [v1.15.0]
 #   ORAS_VERSION [v1.3.6]       ACTIONLINT_VERSION [v1.7.12] KREW_VERSION [v0.4.3]
 #   GO [/usr/local/go/bin/go]   LFT_NICE ["nice -n 19"]  GOMAXPROCS [1]  GOFLAGS [-p=1]
 #   GOTOOLCHAIN [auto]: if a go.mod needs a newer Go than $GO, the go command fetches
@@ -43,6 +45,7 @@ CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 CNI_PLUGINS_VERSION=${CNI_PLUGINS_VERSION:-v1.10.0}
 CRICTL_VERSION=${CRICTL_VERSION:-v1.37.0}
 KIND_VERSION=${KIND_VERSION:-v0.33.0}
+COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
 KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
 REGISTRY_VERSION=${REGISTRY_VERSION:-v3.1.2}
 ORAS_VERSION=${ORAS_VERSION:-v1.3.6}
@@ -134,7 +137,9 @@ gen_k8s_gomod() {
   mv -f "$dir/go.mod.new" "$dir/go.mod"
 }
 
-# K8S_CMDS="kube-apiserver kube-controller-manager" builds a subset (the oldest minor needs no node).
+# K8S_CMDS="kube-apiserver kube-controller-manager" builds a subset (the oldest minor needs no node);
+# kubeadm is built only when asked for (K8S_CMDS=kubeadm: the kind node image).
+K8S_TOOLS="kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl kubeadm"
 read -r -a K8S_CMDS <<<"${K8S_CMDS:-kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl}"
 
 build_k8s() {
@@ -143,9 +148,12 @@ build_k8s() {
     log "generating $dir/go.mod"
     gen_k8s_gomod "$v" "$dir"
     # Every command as a tool, whatever subset is built now: a later build of another one finds its go.sum lines.
-    local c; for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl; do
+    local c; for c in $K8S_TOOLS; do
       (cd "$dir" && g mod edit -tool="k8s.io/kubernetes/cmd/$c"); done
     (cd "$dir" && g mod tidy)
+  elif [[ " ${K8S_CMDS[*]} " == *" kubeadm "* ]] && ! grep -q 'k8s.io/kubernetes/cmd/kubeadm' "$dir/go.mod"; then
+    # A wrapper module generated before kubeadm was a tool (kind node images need it): add it.
+    (cd "$dir" && g mod edit -tool=k8s.io/kubernetes/cmd/kubeadm && g mod tidy)
   fi
   # version variables printed by --version (same set as hack/lib/version.sh)
   local re='^v([0-9]+)\.([0-9]+)\.' major minor bd ld="-s -w" p
@@ -223,6 +231,12 @@ build_kind() {
   install_mod "$LFT_CACHE/kind/${v#v}" "-s -w" "" "sigs.k8s.io/kind@$v"
 }
 
+build_coredns() {
+  local v=$COREDNS_VERSION
+  install_mod "$LFT_CACHE/coredns/${v#v}" "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$v" "" \
+    "github.com/coredns/coredns@$v"
+}
+
 build_kueue() {
   local v=$KUEUE_VERSION p=sigs.k8s.io/kueue/pkg/version
   install_mod "$LFT_CACHE/kueue/${v#v}" \
@@ -254,10 +268,10 @@ build_actionlint() {
 
 comps=("$@")
 ((${#comps[@]})) || comps=(k8s etcd)
-[[ ${comps[0]} == all ]] && comps=(k8s etcd containerd cni crictl kind kueue registry oras actionlint krew)
+[[ ${comps[0]} == all ]] && comps=(k8s etcd containerd cni crictl kind coredns kueue registry oras actionlint krew)
 for c in "${comps[@]}"; do
   case $c in
-    k8s|etcd|containerd|cni|crictl|kind|kueue|registry|oras|actionlint|krew) "build_$c" ;;
+    k8s|etcd|containerd|cni|crictl|kind|coredns|kueue|registry|oras|actionlint|krew) "build_$c" ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

@@ -93,7 +93,7 @@ if suite cluster -- bash tests/cluster/up.sh && suite images -- images_built \
    && suite registry -- bash hack/registry.sh start \
    && suite release -- env REGISTRY="$LFT_REGISTRY" VERSION="$version" RELEASE_OUT="$OUT/release" bash hack/release.sh \
    && suite s3 -- bash hack/s3.sh start && suite deploy -- bash hack/deploy.sh; then
-  pytest_suite e2e tests/e2e --ignore=tests/e2e/test_kueue.py
+  pytest_suite e2e tests/e2e --ignore=tests/e2e/test_kueue.py --ignore=tests/e2e/kind  # kind/: make kind-e2e
   [[ " ${failed[*]} " == *" e2e "* ]] && on_cluster_failure
   # Kueue (tests/e2e/test_kueue.py), its own suites: Kueue 0.17.0 as a host process (cached build), the operator
   # redeployed with its integration on. A Kueue that does not start fails kueue-up only; kueue-down removes its

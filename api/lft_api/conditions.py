@@ -53,6 +53,7 @@ class Reason:
     RETRYING = "Retrying"
     POD_DELETED = "PodDeleted"
     ATTEMPT_ENDING = "AttemptEnding"  # multi-node: waiting for every pod of an ended attempt to stop
+    NODE_UNREACHABLE = "NodeUnreachable"  # multi-node: a rank's node stopped reporting; the attempt waits for it
     IN_PROGRESS = "InProgress"
     # suspend / resume
     SUSPENDING = "Suspending"

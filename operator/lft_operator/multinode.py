@@ -200,6 +200,15 @@ def job(owner: Owner, spec: LoRAFineTuneSpec, settings: Settings, attempt: int, 
     if not any(v["name"] == SHM_VOLUME for v in pod["volumes"]):
         pod["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
         container["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    # A node of training.nodes is meant to be a machine: the scheduler spreads the attempt's pods over the
+    # cluster's nodes. Soft (ScheduleAnyway): on a one-node cluster, or when the other machines are down or
+    # full, the gang still runs, on the remaining capacity.
+    pod.setdefault("topologySpreadConstraints", []).append({
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {builders.NAME_LABEL: owner.name, ATTEMPT_LABEL: str(attempt)}},
+    })
     size = settings.shm_size_limit
     if size:
         next(v for v in pod["volumes"] if v["name"] == SHM_VOLUME)["emptyDir"]["sizeLimit"] = size

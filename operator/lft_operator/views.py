@@ -89,6 +89,15 @@ class PodView:
     disrupted_message: str | None = None
     node_rank: int | None = None  # multi-node runs only: the completion index
     attempt: int | None = None
+    node_name: str | None = None  # spec.nodeName: the machine it was scheduled to
+    # The Ready condition False while the container last reported running: the trainer has no readiness probe,
+    # so only the node controller sets that (its node stopped reporting: MarkPodsNotReady); since when.
+    not_ready_since: str | None = None
+
+    @property
+    def node_lost(self) -> bool:
+        """The pod's node stopped reporting: its last known state is running, the node controller says not ready."""
+        return self.running and self.not_ready_since is not None and not self.terminated
 
     @property
     def terminated(self) -> bool:
@@ -128,6 +137,8 @@ class PodView:
             elif cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
                 fields["disrupted"] = cond.get("reason") or "DisruptionTarget"
                 fields["disrupted_message"] = cond.get("message")
+            elif cond.get("type") == "Ready" and cond.get("status") == "False":
+                fields["not_ready_since"] = cond.get("lastTransitionTime") or ""
         return cls(
             name=meta.get("name", ""),
             uid=meta.get("uid", ""),
@@ -139,6 +150,7 @@ class PodView:
             pod_message=_scrubbed(status.get("message")),
             node_rank=completion_index(meta) if label_int(meta, ATTEMPT_LABEL) is not None else None,
             attempt=label_int(meta, ATTEMPT_LABEL),
+            node_name=(body.get("spec") or {}).get("nodeName"),
             **fields,
         )
 

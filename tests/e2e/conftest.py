@@ -57,6 +57,8 @@ E2E_NAMESPACES = {
     "test_an_evicted_pod_costs_no_retry_and_the_run_succeeds": "e2e-evicted",
     # test_release.py
     "test_the_operator_and_the_trainer_come_from_the_released_chart_and_registry": "e2e-release",
+    # kind/test_node_fault.py (make kind-e2e: the kind cluster of hack/kind/up.sh only)
+    "test_a_stopped_worker_ends_the_attempt_and_the_run_resumes_to_succeeded": "e2e-nodefault",
     # test_kueue.py (its own suite: Kueue running, the operator's integration on)
     "test_second_run_queued_on_quota_then_both_succeed": "e2e-kueue-quota",
     "test_higher_priority_preempts_lower_which_resumes_from_its_checkpoint": "e2e-kueue-preempt",

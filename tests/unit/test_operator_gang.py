@@ -271,3 +271,50 @@ def test_the_path_of_a_started_run_stays_whatever_training_nodes_says_later():
     assert requested(body(2), {}, [JobView(name="big-trainer", uid="x", owner_uid="other")])
     assert not requested(body(1), {"nodes": 2}, []) and requested(body(2), {}, [])
     assert not requested({"metadata": {"uid": "u"}, "spec": {"training": "bad"}}, {}, [])
+
+
+def test_a_rank_whose_machine_stops_reporting_is_named_and_the_attempt_ends_when_its_pod_fails():
+    # The node controller marks the pods of a node that stopped reporting not ready (MarkPodsNotReady); their
+    # container still last reported running. The status names the machine and waits; no new attempt yet.
+    since = "2026-11-30T23:59:30Z"
+    lost = pod(1, 1, phase="Running", running=True, node_name="lft-worker2", not_ready_since=since)
+    status = {"attempts": 1, "phase": "Running"}
+    d = decide_gang(observe(status, [job(1)], [running(0, 1), lost]))
+    assert d.status["phase"] == "Pending" and d.create_attempt is None and d.job_patches == []
+    assert d.status["readyNodes"] == 1 and d.status["nodesDisplay"] == "1/2"
+    running_cond = next(c for c in d.status["conditions"] if c["type"] == "Running")
+    assert running_cond["reason"] == "NodeUnreachable"
+    assert "node 1 (pod big-trainer-a1-1-x) on lft-worker2 stopped reporting" in d.status["message"]
+    assert since in d.status["message"]
+    (event,) = [e for e in d.events if e.reason == "NodeUnreachable"]
+    assert event.type == "Warning" and "lft-worker2" in event.message
+    again = decide_gang(observe(d.status, [job(1)], [running(0, 1), lost]))
+    assert not any(e.reason == "NodeUnreachable" for e in again.events)  # one Event per outage
+    # The machine comes back: its kubelet fails the pod whose container is gone; the attempt ends, naming it.
+    gone = pod(1, 1, phase="Failed", exit_code=137, term_reason="ContainerStatusUnknown", finished_at=NOW,
+               node_name="lft-worker2")
+    ended = decide_gang(observe(again.status, [failed_job(1)], [gone]))
+    assert ended.create_attempt == 2
+    (retry,) = [e for e in ended.events if e.reason == "Retrying"]
+    assert "node 1 (pod big-trainer-a1-1-x on lft-worker2)" in retry.message
+
+
+def test_a_pod_not_ready_before_its_container_runs_is_not_a_lost_machine():
+    starting = pod(1, 1, phase="Pending", running=False, node_name="w", not_ready_since=NOW)
+    assert not starting.node_lost
+    d = decide_gang(observe({"attempts": 1}, [job(1)], [running(0, 1), starting]))
+    running_cond = next(c for c in d.status["conditions"] if c["type"] == "Running")
+    assert running_cond["reason"] != "NodeUnreachable"
+
+
+def test_the_pod_view_reads_the_machine_and_the_ready_condition():
+    body = {"metadata": {"name": "p", "uid": "u", "labels": {"finetune.dev/attempt": "1"},
+                         "annotations": {"batch.kubernetes.io/job-completion-index": "1"}},
+            "spec": {"nodeName": "lft-worker2"},
+            "status": {"phase": "Running",
+                       "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "T1"}],
+                       "containerStatuses": [{"name": builders.CONTAINER_NAME, "state": {"running": {}}}]}}
+    view = PodView.from_pod(body)
+    assert view.node_name == "lft-worker2" and view.not_ready_since == "T1" and view.node_lost
+    body["status"]["conditions"][0]["status"] = "True"
+    assert not PodView.from_pod(body).node_lost

@@ -67,6 +67,21 @@ def test_one_indexed_job_per_attempt_with_the_rank_from_the_completion_index():
     assert job["metadata"]["ownerReferences"][0]["uid"] == "1111-2222"
 
 
+def test_the_pods_of_an_attempt_spread_over_the_nodes_softly():
+    # One pod per machine where there is room (a "node" of the run is a machine); ScheduleAnyway: a one-node
+    # cluster, or one with a machine down, still runs the gang on what is left.
+    pod = multinode.job(OWNER, spec(nodes=2), SETTINGS, attempt=3, master_addr="10.96.7.7")["spec"]["template"]
+    (spread,) = pod["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    # It counts this attempt's pods only: exactly the labels the pods carry.
+    selector = spread["labelSelector"]["matchLabels"]
+    assert selector == {"finetune.dev/name": "big", "finetune.dev/attempt": "3"}
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    # The single-pod Job has nothing to spread.
+    assert "topologySpreadConstraints" not in builders.job(OWNER, spec(nodes=1), SETTINGS)["spec"]["template"]["spec"]
+
+
 def test_a_suspended_run_builds_a_suspended_indexed_job():
     suspended = LoRAFineTuneSpec.model_validate({**spec(nodes=2).to_wire(), "suspend": True})
     assert multinode.job(OWNER, suspended, SETTINGS, attempt=1, master_addr="10.0.0.1")["spec"]["suspend"] is True

@@ -69,7 +69,7 @@ def decide_gang(obs: Observation) -> Decision:
     nodes = run_nodes(obs, attempt, job)
     d.new.nodes = nodes
     d.new.attempts = attempt
-    d.new.ready_nodes = sum(1 for p in pods if attempt_phase(p) in ("Running", "Succeeded"))
+    d.new.ready_nodes = sum(1 for p in pods if attempt_phase(p) in ("Running", "Succeeded") and not p.node_lost)
     d.new.nodes_display = f"{d.new.ready_nodes}/{nodes}"
     obs.job = job
     spec_changes(d, "the run started and will not be applied: every attempt's Job is built from the spec the "
@@ -159,7 +159,8 @@ def _attempt_failure(job: JobView | None, pods: list[PodView]) -> dict[str, Any]
                     key=lambda p: (p.deleted, p.finished_at or "", p.name))
     if failed:
         pod = failed[0]
-        return {"pod": pod.name, "node": pod.node_rank, "disrupted": bool(pod.disrupted), **pod_ending(pod)}
+        return {"pod": pod.name, "node": pod.node_rank, "machine": pod.node_name, "disrupted": bool(pod.disrupted),
+                **pod_ending(pod)}
     if job is not None and job_failed:
         return {"pod": job.name, "node": None, "reason": job.failed_reason,
                 "message": truncate(job.failed_message or "")}
@@ -170,7 +171,8 @@ def _attempt_failed(d: Draft, attempt: int, job: JobView | None, pods: list[PodV
     spec = d.obs.spec
     backoff_limit = spec.run_policy.backoff_limit if spec is not None else 0
     fields = {k: v for k, v in ended.items() if k in ("exitCode", "reason", "message", "finishTime")}
-    where = f"node {ended['node']} (pod {ended['pod']})" if ended.get("node") is not None else f"Job {ended['pod']}"
+    machine = f" on {ended['machine']}" if ended.get("machine") else ""
+    where = f"node {ended['node']} (pod {ended['pod']}{machine})" if ended.get("node") is not None else f"Job {ended['pod']}"
     text = f"{where}: {describe(fields)}"
     counted = not ended.get("disrupted")
     old = next((a for a in d.old.attempt_history if a.attempt == attempt), None)
@@ -271,6 +273,10 @@ def _creation_timed_out(d: Draft, attempt: int, job: JobView, timed_out: str) ->
 def _in_progress(d: Draft, attempt: int, nodes: int, pods: list[PodView], job: JobView,
                  stuck: PodCreationFailure | None = None) -> None:
     ready = d.new.ready_nodes or 0
+    lost = sorted((p for p in pods if p.node_lost), key=lambda p: (p.node_rank or 0, p.name))
+    if lost:
+        _node_unreachable(d, attempt, nodes, lost)
+        return
     if ready == nodes:
         message = f"Attempt {attempt} running on {nodes}/{nodes} nodes."
         if not d.conds.true(RUNNING):
@@ -293,6 +299,20 @@ def _in_progress(d: Draft, attempt: int, nodes: int, pods: list[PodView], job: J
     else:
         reason, why = _waiting(pods)
     _pending(d, reason, f"Attempt {attempt}: {ready}/{nodes} nodes running; {why}")
+
+
+def _node_unreachable(d: Draft, attempt: int, nodes: int, lost: list[PodView]) -> None:
+    """A rank's machine stopped reporting (stopped, crashed, cut off): its pod cannot fail or finish until the
+    machine comes back or the pod is evicted from it; the other ranks wait in their collectives meanwhile."""
+    which = ", ".join(f"node {p.node_rank} (pod {p.name}) on {p.node_name or 'its node'}" for p in lost)
+    since = min(p.not_ready_since or d.obs.now for p in lost)
+    message = (f"Attempt {attempt}: {d.new.ready_nodes}/{nodes} nodes running; the machine of {which} stopped "
+               f"reporting (not ready since {since}). The attempt ends when the machine comes back or Kubernetes "
+               "evicts its pod; then every node resumes from the newest checkpoint.")
+    old = d.conds.get(RUNNING)
+    if old is None or old.reason != Reason.NODE_UNREACHABLE:
+        d.event("Warning", Reason.NODE_UNREACHABLE, message)
+    _pending(d, Reason.NODE_UNREACHABLE, message)
 
 
 def _waiting(pods: list[PodView]) -> tuple[str, str]:

@@ -66,9 +66,10 @@ def read_config(uri: str, storage: Storage | None = None) -> dict[str, Any]:
 
 
 def _normalized_targets(value: Any) -> Any:
+    """Module names as a sorted list of their last path component (PEFT saves all-linear as the full paths)."""
     if isinstance(value, list) and value == ["all-linear"]:
         return "all-linear"
-    return sorted(value) if isinstance(value, list) else value
+    return sorted({str(v).rsplit(".", 1)[-1] for v in value}) if isinstance(value, list) else value
 
 
 def check_config(uri: str, saved: dict[str, Any], lora: LoraSpec, base: str) -> list[str]:
@@ -137,7 +138,7 @@ def check_targets(uri: str, saved: dict[str, Any], model) -> None:
     if not isinstance(targets, list):
         return
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = sorted(set(targets) - names)
+    missing = sorted(set(_normalized_targets(targets)) - names)
     if missing:
         raise not_usable(uri, f"its target modules {', '.join(missing)} are not modules of {config_name(model)} "
                               "(an adapter of another model architecture)")

@@ -181,3 +181,15 @@ def test_preflight_refuses_the_adapter_before_reading_the_dataset(tiny, tmp_path
         preflight.run_checks(config, tmp_path / "work", cuda=False, identity=RunIdentity(spec_hash="0" * 16),
                              check_output=True)
     assert err.value.reason == "AdapterNotUsable" and err.value.field == "model.adapter"
+
+
+def test_an_all_linear_adapter_saved_with_full_module_paths_is_continued(tiny, tmp_path):
+    """PEFT saves target_modules all-linear as the adapted modules' full paths (model.layers.0.mlp.down_proj...)."""
+    ids = batch()
+    peft_model = model.with_lora(cfg(tiny, r=4), load_base(tiny))
+    peft_model.save_pretrained(str(tmp_path / "a"))
+    saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert any("." in t for t in saved["target_modules"])
+    config = cfg(tiny, adapter=str(tmp_path / "a"), targetModules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
+    adapters.check_source(config)
+    assert loss(model.with_lora(config, load_base(tiny), tmp_path / "a"), ids) == pytest.approx(loss(peft_model, ids))

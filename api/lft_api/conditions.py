@@ -107,6 +107,9 @@ class Reason:
     NO_CHAT_TEMPLATE = "NoChatTemplate"
     INVALID_CHAT_TEMPLATE = "InvalidChatTemplate"
     INVALID_RESUME_FROM = "InvalidResumeFrom"
+    # model.adapter is not a LoRA adapter this run can continue (no adapter_config.json, not LORA, its target
+    # modules absent from the model, its weights do not fit, or lora.* set to other values than the adapter's)
+    ADAPTER_NOT_USABLE = "AdapterNotUsable"
     MISSING_CREDENTIALS = "MissingCredentials"  # storage or tracking credentials absent from the pod
     UNSUPPORTED_STORAGE = "UnsupportedStorage"
     STORAGE_ACCESS_DENIED = "StorageAccessDenied"

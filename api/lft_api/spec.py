@@ -53,6 +53,22 @@ class ModelSpec(SpecModel):
     trust_remote_code: bool = Field(
         default=False, description="Run modelling code shipped with the model. Off by default: it executes code."
     )
+    adapter: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        # An object-store URI or an absolute path: a bare name would be a Hub id, which is not offered.
+        pattern=r"^([a-zA-Z][a-zA-Z0-9+.-]*://.+|/.+)$",
+        description=(
+            "Continue training an existing LoRA adapter of this base model: the URI of its directory (s3:// with "
+            "the run's storage credentials, gs://, az://, file://, or an absolute path in the trainer image), "
+            "as another run's <output>/adapter/. Checked before training (reason AdapterNotUsable): "
+            "adapter_config.json is there with peft_type LORA, its target modules exist in the model (a "
+            "different base_model_name_or_path is only warned about). Its shape comes from the adapter: "
+            "lora.r, alpha, targetModules, bias, useDora and rslora left at their defaults take the adapter's "
+            "values, and set to other values they must equal them (else AdapterNotUsable); lora.dropout applies "
+            "as set. Exclusive with lora.init other than default. Unset: a new adapter."
+        ),
+    )
     chat_template: Optional[str] = Field(
         default=None,
         min_length=1,
@@ -205,8 +221,20 @@ class DatasetSpec(SpecModel):
         }) for s in self.mixture]
 
 
+# lora.init values that move part of the base weights into the adapter: the published adapter is converted.
+CONVERTED_INITS = ("pissa", "olora")
+_LORA_RULES: CelRules = [
+    {"rule": "!(self.init in ['pissa', 'olora']) || (self.quantization == 'none' && !self.useDora)",
+     "messageExpression": "'lora.init ' + self.init + ' needs lora.quantization none and lora.useDora false: the "
+                          "adapter converted for the unmodified base model is exact only then'",
+     "fieldPath": ".init"},
+]
+
+
 class LoraSpec(SpecModel):
     """LoRA adapter settings (defaults: the Phi-3 cookbook recipe)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _LORA_RULES})
 
     r: int = Field(default=16, ge=1, le=1024, description="Rank of the LoRA update matrices.")
     alpha: int = Field(default=32, ge=1, le=4096, description="LoRA scaling numerator (scale = alpha / r).")
@@ -229,15 +257,33 @@ class LoraSpec(SpecModel):
         default=False,
         description="Rank-stabilized LoRA (PEFT use_rslora): scale the update by alpha / sqrt(r) instead of alpha / r.",
     )
-    init: Literal["default", "gaussian"] = Field(
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
         default="default",
         description=(
             "Initialisation of the LoRA matrices (PEFT init_lora_weights). default: A Kaiming-uniform, B zero "
-            "(PEFT's True); gaussian: A Gaussian scaled by the rank, B zero. Not offered: pissa, olora and loftq, "
-            "which rewrite the base model's weights, so that the adapter alone no longer fits the published base "
-            "model (it would need PEFT's conversion to a rank-2r adapter), and loftq also quantizes the base."
+            "(PEFT's True); gaussian: A Gaussian scaled by the rank, B zero; pissa: A and B from the r principal "
+            "singular vectors of each adapted weight (full SVD: minutes of CPU per billion parameters, before step "
+            "1); olora: from its QR decomposition. pissa and olora move that part out of the base weights while "
+            "training; the published adapter is PEFT's conversion (save_pretrained with "
+            "path_initial_model_for_weight_conversion) to an adapter of the unmodified base model, of rank 2r "
+            "and alpha 2 x alpha (x sqrt 2 with rslora), so serving it needs a --max-lora-rank of 2r; the "
+            "checkpoints hold the unconverted adapter and are for resuming only. pissa and olora need "
+            "quantization none and useDora false (the conversion is exact only then). Not offered: loftq (PEFT's "
+            "loftq_init needs bitsandbytes and a CUDA or XPU device, and its adapter fits the quantized base, "
+            "not the published one: PEFT cannot convert it)."
         ),
     )
+
+    @model_validator(mode="after")
+    def _init_converts(self) -> "LoraSpec":
+        if self.init in CONVERTED_INITS:
+            if self.quantization != "none":
+                raise ValueError(f"init {self.init} needs quantization none: the adapter converted for the "
+                                 f"unmodified base is exact only for an unquantized base (not {self.quantization})")
+            if self.use_dora:
+                raise ValueError(f"init {self.init} cannot be combined with useDora: PEFT's conversion to an adapter "
+                                 "of the unmodified base covers plain LoRA only")
+        return self
 
 
 # TrainingSpec fields that change speed and memory, not the trained result (left out of result_hash).
@@ -330,6 +376,13 @@ TRAINER_CONFIG_RULES: CelRules = [
              "self.dataset.mixture.all(s, !has(s.format) || s.format != 'text')",
      "message": "training.assistantOnlyLoss needs chat rows: no dataset.mixture[].format may be text",
      "fieldPath": ".dataset.mixture"},
+    # _adapter_or_init
+    ratcheting_rule(
+        "!has(self.model.adapter) || !has(self.lora.init) || self.lora.init == 'default'",
+        reads=("model.adapter", "lora.init"),
+        message="model.adapter continues an existing adapter: lora.init (how a new adapter starts) must be default",
+        fieldPath=".lora.init",
+    ),
 ]
 
 
@@ -366,6 +419,13 @@ class TrainerConfig(SpecModel):
         texts = [i for i, s in enumerate(self.dataset.mixture or []) if s.format == "text"]
         if self.training.assistant_only_loss and texts:
             raise ValueError(f"training.assistantOnlyLoss needs chat rows, not dataset.mixture[{texts[0]}].format text")
+        return self
+
+    @model_validator(mode="after")
+    def _adapter_or_init(self) -> "TrainerConfig":
+        if self.model.adapter is not None and self.lora.init != "default":
+            raise ValueError(f"model.adapter continues an existing adapter: lora.init (how a new adapter starts) "
+                             f"must be default, not {self.lora.init}")
         return self
 
     def result_hash(self) -> str:

@@ -86,10 +86,15 @@ def test_kubectl_apply_refuses_an_unknown_field_naming_it(kube: Kube, namespace:
         ({"output": {"uri": "s3://lft-out/oci-http", "push": {"oci": {"repository": "registry.example.com/a",
                                                                      "plainHttp": True}}}},
          "spec.output.push.oci.plainHttp", "plainHttp is only for a registry on loopback"),
+        ({"lora": {"init": "pissa", "useDora": True}}, "spec.lora.init",
+         "lora.init pissa needs lora.quantization none and lora.useDora false"),
+        ({"model": {"name": "m", "adapter": "s3://lft-out/a/adapter"}, "lora": {"init": "olora"}}, "spec.lora.init",
+         "model.adapter continues an existing adapter: lora.init"),
     ],
     ids=["qlora-needs-gpu", "assistant-only-needs-chat", "dataset-uri-or-mixture", "mixture-assistant-only",
          "mlflow-settings", "processes-per-gpu", "processes-auto",
-         "mounts-need-volumes", "no-credentials-in-uri", "oci-repository", "oci-plain-http"],
+         "mounts-need-volumes", "no-credentials-in-uri", "oci-repository", "oci-plain-http",
+         "converted-init-plain-lora", "adapter-or-init"],
 )
 def test_cel_rules_refuse_at_apply_time(kube: Kube, namespace: str, overrides: dict, path: str, message: str) -> None:
     out = _apply(kube, namespace, _manifest("rule", **overrides))

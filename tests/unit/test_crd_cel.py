@@ -44,8 +44,16 @@ def _all_rules(node: dict, path: str = ""):
 def test_cross_field_rules_of_the_spec():
     by_field = {r["fieldPath"]: r for r in _rules(_spec())}
     assert set(by_field) == {".training.assistantOnlyLoss", ".lora.quantization", ".training.numProcesses",
+<<<<<<< HEAD
                              ".training.optimizer", ".dataset.mixture"}
     assert "self.dataset.mixture.all(s, !has(s.format) || s.format != 'text')" in by_field[".dataset.mixture"]["rule"]
+=======
+                             ".training.optimizer", ".lora.init"}
+    assert "self.lora.init == 'default'" in by_field[".lora.init"]["rule"]  # model.adapter or a new adapter's init
+    lora_rules = _rules(_spec()["properties"]["lora"])
+    assert [r["fieldPath"] for r in lora_rules] == [".init"] and "self.quantization == 'none'" in lora_rules[0]["rule"]
+    assert "pattern" in _spec()["properties"]["model"]["properties"]["adapter"]
+>>>>>>> wip/init-2
     assert "self.dataset.format != 'text'" in by_field[".training.assistantOnlyLoss"]["rule"]
     assert "self.resources.gpus >= 1" in by_field[".lora.quantization"]["rule"]
     assert "self.training.numProcesses == self.resources.gpus" in by_field[".training.numProcesses"]["rule"]
@@ -136,6 +144,10 @@ def test_ratcheting_rule():
     {"podTemplate": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]}},
     {"training": {"reportTo": ["mlflow"], "mlflow": {"trackingUri": "http://user:pw@mlflow:5000"}}},
     {"podTemplate": {"volumes": [{"name": f"v{i}"} for i in range(65)]}},
+    {"lora": {"init": "pissa", "quantization": "4bit"}, "resources": {"gpus": 1}},
+    {"lora": {"init": "olora", "useDora": True}},
+    {"model": {"name": "m", "adapter": "s3://b/a"}, "lora": {"init": "pissa"}},
+    {"model": {"name": "m", "adapter": "an-adapter-name"}},
 ])
 def test_the_operator_refuses_what_the_rules_refuse(overrides):
     """The second line (resources stored before the rules, an older CRD): the same specs are not accepted."""

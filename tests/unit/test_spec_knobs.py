@@ -30,7 +30,8 @@ def test_defaults_are_unset_and_leave_the_wire_and_the_hash_as_before():
     assert TrainerConfig.model_validate({**BASE, "lora": {"rslora": False, "init": "default"}}).result_hash() == plain
     for changed in ({"training": {"optimizer": "sgd"}}, {"training": {"warmupSteps": 5}},
                     {"training": {"maxGradNorm": 0.5}}, {"training": {"minLearningRate": 1e-5}},
-                    {"training": {"neftuneNoiseAlpha": 5}}, {"lora": {"rslora": True}}, {"lora": {"init": "gaussian"}}):
+                    {"training": {"neftuneNoiseAlpha": 5}}, {"lora": {"rslora": True}}, {"lora": {"init": "gaussian"}},
+                    {"lora": {"init": "pissa"}}, {"lora": {"init": "olora"}}):
         assert TrainerConfig.model_validate({**BASE, **changed}).result_hash() != plain, changed
 
 
@@ -49,10 +50,31 @@ def test_pydantic_refuses(training, message):
         TrainingSpec.model_validate(training)
 
 
-@pytest.mark.parametrize("lora", [{"init": "pissa"}, {"init": "loftq"}, {"init": "olora"}, {"rslora": "x"}])
+@pytest.mark.parametrize("lora", [{"init": "loftq"}, {"init": "pissa_niter_4"}, {"init": "corda"}, {"rslora": "x"}])
 def test_lora_knobs_refuse_what_is_not_offered(lora):
     with pytest.raises(ValidationError):
         LoraSpec.model_validate(lora)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_converted_inits_need_a_plain_unquantized_lora(init):
+    assert LoraSpec(init=init, rslora=True).init == init
+    with pytest.raises(ValidationError, match=f"init {init} needs quantization none"):
+        LoraSpec(init=init, quantization="4bit")
+    with pytest.raises(ValidationError, match=f"init {init} cannot be combined with useDora"):
+        LoraSpec(init=init, use_dora=True)
+
+
+def test_model_adapter_is_a_uri_or_a_path_and_excludes_a_new_adapters_init():
+    for uri in ("s3://b/run/adapter", "file:///a", "/models/adapter", "gs://b/a"):
+        assert TrainerConfig.model_validate({**BASE, "model": {"name": "m", "adapter": uri}}).model.adapter == uri
+    with pytest.raises(ValidationError, match="adapter"):
+        TrainerConfig.model_validate({**BASE, "model": {"name": "m", "adapter": "org/hub-adapter"}})
+    with pytest.raises(ValidationError, match="lora.init .how a new adapter starts. must be default, not pissa"):
+        TrainerConfig.model_validate({**BASE, "model": {"name": "m", "adapter": "s3://b/a"}, "lora": {"init": "pissa"}})
+    with_adapter = TrainerConfig.model_validate({**BASE, "model": {"name": "m", "adapter": "s3://b/a"}})
+    assert with_adapter.result_hash() != TrainerConfig.model_validate(BASE).result_hash()
+    assert "adapter" not in TrainerConfig.model_validate(BASE).to_wire()["model"]  # unset: the wire as before
 
 
 def test_the_crd_types_and_describes_each_knob():
@@ -63,7 +85,10 @@ def test_the_crd_types_and_describes_each_knob():
     assert training["warmupSteps"]["type"] == "integer" and "default" not in training["warmupRatio"]
     assert training["neftuneNoiseAlpha"]["type"] == "number"
     assert lora["rslora"] == {"type": "boolean", "default": False, "description": lora["rslora"]["description"]}
-    assert lora["init"]["enum"] == ["default", "gaussian"] and "pissa" in lora["init"]["description"]
+    assert lora["init"]["enum"] == ["default", "gaussian", "pissa", "olora"]
+    assert "rank 2r" in lora["init"]["description"] and "loftq" in lora["init"]["description"]
+    adapter = spec["properties"]["model"]["properties"]["adapter"]
+    assert adapter["type"] == "string" and "AdapterNotUsable" in adapter["description"]
     for node in (training["optimizer"], training["maxGradNorm"], training["warmupSteps"], training["minLearningRate"],
                  training["neftuneNoiseAlpha"], lora["rslora"], lora["init"]):
         assert node["description"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lft_api.contract import RunIdentity, Servability
-from lft_api.spec import TrainerConfig
+from lft_api.spec import CONVERTED_INITS, TrainerConfig
 
 from ..data.sources import looks_like_path
 from . import servability
@@ -64,6 +64,16 @@ def vllm_command(config: TrainerConfig, identity: RunIdentity, adapter_config: d
     return " ".join(parts)
 
 
+def _origin(config: TrainerConfig) -> str:
+    """How the adapter started, when not from scratch with PEFT's default init."""
+    if config.model.adapter is not None:
+        return f", continued from {config.model.adapter}"
+    if config.lora.init in CONVERTED_INITS:
+        return (f", trained with lora.init {config.lora.init} at rank {config.lora.r} and converted for the "
+                "unmodified base model (rank 2r)")
+    return ""
+
+
 def model_card(config: TrainerConfig, adapter_config: dict[str, Any], identity: RunIdentity, verdict: Servability,
                adapter_uri: str) -> str:
     """adapter/README.md: base model and revision, LoRA settings, the run, how to load and serve. Pure."""
@@ -75,8 +85,11 @@ def model_card(config: TrainerConfig, adapter_config: dict[str, Any], identity: 
         front.append(f"base_model: {base}")
     lines = [*front, "---", "", f"# LoRA adapter for {base}", "",
              f"- Base model: `{base}`, revision `{config.model.revision or 'as given (none pinned)'}`",
-             f"- LoRA: r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, target modules {targets_text}, "
-             f"bias {lora.bias}, DoRA {'yes' if lora.use_dora else 'no'}, quantization {lora.quantization}",
+             # the adapter as saved: a pissa/olora adapter converted for the unmodified base has rank 2r
+             f"- LoRA: r={adapter_config.get('r', lora.r)}, alpha={adapter_config.get('lora_alpha', lora.alpha)}, "
+             f"dropout={lora.dropout}, target modules {targets_text}, bias {lora.bias}, "
+             f"DoRA {'yes' if adapter_config.get('use_dora', lora.use_dora) else 'no'}, "
+             f"quantization {lora.quantization}" + _origin(config),
              f"- Trained by {identity.describe()}, settings {identity.spec_hash}", f"- Stored at {adapter_uri}", ""]
     if is_uri(base):
         lines += [f"Note: {uri_base_note(base)}.", ""]

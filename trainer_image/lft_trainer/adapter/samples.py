@@ -7,8 +7,9 @@ which were trained on; the summary says "heldOut": false) are split into a promp
 - prompt-completion: the prompt as it is; the reference is the completion;
 - text: the first half of the text's tokens; the reference is the rest.
 Each prompt is completed greedily (at most evaluation.maxNewTokens tokens) with the adapter disabled (the base
-model: exact, also for a resumed run) and enabled (the tuned model). The rows go to <output>/samples.jsonl and,
-shortened, to the summary. A generation error or the time budget ends the sampling, never the run.
+model: exact, also for a resumed run; lora.init pissa/olora: the initial adapter active, as the base weights are
+residual) and enabled (the tuned model). The rows go to <output>/samples.jsonl and, shortened, to the summary.
+A generation error or the time budget ends the sampling, never the run.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 from lft_api import contract
 from lft_api.contract import Artifacts
 
+from ..model import conversion
 from ..storage.retry import describe
 from ..storage.store import Storage
 
@@ -106,8 +108,11 @@ def generate(model, tokenizer, prompt: Prompt, max_new_tokens: int) -> str:
 
 
 def complete_all(model, tokenizer, prompts: list[Prompt], max_new_tokens: int,
-                 clock: Callable[[], float] = time.monotonic) -> tuple[list[dict[str, str]], str | None]:
-    """(one row per prompt completed, why sampling stopped early or None). Base: the adapter disabled."""
+                 clock: Callable[[], float] = time.monotonic,
+                 as_base: Callable[[], ContextManager[Any]] | None = None) -> tuple[list[dict[str, str]], str | None]:
+    """(one row per prompt completed, why sampling stopped early or None). Base: within as_base() (default: the
+    adapter disabled; lora.init pissa/olora: conversion.as_base, the base weights being residual)."""
+    as_base = as_base or model.disable_adapter
     rows: list[dict[str, str]] = []
     start, was_training = clock(), model.training
     model.eval()
@@ -115,7 +120,7 @@ def complete_all(model, tokenizer, prompts: list[Prompt], max_new_tokens: int,
         for p in prompts:
             if clock() - start > BUDGET_SECONDS:
                 return rows, f"time budget of {BUDGET_SECONDS:.0f} s used up after {len(rows)} prompt(s)"
-            with model.disable_adapter():
+            with as_base():
                 base = generate(model, tokenizer, p, max_new_tokens)
             tuned = generate(model, tokenizer, p, max_new_tokens)
             rows.append({"prompt": p.prompt, "reference": p.reference, "baseOutput": base, "tunedOutput": tuned})
@@ -139,7 +144,9 @@ def write_samples(prep, out: Storage) -> Sampled:
     started = time.monotonic()
     rows, held_out = pick_rows(prep.data.eval_rows, prep.data.train_rows, evaluation.samples)
     prompts = [to_prompt(json.loads(r["row"]), prep.tokenizer) for r in rows]
-    done, stopped = complete_all(prep.model, prep.tokenizer, prompts, evaluation.max_new_tokens)
+    initial = getattr(prep, "initial_adapter", None)
+    as_base = (lambda: conversion.as_base(prep.model, initial)) if initial is not None else None
+    done, stopped = complete_all(prep.model, prep.tokenizer, prompts, evaluation.max_new_tokens, as_base=as_base)
     seconds = round(time.monotonic() - started, 3)
     log.info("sampled %d held-out prompt(s) with the base and the tuned model in %.1f s", len(done), seconds)
     local = prep.work / "samples" / contract.SAMPLES_FILE

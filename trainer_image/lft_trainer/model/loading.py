@@ -49,11 +49,17 @@ def lora_kwargs(config: TrainerConfig) -> dict[str, Any]:
     return kw
 
 
-def with_lora(config: TrainerConfig, base):
-    """The base model wrapped for LoRA training (PEFT), with the trainable share logged."""
+def with_lora(config: TrainerConfig, base, start_adapter: Path | None = None):
+    """The base model wrapped for LoRA training (PEFT): a new adapter, or model.adapter (downloaded to
+    start_adapter) to continue; the trainable share logged."""
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(base, LoraConfig(**lora_kwargs(config)))
+    if start_adapter is not None:
+        from . import adapters
+
+        peft_model = adapters.load(config, base, start_adapter)
+    else:
+        peft_model = get_peft_model(base, LoraConfig(**lora_kwargs(config)))
     trainable, total = peft_model.get_nb_trainable_parameters()
     log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100.0 * trainable / total)
     return peft_model

@@ -29,6 +29,7 @@ from lft_api.contract import TerminationMessage
 from lft_api.spec import TrainerConfig
 
 from ..errors import InvalidInput
+from ..model import adapters
 from ..model import loading as model
 from ..settings import ENV_RESULT_DIR, ENV_WORK_DIR, Settings
 from ..storage.ownership import run_identity
@@ -126,6 +127,7 @@ def _prepare(config: TrainerConfig, work: Path, cuda: bool, lay: Layout, setting
                                  settings=settings)
     env = preflight.save_report(report, work / "preflight-report.pickle")
     model.model_dir(config, work)  # a remote model is downloaded once per pod, here, not by every rank
+    adapters.local_dir(config, work)  # so is model.adapter
     # The operator starts an attempt's pods only when every pod of the previous attempt is gone: no upload
     # is in flight, so every pod finds the same newest complete checkpoint.
     resume = find_resume_point(config, Storage(config.output.uri, config.storage), identity, work / "resume", settings)

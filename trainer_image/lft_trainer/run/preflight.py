@@ -31,6 +31,7 @@ from lft_api.spec import BNB_OPTIMIZERS, DatasetSpec, LoraSpec, ModelSpec, Stora
 from ..data import formats, mixture
 from ..data import sources as data
 from ..errors import ConfigNotThisRun, InvalidInput
+from ..model import adapters
 from ..reporting import tracking
 from ..security.scrubbing import scrub
 from ..settings import ENV_REPORT_FILE, Settings
@@ -114,6 +115,7 @@ def run_checks(config: TrainerConfig, work: Path, cuda: bool, identity: RunIdent
         out.check_access(write=True)
         output = ownership.check_output(config, out, identity)
     check_model(config.model, config.storage)
+    adapters.check_source(config)  # model.adapter: a LoRA adapter whose shape agrees with the lora settings
     return PreflightReport(*check_sources(config.dataset, config.storage, work), output)
 
 

@@ -25,6 +25,7 @@ from ..adapter.adapter_card import finish_adapter
 from ..adapter.samples import write_samples
 from ..data import shards, trainset
 from ..errors import InvalidInput, StorageError
+from ..model import adapters, conversion
 from ..model import loading as model
 from ..performance import plan as performance
 from ..performance import probes, sizing
@@ -70,6 +71,7 @@ class Prepared:
     hardware: performance.Hardware
     flops_per_token: float | None
     settings: Settings
+    initial_adapter: Path | None = None  # lora.init pissa/olora (rank 0): the adapter before training
 
 
 @dataclass(frozen=True)
@@ -151,11 +153,16 @@ def prepare(config: TrainerConfig, reporter: Reporter, timer: Timer, settings: S
     dtype_name = model.resolve_dtype_name(config.model.dtype, cuda, cuda and torch.cuda.is_bf16_supported())
     plan, hw, flops = sizing.plan_performance(config, model_dir, mean_tokens, reporter, settings.gpu_memory_gib)
     set_seed(config.training.seed)
+    if resume is not None:
+        conversion.check_resume(config, resume.path, resume.uri)
     peft_model = model.with_lora(config, model.load_model(config, model_dir, cuda, dtype_name, plan,
-                                                          settings.local_rank or 0))
+                                                          settings.local_rank or 0), adapters.local_dir(config, work))
+    # pissa/olora: the adapter as initialised, for the conversion of the published adapter (a resume re-runs
+    # the same deterministic decomposition on the freshly loaded base: conversion.py)
+    initial = conversion.save_initial(peft_model, work) if conversion.converts(config) and is_main() else None
     timer.mark("load")
     return Prepared(config, work, cuda, dtype_name, identity, checks, out, resume, model_dir, tokenizer,
-                    peft_model, train_data, plan, hw, flops, settings)
+                    peft_model, train_data, plan, hw, flops, settings, initial)
 
 
 def make_trainer(prep: Prepared, ctx: RunContext):
@@ -263,6 +270,8 @@ def publish(prep: Prepared, trainer, fitted: Fitted, ctx: RunContext) -> Termina
     reporter, uploader, timer, history = ctx.reporter, ctx.uploader, ctx.timer, ctx.history
     adapter_dir = prep.work / contract.ADAPTER_DIR
     trainer.save_model(str(adapter_dir))
+    if prep.initial_adapter is not None:  # pissa/olora: published for the unmodified base (rank 2r)
+        conversion.save_converted(prep.model, adapter_dir, prep.initial_adapter)
     (adapter_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: not part of the deliverable
     (adapter_dir / ADAPTER_IDENTITY_FILE).write_text(json.dumps(prep.identity.to_wire(), indent=2))
     verdict, load = finish_adapter(adapter_dir, config, prep.identity, getattr(prep.model.config, "model_type", None),

@@ -44,16 +44,12 @@ def _all_rules(node: dict, path: str = ""):
 def test_cross_field_rules_of_the_spec():
     by_field = {r["fieldPath"]: r for r in _rules(_spec())}
     assert set(by_field) == {".training.assistantOnlyLoss", ".lora.quantization", ".training.numProcesses",
-<<<<<<< HEAD
-                             ".training.optimizer", ".dataset.mixture"}
+                             ".training.optimizer", ".dataset.mixture", ".lora.init"}
     assert "self.dataset.mixture.all(s, !has(s.format) || s.format != 'text')" in by_field[".dataset.mixture"]["rule"]
-=======
-                             ".training.optimizer", ".lora.init"}
     assert "self.lora.init == 'default'" in by_field[".lora.init"]["rule"]  # model.adapter or a new adapter's init
     lora_rules = _rules(_spec()["properties"]["lora"])
     assert [r["fieldPath"] for r in lora_rules] == [".init"] and "self.quantization == 'none'" in lora_rules[0]["rule"]
     assert "pattern" in _spec()["properties"]["model"]["properties"]["adapter"]
->>>>>>> wip/init-2
     assert "self.dataset.format != 'text'" in by_field[".training.assistantOnlyLoss"]["rule"]
     assert "self.resources.gpus >= 1" in by_field[".lora.quantization"]["rule"]
     assert "self.training.numProcesses == self.resources.gpus" in by_field[".training.numProcesses"]["rule"]

@@ -102,6 +102,10 @@ class Reason:
     NO_CHAT_TEMPLATE = "NoChatTemplate"
     INVALID_CHAT_TEMPLATE = "InvalidChatTemplate"
     INVALID_RESUME_FROM = "InvalidResumeFrom"
+    # training.extra: a key neither TRL's SFTConfig nor PEFT's LoraConfig has (the message names it and a close
+    # match); a value of the wrong type for its field, or one the config refuses
+    UNKNOWN_EXTRA_SETTING = "UnknownExtraSetting"
+    INVALID_EXTRA_SETTING = "InvalidExtraSetting"
     MISSING_CREDENTIALS = "MissingCredentials"  # storage or tracking credentials absent from the pod
     UNSUPPORTED_STORAGE = "UnsupportedStorage"
     STORAGE_ACCESS_DENIED = "StorageAccessDenied"

@@ -251,6 +251,14 @@ TRAINER_CONFIG_RULES: CelRules = [
                 "auto, not text",
         fieldPath=".training.assistantOnlyLoss",
     ),
+    ratcheting_rule(  # _early_stopping_needs_evaluation
+        "!has(self.training.earlyStopping) || (has(self.training.evalSteps) && (has(self.dataset.evalSplit) || "
+        "!has(self.dataset.evalFraction) || self.dataset.evalFraction > 0.0))",
+        reads=("training.earlyStopping", "training.evalSteps", "dataset.evalSplit", "dataset.evalFraction"),
+        message="training.earlyStopping needs evaluation: set training.evalSteps, and an eval set (dataset.evalSplit, "
+                "or dataset.evalFraction above 0)",
+        fieldPath=".training.earlyStopping",
+    ),
 ]
 
 
@@ -284,6 +292,17 @@ class TrainerConfig(SpecModel):
                 "training.assistantOnlyLoss needs chat rows (dataset.format messages, prompt-completion or auto), "
                 f"not {self.dataset.format}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_evaluation(self) -> "TrainerConfig":
+        if self.training.early_stopping is None:
+            return self
+        missing = ([] if self.training.eval_steps else ["training.evalSteps"]) + (
+            [] if self.dataset.eval_split or self.dataset.eval_fraction > 0
+            else ["an eval set (dataset.evalSplit, or dataset.evalFraction above 0)"])
+        if missing:
+            raise ValueError(f"training.earlyStopping needs evaluation: set {' and '.join(missing)}")
         return self
 
     def result_hash(self) -> str:

@@ -82,9 +82,16 @@ def test_kubectl_apply_refuses_an_unknown_field_naming_it(kube: Kube, namespace:
         ({"output": {"uri": "s3://lft-out/oci-http", "push": {"oci": {"repository": "registry.example.com/a",
                                                                      "plainHttp": True}}}},
          "spec.output.push.oci.plainHttp", "plainHttp is only for a registry on loopback"),
+        ({"training": {"maxSteps": 30, "earlyStopping": {"patience": 2}}}, "spec.training.earlyStopping",
+         "training.earlyStopping needs evaluation: set training.evalSteps"),
+        ({"training": {"extra": {"learning_rate": "0.1", "adam_beta2": "0.9"}}}, "spec.training.extra",
+         "training.extra.learning_rate: use training.learningRate instead"),
+        ({"training": {"extra": {"hub_model_id": "me/adapter"}}}, "spec.training.extra",
+         "training.extra.hub_model_id: set by the operator, not settable"),
     ],
     ids=["qlora-needs-gpu", "assistant-only-needs-chat", "mlflow-settings", "processes-per-gpu", "processes-auto",
-         "mounts-need-volumes", "no-credentials-in-uri", "oci-repository", "oci-plain-http"],
+         "mounts-need-volumes", "no-credentials-in-uri", "oci-repository", "oci-plain-http", "early-stopping-needs-eval",
+         "extra-typed-key", "extra-operator-key"],
 )
 def test_cel_rules_refuse_at_apply_time(kube: Kube, namespace: str, overrides: dict, path: str, message: str) -> None:
     out = _apply(kube, namespace, _manifest("rule", **overrides))

@@ -95,7 +95,8 @@ def test_an_unknown_key_is_refused_with_a_close_match():
 
 @pytest.mark.parametrize("key", ["output_dir", "learning_rate", "hub_model_id", "save_steps", "fsdp_config"])
 def test_owned_keys_are_refused_by_the_trainer_too(key):
-    """For a resource stored before the CEL rule (the config file is validated first: model_construct skips it)."""
+    """For a resource stored before the CEL rule (the config's own validation refuses them first: route's check is
+    the last line)."""
     with pytest.raises(InvalidInput) as ei:
         extra_settings.route({key: "1"})
     assert ei.value.reason == Reason.INVALID_CONFIG and ei.value.field == f"training.extra.{key}"

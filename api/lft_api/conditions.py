@@ -110,6 +110,10 @@ class Reason:
     # model.adapter is not a LoRA adapter this run can continue (no adapter_config.json, not LORA, its target
     # modules absent from the model, its weights do not fit, or lora.* set to other values than the adapter's)
     ADAPTER_NOT_USABLE = "AdapterNotUsable"
+    # training.extra: a key neither TRL's SFTConfig nor PEFT's LoraConfig has (the message names it and a close
+    # match); a value of the wrong type for its field, or one the config refuses
+    UNKNOWN_EXTRA_SETTING = "UnknownExtraSetting"
+    INVALID_EXTRA_SETTING = "InvalidExtraSetting"
     MISSING_CREDENTIALS = "MissingCredentials"  # storage or tracking credentials absent from the pod
     UNSUPPORTED_STORAGE = "UnsupportedStorage"
     STORAGE_ACCESS_DENIED = "StorageAccessDenied"

@@ -303,6 +303,23 @@ class ModelRegistration(WireModel):
         return f"The adapter was not registered as MLflow model {self.name}: {self.error}"
 
 
+class EarlyStop(WireModel):
+    """training.earlyStopping ended the run before its last step (the summary's stoppedEarly)."""
+
+    step: int
+    total_steps: int
+    best_eval_loss: Optional[float] = None
+    best_step: Optional[int] = None
+    patience: int
+    threshold: float = 0.0
+
+    def describe(self) -> str:
+        best = f"{self.best_eval_loss:.4f}" if self.best_eval_loss is not None else "n/a"
+        by = f" by more than {self.threshold:g}" if self.threshold else ""
+        return (f"stopped early at step {self.step} of {self.total_steps}: {self.patience} evaluation(s) in a row "
+                f"without the eval loss improving{by} (best {best} at step {self.best_step})")
+
+
 Outcome = Literal["succeeded", "invalid_input", "preempted", "error"]
 
 
@@ -319,6 +336,7 @@ class TerminationMessage(WireModel):
     resumed_from_step: Optional[int] = None
     servability: Optional[Servability] = None
     model_registration: Optional[ModelRegistration] = None
+    stopped_early: Optional[EarlyStop] = None
 
     def encode(self) -> str:
         """JSON of at most TERMINATION_MESSAGE_MAX_BYTES bytes (the kubelet's limit), always valid JSON.

@@ -11,6 +11,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .spec_base import CelRules, SpecModel
 from .tracking_spec import MlflowSpec, ReportTarget, WandbSpec
+from .training_knobs import MAX_EXTRA_SETTINGS, EarlyStoppingSpec, ExtraValue, check_extra_keys, extra_schema
 
 # TRL/transformers `optim` names (transformers.training_args.OptimizerNames) that the trainer image can run:
 # torch's own, and bitsandbytes' (the GPU image has it). Not offered: those that need a package the image lacks
@@ -151,6 +152,29 @@ class TrainingSpec(SpecModel):
     eval_steps: Optional[int] = Field(
         default=None, ge=1, description="Evaluate every N steps; unset: at the end of each epoch (and before step 1)."
     )
+    early_stopping: Optional[EarlyStoppingSpec] = Field(
+        default=None,
+        description=(
+            "Stop when the eval loss has not improved for `patience` evaluations in a row; the run still succeeds, "
+            "and the summary's stoppedEarly and the Succeeded condition say at which step. Needs training.evalSteps "
+            "and an eval set (dataset.evalSplit, or dataset.evalFraction above 0). The adapter is the weights at "
+            "the step training stopped, not those of the best evaluation. Unset: train to the end."
+        ),
+    )
+    extra: Optional[dict[str, ExtraValue]] = Field(
+        default=None,
+        max_length=MAX_EXTRA_SETTINGS,
+        json_schema_extra=extra_schema(),
+        description=(
+            "Settings of TRL's SFTConfig or PEFT's LoraConfig that have no field here, by their Python name (e.g. "
+            "adam_beta2: \"0.95\", label_smoothing_factor: \"0.1\", layers_to_transform: \"[0, 1]\"). Values are "
+            "strings, read as JSON when that gives the field's type (numbers, booleans, lists, objects), else as "
+            "text. Each key goes to the config that has it; a name neither has is refused (UnknownExtraSetting), "
+            "as is a value of the wrong type (InvalidExtraSetting). Fields a typed field sets (learning_rate: use "
+            "training.learningRate) and those the operator owns (output_dir, save_*, hub_*, deepspeed, fsdp*...) "
+            "are refused. The summary's resolved block shows the values used. Unset: none."
+        ),
+    )
     nodes: int = Field(
         default=1,
         ge=1,
@@ -172,6 +196,11 @@ class TrainingSpec(SpecModel):
     )
     mlflow: Optional[MlflowSpec] = Field(default=None, description="MLflow settings, for reportTo mlflow.")
     wandb: Optional[WandbSpec] = Field(default=None, description="Weights & Biases settings, for reportTo wandb.")
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_keys(cls, extra: dict[str, str] | None) -> dict[str, str] | None:
+        return check_extra_keys(extra)
 
     def tracking_secrets(self) -> list[tuple[str, str]]:
         """(field path under spec, Secret name) of the trackers' credentials Secrets (mounted as envFrom)."""

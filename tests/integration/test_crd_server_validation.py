@@ -90,11 +90,18 @@ def test_kubectl_apply_refuses_an_unknown_field_naming_it(kube: Kube, namespace:
          "lora.init pissa needs lora.quantization none and lora.useDora false"),
         ({"model": {"name": "m", "adapter": "s3://lft-out/a/adapter"}, "lora": {"init": "olora"}}, "spec.lora.init",
          "model.adapter continues an existing adapter: lora.init"),
+        ({"training": {"maxSteps": 30, "earlyStopping": {"patience": 2}}}, "spec.training.earlyStopping",
+         "training.earlyStopping needs evaluation: set training.evalSteps"),
+        ({"training": {"extra": {"learning_rate": "0.1", "adam_beta2": "0.9"}}}, "spec.training.extra",
+         "training.extra.learning_rate: use training.learningRate instead"),
+        ({"training": {"extra": {"hub_model_id": "me/adapter"}}}, "spec.training.extra",
+         "training.extra.hub_model_id: set by the operator, not settable"),
     ],
     ids=["qlora-needs-gpu", "assistant-only-needs-chat", "dataset-uri-or-mixture", "mixture-assistant-only",
          "mlflow-settings", "processes-per-gpu", "processes-auto",
          "mounts-need-volumes", "no-credentials-in-uri", "oci-repository", "oci-plain-http",
-         "converted-init-plain-lora", "adapter-or-init"],
+         "converted-init-plain-lora", "adapter-or-init", "early-stopping-needs-eval", "extra-typed-key",
+         "extra-operator-key"],
 )
 def test_cel_rules_refuse_at_apply_time(kube: Kube, namespace: str, overrides: dict, path: str, message: str) -> None:
     out = _apply(kube, namespace, _manifest("rule", **overrides))

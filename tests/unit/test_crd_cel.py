@@ -44,13 +44,15 @@ def _all_rules(node: dict, path: str = ""):
 def test_cross_field_rules_of_the_spec():
     by_field = {r["fieldPath"]: r for r in _rules(_spec())}
     assert set(by_field) == {".training.assistantOnlyLoss", ".lora.quantization", ".training.numProcesses",
-                             ".training.optimizer", ".dataset.mixture", ".lora.init"}
+                             ".training.optimizer", ".dataset.mixture", ".lora.init",
+                             ".training.earlyStopping"}
     assert "self.dataset.mixture.all(s, !has(s.format) || s.format != 'text')" in by_field[".dataset.mixture"]["rule"]
     assert "self.lora.init == 'default'" in by_field[".lora.init"]["rule"]  # model.adapter or a new adapter's init
     lora_rules = _rules(_spec()["properties"]["lora"])
     assert [r["fieldPath"] for r in lora_rules] == [".init"] and "self.quantization == 'none'" in lora_rules[0]["rule"]
     assert "pattern" in _spec()["properties"]["model"]["properties"]["adapter"]
     assert "self.dataset.format != 'text'" in by_field[".training.assistantOnlyLoss"]["rule"]
+    assert "has(self.training.evalSteps)" in by_field[".training.earlyStopping"]["rule"]
     assert "self.resources.gpus >= 1" in by_field[".lora.quantization"]["rule"]
     assert "self.training.numProcesses == self.resources.gpus" in by_field[".training.numProcesses"]["rule"]
     for path, rule in by_field.items():  # they ratchet on the fields they read (see test_ratcheting_rule)
@@ -137,6 +139,9 @@ def test_ratcheting_rule():
     {"training": {"wandb": {"project": "p"}}},
     {"training": {"numProcesses": 4}, "resources": {"gpus": 2}},
     {"training": {"numProcesses": 65}},
+    {"training": {"earlyStopping": {"patience": 2}}},
+    {"training": {"extra": {"learning_rate": "0.1"}}},
+    {"training": {"extra": {"hub_model_id": "me/adapter"}}},
     {"podTemplate": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]}},
     {"training": {"reportTo": ["mlflow"], "mlflow": {"trackingUri": "http://user:pw@mlflow:5000"}}},
     {"podTemplate": {"volumes": [{"name": f"v{i}"} for i in range(65)]}},

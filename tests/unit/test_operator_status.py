@@ -8,6 +8,7 @@ import json
 from lft_api.conditions import CHECKPOINTS_HEALTHY, Reason
 from lft_api.contract import (
     AdapterRef,
+    EarlyStop,
     ExitCode,
     FileDigest,
     Metrics,
@@ -660,3 +661,18 @@ def test_a_job_suspended_by_another_controller_is_left_suspended():
     # Kueue creates queued Jobs suspended and resumes them on admission: the operator never resumes those.
     d, status = step(observe(job=dataclasses.replace(job_view(), suspended=True), now=T1))
     assert d.job_patches == [] and status["phase"] == "Pending" and "Kueue" in status["message"]
+
+
+def test_a_run_that_stopped_early_succeeds_and_says_at_which_step():
+    """training.earlyStopping: Succeeded, Completed, with where it stopped; progress N of M as it ended."""
+    done_job = job_view(succeeded=1, completionTime=T3, conditions=[{"type": "Complete", "status": "True"}])
+    stop = EarlyStop(step=10, total_steps=40, best_eval_loss=1.23456, best_step=5, patience=1)
+    message = result("succeeded", "Completed", adapter=AdapterRef(uri="s3://b/run/adapter"), step=10, total_steps=40,
+                     stopped_early=stop)
+    d, status = step(observe(job=done_job, pods=[ended("p1", 0, message)], now=T3))
+    assert status["phase"] == "Succeeded" and cond(status, "Succeeded")["reason"] == "Completed"
+    assert cond(status, "Succeeded")["message"] == (
+        "Training completed (stopped early at step 10 of 40: 1 evaluation(s) in a row without the eval loss "
+        "improving (best 1.2346 at step 5)); adapter at s3://b/run/adapter.")
+    assert d.patch["progress"]["display"] == "10/40 (25%)"
+    assert EarlyStop.model_validate_json(json.dumps(stop.to_wire())) == stop

@@ -4,6 +4,8 @@ tests/unit/trainer/run/test_trainer_knobs.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -117,3 +119,85 @@ def test_the_operator_refuses_a_bitsandbytes_optimizer_without_a_gpu(name):
 def test_the_operator_accepts_the_torch_optimizers_on_cpu():
     for name in ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd"):
         assert validate({**BASE, "training": {"optimizer": name}}, "run")[1] == []
+
+
+# --- training.earlyStopping and training.extra ------------------------------------------------------------------
+def test_early_stopping_and_extra_unset_leave_the_wire_and_the_hash_as_before():
+    plain = TrainerConfig.model_validate(BASE)
+    assert plain.training.early_stopping is None and plain.training.extra is None
+    assert not {"earlyStopping", "extra"} & set(plain.to_wire()["training"])
+    with_eval = {**BASE, "training": {"evalSteps": 5}}
+    before = TrainerConfig.model_validate(with_eval).result_hash()
+    for changed in ({"earlyStopping": {"patience": 2}}, {"extra": {"adam_beta2": "0.95"}}):
+        c = TrainerConfig.model_validate({**BASE, "training": {"evalSteps": 5, **changed}})
+        assert c.result_hash() != before, changed
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"training": {"earlyStopping": {"patience": 2}}}, "training.earlyStopping needs evaluation: set training.evalSteps"),
+    ({"training": {"earlyStopping": {"patience": 2}, "evalSteps": 5}, "dataset": {"uri": "d", "evalFraction": 0}},
+     "set an eval set \\(dataset.evalSplit, or dataset.evalFraction above 0\\)"),
+    ({"training": {"earlyStopping": {}, "evalSteps": 5}}, "patience"),
+    ({"training": {"earlyStopping": {"patience": 0}, "evalSteps": 5}}, "patience"),
+    ({"training": {"earlyStopping": {"patience": 1, "threshold": -1}, "evalSteps": 5}}, "threshold"),
+])
+def test_early_stopping_needs_evaluation(spec, message):
+    with pytest.raises(ValidationError, match=message):
+        TrainerConfig.model_validate({**BASE, **spec})
+    assert validate({**BASE, **spec}, "run")[1]  # the operator's second line
+
+
+def test_early_stopping_with_evaluation_is_accepted():
+    for dataset in ({"uri": "d"}, {"uri": "d", "evalSplit": "test", "evalFraction": 0}):
+        c = TrainerConfig.model_validate({**BASE, "dataset": dataset,
+                                          "training": {"earlyStopping": {"patience": 3}, "evalSteps": 10}})
+        assert (c.training.early_stopping.patience, c.training.early_stopping.threshold) == (3, 0.0)
+
+
+@pytest.mark.parametrize("key,says", [
+    ("learning_rate", "training.extra.learning_rate: use training.learningRate instead"),
+    ("save_steps", "training.extra.save_steps: use checkpointing.everySteps instead"),
+    ("r", "training.extra.r: use lora.r instead"),
+    ("output_dir", "training.extra.output_dir: set by the operator"),
+    ("hub_model_id", "training.extra.hub_model_id: set by the operator"),
+    ("push_to_hub", "training.extra.push_to_hub: set by the operator"),
+    ("deepspeed", "training.extra.deepspeed: set by the operator"),
+    ("fsdp_config", "training.extra.fsdp_config: set by the operator"),
+    ("local_rank", "training.extra.local_rank: set by the operator"),
+    ("resume_from_checkpoint", "training.extra.resume_from_checkpoint: set by the operator"),
+])
+def test_extra_refuses_the_keys_the_run_owns(key, says):
+    with pytest.raises(ValidationError, match=says):
+        TrainingSpec.model_validate({"extra": {key: "1", "adam_beta2": "0.9"}})
+    _, problems = validate({**BASE, "training": {"extra": {key: "1"}}}, "run")
+    assert problems and says in problems[0].message
+
+
+def test_extra_takes_other_keys_as_strings_only():
+    assert TrainingSpec.model_validate({"extra": {"adam_beta2": "0.95"}}).extra == {"adam_beta2": "0.95"}
+    with pytest.raises(ValidationError, match="extra.adam_beta2"):
+        TrainingSpec.model_validate({"extra": {"adam_beta2": 0.95}})  # the CRD's type: string
+    with pytest.raises(ValidationError, match="extra"):
+        TrainingSpec.model_validate({"extra": {f"k{i}": "1" for i in range(33)}})
+
+
+def test_the_crd_types_extra_as_a_bounded_string_map_with_the_owned_keys_refused_by_cel():
+    from lft_api.training_knobs import OPERATOR_EXTRA_KEYS, OPERATOR_EXTRA_PREFIXES, TYPED_EXTRA_KEYS
+
+    training = _spec_schema()["properties"]["training"]["properties"]
+    extra = training["extra"]
+    assert extra["type"] == "object" and extra["maxProperties"] == 32
+    assert extra["additionalProperties"] == {"type": "string", "maxLength": 4096}
+    assert "x-kubernetes-preserve-unknown-fields" not in json.dumps(extra)
+    exact, prefixed = extra["x-kubernetes-validations"]
+    for key, field in TYPED_EXTRA_KEYS.items():
+        assert f"'{key}': 'use {field} instead'" in exact["rule"] and exact["rule"].startswith("self.all(k, !(k in {")
+    for key in OPERATOR_EXTRA_KEYS:
+        assert f"'{key}': 'set by the operator, not settable'" in exact["rule"]
+    assert exact["messageExpression"].startswith("self.filter(k, k in {")
+    assert all(f"'{p}'" in prefixed["rule"] for p in OPERATOR_EXTRA_PREFIXES)
+    assert "k.startsWith(p)" in prefixed["rule"]
+    stopping = training["earlyStopping"]
+    assert stopping["required"] == ["patience"] and stopping["properties"]["patience"]["minimum"] == 1
+    (rule,) = [r for r in _spec_schema()["x-kubernetes-validations"] if r["fieldPath"] == ".training.earlyStopping"]
+    assert "self.dataset.evalFraction > 0.0" in rule["rule"] and rule["optionalOldSelf"] is True

@@ -72,11 +72,13 @@ def succeeded(d: Draft, pod: PodView | None) -> Decision:
     """Succeeded, with the adapter, metrics and final progress from `pod`'s termination message (the pod that
     exited 0; None when the Job completed without it being seen) and the servability verdict as an Event."""
     result = TerminationMessage.decode(pod.term_message) if pod is not None else None
-    text = "Training completed."
+    stop = result.stopped_early if result is not None else None
+    done = "Training completed" + (f" ({stop.describe()})" if stop is not None else "")  # training.earlyStopping
+    text = f"{done}."
     if result is not None and result.adapter is not None:
         d.new.adapter = result.adapter
         oci = result.adapter.oci
-        text = f"Training completed; adapter at {result.adapter.uri}" + (f" and {oci.pinned()}." if oci else ".")
+        text = f"{done}; adapter at {result.adapter.uri}" + (f" and {oci.pinned()}." if oci else ".")
     if result is not None:
         # The trainer has exited: its final numbers may go in without racing its own patches.
         if d.obs.uid and (result.metrics is not None or (result.step is not None and result.total_steps)):

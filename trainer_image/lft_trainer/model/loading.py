@@ -21,6 +21,7 @@ from ..performance.attention import ATTENTION_NAME
 from ..performance.attention import register as register_varlen_attention
 from ..storage.filesystems import split_uri
 from ..storage.store import Storage
+from . import extra_settings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def lora_kwargs(config: TrainerConfig) -> dict[str, Any]:
         kw["use_rslora"] = True
     if lora.init != "default":
         kw["init_lora_weights"] = lora.init
+    if config.training.extra:
+        kw.update(extra_settings.route(config.training.extra).lora)  # training.extra's keys of LoraConfig, typed
     return kw
 
 
@@ -54,12 +57,14 @@ def with_lora(config: TrainerConfig, base, start_adapter: Path | None = None):
     start_adapter) to continue; the trainable share logged."""
     from peft import LoraConfig, get_peft_model
 
+    routed_lora = extra_settings.route(config.training.extra).lora  # none with model.adapter: pre-flight
     if start_adapter is not None:
         from . import adapters
 
         peft_model = adapters.load(config, base, start_adapter)
     else:
-        peft_model = get_peft_model(base, LoraConfig(**lora_kwargs(config)))
+        lora = extra_settings.build(LoraConfig, lora_kwargs(config), routed_lora)
+        peft_model = get_peft_model(base, lora)
     trainable, total = peft_model.get_nb_trainable_parameters()
     log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100.0 * trainable / total)
     return peft_model

@@ -68,11 +68,15 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def resolved_config(sft_config: Any, lora_config: Any) -> dict[str, Any]:
+def resolved_config(sft_config: Any, lora_config: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """The summary's `resolved` block: the values of the SFTConfig (TrainingArguments) and the PEFT LoraConfig
-    that the run trained with, read from the objects themselves."""
-    return {"sftConfig": {k: _plain(getattr(sft_config, k, None)) for k in RESOLVED_SFT_KEYS},
-            "loraConfig": {k: _plain(getattr(lora_config, k, None)) for k in RESOLVED_LORA_KEYS}}
+    that the run trained with, read from the objects themselves; `extra`: training.extra's keys (and
+    training.earlyStopping's), each under the config that has it."""
+    sft_keys = RESOLVED_SFT_KEYS + tuple(k for k in extra if k not in RESOLVED_SFT_KEYS and hasattr(sft_config, k))
+    lora_keys = RESOLVED_LORA_KEYS + tuple(k for k in extra if k not in RESOLVED_LORA_KEYS and hasattr(lora_config, k)
+                                           and not hasattr(sft_config, k))
+    return {"sftConfig": {k: _plain(getattr(sft_config, k, None)) for k in sft_keys},
+            "loraConfig": {k: _plain(getattr(lora_config, k, None)) for k in lora_keys}}
 
 
 @dataclass
@@ -117,6 +121,7 @@ class RunFacts:
     samples: dict[str, Any] | None = None  # samples.py: held-out prompts, base and tuned completions
     data_shards: dict[str, Any] | None = None  # shards.summarize: rows per rank, rows on several ranks
     resolved: dict[str, Any] | None = None  # resolved_config: the SFTConfig and LoraConfig values the run used
+    stopped_early: dict[str, Any] | None = None  # contract.EarlyStop: training.earlyStopping ended training early
 
 
 def last_train_loss(history: list[dict]) -> float | None:
@@ -147,6 +152,8 @@ def build_summary(config: TrainerConfig, facts: RunFacts) -> dict[str, Any]:
         **({"samples": facts.samples} if facts.samples is not None else {}),
         "steps": facts.steps,
         "totalSteps": facts.total_steps,
+        # training.earlyStopping: {step, totalSteps, bestEvalLoss, bestStep, patience, threshold}; null: ran to the end
+        "stoppedEarly": facts.stopped_early,
         "epochs": facts.epochs,
         "resumedFromStep": facts.resumed_from_step,
         "resumedFrom": ({"uri": facts.resumed_from_uri,

@@ -31,7 +31,8 @@ from lft_api.spec import BNB_OPTIMIZERS, DatasetSpec, LoraSpec, ModelSpec, Stora
 from ..data import formats, mixture
 from ..data import sources as data
 from ..errors import ConfigNotThisRun, InvalidInput
-from ..model import adapters
+from ..model import adapters, extra_settings
+from ..model.loading import lora_kwargs
 from ..reporting import tracking
 from ..security.scrubbing import scrub
 from ..settings import ENV_REPORT_FILE, Settings
@@ -105,6 +106,7 @@ def run_checks(config: TrainerConfig, work: Path, cuda: bool, identity: RunIdent
             return pickle.load(f)  # written by this pod's launcher (save_report), in its work dir
     check_quantization(config.lora, cuda)
     check_optimizer(config.training, cuda)
+    check_extra(config)
     if config.model.attn_implementation == "flash_attention_2" and not cuda:
         raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, "model.attnImplementation flash_attention_2 needs a CUDA GPU",
                            field="model.attnImplementation")
@@ -161,6 +163,24 @@ def check_optimizer(training: TrainingSpec, cuda_available: bool) -> None:
     except ImportError:
         raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, f"training.optimizer {training.optimizer!r} needs the "
                            "bitsandbytes package, which this trainer image lacks", field="training.optimizer") from None
+
+
+def check_extra(config: TrainerConfig) -> None:
+    """training.extra: every key a field of TRL's SFTConfig or PEFT's LoraConfig, every value of that field's type
+    (extra_settings.route), and the LoraConfig built with them. SFTConfig is built by make_trainer (building it
+    sets up the CUDA device, which the launcher of a multi-process pod must not hold); a value it refuses ends
+    the run there, before training, with the same reason (InvalidExtraSetting)."""
+    if not config.training.extra:
+        return
+    from peft import LoraConfig
+
+    routed = extra_settings.route(config.training.extra)
+    if config.model.adapter is not None and routed.lora:  # the adapter continues with its own LoraConfig
+        key = sorted(routed.lora)[0]
+        raise InvalidInput(Reason.INVALID_EXTRA_SETTING,
+                           f"training.extra.{key}: a LoraConfig setting, but model.adapter continues an adapter "
+                           "with its own LoraConfig", field=f"training.extra.{key}")
+    extra_settings.build(LoraConfig, lora_kwargs(config), routed.lora)
 
 
 def check_model(model: ModelSpec, storage_spec: StorageSpec | None) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from lft_api.spec import TrainerConfig, TrainingSpec
 
+from ..model import extra_settings
 from ..performance import plan as performance
 from .distributed import world_size
 
@@ -86,4 +87,10 @@ def knob_kwargs(t: TrainingSpec) -> dict[str, Any]:
         kw["lr_scheduler_kwargs"] = {"min_lr": t.min_learning_rate}
     if t.neftune_noise_alpha is not None:
         kw["neftune_noise_alpha"] = t.neftune_noise_alpha
+    if t.early_stopping is not None:
+        # What transformers' EarlyStoppingCallback reads (run/early_stop.py): the eval loss, lower is better; the
+        # Trainer keeps the best in state.best_metric. Not load_best_model_at_end: see early_stop.py.
+        kw.update(metric_for_best_model="eval_loss", greater_is_better=False)
+    if t.extra:
+        kw.update(extra_settings.route(t.extra).sft)  # the keys of SFTConfig, typed (none that is set above)
     return kw

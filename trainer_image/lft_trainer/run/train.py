@@ -25,7 +25,7 @@ from ..adapter.adapter_card import finish_adapter
 from ..adapter.samples import write_samples
 from ..data import shards, trainset
 from ..errors import InvalidInput, StorageError
-from ..model import adapters, conversion
+from ..model import adapters, conversion, extra_settings
 from ..model import loading as model
 from ..performance import plan as performance
 from ..performance import probes, sizing
@@ -39,7 +39,7 @@ from ..storage import oci
 from ..storage.ownership import ADAPTER_IDENTITY_FILE, run_identity
 from ..storage.store import Storage
 from ..storage.uploader import CheckpointUploader
-from . import preflight
+from . import early_stop, preflight
 from .control import RUN_STATE_FILE, make_control_callback, recording_trainer
 from .distributed import Preemption, is_main, local_world_size, world_size
 from .resume import ResumePoint, find_resume_point
@@ -94,6 +94,7 @@ class Fitted:
     train_runtime: float | None = None
     preempted: TerminationMessage | None = None
     data_shards: dict[str, Any] | None = None  # which rows each rank trained on (shards.summarize)
+    stopped_early: contract.EarlyStop | None = None  # training.earlyStopping ended training before its last step
 
 
 def run(config: TrainerConfig, reporter: Reporter | None = None,
@@ -170,8 +171,10 @@ def make_trainer(prep: Prepared, ctx: RunContext):
     from trl import SFTConfig, SFTTrainer
 
     local_ckpts = prep.work / "checkpoints"
-    args = SFTConfig(**sft_kwargs(prep.config, str(local_ckpts), prep.cuda, prep.dtype_name, prep.data.eval is not None,
-                                  prep.plan, prep.settings.ddp_timeout), run_name=tracking.run_name(prep.identity))
+    kwargs = sft_kwargs(prep.config, str(local_ckpts), prep.cuda, prep.dtype_name, prep.data.eval is not None,
+                        prep.plan, prep.settings.ddp_timeout)
+    args = extra_settings.build(SFTConfig, {**kwargs, "run_name": tracking.run_name(prep.identity)},
+                                extra_settings.route(prep.config.training.extra).sft)
     control = make_control_callback(ctx.preemption, ctx.uploader, local_ckpts, ctx.history)
     peak = performance.peak_bf16_tflops(prep.hardware.gpu_name)
     meter = ThroughputMeter(prep.flops_per_token, peak * world_size() if peak else None)
@@ -180,7 +183,8 @@ def make_trainer(prep: Prepared, ctx: RunContext):
         ctx.reporter.throughput_measured(m.tokens_per_second, m.tflops, m.mfu_percent, peak_gib)
 
     # The meter first: its on_log updates the figures that the progress callback's log event carries.
-    callbacks = [make_throughput_callback(meter, measured, prep.cuda), make_callback(ctx.reporter), control]
+    callbacks = [make_throughput_callback(meter, measured, prep.cuda), make_callback(ctx.reporter), control,
+                 *early_stop.callbacks(prep.config.training.early_stopping, prep.data.eval is not None)]
     trainer = recording_trainer(SFTTrainer)(model=prep.model, args=args, train_dataset=prep.data.train,
                                             eval_dataset=prep.data.eval, processing_class=prep.tokenizer,
                                             callbacks=callbacks)
@@ -235,12 +239,13 @@ def fit(prep: Prepared, trainer, control, ctx: RunContext) -> Fitted:
     timer.mark("eval_before")
     if preemption.requested.is_set():
         return Fitted(trainer.state, preempted=_preempted(uploader, step=resumed_from or 0, resumed_from=resumed_from))
-    train_runtime = _train_or_finish(trainer, resume, reporter.progress.total_steps)
+    train_runtime = _train_or_finish(trainer, resume, reporter.progress.total_steps, prep.config)
     timer.mark("train")
     state = trainer.state
     if control.preempted_at_step is not None:
         return Fitted(state, preempted=_preempted(uploader, step=state.global_step, resumed_from=resumed_from,
                                                   total_steps=state.max_steps))
+    stopped = early_stop.outcome(prep.config.training.early_stopping, state, early_stop.live_counter(trainer))
     eval_after = None
     if prep.data.eval is not None:
         last = state.log_history[-1] if state.log_history else {}
@@ -248,17 +253,19 @@ def fit(prep: Prepared, trainer, control, ctx: RunContext) -> Fitted:
         eval_after = (last["eval_loss"] if "eval_loss" in last and last.get("step") == state.global_step
                       else trainer.evaluate()["eval_loss"])
     timer.mark("eval_after")
-    return Fitted(state, eval_before, eval_after, train_runtime)
+    return Fitted(state, eval_before, eval_after, train_runtime, stopped_early=stopped)
 
 
-def _train_or_finish(trainer, resume: ResumePoint | None, total_steps: int) -> float | None:
-    if resume is not None and resume.step and 0 < total_steps <= resume.step:
-        # The previous attempt ended right after its last checkpoint: HF's Trainer would train one
-        # step past max_steps on resume. Take the checkpoint's weights and state and finish.
+def _train_or_finish(trainer, resume: ResumePoint | None, total_steps: int, config: TrainerConfig) -> float | None:
+    if resume is not None and resume.step and (0 < total_steps <= resume.step or early_stop.stopped_in_checkpoint(
+            resume.path, config.training.early_stopping)):
+        # The previous attempt ended right after its last checkpoint (its last step, or the evaluation that stopped
+        # it early): HF's Trainer would train on past it. Take the checkpoint's weights and state and finish.
         from transformers import TrainerState
 
         trainer._load_from_checkpoint(str(resume.path))
         trainer.state = TrainerState.load_from_json(str(resume.path / "trainer_state.json"))
+        early_stop.live_counter(trainer, restore=True)
         return 0.0
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     return result.metrics.get("train_runtime")
@@ -295,7 +302,7 @@ def publish(prep: Prepared, trainer, fitted: Fitted, ctx: RunContext) -> Termina
     facts = _facts(prep, fitted, ctx, files, merged_uri)
     facts.servability, facts.how_to_load, facts.loss_plot_skipped = verdict.to_wire(), load, written.plot_skipped
     facts.samples = sampled.summary
-    facts.resolved = resolved_config(trainer.args, prep.model.peft_config["default"])
+    facts.resolved = resolved_config(trainer.args, prep.model.peft_config["default"], resolved_extra(config))
     facts.oci = pushed.to_wire() if pushed is not None else _push_error(config, prep, push_failed)
     artifacts = written.artifacts.merged_with(sampled.artifacts).merged_with(Artifacts(
         adapter=facts.adapter_uri, merged=merged_uri, summary=out.uri(contract.SUMMARY_FILE)))
@@ -306,14 +313,16 @@ def publish(prep: Prepared, trainer, fitted: Fitted, ctx: RunContext) -> Termina
     if push_failed is not None:
         raise push_failed
     reporter.finished(state.global_step, fitted.eval_after, fitted.eval_before)
+    done = fitted.stopped_early.describe() if fitted.stopped_early is not None else f"trained {state.global_step} steps"
     metrics = Metrics.model_validate({**reporter.metrics.model_dump(), "loss": last_train_loss(facts.log_history),
                                       "eval_loss_before": fitted.eval_before})  # validated: 4 decimals
     return TerminationMessage(
         outcome="succeeded", reason=Reason.COMPLETED,
-        message=f"trained {state.global_step} steps; eval loss {_fmt(fitted.eval_before)} -> {_fmt(fitted.eval_after)}",
+        message=f"{done}; eval loss {_fmt(fitted.eval_before)} -> {_fmt(fitted.eval_after)}",
         adapter=AdapterRef(uri=facts.adapter_uri, files=files, oci=pushed), metrics=metrics, step=state.global_step,
         total_steps=state.max_steps, resumed_from_step=facts.resumed_from_step, servability=verdict,
         model_registration=registered,
+        stopped_early=fitted.stopped_early,
     )
 
 
@@ -362,6 +371,7 @@ def _facts(prep: Prepared, fitted: Fitted, ctx: RunContext, files, merged_uri: s
         durations={**ctx.timer.marks, "total": ctx.timer.total()}, versions=library_versions(),
         performance=reporter.performance.to_wire() if reporter.performance is not None else None,
         data_shards=fitted.data_shards,
+        stopped_early=fitted.stopped_early.to_wire() if fitted.stopped_early is not None else None,
     )
 
 
@@ -387,6 +397,12 @@ def planned_steps(trainer) -> int:
         return 0
     per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
     return int(math.ceil(per_epoch * args.num_train_epochs))
+
+
+def resolved_extra(config: TrainerConfig) -> tuple[str, ...]:
+    """The SFTConfig/LoraConfig keys the summary's resolved block adds: training.extra's, training.earlyStopping's."""
+    stopping = ("metric_for_best_model", "greater_is_better") if config.training.early_stopping is not None else ()
+    return tuple(sorted(config.training.extra or {})) + stopping
 
 
 def _fmt(v: float | None) -> str:

@@ -49,6 +49,7 @@ export ETCD_VERSION=v${etcd_tag%-*} COREDNS_VERSION=$dns_tag
 bash "$root/hack/build-from-modules.sh" etcd coredns
 
 kind_files=$LFT_CACHE/gomod/sigs.k8s.io/kind@$KIND_VERSION/images/base/files
+[[ -d $kind_files ]] || GOMODCACHE=$LFT_CACHE/gomod GOFLAGS=-mod=mod ${GO:-/usr/local/go/bin/go} mod download "sigs.k8s.io/kind@$KIND_VERSION"
 [[ -d $kind_files ]] || { log "missing $kind_files (kind's module)"; exit 1; }
 key=$( { cat "$here/base.Dockerfile" "$here/node-net.sh" "$here/cni.yaml" "${BASH_SOURCE[0]}";
          echo "$K8S_VERSION $KIND_VERSION $CONTAINERD_VERSION $CNI_PLUGINS_VERSION $CRICTL_VERSION $etcd_tag $dns_tag";

@@ -31,6 +31,7 @@ install_packages() {
   command -v iptables >/dev/null || missing+=(iptables)
   command -v runc >/dev/null || missing+=(runc)
   command -v containerd >/dev/null || missing+=(containerd)
+  command -v jq >/dev/null || missing+=(jq)  # the runc wrapper edits OCI specs with it
   if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     apt_install "${missing[@]}"
@@ -44,7 +45,11 @@ install_wrapper() {
 #!/bin/sh
 # runc wrapper (installed by hack/docker.sh): negative oom_score_adj writes fail
 # with EIO on this host, so clamp process.oomScoreAdj to 0 in the OCI bundle
-# (create/run) or process spec (exec) and hand over to the real runc.
+# (create/run) or process spec (exec) and hand over to the real runc. And where
+# this host's capability bounding set lacks CAP_SYS_RESOURCE (these machines),
+# a privileged container (kind's nodes) asks for it and runc fails with "unable
+# to apply caps: operation not permitted": drop it from the spec, as the host
+# itself does not have it to give.
 bundle=. ; process= ; cmd= ; prev=
 for a in "$@"; do
   case "$prev" in
@@ -58,8 +63,15 @@ for a in "$@"; do
   esac
   prev=$a
 done
+bnd=$(awk '/^CapBnd/ {print $2}' /proc/self/status)
+no_sys_resource=$(( (0x$bnd >> 24 & 1) == 0 ))
 fix() {
-  [ -f "$1" ] && sed -i -E 's/("oomScoreAdj"[[:space:]]*:[[:space:]]*)-[0-9]+/\10/g' "$1"
+  [ -f "$1" ] || return 0
+  sed -i -E 's/("oomScoreAdj"[[:space:]]*:[[:space:]]*)-[0-9]+/\10/g' "$1"
+  if [ "$no_sys_resource" = 1 ] && grep -q CAP_SYS_RESOURCE "$1"; then
+    jq -c 'walk(if type == "array" then map(select(. != "CAP_SYS_RESOURCE")) else . end)' "$1" >"$1.lft" &&
+      mv -f "$1.lft" "$1"
+  fi
   return 0
 }
 case "$cmd" in

@@ -8,13 +8,15 @@ FROM ${BASE_IMAGE}
 COPY files/ /
 COPY bin/ /usr/local/bin/
 COPY cni/ /opt/cni/bin/
+COPY runc-wrapper.sh /usr/local/sbin/runc
 # Packages as kind's base installs them (runc from Debian instead of a source build).
 # Then two changes for these machines, where writing a negative oom_score_adj fails with EIO: systemd
 # refuses to start a unit whose OOMScoreAdjust it cannot set, so those lines go; containerd clamps the
 # kubelet's requests (-998 for a sandbox) to its own score (restrict_oom_score_adj, kind's rootless setting).
+# runc goes through hack/kind/runc-wrapper.sh (CAP_SYS_RESOURCE, which these machines lack, dropped from specs).
 # The pod sandbox is our pause image (tests/cluster/pause-image.sh), under its own name.
 RUN set -eux; \
-    chmod 0755 /usr/local/bin/* /kind /kind/bin /kind/bin/* /opt/cni/bin/*; \
+    chmod 0755 /usr/local/bin/* /usr/local/sbin/runc /kind /kind/bin /kind/bin/* /opt/cni/bin/*; \
     apt-get update -q; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
       systemd conntrack iptables nftables iproute2 ethtool util-linux mount kmod libseccomp2 pigz \

@@ -131,7 +131,9 @@ for b in kubeadm kubelet kubectl; do "$DOCKER" cp "$k8s/$b" "$builder:/usr/bin/$
 "$DOCKER" exec -i "$builder" ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned \
   --no-unpack --digests - <"$work/images.tar" >/dev/null
 "$DOCKER" exec "$builder" ctr --namespace=k8s.io images list -q | sort >&2
-"$DOCKER" exec "$builder" bash -c 'pkill containerd; for i in $(seq 50); do pgrep containerd >/dev/null || exit 0; sleep 0.2; done; exit 1'
+"$DOCKER" exec "$builder" bash -c 'pkill -x containerd
+  for i in $(seq 150); do pgrep -x containerd >/dev/null || exit 0; sleep 0.2; done
+  echo "containerd did not stop:"; ps -ef; exit 1'
 "$DOCKER" exec "$builder" rm -f /tmp/containerd.log
 "$DOCKER" commit \
   --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' \

@@ -36,7 +36,7 @@ e2e: venv cluster-up images s3-up deploy ## End-to-end scenarios on the local cl
 demo: venv cluster-up images s3-up deploy ## The main job: apply the tiny example and follow it to Succeeded
 	bash hack/demo.sh
 
-kind-e2e: venv ## Same e2e on kind (needs docker + kind + network): kind cluster, MinIO, kind load, helm
+kind-e2e: venv ## e2e on kind: online (kindest/node, MinIO); LFT_KIND_OFFLINE=1: offline node image, 3 nodes, node fault
 	bash hack/kind-e2e.sh
 
 kind-node-image: ## Build the kind node image offline (lft/kind-node:v1.37.2, cached; docs/kind.md)

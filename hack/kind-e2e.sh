@@ -1,11 +1,29 @@
 #!/usr/bin/env bash
-# `make kind-e2e`: the same end-to-end scenarios on kind, for a laptop with Docker, kind, kubectl,
-# helm and network access: images built the ordinary way (python:3.11-slim, pip from the index),
-# `kind load docker-image`, MinIO in the cluster, the operator by Helm.
-# Not runnable on the project's own machines (no kind, no registry): there `make e2e` builds a
-# real single-node cluster instead.
+# `make kind-e2e`: end-to-end scenarios on kind.
+# - Online (default; a laptop with Docker, kind, kubectl, helm and registry access): kind's official node image,
+#   images built the ordinary way (python:3.11-slim, pip from the index), `kind load docker-image`, MinIO in the
+#   cluster, the operator by Helm, every e2e scenario.
+# - Offline (LFT_KIND_OFFLINE=1; the project's machines): the node image built offline (hack/kind/node-image.sh),
+#   a cluster of one control plane and two workers (hack/kind/up.sh), the images of hack/build-images.sh loaded with
+#   `kind load`, the S3 server on the host (hack/s3.sh), and the scenarios that need kind (tests/e2e/kind: a worker
+#   stopped during a two-node run) plus the multi-node ones (LFT_KIND_TESTS to choose others).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ ${LFT_KIND_OFFLINE:-0} == 1 ]]; then
+  export LFT_KIND_CLUSTER=${LFT_KIND_CLUSTER:-lft}
+  export KUBECONFIG=${LFT_KIND_KUBECONFIG:-/var/lib/lft/kind/kubeconfig}
+  bash hack/docker.sh >/dev/null
+  bash hack/base-image.sh
+  LFT_LOAD_IMAGES=0 bash hack/build-images.sh
+  bash hack/kind/up.sh
+  kind=$(command -v kind || echo /var/cache/lft/kind/0.33.0/kind)
+  "$kind" load docker-image lft/operator:dev lft/trainer:cpu --name "$LFT_KIND_CLUSTER"
+  bash hack/s3.sh start
+  bash hack/deploy.sh
+  read -r -a tests <<<"${LFT_KIND_TESTS:-tests/e2e/kind tests/e2e/test_multinode.py}"
+  LFT_KUBECTL=/var/cache/lft/bin/kubectl LFT_REQUIRE_CLUSTER=1 .venv/bin/python -m pytest -q -s "${tests[@]}"
+  exit
+fi
 CLUSTER=${KIND_CLUSTER:-lft-e2e}
 for tool in docker kind kubectl helm; do
   command -v "$tool" >/dev/null || { echo "kind-e2e needs $tool on PATH" >&2; exit 1; }
@@ -29,4 +47,4 @@ pf=$!
 trap 'kill $pf 2>/dev/null || true' EXIT
 sleep 2
 LFT_S3_ENDPOINT=http://127.0.0.1:19000 LFT_S3_POD_ENDPOINT=http://minio.lft-storage:9000 \
-  LFT_KUBECTL=$(command -v kubectl) LFT_REQUIRE_CLUSTER=1 .venv/bin/python -m pytest tests/e2e -q
+  LFT_KUBECTL=$(command -v kubectl) LFT_REQUIRE_CLUSTER=1 .venv/bin/python -m pytest tests/e2e -q --ignore=tests/e2e/kind

@@ -69,8 +69,15 @@ manifests crds "$config/crd/bases" --url "$url" --ca-bundle "$ca_bundle" |
 kc create namespace kueue-system --dry-run=client -o yaml | kc apply -f - >/dev/null
 # Served before Kueue starts: on a fresh cluster it exits at once otherwise ("no matches for kind Workload",
 # its indexes are set up from discovery).
+# Not `kubectl wait --for=condition=Established`: on a CRD created a moment ago, before the API server has written
+# any condition, kubectl 1.37 fails at once (".status.conditions accessor error: <nil>", seen on a fresh cluster).
+established='{.status.conditions[?(@.type=="Established")].status}'
 for crd in workloads localqueues clusterqueues resourceflavors workloadpriorityclasses cohorts; do
-  kc wait --for=condition=Established --timeout=60s "crd/$crd.kueue.x-k8s.io" >/dev/null
+  for _ in $(seq 1 120); do
+    [[ $(kc get "crd/$crd.kueue.x-k8s.io" -o jsonpath="$established" 2>/dev/null) == True ]] && continue 2
+    sleep 0.5
+  done
+  log "CRD $crd.kueue.x-k8s.io not Established after 60 s"; exit 1
 done
 
 # 3. Kueue's Configuration.

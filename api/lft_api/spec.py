@@ -93,7 +93,10 @@ class ModelSpec(SpecModel):
 
 CONVERTED_INITS = ("pissa", "olora")
 _LORA_RULES: CelRules = [
-    {"rule": "!(self.init in ['pissa', 'olora']) || (self.quantization == 'none' && !self.useDora)",
+    # has(): the API server checks the rule against the lora default too, which has no init (an unset knob is left
+    # out, so older specs keep their hash): without it the CRD is refused ("no such key: init").
+    {"rule": "!has(self.init) || !(self.init in ['pissa', 'olora']) || "
+             "((!has(self.quantization) || self.quantization == 'none') && (!has(self.useDora) || !self.useDora))",
      "messageExpression": "'lora.init ' + self.init + ' needs lora.quantization none and lora.useDora false: the "
                           "adapter converted for the unmodified base model is exact only then'",
      "fieldPath": ".init"},

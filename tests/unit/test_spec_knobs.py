@@ -194,7 +194,10 @@ def test_the_crd_types_extra_as_a_bounded_string_map_with_the_owned_keys_refused
         assert f"'{key}': 'use {field} instead'" in exact["rule"] and exact["rule"].startswith("self.all(k, !(k in {")
     for key in OPERATOR_EXTRA_KEYS:
         assert f"'{key}': 'set by the operator, not settable'" in exact["rule"]
-    assert exact["messageExpression"].startswith("self.filter(k, k in {")
+    # No messageExpression naming the keys: a real API server (1.37) refused the CRD for its estimated cost (over
+    # 100x the budget: map keys have no length bound); the static message points to the list.
+    assert "messageExpression" not in exact and "messageExpression" not in prefixed
+    assert "docs/knobs.md" in exact["message"]
     assert all(f"'{p}'" in prefixed["rule"] for p in OPERATOR_EXTRA_PREFIXES)
     assert "k.startsWith(p)" in prefixed["rule"]
     stopping = training["earlyStopping"]

@@ -131,12 +131,13 @@ for b in kubeadm kubelet kubectl; do "$DOCKER" cp "$k8s/$b" "$builder:/usr/bin/$
 "$DOCKER" exec -i "$builder" ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned \
   --no-unpack --digests - <"$work/images.tar" >/dev/null
 "$DOCKER" exec "$builder" ctr --namespace=k8s.io images list -q | sort >&2
+# (PID 1 is sleep, which reaps nothing: a stopped containerd stays a zombie, which counts as stopped.)
 "$DOCKER" exec "$builder" bash -c 'pkill -x containerd
-  for i in $(seq 150); do pgrep -x containerd >/dev/null || exit 0; sleep 0.2; done
+  for i in $(seq 150); do ps -C containerd -o stat= | grep -qv Z || exit 0; sleep 0.2; done
   echo "containerd did not stop:"; ps -ef; exit 1'
 "$DOCKER" exec "$builder" rm -f /tmp/containerd.log
 "$DOCKER" commit \
   --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' \
-  --change "LABEL lft.kind.key=$key" --change "LABEL org.opencontainers.image.description=kind node $K8S_VERSION built offline" \
+  --change "LABEL lft.kind.key=$key" --change "LABEL org.opencontainers.image.description=\"kind node $K8S_VERSION, built offline\"" \
   "$builder" "$NODE_IMAGE" >/dev/null
 log "built $NODE_IMAGE (key $key) in $((SECONDS - start)) s"

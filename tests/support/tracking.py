@@ -132,8 +132,8 @@ class MlflowServer:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait(5)
 
-    def api(self, path: str, body: dict | None = None, **query) -> dict:
-        url = f"{self.url}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    def api(self, endpoint: str, body: dict | None = None, **query) -> dict:
+        url = f"{self.url}/api/2.0/mlflow/{endpoint}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as r:

@@ -28,6 +28,7 @@ def run_in_process(cfg: dict, tmp_path: Path, monkeypatch) -> tuple[int, dict]:
     """`python -m lft_trainer` in this process (saves the imports' seconds); returns (exit code, termination msg)."""
     from lft_trainer.__main__ import main
 
+    tmp_path.mkdir(parents=True, exist_ok=True)  # a sub-directory per run when a test runs several
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     monkeypatch.setenv("LFT_TERMINATION_LOG", str(tmp_path / "termination-log"))

@@ -318,3 +318,18 @@ def test_the_pod_view_reads_the_machine_and_the_ready_condition():
     assert view.node_name == "lft-worker2" and view.not_ready_since == "T1" and view.node_lost
     body["status"]["conditions"][0]["status"] = "True"
     assert not PodView.from_pod(body).node_lost
+
+
+def test_an_attempt_ended_by_a_rank_whose_peer_lost_its_machine_names_that_machine_while_it_waits():
+    # Seen on kind (docker stop of rank 1's worker): rank 0 checkpoints and exits (its peer is gone), the attempt
+    # ends, and rank 1's pod cannot be stopped until its machine is back: the status says why it waits.
+    stopped = pod(0, 1, phase="Failed", exit_code=4, term_reason="Preempted", finished_at=NOW, node_name="lft-worker2")
+    lost = pod(1, 1, phase="Running", running=True, node_name="lft-worker", not_ready_since="2026-11-30T23:59:40Z")
+    d = decide_gang(observe({"attempts": 1, "phase": "Running"}, [failed_job(1)], [stopped, lost]))
+    assert d.create_attempt is None and d.status["phase"] == "Pending"
+    running_cond = next(c for c in d.status["conditions"] if c["type"] == "Running")
+    assert running_cond["reason"] == "AttemptEnding"
+    assert "node 1 (pod big-trainer-a1-1-x) on lft-worker stopped reporting" in d.status["message"]
+    assert [e.reason for e in d.events if e.type == "Warning"] == ["Retrying", "NodeUnreachable"]
+    again = decide_gang(observe(d.status, [failed_job(1)], [stopped, lost]))
+    assert not again.events  # neither Event repeats while it waits

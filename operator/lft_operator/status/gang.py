@@ -196,7 +196,11 @@ def _attempt_failed(d: Draft, attempt: int, job: JobView | None, pods: list[PodV
     live = sorted(p.name for p in pods if not p.terminated)
     if (job is not None and job.failed_reason is None) or live:
         why = f"{message} Waiting for the Job controller to stop the pods of attempt {attempt}"
-        _pending(d, Reason.ATTEMPT_ENDING, f"{why}: {truncate(', '.join(live), 200)}" if live else f"{why}.")
+        why = f"{why}: {truncate(', '.join(live), 200)}" if live else f"{why}."
+        lost = _lost(pods)
+        if lost:  # a pod on a machine that stopped reporting stops only when the machine is back, or is evicted
+            why = f"{why} {_unreachable(d, attempt, lost)}"
+        _pending(d, Reason.ATTEMPT_ENDING, why)
         return _with(d)
     return _start(d, attempt + 1)
 
@@ -273,9 +277,10 @@ def _creation_timed_out(d: Draft, attempt: int, job: JobView, timed_out: str) ->
 def _in_progress(d: Draft, attempt: int, nodes: int, pods: list[PodView], job: JobView,
                  stuck: PodCreationFailure | None = None) -> None:
     ready = d.new.ready_nodes or 0
-    lost = sorted((p for p in pods if p.node_lost), key=lambda p: (p.node_rank or 0, p.name))
+    lost = _lost(pods)
     if lost:
-        _node_unreachable(d, attempt, nodes, lost)
+        _pending(d, Reason.NODE_UNREACHABLE,
+                 f"Attempt {attempt}: {ready}/{nodes} nodes running; {_unreachable(d, attempt, lost)}")
         return
     if ready == nodes:
         message = f"Attempt {attempt} running on {nodes}/{nodes} nodes."
@@ -301,18 +306,21 @@ def _in_progress(d: Draft, attempt: int, nodes: int, pods: list[PodView], job: J
     _pending(d, reason, f"Attempt {attempt}: {ready}/{nodes} nodes running; {why}")
 
 
-def _node_unreachable(d: Draft, attempt: int, nodes: int, lost: list[PodView]) -> None:
+def _lost(pods: list[PodView]) -> list[PodView]:
+    return sorted((p for p in pods if p.node_lost), key=lambda p: (p.node_rank or 0, p.name))
+
+
+def _unreachable(d: Draft, attempt: int, lost: list[PodView]) -> str:
     """A rank's machine stopped reporting (stopped, crashed, cut off): its pod cannot fail or finish until the
-    machine comes back or the pod is evicted from it; the other ranks wait in their collectives meanwhile."""
+    machine comes back or the pod is evicted from it. The sentence for the status; a Warning Event once."""
     which = ", ".join(f"node {p.node_rank} (pod {p.name}) on {p.node_name or 'its node'}" for p in lost)
     since = min(p.not_ready_since or d.obs.now for p in lost)
-    message = (f"Attempt {attempt}: {d.new.ready_nodes}/{nodes} nodes running; the machine of {which} stopped "
-               f"reporting (not ready since {since}). The attempt ends when the machine comes back or Kubernetes "
-               "evicts its pod; then every node resumes from the newest checkpoint.")
+    message = (f"The machine of {which} stopped reporting (not ready since {since}): the attempt ends when the "
+               "machine comes back or Kubernetes evicts its pod; then every node resumes from the newest checkpoint.")
     old = d.conds.get(RUNNING)
-    if old is None or old.reason != Reason.NODE_UNREACHABLE:
-        d.event("Warning", Reason.NODE_UNREACHABLE, message)
-    _pending(d, Reason.NODE_UNREACHABLE, message)
+    if old is None or not old.message or "stopped reporting" not in old.message:
+        d.event("Warning", Reason.NODE_UNREACHABLE, f"Attempt {attempt}: {message}")
+    return message
 
 
 def _waiting(pods: list[PodView]) -> tuple[str, str]:

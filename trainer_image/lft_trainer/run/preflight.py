@@ -132,37 +132,28 @@ def save_report(report: PreflightReport, path: Path) -> dict[str, str]:
 # hardware and model
 # ---------------------------------------------------------------------------------------------
 def check_quantization(lora: LoraSpec, cuda_available: bool) -> None:
-    if lora.quantization == "none":
-        return
-    if not cuda_available:
-        raise InvalidInput(
-            Reason.UNSUPPORTED_HARDWARE,
-            f"lora.quantization {lora.quantization!r} (QLoRA, bitsandbytes) needs a CUDA GPU, and this pod has none: "
-            "set lora.quantization to none or request a GPU",
-            field="lora.quantization",
-        )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, f"lora.quantization {lora.quantization!r} needs the bitsandbytes "
-                           "package, which this trainer image lacks", field="lora.quantization") from None
+    if lora.quantization != "none":
+        _needs_bitsandbytes("lora.quantization", lora.quantization, "QLoRA, bitsandbytes",
+                            "set lora.quantization to none or request a GPU", cuda_available)
 
 
 def check_optimizer(training: TrainingSpec, cuda_available: bool) -> None:
-    if training.optimizer not in BNB_OPTIMIZERS:
-        return
+    if training.optimizer in BNB_OPTIMIZERS:
+        _needs_bitsandbytes("training.optimizer", training.optimizer, "bitsandbytes",
+                            "request a GPU or choose another optimizer (adamw_torch...)", cuda_available)
+
+
+def _needs_bitsandbytes(field: str, value: str, what: str, remedy: str, cuda_available: bool) -> None:
+    """A setting that runs on bitsandbytes: a CUDA GPU and the package, else UnsupportedHardware naming the field."""
     if not cuda_available:
-        raise InvalidInput(
-            Reason.UNSUPPORTED_HARDWARE,
-            f"training.optimizer {training.optimizer!r} (bitsandbytes) needs a CUDA GPU, and this pod has none: "
-            "request a GPU or choose another optimizer (adamw_torch...)",
-            field="training.optimizer",
-        )
+        raise InvalidInput(Reason.UNSUPPORTED_HARDWARE,
+                           f"{field} {value!r} ({what}) needs a CUDA GPU, and this pod has none: {remedy}", field=field)
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise InvalidInput(Reason.UNSUPPORTED_HARDWARE, f"training.optimizer {training.optimizer!r} needs the "
-                           "bitsandbytes package, which this trainer image lacks", field="training.optimizer") from None
+        raise InvalidInput(Reason.UNSUPPORTED_HARDWARE,
+                           f"{field} {value!r} needs the bitsandbytes package, which this trainer image lacks",
+                           field=field) from None
 
 
 def check_extra(config: TrainerConfig) -> None:

@@ -29,11 +29,9 @@ from tests.support.kube import (
     FAKE_NODE,
     LFT_API,
     NAMESPACE_PREFIX,
-    ApiError,
     Kube,
     Operator,
     fresh_namespace,
-    wait_until,
 )
 from tests.support.trainer_run import DATASET
 
@@ -57,37 +55,9 @@ def kube() -> Kube:
         client.request("GET", "/readyz")
     except Exception as e:  # noqa: BLE001 - any failure means: no usable API server
         _no_cluster(f"{type(e).__name__}: {e}")
-    _install_crd(client)
+    client.install_crd(yaml.safe_load(CRD_FILE.read_text()), f"{LFT_API}/lorafinetunes")
     _ensure_fake_node(client)
     return client
-
-
-def _install_crd(kube: Kube) -> None:
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    existing = kube.get(f"{path}/{crd['metadata']['name']}")
-    if existing is None:
-        kube.create(path, crd)
-    else:
-        crd["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        kube.request("PUT", f"{path}/{crd['metadata']['name']}", crd)
-
-    def established() -> bool:
-        body = kube.get(f"{path}/{crd['metadata']['name']}") or {}
-        # A CRD created a moment ago has "conditions": null (seen on a fresh etcd).
-        conds = (body.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
-
-    def served() -> bool:
-        try:
-            return kube.get(f"{LFT_API}/lorafinetunes") is not None
-        except ApiError as e:  # a new CRD answers 429 "storage is (re)initializing" for a moment (1.34, 1.37)
-            if e.status == 429:
-                return False
-            raise
-
-    wait_until(established, 30, what="CRD established")
-    wait_until(served, 30, what="LoRAFineTune API served")
 
 
 def _ensure_fake_node(kube: Kube) -> None:

@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.kube import KUBECTL, ApiError, Kube, wait_until
+from tests.support.kube import KUBECTL, Kube
 from tests.support.serving import EXAMPLES, kserve_crd
 
 pytestmark = pytest.mark.integration
 
-CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 LLMISVC_FILE = EXAMPLES / "kserve-llminferenceservice.yaml"
 
 
@@ -43,30 +42,8 @@ def dry_run(kube: Kube, namespace: str, *, path: Path | None = None, doc: dict |
 @pytest.fixture(scope="module")
 def kserve(kube: Kube) -> str:
     """KServe's LLMInferenceService CRD installed and served; the API path of its v1alpha1 version."""
-    crd = kserve_crd()
-    name = crd["metadata"]["name"]
-    existing = kube.get(f"{CRDS}/{name}")
-    if existing is None:
-        kube.create(CRDS, crd)
-    else:
-        crd["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        kube.request("PUT", f"{CRDS}/{name}", crd)
     api = "/apis/serving.kserve.io/v1alpha1/llminferenceservices"
-
-    def established() -> bool:
-        conds = ((kube.get(f"{CRDS}/{name}") or {}).get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
-
-    def served() -> bool:
-        try:
-            return kube.get(api) is not None
-        except ApiError as e:  # 429 "storage is (re)initializing" for a moment after the CRD is created
-            if e.status == 429:
-                return False
-            raise
-
-    wait_until(established, 60, what="KServe LLMInferenceService CRD established")
-    wait_until(served, 60, what="LLMInferenceService API served")
+    kube.install_crd(kserve_crd(), api, timeout=60)
     return api
 
 

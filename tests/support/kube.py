@@ -40,6 +40,7 @@ LFT_API = "/apis/finetune.dev/v1alpha1"
 NAME_LABEL = "finetune.dev/name"
 NAMESPACE_PREFIX = "lft-it-"
 FAKE_NODE = "lft-it-node"
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 def _now() -> str:
@@ -133,6 +134,32 @@ class Kube:
             if e.status != 404:
                 raise
             return None
+
+    def install_crd(self, crd: dict, served: str, timeout: float = 30) -> None:
+        """Create or replace `crd`, then wait until it is Established and the API path `served` answers."""
+        path = f"{CRDS}/{crd['metadata']['name']}"
+        existing = self.get(path)
+        if existing is None:
+            self.create(CRDS, crd)
+        else:
+            crd["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+            self.request("PUT", path, crd)
+
+        def established() -> bool:
+            # A CRD created a moment ago has "conditions": null (seen on a fresh etcd).
+            conds = ((self.get(path) or {}).get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+        def answers() -> bool:
+            try:
+                return self.get(served) is not None
+            except ApiError as e:  # a new CRD answers 429 "storage is (re)initializing" for a moment (1.34, 1.37)
+                if e.status == 429:
+                    return False
+                raise
+
+        wait_until(established, timeout, what=f"CRD {crd['metadata']['name']} established")
+        wait_until(answers, timeout, what=f"{served} served")
 
     def items(self, path: str, **params: str) -> list[dict]:
         return self.request("GET", path, params=params)["items"]

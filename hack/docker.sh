@@ -38,50 +38,8 @@ install_packages() {
   fi
 }
 
-install_wrapper() {
-  local tmp
-  tmp=$(mktemp)
-  cat >"$tmp" <<'WRAP'
-#!/bin/sh
-# runc wrapper (installed by hack/docker.sh): negative oom_score_adj writes fail
-# with EIO on this host, so clamp process.oomScoreAdj to 0 in the OCI bundle
-# (create/run) or process spec (exec) and hand over to the real runc. And where
-# this host's capability bounding set lacks CAP_SYS_RESOURCE (these machines),
-# a privileged container (kind's nodes) asks for it and runc fails with "unable
-# to apply caps: operation not permitted": drop it from the spec, as the host
-# itself does not have it to give.
-bundle=. ; process= ; cmd= ; prev=
-for a in "$@"; do
-  case "$prev" in
-    --bundle|-b) bundle=$a ;;
-    --process|-p) process=$a ;;
-  esac
-  case "$a" in
-    --bundle=*) bundle=${a#--bundle=} ;;
-    --process=*) process=${a#--process=} ;;
-    create|run|exec) [ -z "$cmd" ] && cmd=$a ;;
-  esac
-  prev=$a
-done
-bnd=$(awk '/^CapBnd/ {print $2}' /proc/self/status)
-no_sys_resource=$(( (0x$bnd >> 24 & 1) == 0 ))
-fix() {
-  [ -f "$1" ] || return 0
-  sed -i -E 's/("oomScoreAdj"[[:space:]]*:[[:space:]]*)-[0-9]+/\10/g' "$1"
-  if [ "$no_sys_resource" = 1 ] && grep -q CAP_SYS_RESOURCE "$1"; then
-    jq -c 'walk(if type == "array" then map(select(. != "CAP_SYS_RESOURCE")) else . end)' "$1" >"$1.lft" &&
-      mv -f "$1.lft" "$1"
-  fi
-  return 0
-}
-case "$cmd" in
-  create|run) fix "$bundle/config.json" ;;
-  exec) [ -n "$process" ] && fix "$process" ;;
-esac
-exec /usr/bin/runc "$@"
-WRAP
-  install -D -m 0755 "$tmp" "$WRAPPER"
-  rm -f "$tmp"
+install_wrapper() {  # hack/runc-wrapper.sh, the same file the offline kind node image runs as its runc
+  install -D -m 0755 "$(dirname "${BASH_SOURCE[0]}")/runc-wrapper.sh" "$WRAPPER"
 }
 
 # Returns 0 when daemon.json changed.

@@ -13,7 +13,8 @@ COPY runc-wrapper.sh /usr/local/sbin/runc
 # Then two changes for these machines, where writing a negative oom_score_adj fails with EIO: systemd
 # refuses to start a unit whose OOMScoreAdjust it cannot set, so those lines go; containerd clamps the
 # kubelet's requests (-998 for a sandbox) to its own score (restrict_oom_score_adj, kind's rootless setting).
-# runc goes through hack/kind/runc-wrapper.sh (CAP_SYS_RESOURCE, which these machines lack, dropped from specs).
+# runc goes through hack/runc-wrapper.sh, the host's own (CAP_SYS_RESOURCE, which these machines lack, dropped
+# from specs; oomScoreAdj clamped to 0, which restrict_oom_score_adj gives here too).
 # The pod sandbox is our pause image (tests/cluster/pause-image.sh), under its own name.
 RUN set -eux; \
     chmod 0755 /usr/local/bin/* /usr/local/sbin/runc /kind /kind/bin /kind/bin/* /opt/cni/bin/*; \

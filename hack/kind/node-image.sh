@@ -51,7 +51,7 @@ bash "$root/hack/build-from-modules.sh" etcd coredns
 kind_files=$LFT_CACHE/gomod/sigs.k8s.io/kind@$KIND_VERSION/images/base/files
 [[ -d $kind_files ]] || GOMODCACHE=$LFT_CACHE/gomod GOFLAGS=-mod=mod ${GO:-/usr/local/go/bin/go} mod download "sigs.k8s.io/kind@$KIND_VERSION"
 [[ -d $kind_files ]] || { log "missing $kind_files (kind's module)"; exit 1; }
-key=$( { cat "$here/base.Dockerfile" "$here/runc-wrapper.sh" "$here/node-net.sh" "$here/cni.yaml" "${BASH_SOURCE[0]}";
+key=$( { cat "$here/base.Dockerfile" "$root/hack/runc-wrapper.sh" "$here/node-net.sh" "$here/cni.yaml" "${BASH_SOURCE[0]}";
          echo "$K8S_VERSION $KIND_VERSION $CONTAINERD_VERSION $CNI_PLUGINS_VERSION $CRICTL_VERSION $etcd_tag $dns_tag";
          "$DOCKER" image inspect -f '{{.Id}}' lft/base:bookworm; } | sha256sum | cut -c1-16)
 have=$("$DOCKER" image inspect -f '{{ index .Config.Labels "lft.kind.key" }}' "$NODE_IMAGE" 2>/dev/null || true)
@@ -70,7 +70,7 @@ if ! "$DOCKER" image inspect "$base" >/dev/null 2>&1; then
   cp "$LFT_CACHE/containerd/${CONTAINERD_VERSION#v}"/{containerd,ctr,containerd-shim-runc-v2} \
      "$LFT_CACHE/crictl/${CRICTL_VERSION#v}/crictl" "$work/base/bin/"
   cp "$LFT_CACHE/cni/${CNI_PLUGINS_VERSION#v}"/* "$work/base/cni/"
-  cp "$here/runc-wrapper.sh" "$work/base/"
+  cp "$root/hack/runc-wrapper.sh" "$work/base/"
   log "building $base"
   "$DOCKER" build -q -t "$base" -f "$here/base.Dockerfile" "$work/base" >/dev/null
 fi

@@ -34,6 +34,11 @@ KEY=$(printf '%s\n' "$RECIPE_VERSION" "$SUITE" "$VARIANT" "$MIRROR" "${PACKAGES[
 TARBALL="$CACHE_DIR/bookworm-base.tar"
 KEYFILE="$CACHE_DIR/bookworm-base.key"
 
+# One build at a time (hack/test-all.sh builds the trainer image and the kind node image in the background).
+mkdir -p "$CACHE_DIR"
+exec 9>"$CACHE_DIR/.base-image.lock"
+flock 9
+
 image_key() { "$DOCKER" image inspect -f '{{ index .Config.Labels "lft.base.key" }}' "$IMAGE" 2>/dev/null || true; }
 
 if [[ $FORCE == 0 && "$(image_key)" == "$KEY" ]]; then

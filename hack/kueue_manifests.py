@@ -121,9 +121,10 @@ def rewrite_crd(crd: dict[str, Any], base_url: str, ca_bundle: str) -> dict[str,
 
 
 def configuration(webhook_port: int, cert_dir: str, health_port: int, metrics_port: int,
-                  namespace: str = "kueue-system") -> dict[str, Any]:
+                  namespace: str = "kueue-system", webhook_host: str = "127.0.0.1") -> dict[str, Any]:
     """Kueue's Configuration for a host process: its own certificates (no internal cert management), the
-    webhook and probes on loopback, one instance (no leader election), the batch/v1 Job integration
+    webhook on `webhook_host` (loopback, or the Docker bridge where the API server runs in a kind node) and
+    the probes on loopback, one instance (no leader election), the batch/v1 Job integration
     only, and only Jobs that name a queue (or get the namespace's default LocalQueue)."""
     return {
         "apiVersion": "config.kueue.x-k8s.io/v1beta2",
@@ -131,7 +132,7 @@ def configuration(webhook_port: int, cert_dir: str, health_port: int, metrics_po
         "namespace": namespace,
         "health": {"healthProbeBindAddress": f"127.0.0.1:{health_port}"},
         "metrics": {"bindAddress": f"127.0.0.1:{metrics_port}"},
-        "webhook": {"host": "127.0.0.1", "port": webhook_port, "certDir": cert_dir},
+        "webhook": {"host": webhook_host, "port": webhook_port, "certDir": cert_dir},
         "leaderElection": {"leaderElect": False},
         "internalCertManagement": {"enable": False},
         "manageJobsWithoutQueueName": False,
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--ca-bundle", required=True, help="base64 PEM of the CA that signed its certificate")
     g = sub.add_parser("config")
     g.add_argument("--webhook-port", type=int, required=True)
+    g.add_argument("--webhook-host", default="127.0.0.1")
     g.add_argument("--cert-dir", required=True)
     g.add_argument("--health-port", type=int, required=True)
     g.add_argument("--metrics-port", type=int, required=True)
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"no Job or Kueue webhooks in {a.file}")
         sys.stdout.write(_dump(docs))
     else:
-        sys.stdout.write(_dump([configuration(a.webhook_port, a.cert_dir, a.health_port, a.metrics_port)]))
+        sys.stdout.write(_dump([configuration(a.webhook_port, a.cert_dir, a.health_port, a.metrics_port,
+                                                   webhook_host=a.webhook_host)]))
     return 0
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: every suite in order, on real parts: unit (+ trainer on a local S3 server), operator
-# integration on a real API server, end to end on the real single-node cluster with real images.
+# integration on a real API server, end to end on a three-node kind cluster with real images.
 # Every suite runs even when an earlier one fails (so one run shows all failures); exit is non-zero
 # if any failed. The last line adds up all suites' pytest counts.
 set -uo pipefail
@@ -9,6 +9,9 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${LFT_TEST_OUT:-_out/test}
 rm -rf "$OUT"; mkdir -p "$OUT"
 export LFT_REQUIRE_CLUSTER=1 LFT_REQUIRE_TOOLS=1
+# The integration suites' API-level control plane (tests/cluster/up.sh --api-only); the end-to-end stage
+# switches to the kind cluster's.
+export KUBECONFIG=/var/lib/lft/cluster/kubeconfig
 failed=()
 t0=$SECONDS
 
@@ -80,37 +83,62 @@ fi
 nice -n 10 bash hack/build-from-modules.sh kueue registry oras actionlint krew >"$OUT/go-tools-build.log" 2>&1 &
 go_tools_pid=$!
 go_tools_built() { local rc=0; wait "$go_tools_pid" || rc=$?; tail -n 5 "$OUT/go-tools-build.log"; return "$rc"; }
+# The kind node image for the end-to-end stage (cold: kubeadm, containerd, CoreDNS... from the module proxy;
+# cached by key: a second run takes a second), also overlapping the integration suite.
+nice -n 10 bash -c 'bash hack/base-image.sh && bash hack/kind/node-image.sh' >"$OUT/kind-node-image.log" 2>&1 &
+kind_image_pid=$!
+kind_image_built() { local rc=0; wait "$kind_image_pid" || rc=$?; tail -n 5 "$OUT/kind-node-image.log"; return "$rc"; }
 pytest_suite integration tests/integration "${go_tool_tests[@]/#/--ignore=}"
 suite go-tools -- go_tools_built && pytest_suite unit-go-tools "${go_tool_tests[@]}"
 
-# The end-to-end suite installs as a user does: `make release` pushes the images and the chart to the local
-# OCI registry (hack/registry.sh), and `helm install oci://...` (hack/deploy.sh with LFT_CHART) deploys it;
-# the kubelet pulls the images. A new version per run: a tag is never reused for other content.
+# The end-to-end suite runs on kind: a fresh cluster of one control plane and two workers on the node image built
+# offline (hack/kind/up.sh; the workers keep their image stores between clusters), after the API-level control
+# plane stopped. It installs as a user does: `make release` pushes the images and the chart to the local OCI
+# registry (hack/registry.sh), `helm install oci://...` (hack/deploy.sh with LFT_CHART) deploys it, and the
+# workers' containerd pulls the images (from the registry's read-only instance on the Docker bridge). A new
+# version per run: a tag is never reused for other content.
 version=$(sed -n 's/^version: //p' charts/lora-finetune-operator/Chart.yaml)-ci.$(date -u +%Y%m%d%H%M%S)
 eval "$(bash hack/registry.sh env)"
 export LFT_CHART=oci://$LFT_REGISTRY/charts/lora-finetune-operator LFT_CHART_VERSION=$version LFT_REQUIRE_RELEASE=1
-if suite cluster -- bash tests/cluster/up.sh && suite images -- images_built \
+export LFT_KIND_CLUSTER=lft LFT_KIND_KUBECONFIG=/var/lib/lft/kind/kubeconfig
+on_kind_failure() {
+  local node
+  for node in $(docker ps --format '{{.Names}}' --filter "label=io.x-k8s.kind.cluster=$LFT_KIND_CLUSTER"); do
+    echo "--- $node: kubelet and containerd (last 40 lines each)"
+    docker exec "$node" journalctl -u kubelet -u containerd --no-pager -n 40 2>/dev/null || true
+  done >"$OUT/kind-logs.txt" 2>&1
+  KUBECONFIG=$LFT_KIND_KUBECONFIG /var/cache/lft/bin/kubectl get nodes,pods -A -o wide >>"$OUT/kind-logs.txt" 2>&1
+  echo "kind node logs: $OUT/kind-logs.txt"; tail -n 60 "$OUT/kind-logs.txt"
+}
+bash tests/cluster/down.sh >/dev/null 2>&1 || true  # the API-level control plane: its CPU goes to the nodes
+if suite kind-node-image -- kind_image_built \
+   && suite kind -- bash -c 'bash hack/kind/down.sh >/dev/null 2>&1; bash hack/kind/up.sh' \
+   && suite images -- images_built \
    && suite registry -- bash hack/registry.sh start \
    && suite release -- env REGISTRY="$LFT_REGISTRY" VERSION="$version" RELEASE_OUT="$OUT/release" bash hack/release.sh \
-   && suite s3 -- bash hack/s3.sh start && suite deploy -- bash hack/deploy.sh; then
-  pytest_suite e2e tests/e2e --ignore=tests/e2e/test_kueue.py --ignore=tests/e2e/kind  # kind/: make kind-e2e
-  [[ " ${failed[*]} " == *" e2e "* ]] && on_cluster_failure
-  # Kueue (tests/e2e/test_kueue.py), its own suites: Kueue 0.17.0 as a host process (cached build), the operator
-  # redeployed with its integration on. A Kueue that does not start fails kueue-up only; kueue-down removes its
-  # webhooks and stops it (its CRDs stay), and the operator goes back to its default.
+   && suite s3 -- bash hack/s3.sh start && suite deploy -- env KUBECONFIG="$LFT_KIND_KUBECONFIG" bash hack/deploy.sh; then
+  export KUBECONFIG=$LFT_KIND_KUBECONFIG
+  pytest_suite e2e tests/e2e --ignore=tests/e2e/test_kueue.py --durations=12
+  [[ " ${failed[*]} " == *" e2e "* ]] && on_kind_failure
+  # Kueue (tests/e2e/test_kueue.py), its own suites: Kueue 0.17.0 as a host process (cached build) whose webhooks
+  # the API server calls on the Docker bridge, the operator redeployed with its integration on. A Kueue that does
+  # not start fails kueue-up only; kueue-down removes its webhooks and stops it (its CRDs stay), and the operator
+  # goes back to its default.
+  export KUEUE_KUBECONFIG=$LFT_KIND_KUBECONFIG KUEUE_WEBHOOK_HOST=$(bash hack/s3.sh env | sed -n 's|^LFT_S3_ENDPOINT=http://\(.*\):.*|\1|p')
   if suite kueue-up -- bash tests/cluster/kueue-up.sh && suite deploy-kueue -- env LFT_KUEUE=1 bash hack/deploy.sh; then
     export LFT_REQUIRE_KUEUE=1
     pytest_suite e2e-kueue tests/e2e/test_kueue.py
     unset LFT_REQUIRE_KUEUE
-    [[ " ${failed[*]} " == *" e2e-kueue "* ]] && { on_cluster_failure; tail -n 80 "${LFT_STATE:-/var/lib/lft}/cluster/logs/kueue.log" 2>/dev/null; }
+    [[ " ${failed[*]} " == *" e2e-kueue "* ]] && { on_kind_failure; tail -n 80 "${LFT_STATE:-/var/lib/lft}/cluster/logs/kueue.log" 2>/dev/null; }
   else
-    on_cluster_failure
+    on_kind_failure
     tail -n 80 "${LFT_STATE:-/var/lib/lft}/cluster/logs/kueue.log" 2>/dev/null
   fi
   suite kueue-down -- bash tests/cluster/kueue-down.sh
   suite redeploy -- bash hack/deploy.sh
+  unset KUBECONFIG
 else
-  on_cluster_failure
+  on_kind_failure
 fi
 
 echo "=== total time: $((SECONDS - t0)) s"

@@ -22,10 +22,10 @@ for arg in "$@"; do
 done
 
 KUBECTL=$TOOLS_BIN_DIR/kubectl
-kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" --request-timeout=20s "$@"; }
+kc() { "$KUBECTL" --kubeconfig "$KUEUE_KUBECONFIG" --request-timeout=20s "$@"; }
 
 api_up=0
-[[ -f $KUBECONFIG_PATH ]] && kc get --raw /readyz >/dev/null 2>&1 && api_up=1
+[[ -f $KUEUE_KUBECONFIG ]] && kc get --raw /readyz >/dev/null 2>&1 && api_up=1
 # The webhooks first: from here on no Job create waits for Kueue.
 if ((api_up)); then
   kc delete --ignore-not-found "${KUEUE_WEBHOOK_CONFIGS[@]}" >/dev/null
@@ -43,6 +43,6 @@ if kc get crd workloads.kueue.x-k8s.io >/dev/null 2>&1; then
 fi
 if ((PURGE)); then
   log "deleting Kueue's CRDs (and every Kueue object)"
-  kc get crd -o name | { grep '\.kueue\.x-k8s\.io$' || true; } | xargs -r "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" delete --wait=false >/dev/null
+  kc get crd -o name | { grep '\.kueue\.x-k8s\.io$' || true; } | xargs -r "$KUBECTL" --kubeconfig "$KUEUE_KUBECONFIG" delete --wait=false >/dev/null
 fi
 log "Kueue is down"

@@ -24,10 +24,10 @@ esac
 
 PYTHON=${PYTHON:-$root/.venv/bin/python}
 KUBECTL=$TOOLS_BIN_DIR/kubectl
-kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+kc() { "$KUBECTL" --kubeconfig "$KUEUE_KUBECONFIG" "$@"; }
 manifests() { "$PYTHON" "$root/hack/kueue_manifests.py" "$@"; }
 
-[[ -f $KUBECONFIG_PATH ]] || die "no cluster ($KUBECONFIG_PATH): run tests/cluster/up.sh first"
+[[ -f $KUEUE_KUBECONFIG ]] || die "no cluster ($KUEUE_KUBECONFIG): run tests/cluster/up.sh first"
 kc get --raw /readyz >/dev/null 2>&1 || die "the API server does not answer: run tests/cluster/up.sh first"
 if [[ ! -x $KUEUE_BIN || ! -d $KUEUE_MODULE/config/components ]]; then
   log "building Kueue $KUEUE_VERSION from the Go module proxy (cached)"
@@ -39,8 +39,10 @@ config=$KUEUE_MODULE/config/components
 mkdir -p "$KUEUE_DIR" "$KUEUE_CERT_DIR" "$RUN_DIR" "$LOG_DIR"
 
 # 1. The serving certificate of the webhook server (and /convert), signed by a CA of its own.
-if [[ ! -f $KUEUE_CERT_DIR/tls.crt || ! -f $KUEUE_CERT_DIR/tls.key || ! -f $KUEUE_CERT_DIR/ca.crt ]]; then
-  log "generating Kueue's webhook CA and serving certificate (127.0.0.1)"
+# A serving certificate for loopback and KUEUE_WEBHOOK_HOST: made anew when it does not name that address.
+if [[ ! -f $KUEUE_CERT_DIR/tls.crt || ! -f $KUEUE_CERT_DIR/tls.key || ! -f $KUEUE_CERT_DIR/ca.crt ]] ||
+   ! openssl x509 -in "$KUEUE_CERT_DIR/tls.crt" -noout -checkip "$KUEUE_WEBHOOK_HOST" 2>/dev/null | grep -q 'does match'; then
+  log "generating Kueue's webhook CA and serving certificate (127.0.0.1, $KUEUE_WEBHOOK_HOST)"
   openssl ecparam -name prime256v1 -genkey -noout -out "$KUEUE_CERT_DIR/ca.key" 2>/dev/null
   openssl req -x509 -new -sha256 -days 3650 -key "$KUEUE_CERT_DIR/ca.key" -subj "/CN=lft-kueue-webhook-ca" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
@@ -48,7 +50,7 @@ if [[ ! -f $KUEUE_CERT_DIR/tls.crt || ! -f $KUEUE_CERT_DIR/tls.key || ! -f $KUEU
   openssl ecparam -name prime256v1 -genkey -noout -out "$KUEUE_CERT_DIR/tls.key" 2>/dev/null
   ext=$(mktemp)
   printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
-    "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >"$ext"
+    "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,IP:$KUEUE_WEBHOOK_HOST,DNS:localhost" >"$ext"
   openssl req -new -key "$KUEUE_CERT_DIR/tls.key" -subj "/CN=127.0.0.1" 2>/dev/null |
     openssl x509 -req -sha256 -days 3650 -CA "$KUEUE_CERT_DIR/ca.crt" -CAkey "$KUEUE_CERT_DIR/ca.key" \
       -set_serial "0x$(openssl rand -hex 12)" -extfile "$ext" -out "$KUEUE_CERT_DIR/tls.crt" 2>/dev/null
@@ -60,7 +62,7 @@ install -d -m 0755 "$KUEUE_METRICS_CERT_DIR"
 install -m 0644 "$KUEUE_CERT_DIR/tls.crt" "$KUEUE_METRICS_CERT_DIR/tls.crt"
 install -m 0600 "$KUEUE_CERT_DIR/tls.key" "$KUEUE_METRICS_CERT_DIR/tls.key"
 ca_bundle=$(base64 -w0 <"$KUEUE_CERT_DIR/ca.crt")
-url=https://127.0.0.1:$KUEUE_WEBHOOK_PORT
+url=https://$KUEUE_WEBHOOK_HOST:$KUEUE_WEBHOOK_PORT
 
 # 2. CRDs (server-side: the Workload CRD is too large for kubectl's last-applied annotation).
 log "applying Kueue's CRDs from $config/crd/bases"
@@ -81,7 +83,7 @@ for crd in workloads localqueues clusterqueues resourceflavors workloadpriorityc
 done
 
 # 3. Kueue's Configuration.
-manifests config --webhook-port "$KUEUE_WEBHOOK_PORT" --cert-dir "$KUEUE_CERT_DIR" \
+manifests config --webhook-port "$KUEUE_WEBHOOK_PORT" --webhook-host "$KUEUE_WEBHOOK_HOST" --cert-dir "$KUEUE_CERT_DIR" \
   --health-port "$KUEUE_HEALTH_PORT" --metrics-port "$KUEUE_METRICS_PORT" >"$KUEUE_CONFIG.tmp"
 mv "$KUEUE_CONFIG.tmp" "$KUEUE_CONFIG"
 

@@ -1,4 +1,4 @@
-"""Fixtures for the end-to-end scenarios: the real local cluster (tests/cluster/up.sh), the operator
+"""Fixtures for the end-to-end scenarios: the kind cluster (hack/kind/up.sh, docs/kind.md), the operator
 deployed by Helm (hack/deploy.sh), the CPU trainer image and the S3 server (hack/s3.sh).
 
 Without a cluster these tests skip, unless LFT_REQUIRE_CLUSTER=1 (CI), where they fail."""
@@ -57,7 +57,7 @@ E2E_NAMESPACES = {
     "test_an_evicted_pod_costs_no_retry_and_the_run_succeeds": "e2e-evicted",
     # test_release.py
     "test_the_operator_and_the_trainer_come_from_the_released_chart_and_registry": "e2e-release",
-    # kind/test_node_fault.py (make kind-e2e: the kind cluster of hack/kind/up.sh only)
+    # kind/test_node_fault.py (a worker's container stopped)
     "test_a_stopped_worker_ends_the_attempt_and_the_run_resumes_to_succeeded": "e2e-nodefault",
     # test_kueue.py (its own suite: Kueue running, the operator's integration on)
     "test_second_run_queued_on_quota_then_both_succeed": "e2e-kueue-quota",
@@ -87,7 +87,7 @@ def kube() -> Kube:
     k = Kube.from_env()
     _require(k.available(), f"no cluster at {k.kubeconfig} (make cluster-up)")
     nodes = k.json("get", "nodes")["items"]
-    _require(bool(nodes), "the cluster has no node (make cluster-up, full mode)")
+    _require(bool(nodes), "the cluster has no node (make cluster-up)")
     deploy = k.run("get", "deploy", "-n", "lft-system", "-l", "app.kubernetes.io/name=lora-finetune-operator",
                    "-o", "name", check=False)
     _require(bool(deploy.stdout.strip()), "operator not deployed (make deploy)")
@@ -108,7 +108,7 @@ def s3_host_endpoint() -> str:
 
 @pytest.fixture(scope="session")
 def bridge_ip(s3_host_endpoint) -> str:
-    """The node's address on the Docker bridge: pods reach host servers bound there (hack/s3.sh's host)."""
+    """The host's address on the Docker bridge: pods reach host servers bound there (hack/s3.sh's host)."""
     return s3_host_endpoint.split("://", 1)[1].rsplit(":", 1)[0]
 
 

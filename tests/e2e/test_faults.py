@@ -1,7 +1,7 @@
 """Fault scenarios on the real cluster: every run ends in a true state (Succeeded) with an adapter whose
 files match their sha256, however the infrastructure misbehaved in the middle of it.
 
-1. The API server and etcd stop mid-run and come back (tests/cluster/restart.sh control-plane).
+1. The API server and etcd stop mid-run and come back (hack/kind/restart.sh control-plane).
 2. The node's kubelet and containerd restart mid-run, its containers killed (a node crash): the trainer
    pod dies, and a new attempt resumes from the newest checkpoint.
 3. The object store is unreachable for 30 s, cut in the middle of a checkpoint upload (a proxy on the
@@ -65,8 +65,10 @@ def test_control_plane_restarted_mid_run(kube, s3, s3_endpoint, namespace):
 def test_node_runtime_restarted_mid_run(kube, s3, s3_endpoint, namespace):
     name = "noderestart"
     started, step, faulted = run_to_first_checkpoint(kube, namespace, name, s3_endpoint)
-    pod = next(p["metadata"]["name"] for p in kube.pods(namespace, name) if p["status"].get("phase") == "Running")
-    timings = restart_components("node")  # kubelet and containerd: every container on the node is killed
+    running = next(p for p in kube.pods(namespace, name) if p["status"].get("phase") == "Running")
+    pod = running["metadata"]["name"]
+    # kubelet and containerd of the trainer's node: every container on the node is killed
+    timings = restart_components("node", node=running["spec"]["nodeName"])
     back = time.monotonic()
     obj = wait_final(kube, namespace, name, timeout=480)
     done = time.monotonic()
@@ -120,13 +122,13 @@ def test_object_store_unreachable_mid_run(kube, s3, s3_endpoint, bridge_ip, name
            attempts=status["attempts"], adapter_files_verified=files, checkpoints_verified=steps)
 
 
-def test_operator_watch_cut_then_restored(kube, s3, s3_endpoint, bridge_ip, namespace):
+def test_operator_watch_cut_then_restored(kube, s3, s3_endpoint, namespace):
     name = "watchcut"
     steps = STEPS // 2  # finishes while the operator is cut off
     started = time.monotonic()
     kube.apply(finetune(namespace, name, s3_endpoint, max_steps=steps, every_steps=EVERY), namespace)
     wait_progress(kube, namespace, name, min_step=1)
-    cut = OperatorApiCut(kube, bridge_ip)
+    cut = OperatorApiCut(kube)
     try:
         cut.find_operator()
         cut.cut()

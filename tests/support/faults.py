@@ -1,8 +1,9 @@
 """Fault injection and checks for the end-to-end fault scenarios (test_faults.py).
 
-- `restart_components`: tests/cluster/restart.sh (stop cluster components or Docker, bring them back).
+- `restart_components`: stop cluster components and bring them back (hack/kind/restart.sh: the kind cluster's
+  nodes are containers).
 - `OperatorApiCut`: drops every operator replica's traffic to the API server (iptables in the pod's network
-  namespace, entered through its container's PID) and restores it.
+  namespace, entered through its container's PID, on its node) and restores it.
 - `FlakyProxy` (tests/support/s3.py) on the Docker bridge stands between a trainer and the S3 server.
 - `verify_adapter` / `verify_checkpoints`: download what a run left in the bucket and compare every
   file with the sha256 of its manifest (status.adapter.files, training_summary.json, checkpoint manifests).
@@ -24,9 +25,7 @@ from tests.support.kubectl import Kube
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "lft"
-SERVICE_IP = "10.96.0.1"  # the kubernetes Service (tests/cluster/lib/common.sh SERVICE_IP)
-APISERVER_PORT = 6443
-NODE_NAME = os.environ.get("LFT_NODE_NAME", "lft-node")  # the kubelet's node (integration tests add fake ones)
+SERVICE_IP = "10.96.0.1"  # the kubernetes Service (kind's default service CIDR)
 RESULTS: list[str] = []  # the SCENARIO lines of this session, for pytest's terminal summary
 
 
@@ -100,9 +99,9 @@ def wait_progress(kube: Kube, ns: str, name: str, min_step: int = 1, timeout: fl
 
 
 def cluster_healthy(kube: Kube, timeout: float = 180) -> None:
-    """The node is Ready and the operator Deployment available again (left as the next scenario needs it)."""
+    """Every node is Ready and the operator Deployment available again (left as the next scenario needs it)."""
     kube.wait_for("API server", kube.available, timeout, interval=1)
-    kube.run("wait", "--for=condition=Ready", f"node/{NODE_NAME}", f"--timeout={int(timeout)}s", timeout=timeout + 10)
+    kube.run("wait", "--for=condition=Ready", "nodes", "--all", f"--timeout={int(timeout)}s", timeout=timeout + 10)
     kube.run("rollout", "status", "deploy/lora-finetune-operator", "-n", "lft-system", f"--timeout={int(timeout)}s",
              timeout=timeout + 10)
 
@@ -156,20 +155,26 @@ def verify_checkpoints(s3, prefix: str) -> list[int]:
 
 # --- faults --------------------------------------------------------------------------------------
 
-def restart_components(*components: str, down: float = 0) -> dict[str, float]:
-    """tests/cluster/restart.sh: stop, stay down `down` s, start until ready. {stopped, down, started} in s."""
-    proc = subprocess.run(["bash", str(REPO / "tests/cluster/restart.sh"), "--down", str(down), *components],
-                          capture_output=True, text=True, timeout=600)
+def restart_components(component: str, down: float = 0, node: str = "") -> dict[str, float]:
+    """Stop `component` ("control-plane": etcd + kube-apiserver; "node": kubelet + containerd of `node`, every
+    container on it killed), stay down `down` s, start until ready. {stopped, down, started} in s."""
+    cmd = ["bash", str(REPO / "hack/kind/restart.sh"), "--down", str(down), component, *([node] if node else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise AssertionError(f"restart.sh {' '.join(components)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"{' '.join(cmd[1:])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     last = proc.stdout.strip().splitlines()[-1]
     return {k: float(v) for k, v in (item.split("=") for item in last.split())}
 
 
-def container_pid(container_id: str) -> int:
-    """The host PID of a pod's container, from the cluster's containerd (tests/cluster/lib/common.sh crictl)."""
-    out = subprocess.run(["bash", "-c", f'source {REPO}/tests/cluster/lib/common.sh && crictl inspect -o json "$1"',
-                          "_", container_id], check=True, capture_output=True, text=True)
+def on_node(node: str) -> list[str]:
+    """The prefix that runs a command on `node`: in its container (a kind node)."""
+    return ["docker", "exec", node]
+
+
+def container_pid(container_id: str, node: str) -> int:
+    """The PID of a pod's container as its node sees it, from the node's containerd."""
+    out = subprocess.run([*on_node(node), "crictl", "inspect", "-o", "json", container_id],
+                         check=True, capture_output=True, text=True)
     return int(json.loads(out.stdout)["info"]["pid"])
 
 
@@ -179,28 +184,37 @@ class OperatorApiCut:
     iptables DROP rules in the pod's own network namespace (entered with nsenter through the PID of its
     container): the watch connections stay open but go silent, as with a broken network path, instead of
     being closed. Both addresses the pod may use are covered: the kubernetes Service (10.96.0.1:443, what
-    in-cluster config uses) and the API server's own address (NODE_IP:6443). The kubelet's liveness probes
+    in-cluster config uses) and the API server's own (the Service's endpoints). The kubelet's liveness probes
     (from the node to the pod's port) still pass.
     """
 
     COMMENT = "lft-e2e-operator-api-cut"
 
-    def __init__(self, kube: Kube, node_ip: str):
+    def __init__(self, kube: Kube):
         self.kube = kube
-        self.node_ip = node_ip
-        self.pids: list[int] = []
+        self.pids: list[tuple[str, int]] = []  # (node, PID there)
         self.pods: list[str] = []
+        self.rules: list[list[str]] = []
+
+    def _api_addresses(self) -> list[tuple[str, int]]:
+        """The kubernetes Service and the API server's own addresses (its EndpointSlice)."""
+        slices = self.kube.json("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes")
+        own = [(addr, port["port"]) for sl in slices["items"] for port in sl.get("ports") or []
+               for ep in sl.get("endpoints") or [] for addr in ep["addresses"]]
+        assert own, f"no endpoint of the kubernetes Service: {slices}"
+        return [(SERVICE_IP, 443), *own]
 
     def _rules(self) -> list[list[str]]:
         out = []
-        for ip, port in ((SERVICE_IP, 443), (self.node_ip, APISERVER_PORT)):
+        for ip, port in self._api_addresses():
             out.append(["OUTPUT", "-p", "tcp", "-d", ip, "--dport", str(port)])
             out.append(["INPUT", "-p", "tcp", "-s", ip, "--sport", str(port)])
         return out
 
-    def _iptables(self, pid: int, op: str, rule: list[str]) -> None:
+    def _iptables(self, node_pid: tuple[str, int], op: str, rule: list[str]) -> None:
         chain, match = rule[0], rule[1:]
-        cmd = ["nsenter", "-t", str(pid), "-n", "iptables", "-w", op, chain, *match,
+        node, pid = node_pid
+        cmd = [*on_node(node), "nsenter", "-t", str(pid), "-n", "iptables", "-w", op, chain, *match,
                "-m", "comment", "--comment", self.COMMENT, "-j", "DROP"]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
 
@@ -214,21 +228,23 @@ class OperatorApiCut:
         self.pods, self.pids = [], []
         for pod in running:
             container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-            pid = container_pid(container_id)
+            node = pod["spec"]["nodeName"]
+            pid = container_pid(container_id, node)
             assert pid > 0, f"operator container {container_id} has no process"
             self.pods.append(pod["metadata"]["name"])
-            self.pids.append(pid)
+            self.pids.append((node, pid))
 
     def cut(self) -> None:
         if not self.pids:
             self.find_operator()
+        self.rules = self._rules()
         for pid in self.pids:
-            for rule in self._rules():
+            for rule in self.rules:
                 self._iptables(pid, "-I", rule)
 
     def restore(self) -> None:
         for pid in self.pids:
-            for rule in self._rules():
+            for rule in self.rules:
                 try:
                     self._iptables(pid, "-D", rule)
                 except subprocess.CalledProcessError:

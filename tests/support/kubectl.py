@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 from tests.support.kube import wait_until
 
-DEFAULT_KUBECONFIG = "/var/lib/lft/cluster/kubeconfig"
+DEFAULT_KUBECONFIG = "/var/lib/lft/kind/kubeconfig"  # the end-to-end cluster (hack/kind/up.sh)
 DEFAULT_KUBECTL = "/var/cache/lft/bin/kubectl"
 
 

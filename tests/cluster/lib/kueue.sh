@@ -13,6 +13,9 @@ KUEUE_KUBECONFIG=${KUEUE_KUBECONFIG:-$KUBECONFIG_PATH}  # cluster-admin
 KUEUE_PID_FILE=$RUN_DIR/kueue.pid
 KUEUE_LOG=$LOG_DIR/kueue.log
 KUEUE_WEBHOOK_PORT=${KUEUE_WEBHOOK_PORT:-9443}
+# Where the API server calls the webhooks: loopback for the host-process control plane; the Docker bridge's
+# address for kind's (its API server runs in a node container, which reaches the host there).
+KUEUE_WEBHOOK_HOST=${KUEUE_WEBHOOK_HOST:-127.0.0.1}
 KUEUE_HEALTH_PORT=${KUEUE_HEALTH_PORT:-18081}
 KUEUE_METRICS_PORT=${KUEUE_METRICS_PORT:-18443}
 KUEUE_VISIBILITY_PORT=${KUEUE_VISIBILITY_PORT:-18082}

@@ -1,4 +1,4 @@
-# LoRA fine-tuning operator. `make demo` runs the main job on a local cluster; `make test` runs every test.
+# LoRA fine-tuning operator. `make demo` runs the main job on a local kind cluster; `make test` runs every test.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -8,10 +8,14 @@ PYTEST  := $(PY) -m pytest
 BIN     ?= /var/cache/lft/bin
 KUBECTL := $(BIN)/kubectl
 HELM    := $(BIN)/helm
-export KUBECONFIG ?= /var/lib/lft/cluster/kubeconfig
+# The kind cluster (make cluster-up) for users' targets; the API-level control plane (make cluster-api) for the
+# integration tests, which name it themselves.
+KIND_KUBECONFIG := /var/lib/lft/kind/kubeconfig
+API_KUBECONFIG  := /var/lib/lft/cluster/kubeconfig
+export KUBECONFIG ?= $(KIND_KUBECONFIG)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv test test-unit test-integration e2e demo kind-e2e kind-node-image kind-up kind-down images images-gpu cluster-up cluster-api cluster-down \
+.PHONY: help venv test test-unit test-integration e2e demo kind-e2e kind-node-image images images-gpu cluster-up cluster-api cluster-down \
         s3-up s3-down kueue-up kueue-down registry-up registry-down deploy undeploy lint crds chart release bench
 
 help: ## List the targets
@@ -27,16 +31,17 @@ test: venv ## Everything: unit, integration (real API server), end to end (real 
 test-unit: venv ## Unit tests: pure functions, no cluster (chart tests use helm when installed)
 	$(PYTEST) tests/unit -q
 
-test-integration: venv cluster-api undeploy ## Trainer on a real S3 server; operator, chart, status sink on a real API server
-	LFT_REQUIRE_CLUSTER=1 $(PYTEST) tests/integration -q
+test-integration: venv cluster-api ## Trainer on a real S3 server; operator, chart, status sink on a real API server
+	KUBECONFIG=$(API_KUBECONFIG) bash hack/undeploy.sh
+	KUBECONFIG=$(API_KUBECONFIG) LFT_REQUIRE_CLUSTER=1 $(PYTEST) tests/integration -q
 
-e2e: venv cluster-up images s3-up deploy ## End-to-end scenarios on the local cluster
-	LFT_REQUIRE_CLUSTER=1 $(PYTEST) tests/e2e -q
+e2e: venv cluster-up images s3-up deploy ## End-to-end scenarios on the kind cluster, this checkout's images (make test: a release's)
+	LFT_REQUIRE_CLUSTER=1 $(PYTEST) tests/e2e -q --ignore=tests/e2e/test_kueue.py
 
 demo: venv cluster-up images s3-up deploy ## The main job: apply the tiny example and follow it to Succeeded
 	bash hack/demo.sh
 
-kind-e2e: venv ## e2e on kind: online (kindest/node, MinIO); LFT_KIND_OFFLINE=1: offline node image, 3 nodes, node fault
+kind-e2e: venv ## e2e on kind with kind's official node image and MinIO (a machine with registry access; docs/kind.md)
 	bash hack/kind-e2e.sh
 
 kind-node-image: ## Build the kind node image offline (lft/kind-node:v1.37.2, cached; docs/kind.md)
@@ -44,33 +49,29 @@ kind-node-image: ## Build the kind node image offline (lft/kind-node:v1.37.2, ca
 	bash hack/base-image.sh
 	bash hack/kind/node-image.sh
 
-kind-up: kind-node-image ## A kind cluster (1 control plane, 2 workers) on the offline node image
-	bash hack/kind/up.sh
-
-kind-down: ## Delete the kind cluster of kind-up
-	bash hack/kind/down.sh
-
-images: venv ## Build the operator image and the CPU tiny-model trainer image
+images: venv ## Build the operator image and the CPU tiny-model trainer image; `kind load` them onto the workers
 	bash hack/build-images.sh
 
 images-gpu: venv ## GPU trainer image lft/trainer:gpu (CUDA torch, ~2.8 GB of wheels) + smoke test; not in test
 	bash hack/build-images.sh --variant gpu trainer
 	bash hack/smoke-gpu-image.sh
 
-cluster-up: ## Start (or reuse) the local single-node cluster
-	bash tests/cluster/up.sh
+cluster-up: kind-node-image ## Start (or reuse) the kind cluster: 1 control plane, 2 workers, Kubernetes 1.37 (docs/kind.md)
+	bash hack/kind/up.sh
 
-cluster-api: ## Start (or reuse) API-server-only mode (etcd + kube-apiserver + kube-controller-manager)
+cluster-api: ## Start (or reuse) the API-level control plane for the integration tests (etcd, kube-apiserver, -controller-manager)
 	bash tests/cluster/up.sh --api-only
 
-cluster-down: s3-down ## Stop the local cluster and leave no processes behind
+cluster-down: s3-down ## Delete the kind cluster, stop the API-level control plane: no process left behind
+	bash hack/kind/down.sh
 	bash tests/cluster/down.sh
 
 kueue-up: venv cluster-up ## Install Kueue 0.17.0 and start it on the host (then: LFT_KUEUE=1 make deploy; docs/kueue.md)
-	bash tests/cluster/kueue-up.sh
+	KUEUE_KUBECONFIG=$(KUBECONFIG) KUEUE_WEBHOOK_HOST=$$(ip -4 -o addr show dev docker0 | awk '{print $$4}' | cut -d/ -f1) \
+	  bash tests/cluster/kueue-up.sh
 
 kueue-down: ## Stop Kueue and remove its webhook configurations (its CRDs and objects stay)
-	bash tests/cluster/kueue-down.sh
+	KUEUE_KUBECONFIG=$(KUBECONFIG) bash tests/cluster/kueue-down.sh
 
 s3-up: venv ## Start the S3 server the pods use (moto on the Docker bridge) and create the bucket
 	bash hack/s3.sh start
@@ -109,4 +110,4 @@ lint: venv ## ruff + mypy (api, operator, cli) + helm lint
 
 bench: venv ## Benchmarks: trainer vs cookbook recipe, operator at 200 resources
 	$(PY) bench/trainer_vs_cookbook.py
-	bash tests/cluster/up.sh --api-only && $(PY) bench/operator_scale.py
+	bash tests/cluster/up.sh --api-only && KUBECONFIG=$(API_KUBECONFIG) $(PY) bench/operator_scale.py

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The main job: apply the tiny example and follow it with kubectl until it Succeeds, then show
 # where the adapter is, and with `kubectl lft`: the eval loss before/after, one held-out sample
-# (base model vs tuned) and loss.png. Expects `make cluster-up images s3-up deploy` (make demo does them).
+# (base model vs tuned) and loss.png. Expects `make cluster-up images s3-up deploy` (make demo does them): the kind
+# cluster, the images loaded onto its workers, the S3 server, the operator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${LFT_BIN:-/var/cache/lft/bin}
 K="$BIN/kubectl"
-export KUBECONFIG=${KUBECONFIG:-/var/lib/lft/cluster/kubeconfig}
+export KUBECONFIG=${KUBECONFIG:-/var/lib/lft/kind/kubeconfig}  # the kind cluster (hack/kind/up.sh)
 NS=${LFT_DEMO_NAMESPACE:-default}
 eval "$(bash hack/s3.sh env)"
 

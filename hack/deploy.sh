@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${LFT_BIN:-/var/cache/lft/bin}
-export KUBECONFIG=${KUBECONFIG:-/var/lib/lft/cluster/kubeconfig}
+export KUBECONFIG=${KUBECONFIG:-/var/lib/lft/kind/kubeconfig}  # the kind cluster (hack/kind/up.sh)
 RELEASE=lora-finetune-operator
 NS=lft-system
 eval "$(bash hack/s3.sh env)"

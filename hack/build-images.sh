@@ -17,7 +17,8 @@
 # clone (/var/cache/lft), and docker's layer cache keeps torch unless requirements change.
 # Prints each image's size and build time. Full build logs: $LFT_STATE/logs/build-*.log.
 #   env: LFT_TRAINER_IMAGE, LFT_OPERATOR_IMAGE (tags), DOCKER (client), LFT_STATE (/var/lib/lft),
-#        LFT_LOAD_IMAGES (1: copy them into the local cluster's containerd; 0: not)
+#        LFT_LOAD_IMAGES (1: load them onto the workers of the kind cluster $LFT_KIND_CLUSTER [lft] if it
+#        exists; 0: not)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -137,13 +138,22 @@ for t in "${TARGETS[@]}"; do
 done
 echo "total: $((SECONDS - total_start)) s ($MODE)"
 
-# The local cluster's kubelet runs on containerd, not Docker: copy the images there (skipped when unchanged).
-# LFT_LOAD_IMAGES=0: not copied (the end-to-end suite pulls them from the registry `make release` pushed to).
-[[ ${LFT_LOAD_IMAGES:-1} == 0 ]] && { log "images not loaded into the cluster (LFT_LOAD_IMAGES=0)"; exit 0; }
+# The end-to-end cluster is kind's (hack/kind/up.sh): load the images onto its workers (the 5.8 GB trainer image
+# costs about 8 GB of disk per node, so not onto the control plane), unless that cluster does not exist.
+# LFT_LOAD_IMAGES=0: not loaded (hack/kind-e2e.sh and hack/test-all.sh set it: they get the images onto the
+# nodes themselves).
+[[ ${LFT_LOAD_IMAGES:-1} == 0 ]] && { log "images not loaded into the kind cluster (LFT_LOAD_IMAGES=0)"; exit 0; }
 loaded=()
 for t in "${TARGETS[@]}"; do
   case $t in trainer) loaded+=("$TRAINER_IMAGE") ;; operator) loaded+=("$OPERATOR_IMAGE") ;; esac
 done
+cluster=${LFT_KIND_CLUSTER:-lft}
+kind=$(command -v kind || echo /var/cache/lft/kind/0.33.0/kind)
+clusters=$("$kind" get clusters 2>/dev/null || true)
+if ! grep -qx -- "$cluster" <<<"$clusters"; then
+  log "no kind cluster $cluster: images not loaded (hack/kind/up.sh starts it)"
+  exit 0
+fi
 step=$SECONDS
-bash "$ROOT/tests/cluster/load-images.sh" "${loaded[@]}"
-log "images in the cluster's containerd ($((SECONDS - step)) s)"
+"$kind" load docker-image "${loaded[@]}" --name "$cluster" --nodes "$cluster-worker,$cluster-worker2"
+log "images on the workers of kind cluster $cluster ($((SECONDS - step)) s)"

@@ -18,7 +18,7 @@ kubectl_current() {
 have_tools() { have_helm && kubectl_current; }
 
 install_kubectl() {
-  K8S_VERSION=$K8S_NEWEST_VERSION "$(dirname "${BASH_SOURCE[0]}")/build-k8s.sh" --api-only
+  K8S_VERSION=$K8S_NEWEST_VERSION "$(dirname "${BASH_SOURCE[0]}")/build-k8s.sh"
   install -m 0755 "$LFT_CACHE/k8s/$K8S_NEWEST_VERSION/kubectl" "$TOOLS_BIN_DIR/kubectl.tmp"
   mv "$TOOLS_BIN_DIR/kubectl.tmp" "$TOOLS_BIN_DIR/kubectl"
   log "installed $("$TOOLS_BIN_DIR/kubectl" version --client 2>/dev/null | head -n1)"

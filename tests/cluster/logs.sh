@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Print the tail of every cluster component log (and dockerd's).
+# Print the tail of every control plane component log (etcd, kube-apiserver, kube-controller-manager; and dockerd's).
 #   tests/cluster/logs.sh [-n LINES] [-f] [COMPONENT...]
 # -f follows the logs (tail -F) instead of printing and exiting.
 set -euo pipefail

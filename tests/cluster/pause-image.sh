@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the pod sandbox image ($PAUSE_IMAGE, default lft/pause:1) from
 # pause/pause.c: a static binary in an otherwise empty rootfs, `docker import`ed.
+# hack/kind/node-image.sh puts it into the kind node image as containerd's sandbox image.
 # A no-op when the image exists. Needs a running Docker (hack/docker.sh).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -1,39 +1,25 @@
 # shellcheck shell=bash
 # Shared paths and helpers for tests/cluster/*.sh (sourced, not executed).
 
-# The supported Kubernetes minors: the newest runs the full cluster (e2e), the oldest the API-level
-# integration suite. Every binary is built from the Go module proxy (hack/build-from-modules.sh).
+# The supported Kubernetes minors: the API-level integration suite runs on a host-process control plane
+# (etcd + kube-apiserver + kube-controller-manager, up.sh) of each, the oldest first. Every binary is built
+# from the Go module proxy (hack/build-from-modules.sh). The end-to-end cluster is kind (docs/kind.md).
 K8S_NEWEST_VERSION=1.37.2
 K8S_OLDEST_VERSION=1.34.4
 K8S_VERSION=${K8S_VERSION:-$K8S_NEWEST_VERSION}
 ETCD_VERSION=${ETCD_VERSION:-3.7.4}
-CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
-CNI_PLUGINS_VERSION=${CNI_PLUGINS_VERSION:-1.10.0}
-CRICTL_VERSION=${CRICTL_VERSION:-1.37.0}
 LFT_CACHE=${LFT_CACHE:-/var/cache/lft}
 LFT_STATE=${LFT_STATE:-/var/lib/lft}
 TOOLS_BIN_DIR=${TOOLS_BIN_DIR:-$LFT_CACHE/bin}
 CLUSTER_DIR=$LFT_STATE/cluster
-CONTAINERD_BIN_DIR=$LFT_CACHE/containerd/$CONTAINERD_VERSION
-CNI_BIN_DIR=$LFT_CACHE/cni/$CNI_PLUGINS_VERSION
-CRICTL=$LFT_CACHE/crictl/$CRICTL_VERSION/crictl
-# Images survive down.sh --purge (re-importing the 6 GB trainer image costs minutes).
-CONTAINERD_ROOT=$LFT_STATE/containerd
-CONTAINERD_STATE=/run/lft/containerd
-CONTAINERD_SOCK=$CONTAINERD_STATE/containerd.sock
-CNI_CONF_DIR=$CLUSTER_DIR/cni
-CNI_BRIDGE=lft0
-# hack/docker.sh installs it: rewrites a negative process.oomScoreAdj to 0, then execs runc.
-RUNC_WRAPPER=/usr/local/lib/lft/runc-oomfix
-POD_CIDR=10.244.0.0/24
 PKI_DIR=$CLUSTER_DIR/pki
 RUN_DIR=$CLUSTER_DIR/run
 LOG_DIR=$CLUSTER_DIR/logs
 KUBECONFIG_PATH=$CLUSTER_DIR/kubeconfig
+# The pod sandbox image of the kind node image (pause-image.sh; hack/kind/node-image.sh).
 PAUSE_IMAGE=${PAUSE_IMAGE:-lft/pause:1}
-K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
-# The oldest minor only runs the API-level suite: no node binaries are built for it.
-K8S_API_BINS=(kube-apiserver kube-controller-manager kubectl)
+# What build-k8s.sh builds for each minor.
+K8S_BINS=(kube-apiserver kube-controller-manager kubectl)
 
 log() { echo "[$(date +%H:%M:%S) ${0##*/}] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -68,31 +54,25 @@ ensure_debs() {
   fi
 }
 
-NODE_NAME=${LFT_NODE_NAME:-lft-node}
 APISERVER_PORT=${LFT_APISERVER_PORT:-6443}
 ETCD_CLIENT_PORT=${LFT_ETCD_PORT:-2379}
 ETCD_PEER_PORT=$((ETCD_CLIENT_PORT + 1))
 SERVICE_CIDR=10.96.0.0/12
 SERVICE_IP=10.96.0.1
 # Components in start order; down.sh stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 
 k8s_bin_dir() { echo "$LFT_CACHE/k8s/$K8S_VERSION"; }
 
 component_bin() {
   case $1 in
     etcd) echo "$LFT_CACHE/etcd/$ETCD_VERSION/etcd" ;;
-    containerd) echo "$CONTAINERD_BIN_DIR/containerd" ;;
     *) echo "$(k8s_bin_dir)/$1" ;;
   esac
 }
 
 # The Kubernetes version the running control plane was started with (empty: none recorded).
 running_k8s_version() { cat "$RUN_DIR/k8s-version" 2>/dev/null || true; }
-
-crictl() { "$CRICTL" --runtime-endpoint "unix://$CONTAINERD_SOCK" --image-endpoint "unix://$CONTAINERD_SOCK" "$@"; }
-# ctr warns about cgroup v1 on every call: keep the rest of its stderr.
-ctr() { "$CONTAINERD_BIN_DIR/ctr" --address "$CONTAINERD_SOCK" --namespace k8s.io "$@" 2> >(grep -v DEPRECATION >&2); }
 
 pid_file() { echo "$RUN_DIR/$1.pid"; }
 
@@ -109,7 +89,7 @@ component_pid() {
 
 is_running() { component_pid "$1" >/dev/null; }
 
-# The docker bridge address: the node IP, reachable from pods and the host.
+# The docker bridge address: the API server's bind and advertise address (up.sh).
 docker_bridge_ip() {
   ip -4 -o addr show dev docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -n1
 }
@@ -145,15 +125,4 @@ stop_components() {
   done
   log "pids ${alive[*]} did not stop in 20s: killing"
   kill -KILL "${alive[@]}" 2>/dev/null || true
-}
-
-# Kill what containerd leaves running (shims and their containers: pods outlive containerd by design).
-# down.sh after the CRI removed the pods; restart.sh to make a runtime stop a node crash.
-kill_shims() {
-  local pid
-  for pid in $(pgrep -f "^$CONTAINERD_BIN_DIR/containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" || true); do
-    log "killing shim $pid and its containers"
-    pkill -KILL -P "$pid" 2>/dev/null || true
-    kill -KILL "$pid" 2>/dev/null || true
-  done
 }

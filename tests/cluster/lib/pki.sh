@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Self-made CA and certificates for the local cluster (sourced by up.sh).
+# Self-made CA and certificates for the local control plane (sourced by up.sh).
 # EC P-256 keys: fast to generate, accepted by every component.
 
 _new_key() { [[ -f $1 ]] || openssl ecparam -name prime256v1 -genkey -noout -out "$1" 2>/dev/null; }
@@ -59,36 +59,29 @@ KC
   mv "$tmp" "$file"
 }
 
-# All certificates, keys and kubeconfigs the cluster needs. NODE_IP must be set.
+# All certificates, keys and kubeconfigs the control plane needs. NODE_IP must be set.
 ensure_pki() {
   mkdir -p "$PKI_DIR"
   chmod 0700 "$PKI_DIR"
-  # Serving certs name the node IP: reissue them if the docker bridge moved.
+  # The serving cert names the docker bridge address (NODE_IP): reissue it if the bridge moved.
   if [[ "$(cat "$PKI_DIR/node-ip" 2>/dev/null)" != "$NODE_IP" ]]; then
-    rm -f "$PKI_DIR"/{kube-apiserver,kubelet}.{crt,key}
+    rm -f "$PKI_DIR"/kube-apiserver.{crt,key}
     echo "$NODE_IP" >"$PKI_DIR/node-ip"
   fi
   ensure_ca
   ensure_cert kube-apiserver "/CN=kube-apiserver" serverAuth \
     "IP:127.0.0.1,IP:$NODE_IP,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-  ensure_cert kubelet "/CN=$NODE_NAME" serverAuth "IP:$NODE_IP,IP:127.0.0.1,DNS:$NODE_NAME"
   # Client identities; the names/groups are the ones RBAC's bootstrap policy binds.
   ensure_cert admin "/O=system:masters/CN=lft-admin" clientAuth
   ensure_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
   ensure_cert kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
-  ensure_cert kube-scheduler "/CN=system:kube-scheduler" clientAuth
-  ensure_cert kube-proxy "/CN=system:kube-proxy" clientAuth
-  ensure_cert kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth
   # Service-account token signing key.
   if [[ ! -f $PKI_DIR/sa.key ]]; then
     openssl genrsa -out "$PKI_DIR/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null
   fi
-  # Users reach the API at 127.0.0.1 (DNAT to the node IP); components go direct.
+  # Users reach the API at 127.0.0.1 (DNAT to NODE_IP); the controller manager goes direct.
   write_kubeconfig "$KUBECONFIG_PATH" "https://127.0.0.1:$APISERVER_PORT" admin
-  local c direct="https://$NODE_IP:$APISERVER_PORT"
-  for c in kube-controller-manager kube-scheduler kube-proxy; do
-    write_kubeconfig "$CLUSTER_DIR/$c.kubeconfig" "$direct" "$c"
-  done
-  write_kubeconfig "$CLUSTER_DIR/kubelet.kubeconfig" "$direct" kubelet-client
+  write_kubeconfig "$CLUSTER_DIR/kube-controller-manager.kubeconfig" "https://$NODE_IP:$APISERVER_PORT" \
+    kube-controller-manager
 }

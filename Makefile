@@ -79,7 +79,7 @@ s3-up: venv ## Start the S3 server the pods use (moto on the Docker bridge) and 
 s3-down:
 	bash hack/s3.sh stop
 
-deploy: ## Install/upgrade the operator with the Helm chart into the local cluster
+deploy: ## Install/upgrade the operator with the Helm chart into the kind cluster
 	bash hack/deploy.sh
 
 undeploy: ## Remove the operator installed by deploy (integration tests run their own)

@@ -10,7 +10,7 @@ Measures, with the operator (`python -m lft_operator`) running as a subprocess o
 Prints the figures next to the targets (p50 <= 0.5 s, all N within 60 s, RSS <= 200 MB) and exits 1 when
 one is missed. Uses its own namespace (the operator watches only it) and deletes it at the end.
 
-    tests/cluster/up.sh --api-only            # etcd + kube-apiserver + kube-controller-manager (or the full cluster)
+    tests/cluster/up.sh --api-only            # etcd + kube-apiserver + kube-controller-manager
     .venv/bin/python bench/operator_scale.py  # --n 200 --json out.json --baseline
 
 --baseline first runs bench/bare_controller.py through the same measurement: the floor that the API
@@ -65,8 +65,8 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def finetune(name: str) -> dict:
-    """A small valid resource. No node matches its nodeSelector, so its pod stays Pending even when the
-    full cluster (kubelet) is up: the benchmark measures the operator, not training."""
+    """A small valid resource. No node matches its nodeSelector, so its pod stays Pending even on a cluster
+    with nodes: the benchmark measures the operator, not training."""
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,

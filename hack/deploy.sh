@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install/upgrade the operator into the local cluster with the Helm chart and the local S3 server (hack/s3.sh):
-# - by default the chart of this checkout, pointed at the images `make images` built (pull policy Never);
+# Install/upgrade the operator into the kind cluster (make cluster-up) with the Helm chart and the local S3 server (hack/s3.sh):
+# - by default the chart of this checkout, pointed at the images `make images` built and loaded onto the
+#   workers (pull policy Never);
 # - with LFT_CHART=oci://REGISTRY/charts/lora-finetune-operator LFT_CHART_VERSION=X, the released chart as a
 #   user installs it (`make release` pushed it and its images), its images pulled from that registry.
 set -euo pipefail

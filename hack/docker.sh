@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Ensure a usable Docker daemon on this host (idempotent; run as root).
 #  - installs Debian's docker.io if dockerd is missing
-#  - registers a runc wrapper as default runtime: the kubelet asks for negative
-#    oom_score_adj (-998 for sandboxes), which fails with EIO on these machines;
-#    the wrapper rewrites negative process.oomScoreAdj to 0 before exec'ing runc
-#  - uses the cgroupfs cgroup driver (kubelet is configured the same way)
+#  - registers a runc wrapper as default runtime (hack/runc-wrapper.sh): negative oom_score_adj
+#    fails with EIO on these machines and the bounding set lacks CAP_SYS_RESOURCE (every kind
+#    node is a privileged container); the wrapper rewrites the spec before exec'ing runc
+#  - uses the cgroupfs cgroup driver
 #  - starts dockerd in the background if it is not running and waits for it
 # Prints nothing on stdout except the docker client path on the last line
 # (`DOCKER=$(hack/docker.sh | tail -n1)`).

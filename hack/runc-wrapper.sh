@@ -1,6 +1,6 @@
 #!/bin/sh
-# The runc these machines run containers with (one file, two places): hack/docker.sh installs it as Docker's and
-# the local cluster's runtime (/usr/local/lib/lft/runc-oomfix), and the offline kind node image as the node's
+# The runc these machines run containers with (one file, two places): hack/docker.sh installs it as Docker's
+# runtime (/usr/local/lib/lft/runc-oomfix), and the offline kind node image as the node's
 # runc (/usr/local/sbin/runc, before Debian's on containerd's PATH; hack/kind/base.Dockerfile). It edits the OCI
 # bundle (create/run) or process spec (exec), then hands over to Debian's runc:
 # - negative oom_score_adj writes fail with EIO here: process.oomScoreAdj is clamped to 0;

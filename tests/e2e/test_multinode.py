@@ -1,6 +1,6 @@
 """End-to-end: one LoRAFineTune across two pods (training.nodes: 2), on the real cluster with the CPU trainer
 image: one Indexed Job per attempt (the pod's completion index is its node rank), torchrun in each pod, gloo
-over the pod network, the master reached at the run's Service IP (the local cluster has no cluster DNS). It
+over the pod network, the master reached at the run's Service IP (works with or without cluster DNS). It
 trains to Succeeded with one adapter, written by rank 0; with 2 processes per pod, four ranks train on four
 distinct shards; a pod killed on one rank fails the attempt's Job and the next attempt resumes every rank."""
 

@@ -1,4 +1,4 @@
-"""End-to-end scenarios: the user's story on the real single-node cluster, with the operator
+"""End-to-end scenarios: the user's story on the real (kind) cluster, with the operator
 installed by Helm, the CPU tiny-model trainer image and the S3 server the pods write to."""
 
 from __future__ import annotations

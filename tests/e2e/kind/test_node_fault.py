@@ -36,7 +36,7 @@ def kind_workers(kube) -> list[str]:
 def test_a_stopped_worker_ends_the_attempt_and_the_run_resumes_to_succeeded(kube, s3, s3_endpoint, namespace,
                                                                                kind_workers):
     name = "nodefault"
-    res = finetune(namespace, name, s3_endpoint, max_steps=200, every_steps=20)
+    res = finetune(namespace, name, s3_endpoint, max_steps=120, every_steps=20)
     res["spec"]["training"]["nodes"] = 2
     res["spec"]["resources"]["cpu"] = "500m"
     kube.apply(res, namespace)
@@ -56,7 +56,7 @@ def test_a_stopped_worker_ends_the_attempt_and_the_run_resumes_to_succeeded(kube
     finally:
         docker("start", victim)
     obj = wait_phase(kube, namespace, name, "Succeeded", 900)
-    assert obj["status"]["progress"]["step"] == 200
+    assert obj["status"]["progress"]["step"] == 120
     assert obj["status"]["attempts"] >= 2, obj["status"].get("attemptHistory")
     # The outage, named with the machine (the Warning Event NodeUnreachable; lft-worker2 is not lft-worker).
     messages = {e["reason"]: e["message"] for e in kube.events(namespace, name)}

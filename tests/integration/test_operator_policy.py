@@ -210,6 +210,16 @@ def test_a_tenant_sees_its_case_variant_keys_refused_and_cannot_read_secrets(kub
     kube.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles", role)
     kube.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings", binding)
     as_tenant = {"headers": {"Impersonate-User": user}}
+
+    def tenant_may_list() -> bool:  # RBAC is eventually consistent: the binding reaches the authorizer's cache
+        try:
+            kube.request("GET", kube.lft_path(ns), **as_tenant)
+            return True
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            return False
+    wait_until(tenant_may_list, 30, what="the tenant's RoleBinding to take effect")
     with pytest.raises(ApiError) as denied:
         kube.request("GET", f"/api/v1/namespaces/{ns}/secrets/s3", **as_tenant)
     assert denied.value.status == 403

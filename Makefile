@@ -67,7 +67,7 @@ cluster-down: s3-down ## Delete the kind cluster, stop the API-level control pla
 	bash tests/cluster/down.sh
 
 kueue-up: venv cluster-up ## Install Kueue 0.17.0 and start it on the host (then: LFT_KUEUE=1 make deploy; docs/kueue.md)
-	KUEUE_KUBECONFIG=$(KUBECONFIG) KUEUE_WEBHOOK_HOST=$$(ip -4 -o addr show dev docker0 | awk '{print $$4}' | cut -d/ -f1) \
+	KUEUE_KUBECONFIG=$(KUBECONFIG) KUEUE_WEBHOOK_HOST=$$(bash hack/bridge-ip.sh) \
 	  bash tests/cluster/kueue-up.sh
 
 kueue-down: ## Stop Kueue and remove its webhook configurations (its CRDs and objects stay)

@@ -18,7 +18,7 @@ PORT=${LFT_REGISTRY_PORT:-5000}
 ADDR=127.0.0.1:$PORT
 BIN=$LFT_CACHE/registry/${VERSION#v}/registry
 DIR=$STATE/registry
-bridge_ip() { ip -4 -o addr show dev docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -n1; }
+bridge_ip() { bash hack/bridge-ip.sh; }
 
 # instance NAME: its address, pid file, log and config (registry: read-write on loopback; mirror: read-only on
 # the bridge).

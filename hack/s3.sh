@@ -15,7 +15,7 @@ BUCKET=${LFT_S3_BUCKET:-lft}
 PY=${PYTHON:-.venv/bin/python}
 
 bridge_ip() {
-  ip -4 -o addr show docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -n1
+  bash "$(dirname "${BASH_SOURCE[0]}")/bridge-ip.sh"
 }
 
 endpoint() {

@@ -124,7 +124,7 @@ if suite kind-node-image -- kind_image_built \
   # the API server calls on the Docker bridge, the operator redeployed with its integration on. A Kueue that does
   # not start fails kueue-up only; kueue-down removes its webhooks and stops it (its CRDs stay), and the operator
   # goes back to its default.
-  export KUEUE_KUBECONFIG=$LFT_KIND_KUBECONFIG KUEUE_WEBHOOK_HOST=$(bash hack/s3.sh env | sed -n 's|^LFT_S3_ENDPOINT=http://\(.*\):.*|\1|p')
+  export KUEUE_KUBECONFIG=$LFT_KIND_KUBECONFIG KUEUE_WEBHOOK_HOST=$(bash hack/bridge-ip.sh)
   if suite kueue-up -- bash tests/cluster/kueue-up.sh && suite deploy-kueue -- env LFT_KUEUE=1 bash hack/deploy.sh; then
     export LFT_REQUIRE_KUEUE=1
     pytest_suite e2e-kueue tests/e2e/test_kueue.py

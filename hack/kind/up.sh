@@ -53,7 +53,7 @@ if ! "$kind" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
     log "seeded the workers' image stores from $LFT_KIND_NODE_IMAGE in $((SECONDS - t)) s ($store)"
   fi
   registry=127.0.0.1:${LFT_REGISTRY_PORT:-5000}
-  bridge=$(ip -4 -o addr show dev docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -n1)
+  bridge=$(bash "$here/../bridge-ip.sh")
   certs_d=$state/certs.d
   rm -rf "$certs_d"
   mkdir -p "$certs_d/$registry"
